@@ -1,0 +1,3 @@
+from nbsrc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per ``python -m nbsrc`` subcommand (see `nbsrc.cli`)."""

@@ -1,0 +1,510 @@
+"""One typed, validated configuration for every part of the toolkit.
+
+`Config` groups six frozen dataclasses (model, anchors, loss, data, train, eval). Named presets build a
+`Config`; `Config.replace(**overrides)` takes dotted keys (``train.lr``) or unique bare keys (``lr``).
+Unknown keys and out-of-range values raise `ValueError` naming the key, with a "did you mean" hint.
+The whole config is stored in every checkpoint and every run folder (`to_dict` / `from_dict`).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AnchorConfig",
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "LossConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "get_preset",
+    "list_presets",
+    "register_preset",
+]
+
+BACKBONES = ("mobilenet0.25", "resnet18", "resnet34", "resnet50")
+NECKS = ("biubug6", "p2p6")
+BRIDGES = ("deconv", "bilinear", "nearest")
+RATES = (12, 25, 50, 75, 100)  # JPEG AI rate points, bits per pixel x 100
+
+
+def _fail(key: str, message: str) -> None:
+    raise ValueError(f"config key '{key}': {message}")
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        _fail(key, message)
+
+
+def _choice(value: Any, key: str, choices: tuple) -> None:
+    _check(value in choices, key, f"expected one of {list(choices)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "mobilenet0.25"  # mobilenet0.25 | resnet18 | resnet34 | resnet50
+    neck: str = "biubug6"  # biubug6: FPN P3-P5 + one SSH per level; p2p6: FPN P2-P6 + one shared SSH
+    input_kind: str = "rgb"  # rgb: images [B,3,H,W]; latent: JPEG AI latents [B,C,h,w] through a bridge
+    out_channels: int = 64  # width of FPN, SSH and heads
+    num_classes: int = 2  # classifier outputs including background: 2 = (bg, face), 3 = (bg, face, person)
+    landmarks: bool = True  # landmark head (5 points); the 2-class design has none
+    bridge: str = "deconv"  # latent -> ResNet stage-2 input: deconv | bilinear | nearest
+    latent_channels: int = 256  # channels of the latent tensor
+    latent_stride: int = 16  # image pixels per latent cell: a 40x40 latent describes a 640x640 image
+    pretrained: str = "auto"  # auto (try ImageNet, warn and start from scratch) | none | imagenet (required) | path
+    channel_order: str = "bgr"  # channel order of RGB-path network input: bgr (biubug6) | rgb
+    pixel_mean: tuple[float, float, float] = (104.0, 117.0, 123.0)  # subtracted from 0..255 pixels, in channel_order
+    pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)  # then divided, in channel_order
+
+    def __post_init__(self) -> None:
+        _choice(self.backbone, "model.backbone", BACKBONES)
+        _choice(self.neck, "model.neck", NECKS)
+        _choice(self.input_kind, "model.input_kind", ("rgb", "latent"))
+        _choice(self.bridge, "model.bridge", BRIDGES)
+        _choice(self.channel_order, "model.channel_order", ("bgr", "rgb"))
+        _check(self.out_channels >= 8 and self.out_channels % 4 == 0, "model.out_channels", "must be a multiple of 4, >= 8")
+        _check(self.num_classes >= 2, "model.num_classes", f"must be >= 2 (background + classes), got {self.num_classes}")
+        _check(self.latent_channels >= 1, "model.latent_channels", "must be >= 1")
+        _check(self.latent_stride in (4, 8, 16, 32), "model.latent_stride", "must be 4, 8, 16 or 32")
+        _check(all(s > 0 for s in self.pixel_std), "model.pixel_std", "must be > 0")
+        if self.input_kind == "latent":
+            _check(self.backbone.startswith("resnet"), "model.backbone", "latent input needs a resnet backbone")
+            _check(self.neck == "p2p6", "model.neck", "latent input uses the p2p6 neck")
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    style: str = "min_sizes"  # min_sizes: per-level sizes x aspect ratios (biubug6) | octave: base*2^k x scales x ratios
+    min_sizes: tuple[tuple[float, ...], ...] = ((16, 32), (64, 128), (256, 512))  # per level, pixels (min_sizes)
+    aspect_ratios: tuple[float, ...] = (1.0,)  # h/w of each anchor; area kept (w = s/sqrt(r), h = s*sqrt(r))
+    base_size: float = 8.0  # octave: level k anchors are base_size * 2^k * scale
+    scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))  # octave scales per level
+    clip: bool = False  # clamp normalized cx, cy, w, h to [0, 1] (the 2-class design does)
+    variances: tuple[float, float] = (0.1, 0.2)  # box coding variances (centre, size)
+
+    def __post_init__(self) -> None:
+        _choice(self.style, "anchors.style", ("min_sizes", "octave"))
+        _check(len(self.min_sizes) >= 1 and all(len(s) >= 1 for s in self.min_sizes), "anchors.min_sizes", "empty level")
+        _check(all(m > 0 for s in self.min_sizes for m in s), "anchors.min_sizes", "sizes must be > 0")
+        _check(len(self.aspect_ratios) >= 1 and all(r > 0 for r in self.aspect_ratios), "anchors.aspect_ratios", "must be > 0")
+        _check(self.base_size > 0, "anchors.base_size", "must be > 0")
+        _check(len(self.scales) >= 1 and all(s > 0 for s in self.scales), "anchors.scales", "must be > 0")
+        _check(len(self.variances) == 2 and all(v > 0 for v in self.variances), "anchors.variances", "two values > 0")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    cls_loss: str = "ohem"  # ohem: softmax CE + hard-negative mining | focal: sigmoid focal loss, no mining
+    pos_iou: float = 0.35  # anchors with IoU >= this to a GT are positives
+    force_iou: float = 0.2  # each GT takes its best anchor when that IoU >= this
+    neg_pos_ratio: float = 7.0  # mined negatives per positive (per image)
+    empty_negatives: int = 200  # negatives mined in an image without positives (0 = published behaviour)
+    loc_weight: float = 2.0  # total = loc_weight*box + cls_weight*class + landm_weight*landmark
+    cls_weight: float = 1.0
+    landm_weight: float = 1.0
+    focal_alpha: float = 0.25  # focal loss alpha
+    focal_gamma: float = 2.0  # focal loss gamma
+    match_chunk: int = 65536  # anchors per IoU chunk in matching (bounds memory)
+
+    def __post_init__(self) -> None:
+        _choice(self.cls_loss, "loss.cls_loss", ("ohem", "focal"))
+        _check(0 < self.pos_iou <= 1, "loss.pos_iou", f"must be in (0, 1], got {self.pos_iou}")
+        _check(0 <= self.force_iou <= 1, "loss.force_iou", f"must be in [0, 1], got {self.force_iou}")
+        _check(self.neg_pos_ratio >= 0, "loss.neg_pos_ratio", "must be >= 0")
+        _check(self.empty_negatives >= 0, "loss.empty_negatives", "must be >= 0")
+        for key in ("loc_weight", "cls_weight", "landm_weight", "focal_gamma"):
+            _check(getattr(self, key) >= 0, f"loss.{key}", "must be >= 0")
+        _check(0 <= self.focal_alpha <= 1, "loss.focal_alpha", "must be in [0, 1]")
+        _check(self.match_chunk >= 1024, "loss.match_chunk", "must be >= 1024")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset_root: str | None = None  # folder with train/ and val/ (retina-modify layout); None = demo data
+    train_split: str = "train"  # split folder used for training
+    val_split: str = "val"  # split folder used for validation / evaluation
+    latent_suffix: str = "latent_75.npy"  # which rate point to read (latent_{12,25,50,75,100}.npy)
+    all_rates: bool = False  # every image contributes one sample per available rate
+    image_size: int = 640  # network input side for RGB (and the image side a latent describes)
+    label_frame: int | None = None  # None: labels in original-image pixels; 640: labels already in the 640 frame
+    resize_policy: str = "stretch"  # how originals became the network frame: stretch | letterbox
+    sizes_csv: str | None = None  # CSV name,width,height of the original images (for the label frame)
+    normalize_latents: bool = False  # per-channel standardisation with cached statistics
+    latent_flip: bool = False  # horizontal flip of latents (not equivalent to encoding a flipped image)
+    augment: bool = True  # RetinaFace training augmentation for RGB data
+    on_error: str = "raise"  # raise | skip (bad samples logged and counted, never dropped silently)
+    num_workers: int = 2  # DataLoader workers
+    max_images: int | None = None  # use only the first N images of each split (smoke runs)
+
+    def __post_init__(self) -> None:
+        _check(self.latent_suffix.endswith(".npy"), "data.latent_suffix", f"must end with .npy, got {self.latent_suffix!r}")
+        _check(self.image_size >= 32 and self.image_size % 32 == 0, "data.image_size", "must be a multiple of 32, >= 32")
+        _check(self.label_frame is None or self.label_frame > 0, "data.label_frame", "must be None or > 0")
+        _choice(self.resize_policy, "data.resize_policy", ("stretch", "letterbox"))
+        _choice(self.on_error, "data.on_error", ("raise", "skip"))
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(self.max_images is None or self.max_images >= 1, "data.max_images", "must be None or >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20  # training epochs
+    batch_size: int = 8  # images per step (per process under DDP)
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 1e-3  # peak learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # weight decay
+    schedule: str = "step"  # step (x gamma every step_size epochs) | multistep (at milestones) | cosine | constant
+    step_size: int = 5  # epochs between decays (step)
+    gamma: float = 0.7  # decay factor (step, multistep)
+    milestones: tuple[int, ...] = (190, 220)  # epochs of decay (multistep)
+    warmup_epochs: float = 1.0  # linear warm-up length in epochs (0 = none)
+    amp: str = "auto"  # auto (fp16 on CUDA w/o bf16, bf16 where supported) | fp16 | bf16 | off
+    channels_last: bool = True  # channels_last memory format on CUDA
+    compile: bool = False  # torch.compile the model
+    grad_clip: float = 10.0  # max gradient norm (0 = off)
+    freeze_backbone: bool = False  # freeze backbone parameters (incl. the latent model's pruned ResNet)
+    weight: str | None = None  # initialise from this checkpoint
+    resume: str | None = None  # resume from this checkpoint (model, optimizer, scaler, scheduler, epoch, RNG)
+    seed: int = 42  # random seed
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out: str = "runs"  # parent folder of run folders
+    run_name: str | None = None  # run folder name (default: preset + timestamp)
+    wandb: str = "disabled"  # online | offline | disabled
+    wandb_project: str = "retinaface-latent"  # W&B project
+    eval_every: int = 1  # validate every N epochs
+    progress: bool = True  # tqdm progress bars (auto-throttled when not a terminal)
+    max_steps_per_epoch: int | None = None  # cap steps per epoch (smoke runs)
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _choice(self.optimizer, "train.optimizer", ("sgd", "adamw"))
+        _check(self.lr > 0 and math.isfinite(self.lr), "train.lr", f"must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _choice(self.schedule, "train.schedule", ("step", "multistep", "cosine", "constant"))
+        _check(self.step_size >= 1, "train.step_size", "must be >= 1")
+        _check(0 < self.gamma <= 1, "train.gamma", "must be in (0, 1]")
+        _check(self.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
+        _choice(self.amp, "train.amp", ("auto", "fp16", "bf16", "off"))
+        _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
+        _check(
+            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+            "train.device",
+            f"expected auto | cpu | cuda | cuda:N, got {self.device!r}",
+        )
+        _choice(self.wandb, "train.wandb", ("online", "offline", "disabled"))
+        _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
+        _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", ">= 1")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    conf_thresh: float = 0.02  # score threshold before NMS (published WIDER setting)
+    nms_thresh: float = 0.4  # NMS IoU threshold
+    top_k: int = 5000  # candidates kept before NMS, per image
+    keep_top_k: int = 750  # detections kept after NMS, per image
+    iou_thresh: float = 0.5  # evaluation IoU threshold
+    batch_size: int = 8  # images per inference batch
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.conf_thresh <= 1, "eval.conf_thresh", "must be in [0, 1]")
+        _check(0 < self.nms_thresh <= 1, "eval.nms_thresh", "must be in (0, 1]")
+        _check(self.top_k >= 1, "eval.top_k", "must be >= 1")
+        _check(self.keep_top_k >= 1, "eval.keep_top_k", "must be >= 1")
+        _check(0 < self.iou_thresh <= 1, "eval.iou_thresh", "must be in (0, 1]")
+        _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+
+
+_GROUPS: dict[str, type] = {
+    "model": ModelConfig,
+    "anchors": AnchorConfig,
+    "loss": LossConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    preset: str = "mnet-biubug6"  # name of the preset this config started from
+    model: ModelConfig = field(default_factory=ModelConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.anchors.style == "min_sizes" and self.model.neck == "p2p6":
+            _check(len(self.anchors.min_sizes) == 5, "anchors.min_sizes", "the p2p6 neck has 5 levels")
+        if self.anchors.style == "min_sizes" and self.model.neck == "biubug6":
+            _check(len(self.anchors.min_sizes) == 3, "anchors.min_sizes", "the biubug6 neck has 3 levels")
+
+    # ---- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            from nbsrc.utils import atomic_write_text
+
+            atomic_write_text(Path(path), text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """Strict inverse of `to_dict`: unknown keys raise `ValueError` with a suggestion."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"config must be a mapping, got {type(data).__name__}")
+        _reject_unknown(data.keys(), ["preset", *_GROUPS], "")
+        kwargs: dict[str, Any] = {}
+        if "preset" in data:
+            kwargs["preset"] = _coerce(data["preset"], str, "preset")
+        for group, group_cls in _GROUPS.items():
+            if group in data:
+                values = data[group]
+                if not isinstance(values, Mapping):
+                    raise ValueError(f"config key '{group}': expected a mapping, got {type(values).__name__}")
+                kwargs[group] = _build_group(group_cls, values, group)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Config:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data)
+
+    # ---- overrides -----------------------------------------------------------------------------
+    def replace(self, **overrides: Any) -> Config:
+        """Copy with overrides. Keys are dotted (``train.lr``), bare when unique (``lr``), or group names
+        with a mapping (``train={"lr": 0.01}``). String values are parsed as Python literals when the
+        field is not a string (so CLI ``key=value`` pairs work)."""
+        per_group: dict[str, dict[str, Any]] = {g: {} for g in _GROUPS}
+        top: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if key in _GROUPS and isinstance(value, Mapping):
+                for sub_key, sub_value in value.items():
+                    per_group[key][sub_key] = sub_value
+                continue
+            group, name = _resolve_key(key)
+            if group is None:
+                top[name] = value
+            else:
+                per_group[group][name] = value
+        kwargs: dict[str, Any] = {}
+        if "preset" in top:
+            kwargs["preset"] = _coerce(top["preset"], str, "preset")
+        for group, values in per_group.items():
+            if values:
+                current = dataclasses.asdict(getattr(self, group))
+                current.update(values)
+                kwargs[group] = _build_group(_GROUPS[group], current, group)
+        return dataclasses.replace(self, **kwargs)
+
+    def override_pairs(self, pairs: list[str]) -> Config:
+        """Apply CLI-style ``key=value`` strings."""
+        overrides: dict[str, Any] = {}
+        for pair in pairs:
+            if "=" not in pair:
+                raise ValueError(f"override {pair!r}: expected key=value")
+            key, value = pair.split("=", 1)
+            overrides[key.strip()] = value.strip()
+        return self.replace(**overrides)
+
+
+def all_keys() -> list[str]:
+    """Every dotted key of the config."""
+    keys = ["preset"]
+    for group, group_cls in _GROUPS.items():
+        keys += [f"{group}.{f.name}" for f in dataclasses.fields(group_cls)]
+    return keys
+
+
+def _reject_unknown(keys: Any, known: list[str], prefix: str) -> None:
+    for key in keys:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            suggestion = f"; did you mean '{prefix}{hint[0]}'?" if hint else f"; known keys: {', '.join(known)}"
+            raise ValueError(f"unknown config key '{prefix}{key}'{suggestion}")
+
+
+def _resolve_key(key: str) -> tuple[str | None, str]:
+    if key == "preset":
+        return None, key
+    if "." in key:
+        group, name = key.split(".", 1)
+        if group not in _GROUPS:
+            _reject_unknown([key], all_keys(), "")
+        names = [f.name for f in dataclasses.fields(_GROUPS[group])]
+        if name not in names:
+            _reject_unknown([key], all_keys(), "")
+        return group, name
+    owners = [g for g, c in _GROUPS.items() if key in {f.name for f in dataclasses.fields(c)}]
+    if len(owners) == 1:
+        return owners[0], key
+    if len(owners) > 1:
+        raise ValueError(f"config key '{key}' is ambiguous; use one of {[f'{g}.{key}' for g in owners]}")
+    bare = sorted({k.split(".", 1)[-1] for k in all_keys()} | set(all_keys()))
+    hint = difflib.get_close_matches(key, bare, n=1)
+    raise ValueError(f"unknown config key '{key}'" + (f"; did you mean '{hint[0]}'?" if hint else ""))
+
+
+def _build_group(group_cls: type, values: Mapping[str, Any], group: str) -> Any:
+    names = [f.name for f in dataclasses.fields(group_cls)]
+    _reject_unknown(values.keys(), names, f"{group}.")
+    hints = typing.get_type_hints(group_cls)
+    coerced = {k: _coerce(v, hints[k], f"{group}.{k}") for k, v in values.items()}
+    return group_cls(**coerced)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Coerce `value` to the annotated type `hint`, or raise ValueError naming `key`."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value in ("None", "null") and type(None) in args):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+    if isinstance(value, str) and hint is not str:
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            if hint is bool and value.lower() in ("true", "false", "yes", "no"):
+                value = value.lower() in ("true", "yes")
+            else:
+                _fail(key, f"expected {_type_name(hint)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            _fail(key, f"expected a sequence ({_type_name(hint)}), got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            _fail(key, f"expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        _fail(key, f"expected a bool, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            _fail(key, f"expected an int, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(key, f"expected a number, got {value!r}")
+        if not math.isfinite(float(value)):
+            _fail(key, f"expected a finite number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            _fail(key, f"expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+# ---- presets -------------------------------------------------------------------------------------
+_PRESETS: dict[str, Callable[[], Config]] = {}
+
+
+def register_preset(name: str) -> Callable[[Callable[[], Config]], Callable[[], Config]]:
+    def wrap(fn: Callable[[], Config]) -> Callable[[], Config]:
+        _PRESETS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_presets() -> list[str]:
+    return list(_PRESETS)
+
+
+def get_preset(name: str, **overrides: Any) -> Config:
+    """Config of a named preset, with optional overrides (see `Config.replace`)."""
+    if name not in _PRESETS:
+        hint = difflib.get_close_matches(name, list(_PRESETS), n=1)
+        raise ValueError(
+            f"unknown preset '{name}'" + (f"; did you mean '{hint[0]}'?" if hint else "") + f" (presets: {', '.join(_PRESETS)})"
+        )
+    cfg = _PRESETS[name]()
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+@register_preset("mnet-biubug6")
+def _mnet_biubug6() -> Config:
+    return Config(preset="mnet-biubug6", train=TrainConfig(batch_size=32))
+
+
+@register_preset("r50-biubug6")
+def _r50_biubug6() -> Config:
+    return Config(
+        preset="r50-biubug6",
+        model=ModelConfig(backbone="resnet50", out_channels=256),
+        data=DataConfig(image_size=840),
+        train=TrainConfig(batch_size=24),
+    )
+
+
+@register_preset("mnet-2cls")
+def _mnet_2cls() -> Config:
+    return Config(
+        preset="mnet-2cls",
+        model=ModelConfig(num_classes=3, landmarks=False),
+        anchors=AnchorConfig(aspect_ratios=(1.0, 2.5, 3.33), clip=True),
+        loss=LossConfig(pos_iou=0.45),
+        train=TrainConfig(batch_size=24),
+    )
+
+
+_OCTAVE = AnchorConfig(style="octave", aspect_ratios=(2.0, 1.0), base_size=8.0)  # h/w 2 == w/h 0.5
+_IMAGENET_RGB = {"channel_order": "rgb", "pixel_mean": (123.675, 116.28, 103.53), "pixel_std": (58.395, 57.12, 57.375)}
+
+
+def _p2p6(name: str, backbone: str) -> Config:
+    model = ModelConfig(backbone=backbone, neck="p2p6", out_channels=64, **_IMAGENET_RGB)
+    return Config(preset=name, model=model, anchors=_OCTAVE)
+
+
+def _latent(name: str, backbone: str) -> Config:
+    model = ModelConfig(backbone=backbone, neck="p2p6", input_kind="latent", out_channels=64)
+    return Config(preset=name, model=model, anchors=_OCTAVE)
+
+
+for _name, _backbone in (("r18", "resnet18"), ("r34", "resnet34"), ("r50", "resnet50"), ("mnet", "mobilenet0.25")):
+    register_preset(f"{_name}-p2p6")(lambda n=f"{_name}-p2p6", b=_backbone: _p2p6(n, b))
+for _name, _backbone in (("r50", "resnet50"), ("r18", "resnet18"), ("r34", "resnet34")):
+    register_preset(f"latent-{_name}")(lambda n=f"latent-{_name}", b=_backbone: _latent(n, b))

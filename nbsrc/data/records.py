@@ -1,0 +1,63 @@
+"""The typed per-image record every label reader returns (see `nbsrc.boxes` for the conventions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["ImageRecord", "FACE", "PERSON", "CLASS_NAMES"]
+
+FACE = 1  # class id of a face
+PERSON = 2  # class id of a person (2-class data)
+CLASS_NAMES = {FACE: "face", PERSON: "person"}
+
+
+@dataclass
+class ImageRecord:
+    """Annotations of one image.
+
+    Attributes:
+        name: image name relative to the split without extension, ``"<event>/<basename>"`` for WIDER
+            (``"0--Parade/0_Parade_marchingband_1_465"``) or ``"<id>"`` for flat data.
+        boxes: ``float32 [N, 4]`` xyxy. Original-image pixels, or [0, 1] when ``normalized``.
+        landmarks: ``float32 [N, 5, 2]`` xy in the same frame as boxes (zeros where invalid).
+        landmarks_valid: ``bool [N]``.
+        labels: ``int64 [N]`` class ids (1 face, 2 person).
+        image_size: ``(width, height)`` of the original image when known.
+        normalized: boxes and landmarks are fractions of the image size.
+        attributes: WIDER attributes when present, each ``[N]`` (blur, expression, illumination, invalid,
+            occlusion, pose).
+        source: ``"path:line"`` of the header, for error messages.
+    """
+
+    name: str
+    boxes: np.ndarray
+    landmarks: np.ndarray | None = None
+    landmarks_valid: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    image_size: tuple[int, int] | None = None
+    normalized: bool = False
+    attributes: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        n = len(self.boxes)
+        if self.landmarks is None:
+            self.landmarks = np.zeros((n, 5, 2), np.float32)
+        self.landmarks = np.asarray(self.landmarks, dtype=np.float32).reshape(n, 5, 2)
+        if self.landmarks_valid is None:
+            self.landmarks_valid = np.zeros(n, bool)
+        self.landmarks_valid = np.asarray(self.landmarks_valid, dtype=bool).reshape(n)
+        if self.labels is None:
+            self.labels = np.full(n, FACE, np.int64)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(n)
+
+    @property
+    def num_boxes(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def basename(self) -> str:
+        return self.name.rsplit("/", 1)[-1]

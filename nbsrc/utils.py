@@ -1,0 +1,120 @@
+"""Small shared helpers: logging, seeding, device selection, atomic writes, JSON lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "append_jsonl",
+    "atomic_path",
+    "atomic_write_text",
+    "read_jsonl",
+    "seed_everything",
+    "select_device",
+    "setup_logging",
+    "tqdm_kwargs",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def setup_logging(level: int | str = logging.INFO) -> None:
+    """Configure the ``nbsrc`` logger once (notebooks and CLIs call this)."""
+    root = logging.getLogger("nbsrc")
+    root.setLevel(level)
+    if not any(getattr(h, "_nbsrc", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler._nbsrc = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.propagate = False
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def select_device(device: str = "auto"):
+    """``auto`` picks CUDA when present, else CPU. Asking for CUDA without one raises a clear error."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available (use --device cpu or auto)")
+    return torch.device(device)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it is renamed onto `path`, on error removed.
+
+    Nothing partial is ever left at `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically (temp file + rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON object as a line (flushed, so a killed run keeps every finished line)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSON-lines file; a truncated last line (killed writer) is skipped with a warning."""
+    path = Path(path)
+    records = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                logger.warning("%s:%d: truncated last line skipped", path, number)
+            else:
+                raise ValueError(f"{path}:{number}: not valid JSON") from None
+    return records
+
+
+def tqdm_kwargs(enabled: bool = True) -> dict[str, Any]:
+    """tqdm settings that stay readable in papermill / CI logs: a terminal gets a live bar; anything else
+    gets at most one update every 30 s."""
+    interactive = sys.stderr.isatty()
+    return {"disable": not enabled, "mininterval": 0.1 if interactive else 30.0, "dynamic_ncols": interactive}

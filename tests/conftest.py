@@ -1,0 +1,42 @@
+"""Shared fixtures. ``../shared`` holds real ground truth and published weights: tests that need it skip
+with a clear reason when it is absent, and fail instead when ``REQUIRE_SHARED=1`` (as in CI)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("NBSRC_SHARED", ROOT.parent / "shared"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def shared_path(relative: str) -> Path:
+    """Path of a file under ../shared, or skip (fail under REQUIRE_SHARED=1) when it is missing."""
+    path = SHARED / relative
+    if not path.exists():
+        message = f"shared file {path} not found"
+        if os.environ.get("REQUIRE_SHARED") == "1":
+            pytest.fail(message + " (REQUIRE_SHARED=1)")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The ../shared folder (skip / fail like `shared_path`)."""
+    return shared_path("")
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A small demo dataset built once per test session (see `nbsrc.data.demo`)."""
+    from nbsrc.data.demo import make_demo_data
+
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_data(root, images=24, seed=0)
+    return root
