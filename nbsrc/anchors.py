@@ -35,7 +35,9 @@ def anchor_shapes(cfg: AnchorConfig, num_levels: int) -> list[Tensor]:
         else:
             base = cfg.base_size * 2**level
             sizes_ratios = [(base * c, r) for r in cfg.aspect_ratios for c in cfg.scales]
-        shapes.append(torch.tensor([(m / math.sqrt(r), m * math.sqrt(r)) for m, r in sizes_ratios], dtype=torch.float64))
+        shapes.append(
+            torch.tensor([(m / math.sqrt(r), m * math.sqrt(r)) for m, r in sizes_ratios], dtype=torch.float64)
+        )
     return shapes
 
 
@@ -90,7 +92,9 @@ class AnchorGenerator:
         return [int(s.shape[0]) for s in self.shapes]
 
     def num_anchors(self, image_size: tuple[int, int]) -> int:
-        return sum(h * w * k for (h, w), k in zip(feature_sizes(image_size, self.strides), self.num_anchors_per_location))
+        return sum(
+            h * w * k for (h, w), k in zip(feature_sizes(image_size, self.strides), self.num_anchors_per_location)
+        )
 
     def per_level_counts(self, image_size: tuple[int, int]) -> list[int]:
         return [h * w * k for (h, w), k in zip(feature_sizes(image_size, self.strides), self.num_anchors_per_location)]

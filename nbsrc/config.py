@@ -74,8 +74,12 @@ class ModelConfig:
         _choice(self.input_kind, "model.input_kind", ("rgb", "latent"))
         _choice(self.bridge, "model.bridge", BRIDGES)
         _choice(self.channel_order, "model.channel_order", ("bgr", "rgb"))
-        _check(self.out_channels >= 8 and self.out_channels % 4 == 0, "model.out_channels", "must be a multiple of 4, >= 8")
-        _check(self.num_classes >= 2, "model.num_classes", f"must be >= 2 (background + classes), got {self.num_classes}")
+        _check(
+            self.out_channels >= 8 and self.out_channels % 4 == 0, "model.out_channels", "must be a multiple of 4, >= 8"
+        )
+        _check(
+            self.num_classes >= 2, "model.num_classes", f"must be >= 2 (background + classes), got {self.num_classes}"
+        )
         _check(self.latent_channels >= 1, "model.latent_channels", "must be >= 1")
         _check(self.latent_stride in (4, 8, 16, 32), "model.latent_stride", "must be 4, 8, 16 or 32")
         _check(all(s > 0 for s in self.pixel_std), "model.pixel_std", "must be > 0")
@@ -86,7 +90,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AnchorConfig:
-    style: str = "min_sizes"  # min_sizes: per-level sizes x aspect ratios (biubug6) | octave: base*2^k x scales x ratios
+    style: str = "min_sizes"  # min_sizes: level sizes x ratios (biubug6) | octave: base*2^k x scales x ratios
     min_sizes: tuple[tuple[float, ...], ...] = ((16, 32), (64, 128), (256, 512))  # per level, pixels (min_sizes)
     aspect_ratios: tuple[float, ...] = (1.0,)  # h/w of each anchor; area kept (w = s/sqrt(r), h = s*sqrt(r))
     base_size: float = 8.0  # octave: level k anchors are base_size * 2^k * scale
@@ -96,9 +100,15 @@ class AnchorConfig:
 
     def __post_init__(self) -> None:
         _choice(self.style, "anchors.style", ("min_sizes", "octave"))
-        _check(len(self.min_sizes) >= 1 and all(len(s) >= 1 for s in self.min_sizes), "anchors.min_sizes", "empty level")
+        _check(
+            len(self.min_sizes) >= 1 and all(len(s) >= 1 for s in self.min_sizes), "anchors.min_sizes", "empty level"
+        )
         _check(all(m > 0 for s in self.min_sizes for m in s), "anchors.min_sizes", "sizes must be > 0")
-        _check(len(self.aspect_ratios) >= 1 and all(r > 0 for r in self.aspect_ratios), "anchors.aspect_ratios", "must be > 0")
+        _check(
+            len(self.aspect_ratios) >= 1 and all(r > 0 for r in self.aspect_ratios),
+            "anchors.aspect_ratios",
+            "must be > 0",
+        )
         _check(self.base_size > 0, "anchors.base_size", "must be > 0")
         _check(len(self.scales) >= 1 and all(s > 0 for s in self.scales), "anchors.scales", "must be > 0")
         _check(len(self.variances) == 2 and all(v > 0 for v in self.variances), "anchors.variances", "two values > 0")
@@ -149,8 +159,12 @@ class DataConfig:
     max_images: int | None = None  # use only the first N images of each split (smoke runs)
 
     def __post_init__(self) -> None:
-        _check(self.latent_suffix.endswith(".npy"), "data.latent_suffix", f"must end with .npy, got {self.latent_suffix!r}")
-        _check(self.image_size >= 32 and self.image_size % 32 == 0, "data.image_size", "must be a multiple of 32, >= 32")
+        _check(
+            self.latent_suffix.endswith(".npy"), "data.latent_suffix", f"must end with .npy, got {self.latent_suffix!r}"
+        )
+        _check(
+            self.image_size >= 32 and self.image_size % 32 == 0, "data.image_size", "must be a multiple of 32, >= 32"
+        )
         _check(self.label_frame is None or self.label_frame > 0, "data.label_frame", "must be None or > 0")
         _choice(self.resize_policy, "data.resize_policy", ("stretch", "letterbox"))
         _choice(self.on_error, "data.on_error", ("raise", "skip"))
@@ -458,7 +472,9 @@ def get_preset(name: str, **overrides: Any) -> Config:
     if name not in _PRESETS:
         hint = difflib.get_close_matches(name, list(_PRESETS), n=1)
         raise ValueError(
-            f"unknown preset '{name}'" + (f"; did you mean '{hint[0]}'?" if hint else "") + f" (presets: {', '.join(_PRESETS)})"
+            f"unknown preset '{name}'"
+            + (f"; did you mean '{hint[0]}'?" if hint else "")
+            + f" (presets: {', '.join(_PRESETS)})"
         )
     cfg = _PRESETS[name]()
     return cfg.replace(**overrides) if overrides else cfg

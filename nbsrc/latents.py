@@ -19,7 +19,9 @@ def as_latent(array: np.ndarray, channels: int = 256, source: str = "latent") ->
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 3 or array.shape[0] != channels:
-        raise ValueError(f"{source}: expected a latent of shape [{channels}, h, w] or [1, {channels}, h, w], got {list(array.shape)}")
+        raise ValueError(
+            f"{source}: expected a latent of shape [{channels}, h, w] or [1, {channels}, h, w], got {list(array.shape)}"
+        )
     if array.dtype not in (np.float16, np.float32, np.float64):
         raise ValueError(f"{source}: expected float16 or float32 values, got dtype {array.dtype}")
     array = array.astype(np.float32, copy=False)
