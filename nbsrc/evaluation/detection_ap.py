@@ -1,0 +1,246 @@
+"""Single-class VOC average precision, in memory and vectorized (no Python loop per detection or per image).
+
+Boxes are ``[n, 4]`` xyxy (see `nbsrc.boxes`) in any consistent frame: pixels or [0, 1]. The IoU is the plain
+continuous one, ``area = (x2 - x1) * (y2 - y1)`` (no +1 pixel, which would be wrong on normalized
+coordinates); the WIDER protocol's +1-pixel variant is available through ``plus_one=True`` for
+`nbsrc.evaluation.widerface`.
+
+Matching follows the VOC devkit: detections of all images are ranked by descending score (stable, so equal
+scores keep their input order); each detection takes the ground-truth box of highest IoU in its image (the
+first one on ties). If that IoU is ``>= iou_thresh``: an ignored box makes the detection neither TP nor FP,
+an unmatched box makes it a TP and marks the box, an already matched box makes it a FP. Otherwise it is a
+FP. AP is the all-point VOC integral of the precision envelope over recall.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["PRCurve", "box_iou", "detection_ap", "detection_pr", "max_iou_match", "voc_ap"]
+
+# Bound on the (prediction, ground truth) pairs materialised at once by `max_iou_match` (~50 MB of float64).
+MAX_PAIRS = 1_000_000
+
+
+@dataclass
+class PRCurve:
+    """Precision/recall over the ranked detections.
+
+    Attributes:
+        precision: ``[D]`` precision after each counted detection (ignored ones removed), by rank.
+        recall: ``[D]`` recall after each counted detection.
+        scores: ``[D]`` the detections' scores, descending.
+        ap: all-point VOC AP (NaN when there is no non-ignored ground truth).
+        num_gt: number of non-ignored ground-truth boxes.
+    """
+
+    precision: np.ndarray
+    recall: np.ndarray
+    scores: np.ndarray
+    ap: float
+    num_gt: int
+
+
+def box_iou(boxes1: np.ndarray, boxes2: np.ndarray, plus_one: bool = False) -> np.ndarray:
+    """IoU matrix of ``[n, 4]`` and ``[m, 4]`` xyxy boxes -> ``float64 [n, m]``.
+
+    ``plus_one=True`` is the WIDER / VOC-pixel convention: widths and heights are ``x2 - x1 + 1``.
+    """
+    a = np.asarray(boxes1, dtype=np.float64).reshape(-1, 4)[:, None, :]  # (n, 1, 4)
+    b = np.asarray(boxes2, dtype=np.float64).reshape(-1, 4)[None, :, :]  # (1, m, 4)
+    return _pair_iou(a, b, plus_one)
+
+
+def _pair_iou(a: np.ndarray, b: np.ndarray, plus_one: bool) -> np.ndarray:
+    """Elementwise IoU of broadcastable ``[..., 4]`` xyxy arrays; the operation order of the WIDER code."""
+    one = 1.0 if plus_one else 0.0
+    area_b = (b[..., 2] - b[..., 0] + one) * (b[..., 3] - b[..., 1] + one)
+    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + one
+    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + one
+    inter = iw * ih
+    union = (a[..., 2] - a[..., 0] + one) * (a[..., 3] - a[..., 1] + one) + area_b - inter
+    valid = (iw > 0) & (ih > 0) & (union > 0)
+    return np.divide(inter, union, out=np.zeros(np.broadcast(iw, ih).shape), where=valid)
+
+
+def max_iou_match(
+    pred_boxes: np.ndarray,
+    pred_image: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_offsets: np.ndarray,
+    *,
+    plus_one: bool = False,
+    max_pairs: int = MAX_PAIRS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best ground-truth box of every prediction, over many images at once.
+
+    Args:
+        pred_boxes: ``[N, 4]`` xyxy predictions of all images, concatenated in any order.
+        pred_image: ``int [N]`` image index of each prediction.
+        gt_boxes: ``[G, 4]`` xyxy ground truth of all images, concatenated image by image.
+        gt_offsets: ``int [I + 1]``: image ``i`` owns ``gt_boxes[gt_offsets[i]:gt_offsets[i + 1]]``.
+        plus_one: WIDER +1-pixel IoU convention.
+        max_pairs: (prediction, box) pairs materialised per chunk (bounds memory).
+    Returns:
+        ``(best_iou float64 [N], best_index int64 [N])``: the highest IoU and the index of its box *within the
+        image* (the first on ties, like ``np.argmax``); 0 and -1 for images without ground truth.
+    """
+    pred_boxes = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)
+    gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    pred_image = np.asarray(pred_image, dtype=np.int64).reshape(-1)
+    gt_offsets = np.asarray(gt_offsets, dtype=np.int64)
+    n = len(pred_boxes)
+    best_iou = np.zeros(n, np.float64)
+    best_index = np.full(n, -1, np.int64)
+    if n == 0:
+        return best_iou, best_index
+    counts = (gt_offsets[1:] - gt_offsets[:-1])[pred_image]  # (N,) boxes in each prediction's image
+    ends = np.cumsum(counts)
+    start = 0
+    while start < n:
+        # Largest chunk [start, stop) with at most max_pairs pairs (at least one prediction).
+        base = ends[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, base + max_pairs, side="right")))
+        _match_chunk(
+            pred_boxes, pred_image, gt_boxes, gt_offsets, counts, start, stop, plus_one, best_iou, best_index
+        )
+        start = stop
+    return best_iou, best_index
+
+
+def _match_chunk(
+    pred_boxes: np.ndarray,
+    pred_image: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_offsets: np.ndarray,
+    counts: np.ndarray,
+    start: int,
+    stop: int,
+    plus_one: bool,
+    best_iou: np.ndarray,
+    best_index: np.ndarray,
+) -> None:
+    cnt = counts[start:stop]
+    has_gt = cnt > 0
+    if not has_gt.any():
+        return
+    pair_start = np.cumsum(cnt) - cnt  # (P,) first pair of each prediction
+    pair_pred = np.repeat(np.arange(stop - start), cnt)  # (T,) prediction (chunk-local) of each pair
+    local_gt = np.arange(len(pair_pred)) - pair_start[pair_pred]  # (T,) box index within the image
+    global_gt = gt_offsets[pred_image[start:stop]][pair_pred] + local_gt  # (T,)
+    iou = _pair_iou(pred_boxes[start:stop][pair_pred], gt_boxes[global_gt], plus_one)  # (T,)
+    seg_max = np.maximum.reduceat(iou, pair_start[has_gt])  # (P',) one per prediction with boxes
+    is_max = iou == np.repeat(seg_max, cnt[has_gt])  # (T,)
+    hits = np.flatnonzero(is_max)
+    owner = pair_pred[hits]
+    first = np.ones(len(hits), bool)
+    first[1:] = owner[1:] != owner[:-1]  # first maximum of each prediction = np.argmax
+    best_iou[start + owner[first]] = iou[hits[first]]
+    best_index[start + owner[first]] = local_gt[hits[first]]
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """All-point VOC AP: sentinels (0, 0) / (1, 0), precision envelope from the right, sum of
+    Δrecall · precision where recall changes. NaN precision at points where recall does not change is never read.
+    """
+    mrec = np.concatenate(([0.0], np.asarray(recall, dtype=np.float64), [1.0]))
+    mpre = np.concatenate(([0.0], np.asarray(precision, dtype=np.float64), [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    i = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+
+
+def _as_list(arrays: Sequence, width: int | None, what: str) -> list[np.ndarray]:
+    out = []
+    for i, a in enumerate(arrays):
+        a = np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, dtype=np.float64)
+        a = a.reshape(-1, width) if width else a.reshape(-1)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{what}[{i}] holds NaN or infinite values")
+        out.append(a)
+    return out
+
+
+def detection_pr(
+    pred_boxes: Sequence[np.ndarray],
+    pred_scores: Sequence[np.ndarray],
+    gt_boxes: Sequence[np.ndarray],
+    iou_thresh: float = 0.5,
+    ignore: Sequence[np.ndarray] | None = None,
+) -> PRCurve:
+    """Precision/recall curve and VOC AP of one class over a set of images.
+
+    Args:
+        pred_boxes: per image ``[n, 4]`` xyxy predictions (numpy or CPU tensors).
+        pred_scores: per image ``[n]`` scores.
+        gt_boxes: per image ``[m, 4]`` xyxy ground truth, same frame as the predictions.
+        iou_thresh: a detection matches a box when their IoU is ``>= iou_thresh``.
+        ignore: per image ``bool [m]``: boxes that count neither as ground truth nor as false positives.
+    Returns:
+        A `PRCurve` (AP is NaN when no ground truth is counted).
+    """
+    if not len(pred_boxes) == len(pred_scores) == len(gt_boxes):
+        raise ValueError(
+            f"pred_boxes, pred_scores and gt_boxes need one entry per image, got "
+            f"{len(pred_boxes)}, {len(pred_scores)}, {len(gt_boxes)}"
+        )
+    if not 0 < iou_thresh <= 1:
+        raise ValueError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
+    boxes = _as_list(pred_boxes, 4, "pred_boxes")
+    scores = _as_list(pred_scores, None, "pred_scores")
+    gts = _as_list(gt_boxes, 4, "gt_boxes")
+    for i, (b, s) in enumerate(zip(boxes, scores)):
+        if len(b) != len(s):
+            raise ValueError(f"image {i}: {len(b)} boxes but {len(s)} scores")
+    gt_counts = np.array([len(g) for g in gts], np.int64)
+    gt_offsets = np.concatenate(([0], np.cumsum(gt_counts)))
+    if ignore is None:
+        ignored = np.zeros(int(gt_offsets[-1]), bool)
+    else:
+        if len(ignore) != len(gts):
+            raise ValueError(f"ignore needs one entry per image, got {len(ignore)} for {len(gts)} images")
+        parts = [np.asarray(g, dtype=bool).reshape(-1) for g in ignore]
+        for i, (p, g) in enumerate(zip(parts, gts)):
+            if len(p) != len(g):
+                raise ValueError(f"image {i}: ignore has {len(p)} entries for {len(g)} boxes")
+        ignored = np.concatenate(parts) if parts else np.zeros(0, bool)
+    num_gt = int((~ignored).sum())
+
+    pred_counts = np.array([len(b) for b in boxes], np.int64)
+    all_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+    all_scores = np.concatenate(scores) if scores else np.zeros(0)
+    image = np.repeat(np.arange(len(boxes)), pred_counts)  # (D,)
+    order = np.argsort(-all_scores, kind="stable")  # rank -> detection
+    all_boxes, all_scores, image = all_boxes[order], all_scores[order], image[order]
+
+    best_iou, best_local = max_iou_match(all_boxes, image, np.concatenate(gts) if gts else all_boxes[:0], gt_offsets)
+    hit = (best_iou >= iou_thresh) & (best_local >= 0)
+    best_global = np.where(hit, gt_offsets[image] + best_local, -1)
+    hit_ignored = hit & ignored[np.maximum(best_global, 0)] if len(ignored) else np.zeros_like(hit)
+    # First detection (in rank order) on each counted box is a TP; later ones on the same box are FPs.
+    counted_hits = np.flatnonzero(hit & ~hit_ignored)
+    _, first = np.unique(best_global[counted_hits], return_index=True)
+    tp = np.zeros(len(all_scores), bool)
+    tp[counted_hits[first]] = True
+    keep = ~hit_ignored
+    tp = tp[keep]
+    ctp = np.cumsum(tp)
+    cfp = np.cumsum(~tp)
+    precision = ctp / np.maximum(ctp + cfp, 1)
+    recall = ctp / num_gt if num_gt else np.zeros(len(ctp))
+    ap = voc_ap(recall, precision) if num_gt else float("nan")
+    return PRCurve(precision=precision, recall=recall, scores=all_scores[keep], ap=ap, num_gt=num_gt)
+
+
+def detection_ap(
+    pred_boxes: Sequence[np.ndarray],
+    pred_scores: Sequence[np.ndarray],
+    gt_boxes: Sequence[np.ndarray],
+    iou_thresh: float = 0.5,
+    ignore: Sequence[np.ndarray] | None = None,
+) -> float:
+    """VOC all-point AP of one class (see `detection_pr`); NaN when no ground truth is counted."""
+    return detection_pr(pred_boxes, pred_scores, gt_boxes, iou_thresh=iou_thresh, ignore=ignore).ap

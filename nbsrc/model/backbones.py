@@ -1,0 +1,266 @@
+"""Backbones: MobileNetV1 x0.25 (biubug6), torchvision ResNets, and the latent bridge + pruned ResNet.
+
+Every backbone maps its input to a list of feature maps and reports, for that list, ``out_channels: list[int]``
+and ``strides: list[int]`` (image pixels per feature cell, in the network frame of `nbsrc.boxes`). Necks,
+heads and anchors read those two attributes; nothing else hard-codes them.
+
+Module names follow the published checkpoints: the MobileNet stages are ``stage1/2/3`` with the biubug6
+``Sequential`` indices, and the ResNets use the torchvision attribute names (``conv1``, ``bn1``,
+``layer1`` ... ``layer4``), so their state dicts load without renaming.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet18, resnet34, resnet50
+
+__all__ = [
+    "BRIDGE_VARIANTS",
+    "LatentBackbone",
+    "MobileNetV1",
+    "ResNetBackbone",
+    "conv_bn",
+    "conv_bn1x1",
+    "conv_bn_no_relu",
+    "conv_dw",
+    "make_bridge",
+    "resnet_channels",
+]
+
+BRIDGE_VARIANTS = ("deconv", "bilinear", "nearest")
+_RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
+
+
+def conv_bn(inp: int, oup: int, stride: int = 1, leaky: float = 0.0) -> nn.Sequential:
+    """3x3 conv (no bias) + BN + LeakyReLU(`leaky`); ``leaky = 0`` is a plain ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(inp, oup, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(oup),
+        nn.LeakyReLU(negative_slope=leaky, inplace=True),
+    )
+
+
+def conv_bn_no_relu(inp: int, oup: int, stride: int = 1) -> nn.Sequential:
+    """3x3 conv (no bias) + BN, no activation."""
+    return nn.Sequential(nn.Conv2d(inp, oup, 3, stride, 1, bias=False), nn.BatchNorm2d(oup))
+
+
+def conv_bn1x1(inp: int, oup: int, stride: int = 1, leaky: float = 0.0) -> nn.Sequential:
+    """1x1 conv (no bias) + BN + LeakyReLU(`leaky`)."""
+    return nn.Sequential(
+        nn.Conv2d(inp, oup, 1, stride, 0, bias=False),
+        nn.BatchNorm2d(oup),
+        nn.LeakyReLU(negative_slope=leaky, inplace=True),
+    )
+
+
+def conv_dw(inp: int, oup: int, stride: int, leaky: float = 0.1) -> nn.Sequential:
+    """Depthwise 3x3 + BN + LeakyReLU, then pointwise 1x1 + BN + LeakyReLU (indices 0, 1, 3, 4 hold weights)."""
+    return nn.Sequential(
+        nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False),
+        nn.BatchNorm2d(inp),
+        nn.LeakyReLU(negative_slope=leaky, inplace=True),
+        nn.Conv2d(inp, oup, 1, 1, 0, bias=False),
+        nn.BatchNorm2d(oup),
+        nn.LeakyReLU(negative_slope=leaky, inplace=True),
+    )
+
+
+class MobileNetV1(nn.Module):
+    """MobileNetV1 x0.25 of biubug6 (all activations LeakyReLU 0.1), without its classifier.
+
+    Args:
+        stride4_tap: also return the stride-4 map after ``stage1[3]`` (32 channels), for the P2-P6 neck.
+
+    Input ``Tensor[B, 3, H, W]``; output the maps of stage1 (64 ch, stride 8), stage2 (128, 16) and
+    stage3 (256, 32), preceded by the stride-4 tap when asked for.
+    """
+
+    def __init__(self, stride4_tap: bool = False) -> None:
+        super().__init__()
+        self.stride4_tap = stride4_tap
+        self.stage1 = nn.Sequential(
+            conv_bn(3, 8, 2, leaky=0.1),  # stride 2
+            conv_dw(8, 16, 1),
+            conv_dw(16, 32, 2),  # stride 4
+            conv_dw(32, 32, 1),  # <- stride-4 tap
+            conv_dw(32, 64, 2),  # stride 8
+            conv_dw(64, 64, 1),
+        )
+        self.stage2 = nn.Sequential(
+            conv_dw(64, 128, 2),  # stride 16
+            conv_dw(128, 128, 1),
+            conv_dw(128, 128, 1),
+            conv_dw(128, 128, 1),
+            conv_dw(128, 128, 1),
+            conv_dw(128, 128, 1),
+        )
+        self.stage3 = nn.Sequential(
+            conv_dw(128, 256, 2),  # stride 32
+            conv_dw(256, 256, 1),
+        )
+        self.out_channels = ([32] if stride4_tap else []) + [64, 128, 256]
+        self.strides = ([4] if stride4_tap else []) + [8, 16, 32]
+
+    def trunk(self) -> list[nn.Module]:
+        """Modules holding pretrained (ImageNet) weights."""
+        return [self]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        features = []
+        for index, block in enumerate(self.stage1):
+            x = block(x)
+            if index == 3 and self.stride4_tap:
+                features.append(x)
+        features.append(x)
+        x = self.stage2(x)
+        features.append(x)
+        features.append(self.stage3(x))
+        return features
+
+
+def resnet_channels(depth_name: str) -> dict[str, int]:
+    """Output channels of ``layer1`` ... ``layer4`` of a torchvision ResNet."""
+    if depth_name not in _RESNETS:
+        raise ValueError(f"unknown resnet {depth_name!r}; expected one of {list(_RESNETS)}")
+    expansion = 4 if depth_name == "resnet50" else 1
+    return {f"layer{i}": 64 * 2 ** (i - 1) * expansion for i in range(1, 5)}
+
+
+_LAYER_STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet cut after its last returned layer, with the torchvision attribute names.
+
+    Args:
+        name: ``resnet18`` | ``resnet34`` | ``resnet50``.
+        return_layers: which of ``layer1`` ... ``layer4`` to return (the biubug6 design uses layer2..4, the
+            P2-P6 design layer1..4).
+    """
+
+    def __init__(self, name: str = "resnet50", return_layers: tuple[str, ...] = ("layer2", "layer3", "layer4")):
+        super().__init__()
+        if name not in _RESNETS:
+            raise ValueError(f"unknown resnet {name!r}; expected one of {list(_RESNETS)}")
+        if not return_layers or any(layer not in _LAYER_STRIDE for layer in return_layers):
+            raise ValueError(f"return_layers must be a subset of {list(_LAYER_STRIDE)}, got {return_layers}")
+        net = _RESNETS[name](weights=None)
+        self.name = name
+        self.return_layers = tuple(return_layers)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        last = max(int(layer[-1]) for layer in return_layers)
+        for index in range(1, last + 1):
+            setattr(self, f"layer{index}", getattr(net, f"layer{index}"))
+        self._layers = [f"layer{index}" for index in range(1, last + 1)]
+        channels = resnet_channels(name)
+        self.out_channels = [channels[layer] for layer in self.return_layers]
+        self.strides = [_LAYER_STRIDE[layer] for layer in self.return_layers]
+
+    def trunk(self) -> list[nn.Module]:
+        return [self]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        features = []
+        for layer in self._layers:
+            x = getattr(self, layer)(x)
+            if layer in self.return_layers:
+                features.append(x)
+        return features
+
+
+class _Interpolate(nn.Module):
+    def __init__(self, scale: int, mode: str) -> None:
+        super().__init__()
+        self.scale, self.mode = scale, mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "bilinear":
+            return F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return F.interpolate(x, scale_factor=self.scale, mode=self.mode)
+
+
+def make_bridge(variant: str, in_channels: int, out_channels: int) -> nn.Sequential:
+    """Lift a latent ``[B, in, h, w]`` to ``[B, out, 4h, 4w]`` (the input of ResNet stage 2).
+
+    - ``deconv``: conv3x3 in->512 + BN + ReLU, ConvTranspose2d(k4, s2, p1) 512->512 + BN + ReLU,
+      ConvTranspose2d(k4, s2, p1) 512->out + BN + ReLU (7,474,944 parameters for 256->256).
+    - ``bilinear``: x4 bilinear upsample, conv3x3 in->out (no bias) + BN + ReLU (590,336 for 256->256).
+    - ``nearest``: x2 nearest, conv3x3 in->in + ReLU, x2 nearest, conv3x3 in->out + ReLU (1,180,160 for 256->256).
+    """
+    if variant == "deconv":
+        return nn.Sequential(
+            nn.Conv2d(in_channels, 512, 3, 1, 1),
+            nn.BatchNorm2d(512),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(512, 512, 4, 2, 1),  # h -> 2h
+            nn.BatchNorm2d(512),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(512, out_channels, 4, 2, 1),  # 2h -> 4h
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+    if variant == "bilinear":
+        return nn.Sequential(
+            _Interpolate(4, "bilinear"),
+            nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+    if variant == "nearest":
+        return nn.Sequential(
+            _Interpolate(2, "nearest"),
+            nn.Conv2d(in_channels, in_channels, 3, 1, 1),
+            nn.ReLU(inplace=True),
+            _Interpolate(2, "nearest"),
+            nn.Conv2d(in_channels, out_channels, 3, 1, 1),
+            nn.ReLU(inplace=True),
+        )
+    raise ValueError(f"unknown bridge {variant!r}; expected one of {list(BRIDGE_VARIANTS)}")
+
+
+class LatentBackbone(nn.Module):
+    """Latent ``[B, C, h, w]`` -> bridge (x4) -> ResNet ``layer2``, ``layer3``, ``layer4`` (stem and layer1 removed).
+
+    Returns ``[bridge output, C2, C3, C4]`` with strides ``latent_stride / 4 * (1, 2, 4, 8)`` in the image frame
+    (4/8/16/32 for the default 16: a 40x40 latent gives 160, 80, 40 and 20 cells).
+
+    Args:
+        name: ``resnet18`` | ``resnet34`` | ``resnet50``.
+        bridge: ``deconv`` | ``bilinear`` | ``nearest`` (see `make_bridge`).
+        latent_channels: channels of the latent.
+        latent_stride: image pixels per latent cell (16 for JPEG AI).
+    """
+
+    def __init__(
+        self, name: str = "resnet50", bridge: str = "deconv", latent_channels: int = 256, latent_stride: int = 16
+    ) -> None:
+        super().__init__()
+        if latent_stride % 4 != 0:
+            raise ValueError(f"latent_stride must be a multiple of 4 (the bridge upsamples x4), got {latent_stride}")
+        if name not in _RESNETS:
+            raise ValueError(f"unknown resnet {name!r}; expected one of {list(_RESNETS)}")
+        net = _RESNETS[name](weights=None)
+        channels = resnet_channels(name)
+        self.name = name
+        self.latent_channels = latent_channels
+        self.latent_stride = latent_stride
+        self.bridge = make_bridge(bridge, latent_channels, channels["layer1"])
+        self.layer2, self.layer3, self.layer4 = net.layer2, net.layer3, net.layer4
+        base = latent_stride // 4
+        self.out_channels = [channels["layer1"], channels["layer2"], channels["layer3"], channels["layer4"]]
+        self.strides = [base, base * 2, base * 4, base * 8]
+
+    def trunk(self) -> list[nn.Module]:
+        """The pruned ResNet (frozen by ``freeze_backbone``; the bridge stays trainable)."""
+        return [self.layer2, self.layer3, self.layer4]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        c1 = self.bridge(x)
+        c2 = self.layer2(c1)
+        c3 = self.layer3(c2)
+        c4 = self.layer4(c3)
+        return [c1, c2, c3, c4]
+

@@ -1,0 +1,467 @@
+"""Run the notebooks headless: jupytext source -> notebook with a kernelspec -> papermill -> run folder.
+
+``python -m nbsrc run-notebooks [NAMES...] --params params.yaml | -p key value ... --out runs/NAME``
+
+For each selected notebook, in order, the runner
+
+1. reads ``notebooks/NN_name.py`` (jupytext percent format) and gives it the ``python3`` kernelspec;
+2. checks the parameters against the notebook's ``parameters`` cell (papermill only warns about unknown
+   keys; here an undeclared key, or a value of the wrong type, is a `ValueError` before anything runs);
+3. executes it through the papermill API with kernel ``python3``, working directory = the run folder, and
+   ``run_dir`` = the run folder (so notebooks hand artifacts to each other through files, not globals);
+4. writes ``<out>/NN_name.ipynb`` (executed) and ``<out>/NN_name.html`` (nbconvert export), and
+   ``<out>/summary.json`` with status, duration and the metrics each notebook saved with
+   `nbsrc.paths.save_metrics`.
+
+A failing notebook stops the run with `NotebookExecutionError` naming the notebook, the cell index in the
+executed notebook, and the error; the summary and the executed notebook (with the traceback) are written first.
+
+Parameters for several notebooks: a top-level key goes to every selected notebook that declares it and must
+be declared by at least one of them; a top-level key equal to a notebook name (``03_training:``) holds
+parameters for that notebook only, each of which it must declare.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nbsrc import paths
+from nbsrc.utils import atomic_write_text
+
+__all__ = [
+    "KERNEL_NAME",
+    "NotebookExecutionError",
+    "NotebookParameter",
+    "check_parameters",
+    "declared_parameters",
+    "default_notebooks_dir",
+    "list_notebooks",
+    "load_params_file",
+    "parse_param_pairs",
+    "read_notebook",
+    "run_notebooks",
+]
+
+logger = logging.getLogger(__name__)
+
+KERNEL_NAME = "python3"
+KERNELSPEC = {"name": KERNEL_NAME, "display_name": "Python 3", "language": "python"}
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+class NotebookExecutionError(RuntimeError):
+    """A notebook raised. `cell_index` counts the cells of the source notebook from 0 (markdown included);
+    `cell_line` is the first line of that cell."""
+
+    def __init__(
+        self,
+        notebook: str,
+        cell_index: int | None,
+        ename: str,
+        evalue: str,
+        output: Path | None,
+        cell_line: str = "",
+    ) -> None:
+        self.notebook = notebook
+        self.cell_index = cell_index
+        self.ename = ename
+        self.evalue = evalue
+        self.output = output
+        self.cell_line = cell_line
+        where = f"cell {cell_index}" if cell_index is not None else "an unknown cell"
+        if cell_line:
+            where += f" ({cell_line!r})"
+        saved = f"; executed notebook with the traceback: {output}" if output is not None else ""
+        super().__init__(f"notebook {notebook} failed at {where}: {ename}: {evalue}{saved}")
+
+
+@dataclass(frozen=True)
+class NotebookParameter:
+    """One entry of a notebook's ``parameters`` cell."""
+
+    name: str
+    type_name: str  # annotation as written, e.g. "int", "str | None"
+    default: str  # default as written
+    help: str  # the trailing comment
+
+
+# ---- finding and reading notebooks ----------------------------------------------------------------
+def default_notebooks_dir() -> Path:
+    """``notebooks/`` of the source checkout."""
+    root = paths.project_root()
+    if root is None:
+        raise FileNotFoundError("no notebooks folder: nbsrc is not running from a source checkout; pass notebooks_dir")
+    return root / "notebooks"
+
+
+def list_notebooks(notebooks_dir: str | Path | None = None) -> list[Path]:
+    """The notebook sources ``NN_name.py`` in run order."""
+    folder = Path(notebooks_dir) if notebooks_dir is not None else default_notebooks_dir()
+    found = sorted(p for p in folder.glob("[0-9][0-9]_*.py"))
+    if not found:
+        raise FileNotFoundError(f"{folder}: no notebooks (expected NN_name.py files in jupytext percent format)")
+    return found
+
+
+def _select(names: Sequence[str] | None, available: list[Path]) -> list[Path]:
+    if not names:
+        return available
+    by_stem = {p.stem: p for p in available}
+    selected = []
+    for name in names:
+        key = Path(name).stem
+        matches = [p for stem, p in by_stem.items() if stem == key or stem[:2] == key or stem[3:] == key]
+        if len(matches) != 1:
+            hint = difflib.get_close_matches(key, list(by_stem), n=1)
+            raise ValueError(
+                f"unknown notebook {name!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f" (notebooks: {', '.join(by_stem)})"
+            )
+        if matches[0] not in selected:
+            selected.append(matches[0])
+    return sorted(selected)
+
+
+def read_notebook(source: str | Path) -> Any:
+    """A ``.py`` (jupytext) or ``.ipynb`` file as an nbformat notebook carrying the ``python3`` kernelspec."""
+    import jupytext
+
+    source = Path(source)
+    if not source.is_file():
+        raise FileNotFoundError(f"notebook {source} not found")
+    nb = jupytext.read(source)
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.metadata.setdefault("language_info", {"name": "python"})
+    return nb
+
+
+def declared_parameters(nb: Any) -> dict[str, NotebookParameter]:
+    """The ``parameters`` cell of a notebook as papermill reads it (``papermill.inspect_notebook``)."""
+    import nbformat
+    import papermill
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "notebook.ipynb"
+        nbformat.write(nb, path)
+        inspected = papermill.inspect_notebook(str(path))
+    return {
+        name: NotebookParameter(name, str(p["inferred_type_name"]), str(p["default"]), str(p["help"]))
+        for name, p in inspected.items()
+    }
+
+
+# ---- parameters ---------------------------------------------------------------------------------
+def load_params_file(path: str | Path) -> dict[str, Any]:
+    """Parameters from a YAML (or JSON) file: a mapping of names to values (see module docstring)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"params file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of parameter names to values, got {type(data).__name__}")
+    return data
+
+
+def parse_param_pairs(pairs: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """``-p key value`` pairs; values are read as YAML scalars (``5`` int, ``0.1`` float, ``true``, ``null``)."""
+    import yaml
+
+    params: dict[str, Any] = {}
+    for key, value in pairs:
+        try:
+            params[key] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            params[key] = value
+    return params
+
+
+def _coerce(notebook: str, param: NotebookParameter, value: Any) -> Any:
+    """Check `value` against the declared annotation; ints become floats and numbers strings where declared."""
+    allowed = {t.strip() for t in param.type_name.replace("Optional[", "").replace("]", "").split("|")}
+    known = {"bool", "int", "float", "str"}
+    if not allowed & known:  # no or unusual annotation: pass through
+        return value
+    expected = f"{param.type_name} (default {param.default})"
+    if value is None:
+        if "None" in allowed:
+            return None
+        raise ValueError(f"notebook {notebook}: parameter {param.name!r} expects {expected}, got None")
+    if isinstance(value, bool):
+        if "bool" in allowed:
+            return value
+    elif isinstance(value, int):
+        if "int" in allowed:
+            return value
+        if "float" in allowed:
+            return float(value)
+        if "str" in allowed:
+            return str(value)
+    elif isinstance(value, float):
+        if "float" in allowed:
+            return value
+        if "int" in allowed and value.is_integer():
+            return int(value)
+        if "str" in allowed:
+            return str(value)
+    elif isinstance(value, str):
+        if "str" in allowed:
+            return value
+    raise ValueError(
+        f"notebook {notebook}: parameter {param.name!r} expects {expected}, got {type(value).__name__} {value!r}"
+    )
+
+
+def check_parameters(notebook: str, declared: Mapping[str, NotebookParameter], params: Mapping[str, Any]) -> dict:
+    """`params` checked against what `notebook` declares.
+
+    Raises:
+        ValueError: a key the notebook does not declare (with a suggestion and the declared list), or a value
+            of the wrong type.
+    """
+    checked = {}
+    for key, value in params.items():
+        if key not in declared:
+            hint = difflib.get_close_matches(key, list(declared), n=1)
+            raise ValueError(
+                f"notebook {notebook} does not declare parameter {key!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f" (declared: {', '.join(declared) or 'none'})"
+            )
+        checked[key] = _coerce(notebook, declared[key], value)
+    return checked
+
+
+def _plan(
+    sources: list[Path], parameters: Mapping[str, Any], run_dir: Path
+) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(name, notebook, parameters) per notebook; raises before anything runs when a key is undeclared."""
+    stems = {p.stem for p in sources}
+    common = {k: v for k, v in parameters.items() if k not in stems}
+    sections = {k: v for k, v in parameters.items() if k in stems}
+    for name, section in sections.items():
+        if not isinstance(section, Mapping):
+            raise ValueError(f"parameters for notebook {name} must be a mapping, got {type(section).__name__}")
+    plan = []
+    declared_by: dict[str, dict[str, NotebookParameter]] = {}
+    for source in sources:
+        nb = read_notebook(source)
+        declared = declared_parameters(nb)
+        declared_by[source.stem] = declared
+        chosen = {k: v for k, v in common.items() if k in declared}
+        if "run_dir" in declared and "run_dir" not in chosen:
+            chosen["run_dir"] = str(run_dir)
+        chosen.update(sections.get(source.stem, {}))
+        plan.append((source.stem, nb, check_parameters(source.stem, declared, chosen)))
+    undeclared = [k for k in common if not any(k in d for d in declared_by.values())]
+    if undeclared:
+        everything = sorted({k for d in declared_by.values() for k in d})
+        hint = difflib.get_close_matches(undeclared[0], everything, n=1)
+        raise ValueError(
+            f"parameter {undeclared[0]!r} is declared by none of the notebooks {', '.join(declared_by)}"
+            + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + f" (declared: {', '.join(everything)})"
+        )
+    return plan
+
+
+# ---- execution ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _kernel_environment() -> Iterator[None]:
+    """Kernels import this checkout's nbsrc and draw figures inline (a CI's MPLBACKEND=Agg would hide them)."""
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "MPLBACKEND")}
+    root = paths.project_root()
+    if root is not None:
+        parts = [str(root)] + [p for p in (saved["PYTHONPATH"] or "").split(os.pathsep) if p]
+        os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+    os.environ["MPLBACKEND"] = INLINE_BACKEND
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _source_cell(executed: Any, index: int | None) -> tuple[int | None, str]:
+    """Map a cell index of the executed notebook back to the source notebook (skips papermill's cells)."""
+    if index is None:
+        return None, ""
+    source_index = -1
+    for i, cell in enumerate(executed.cells):
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags or "papermill-error-cell-tag" in tags:
+            continue
+        source_index += 1
+        if i == index:
+            lines = [line for line in cell.source.splitlines() if line.strip()]
+            return source_index, (lines[0].strip()[:80] if lines else "")
+    return None, ""
+
+
+def _failed_cell(executed: Any) -> int | None:
+    """Index (in `executed`) of the first code cell with an error output or left running."""
+    for index, cell in enumerate(executed.cells):
+        if cell.cell_type != "code":
+            continue
+        if any(out.get("output_type") == "error" for out in cell.get("outputs", [])):
+            return index
+        if cell.get("metadata", {}).get("papermill", {}).get("status") in ("running", "pending"):
+            return index
+    return None
+
+
+def _error_of(executed: Any, index: int | None) -> tuple[str, str]:
+    if index is None:
+        return "", ""
+    for out in executed.cells[index].get("outputs", []):
+        if out.get("output_type") == "error":
+            return out.get("ename", ""), out.get("evalue", "")
+    return "", ""
+
+
+def _export_html(nb: Any, path: Path) -> Path:
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    atomic_write_text(path, body)
+    return path
+
+
+def _image_count(nb: Any) -> int:
+    return sum(
+        1
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if "image/png" in out.get("data", {})
+    )
+
+
+def run_notebooks(
+    names: Sequence[str] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    out: str | Path = "runs/notebooks",
+    *,
+    notebooks_dir: str | Path | None = None,
+    kernel_name: str = KERNEL_NAME,
+    html: bool = True,
+    cell_timeout: int | None = None,
+    log_output: bool = False,
+) -> dict[str, Any]:
+    """Execute notebooks in order into the run folder `out` and return the summary (also ``summary.json``).
+
+    Args:
+        names: notebooks to run (``01``, ``data_inspection``, ``01_data_inspection``); None = all, in order.
+        parameters: values for the notebooks' parameters cells (see the module docstring).
+        out: the run folder; receives executed notebooks, HTML exports, ``summary.json`` and everything the
+            notebooks write through their ``run_dir`` parameter.
+        notebooks_dir: folder of the ``NN_name.py`` sources (default: the checkout's ``notebooks/``).
+        kernel_name: Jupyter kernel to execute with.
+        html: also export each executed notebook to HTML.
+        cell_timeout: seconds one cell may run (None = no limit).
+        log_output: stream cell output to the log.
+
+    Raises:
+        ValueError: an undeclared parameter or a wrongly typed value (nothing has run then).
+        NotebookExecutionError: a notebook failed; the summary marks it and skips the ones after it.
+    """
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    run_dir = Path(out).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sources = _select(names, list_notebooks(notebooks_dir))
+    plan = _plan(sources, dict(parameters or {}), run_dir)
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "status": "running", "notebooks": []}
+    started = time.perf_counter()
+    failure: NotebookExecutionError | None = None
+    for name, nb, params in plan:
+        entry: dict[str, Any] = {"name": name, "parameters": params}
+        summary["notebooks"].append(entry)
+        if failure is not None:
+            entry["status"] = "skipped"
+            continue
+        output = run_dir / f"{name}.ipynb"
+        logger.info("running notebook %s -> %s", name, output)
+        t0 = time.perf_counter()
+        executed = None
+        error: Exception | None = None
+        with tempfile.TemporaryDirectory() as tmp, _kernel_environment():
+            source = Path(tmp) / f"{name}.ipynb"
+            nbformat.write(nb, source)
+            try:
+                executed = papermill.execute_notebook(
+                    str(source),
+                    str(output),
+                    parameters=params,
+                    kernel_name=kernel_name,
+                    progress_bar=False,
+                    log_output=log_output,
+                    cwd=str(run_dir),
+                    execution_timeout=cell_timeout,
+                    start_timeout=120,
+                )
+            except Exception as exc:  # a cell raised (PapermillExecutionError), timed out, or the kernel died
+                error = exc
+        entry["duration_s"] = round(time.perf_counter() - t0, 2)
+        entry["output"] = str(output)
+        if executed is None and output.is_file():
+            executed = nbformat.read(output, as_version=4)
+        if error is not None:
+            index = _failed_cell(executed) if executed is not None else None
+            ename, evalue = _error_of(executed, index) if executed is not None else ("", "")
+            if isinstance(error, PapermillExecutionError):
+                ename, evalue = error.ename, error.evalue
+            cell_index, cell_line = _source_cell(executed, index) if executed is not None else (None, "")
+            failure = NotebookExecutionError(
+                name,
+                cell_index,
+                ename or type(error).__name__,
+                evalue or str(error),
+                output if output.is_file() else None,
+                cell_line,
+            )
+        if executed is not None:
+            entry["images"] = _image_count(executed)
+            if html:
+                entry["html"] = str(_export_html(executed, run_dir / f"{name}.html"))
+        entry["metrics"] = paths.load_metrics(run_dir, name) or {}
+        if failure is not None:
+            entry["status"] = "failed"
+            entry["error"] = {
+                "cell_index": failure.cell_index,
+                "cell": failure.cell_line,
+                "ename": failure.ename,
+                "evalue": failure.evalue,
+            }
+            logger.error("%s", failure)
+        else:
+            entry["status"] = "ok"
+            logger.info("notebook %s finished in %.1f s", name, entry["duration_s"])
+    summary["status"] = "failed" if failure is not None else "ok"
+    summary["duration_s"] = round(time.perf_counter() - started, 2)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    if failure is not None:
+        raise failure
+    return summary

@@ -1,0 +1,326 @@
+"""Where things are: datasets, run folders, checkpoints, and the artifacts notebooks hand to each other.
+
+This is the only module that knows about Kaggle. On Kaggle (``KAGGLE_KERNEL_RUN_TYPE`` is set) datasets are
+found by searching the read-only input mount, where an attached dataset appears either as
+``<input>/<slug>`` or as ``<input>/datasets/<owner>/<slug>``, and outputs go under the writable working
+folder (kept as kernel output). Locally, ``dataset_root=None`` means the demo dataset, built on demand
+under a cache folder, and outputs go under ``runs/`` of the source checkout (or of the working directory).
+
+Notebooks pass artifacts through their run folder, never through globals:
+
+- ``<run_dir>/metrics/<notebook>.json``: the key numbers of a notebook (`save_metrics`), read by the runner
+  into ``summary.json``;
+- ``<run_dir>/artifacts.json``: named paths (``checkpoint``, ``predictions``, ...) one notebook writes
+  (`save_artifact`) and a later one reads (`load_artifact`, `resolve_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from nbsrc.utils import atomic_write_text
+
+__all__ = [
+    "DEMO",
+    "KAGGLE_INPUT",
+    "KAGGLE_WORKING",
+    "DATASET_SLUG",
+    "CODE_DATASET_SLUG",
+    "cache_dir",
+    "demo_dataset",
+    "find_kaggle_dataset",
+    "find_kaggle_file",
+    "load_artifact",
+    "load_metrics",
+    "on_kaggle",
+    "project_root",
+    "resolve_checkpoint",
+    "resolve_dataset_root",
+    "resolve_optional_path",
+    "run_folder",
+    "save_artifact",
+    "save_metrics",
+]
+
+logger = logging.getLogger(__name__)
+
+KAGGLE_INPUT = Path("/kaggle/input")  # read-only mounts of attached datasets and kernel outputs
+KAGGLE_WORKING = Path("/kaggle/working")  # writable, kept as kernel output (20 GB)
+DATASET_SLUG = "retina-modify"  # the JPEG AI latent WIDER FACE dataset
+CODE_DATASET_SLUG = "nbsrc-code"  # the dataset carrying this package's source on Kaggle
+DEMO = "demo"  # dataset_root value that always means the demo dataset
+DEMO_IMAGES = 48  # images per split of the on-demand demo dataset
+SMOKE_DEMO_IMAGES = 8  # images per split of the on-demand demo dataset in smoke runs
+
+_DEMO_MARKER = ".nbsrc-demo-complete"
+_SPLIT_NAMES = ("train", "val")
+
+
+def on_kaggle() -> bool:
+    """True inside a Kaggle kernel (interactive or batch)."""
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
+
+
+def project_root() -> Path | None:
+    """The source checkout this package runs from (the folder with ``pyproject.toml``), if any."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / "nbsrc").is_dir() else None
+
+
+def _runs_root() -> Path:
+    if on_kaggle():
+        return KAGGLE_WORKING
+    root = project_root()
+    return (root if root is not None else Path.cwd()) / "runs"
+
+
+def cache_dir() -> Path:
+    """Folder for derived data (the demo dataset): ``$NBSRC_CACHE``, else ``runs/cache`` (Kaggle: working)."""
+    env = os.environ.get("NBSRC_CACHE")
+    if env:
+        return Path(env)
+    return (KAGGLE_WORKING / "cache") if on_kaggle() else _runs_root() / "cache"
+
+
+def run_folder(run_dir: str | Path | None, default_name: str = "notebooks") -> Path:
+    """The run folder a notebook writes into (created).
+
+    Args:
+        run_dir: explicit folder (the runner passes one), or None for ``runs/<default_name>`` locally and
+            ``<working>/<default_name>`` on Kaggle.
+        default_name: folder name used when `run_dir` is None; notebooks share ``notebooks`` so that an
+            interactive session passes artifacts from one notebook to the next.
+    """
+    path = Path(run_dir) if run_dir is not None else _runs_root() / default_name
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+# ---- datasets ------------------------------------------------------------------------------------
+def _looks_like_dataset(path: Path) -> bool:
+    return any((path / split).is_dir() for split in _SPLIT_NAMES)
+
+
+def _dataset_inside(mount: Path, max_depth: int = 2) -> Path:
+    """The folder holding ``train/`` or ``val/`` at or below a mount (Kaggle keeps an uploaded top folder)."""
+    frontier = [mount]
+    for _ in range(max_depth + 1):
+        for folder in frontier:
+            if _looks_like_dataset(folder):
+                return folder
+        frontier = [child for folder in frontier for child in sorted(folder.iterdir()) if child.is_dir()]
+    return mount
+
+
+def find_kaggle_dataset(slug: str, input_root: str | Path | None = None) -> Path | None:
+    """Mount of an attached dataset: ``<input>/<slug>`` or ``<input>/datasets/<owner>/<slug>``.
+
+    Args:
+        slug: dataset slug, optionally ``owner/slug`` (the owner then has to match in the nested layout).
+        input_root: the input mount (default: Kaggle's).
+
+    Returns:
+        The mount folder, or None when the dataset is not attached.
+    """
+    root = Path(input_root) if input_root is not None else KAGGLE_INPUT
+    owner, _, name = slug.rpartition("/")
+    candidates = [root / name]
+    candidates += sorted(root.glob(f"datasets/{owner or '*'}/{name}"))
+    candidates += sorted(root.glob(f"*/{owner or '*'}/{name}"))  # other nested mount kinds (models, kernels)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def find_kaggle_file(pattern: str, input_root: str | Path | None = None, max_depth: int = 5) -> list[Path]:
+    """Files matching a glob `pattern` (e.g. ``"best.pth"``) at most `max_depth` folders below the input mount.
+
+    Returns the matches at the shallowest depth that has any (so large datasets are not walked needlessly).
+    """
+    root = Path(input_root) if input_root is not None else KAGGLE_INPUT
+    for depth in range(max_depth + 1):
+        found = sorted(root.glob("/".join(["*"] * depth + [pattern])))
+        if found:
+            return found
+    return []
+
+
+def _kaggle_listing(root: Path) -> str:
+    if not root.is_dir():
+        return f"{root} does not exist"
+    entries = sorted(p.name for p in root.iterdir())
+    nested = sorted(str(p.relative_to(root)) for p in root.glob("datasets/*/*"))
+    return f"{root} holds {entries + nested or 'nothing'}"
+
+
+def demo_dataset(images: int = DEMO_IMAGES, seed: int = 0, root: str | Path | None = None) -> Path:
+    """The demo dataset (see `nbsrc.data.demo`), built once under `root` (default: the cache folder).
+
+    A completed build leaves a marker file; an interrupted build is rebuilt from scratch.
+    """
+    from nbsrc.data.demo import make_demo_data
+
+    folder = Path(root) if root is not None else cache_dir() / f"demo-{images}img-seed{seed}"
+    if (folder / _DEMO_MARKER).is_file():
+        return folder
+    tmp = folder.with_name(folder.name + ".building")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    logger.info("building the demo dataset (%d images per split, seed %d) in %s", images, seed, folder)
+    make_demo_data(tmp, images=images, seed=seed)
+    (tmp / _DEMO_MARKER).write_text("ok\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def resolve_dataset_root(
+    dataset_root: str | Path | None,
+    *,
+    slug: str = DATASET_SLUG,
+    smoke: bool = False,
+    demo_images: int | None = None,
+    input_root: str | Path | None = None,
+) -> Path:
+    """Turn a notebook's ``dataset_root`` parameter into an existing dataset folder.
+
+    - an existing folder: itself;
+    - ``"demo"``: the demo dataset (built on demand);
+    - None on Kaggle: the attached `slug` dataset, found by searching the input mount;
+    - None elsewhere: the demo dataset (fewer images when `smoke`);
+    - a name like ``retina-modify`` or ``owner/retina-modify`` on Kaggle: that attached dataset.
+
+    Raises:
+        FileNotFoundError: the folder does not exist, or the dataset is not attached, naming what was searched.
+    """
+    images = demo_images or (SMOKE_DEMO_IMAGES if smoke else DEMO_IMAGES)
+    if dataset_root is not None and str(dataset_root) == DEMO:
+        return demo_dataset(images)
+    if dataset_root is not None:
+        path = Path(dataset_root).expanduser()
+        if path.is_dir():
+            return path.resolve()
+        if on_kaggle() and not path.is_absolute():
+            found = find_kaggle_dataset(str(dataset_root), input_root)
+            if found is not None:
+                return _dataset_inside(found)
+        raise FileNotFoundError(f"dataset_root {str(dataset_root)!r}: no such folder (expected train/ and val/ inside)")
+    if on_kaggle():
+        found = find_kaggle_dataset(slug, input_root)
+        if found is None:
+            root = Path(input_root) if input_root is not None else KAGGLE_INPUT
+            raise FileNotFoundError(
+                f"dataset {slug!r} is not attached: {_kaggle_listing(root)}; attach it to the notebook, "
+                f"or set dataset_root to a folder or to {DEMO!r} for the demo dataset"
+            )
+        return _dataset_inside(found)
+    return demo_dataset(images)
+
+
+def resolve_optional_path(value: str | Path | None, what: str) -> Path | None:
+    """An optional path parameter: None stays None; anything else must exist (relative names are also
+    looked up under the Kaggle input mount on Kaggle)."""
+    if value is None or str(value) == "":
+        return None
+    path = Path(value).expanduser()
+    if path.exists():
+        return path.resolve()
+    if on_kaggle() and not path.is_absolute():
+        found = find_kaggle_dataset(str(value))
+        if found is not None:
+            return found
+        matches = find_kaggle_file(str(value))
+        if matches:
+            return matches[0]
+    raise FileNotFoundError(f"{what} {str(value)!r}: no such file or folder")
+
+
+# ---- artifacts and metrics of a run folder --------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types for numpy / torch scalars, paths, tuples."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def save_metrics(run_dir: str | Path, notebook: str, metrics: dict[str, Any]) -> Path:
+    """Write a notebook's key numbers to ``<run_dir>/metrics/<notebook>.json`` (atomic; the runner reads it)."""
+    path = Path(run_dir) / "metrics" / f"{notebook}.json"
+    atomic_write_text(path, json.dumps(_jsonable(metrics), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_metrics(run_dir: str | Path, notebook: str) -> dict[str, Any] | None:
+    """The metrics a notebook saved in `run_dir`, or None when it saved none."""
+    path = Path(run_dir) / "metrics" / f"{notebook}.json"
+    return _read_json(path) if path.is_file() else None
+
+
+def save_artifact(run_dir: str | Path, name: str, path: str | Path) -> Path:
+    """Record a named artifact path in ``<run_dir>/artifacts.json`` for later notebooks."""
+    index = Path(run_dir) / "artifacts.json"
+    data = _read_json(index) if index.is_file() else {}
+    data[name] = str(Path(path).resolve())
+    atomic_write_text(index, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return Path(data[name])
+
+
+def load_artifact(run_dir: str | Path, name: str) -> Path | None:
+    """A named artifact recorded by an earlier notebook in `run_dir` (None when absent)."""
+    index = Path(run_dir) / "artifacts.json"
+    if not index.is_file():
+        return None
+    value = _read_json(index).get(name)
+    return Path(value) if value else None
+
+
+_CHECKPOINT_NAMES = ("best.pth", "weight_final.pth", "last.pth")
+
+
+def resolve_checkpoint(checkpoint: str | Path | None, run_dir: str | Path | None = None) -> Path | None:
+    """The checkpoint a notebook should use.
+
+    Order: the explicit `checkpoint` (must exist); the ``checkpoint`` artifact of `run_dir` (written by the
+    training notebook); on Kaggle, a ``best.pth`` / ``weight_final.pth`` / ``last.pth`` in the input mount
+    (an attached training kernel's output). Returns None when nothing is found.
+    """
+    if checkpoint is not None and str(checkpoint) != "":
+        return resolve_optional_path(checkpoint, "checkpoint")
+    if run_dir is not None:
+        recorded = load_artifact(run_dir, "checkpoint")
+        if recorded is not None:
+            if not recorded.is_file():
+                raise FileNotFoundError(f"{Path(run_dir) / 'artifacts.json'}: checkpoint {recorded} no longer exists")
+            return recorded
+    if on_kaggle():
+        for name in _CHECKPOINT_NAMES:
+            found = find_kaggle_file(name)
+            if found:
+                return found[0]
+    return None
