@@ -139,29 +139,32 @@ def match_anchors(
             if index is None and method == "sparse":
                 raise ValueError(f"sparse matching needs at most {_MAX_SHAPES} distinct anchor shapes")
         if index is None:
-            best = _match_dense(anchors, boxes, real, chunk)
+            matched_gt, gt_iou, gt_anchor = _match_dense(anchors, boxes, real, pos_iou, chunk)
         else:
-            best = _match_sparse(index, boxes, real, lowest, pos_iou, chunk)
-        anchor_iou, anchor_gt, gt_iou, gt_anchor = best  # (B, A), (B, A), (B, M), (B, M)
+            matched_gt, gt_iou, gt_anchor = _match_sparse(index, boxes, real, lowest, pos_iou, chunk)
+        # matched_gt (B, A): best GT of anchors with IoU >= pos_iou; gt_iou, gt_anchor (B, M): best anchor per GT
 
         forced = real & (gt_iou >= force_iou)  # (B, M)
         forced_anchor = torch.where(forced, gt_anchor, torch.full_like(gt_anchor, UNMATCHED))  # (B, M)
-        # later GT wins a shared best anchor: amax over GT indices is order-independent, hence deterministic
-        gt_index = torch.arange(M, device=device).expand(B, M)  # (B, M)
-        forced_gt = torch.full((B, A + 1), UNMATCHED, dtype=torch.long, device=device)  # (B, A + 1), slot A = sink
-        sink = torch.where(forced, gt_anchor, torch.full_like(gt_anchor, A))  # (B, M)
-        forced_gt.scatter_reduce_(1, sink, torch.where(forced, gt_index, UNMATCHED), reduce="amax")
-        forced_gt = forced_gt[:, :A]  # (B, A)
-
-        matched_gt = torch.where(anchor_iou >= pos_iou, anchor_gt, torch.full_like(anchor_gt, UNMATCHED))  # (B, A)
-        matched_gt = torch.where(forced_gt >= 0, forced_gt, matched_gt)  # (B, A)
+        forced_b, forced_m = forced.nonzero(as_tuple=True)  # (F,)
+        # a later GT wins a shared best anchor: amax over GT indices does not depend on the order of writes
+        slot, column = _segment_reduce(forced_b * A + gt_anchor[forced_b, forced_m], forced_m, reduce="amax")
+        matched_gt.view(-1)[slot] = column
         positive = matched_gt >= 0  # (B, A)
         if M > 0:
             anchor_labels = torch.gather(labels, 1, matched_gt.clamp(min=0))  # (B, A)
-            anchor_labels = torch.where(positive, anchor_labels, torch.zeros_like(anchor_labels))  # (B, A)
+            anchor_labels = anchor_labels.masked_fill_(~positive, 0)  # (B, A)
         else:
             anchor_labels = torch.zeros((B, A), dtype=torch.long, device=device)
     return AnchorMatch(matched_gt=matched_gt, positive=positive, labels=anchor_labels, forced_anchor=forced_anchor)
+
+
+def _segment_reduce(keys: Tensor, values: Tensor, reduce: str) -> tuple[Tensor, Tensor]:
+    """Unique `keys` and the `reduce` ("amax" | "amin") of the `values` sharing each key (deterministic)."""
+    unique_keys, inverse = torch.unique(keys, return_inverse=True)  # (U,), (K,)
+    init = values.new_empty(unique_keys.shape)  # (U,)
+    reduced = init.scatter_reduce_(0, inverse, values, reduce=reduce, include_self=False)  # (U,)
+    return unique_keys, reduced
 
 
 def _check_inputs(anchors: Tensor, boxes: Tensor, labels: Tensor, method: str, chunk: int) -> None:
@@ -182,38 +185,36 @@ def _check_inputs(anchors: Tensor, boxes: Tensor, labels: Tensor, method: str, c
     bad |= real & ((boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1]))
     if bool(bad.any()):
         b, m = (int(v) for v in bad.nonzero()[0])
-        raise ValueError(
-            f"boxes[{b}, {m}] must be finite xyxy with x1 <= x2 and y1 <= y2, got {boxes[b, m].tolist()}"
-        )
+        raise ValueError(f"boxes[{b}, {m}] must be finite xyxy with x1 <= x2 and y1 <= y2, got {boxes[b, m].tolist()}")
 
 
 # ---- dense path ----------------------------------------------------------------------------------
 
 
-def _match_dense(anchors: Tensor, boxes: Tensor, real: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Best GT per anchor and best anchor per GT from the full IoU matrix, chunked over anchors."""
+def _match_dense(
+    anchors: Tensor, boxes: Tensor, real: Tensor, pos_iou: float, chunk: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Best GT per anchor (kept when IoU >= `pos_iou`) and best anchor per GT, chunked over anchors."""
     B, M = real.shape
     A = anchors.shape[0]
     device = anchors.device
-    anchor_iou = torch.full((B, A), -1.0, device=device)  # (B, A)
-    anchor_gt = torch.zeros((B, A), dtype=torch.long, device=device)  # (B, A)
-    gt_iou = torch.full((B, M), -1.0, device=device)  # (B, M)
+    matched_gt = torch.full((B, A), UNMATCHED, dtype=torch.long, device=device)  # (B, A)
+    gt_iou = torch.full((B, M), -1.0, dtype=torch.float32, device=device)  # (B, M)
     gt_anchor = torch.zeros((B, M), dtype=torch.long, device=device)  # (B, M)
     if M == 0:
-        return anchor_iou, anchor_gt, gt_iou, gt_anchor
+        return matched_gt, gt_iou, gt_anchor
     corners = cxcywh_to_xyxy(anchors)  # (A, 4)
     step = max(1, min(chunk, (_BLOCK_FACTOR * chunk) // (B * M)))
     for start in range(0, A, step):
         block = pairwise_iou(boxes, corners[start : start + step])  # (B, M, C)
         block = block.masked_fill(~real[:, :, None], -1.0)  # (B, M, C)
         value, arg = block.max(dim=1)  # (B, C) first GT on ties
-        anchor_iou[:, start : start + step] = value
-        anchor_gt[:, start : start + step] = arg
+        matched_gt[:, start : start + step] = torch.where(value >= pos_iou, arg, UNMATCHED)
         value, arg = block.max(dim=2)  # (B, M) first anchor of the block on ties
         better = value > gt_iou  # strict: an earlier block keeps a tie
         gt_iou = torch.where(better, value, gt_iou)
         gt_anchor = torch.where(better, arg + start, gt_anchor)
-    return anchor_iou, anchor_gt, gt_iou, gt_anchor
+    return matched_gt, gt_iou, gt_anchor
 
 
 # ---- sparse path ---------------------------------------------------------------------------------
@@ -228,14 +229,15 @@ class _AnchorIndex:
     shape_wh: Tensor  # (S, 2) float64 anchor width and height per shape
 
 
-_INDEX_CACHE: dict[tuple, _AnchorIndex | None] = {}
+# (anchors tensor, its version counter, index): holding the tensor keeps its identity unique
+_INDEX_CACHE: list[tuple[Tensor, int, _AnchorIndex | None]] = []
 
 
 def _anchor_index(anchors: Tensor) -> _AnchorIndex | None:
     """Anchors grouped by shape and sorted into rows; cached per tensor (None: too many shapes)."""
-    key = (anchors.data_ptr(), tuple(anchors.shape), str(anchors.device), anchors._version)
-    if key in _INDEX_CACHE:
-        return _INDEX_CACHE[key]
+    for source, version, cached in _INDEX_CACHE:
+        if source is anchors and version == anchors._version:
+            return cached
     shapes, shape_id = torch.unique(anchors[:, 2:], dim=0, return_inverse=True)  # (S, 2), (A,)
     if shapes.shape[0] > _MAX_SHAPES:
         index = None
@@ -256,9 +258,8 @@ def _anchor_index(anchors: Tensor) -> _AnchorIndex | None:
             row_key=_composite(s_sorted[starts], cy_sorted[starts]),
             shape_wh=shapes.double(),
         )
-    if len(_INDEX_CACHE) > 16:
-        _INDEX_CACHE.clear()
-    _INDEX_CACHE[key] = index
+    _INDEX_CACHE.insert(0, (anchors, anchors._version, index))
+    del _INDEX_CACHE[8:]
     return index
 
 
@@ -278,52 +279,37 @@ def _expand(counts: Tensor) -> tuple[Tensor, Tensor]:
 
 def _match_sparse(
     index: _AnchorIndex, boxes: Tensor, real: Tensor, lowest: float, pos_iou: float, chunk: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Same outputs as `_match_dense` wherever they matter (IoU >= `lowest`), visiting only reachable pairs."""
     B, M = real.shape
     A = index.order.shape[0]
     device = boxes.device
-    anchor_iou = torch.full((B * A,), -1.0, device=device)  # (B*A,)
-    anchor_gt = torch.zeros((B * A,), dtype=torch.long, device=device)  # (B*A,)
-    gt_iou = torch.full((B * M,), -1.0, device=device)  # (B*M,)
+    matched_gt = torch.full((B, A), UNMATCHED, dtype=torch.long, device=device)  # (B, A)
+    gt_iou = torch.full((B * M,), -1.0, dtype=torch.float32, device=device)  # (B*M,)
     gt_anchor = torch.zeros((B * M,), dtype=torch.long, device=device)  # (B*M,)
     gt_flat = real.flatten().nonzero().squeeze(1)  # (G,) index into B*M
     if gt_flat.numel() > 0:
         gt_boxes = boxes.reshape(B * M, 4)[gt_flat]  # (G, 4)
         pair_gt, pair_anchor, pair_iou = _candidate_pairs(index, gt_boxes, lowest, chunk)  # (K,) each
         # best anchor per GT: max IoU, then the smallest anchor index among equals
-        g_best = torch.full((gt_flat.numel(),), -1.0, device=device).scatter_reduce(
-            0, pair_gt, pair_iou, reduce="amax"
-        )  # (G,)
-        top = pair_iou == g_best[pair_gt]  # (K,)
-        g_anchor = torch.full((gt_flat.numel(),), A, dtype=torch.long, device=device).scatter_reduce(
-            0, pair_gt[top], pair_anchor[top], reduce="amin"
-        )  # (G,)
-        gt_iou[gt_flat] = g_best
-        gt_anchor[gt_flat] = g_anchor.clamp(max=A - 1)
+        owner, best = _segment_reduce(pair_gt, pair_iou, reduce="amax")  # (G',)
+        top = pair_iou == best[torch.searchsorted(owner, pair_gt)]  # (K,)
+        owner, first = _segment_reduce(pair_gt[top], pair_anchor[top], reduce="amin")  # (G',)
+        gt_iou[gt_flat[owner]] = best
+        gt_anchor[gt_flat[owner]] = first
         # best GT per anchor among IoU >= pos_iou: max IoU, then the smallest GT index among equals
-        keep = pair_iou >= pos_iou  # (K,)
-        image = gt_flat[pair_gt[keep]] // M  # (K',)
+        keep = pair_iou >= pos_iou  # (K',)
         column = gt_flat[pair_gt[keep]] % M  # (K',)
-        slot = image * A + pair_anchor[keep]  # (K',)
+        slot = (gt_flat[pair_gt[keep]] // M) * A + pair_anchor[keep]  # (K',) index into B*A
         values = pair_iou[keep]  # (K',)
-        anchor_iou.scatter_reduce_(0, slot, values, reduce="amax")
-        top = values == anchor_iou[slot]  # (K',)
-        best_column = torch.full((B * A,), M, dtype=torch.long, device=device).scatter_reduce(
-            0, slot[top], column[top], reduce="amin"
-        )  # (B*A,)
-        anchor_gt = best_column.clamp(max=max(M - 1, 0))
-    return (
-        anchor_iou.view(B, A),  # (B, A)
-        anchor_gt.view(B, A),  # (B, A)
-        gt_iou.view(B, M),  # (B, M)
-        gt_anchor.view(B, M),  # (B, M)
-    )
+        slots, best = _segment_reduce(slot, values, reduce="amax")  # (U,)
+        top = values == best[torch.searchsorted(slots, slot)]  # (K',)
+        slots, first = _segment_reduce(slot[top], column[top], reduce="amin")  # (U,)
+        matched_gt.view(-1)[slots] = first
+    return matched_gt, gt_iou.view(B, M), gt_anchor.view(B, M)  # (B, A), (B, M), (B, M)
 
 
-def _candidate_pairs(
-    index: _AnchorIndex, gt_boxes: Tensor, lowest: float, chunk: int
-) -> tuple[Tensor, Tensor, Tensor]:
+def _candidate_pairs(index: _AnchorIndex, gt_boxes: Tensor, lowest: float, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
     """All (GT, anchor) pairs with IoU >= `lowest`: ``(gt, anchor, iou)`` flat tensors.
 
     IoU >= t needs ``min(w) * min(h) >= t * max(area)`` (shape filter) and, per axis, an overlap of at

@@ -47,8 +47,12 @@ __all__ = [
     "default_notebooks_dir",
     "list_notebooks",
     "load_params_file",
+    "parameters_cell",
     "parse_param_pairs",
+    "parse_parameters_cell",
+    "plan_parameters",
     "read_notebook",
+    "select_notebooks",
     "run_notebooks",
 ]
 
@@ -113,7 +117,7 @@ def list_notebooks(notebooks_dir: str | Path | None = None) -> list[Path]:
     return found
 
 
-def _select(names: Sequence[str] | None, available: list[Path]) -> list[Path]:
+def select_notebooks(names: Sequence[str] | None, available: list[Path]) -> list[Path]:
     if not names:
         return available
     by_stem = {p.stem: p for p in available}
@@ -146,19 +150,59 @@ def read_notebook(source: str | Path) -> Any:
     return nb
 
 
-def declared_parameters(nb: Any) -> dict[str, NotebookParameter]:
-    """The ``parameters`` cell of a notebook as papermill reads it (``papermill.inspect_notebook``)."""
-    import nbformat
-    import papermill
+def parse_parameters_cell(source: str, where: str = "parameters cell") -> dict[str, NotebookParameter]:
+    """Parse a ``parameters`` cell: one ``name: type = literal  # help`` per line.
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "notebook.ipynb"
-        nbformat.write(nb, path)
-        inspected = papermill.inspect_notebook(str(path))
-    return {
-        name: NotebookParameter(name, str(p["inferred_type_name"]), str(p["default"]), str(p["help"]))
-        for name, p in inspected.items()
-    }
+    Read with `ast` rather than papermill's pattern, which skips annotations such as ``str | None``.
+
+    Raises:
+        ValueError: a statement that is not an annotated assignment of a literal (str, int, float, bool, None),
+            or a parameter without a trailing comment; the message names `where` and the line.
+    """
+    import ast
+    import io
+    import tokenize
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise ValueError(f"{where}: line {exc.lineno}: not valid Python ({exc.msg})") from None
+    comments = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+    params: dict[str, NotebookParameter] = {}
+    for node in tree.body:
+        line = f"{where}: line {node.lineno}"
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None):
+            raise ValueError(f"{line}: expected 'name: type = literal  # help', got {ast.unparse(node)!r}")
+        try:
+            value = ast.literal_eval(node.value)
+        except ValueError:
+            raise ValueError(f"{line}: default of {node.target.id!r} must be a literal, got {ast.unparse(node.value)!r}")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ValueError(f"{line}: default of {node.target.id!r} must be str, int, float, bool or None")
+        help_text = comments.get(node.end_lineno or node.lineno, "")
+        if not help_text:
+            raise ValueError(f"{line}: parameter {node.target.id!r} needs a trailing '# comment' saying what it is")
+        params[node.target.id] = NotebookParameter(
+            node.target.id, ast.unparse(node.annotation), ast.unparse(node.value), help_text
+        )
+    return params
+
+
+def parameters_cell(nb: Any, where: str = "notebook") -> Any | None:
+    """The cell tagged ``parameters`` (None when there is none; more than one is an error)."""
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) > 1:
+        raise ValueError(f"{where}: {len(tagged)} cells tagged 'parameters'; expected exactly one")
+    return tagged[0] if tagged else None
+
+
+def declared_parameters(nb: Any, where: str = "notebook") -> dict[str, NotebookParameter]:
+    """The parameters a notebook declares in its ``parameters`` cell (`parse_parameters_cell`)."""
+    cell = parameters_cell(nb, where)
+    return {} if cell is None else parse_parameters_cell(cell.source, f"{where} parameters cell")
 
 
 # ---- parameters ---------------------------------------------------------------------------------
@@ -249,10 +293,18 @@ def check_parameters(notebook: str, declared: Mapping[str, NotebookParameter], p
     return checked
 
 
-def _plan(
-    sources: list[Path], parameters: Mapping[str, Any], run_dir: Path
+def plan_parameters(
+    sources: Sequence[Path], parameters: Mapping[str, Any], run_dir: Path | None = None
 ) -> list[tuple[str, Any, dict[str, Any]]]:
-    """(name, notebook, parameters) per notebook; raises before anything runs when a key is undeclared."""
+    """(name, notebook, checked parameters) per notebook source, in order.
+
+    Top-level keys go to every notebook declaring them (each must be declared by at least one); a key equal
+    to a notebook's name holds that notebook's own parameters. With `run_dir`, notebooks declaring
+    ``run_dir`` get it unless given explicitly.
+
+    Raises:
+        ValueError: an undeclared key or a wrongly typed value (before anything runs).
+    """
     stems = {p.stem for p in sources}
     common = {k: v for k, v in parameters.items() if k not in stems}
     sections = {k: v for k, v in parameters.items() if k in stems}
@@ -263,10 +315,11 @@ def _plan(
     declared_by: dict[str, dict[str, NotebookParameter]] = {}
     for source in sources:
         nb = read_notebook(source)
-        declared = declared_parameters(nb)
+        declared = declared_parameters(nb, str(source))
         declared_by[source.stem] = declared
-        chosen = {k: v for k, v in common.items() if k in declared}
-        if "run_dir" in declared and "run_dir" not in chosen:
+        # One notebook: every key is its own (so an unknown key is reported against it by check_parameters).
+        chosen = {k: v for k, v in common.items() if k in declared or len(sources) == 1}
+        if run_dir is not None and "run_dir" in declared and "run_dir" not in chosen:
             chosen["run_dir"] = str(run_dir)
         chosen.update(sections.get(source.stem, {}))
         plan.append((source.stem, nb, check_parameters(source.stem, declared, chosen)))
@@ -283,6 +336,14 @@ def _plan(
 
 
 # ---- execution ----------------------------------------------------------------------------------
+class _CheckedParametersFilter(logging.Filter):
+    """Drop papermill's "Passed unknown parameter" warnings: parameters were checked with `check_parameters`
+    (papermill's own pattern misses annotations like ``str | None``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Passed unknown parameter")
+
+
 @contextlib.contextmanager
 def _kernel_environment() -> Iterator[None]:
     """Kernels import this checkout's nbsrc and draw figures inline (a CI's MPLBACKEND=Agg would hide them)."""
@@ -292,9 +353,13 @@ def _kernel_environment() -> Iterator[None]:
         parts = [str(root)] + [p for p in (saved["PYTHONPATH"] or "").split(os.pathsep) if p]
         os.environ["PYTHONPATH"] = os.pathsep.join(parts)
     os.environ["MPLBACKEND"] = INLINE_BACKEND
+    papermill_logger = logging.getLogger("papermill")
+    checked = _CheckedParametersFilter()
+    papermill_logger.addFilter(checked)
     try:
         yield
     finally:
+        papermill_logger.removeFilter(checked)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -391,8 +456,8 @@ def run_notebooks(
 
     run_dir = Path(out).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    sources = _select(names, list_notebooks(notebooks_dir))
-    plan = _plan(sources, dict(parameters or {}), run_dir)
+    sources = select_notebooks(names, list_notebooks(notebooks_dir))
+    plan = plan_parameters(sources, dict(parameters or {}), run_dir)
     summary: dict[str, Any] = {"run_dir": str(run_dir), "status": "running", "notebooks": []}
     started = time.perf_counter()
     failure: NotebookExecutionError | None = None

@@ -152,7 +152,12 @@ def size_histograms(boxes: np.ndarray, bins: int = 40) -> dict[str, Any]:
             pct = np.percentile(values, [5, 25, 50, 75, 95])
         else:
             edges, counts, pct = np.zeros(bins + 1), np.zeros(bins, int), np.zeros(5)
-        result[key] = {"values": values, "edges": edges, "counts": counts, "percentiles": dict(zip((5, 25, 50, 75, 95), pct))}
+        result[key] = {
+            "values": values,
+            "edges": edges,
+            "counts": counts,
+            "percentiles": dict(zip((5, 25, 50, 75, 95), pct)),
+        }
     return result
 
 
@@ -364,7 +369,9 @@ def compare_presets(
                 "recall@0.35": float((iou >= 0.35).sum() / n),
                 "recall@0.5": float((iou >= 0.5).sum() / n),
                 "unmatched": int((iou < force_iou).sum()),
-                f"recall@0.35 (<{small:g} px)": float((iou[is_small] >= 0.35).mean()) if is_small.any() else float("nan"),
+                f"recall@0.35 (<{small:g} px)": float((iou[is_small] >= 0.35).mean())
+                if is_small.any()
+                else float("nan"),
             }
         )
     return rows
@@ -487,7 +494,9 @@ def dataset_summary(
     rows = []
     for split, per_image in boxes_per_split.items():
         counts = np.array([len(b) for b in per_image])
-        all_boxes = np.concatenate([np.asarray(b).reshape(-1, 4) for b in per_image]) if len(per_image) else np.zeros((0, 4))
+        all_boxes = (
+            np.concatenate([np.asarray(b).reshape(-1, 4) for b in per_image]) if len(per_image) else np.zeros((0, 4))
+        )
         width, height = _wh(all_boxes)
         size = np.sqrt(np.clip(width * height, 0, None))
         row: dict[str, Any] = {
@@ -517,7 +526,9 @@ def latent_statistics(latents: Iterable[np.ndarray], bins: int = 80) -> dict[str
         raise ValueError("latent statistics: no latents given")
     channels = {x.shape[0] for x in stack}
     if len(channels) != 1 or any(x.ndim != 3 for x in stack):
-        raise ValueError(f"latent statistics: expected [C, h, w] latents with one C, got {sorted({x.shape for x in stack})}")
+        raise ValueError(
+            f"latent statistics: expected [C, h, w] latents with one C, got {sorted({x.shape for x in stack})}"
+        )
     per_channel = np.concatenate([x.reshape(x.shape[0], -1) for x in stack], axis=1)  # (C, n*h*w)
     values = per_channel.reshape(-1)  # (C*n*h*w,)
     lo, hi = np.percentile(values, [0.1, 99.9])

@@ -10,7 +10,9 @@ HELP = "execute notebooks headless with papermill"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("names", nargs="*", help="notebooks to run (01, data_inspection, 01_data_inspection); default all")
+    parser.add_argument(
+        "names", nargs="*", help="notebooks to run (01, data_inspection, 01_data_inspection); default all"
+    )
     parser.add_argument("--params", help="YAML file of parameters (top-level keys; a notebook name holds its own)")
     parser.add_argument(
         "-p",

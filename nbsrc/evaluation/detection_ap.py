@@ -21,8 +21,8 @@ import numpy as np
 
 __all__ = ["PRCurve", "box_iou", "detection_ap", "detection_pr", "max_iou_match", "voc_ap"]
 
-# Bound on the (prediction, ground truth) pairs materialised at once by `max_iou_match` (~50 MB of float64).
-MAX_PAIRS = 1_000_000
+# Bound on the (prediction, ground truth) pairs materialised at once by `max_iou_match` (small chunks: large temporaries are slow to allocate).
+MAX_PAIRS = 1 << 16
 
 
 @dataclass
@@ -51,12 +51,12 @@ def box_iou(boxes1: np.ndarray, boxes2: np.ndarray, plus_one: bool = False) -> n
     """
     a = np.asarray(boxes1, dtype=np.float64).reshape(-1, 4)[:, None, :]  # (n, 1, 4)
     b = np.asarray(boxes2, dtype=np.float64).reshape(-1, 4)[None, :, :]  # (1, m, 4)
-    return _pair_iou(a, b, plus_one)
+    return _pair_iou(a, b, 1.0 if plus_one else 0.0)
 
 
-def _pair_iou(a: np.ndarray, b: np.ndarray, plus_one: bool) -> np.ndarray:
-    """Elementwise IoU of broadcastable ``[..., 4]`` xyxy arrays; the operation order of the WIDER code."""
-    one = 1.0 if plus_one else 0.0
+def _pair_iou(a: np.ndarray, b: np.ndarray, one: float) -> np.ndarray:
+    """Elementwise IoU of broadcastable ``[..., 4]`` xyxy arrays (``one`` = 1 for the +1-pixel convention), in
+    the operation order of the WIDER code."""
     area_b = (b[..., 2] - b[..., 0] + one) * (b[..., 3] - b[..., 1] + one)
     iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + one
     ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + one
@@ -72,22 +72,31 @@ def max_iou_match(
     gt_boxes: np.ndarray,
     gt_offsets: np.ndarray,
     *,
+    min_iou: float,
     plus_one: bool = False,
     max_pairs: int = MAX_PAIRS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Best ground-truth box of every prediction, over many images at once.
+    """Best ground-truth box of every prediction whose best IoU is ``>= min_iou``, over many images at once.
+
+    Only candidate pairs are formed: with ``IoU >= t`` the overlap in x is at least ``t`` times each box's width,
+    so a box can only match a prediction if its ``x1`` lies in ``(x1p - Wp / t, x2p + 1)``; boxes are sorted by
+    ``x1`` per image and the candidates found by binary search (the interval is widened slightly, so no
+    candidate is lost to rounding).
 
     Args:
         pred_boxes: ``[N, 4]`` xyxy predictions of all images, concatenated in any order.
         pred_image: ``int [N]`` image index of each prediction.
         gt_boxes: ``[G, 4]`` xyxy ground truth of all images, concatenated image by image.
         gt_offsets: ``int [I + 1]``: image ``i`` owns ``gt_boxes[gt_offsets[i]:gt_offsets[i + 1]]``.
+        min_iou: IoU below which a prediction is reported unmatched (> 0).
         plus_one: WIDER +1-pixel IoU convention.
-        max_pairs: (prediction, box) pairs materialised per chunk (bounds memory).
+        max_pairs: candidate pairs materialised per chunk (bounds memory).
     Returns:
         ``(best_iou float64 [N], best_index int64 [N])``: the highest IoU and the index of its box *within the
-        image* (the first on ties, like ``np.argmax``); 0 and -1 for images without ground truth.
+        image* (the first on ties, like ``np.argmax``) where that IoU is ``>= min_iou``; 0 and -1 elsewhere.
     """
+    if not min_iou > 0:
+        raise ValueError(f"min_iou must be > 0, got {min_iou}")
     pred_boxes = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)
     gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
     pred_image = np.asarray(pred_image, dtype=np.int64).reshape(-1)
@@ -95,51 +104,68 @@ def max_iou_match(
     n = len(pred_boxes)
     best_iou = np.zeros(n, np.float64)
     best_index = np.full(n, -1, np.int64)
-    if n == 0:
+    if n == 0 or len(gt_boxes) == 0:
         return best_iou, best_index
-    counts = (gt_offsets[1:] - gt_offsets[:-1])[pred_image]  # (N,) boxes in each prediction's image
+    one = 1.0 if plus_one else 0.0
+    gt_image = np.repeat(np.arange(len(gt_offsets) - 1), np.diff(gt_offsets))  # (G,)
+    extent = float(max(np.abs(gt_boxes).max(), np.abs(pred_boxes).max()))
+    pred_width = pred_boxes[:, 2] - pred_boxes[:, 0] + one  # (N,)
+    reach = float(max(pred_width.max(), 0.0)) / min_iou
+    span = 4.0 * (extent + reach + one + 1.0)  # separates images on one sorted axis
+    margin = 1e-9 * span * max(len(gt_offsets), 1)
+    gt_key = gt_boxes[:, 0] + gt_image * span  # (G,)
+    gt_order = np.argsort(gt_key, kind="stable")
+    gt_key = gt_key[gt_order]
+    pred_base = pred_image * span  # (N,)
+    lo = np.searchsorted(gt_key, pred_base + pred_boxes[:, 0] - pred_width / min_iou - margin, side="left")
+    hi = np.searchsorted(gt_key, pred_base + pred_boxes[:, 2] + one + margin, side="right")
+    counts = np.maximum(hi - lo, 0)  # (N,) candidate boxes per prediction
     ends = np.cumsum(counts)
     start = 0
     while start < n:
         # Largest chunk [start, stop) with at most max_pairs pairs (at least one prediction).
         base = ends[start - 1] if start else 0
         stop = max(start + 1, int(np.searchsorted(ends, base + max_pairs, side="right")))
-        _match_chunk(
-            pred_boxes, pred_image, gt_boxes, gt_offsets, counts, start, stop, plus_one, best_iou, best_index
-        )
+        _match_chunk(pred_boxes, gt_boxes, gt_order, gt_offsets, gt_image, lo, counts, start, stop, one, best_iou,
+                     best_index)  # fmt: skip
         start = stop
+    below = best_iou < min_iou
+    best_iou[below] = 0.0
+    best_index[below] = -1
     return best_iou, best_index
 
 
 def _match_chunk(
     pred_boxes: np.ndarray,
-    pred_image: np.ndarray,
     gt_boxes: np.ndarray,
+    gt_order: np.ndarray,
     gt_offsets: np.ndarray,
+    gt_image: np.ndarray,
+    lo: np.ndarray,
     counts: np.ndarray,
     start: int,
     stop: int,
-    plus_one: bool,
+    one: float,
     best_iou: np.ndarray,
     best_index: np.ndarray,
 ) -> None:
     cnt = counts[start:stop]
-    has_gt = cnt > 0
-    if not has_gt.any():
+    has = cnt > 0
+    if not has.any():
         return
     pair_start = np.cumsum(cnt) - cnt  # (P,) first pair of each prediction
     pair_pred = np.repeat(np.arange(stop - start), cnt)  # (T,) prediction (chunk-local) of each pair
-    local_gt = np.arange(len(pair_pred)) - pair_start[pair_pred]  # (T,) box index within the image
-    global_gt = gt_offsets[pred_image[start:stop]][pair_pred] + local_gt  # (T,)
-    iou = _pair_iou(pred_boxes[start:stop][pair_pred], gt_boxes[global_gt], plus_one)  # (T,)
-    seg_max = np.maximum.reduceat(iou, pair_start[has_gt])  # (P',) one per prediction with boxes
-    is_max = iou == np.repeat(seg_max, cnt[has_gt])  # (T,)
-    hits = np.flatnonzero(is_max)
-    owner = pair_pred[hits]
-    first = np.ones(len(hits), bool)
-    first[1:] = owner[1:] != owner[:-1]  # first maximum of each prediction = np.argmax
-    best_iou[start + owner[first]] = iou[hits[first]]
-    best_index[start + owner[first]] = local_gt[hits[first]]
+    sorted_pos = lo[start:stop][pair_pred] + (np.arange(len(pair_pred)) - pair_start[pair_pred])  # (T,)
+    gt_index = gt_order[sorted_pos]  # (T,) global box index
+    iou = _pair_iou(pred_boxes[start:stop][pair_pred], gt_boxes[gt_index], one)  # (T,)
+    seg = pair_start[has]
+    seg_max = np.maximum.reduceat(iou, seg)  # (P',) one per prediction with candidates
+    local = gt_index - gt_offsets[gt_image[gt_index]]  # (T,) index within the image
+    # np.argmax semantics: among the maxima, the smallest index in the image's original order.
+    tie_index = np.where(iou == np.repeat(seg_max, cnt[has]), local, np.iinfo(np.int64).max)
+    owner = start + np.flatnonzero(has)
+    best_iou[owner] = seg_max
+    best_index[owner] = np.minimum.reduceat(tie_index, seg)
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -216,7 +242,8 @@ def detection_pr(
     order = np.argsort(-all_scores, kind="stable")  # rank -> detection
     all_boxes, all_scores, image = all_boxes[order], all_scores[order], image[order]
 
-    best_iou, best_local = max_iou_match(all_boxes, image, np.concatenate(gts) if gts else all_boxes[:0], gt_offsets)
+    gt_all = np.concatenate(gts) if gts else all_boxes[:0]
+    best_iou, best_local = max_iou_match(all_boxes, image, gt_all, gt_offsets, min_iou=iou_thresh)
     hit = (best_iou >= iou_thresh) & (best_local >= 0)
     best_global = np.where(hit, gt_offsets[image] + best_local, -1)
     hit_ignored = hit & ignored[np.maximum(best_global, 0)] if len(ignored) else np.zeros_like(hit)

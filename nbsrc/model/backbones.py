@@ -11,12 +11,12 @@ Module names follow the published checkpoints: the MobileNet stages are ``stage1
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet18, resnet34, resnet50
 
+from nbsrc.model.bridge import make_bridge
+
 __all__ = [
-    "BRIDGE_VARIANTS",
     "LatentBackbone",
     "MobileNetV1",
     "ResNetBackbone",
@@ -24,11 +24,9 @@ __all__ = [
     "conv_bn1x1",
     "conv_bn_no_relu",
     "conv_dw",
-    "make_bridge",
     "resnet_channels",
 ]
 
-BRIDGE_VARIANTS = ("deconv", "bilinear", "nearest")
 _RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 
 
@@ -169,56 +167,6 @@ class ResNetBackbone(nn.Module):
             if layer in self.return_layers:
                 features.append(x)
         return features
-
-
-class _Interpolate(nn.Module):
-    def __init__(self, scale: int, mode: str) -> None:
-        super().__init__()
-        self.scale, self.mode = scale, mode
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.mode == "bilinear":
-            return F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return F.interpolate(x, scale_factor=self.scale, mode=self.mode)
-
-
-def make_bridge(variant: str, in_channels: int, out_channels: int) -> nn.Sequential:
-    """Lift a latent ``[B, in, h, w]`` to ``[B, out, 4h, 4w]`` (the input of ResNet stage 2).
-
-    - ``deconv``: conv3x3 in->512 + BN + ReLU, ConvTranspose2d(k4, s2, p1) 512->512 + BN + ReLU,
-      ConvTranspose2d(k4, s2, p1) 512->out + BN + ReLU (7,474,944 parameters for 256->256).
-    - ``bilinear``: x4 bilinear upsample, conv3x3 in->out (no bias) + BN + ReLU (590,336 for 256->256).
-    - ``nearest``: x2 nearest, conv3x3 in->in + ReLU, x2 nearest, conv3x3 in->out + ReLU (1,180,160 for 256->256).
-    """
-    if variant == "deconv":
-        return nn.Sequential(
-            nn.Conv2d(in_channels, 512, 3, 1, 1),
-            nn.BatchNorm2d(512),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(512, 512, 4, 2, 1),  # h -> 2h
-            nn.BatchNorm2d(512),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(512, out_channels, 4, 2, 1),  # 2h -> 4h
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-    if variant == "bilinear":
-        return nn.Sequential(
-            _Interpolate(4, "bilinear"),
-            nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-    if variant == "nearest":
-        return nn.Sequential(
-            _Interpolate(2, "nearest"),
-            nn.Conv2d(in_channels, in_channels, 3, 1, 1),
-            nn.ReLU(inplace=True),
-            _Interpolate(2, "nearest"),
-            nn.Conv2d(in_channels, out_channels, 3, 1, 1),
-            nn.ReLU(inplace=True),
-        )
-    raise ValueError(f"unknown bridge {variant!r}; expected one of {list(BRIDGE_VARIANTS)}")
 
 
 class LatentBackbone(nn.Module):

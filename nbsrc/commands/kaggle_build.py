@@ -1,0 +1,46 @@
+"""``python -m nbsrc kaggle-build --owner USER [--dataset OWNER/retina-modify] [--params FILE | -p K V] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "write push-ready Kaggle kernels and the code dataset"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--owner", required=True, help="Kaggle user name owning the kernels and the code dataset")
+    parser.add_argument("--dataset", help="the latent dataset as OWNER/retina-modify (default: OWNER = --owner)")
+    parser.add_argument("--params", help="YAML file of notebook parameters to bake in")
+    parser.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="one parameter to bake in, value read as YAML (repeatable; overrides --params)",
+    )
+    parser.add_argument("--notebooks", nargs="*", help="only these notebooks (default: all)")
+    parser.add_argument("--out", default="kaggle/build", help="build folder (default kaggle/build)")
+    parser.add_argument("--public", action="store_true", help="make the kernels public (default private)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nbsrc import kaggle, nbrun
+
+    params = nbrun.load_params_file(args.params) if args.params else {}
+    params.update(nbrun.parse_param_pairs(args.param))
+    result = kaggle.build(
+        args.owner,
+        args.out,
+        dataset=args.dataset,
+        parameters=params,
+        notebooks=args.notebooks or None,
+        private=not args.public,
+    )
+    lines = [f"code dataset: {result['code_dataset']}"]
+    lines += [f"kernel {name}: {folder}" for name, folder in result["kernels"].items()]
+    lines += ["push with:"] + [f"  {command}" for command in result["commands"]]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0

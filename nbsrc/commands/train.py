@@ -1,0 +1,300 @@
+"""``python -m nbsrc train``: train RetinaFace on JPEG AI latents or RGB images.
+
+    python -m nbsrc train --preset latent-r50 --dataset_root ROOT --epochs 20 --batch_size 8 [key=value ...]
+
+Trailing ``key=value`` pairs override any config field (``lr=0.01``, ``train.schedule=cosine``). Without
+``--dataset_root`` the demo dataset is built and used (on Kaggle: the attached dataset). ``--nproc N`` trains
+with N processes (one per GPU) through ``torchrun``; running this command under ``torchrun`` works as well.
+
+The ancestors' spellings are accepted so their commands keep working:
+``--use_latent --model resnet50`` (latent-r50), ``--model resnet18`` (r18-p2p6), ``--network mobile0.25``
+(mnet-biubug6), ``--network resnet50`` (r50-biubug6), ``--latent_dir ROOT/train/latent``, ``--label_dir
+ROOT/train``, ``--train_label_file``, ``--val_latent_dir``, ``--val_label_file``, ``--training_dataset``,
+``--latent_type`` / ``--latent_suffix latent_75.npy``, ``--batchsize``, ``--epoch``, ``--no_wandb``,
+``--resume_net`` (our checkpoint: full resume; a published state dict: initial weights) with
+``--resume_epoch``, ``--save_folder``, ``--run``, ``--num_workers``, ``--device ''|0|cpu``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from nbsrc.config import Config, get_preset, list_presets
+
+HELP = "train RetinaFace (latent or RGB) on a dataset"
+
+logger = logging.getLogger(__name__)
+
+_NETWORKS = {"mobile0.25": "mnet-biubug6", "mobilenet0.25": "mnet-biubug6", "resnet50": "r50-biubug6"}
+_MODELS = {
+    "resnet18": "r18",
+    "r18": "r18",
+    "resnet34": "r34",
+    "r34": "r34",
+    "resnet50": "r50",
+    "r50": "r50",
+    "mobilenet0.25": "mnet",
+    "mobile0.25": "mnet",
+    "mnet": "mnet",
+}
+_AMP = {
+    "auto": "auto",
+    "on": "auto",
+    "true": "auto",
+    "1": "auto",
+    "fp16": "fp16",
+    "bf16": "bf16",
+    "off": "off",
+    "false": "off",
+    "0": "off",
+    "none": "off",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 2)[-1]
+    p = parser.add_argument
+    p("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=0.01 train.schedule=cosine")
+    p("--preset", choices=list_presets(), help="model / training preset (default latent-r50)")
+    p("--config", help="start from this config.json (e.g. a run folder's)")
+    p("--dataset_root", help="folder with train/ and val/ (default: the demo dataset)")
+    p("--epochs", "--epoch", dest="epochs", type=int, help="training epochs")
+    p("--batch_size", "--batchsize", dest="batch_size", type=int, help="images per step (per process)")
+    p("--lr", "--learning-rate", dest="lr", type=float, help="peak learning rate")
+    p("--momentum", type=float, help="SGD momentum")
+    p("--weight_decay", type=float, help="weight decay")
+    p("--gamma", type=float, help="learning-rate decay factor")
+    p("--image_size", type=int, help="network input side (RGB)")
+    p("--seed", type=int, help="random seed")
+    p("--device", help="auto | cpu | cuda | cuda:N ('' and N as in the ancestors' scripts)")
+    p("--workers", "--num_workers", dest="workers", type=int, help="DataLoader workers")
+    p("--amp", nargs="?", const="auto", help="mixed precision: auto | fp16 | bf16 | off (bare --amp: auto)")
+    p("--freeze", action="store_true", help="freeze the backbone (the latent model's pruned ResNet)")
+    p("--weight", help="initialise the model from this checkpoint")
+    p("--resume", help="resume training from this checkpoint (its run folder is reused)")
+    p("--wandb", choices=("online", "offline", "disabled"), help="Weights & Biases mode")
+    p("--no_wandb", action="store_true", help="same as --wandb disabled")
+    p("--run_name", "--run", dest="run_name", help="run folder name (default: preset + time)")
+    p("--out", "--save_folder", dest="out", help="parent folder of run folders (default runs)")
+    p("--nproc", type=int, default=1, help="processes (GPUs) to train with, through torchrun")
+    p("--check_only", action="store_true", help="resolve the config and the data, then stop")
+    legacy = parser.add_argument_group("ancestors' spellings")
+    q = legacy.add_argument
+    q("--use_latent", action="store_true", help="latent input (with --model: latent-rNN)")
+    q("--model", help="resnet18 | resnet34 | resnet50 | mobilenet0.25 (P2-P6 design; latent with --use_latent)")
+    q("--network", help="mobile0.25 | resnet50 (the biubug6 design)")
+    q("--latent_dir", help="ROOT/<split>/latent of the training split")
+    q("--val_latent_dir", help="ROOT/<split>/latent of the validation split")
+    q("--label_dir", help="ROOT/<split> (or its labels.txt) of the training split")
+    q("--train_label_file", help="ROOT/<split>/labels.txt of the training split")
+    q("--val_label_file", help="ROOT/<split>/labels.txt of the validation split")
+    q("--training_dataset", help="ROOT/<split>/label.txt (biubug6)")
+    q("--latent_suffix", "--latent_type", dest="latent_suffix", help="latent file per image, e.g. latent_75.npy")
+    q("--resume_net", help="our checkpoint (resume) or a published state dict (initial weights)")
+    q("--resume_epoch", type=int, help="epochs the --resume_net / --weight weights count as trained")
+    for flag in ("--tuning", "--download"):
+        q(flag, action="store_true", help=argparse.SUPPRESS)
+    q("--startfm", type=int, help=argparse.SUPPRESS)
+
+
+# ---- argument -> config ------------------------------------------------------------------------------
+def _model_key(name: str, flag: str) -> str:
+    key = _MODELS.get(name.lower())
+    if key is None:
+        raise ValueError(f"{flag} {name!r}: expected one of {sorted(set(_MODELS))}")
+    return key
+
+
+def _preset_from_args(args: argparse.Namespace) -> str | None:
+    latent = bool(args.use_latent or args.latent_dir or args.val_latent_dir)
+    derived = None
+    if args.network:
+        derived = _NETWORKS.get(args.network.lower())
+        if derived is None:
+            raise ValueError(f"--network {args.network!r}: expected one of {sorted(_NETWORKS)}")
+    elif args.model:
+        key = _model_key(args.model, "--model")
+        if latent:
+            if key == "mnet":
+                raise ValueError("--model mobilenet0.25 has no latent variant; use resnet18, resnet34 or resnet50")
+            derived = f"latent-{key}"
+        else:
+            derived = f"{key}-p2p6"
+    elif latent:
+        derived = "latent-r50"
+    if args.preset and derived and args.preset != derived:
+        raise ValueError(f"--preset {args.preset} conflicts with the model flags, which mean preset {derived}")
+    return args.preset or derived
+
+
+def _split_of(path_value: str, flag: str, kind: str) -> tuple[Path, str]:
+    """(dataset root, split name) from an ancestor path: ``ROOT/<split>/latent``, ``ROOT/<split>`` or
+    ``ROOT/<split>/labels.txt``."""
+    path = Path(path_value).expanduser().resolve()
+    if kind == "latent":
+        if path.name != "latent":
+            raise ValueError(f"{flag} {path_value!r}: expected ROOT/<split>/latent (the retina-modify layout)")
+        split_dir = path.parent
+    elif path.suffix == ".txt":
+        split_dir = path.parent
+    else:
+        split_dir = path
+    return split_dir.parent, split_dir.name
+
+
+def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    roots: list[tuple[str, Path]] = []
+    overrides: dict[str, Any] = {}
+    sources = [
+        ("--latent_dir", args.latent_dir, "latent", "data.train_split"),
+        ("--label_dir", args.label_dir, "labels", "data.train_split"),
+        ("--train_label_file", args.train_label_file, "labels", "data.train_split"),
+        ("--training_dataset", args.training_dataset, "labels", "data.train_split"),
+        ("--val_latent_dir", args.val_latent_dir, "latent", "data.val_split"),
+        ("--val_label_file", args.val_label_file, "labels", "data.val_split"),
+    ]
+    for flag, value, kind, key in sources:
+        if not value:
+            continue
+        root, split = _split_of(value, flag, kind)
+        if key in overrides and overrides[key] != split:
+            raise ValueError(f"{flag} {value!r}: split {split!r} differs from {overrides[key]!r} given by another flag")
+        overrides[key] = split
+        roots.append((flag, root))
+    if args.dataset_root:
+        roots.insert(0, ("--dataset_root", Path(args.dataset_root).expanduser().resolve()))
+    for flag, root in roots[1:]:
+        if root != roots[0][1]:
+            raise ValueError(f"{flag} points into {root}, but {roots[0][0]} means dataset root {roots[0][1]}")
+    if roots:
+        overrides["data.dataset_root"] = str(roots[0][1])
+    return overrides
+
+
+def _latent_suffix(value: str) -> str:
+    value = value.strip()
+    if value.isdigit():
+        return f"latent_{int(value)}.npy"
+    if not value.endswith(".npy"):
+        value += ".npy"
+    return value
+
+
+def _device(value: str) -> str:
+    value = value.strip()
+    if value == "":
+        return "auto"
+    if value.isdigit():
+        return f"cuda:{value}"
+    if "," in value and all(v.strip().isdigit() for v in value.split(",")):
+        logger.warning("--device %s: one process uses one GPU; train on several with --nproc N", value)
+        return f"cuda:{value.split(',')[0].strip()}"
+    return value
+
+
+def _is_resumable(path: str) -> bool:
+    from nbsrc.checkpoint import load_checkpoint
+
+    return load_checkpoint(path).get("optimizer") is not None
+
+
+def build_config(args: argparse.Namespace) -> tuple[Config, int | None]:
+    """The run's `Config` and the start epoch (``--resume_epoch`` for initial weights) from parsed arguments."""
+    preset = _preset_from_args(args)
+    if args.config:
+        cfg = Config.from_json(args.config)
+        if preset is not None and preset != cfg.preset:
+            cfg = get_preset(preset)
+            logger.warning("--config %s is ignored in favour of preset %s", args.config, preset)
+    else:
+        cfg = get_preset(preset or "latent-r50")
+    overrides: dict[str, Any] = _data_overrides(args)
+    simple = {
+        "train.epochs": args.epochs,
+        "train.batch_size": args.batch_size,
+        "train.lr": args.lr,
+        "train.momentum": args.momentum,
+        "train.weight_decay": args.weight_decay,
+        "train.gamma": args.gamma,
+        "data.image_size": args.image_size,
+        "train.seed": args.seed,
+        "data.num_workers": args.workers,
+        "train.weight": args.weight,
+        "train.resume": args.resume,
+        "train.wandb": args.wandb,
+        "train.run_name": args.run_name,
+        "train.out": args.out,
+    }
+    overrides.update({k: v for k, v in simple.items() if v is not None})
+    if args.device is not None:
+        overrides["train.device"] = _device(args.device)
+    if args.amp is not None:
+        amp = _AMP.get(str(args.amp).lower())
+        if amp is None:
+            raise ValueError(f"--amp {args.amp!r}: expected auto, fp16, bf16 or off")
+        overrides["train.amp"] = amp
+    if args.freeze:
+        overrides["train.freeze_backbone"] = True
+    if args.no_wandb:
+        if args.wandb not in (None, "disabled"):
+            raise ValueError(f"--no_wandb conflicts with --wandb {args.wandb}")
+        overrides["train.wandb"] = "disabled"
+    if args.latent_suffix:
+        overrides["data.latent_suffix"] = _latent_suffix(args.latent_suffix)
+    if args.resume_net:
+        if args.resume or args.weight:
+            raise ValueError("--resume_net cannot be combined with --resume or --weight")
+        key = "train.resume" if _is_resumable(args.resume_net) else "train.weight"
+        overrides[key] = args.resume_net
+    for flag in ("tuning", "download", "startfm"):
+        if getattr(args, flag):
+            logger.warning("--%s has no effect here (kept for compatibility with older training scripts)", flag)
+    cfg = cfg.replace(**overrides)
+    if args.overrides:
+        cfg = cfg.override_pairs(list(args.overrides))
+    return cfg, args.resume_epoch
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m nbsrc train")
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def config_from_argv(argv: list[str]) -> tuple[Config, int | None]:
+    """`build_config` of a ``train`` command line (without the ``train`` word)."""
+    return build_config(_parse(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, start_epoch = build_config(args)
+    if args.check_only:
+        from nbsrc.data.loaders import build_dataloaders
+        from nbsrc.engine import resolve_dataset_root_config
+
+        cfg = resolve_dataset_root_config(cfg)
+        train_loader, val_loader = build_dataloaders(cfg)
+        sys.stdout.write(cfg.to_json() + "\n")
+        sys.stdout.write(
+            f"train: {len(train_loader.dataset)} samples, {len(train_loader)} batches; "
+            f"val: {len(val_loader.dataset) if val_loader is not None else 0} samples\n"
+        )
+        return 0
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.nproc > 1 and not under_torchrun:
+        from nbsrc.distributed import launch
+
+        run_dir = launch(cfg, args.nproc, start_epoch=start_epoch)
+    else:
+        from nbsrc.engine import fit
+
+        run_dir = fit(cfg, start_epoch=start_epoch)
+    if int(os.environ.get("RANK", "0")) == 0:
+        sys.stdout.write(f"run folder: {run_dir}\n")
+    return 0

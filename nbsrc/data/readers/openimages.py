@@ -1,0 +1,373 @@
+"""Open Images box annotations (CSV) -> 2-class face / person records, the cleaning steps, and the converter.
+
+The CSV is an Open Images ``*-annotations-bbox.csv`` (columns ``ImageID``, ``XMin``, ``XMax``, ``YMin``,
+``YMax``, normalized corners, and ``ClassName`` or the ``LabelName`` machine id). Classes map to
+``Human face`` -> face (1) and ``Person``, ``Man``, ``Woman``, ``Boy``, ``Girl`` -> person (2); rows of any
+other class are counted and reported, never silently dropped.
+
+Cleaning steps (each a function on one record, returning the new record and a count):
+`clip_boxes` (to [0, 1]), `drop_degenerate` (w <= 0 or h <= 0), `drop_duplicates` (IoU >= threshold within a
+class, first occurrence kept). `convert_openimages` reads, cleans (clip and degenerate on by default,
+duplicates when a threshold is given) and writes the 2-class label file of `nbsrc.data.readers.twoclass`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from nbsrc.data.readers.common import LabelParseError, drop_degenerate, select_boxes
+from nbsrc.data.readers.twoclass import write_twoclass_labels
+from nbsrc.data.records import FACE, PERSON, ImageRecord
+
+__all__ = [
+    "CLASS_MAP",
+    "LABEL_NAMES",
+    "ConversionReport",
+    "OpenImagesLabels",
+    "clean_records",
+    "clip_boxes",
+    "convert_openimages",
+    "drop_degenerate",
+    "drop_duplicates",
+    "read_openimages_csv",
+]
+
+logger = logging.getLogger(__name__)
+
+# Open Images class name -> our class id.
+CLASS_MAP: dict[str, int] = {
+    "Human face": FACE,
+    "Person": PERSON,
+    "Man": PERSON,
+    "Woman": PERSON,
+    "Boy": PERSON,
+    "Girl": PERSON,
+}
+# Open Images machine ids of those classes (used when the CSV has no ClassName column).
+LABEL_NAMES: dict[str, str] = {
+    "/m/0dzct": "Human face",
+    "/m/01g317": "Person",
+    "/m/04yx4": "Man",
+    "/m/03bt1vf": "Woman",
+    "/m/01bl7v": "Boy",
+    "/m/05r655": "Girl",
+}
+COORD_COLUMNS = ("XMin", "YMin", "XMax", "YMax")
+# Optional 0/1 flag columns kept as attributes (-1 when absent or empty).
+FLAG_COLUMNS = {
+    "IsOccluded": "occluded",
+    "IsTruncated": "truncated",
+    "IsGroupOf": "group_of",
+    "IsDepiction": "depiction",
+    "IsInside": "inside",
+}
+
+
+class OpenImagesLabels(list):
+    """The face / person records of an Open Images CSV (a ``list[ImageRecord]``) and what the CSV held.
+
+    Attributes:
+        records: the records (the list itself), one per image with at least one face / person row, in order
+            of first appearance; normalized xyxy boxes, labels 1 face / 2 person.
+        class_counts: rows per Open Images class name, all classes.
+        unmapped: rows per class name that maps to neither face nor person (not in the records).
+        unmapped_images: images whose rows are all of unmapped classes (no record).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord] = (),
+        class_counts: Mapping[str, int] | None = None,
+        unmapped: Mapping[str, int] | None = None,
+        unmapped_images: int = 0,
+    ) -> None:
+        super().__init__(records)
+        self.class_counts = Counter(class_counts or {})
+        self.unmapped = Counter(unmapped or {})
+        self.unmapped_images = int(unmapped_images)
+
+    @property
+    def records(self) -> list[ImageRecord]:
+        return list(self)
+
+    def __repr__(self) -> str:
+        return f"OpenImagesLabels({len(self)} images, {sum(r.num_boxes for r in self)} boxes, unmapped={dict(self.unmapped)})"
+
+
+def read_openimages_csv(path: str | Path, *, class_map: Mapping[str, int] | None = None) -> OpenImagesLabels:
+    """Read an Open Images box CSV into normalized 2-class records (nothing is cleaned here).
+
+    Args:
+        path: the CSV.
+        class_map: Open Images class name -> class id (default `CLASS_MAP`).
+    Returns:
+        `OpenImagesLabels`; each record's ``source`` is the CSV line of its first row and its attributes hold
+        the ``IsOccluded`` / ``IsTruncated`` / ``IsGroupOf`` / ``IsDepiction`` / ``IsInside`` flags
+        (``occluded``, ...; -1 where missing). Unmapped classes are logged as a warning with their counts.
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: a missing column (file and expected columns named), or ``file:line`` for a row with a
+            non-numeric / non-finite coordinate, an empty ImageID or class.
+    """
+    path = Path(path)
+    class_map = dict(CLASS_MAP if class_map is None else class_map)
+    if not path.is_file():
+        raise FileNotFoundError(f"Open Images CSV {path} not found")
+    order: list[str] = []
+    per_image: dict[str, list[tuple[int, list[float], list[int]]]] = {}
+    first_line: dict[str, int] = {}
+    class_counts: Counter[str] = Counter()
+    seen_images: set[str] = set()
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        class_column = "ClassName" if "ClassName" in columns else "LabelName" if "LabelName" in columns else None
+        missing = [c for c in ("ImageID", *COORD_COLUMNS) if c not in columns]
+        if missing or class_column is None:
+            raise ValueError(
+                f"{path}: missing column(s) {missing + ([] if class_column else ['ClassName or LabelName'])}; an Open "
+                f"Images box CSV needs ImageID, XMin, XMax, YMin, YMax and ClassName or LabelName (got {columns})"
+            )
+        flag_columns = [c for c in FLAG_COLUMNS if c in columns]
+        try:
+            for row in reader:
+                number = reader.line_num
+                image_id = (row.get("ImageID") or "").strip()
+                class_name = (row.get(class_column) or "").strip()
+                if class_column == "LabelName":
+                    class_name = LABEL_NAMES.get(class_name, class_name)
+                if not image_id or not class_name:
+                    raise LabelParseError(path, number, f"empty ImageID or {class_column}")
+                seen_images.add(image_id)
+                class_counts[class_name] += 1
+                label = class_map.get(class_name)
+                if label is None:
+                    continue
+                coords = []
+                for column in COORD_COLUMNS:
+                    text = row.get(column)
+                    try:
+                        value = float(text)
+                    except (TypeError, ValueError):
+                        raise LabelParseError(
+                            path, number, f"{column} = {text!r} is not a number (expected a normalized coordinate)"
+                        ) from None
+                    if not math.isfinite(value):
+                        raise LabelParseError(path, number, f"{column} = {text!r} is not finite")
+                    coords.append(value)
+                flags = []
+                for column in flag_columns:
+                    try:
+                        flags.append(int(float(row[column])))
+                    except (TypeError, ValueError):
+                        flags.append(-1)
+                if image_id not in per_image:
+                    order.append(image_id)
+                    per_image[image_id] = []
+                    first_line[image_id] = number
+                per_image[image_id].append((label, coords, flags))
+        except csv.Error as exc:
+            raise LabelParseError(path, reader.line_num, f"malformed CSV ({exc})") from None
+
+    records = []
+    for image_id in order:
+        rows = per_image[image_id]
+        boxes = np.asarray([coords for _, coords, _ in rows], np.float64).reshape(-1, 4)  # (N, 4) xyxy
+        attributes = {FLAG_COLUMNS[c]: np.full(len(rows), -1, np.int64) for c in FLAG_COLUMNS}
+        for k, column in enumerate(flag_columns):
+            attributes[FLAG_COLUMNS[column]] = np.asarray([flags[k] for _, _, flags in rows], np.int64)
+        records.append(
+            ImageRecord(
+                name=image_id,
+                boxes=boxes,
+                labels=np.asarray([label for label, _, _ in rows], np.int64),
+                normalized=True,
+                attributes=attributes,
+                source=f"{path}:{first_line[image_id]}",
+            )
+        )
+    unmapped = Counter({name: n for name, n in class_counts.items() if name not in class_map})
+    unmapped_images = len(seen_images) - len(per_image)
+    if unmapped:
+        logger.warning(
+            "%s: %d row(s) of classes that are neither face nor person were left out: %s (%d image(s) had only those)",
+            path,
+            sum(unmapped.values()),
+            dict(unmapped.most_common()),
+            unmapped_images,
+        )
+    return OpenImagesLabels(records, class_counts, unmapped, unmapped_images)
+
+
+def clip_boxes(record: ImageRecord) -> tuple[ImageRecord, int]:
+    """Clip boxes to the image: [0, 1] for normalized records, ``[0, W] x [0, H]`` with ``image_size``.
+
+    Returns:
+        ``(clipped_record, number_of_boxes_changed)``.
+    Raises:
+        ValueError: a pixel record without ``image_size``.
+    """
+    if record.normalized:
+        upper = np.ones(4, np.float32)
+    elif record.image_size is not None:
+        width, height = record.image_size
+        upper = np.asarray([width, height, width, height], np.float32)
+    else:
+        raise ValueError(f"{record.source or record.name}: cannot clip pixel boxes without the image size")
+    clipped = np.clip(record.boxes, np.float32(0), upper)  # (N, 4)
+    changed = int((clipped != record.boxes).any(axis=1).sum())
+    if changed == 0:
+        return record, 0
+    return replace(record, boxes=clipped, attributes=dict(record.attributes)), changed
+
+
+def drop_duplicates(record: ImageRecord, iou_thresh: float) -> tuple[ImageRecord, int]:
+    """Drop boxes overlapping an earlier box of the same class with IoU >= `iou_thresh`.
+
+    Boxes are visited in record order; a box is dropped when its IoU (`torchvision.ops.box_iou`) with an
+    earlier *kept* box of the same class reaches the threshold. Boxes of different classes never suppress
+    each other (a face inside its person box stays).
+
+    Returns:
+        ``(deduplicated_record, number_dropped)``.
+    """
+    import torch
+    from torchvision.ops import box_iou
+
+    if not 0.0 < iou_thresh <= 1.0:
+        raise ValueError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
+    n = record.num_boxes
+    if n < 2:
+        return record, 0
+    iou = box_iou(torch.from_numpy(record.boxes).double(), torch.from_numpy(record.boxes).double()).numpy()  # (N, N)
+    same_class = record.labels[:, None] == record.labels[None, :]  # (N, N)
+    overlapping = (iou >= iou_thresh) & same_class
+    keep = np.ones(n, bool)
+    for i in range(n):
+        if keep[i]:
+            later = overlapping[i].copy()
+            later[: i + 1] = False
+            keep &= ~later
+    dropped = int(n - keep.sum())
+    if dropped == 0:
+        return record, 0
+    return select_boxes(record, keep), dropped
+
+
+@dataclass
+class ConversionReport:
+    """What `convert_openimages` / `clean_records` did.
+
+    Attributes:
+        images: records written (including images left with zero boxes after cleaning).
+        boxes: class id -> boxes written.
+        clipped: boxes clipped to the image.
+        degenerate: boxes dropped for w <= 0 or h <= 0 (after clipping).
+        duplicates: boxes dropped as same-class duplicates.
+        emptied_images: images whose every box was dropped by cleaning (still written, zero boxes).
+        unmapped: rows per class name that are neither face nor person (not converted).
+        unmapped_images: images with only such rows (not written).
+    """
+
+    images: int = 0
+    boxes: dict[int, int] = field(default_factory=dict)
+    clipped: int = 0
+    degenerate: int = 0
+    duplicates: int = 0
+    emptied_images: int = 0
+    unmapped: dict[str, int] = field(default_factory=dict)
+    unmapped_images: int = 0
+
+    @property
+    def total_boxes(self) -> int:
+        return sum(self.boxes.values())
+
+
+def clean_records(
+    records: Sequence[ImageRecord],
+    *,
+    clip: bool = True,
+    drop_degenerate_boxes: bool = True,
+    dedup_iou: float | None = None,
+) -> tuple[list[ImageRecord], ConversionReport]:
+    """Apply the cleaning steps in order: clip, drop degenerate, drop same-class duplicates.
+
+    Args:
+        records: normalized (or pixel with ``image_size``) records.
+        clip: clip boxes to the image (`clip_boxes`).
+        drop_degenerate_boxes: drop boxes with w <= 0 or h <= 0 (`drop_degenerate`).
+        dedup_iou: when given, drop same-class boxes with IoU >= this threshold (`drop_duplicates`).
+    Returns:
+        ``(cleaned_records, report)`` (the report's ``unmapped`` fields are left empty here).
+    """
+    report = ConversionReport()
+    cleaned = []
+    for record in records:
+        had_boxes = record.num_boxes > 0
+        if clip:
+            record, n = clip_boxes(record)
+            report.clipped += n
+        if drop_degenerate_boxes:
+            record, n = drop_degenerate(record)
+            report.degenerate += n
+        if dedup_iou is not None:
+            record, n = drop_duplicates(record, dedup_iou)
+            report.duplicates += n
+        if had_boxes and record.num_boxes == 0:
+            report.emptied_images += 1
+        cleaned.append(record)
+    counts = Counter(int(label) for record in cleaned for label in record.labels.tolist())
+    report.images = len(cleaned)
+    report.boxes = dict(sorted(counts.items()))
+    return cleaned, report
+
+
+def convert_openimages(
+    csv_path: str | Path,
+    out_txt: str | Path,
+    *,
+    clip: bool = True,
+    drop_degenerate_boxes: bool = True,
+    dedup_iou: float | None = None,
+    class_map: Mapping[str, int] | None = None,
+) -> ConversionReport:
+    """Convert an Open Images box CSV into the 2-class label file (``# <ImageID>.jpg`` + ``cls x y w h``).
+
+    Args:
+        csv_path: the Open Images CSV.
+        out_txt: output label file (written atomically).
+        clip: clip boxes to [0, 1] first.
+        drop_degenerate_boxes: drop boxes with w <= 0 or h <= 0 (after clipping).
+        dedup_iou: drop same-class boxes with IoU >= this threshold (off by default).
+        class_map: Open Images class name -> class id (default `CLASS_MAP`).
+    Returns:
+        A `ConversionReport` (also logged).
+    """
+    labels = read_openimages_csv(csv_path, class_map=class_map)
+    cleaned, report = clean_records(labels, clip=clip, drop_degenerate_boxes=drop_degenerate_boxes, dedup_iou=dedup_iou)
+    report.unmapped = dict(labels.unmapped)
+    report.unmapped_images = labels.unmapped_images
+    write_twoclass_labels(out_txt, cleaned)
+    logger.info(
+        "%s -> %s: %d images, %d boxes %s; clipped %d, dropped %d degenerate and %d duplicate boxes; %d image(s) "
+        "emptied by cleaning; unmapped classes %s",
+        csv_path,
+        out_txt,
+        report.images,
+        report.total_boxes,
+        report.boxes,
+        report.clipped,
+        report.degenerate,
+        report.duplicates,
+        report.emptied_images,
+        report.unmapped or "none",
+    )
+    return report

@@ -1,0 +1,224 @@
+"""RetinaFace ``label.txt`` (retinaface_gt_v1.1 layout, as read by biubug6 ``data/wider_face.py``).
+
+Layout::
+
+    # 0--Parade/0_Parade_marchingband_1_849.jpg
+    449 330 122 149 488.906 373.643 0.0 542.089 376.442 0.0 515.031 412.83 0.0 485.174 425.893 0.0 538.357 431.491 0.0 0.82
+    84 92 16 22 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1
+
+- A header ``# <event>/<file>.jpg`` starts an image; the record name is ``<event>/<basename>`` without the
+  extension. A header followed by no face line is a valid zero-face image.
+- Train face lines hold 20 numbers: ``x y w h`` in original-image pixels, then 5 x ``(lx ly flag)`` (left
+  eye, right eye, nose, left and right mouth corner), then a score. ``lx`` of the first point < 0 means the
+  face has no landmarks: it gets ``landmarks_valid = False`` and zero landmarks (never fake valid points).
+- Val face lines hold 4 numbers ``x y w h``.
+
+Boxes become xyxy (``x2 = x + w``, `nbsrc.boxes.xywh_to_xyxy`). The per-point flags and the score are kept
+in ``attributes["landmark_flags"]`` (``float32 [N, 5]``) and ``attributes["score"]`` (``float32 [N]``), -1 for
+4-number lines, so that `write_retinaface_labels` reproduces a file's records exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nbsrc.data.readers.common import (
+    WIDER_ATTRIBUTES,
+    LabelParseError,
+    format_boxes_xywh,
+    format_float32,
+    handle_error,
+    iter_lines,
+    parse_numbers,
+    read_text,
+    xywh_array_to_xyxy,
+)
+from nbsrc.data.records import FACE, ImageRecord
+from nbsrc.utils import atomic_write_text
+
+__all__ = ["FACE_LINE_LAYOUTS", "build_face_records", "read_retinaface_labels", "write_retinaface_labels"]
+
+logger = logging.getLogger(__name__)
+
+# Number of values -> description, for the face lines these readers understand.
+FACE_LINE_LAYOUTS = {
+    4: "x y w h",
+    10: "x y w h blur expression illumination invalid occlusion pose",
+    20: "x y w h + 5 x (lx ly flag) + score",
+}
+RETINAFACE_COUNTS = (4, 20)
+
+
+def describe_counts(counts: Sequence[int]) -> str:
+    """``"4 numbers (x y w h) or 20 numbers (...)"`` for error messages."""
+    return " or ".join(f"{c} numbers ({FACE_LINE_LAYOUTS[c]})" for c in counts)
+
+
+def name_from_header(header: str) -> str:
+    """``"0--Parade/0_Parade_x.jpg"`` -> ``"0--Parade/0_Parade_x"`` (leading ``/`` or ``./`` removed)."""
+    name = header.strip().replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    name = name.lstrip("/")
+    stem, dot, ext = name.rpartition(".")
+    if dot and "/" not in ext and ext:
+        name = stem
+    return name
+
+
+def build_face_records(entries: Iterable[tuple[str, str, list[list[float]]]]) -> list[ImageRecord]:
+    """Records from parsed face lines (4, 10 or 20 numbers each, see `FACE_LINE_LAYOUTS`).
+
+    Args:
+        entries: ``(name, source, rows)`` per image, ``rows`` the values of its face lines.
+    Returns:
+        One `ImageRecord` per entry, boxes xyxy pixels, labels `FACE`; ``landmark_flags`` / ``score``
+        attributes always, the six WIDER attributes when a line of the image had them (-1 elsewhere).
+    """
+    entries = list(entries)
+    all_rows = [row for _, _, rows in entries for row in rows]
+    total = len(all_rows)
+    xywh = np.zeros((total, 4), np.float64)
+    landmarks = np.zeros((total, 5, 2), np.float32)
+    valid = np.zeros(total, bool)
+    flags = np.full((total, 5), -1.0, np.float32)
+    score = np.full(total, -1.0, np.float32)
+    wider = np.full((total, len(WIDER_ATTRIBUTES)), -1, np.int64)
+    has_wider = np.zeros(total, bool)
+    for i, row in enumerate(all_rows):
+        xywh[i] = row[:4]
+        if len(row) == 20:
+            points = np.asarray(row[4:19], np.float64).reshape(5, 3)  # (5, lx ly flag)
+            flags[i] = points[:, 2]
+            score[i] = row[19]
+            if row[4] >= 0:
+                landmarks[i] = points[:, :2]
+                valid[i] = True
+        elif len(row) == 10:
+            wider[i] = row[4:10]
+            has_wider[i] = True
+    xyxy = xywh_array_to_xyxy(xywh)  # (T, 4)
+
+    records = []
+    start = 0
+    for name, source, rows in entries:
+        stop = start + len(rows)
+        attributes = {"landmark_flags": flags[start:stop].copy(), "score": score[start:stop].copy()}
+        if has_wider[start:stop].any():
+            for k, attr in enumerate(WIDER_ATTRIBUTES):
+                attributes[attr] = wider[start:stop, k].copy()
+        records.append(
+            ImageRecord(
+                name=name,
+                boxes=xyxy[start:stop],
+                landmarks=landmarks[start:stop],
+                landmarks_valid=valid[start:stop],
+                labels=np.full(stop - start, FACE, np.int64),
+                attributes=attributes,
+                source=source,
+            )
+        )
+        start = stop
+    return records
+
+
+def read_retinaface_labels(
+    path: str | Path, *, errors: list[LabelParseError] | None = None
+) -> list[ImageRecord]:
+    """Read a RetinaFace ``label.txt`` (layout in the module docstring).
+
+    Args:
+        path: the label file.
+        errors: when given, unparseable lines are appended to it as `LabelParseError` and skipped; by default
+            the first one is raised.
+    Returns:
+        One record per header in file order (a repeated header gives a second record with the same name;
+        validation reports duplicated names). Degenerate boxes are kept (see `drop_degenerate`).
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        LabelParseError: a ``ValueError`` naming ``file:line`` for a face line before any header, an empty
+            header, a count other than 4 or 20, a non-number or non-finite value.
+    """
+    path = Path(path)
+    text = read_text(path, "RetinaFace label.txt")
+    expected = describe_counts(RETINAFACE_COUNTS)
+    entries: list[tuple[str, str, list[list[float]]]] = []
+    for number, line in iter_lines(text):
+        if line.startswith("#"):
+            name = name_from_header(line[1:])
+            if not name:
+                handle_error(LabelParseError(path, number, "empty header; expected '# <event>/<file>.jpg'"), errors)
+                continue
+            entries.append((name, f"{path}:{number}", []))
+            continue
+        values = parse_numbers(line, path, number, RETINAFACE_COUNTS, expected)
+        if isinstance(values, LabelParseError):
+            handle_error(values, errors)
+            continue
+        if not entries:
+            handle_error(
+                LabelParseError(path, number, "face line before any '# <event>/<file>.jpg' header"), errors
+            )
+            continue
+        entries[-1][2].append(values)
+    repeated = {name: n for name, n in Counter(name for name, _, _ in entries).items() if n > 1}
+    if repeated:
+        logger.warning("%s: %d image name(s) appear under more than one header, e.g. %s", path, len(repeated), next(iter(repeated)))
+    records = build_face_records(entries)
+    logger.debug("%s: %d images, %d faces", path, len(records), sum(r.num_boxes for r in records))
+    return records
+
+
+def format_face_lines(record: ImageRecord) -> list[str]:
+    """The 20-number face lines of one pixel-frame record (-1 in every landmark field when invalid)."""
+    n = record.num_boxes
+    if n == 0:
+        return []
+    flags = np.asarray(record.attributes.get("landmark_flags", np.zeros((n, 5))), np.float32).reshape(n, 5)
+    score = np.asarray(record.attributes.get("score", np.ones(n)), np.float32).reshape(n)
+    if "score" not in record.attributes:
+        score = np.where(record.landmarks_valid, score, np.float32(-1))
+    if "landmark_flags" not in record.attributes:
+        flags = np.where(record.landmarks_valid[:, None], flags, np.float32(-1))  # (N, 5)
+    points = np.concatenate([record.landmarks, flags[:, :, None]], axis=2)  # (N, 5, 3)
+    points[~record.landmarks_valid, :, :2] = -1.0
+    rest = np.concatenate([points.reshape(n, 15), score[:, None]], axis=1)  # (N, 16)
+    texts = format_float32(rest)
+    box_texts = format_boxes_xywh(record.boxes)
+    return [" ".join(box_texts[i] + texts[i * 16 : (i + 1) * 16]) for i in range(n)]
+
+
+def write_retinaface_labels(path: str | Path, records: Sequence[ImageRecord], *, extension: str = ".jpg") -> Path:
+    """Write records as a RetinaFace ``label.txt`` with 20-number face lines (atomically).
+
+    Faces without valid landmarks get -1 in all 15 landmark fields; the flags and score come from
+    ``attributes["landmark_flags"]`` / ``["score"]`` when present (else flag 0 and score 1 for faces with
+    landmarks, -1 without). Values are written so that `read_retinaface_labels` returns identical boxes,
+    landmarks, validity and those attributes.
+
+    Args:
+        path: output file.
+        records: pixel-frame records (``normalized=False``); names ``<event>/<basename>``.
+        extension: appended to the name in each header.
+    Returns:
+        `path`.
+    """
+    path = Path(path)
+    lines = []
+    for record in records:
+        if record.normalized:
+            raise ValueError(
+                f"{path}: record {record.name!r} ({record.source}) is normalized; the RetinaFace label.txt holds "
+                "original-image pixels (scale by the image size first)"
+            )
+        if not record.name or any(c in record.name for c in "\n\r"):
+            raise ValueError(f"{path}: record name {record.name!r} ({record.source}) cannot be written as a header")
+        lines.append(f"# {record.name}{extension}")
+        lines.extend(format_face_lines(record))
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    return path

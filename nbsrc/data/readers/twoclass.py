@@ -1,0 +1,171 @@
+"""The 2-class (face + person) label file, e.g. ``wider_val_gt_cleanedBoundary_1203.txt``.
+
+Layout::
+
+    # f00d696f4d0663e1.jpg
+    2 0.115099 0.045099 0.7415259999999999 0.876759
+    1 0.493055556 0.0595703 0.17592592499999998 0.09667970000000001
+
+- a header ``# <id>.jpg`` starts an image (record name ``<id>``, no extension);
+- one line per object ``cls x y w h``: class id (1 face, 2 person; `nbsrc.data.records`) and the top-left
+  corner and size **normalized** to the image width and height.
+
+Records have ``normalized=True`` and boxes xyxy in [0, 1] units (``x2 = x + w``, `nbsrc.boxes.xywh_to_xyxy`);
+no landmarks. A header that appears again (the real file repeats 5) is merged into the first record: its
+boxes are appended, the repeat is logged and listed in `TwoClassLabels.duplicates`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nbsrc.data.readers.common import (
+    LabelParseError,
+    format_boxes_xywh,
+    handle_error,
+    iter_lines,
+    parse_numbers,
+    read_text,
+    xywh_array_to_xyxy,
+)
+from nbsrc.data.readers.retinaface_txt import name_from_header
+from nbsrc.data.records import ImageRecord
+from nbsrc.utils import atomic_write_text
+
+__all__ = ["TwoClassLabels", "read_twoclass_labels", "write_twoclass_labels"]
+
+logger = logging.getLogger(__name__)
+
+LINE_EXPECTED = "5 numbers (cls x y w h, cls an integer class id >= 1, x y w h normalized)"
+
+
+class TwoClassLabels(list):
+    """The records of a 2-class file (a ``list[ImageRecord]``) plus the headers that were repeated.
+
+    Attributes:
+        records: the records (the list itself).
+        duplicates: image name -> sources (``"file:line"``) of all its headers, for every name whose header
+            appears more than once; those images' boxes were merged in file order.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord] = (), duplicates: dict[str, list[str]] | None = None) -> None:
+        super().__init__(records)
+        self.duplicates: dict[str, list[str]] = dict(duplicates or {})
+
+    @property
+    def records(self) -> list[ImageRecord]:
+        return list(self)
+
+    def __repr__(self) -> str:
+        return f"TwoClassLabels({len(self)} images, {len(self.duplicates)} duplicated headers)"
+
+
+def read_twoclass_labels(path: str | Path, *, errors: list[LabelParseError] | None = None) -> TwoClassLabels:
+    """Read a 2-class label file (layout in the module docstring).
+
+    Args:
+        path: the label file.
+        errors: when given, unparseable lines are appended to it as `LabelParseError` and skipped; by default
+            the first one is raised.
+    Returns:
+        `TwoClassLabels`: one normalized record per distinct image in order of first appearance, and the
+        duplicated headers. Degenerate boxes are kept (see `drop_degenerate`).
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        LabelParseError: a ``ValueError`` naming ``file:line`` for an object line before any header, an empty
+            header, a line without 5 numbers, a class id that is not an integer >= 1, a non-finite value.
+    """
+    path = Path(path)
+    text = read_text(path, "2-class label")
+    order: list[str] = []
+    sources: dict[str, list[str]] = {}
+    rows: dict[str, list[list[float]]] = {}
+    current: str | None = None
+    for number, line in iter_lines(text):
+        if line.startswith("#"):
+            name = name_from_header(line[1:])
+            if not name:
+                handle_error(LabelParseError(path, number, "empty header; expected '# <id>.jpg'"), errors)
+                current = None
+                continue
+            if name not in rows:
+                order.append(name)
+                rows[name] = []
+                sources[name] = []
+            sources[name].append(f"{path}:{number}")
+            current = name
+            continue
+        values = parse_numbers(line, path, number, (5,), LINE_EXPECTED)
+        if isinstance(values, LabelParseError):
+            handle_error(values, errors)
+            continue
+        if not values[0].is_integer() or values[0] < 1:
+            handle_error(LabelParseError(path, number, f"class {values[0]:g} is not {LINE_EXPECTED}: {line!r}"), errors)
+            continue
+        if current is None:
+            handle_error(LabelParseError(path, number, "object line before any '# <id>.jpg' header"), errors)
+            continue
+        rows[current].append(values)
+
+    table = np.asarray([row for name in order for row in rows[name]], np.float64).reshape(-1, 5)  # (T, 5)
+    xyxy = xywh_array_to_xyxy(table[:, 1:])  # (T, 4)
+    labels = table[:, 0].astype(np.int64)
+    records = []
+    start = 0
+    for name in order:
+        stop = start + len(rows[name])
+        records.append(
+            ImageRecord(name=name, boxes=xyxy[start:stop], labels=labels[start:stop], normalized=True, source=sources[name][0])
+        )
+        start = stop
+    duplicates = {name: where for name, where in sources.items() if len(where) > 1}
+    if duplicates:
+        first = next(iter(duplicates.items()))
+        logger.warning(
+            "%s: %d image header(s) repeated; their boxes were merged (e.g. %r at %s)",
+            path,
+            len(duplicates),
+            first[0],
+            ", ".join(first[1]),
+        )
+    logger.debug("%s: %d images, %d boxes", path, len(records), len(table))
+    return TwoClassLabels(records, duplicates)
+
+
+def write_twoclass_labels(path: str | Path, records: Sequence[ImageRecord], *, extension: str = ".jpg") -> Path:
+    """Write records in the 2-class layout (atomically), one header per record.
+
+    Values are written so that `read_twoclass_labels` returns identical boxes and labels.
+
+    Args:
+        path: output file.
+        records: normalized records (``normalized=True``), or pixel records with ``image_size`` (divided by it).
+        extension: appended to the name in each header.
+    Returns:
+        `path`.
+    """
+    path = Path(path)
+    lines = []
+    for record in records:
+        boxes = record.boxes
+        if not record.normalized:
+            if record.image_size is None:
+                raise ValueError(
+                    f"{path}: record {record.name!r} ({record.source}) is in pixels without an image_size; the "
+                    "2-class file holds boxes normalized to the image size"
+                )
+            width, height = record.image_size
+            boxes = boxes / np.asarray([width, height, width, height], np.float32)
+        if not record.name or any(c in record.name for c in "\n\r"):
+            raise ValueError(f"{path}: record name {record.name!r} ({record.source}) cannot be written as a header")
+        lines.append(f"# {record.name}{extension}")
+        if record.num_boxes == 0:
+            continue
+        for label, texts in zip(record.labels.tolist(), format_boxes_xywh(boxes)):
+            lines.append(f"{label} " + " ".join(texts))
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    return path

@@ -1,0 +1,154 @@
+"""Official WIDER FACE ``wider_face_{train,val}_bbx_gt.txt``.
+
+Layout, repeated per image::
+
+    0--Parade/0_Parade_marchingband_1_849.jpg
+    1
+    449 330 122 149 0 0 0 0 0 0
+
+- the image path (the record name drops the extension: ``0--Parade/0_Parade_marchingband_1_849``);
+- the number of faces N;
+- N lines of ``x y w h blur expression illumination invalid occlusion pose`` (10 integers, original-image
+  pixels);
+- when N = 0, **one dummy line of ten zeros** follows; it is skipped (it is not a face and not an image name).
+
+Boxes become xyxy (``x2 = x + w``, `nbsrc.boxes.xywh_to_xyxy`); the six attributes go to
+``record.attributes`` (``int64 [N]`` each); these files carry no landmarks (``landmarks_valid`` all False).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from nbsrc.data.readers.common import (
+    WIDER_ATTRIBUTES,
+    LabelParseError,
+    iter_lines,
+    parse_numbers,
+    read_text,
+    xywh_array_to_xyxy,
+)
+from nbsrc.data.readers.retinaface_txt import name_from_header
+from nbsrc.data.records import FACE, ImageRecord
+
+__all__ = ["read_wider_bbx_gt"]
+
+logger = logging.getLogger(__name__)
+
+FACE_EXPECTED = "10 numbers (x y w h blur expression illumination invalid occlusion pose)"
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def read_wider_bbx_gt(path: str | Path) -> list[ImageRecord]:
+    """Read an official ``wider_face_*_bbx_gt.txt`` (layout in the module docstring).
+
+    The structure (name, count, lines) leaves no way to resynchronise after a bad line, so every defect
+    raises.
+
+    Args:
+        path: the ground-truth text file.
+    Returns:
+        One record per image in file order, zero-face images included. Degenerate boxes are kept (see
+        `drop_degenerate`).
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        LabelParseError: a ``ValueError`` naming ``file:line``: a count that is not a non-negative integer, a
+            face line without 10 numbers, fewer face lines than the count (end of file or a new image name),
+            a number line where an image name is expected (more face lines than the count), a dummy line after
+            a count of 0 that is not all zeros.
+    """
+    path = Path(path)
+    text = read_text(path, "WIDER bbx_gt")
+    lines = list(iter_lines(text))
+    names: list[tuple[str, str, int]] = []  # (name, source, number of faces)
+    rows: list[list[float]] = []
+    i = 0
+    while i < len(lines):
+        number, line = lines[i]
+        tokens = line.split()
+        if all(_is_number(t) for t in tokens):
+            previous = f" (image {names[-1][0]!r} has {names[-1][2]} face(s))" if names else ""
+            raise LabelParseError(
+                path, number, f"expected an image name, got a line of {len(tokens)} number(s){previous}: {line!r}"
+            )
+        name = name_from_header(line)
+        source = f"{path}:{number}"
+        if i + 1 >= len(lines):
+            raise LabelParseError(path, number, f"image {line!r} is not followed by its face count (end of file)")
+        count_number, count_line = lines[i + 1]
+        try:
+            count = int(count_line)
+        except ValueError:
+            count = -1
+        if count < 0:
+            raise LabelParseError(
+                path, count_number, f"expected the face count of {line!r} (an integer >= 0), got {count_line!r}"
+            )
+        i += 2
+        if count == 0:
+            # The official files put one dummy line of zeros after a zero count.
+            if i < len(lines) and all(_is_number(t) for t in lines[i][1].split()):
+                dummy_number, dummy = lines[i]
+                values = [float(t) for t in dummy.split()]
+                if any(v != 0 for v in values):
+                    raise LabelParseError(
+                        path,
+                        dummy_number,
+                        f"image {line!r} has 0 faces, so this line must be the dummy line of zeros; got {dummy!r}",
+                    )
+                i += 1
+            names.append((name, source, 0))
+            continue
+        for k in range(count):
+            if i >= len(lines):
+                raise LabelParseError(
+                    path, count_number, f"image {line!r} declares {count} faces but the file ends after {k}"
+                )
+            face_number, face_line = lines[i]
+            values = parse_numbers(face_line, path, face_number, (10,), FACE_EXPECTED)
+            if isinstance(values, LabelParseError):
+                if not all(_is_number(t) for t in face_line.split()):
+                    raise LabelParseError(
+                        path,
+                        face_number,
+                        f"image {line!r} declares {count} faces (line {count_number}) but only {k} face line(s) "
+                        f"precede {face_line!r}",
+                    )
+                raise values
+            if any(not v.is_integer() for v in values[4:]):
+                raise LabelParseError(
+                    path, face_number, f"the six attributes must be integers ({FACE_EXPECTED}): {face_line!r}"
+                )
+            rows.append(values)
+            i += 1
+        names.append((name, source, count))
+
+    table = np.asarray(rows, np.float64).reshape(-1, 10)  # (T, 10)
+    xyxy = xywh_array_to_xyxy(table[:, :4])  # (T, 4)
+    attributes = table[:, 4:].astype(np.int64)  # (T, 6)
+    records = []
+    start = 0
+    for name, source, count in names:
+        stop = start + count
+        records.append(
+            ImageRecord(
+                name=name,
+                boxes=xyxy[start:stop],
+                labels=np.full(count, FACE, np.int64),
+                attributes={attr: attributes[start:stop, k].copy() for k, attr in enumerate(WIDER_ATTRIBUTES)},
+                source=source,
+            )
+        )
+        start = stop
+    logger.debug("%s: %d images, %d faces", path, len(records), len(rows))
+    return records

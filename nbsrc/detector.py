@@ -1,0 +1,175 @@
+"""`Detector`: a trained model plus its config, turned into a small detection API.
+
+``Detector.from_checkpoint(path).detect(image_rgb_uint8)`` returns plain Python detections in original-image
+pixels. RGB images run at their own size (as the published evaluation does); a latent runs in the network frame
+it describes (``h * latent_stride`` x ``w * latent_stride``), mapped back to an original image size when given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from nbsrc.config import Config
+from nbsrc.frame import FrameMap
+from nbsrc.latents import as_latent
+from nbsrc.postprocess import postprocess
+from nbsrc.preprocess import normalize_image
+
+__all__ = ["Detector"]
+
+logger = logging.getLogger(__name__)
+
+
+class Detector:
+    """Run a RetinaFace model on images or latents.
+
+    Args:
+        model: a model built by `nbsrc.model.build_model` (moved to `device`, put in eval mode).
+        cfg: its config (preprocessing, input kind, resize policy, eval settings).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+    """
+
+    def __init__(self, model: nn.Module, cfg: Config, device: str | torch.device = "cpu") -> None:
+        from nbsrc.utils import select_device
+
+        self.device = select_device(device) if isinstance(device, str) else torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg = cfg
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, preset: str | None = None, device: str = "cpu") -> Detector:
+        """Load our checkpoint or a published state dict (preset inferred when None); see `nbsrc.checkpoint`."""
+        from nbsrc.checkpoint import load_model
+
+        model, cfg = load_model(path, preset=preset, device="cpu")
+        return cls(model, cfg, device)
+
+    @property
+    def input_kind(self) -> str:
+        return self.model.input_kind
+
+    # ---- inputs ---------------------------------------------------------------------------------------
+    def prepare(self, item: Any, source: str = "input") -> Tensor:
+        """One image ``[H, W, 3]`` uint8 RGB or one latent (``[C, h, w]`` / ``[1, C, h, w]``) -> ``Tensor[C, H, W]``.
+
+        Raises `ValueError` naming `source` and what was expected.
+        """
+        if isinstance(item, Tensor):
+            item = item.detach().cpu().numpy()
+        if not isinstance(item, np.ndarray):
+            raise ValueError(f"{source}: expected a numpy array, got {type(item).__name__}")
+        if self.input_kind == "latent":
+            return torch.from_numpy(np.ascontiguousarray(as_latent(item, self.model.in_channels, source)))
+        if item.ndim != 3 or item.shape[2] != 3:
+            hint = " (this model takes RGB images; latents need a latent preset)" if item.ndim in (3, 4) else ""
+            raise ValueError(f"{source}: expected an RGB image [H, W, 3] uint8, got shape {list(item.shape)}{hint}")
+        if item.dtype != np.uint8:
+            raise ValueError(f"{source}: expected an RGB image of dtype uint8 (0..255), got {item.dtype}")
+        m = self.cfg.model
+        return normalize_image(item, m.channel_order, m.pixel_mean, m.pixel_std)
+
+    # ---- batched prediction -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict_batch(
+        self,
+        inputs: Tensor,
+        conf: float | None = None,
+        nms: float | None = None,
+        top_k: int | None = None,
+        keep_top_k: int | None = None,
+    ) -> list[dict[str, Tensor | None]]:
+        """`nbsrc.postprocess.postprocess` output for a prepared batch ``Tensor[B, C, H, W]``.
+
+        Boxes and landmarks are network-frame pixels. Unset thresholds come from ``cfg.eval``.
+        """
+        e = self.cfg.eval
+        inputs = inputs.to(self.device, non_blocking=True)
+        outputs = self.model(inputs)
+        return postprocess(
+            outputs,
+            self.model.anchors(inputs),
+            self.model.image_size(inputs),
+            conf_thresh=e.conf_thresh if conf is None else conf,
+            nms_thresh=e.nms_thresh if nms is None else nms,
+            top_k=e.top_k if top_k is None else top_k,
+            keep_top_k=e.keep_top_k if keep_top_k is None else keep_top_k,
+            variances=self.cfg.anchors.variances,
+        )
+
+    # ---- user API -------------------------------------------------------------------------------------
+    def detect(
+        self, item: Any, conf: float = 0.5, nms: float = 0.4, orig_size: tuple[int, int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Detections of one image or latent.
+
+        Args:
+            item: ``[H, W, 3]`` uint8 RGB image (RGB models) or latent array (latent models).
+            conf: score threshold.
+            nms: NMS IoU threshold.
+            orig_size: latent models only: ``(width, height)`` of the original image; boxes are mapped from the
+                network frame with the config's resize policy. None keeps the network frame.
+
+        Returns:
+            ``[{"box": (x1, y1, x2, y2), "score": float, "label": int, "landmarks": [[x, y]] * 5 | None}]``,
+            by descending score.
+        """
+        return self.detect_batch([item], conf=conf, nms=nms, orig_sizes=[orig_size])[0]
+
+    def detect_batch(
+        self,
+        items: Sequence[Any],
+        conf: float = 0.5,
+        nms: float = 0.4,
+        orig_sizes: Sequence[tuple[int, int] | None] | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """`detect` for several inputs; inputs of equal shape run as one batch."""
+        if orig_sizes is None:
+            orig_sizes = [None] * len(items)
+        if len(orig_sizes) != len(items):
+            raise ValueError(f"{len(items)} inputs but {len(orig_sizes)} orig_sizes")
+        tensors = [self.prepare(item, f"input {i}") for i, item in enumerate(items)]
+        results: list[list[dict[str, Any]] | None] = [None] * len(items)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, tensor in enumerate(tensors):
+            by_shape.setdefault(tuple(tensor.shape), []).append(index)
+        batch_size = self.cfg.eval.batch_size
+        for indices in by_shape.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                batch = torch.stack([tensors[i] for i in chunk])  # (B, C, H, W)
+                height, width = self.model.image_size(batch)
+                predictions = self.predict_batch(batch, conf=conf, nms=nms)
+                for i, prediction in zip(chunk, predictions):
+                    results[i] = self._to_python(prediction, (width, height), orig_sizes[i])
+        return results  # type: ignore[return-value]
+
+    def _to_python(
+        self, prediction: dict[str, Tensor | None], net_size: tuple[int, int], orig_size: tuple[int, int] | None
+    ) -> list[dict[str, Any]]:
+        boxes = prediction["boxes"].float().cpu().numpy()
+        landmarks = prediction["landmarks"]
+        points = landmarks.float().cpu().numpy() if landmarks is not None else None
+        if orig_size is not None:
+            if self.input_kind != "latent":
+                raise ValueError("orig_size applies to latent models only (RGB images run at their own size)")
+            frame = FrameMap(orig_size=tuple(orig_size), net_size=net_size, policy=self.cfg.data.resize_policy)
+            boxes = frame.to_original(boxes)
+            points = frame.to_original(points) if points is not None else None
+        scores = prediction["scores"].float().cpu().numpy()
+        labels = prediction["labels"].cpu().numpy()
+        return [
+            {
+                "box": tuple(float(v) for v in boxes[i]),
+                "score": float(scores[i]),
+                "label": int(labels[i]),
+                "landmarks": points[i].astype(float).tolist() if points is not None else None,
+            }
+            for i in range(len(scores))
+        ]

@@ -1,0 +1,766 @@
+"""The training loop as plain functions: `fit` runs a whole training from a `Config`; `train_one_epoch`,
+`evaluate_loss`, `evaluate_ap` and `evaluate` are its parts, usable on their own.
+
+A run folder ``<train.out>/<run_name>/`` holds:
+
+- ``config.json``: the full configuration;
+- ``metrics.jsonl``: one line per logged step (``kind="step"``: loss parts, lr, positive anchors per image,
+  images/s, GPU memory) and per epoch (``kind="epoch"``: train averages, validation loss and AP);
+- ``epoch_XXX.pth`` after every epoch, ``last.pth`` (the same), ``best.pth`` (best validation AP when the
+  validation split exists, else best training loss), ``weight_final.pth`` (weights of the last epoch).
+
+Every file is written atomically, so killing a run loses at most the current epoch, and ``train.resume``
+restores model, optimizer, GradScaler, scheduler, epoch, step, the RNG states (torch, CUDA, NumPy, Python) and
+the data order (a function of seed and epoch): a resumed run gives the same weights as an uninterrupted one.
+Under ``torchrun`` the model is wrapped in DistributedDataParallel and only rank 0 writes files and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from nbsrc.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint, unwrap_model
+from nbsrc.config import Config
+from nbsrc.distributed import DistInfo, barrier, broadcast_object, init_distributed
+from nbsrc.evaluation.detection_ap import detection_ap
+from nbsrc.loss import build_loss, normalize_targets
+from nbsrc.optim import build_optimizer, build_scheduler
+from nbsrc.postprocess import postprocess
+from nbsrc.tracking import Tracker, build_tracker
+from nbsrc.utils import append_jsonl, atomic_path, atomic_write_text, read_jsonl, seed_everything, tqdm_kwargs
+
+__all__ = [
+    "evaluate",
+    "evaluate_ap",
+    "evaluate_loss",
+    "fit",
+    "get_rng_state",
+    "make_run_name",
+    "preview_image",
+    "resolve_amp",
+    "resolve_dataset_root_config",
+    "set_rng_state",
+    "train_one_epoch",
+]
+
+logger = logging.getLogger(__name__)
+
+LOSS_KEYS = ("loss", "loss_box", "loss_cls", "loss_landm")
+CLASS_NAMES = {1: "face", 2: "person"}
+LOG_EVERY = 10  # optimizer steps between metrics.jsonl step records
+PREVIEW_IMAGES = 4  # validation images logged with their detections to W&B
+
+
+# ---- small helpers ------------------------------------------------------------------------------
+def make_run_name(cfg: Config) -> str:
+    """Default run folder name: ``<preset>-<YYYYmmdd-HHMMSS>``."""
+    return f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``train.amp`` on `device` (None = full float32).
+
+    ``auto`` is bf16 on CUDA GPUs with native bf16 (compute capability >= 8: A100, L4, H100), fp16 otherwise
+    (T4, P100: used with a GradScaler), and off on the CPU. ``bf16`` on a GPU without it falls back to fp16.
+    """
+    if amp not in ("auto", "fp16", "bf16", "off"):
+        raise ValueError(f"amp must be auto | fp16 | bf16 | off, got {amp!r}")
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        if amp == "bf16":
+            return torch.bfloat16
+        if amp == "fp16":
+            logger.warning("amp=fp16 needs CUDA; training in float32 on %s", device)
+        return None
+    native_bf16 = torch.cuda.get_device_capability(device)[0] >= 8
+    if amp == "fp16" or (amp == "auto" and not native_bf16):
+        return torch.float16
+    if not native_bf16:
+        logger.warning("amp=bf16: %s has no native bf16; using fp16 with a GradScaler", torch.cuda.get_device_name())
+        return torch.float16
+    return torch.bfloat16
+
+
+def _move_batch(batch: Mapping[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+    moved = dict(batch)
+    inputs = batch["inputs"].to(device, non_blocking=True)
+    if channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    moved["inputs"] = inputs
+    for key in ("boxes", "labels", "landmarks", "landmarks_valid", "num_boxes"):
+        if key in batch:
+            moved[key] = batch[key].to(device, non_blocking=True)
+    return moved
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def _set_data_epoch(loader: Any, epoch: int, seed: int) -> None:
+    """Make the training order a function of (seed, epoch) only, so a resumed run sees the same batches."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)  # DistributedSampler: seeded by its seed + epoch
+    elif isinstance(sampler, torch.utils.data.RandomSampler):
+        sampler.generator = torch.Generator().manual_seed(seed * 100003 + epoch)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    inner = getattr(batch_sampler, "sampler", None)
+    if inner is not None and inner is not sampler and hasattr(inner, "set_epoch"):
+        inner.set_epoch(epoch)
+
+
+def _gpu_memory_mib(device: torch.device) -> float:
+    if device.type != "cuda":
+        return 0.0
+    value = torch.cuda.max_memory_allocated(device) / 2**20
+    torch.cuda.reset_peak_memory_stats(device)
+    return round(value, 1)
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch and CUDA RNG states, in types that load with ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what `get_rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys.numpy(), dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = list(state["cuda"])[: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _loss_summary(parts: Mapping[str, Tensor]) -> dict[str, float]:
+    summary = {k: float(parts[k].detach()) for k in LOSS_KEYS if k in parts}
+    if "num_pos" in parts:
+        summary["num_pos"] = [int(v) for v in parts["num_pos"].detach().cpu()]
+    return summary
+
+
+# ---- one epoch ------------------------------------------------------------------------------------
+def train_one_epoch(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    loader: Iterable[Mapping[str, Any]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    epoch: int = 0,
+    epochs: int | None = None,
+    scheduler: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
+    grad_clip: float = 0.0,
+    channels_last: bool = False,
+    max_steps: int | None = None,
+    start_step: int = 0,
+    log_every: int = LOG_EVERY,
+    log_fn: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train for one pass over `loader` (at most `max_steps` batches).
+
+    Args:
+        model: the network (possibly DDP / compiled); outputs ``loc``, ``conf``, ``landm`` (see `RetinaFace`).
+        loss_fn: `nbsrc.loss.MultiBoxLoss`-like: ``loss_fn(outputs, anchors, targets)`` -> dict of parts.
+        loader: collated batches (see `nbsrc.data.collate.detection_collate`).
+        optimizer: the optimizer; `scheduler` (if any) is stepped after every optimizer step.
+        device: training device.
+        epoch: index of this epoch (0-based, for logs); `epochs` the total (for the progress bar).
+        scaler: GradScaler for fp16 autocast (None or disabled otherwise).
+        amp_dtype: autocast dtype, or None for float32 (see `resolve_amp`).
+        grad_clip: maximum global gradient norm (0 = no clipping).
+        channels_last: feed inputs in channels_last memory format.
+        max_steps: stop after this many batches.
+        start_step: global step before this epoch (step records count from it).
+        log_every: steps between records passed to `log_fn`.
+        log_fn: receives a ``kind="step"`` record (averages since the previous record) every `log_every` steps
+            and after the last step.
+        progress: show a tqdm bar (throttled outside terminals, see `nbsrc.utils.tqdm_kwargs`).
+
+    Returns:
+        Averages over the epoch: ``loss``, ``loss_box``, ``loss_cls``, ``loss_landm``, ``pos_per_image``,
+        plus ``steps``, ``images`` and ``images_per_s``.
+
+    Raises:
+        FloatingPointError: a non-finite loss, naming the batch's images and the loss parts.
+    """
+    base = unwrap_model(model)
+    model.train()
+    total_steps = len(loader) if hasattr(loader, "__len__") else None
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps) if total_steps is not None else max_steps
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums = dict.fromkeys((*LOSS_KEYS, "pos_per_image"), 0.0)
+    window = dict.fromkeys((*LOSS_KEYS, "pos_per_image"), 0.0)
+    window_steps = window_images = 0
+    window_start = epoch_start = time.perf_counter()
+    data_time = window_data = 0.0
+    steps = images = 0
+    step = start_step
+    desc = f"epoch {epoch + 1}/{epochs}" if epochs else f"epoch {epoch + 1}"
+    bar = tqdm(total=total_steps, desc=desc, unit="batch", **tqdm_kwargs(progress))
+    fetch_start = time.perf_counter()
+    try:
+        for batch in loader:
+            if max_steps is not None and steps >= max_steps:
+                break
+            data_time = time.perf_counter() - fetch_start
+            batch = _move_batch(batch, device, channels_last)
+            inputs = batch["inputs"]
+            targets = normalize_targets(batch, base.image_size(inputs), device=device)
+            with _autocast(device, amp_dtype):
+                outputs = model(inputs)
+            parts = loss_fn(outputs, base.anchors(inputs), targets)
+            loss = parts["loss"]
+            if not bool(torch.isfinite(loss)):
+                raise FloatingPointError(
+                    f"non-finite loss at epoch {epoch + 1}, step {step + 1}, on images {list(batch['names'])}: "
+                    f"{_loss_summary(parts)}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None and scaler.is_enabled():
+                scaler.scale(loss).backward()
+                if grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            step += 1
+            steps += 1
+            batch_images = int(inputs.shape[0])
+            images += batch_images
+            values = {k: float(parts[k].detach()) for k in LOSS_KEYS}
+            values["pos_per_image"] = float(parts["num_pos"].float().mean())
+            for key, value in values.items():
+                sums[key] += value
+                window[key] += value
+            window_steps += 1
+            window_images += batch_images
+            window_data += data_time
+            bar.update(1)
+            last = total_steps is not None and steps >= total_steps
+            if window_steps >= log_every or last:
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                record = {
+                    "kind": "step",
+                    "epoch": epoch + 1,
+                    "step": step,
+                    **{k: v / window_steps for k, v in window.items()},
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "images_per_s": window_images / elapsed,
+                    "data_s_per_step": window_data / window_steps,
+                    "gpu_mem_mib": _gpu_memory_mib(device),
+                    "time": time.time(),
+                }
+                bar.set_postfix(loss=f"{record['loss']:.3f}", pos=f"{record['pos_per_image']:.1f}", refresh=False)
+                if log_fn is not None:
+                    log_fn(record)
+                window = dict.fromkeys(window, 0.0)
+                window_steps = window_images = 0
+                window_data = 0.0
+                window_start = time.perf_counter()
+            fetch_start = time.perf_counter()
+    finally:
+        bar.close()
+    if steps == 0:
+        raise ValueError("the training loader produced no batch (empty dataset, or batch_size > images with drop_last)")
+    elapsed = max(time.perf_counter() - epoch_start, 1e-9)
+    averages = {k: v / steps for k, v in sums.items()}
+    averages.update(steps=steps, images=images, images_per_s=images / elapsed)
+    return averages
+
+
+# ---- evaluation -----------------------------------------------------------------------------------
+def preview_image(
+    inputs: Tensor,
+    *,
+    input_kind: str,
+    channel_order: str = "bgr",
+    pixel_mean: tuple[float, float, float] = (104.0, 117.0, 123.0),
+    pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    latent_stride: int = 16,
+) -> np.ndarray:
+    """A viewable ``uint8 [H, W, 3]`` RGB picture of one network input in the network frame.
+
+    RGB inputs are un-normalised; a latent ``[C, h, w]`` is shown as its per-cell channel energy (mean |x|),
+    scaled to 0..255 and enlarged by `latent_stride` so that network-frame boxes fit on it.
+    """
+    x = inputs.detach().float().cpu()
+    if input_kind == "latent":
+        energy = x.abs().mean(0)  # (h, w)
+        energy = (energy - energy.min()) / (energy.max() - energy.min()).clamp_min(1e-6)
+        gray = (energy * 255).round().to(torch.uint8).numpy()
+        gray = np.repeat(np.repeat(gray, latent_stride, axis=0), latent_stride, axis=1)
+        return np.stack([gray] * 3, axis=-1)
+    mean = torch.tensor(pixel_mean).view(3, 1, 1)  # (3, 1, 1)
+    std = torch.tensor(pixel_std).view(3, 1, 1)  # (3, 1, 1)
+    image = (x * std + mean).clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (H, W, 3)
+    if channel_order == "bgr":
+        image = image[..., ::-1]
+    return np.ascontiguousarray(image)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, Any]],
+    *,
+    device: torch.device,
+    loss_fn: nn.Module | None = None,
+    compute_ap: bool = True,
+    num_classes: int = 2,
+    conf_thresh: float = 0.02,
+    nms_thresh: float = 0.4,
+    top_k: int = 5000,
+    keep_top_k: int = 750,
+    iou_thresh: float = 0.5,
+    variances: tuple[float, float] = (0.1, 0.2),
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    max_batches: int | None = None,
+    keep_samples: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """One pass over a validation split: loss parts (with `loss_fn`) and detection AP (with `compute_ap`).
+
+    Detections come from `nbsrc.postprocess.postprocess` and are matched to the batch's ground truth in the
+    network frame (IoU does not change under the per-axis scaling back to the original image). The model is
+    left in eval mode; callers switch it back to training.
+
+    Returns:
+        ``val_loss``, ``val_loss_box``, ``val_loss_cls``, ``val_loss_landm``, ``val_pos_per_image`` (with a loss),
+        ``ap_face`` (and ``ap_person`` for 3-class models), ``ap`` (mean over classes with ground truth; NaN when
+        the split has none), ``images``; and ``samples``: up to `keep_samples` dicts ``(input, detections,
+        gt_boxes, name)`` on the CPU for previews.
+    """
+    model.eval()
+    base = unwrap_model(model)
+    sums = dict.fromkeys((*LOSS_KEYS, "pos_per_image"), 0.0)
+    batches = images = 0
+    classes = list(range(1, num_classes))
+    pred_boxes: dict[int, list[np.ndarray]] = {c: [] for c in classes}
+    pred_scores: dict[int, list[np.ndarray]] = {c: [] for c in classes}
+    gt_boxes: dict[int, list[np.ndarray]] = {c: [] for c in classes}
+    samples: list[dict[str, Any]] = []
+    total = len(loader) if hasattr(loader, "__len__") else None
+    if max_batches is not None and total is not None:
+        total = min(total, max_batches)
+    bar = tqdm(total=total, desc="validate", unit="batch", **tqdm_kwargs(progress))
+    try:
+        for batch in loader:
+            if max_batches is not None and batches >= max_batches:
+                break
+            batch = _move_batch(batch, device, channels_last)
+            inputs = batch["inputs"]
+            image_size = base.image_size(inputs)
+            anchors = base.anchors(inputs)
+            with _autocast(device, amp_dtype):
+                outputs = model(inputs)
+            if loss_fn is not None:
+                parts = loss_fn(outputs, anchors, normalize_targets(batch, image_size, device=device))
+                for key in LOSS_KEYS:
+                    sums[key] += float(parts[key])
+                sums["pos_per_image"] += float(parts["num_pos"].float().mean())
+            if compute_ap or len(samples) < keep_samples:
+                detections = postprocess(
+                    outputs,
+                    anchors,
+                    image_size,
+                    conf_thresh=conf_thresh,
+                    nms_thresh=nms_thresh,
+                    top_k=top_k,
+                    keep_top_k=keep_top_k,
+                    variances=variances,
+                )
+                counts = batch["num_boxes"].cpu().tolist()
+                boxes_cpu = batch["boxes"].cpu()
+                labels_cpu = batch["labels"].cpu()
+                for index, det in enumerate(detections):
+                    n = int(counts[index])
+                    gt_b = boxes_cpu[index, :n].numpy()
+                    gt_l = labels_cpu[index, :n].numpy()
+                    d_boxes = det["boxes"].float().cpu().numpy()
+                    d_scores = det["scores"].float().cpu().numpy()
+                    d_labels = det["labels"].cpu().numpy()
+                    for c in classes:
+                        keep = d_labels == c
+                        pred_boxes[c].append(d_boxes[keep])
+                        pred_scores[c].append(d_scores[keep])
+                        gt_boxes[c].append(gt_b[gt_l == c])
+                    if len(samples) < keep_samples:
+                        samples.append(
+                            {
+                                "input": inputs[index].float().cpu(),
+                                "detections": {"boxes": d_boxes, "scores": d_scores, "labels": d_labels},
+                                "gt_boxes": gt_b,
+                                "name": batch["names"][index],
+                            }
+                        )
+            batches += 1
+            images += int(inputs.shape[0])
+            bar.update(1)
+    finally:
+        bar.close()
+    result: dict[str, Any] = {"images": images}
+    if loss_fn is not None and batches:
+        result.update({f"val_{k}": v / batches for k, v in sums.items()})
+    if compute_ap:
+        aps = []
+        for c in classes:
+            has_gt = sum(len(g) for g in gt_boxes[c]) > 0
+            ap = (
+                detection_ap(pred_boxes[c], pred_scores[c], gt_boxes[c], iou_thresh=iou_thresh)
+                if has_gt
+                else float("nan")
+            )
+            result[f"ap_{CLASS_NAMES.get(c, c)}"] = float(ap)
+            if has_gt:
+                aps.append(float(ap))
+        result["ap"] = float(np.mean(aps)) if aps else float("nan")
+    result["samples"] = samples
+    return result
+
+
+def evaluate_loss(
+    model: nn.Module, loss_fn: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: torch.device, **kwargs: Any
+) -> dict[str, float]:
+    """Average validation loss parts (``val_loss``, ``val_loss_box``, ...) over `loader` (see `evaluate`)."""
+    result = evaluate(model, loader, device=device, loss_fn=loss_fn, compute_ap=False, **kwargs)
+    return {k: v for k, v in result.items() if k.startswith("val_")}
+
+
+def evaluate_ap(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device: torch.device, **kwargs: Any) -> dict:
+    """Detection AP per class at ``iou_thresh`` over `loader`, through postprocess + VOC AP (see `evaluate`)."""
+    result = evaluate(model, loader, device=device, loss_fn=None, compute_ap=True, **kwargs)
+    return {k: v for k, v in result.items() if k.startswith("ap")}
+
+
+# ---- the whole run ----------------------------------------------------------------------------------
+def resolve_dataset_root_config(cfg: Config, info: DistInfo | None = None) -> Config:
+    """`cfg` with ``data.dataset_root`` set: unchanged when given, else the demo dataset (built once; on Kaggle
+    the attached dataset). Rank 0 resolves (and builds) it, the other ranks receive its path."""
+    info = info or DistInfo()
+    if cfg.data.dataset_root is not None:
+        return cfg
+    from nbsrc.paths import resolve_dataset_root
+
+    root = None
+    if info.is_main:
+        root = str(resolve_dataset_root(None))  # the demo dataset locally (built once), the attached one on Kaggle
+    barrier()
+    root = broadcast_object(root)
+    if root is None:
+        root = str(resolve_dataset_root(None))
+    logger.info("dataset_root not set: using %s", root)
+    return cfg.replace(**{"data.dataset_root": root})
+
+
+def _run_folder(cfg: Config) -> tuple[Config, Path]:
+    name = cfg.train.run_name
+    if name is None and cfg.train.resume is not None:
+        resume_dir = Path(cfg.train.resume).resolve().parent
+        if (resume_dir / "config.json").is_file():
+            return cfg.replace(**{"train.run_name": resume_dir.name, "train.out": str(resume_dir.parent)}), resume_dir
+    if name is None:
+        name = make_run_name(cfg)
+    name = broadcast_object(name)
+    cfg = cfg.replace(**{"train.run_name": name})
+    return cfg, Path(cfg.train.out) / name
+
+
+def _trim_metrics(path: Path, step: int, epoch: int) -> None:
+    """Drop records written after the checkpoint a run resumes from (the killed epoch's steps)."""
+    if not path.is_file():
+        return
+    kept = [
+        r
+        for r in read_jsonl(path)
+        if (r.get("kind") == "step" and r.get("step", 0) <= step)
+        or (r.get("kind") == "epoch" and r.get("epoch", 0) <= epoch)
+        or r.get("kind") not in ("step", "epoch")
+    ]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _copy_atomic(source: Path, destination: Path) -> None:
+    with atomic_path(destination) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def _log_previews(tracker: Tracker, cfg: Config, samples: list[dict[str, Any]], step: int, latent_stride: int) -> None:
+    if not tracker.enabled or not samples:
+        return
+    m = cfg.model
+    images, dets, gts, captions = [], [], [], []
+    for sample in samples:
+        images.append(
+            preview_image(
+                sample["input"],
+                input_kind=m.input_kind,
+                channel_order=m.channel_order,
+                pixel_mean=m.pixel_mean,
+                pixel_std=m.pixel_std,
+                latent_stride=latent_stride,
+            )
+        )
+        keep = sample["detections"]["scores"] >= 0.5
+        dets.append({k: v[keep] for k, v in sample["detections"].items()})
+        gts.append(sample["gt_boxes"])
+        captions.append(sample["name"])
+    tracker.log_detections("val/detections", images, dets, gts, captions=captions, step=step)
+
+
+def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
+    """Train `cfg` and return the run folder (see the module docstring for its contents).
+
+    Args:
+        cfg: the configuration. ``data.dataset_root=None`` uses the demo dataset locally (the attached dataset
+            on Kaggle). ``train.weight`` initialises the model from a checkpoint; ``train.resume`` continues a
+            run (its folder is reused when ``train.run_name`` is not set).
+        start_epoch: with ``train.weight``, count the weights as trained for this many epochs (the learning-rate
+            schedule starts there; the ancestors' ``--resume_epoch``). Ignored when resuming.
+
+    Raises:
+        FloatingPointError: a non-finite loss (names the batch's images and the loss parts).
+        FileNotFoundError / ValueError: bad dataset, checkpoint or configuration.
+    """
+    from nbsrc.data.loaders import build_dataloaders
+    from nbsrc.model import build_model
+
+    t = cfg.train
+    device = torch.device(t.device) if t.device != "auto" else None
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {t.device!r} requested but CUDA is not available (use device=cpu or auto)")
+    info = init_distributed(device)
+    if info.distributed and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    cfg = resolve_dataset_root_config(cfg, info)
+    cfg, run_dir = _run_folder(cfg)
+    t = cfg.train
+    metrics_path = run_dir / "metrics.jsonl"
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.to_json(run_dir / "config.json")
+    logger.info("run folder %s (preset %s, device %s, %d process(es))", run_dir, cfg.preset, device, info.world_size)
+
+    seed_everything(t.seed)
+    model = build_model(cfg)
+    if t.weight is not None and t.resume is None:
+        checkpoint = load_checkpoint(t.weight)
+        load_state_dict_strict(model, checkpoint["model"], str(t.weight))
+        logger.info("initialised from %s", t.weight)
+    if t.freeze_backbone:
+        model.freeze_backbone(True)
+    model.to(device)
+    channels_last = t.channels_last and device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(cfg).to(device)
+    amp_dtype = resolve_amp(t.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    train_loader, val_loader = build_dataloaders(cfg, distributed=info.distributed)
+    steps_per_epoch = len(train_loader)
+    if t.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise ValueError(f"{cfg.data.dataset_root}: the training split yields no batch of {t.batch_size} images")
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
+
+    first_epoch, global_step = 0, 0
+    best_score, history = -math.inf, {}
+    rng_state = None
+    if t.resume is not None:
+        checkpoint = load_checkpoint(t.resume)
+        if checkpoint.get("optimizer") is None:
+            raise ValueError(f"{t.resume}: holds no training state to resume from (use train.weight to initialise)")
+        load_state_dict_strict(model, checkpoint["model"], str(t.resume))
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler") is not None:
+            scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint.get("scheduler") is not None:
+            state = dict(checkpoint["scheduler"])
+            state.pop("lr_lambdas", None)  # keep this config's schedule settings (e.g. more epochs)
+            scheduler.load_state_dict(state)
+        first_epoch = int(checkpoint["epoch"])
+        global_step = int(checkpoint.get("step", first_epoch * steps_per_epoch))
+        best_score = float(checkpoint.get("best_score", -math.inf))
+        history = dict(checkpoint.get("metrics") or {})
+        rng_state = checkpoint.get("rng")
+        logger.info("resumed from %s at epoch %d, step %d", t.resume, first_epoch, global_step)
+        if info.is_main:
+            _trim_metrics(metrics_path, global_step, first_epoch)
+    elif start_epoch:
+        first_epoch, global_step = int(start_epoch), int(start_epoch) * steps_per_epoch
+        scheduler.last_epoch = global_step
+    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+    if first_epoch >= t.epochs:
+        logger.warning("nothing to train: the checkpoint has %d epochs, train.epochs is %d", first_epoch, t.epochs)
+
+    train_model: nn.Module = model
+    if info.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if t.compile:
+        train_model = torch.compile(train_model)
+
+    tracker = build_tracker(cfg, run_dir) if info.is_main else Tracker()
+    if rng_state is not None:
+        set_rng_state(rng_state)
+    if info.rank:
+        seed_everything(t.seed + 1000 * info.rank + first_epoch)  # different augmentation streams per rank
+
+    def log_step(record: dict[str, Any]) -> None:
+        if info.is_main:
+            append_jsonl(metrics_path, record)
+            tracker.log({f"train/{k}": v for k, v in record.items() if k not in ("kind", "time")}, step=record["step"])
+
+    best_key = "val_ap" if val_loader is not None else "train_loss"
+    ev = cfg.eval
+    latent_stride = getattr(model, "latent_stride", 1)
+    try:
+        for epoch in range(first_epoch, t.epochs):
+            _set_data_epoch(train_loader, epoch, t.seed)
+            train_stats = train_one_epoch(
+                train_model,
+                loss_fn,
+                train_loader,
+                optimizer,
+                device=device,
+                epoch=epoch,
+                epochs=t.epochs,
+                scheduler=scheduler,
+                scaler=scaler,
+                amp_dtype=amp_dtype,
+                grad_clip=t.grad_clip,
+                channels_last=channels_last,
+                max_steps=t.max_steps_per_epoch,
+                start_step=global_step,
+                log_every=min(LOG_EVERY, steps_per_epoch),
+                log_fn=log_step,
+                progress=t.progress and info.is_main,
+            )
+            global_step += int(train_stats["steps"])
+            record: dict[str, Any] = {"kind": "epoch", "epoch": epoch + 1, "step": global_step}
+            record.update({f"train_{k}": v for k, v in train_stats.items()})
+            last_epoch = epoch + 1 == t.epochs
+            if info.is_main and val_loader is not None and ((epoch + 1) % t.eval_every == 0 or last_epoch):
+                result = evaluate(
+                    model,
+                    val_loader,
+                    device=device,
+                    loss_fn=loss_fn,
+                    num_classes=cfg.model.num_classes,
+                    conf_thresh=ev.conf_thresh,
+                    nms_thresh=ev.nms_thresh,
+                    top_k=ev.top_k,
+                    keep_top_k=ev.keep_top_k,
+                    iou_thresh=ev.iou_thresh,
+                    variances=tuple(cfg.anchors.variances),
+                    amp_dtype=amp_dtype,
+                    channels_last=channels_last,
+                    keep_samples=PREVIEW_IMAGES if tracker.enabled else 0,
+                    progress=t.progress,
+                )
+                samples = result.pop("samples")
+                record.update({k if k.startswith("val_") else f"val_{k}": v for k, v in result.items()})
+                _log_previews(tracker, cfg, samples, global_step, latent_stride)
+            train_model.train()
+            score = _score(record, best_key)
+            improved = score is not None and score > best_score
+            if improved:
+                best_score = score
+            record["best"] = improved
+            if info.is_main:
+                history = {k: v for k, v in record.items() if k != "kind"}
+                extra = {"step": global_step, "best_score": best_score, "best_key": best_key, "rng": get_rng_state()}
+                epoch_path = run_dir / f"epoch_{epoch + 1:03d}.pth"
+                save_checkpoint(
+                    epoch_path,
+                    model=model,
+                    config=cfg,
+                    epoch=epoch + 1,
+                    optimizer=optimizer,
+                    scaler=scaler,
+                    scheduler=scheduler,
+                    metrics=history,
+                    **extra,
+                )
+                _copy_atomic(epoch_path, run_dir / "last.pth")
+                if improved:
+                    _copy_atomic(epoch_path, run_dir / "best.pth")
+                append_jsonl(metrics_path, {**record, "time": time.time()})
+                tracker.log({f"epoch/{k}": v for k, v in record.items() if k != "kind"}, step=global_step)
+                logger.info("epoch %d/%d: %s", epoch + 1, t.epochs, _epoch_line(record))
+            barrier()
+        if info.is_main:
+            save_checkpoint(
+                run_dir / "weight_final.pth", model=model, config=cfg, epoch=max(first_epoch, t.epochs), metrics=history
+            )
+            if (run_dir / "best.pth").is_file():
+                tracker.log_checkpoint(
+                    run_dir / "best.pth",
+                    name=f"{run_dir.name}-best",
+                    aliases=("best", "latest"),
+                    metadata={"best_key": best_key, "best_score": best_score, "preset": cfg.preset},
+                )
+            tracker.summary({"best_key": best_key, "best_score": best_score})
+        barrier()
+    finally:
+        tracker.finish()
+    return run_dir
+
+
+def _score(record: Mapping[str, Any], key: str) -> float | None:
+    """Higher-is-better score of an epoch record: validation AP, or minus the training loss."""
+    if key == "val_ap":
+        value = record.get("val_ap")
+        if value is None or not math.isfinite(value):
+            value = -record["val_loss"] if "val_loss" in record else None
+        return value
+    return -float(record["train_loss"])
+
+
+def _epoch_line(record: Mapping[str, Any]) -> str:
+    keys = ("train_loss", "train_pos_per_image", "train_images_per_s", "val_loss", "val_ap_face", "val_ap_person")
+    return ", ".join(f"{k}={record[k]:.4g}" for k in keys if isinstance(record.get(k), (int, float)))

@@ -1,0 +1,329 @@
+"""WIDER FACE Easy / Medium / Hard AP: the official protocol, exactly, vectorized.
+
+The protocol (the official evaluation, every detail kept):
+
+1. One result file per ground-truth image, ``<pred_dir>/<event>/<basename>.txt`` (see
+   `nbsrc.evaluation.results`); boxes are taken in file order.
+2. Scores are min-max normalized over the whole prediction set: ``s' = (s - lo) / (hi - lo)`` with
+   ``lo = min(1, min s)`` and ``hi = max(0, max s)``.
+3. Per setting and image, the kept faces are the setting's 1-based ``gt_list`` indices; the other faces are
+   "ignore" regions. Boxes are ``x y w h`` -> ``x2 = x + w``; the IoU uses the +1-pixel convention.
+4. Each prediction, in file order, takes the face of highest IoU (the first on ties). If the IoU is
+   ``>= iou_thresh``: an ignored face drops the prediction (neither TP nor FP); a kept face not yet recalled
+   becomes recalled; a recalled one leaves the prediction a false positive. ``pred_recall[h]`` is the number of
+   recalled kept faces after prediction ``h``.
+5. 1,000 thresholds ``thr_t = 1 - (t + 1) / 1000``. Per image, ``r`` = the last prediction (file order) with
+   ``s' >= thr_t``; the image adds (non-dropped predictions up to ``r``, ``pred_recall[r]``) to the curve.
+   Images without faces or without predictions add nothing; every kept face counts in the recall denominator.
+6. precision = recalled / proposals, recall = recalled / kept faces; AP = all-point VOC integral of the
+   precision envelope (`nbsrc.evaluation.detection_ap.voc_ap`).
+
+Implementation: one IoU pass for all images (chunked), then per setting a few array passes; the threshold
+sweep is a difference array over the 1,000 thresholds built from the points where each image's ``r`` moves
+(no loop per image or per threshold). Deviation: when every score is equal, the reference divides by zero and
+reports 0; here all predictions pass every threshold (a warning is logged).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nbsrc.data.readers.wider_mat import SETTINGS, WiderGroundTruth, read_wider_gt
+from nbsrc.evaluation.detection_ap import max_iou_match, voc_ap
+
+__all__ = [
+    "NUM_THRESHOLDS",
+    "WiderResult",
+    "evaluate",
+    "evaluate_curves",
+    "evaluate_predictions",
+    "format_table",
+    "plot_pr_curves",
+    "thresholds",
+]
+
+logger = logging.getLogger(__name__)
+
+NUM_THRESHOLDS = 1000
+
+
+def thresholds(num: int = NUM_THRESHOLDS) -> np.ndarray:
+    """``thr_t = 1 - (t + 1) / num`` for ``t = 0 .. num - 1`` (0.999 down to 0), computed as the reference does."""
+    return 1 - (np.arange(num, dtype=np.float64) + 1) / num
+
+
+@dataclass
+class WiderResult:
+    """AP and PR curves per setting.
+
+    Attributes:
+        ap: setting -> AP (NaN when the setting keeps no face).
+        precision: setting -> ``[1000]`` precision per threshold (0 where no prediction passes).
+        recall: setting -> ``[1000]`` recall per threshold.
+        thresholds: ``[1000]`` normalized-score thresholds, descending.
+        num_faces: setting -> kept faces.
+        num_images: images evaluated.
+        num_predictions: predictions read.
+        missing: images without a result file (counted as empty).
+    """
+
+    ap: dict[str, float]
+    precision: dict[str, np.ndarray]
+    recall: dict[str, np.ndarray]
+    thresholds: np.ndarray
+    num_faces: dict[str, int]
+    num_images: int
+    num_predictions: int
+    missing: list[str] = field(default_factory=list)
+
+    def to_dict(self, curves: bool = False) -> dict:
+        """JSON-ready dict (NaN -> None); with `curves`, the PR curves too."""
+
+        def clean(x: float) -> float | None:
+            return None if not np.isfinite(x) else float(x)
+
+        out: dict = {s: clean(self.ap[s]) for s in SETTINGS}
+        out.update(
+            num_faces=dict(self.num_faces),
+            num_images=self.num_images,
+            num_predictions=self.num_predictions,
+            missing=list(self.missing),
+        )
+        if curves:
+            out["thresholds"] = self.thresholds.tolist()
+            out["precision"] = {s: self.precision[s].tolist() for s in SETTINGS}
+            out["recall"] = {s: self.recall[s].tolist() for s in SETTINGS}
+        return out
+
+
+def _gt_arrays(gt: WiderGroundTruth) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Ground truth of all images concatenated: ``(xyxy float64 [G, 4], offsets [I + 1], setting -> kept [G])``."""
+    per_image = [b for per_event in gt.boxes for b in per_event]
+    counts = np.array([len(b) for b in per_image], np.int64)
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    boxes = np.concatenate(per_image).astype(np.float64) if per_image else np.zeros((0, 4))
+    boxes = boxes.reshape(-1, 4)  # (G, 4) xywh
+    boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy, x2 = x + w as the protocol does
+    kept = {}
+    for setting in SETTINGS:
+        mask = np.zeros(len(boxes), bool)
+        image_keep = [k for per_event in gt.keep[setting] for k in per_event]
+        index = np.concatenate(
+            [offsets[i] + np.asarray(k, np.int64) - 1 for i, k in enumerate(image_keep)] or [np.zeros(0, np.int64)]
+        )
+        mask[index] = True
+        kept[setting] = mask
+    return boxes, offsets, kept
+
+
+def normalize_scores(scores: np.ndarray) -> np.ndarray:
+    """Global min-max normalization with the reference's initial bounds (min starts at 1, max at 0)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) == 0:
+        return scores.copy()
+    lo = min(1.0, float(scores.min()))
+    hi = max(0.0, float(scores.max()))
+    if hi - lo <= 0:
+        logger.warning("all %d scores equal %.6g: min-max normalization is undefined; every prediction passes "
+                       "every threshold", len(scores), lo)  # fmt: skip
+        return np.ones_like(scores)
+    return (scores - np.float64(lo)) / np.float64(hi - lo)
+
+
+def evaluate_predictions(
+    gt: WiderGroundTruth,
+    boxes_xywh: np.ndarray,
+    scores: np.ndarray,
+    counts: np.ndarray,
+    iou_thresh: float = 0.5,
+    missing: list[str] | None = None,
+) -> WiderResult:
+    """The protocol on in-memory predictions.
+
+    Args:
+        gt: ground truth (`read_wider_gt`).
+        boxes_xywh: ``[N, 4]`` xywh of all images, concatenated in ground-truth image order, each image's boxes in
+            file order.
+        scores: ``[N]`` raw scores (normalized here).
+        counts: ``int [I]`` predictions per image, in `gt.image_names()` order.
+        iou_thresh: IoU threshold (0.5 in the protocol).
+        missing: names reported as missing (bookkeeping only).
+    Returns:
+        A `WiderResult`.
+    """
+    if not 0 < iou_thresh <= 1:
+        raise ValueError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
+    gt_boxes, gt_offsets, kept = _gt_arrays(gt)
+    num_images = len(gt_offsets) - 1
+    counts = np.asarray(counts, np.int64).reshape(-1)
+    if len(counts) != num_images:
+        raise ValueError(f"counts has {len(counts)} entries for {num_images} ground-truth images")
+    boxes = np.asarray(boxes_xywh, np.float64).reshape(-1, 4)  # (N, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    if not len(boxes) == len(scores) == int(counts.sum()):
+        raise ValueError(f"{len(boxes)} boxes, {len(scores)} scores, counts sum to {int(counts.sum())}")
+    num_predictions = len(scores)
+    norm = normalize_scores(scores)
+
+    # Images without faces are skipped by the protocol: drop their predictions.
+    image = np.repeat(np.arange(num_images), counts)  # (N,)
+    gt_counts = np.diff(gt_offsets)
+    if (gt_counts == 0).any():
+        keep = gt_counts[image] > 0
+        boxes, norm, image = boxes[keep], norm[keep], image[keep]
+    n = len(norm)
+    xyxy = boxes.copy()
+    xyxy[:, 2:] += xyxy[:, :2]  # (N, 4)
+
+    # Matching (setting-independent): best face per prediction; the first hit of each face in file order.
+    best_iou, best_local = max_iou_match(xyxy, image, gt_boxes, gt_offsets, min_iou=iou_thresh, plus_one=True)
+    hit = (best_iou >= iou_thresh) & (best_local >= 0)
+    face = np.where(hit, gt_offsets[image] + best_local, 0)  # (N,) global face index (valid where hit)
+    first_hit = np.zeros(n, bool)
+    hit_index = np.flatnonzero(hit)
+    _, first = np.unique(face[hit_index], return_index=True)
+    first_hit[hit_index[first]] = True
+
+    # Threshold sweep (setting-independent): t_h = first threshold a prediction passes; per (image, t_h) group the
+    # last prediction r passing it; a running max over t gives r_t. Group ends are where r_t can change.
+    thr = thresholds()
+    t_pass = NUM_THRESHOLDS - np.searchsorted(thr[::-1], norm, side="right")  # (N,) in [0, 1000]
+    passes = t_pass < NUM_THRESHOLDS
+    order = np.lexsort((t_pass, image))  # stable: image, then threshold bin, then file order
+    order = order[passes[order]]
+    run_max = np.maximum.accumulate(order) if len(order) else order  # last passing prediction so far, per image
+    sorted_image, sorted_bin = image[order], t_pass[order]
+    group_end = np.ones(len(order), bool)
+    group_end[:-1] = (sorted_image[1:] != sorted_image[:-1]) | (sorted_bin[1:] != sorted_bin[:-1])
+    r_at = run_max[group_end]  # (E,) last passing prediction at each event
+    bin_at = sorted_bin[group_end]  # (E,)
+    image_at = sorted_image[group_end]  # (E,)
+    new_image = np.ones(len(r_at), bool)
+    new_image[1:] = image_at[1:] != image_at[:-1]
+    pred_start = np.concatenate(([0], np.cumsum(np.bincount(image, minlength=num_images))))[image]  # (N,)
+
+    ap, precision, recall, num_faces = {}, {}, {}, {}
+    for setting in SETTINGS:
+        kept_face = hit & kept[setting][face]
+        proposal = ~(hit & ~kept[setting][face])  # predictions on ignored faces are dropped
+        recalled = first_hit & kept_face
+        cum_prop = np.cumsum(proposal)  # (N,) global running counts ...
+        cum_rec = np.cumsum(recalled)
+        base_prop = np.where(pred_start > 0, cum_prop[pred_start - 1], 0)  # ... minus the image's start
+        base_rec = np.where(pred_start > 0, cum_rec[pred_start - 1], 0)
+        prop_at = (cum_prop - base_prop)[r_at].astype(np.float64)  # (E,)
+        rec_at = (cum_rec - base_rec)[r_at].astype(np.float64)
+        d_prop = np.diff(prop_at, prepend=0.0)
+        d_rec = np.diff(rec_at, prepend=0.0)
+        d_prop[new_image] = prop_at[new_image]
+        d_rec[new_image] = rec_at[new_image]
+        curve_prop = np.cumsum(np.bincount(bin_at, weights=d_prop, minlength=NUM_THRESHOLDS))  # (1000,)
+        curve_rec = np.cumsum(np.bincount(bin_at, weights=d_rec, minlength=NUM_THRESHOLDS))
+        count_face = int(kept[setting].sum())
+        prec = np.divide(curve_rec, curve_prop, out=np.zeros(NUM_THRESHOLDS), where=curve_prop > 0)
+        if count_face:
+            rec = curve_rec / count_face
+            ap[setting] = voc_ap(rec, prec)
+        else:
+            logger.warning("setting %s keeps no face: AP undefined (NaN)", setting)
+            rec = np.zeros(NUM_THRESHOLDS)
+            ap[setting] = float("nan")
+        precision[setting], recall[setting], num_faces[setting] = prec, rec, count_face
+    return WiderResult(
+        ap=ap,
+        precision=precision,
+        recall=recall,
+        thresholds=thr,
+        num_faces=num_faces,
+        num_images=num_images,
+        num_predictions=num_predictions,
+        missing=list(missing or []),
+    )
+
+
+def evaluate_curves(
+    pred_dir: str | Path,
+    gt_dir: str | Path | WiderGroundTruth,
+    iou_thresh: float = 0.5,
+    missing: str = "error",
+) -> WiderResult:
+    """Evaluate a result folder against WIDER ground truth; AP and PR curves per setting.
+
+    Args:
+        pred_dir: result folder (``<event>/<basename>.txt`` per image).
+        gt_dir: folder of the four ``.mat`` files, or an already read `WiderGroundTruth`.
+        iou_thresh: IoU threshold (0.5 in the protocol).
+        missing: ``"error"`` (a missing result file raises, listing the images) or ``"empty"`` (counted as
+            images without detections, with a warning).
+    Returns:
+        A `WiderResult`.
+    """
+    from nbsrc.evaluation.results import read_result_folder
+
+    gt = gt_dir if isinstance(gt_dir, WiderGroundTruth) else read_wider_gt(gt_dir)
+    results = read_result_folder(pred_dir, gt.image_names(), columns=(5, 6), missing=missing)
+    rows, counts = results.rows, results.counts
+    if rows.shape[1] == 6:  # class column: the face class (1) is evaluated
+        face = rows[:, 5] == 1
+        image = np.repeat(np.arange(len(counts)), counts)
+        counts = np.bincount(image[face], minlength=len(counts))
+        rows = rows[face]
+    return evaluate_predictions(
+        gt, rows[:, :4], rows[:, 4], counts, iou_thresh=iou_thresh, missing=results.missing
+    )
+
+
+def evaluate(
+    pred_dir: str | Path,
+    gt_dir: str | Path | WiderGroundTruth,
+    iou_thresh: float = 0.5,
+    missing: str = "error",
+) -> dict[str, float]:
+    """WIDER FACE AP of a result folder: ``{"easy": ap, "medium": ap, "hard": ap}`` (fractions in [0, 1]).
+
+    See `evaluate_curves` for the arguments; `evaluate_curves` also returns the PR curves.
+    """
+    return dict(evaluate_curves(pred_dir, gt_dir, iou_thresh=iou_thresh, missing=missing).ap)
+
+
+def format_table(ap: dict[str, float]) -> str:
+    """The three lines the reference prints: ``Easy   Val AP: 0.9482`` ..."""
+    return "".join(f"{s.capitalize():<7}Val AP: {ap[s]:.4f}\n" for s in SETTINGS)
+
+
+def plot_pr_curves(result: WiderResult, path: str | Path, title: str = "WIDER FACE val") -> Path:
+    """Save the three PR curves as an image (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from nbsrc.utils import atomic_path
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for setting in SETTINGS:
+        rec, prec = result.recall[setting], result.precision[setting]
+        passed = rec > 0
+        ax.plot(rec[passed], prec[passed], label=f"{setting} (AP {result.ap[setting]:.3f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def save_json(result: WiderResult, path: str | Path, curves: bool = False) -> Path:
+    """Write `WiderResult.to_dict` as JSON, atomically."""
+    from nbsrc.utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(result.to_dict(curves=curves), indent=2) + "\n")
+    return Path(path)

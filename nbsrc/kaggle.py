@@ -1,0 +1,371 @@
+"""Kaggle kernels: metadata for each notebook kernel, and a push-ready build folder.
+
+``python -m nbsrc kaggle-build --owner USER [--dataset OWNER/retina-modify] [--params FILE | -p KEY VALUE]
+[--out DIR]`` writes::
+
+    DIR/
+      nbsrc-01-data-inspection/kernel-metadata.json + 01_data_inspection.ipynb
+      ... one folder per notebook kernel ...
+      nbsrc-code/dataset-metadata.json + nbsrc/ (this package's source) + pyproject.toml, requirements.txt
+      PUSH.md (the kaggle commands)
+
+Each notebook has the parameters baked in the way ``papermill --prepare-only`` does (an
+``injected-parameters`` cell after the ``parameters`` cell), no outputs, and must stay under 1 MB (Kaggle
+rejects larger kernel sources). Kernels run on ``NvidiaTeslaT4`` (the T4 x2 machine) with internet, the
+retina-modify dataset and the code dataset attached; the evaluation kernel also attaches the training
+kernel's output so that it finds the checkpoint (`nbsrc.paths.resolve_checkpoint`).
+
+The committed ``kaggle/<kernel>/kernel-metadata.json`` files are the same metadata with a placeholder owner and
+``code_file`` pointing at the paired notebook under ``notebooks/`` (`write_committed_metadata` keeps them in sync).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nbsrc import nbrun, paths
+from nbsrc.utils import atomic_write_text
+
+__all__ = [
+    "CODE_DATASET_SLUG",
+    "KERNELS",
+    "MACHINE_SHAPE",
+    "MAX_KERNEL_BYTES",
+    "PLACEHOLDER_OWNER",
+    "KernelSpec",
+    "build",
+    "code_dataset_metadata",
+    "kernel_metadata",
+    "prepare_notebook",
+    "slugify",
+    "validate_dataset_metadata",
+    "validate_kernel_metadata",
+    "write_committed_metadata",
+]
+
+logger = logging.getLogger(__name__)
+
+MACHINE_SHAPE = "NvidiaTeslaT4"  # GPU T4 x2; P100 no longer runs the default image's PyTorch
+MAX_KERNEL_BYTES = 1_000_000  # Kaggle: "The kernel source must be less than 1 megabytes in size"
+PLACEHOLDER_OWNER = "your-kaggle-username"  # owner in the committed metadata; kaggle-build --owner replaces it
+CODE_DATASET_SLUG = paths.CODE_DATASET_SLUG
+_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,}[a-z0-9]$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]+/[a-z0-9][a-z0-9-]*[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One notebook kernel."""
+
+    notebook: str  # notebook stem, e.g. "03_training"
+    title: str  # Kaggle title; the slug is derived from it
+    kernel_sources: tuple[str, ...] = ()  # notebooks whose kernel output this kernel attaches
+
+    @property
+    def slug(self) -> str:
+        return slugify(self.title)
+
+
+KERNELS: dict[str, KernelSpec] = {
+    spec.notebook: spec
+    for spec in (
+        KernelSpec("01_data_inspection", "nbsrc 01 data inspection"),
+        KernelSpec("02_anchor_statistics", "nbsrc 02 anchor statistics"),
+        KernelSpec("03_training", "nbsrc 03 training"),
+        KernelSpec("04_widerface_evaluation", "nbsrc 04 widerface evaluation", kernel_sources=("03_training",)),
+    )
+}
+
+
+def slugify(title: str) -> str:
+    """Kaggle's slug of a title: lower case, runs of other characters become one dash."""
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def _check_owner(owner: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", owner or ""):
+        raise ValueError(f"Kaggle owner {owner!r}: expected a user name (letters, digits, '-', '_')")
+    return owner
+
+
+def kernel_metadata(
+    notebook: str,
+    owner: str,
+    *,
+    code_file: str,
+    dataset: str | None = None,
+    private: bool = True,
+) -> dict[str, Any]:
+    """``kernel-metadata.json`` content for a notebook kernel.
+
+    Args:
+        notebook: notebook stem (a key of `KERNELS`).
+        owner: Kaggle user owning the kernel and the code dataset.
+        code_file: notebook path relative to the metadata file.
+        dataset: the latent dataset, ``owner/retina-modify`` (default: the same owner).
+        private: kernel visibility.
+    """
+    if notebook not in KERNELS:
+        raise ValueError(f"no Kaggle kernel for notebook {notebook!r} (kernels: {', '.join(KERNELS)})")
+    spec = KERNELS[notebook]
+    owner = _check_owner(owner)
+    dataset = dataset or f"{owner}/{paths.DATASET_SLUG}"
+    if not _ID_RE.fullmatch(dataset):
+        raise ValueError(f"dataset {dataset!r}: expected OWNER/SLUG")
+    return {
+        "id": f"{owner}/{spec.slug}",
+        "title": spec.title,
+        "code_file": code_file,
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": private,
+        "enable_gpu": True,
+        "enable_tpu": False,
+        "enable_internet": True,
+        "machine_shape": MACHINE_SHAPE,
+        "dataset_sources": [dataset, f"{owner}/{CODE_DATASET_SLUG}"],
+        "competition_sources": [],
+        "kernel_sources": [f"{owner}/{KERNELS[n].slug}" for n in spec.kernel_sources],
+        "model_sources": [],
+    }
+
+
+def code_dataset_metadata(owner: str) -> dict[str, Any]:
+    """``dataset-metadata.json`` of the dataset carrying this package's source."""
+    owner = _check_owner(owner)
+    return {
+        "title": "nbsrc code",
+        "id": f"{owner}/{CODE_DATASET_SLUG}",
+        "subtitle": "Source of the nbsrc RetinaFace toolkit, attached to its Kaggle notebooks",
+        "licenses": [{"name": "other"}],
+    }
+
+
+_KERNEL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "id": str,
+    "title": str,
+    "code_file": str,
+    "language": str,
+    "kernel_type": str,
+    "is_private": bool,
+    "enable_gpu": bool,
+    "enable_tpu": bool,
+    "enable_internet": bool,
+    "machine_shape": str,
+    "dataset_sources": list,
+    "competition_sources": list,
+    "kernel_sources": list,
+    "model_sources": list,
+}
+
+
+def validate_kernel_metadata(path: str | Path) -> dict[str, Any]:
+    """Check a ``kernel-metadata.json``: every field present with its type, an ``owner/slug`` id whose slug
+    matches the title, a notebook kernel in Python on the T4 machine with GPU and internet, source lists of
+    ``owner/slug`` strings, and a ``code_file`` that exists, is a notebook with a kernelspec and is < 1 MB.
+
+    Returns:
+        The metadata.
+
+    Raises:
+        ValueError: naming the file and every problem found.
+    """
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not readable JSON ({exc})") from None
+    problems = []
+    for key, kind in _KERNEL_FIELDS.items():
+        if key not in meta:
+            problems.append(f"missing {key!r}")
+        elif not isinstance(meta[key], kind):
+            problems.append(f"{key!r} must be {kind.__name__}, got {type(meta[key]).__name__}")
+    unknown = sorted(set(meta) - set(_KERNEL_FIELDS) - {"id_no", "docker_image", "keywords"})
+    if unknown:
+        problems.append(f"unknown fields {unknown}")
+    if not problems:
+        if not _ID_RE.fullmatch(meta["id"]):
+            problems.append(f"id {meta['id']!r} is not OWNER/SLUG")
+        elif meta["id"].split("/", 1)[1] != slugify(meta["title"]):
+            problems.append(f"id slug {meta['id']!r} does not match the title's slug {slugify(meta['title'])!r}")
+        for key, expected in (
+            ("language", "python"),
+            ("kernel_type", "notebook"),
+            ("machine_shape", MACHINE_SHAPE),
+            ("enable_gpu", True),
+            ("enable_internet", True),
+        ):
+            if meta[key] != expected:
+                problems.append(f"{key!r} must be {expected!r}, got {meta[key]!r}")
+        for key in ("dataset_sources", "kernel_sources"):
+            bad = [s for s in meta[key] if not isinstance(s, str) or not _ID_RE.fullmatch(s)]
+            if bad:
+                problems.append(f"{key!r} entries must be OWNER/SLUG strings, got {bad}")
+        if not any(s.endswith("/" + paths.DATASET_SLUG) for s in meta["dataset_sources"]):
+            problems.append(f"dataset_sources lacks the {paths.DATASET_SLUG} dataset")
+        if not any(s.endswith("/" + CODE_DATASET_SLUG) for s in meta["dataset_sources"]):
+            problems.append(f"dataset_sources lacks the {CODE_DATASET_SLUG} code dataset")
+        code = path.parent / meta["code_file"]
+        if not code.is_file():
+            problems.append(f"code_file {meta['code_file']!r} does not exist ({code})")
+        elif code.suffix != ".ipynb":
+            problems.append(f"code_file {meta['code_file']!r} must be an .ipynb notebook")
+        else:
+            size = code.stat().st_size
+            if size >= MAX_KERNEL_BYTES:
+                problems.append(f"code_file {code} is {size:,} bytes; Kaggle needs < {MAX_KERNEL_BYTES:,}")
+            kernelspec = json.loads(code.read_text()).get("metadata", {}).get("kernelspec", {})
+            if kernelspec.get("name") != nbrun.KERNEL_NAME:
+                problems.append(f"code_file {code} has no {nbrun.KERNEL_NAME!r} kernelspec (papermill needs one)")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return meta
+
+
+def validate_dataset_metadata(path: str | Path) -> dict[str, Any]:
+    """Check a ``dataset-metadata.json`` (title >= 6 characters, ``owner/slug`` id, licenses)."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not readable JSON ({exc})") from None
+    problems = []
+    if not isinstance(meta.get("title"), str) or not 6 <= len(meta["title"]) <= 50:
+        problems.append("'title' must be a string of 6-50 characters")
+    if not isinstance(meta.get("id"), str) or not _ID_RE.fullmatch(meta["id"]):
+        problems.append(f"'id' must be OWNER/SLUG, got {meta.get('id')!r}")
+    licenses = meta.get("licenses")
+    if not isinstance(licenses, list) or not licenses or not all(isinstance(x, dict) and "name" in x for x in licenses):
+        problems.append("'licenses' must be a non-empty list of {'name': ...}")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return meta
+
+
+# ---- notebooks ----------------------------------------------------------------------------------
+def prepare_notebook(nb: Any, parameters: Mapping[str, Any]) -> Any:
+    """Bake `parameters` into a notebook like ``papermill --prepare-only`` and strip every output."""
+    import papermill
+
+    if parameters:
+        nb = papermill.parameterize_notebook(nb, dict(parameters), kernel_name=nbrun.KERNEL_NAME, language="python")
+    nb.metadata.pop("papermill", None)
+    nb.metadata["kernelspec"] = dict(nbrun.KERNELSPEC)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    return nb
+
+
+def _write_notebook(nb: Any, path: Path) -> Path:
+    import nbformat
+
+    text = nbformat.writes(nb) + "\n"
+    size = len(text.encode())
+    if size >= MAX_KERNEL_BYTES:
+        raise ValueError(f"{path}: notebook is {size:,} bytes; Kaggle needs < {MAX_KERNEL_BYTES:,}")
+    atomic_write_text(path, text)
+    return path
+
+
+def _copy_code(folder: Path) -> None:
+    root = paths.project_root()
+    package = Path(__file__).resolve().parent
+    target = folder / "nbsrc"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    if root is not None:
+        for name in ("pyproject.toml", "requirements.txt", "README.md"):
+            if (root / name).is_file():
+                shutil.copy2(root / name, folder / name)
+
+
+def build(
+    owner: str,
+    out: str | Path = "kaggle/build",
+    *,
+    dataset: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    notebooks: Sequence[str] | None = None,
+    notebooks_dir: str | Path | None = None,
+    private: bool = True,
+) -> dict[str, Any]:
+    """Write push-ready kernel folders and the code dataset folder under `out` (see the module docstring).
+
+    Args:
+        owner: Kaggle user name.
+        out: build folder.
+        dataset: ``OWNER/retina-modify`` (default: `owner`'s).
+        parameters: values baked into the notebooks (`nbsrc.nbrun.plan_parameters` semantics: top-level keys
+            go to the notebooks declaring them; a notebook name holds its own).
+        notebooks: a subset of notebooks (default: all with a kernel).
+        notebooks_dir: notebook sources (default: the checkout's ``notebooks/``).
+        private: kernel visibility.
+
+    Returns:
+        ``{"kernels": {notebook: folder}, "code_dataset": folder, "commands": [...]}``.
+    """
+    out = Path(out)
+    sources = nbrun.select_notebooks(notebooks, nbrun.list_notebooks(notebooks_dir))
+    sources = [s for s in sources if s.stem in KERNELS]
+    plan = nbrun.plan_parameters(sources, dict(parameters or {}))
+    result: dict[str, Any] = {"kernels": {}, "code_dataset": None, "commands": []}
+    code_folder = out / CODE_DATASET_SLUG
+    code_folder.mkdir(parents=True, exist_ok=True)
+    _copy_code(code_folder)
+    atomic_write_text(code_folder / "dataset-metadata.json", json.dumps(code_dataset_metadata(owner), indent=2) + "\n")
+    validate_dataset_metadata(code_folder / "dataset-metadata.json")
+    result["code_dataset"] = code_folder
+    commands = [
+        f"kaggle datasets create -p {code_folder} --dir-mode zip   # first time; later:",
+        f"kaggle datasets version -p {code_folder} -m 'update nbsrc' --dir-mode zip",
+    ]
+    for name, nb, params in plan:
+        spec = KERNELS[name]
+        folder = out / spec.slug
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_notebook(prepare_notebook(nb, params), folder / f"{name}.ipynb")
+        meta = kernel_metadata(name, owner, code_file=f"{name}.ipynb", dataset=dataset, private=private)
+        atomic_write_text(folder / "kernel-metadata.json", json.dumps(meta, indent=2) + "\n")
+        validate_kernel_metadata(folder / "kernel-metadata.json")
+        result["kernels"][name] = folder
+        commands.append(f"kaggle kernels push -p {folder}")
+    commands += [f"kaggle kernels status {owner}/{KERNELS[n].slug}" for n, _, _ in plan[-1:]]
+    commands += [f"kaggle kernels output {owner}/{KERNELS[n].slug} -p runs/kaggle-output/{n}" for n, _, _ in plan[-1:]]
+    result["commands"] = commands
+    atomic_write_text(out / "PUSH.md", "# Push to Kaggle\n\n```bash\n" + "\n".join(commands) + "\n```\n")
+    logger.info("Kaggle build written to %s", out)
+    return result
+
+
+def write_committed_metadata(
+    kaggle_dir: str | Path | None = None, notebooks_dir: str | Path | None = None
+) -> list[Path]:
+    """(Re)write ``kaggle/<slug>/kernel-metadata.json`` for every kernel: placeholder owner, ``code_file``
+    pointing at the paired ``notebooks/NN_name.ipynb``."""
+    root = paths.project_root()
+    if kaggle_dir is None or notebooks_dir is None:
+        if root is None:
+            raise FileNotFoundError("not running from a source checkout: pass kaggle_dir and notebooks_dir")
+    kaggle_dir = Path(kaggle_dir) if kaggle_dir is not None else root / "kaggle"
+    notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else root / "notebooks"
+    written = []
+    for name, spec in KERNELS.items():
+        folder = kaggle_dir / spec.slug
+        code_file = Path("..") / ".." / notebooks_dir.relative_to(kaggle_dir.parent) / f"{name}.ipynb"
+        meta = kernel_metadata(name, PLACEHOLDER_OWNER, code_file=code_file.as_posix())
+        atomic_write_text(folder / "kernel-metadata.json", json.dumps(meta, indent=2) + "\n")
+        written.append(folder / "kernel-metadata.json")
+    return written

@@ -1,0 +1,301 @@
+"""RetinaFace MultiBox loss for a whole batch: matching, hard-negative mining, box / class / landmark terms.
+
+Conventions (anchors, box and landmark coding) are those of `nbsrc.boxes`; matching is `nbsrc.matching`.
+With the default settings the value equals the classic per-image SSD / RetinaFace MultiBox loss:
+
+- class: softmax cross-entropy over the positives and the hardest negatives, ``neg_pos_ratio`` (7)
+  negatives per positive per image, ranked by their background loss (``cls_loss="ohem"``); or a sigmoid
+  focal loss over the foreground classes of every anchor, without mining (``cls_loss="focal"``);
+- box: smooth-L1 (beta 1) on the encoded boxes of the positives;
+- landmarks: smooth-L1 (beta 1) on the encoded landmarks of positives matched to a face (label 1) whose
+  landmarks are valid;
+- box and class are divided by ``max(1, positives in the batch)``, landmarks by ``max(1, landmark
+  positives)``; ``loss = loc_weight * box + cls_weight * class + landm_weight * landmark``.
+
+``empty_negatives`` (> 0) lets an image without any positive still mine that many negatives, so
+negative-only images teach something; 0 is the published behaviour (such images contribute nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import sigmoid_focal_loss
+
+from nbsrc.boxes import encode_boxes, encode_landmarks
+from nbsrc.matching import match_anchors
+
+__all__ = ["MultiBoxLoss", "build_loss", "normalize_targets"]
+
+logger = logging.getLogger(__name__)
+
+FACE = 1  # class id of a face (the only class with landmarks)
+
+
+class MultiBoxLoss(nn.Module):
+    """Batched RetinaFace loss (see the module docstring).
+
+    Args:
+        num_classes: classifier outputs including background (2 = bg, face; 3 = bg, face, person).
+        landmarks: whether a landmark term is computed (needs ``outputs["landm"]``).
+        pos_iou: IoU from which an anchor is positive (0.35; 0.45 in the 2-class design).
+        force_iou: each GT is forced onto its best anchor when that IoU is at least this (0.2).
+        neg_pos_ratio: mined negatives per positive, per image.
+        empty_negatives: negatives mined in an image without positives (0 = none, the published rule).
+        loc_weight: weight of the box term.
+        cls_weight: weight of the class term.
+        landm_weight: weight of the landmark term.
+        cls_loss: ``ohem`` (softmax CE + hard-negative mining) or ``focal`` (sigmoid focal loss).
+        focal_alpha: focal loss alpha.
+        focal_gamma: focal loss gamma.
+        variances: box coding variances (centre, size).
+        match_chunk: memory bound of matching (see `nbsrc.matching.match_anchors`).
+
+    Example:
+        >>> loss_fn = MultiBoxLoss(num_classes=2)
+        >>> parts = loss_fn(model(x), model.anchors(x), normalize_targets(batch, model.image_size(x)))
+        >>> parts["loss"].backward()
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 2,
+        landmarks: bool = True,
+        pos_iou: float = 0.35,
+        force_iou: float = 0.2,
+        neg_pos_ratio: float = 7.0,
+        empty_negatives: int = 0,
+        loc_weight: float = 2.0,
+        cls_weight: float = 1.0,
+        landm_weight: float = 1.0,
+        cls_loss: str = "ohem",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        variances: tuple[float, float] = (0.1, 0.2),
+        match_chunk: int = 65536,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
+        if cls_loss not in ("ohem", "focal"):
+            raise ValueError(f"cls_loss must be 'ohem' or 'focal', got {cls_loss!r}")
+        if not 0 < pos_iou <= 1 or not 0 <= force_iou <= 1:
+            raise ValueError(f"pos_iou must be in (0, 1] and force_iou in [0, 1], got {pos_iou}, {force_iou}")
+        if neg_pos_ratio < 0 or empty_negatives < 0:
+            raise ValueError(f"neg_pos_ratio and empty_negatives must be >= 0, got {neg_pos_ratio}, {empty_negatives}")
+        self.num_classes = num_classes
+        self.landmarks = landmarks
+        self.pos_iou = pos_iou
+        self.force_iou = force_iou
+        self.neg_pos_ratio = neg_pos_ratio
+        self.empty_negatives = int(empty_negatives)
+        self.loc_weight = loc_weight
+        self.cls_weight = cls_weight
+        self.landm_weight = landm_weight
+        self.cls_loss = cls_loss
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.variances = (float(variances[0]), float(variances[1]))
+        self.match_chunk = match_chunk
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, landmarks={self.landmarks}, cls_loss={self.cls_loss}, "
+            f"pos_iou={self.pos_iou}, force_iou={self.force_iou}, neg_pos_ratio={self.neg_pos_ratio}, "
+            f"empty_negatives={self.empty_negatives}, loc_weight={self.loc_weight}"
+        )
+
+    def forward(self, outputs: Mapping[str, Tensor | None], anchors: Tensor, targets: Mapping[str, Tensor]) -> dict:
+        """Loss of a batch.
+
+        Args:
+            outputs: model outputs ``loc [B, A, 4]``, ``conf [B, A, C]`` (raw logits), ``landm [B, A, 10]``
+                or None; any float dtype (the loss is computed in float32, autocast off).
+            anchors: ``Tensor[A, 4]`` cxcywh normalized.
+            targets: ``boxes [B, M, 4]`` xyxy normalized, ``labels [B, M]`` (0 = padding),
+                ``landmarks [B, M, 5, 2]`` normalized and ``landmarks_valid [B, M]`` (see `normalize_targets`).
+
+        Returns:
+            ``{"loss", "loss_box", "loss_cls", "loss_landm"}`` float32 scalars and ``"num_pos"``
+            ``Tensor[B]`` int64 positive anchors per image.
+        """
+        loc, conf, landm = self._check(outputs, anchors, targets)
+        with torch.autocast(device_type=loc.device.type, enabled=False):
+            return self._loss(loc.float(), conf.float(), landm, anchors.float(), targets)
+
+    def _loss(self, loc: Tensor, conf: Tensor, landm: Tensor | None, anchors: Tensor, targets: Mapping) -> dict:
+        B, A, C = conf.shape
+        device = loc.device
+        boxes = targets["boxes"].to(device=device, dtype=torch.float32)  # (B, M, 4)
+        labels = targets["labels"].to(device=device, dtype=torch.long)  # (B, M)
+        anchors = anchors.to(device)
+        match = match_anchors(
+            anchors, boxes, labels, pos_iou=self.pos_iou, force_iou=self.force_iou, chunk=self.match_chunk
+        )
+        positive = match.positive  # (B, A)
+        num_pos = positive.sum(dim=1)  # (B,)
+        normalizer = num_pos.sum().clamp(min=1).float()
+
+        # box term over positives
+        pos_b, pos_a = positive.nonzero(as_tuple=True)  # (P,)
+        pos_gt = match.matched_gt[pos_b, pos_a]  # (P,)
+        box_target = encode_boxes(boxes[pos_b, pos_gt], anchors[pos_a], self.variances)  # (P, 4)
+        loss_box = F.smooth_l1_loss(loc[pos_b, pos_a], box_target, reduction="sum", beta=1.0) / normalizer
+
+        # landmark term over positives matched to faces with valid landmarks
+        if self.landmarks and landm is not None:
+            landm = landm.float()
+            valid = targets["landmarks_valid"].to(device=device, dtype=torch.bool)  # (B, M)
+            with_landm = (match.labels[pos_b, pos_a] == FACE) & valid[pos_b, pos_gt]  # (P,)
+            lm_b, lm_a, lm_gt = pos_b[with_landm], pos_a[with_landm], pos_gt[with_landm]  # (P1,)
+            points = targets["landmarks"].to(device=device, dtype=torch.float32)[lm_b, lm_gt]  # (P1, 5, 2)
+            landm_target = encode_landmarks(points, anchors[lm_a], self.variances)  # (P1, 10)
+            landm_sum = F.smooth_l1_loss(landm[lm_b, lm_a], landm_target, reduction="sum", beta=1.0)
+            loss_landm = landm_sum / with_landm.sum().clamp(min=1).float()
+        else:
+            loss_landm = torch.zeros((), device=device)
+
+        if self.cls_loss == "focal":
+            onehot = F.one_hot(match.labels, C)[..., 1:].float()  # (B, A, C-1)
+            focal = sigmoid_focal_loss(
+                conf[..., 1:], onehot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+            )
+            loss_cls = focal / normalizer
+        else:
+            loss_cls = self._ohem(conf, match.labels, positive, num_pos) / normalizer
+
+        loss = self.loc_weight * loss_box + self.cls_weight * loss_cls + self.landm_weight * loss_landm
+        return {
+            "loss": loss,
+            "loss_box": loss_box,
+            "loss_cls": loss_cls,
+            "loss_landm": loss_landm,
+            "num_pos": num_pos,
+        }
+
+    def _ohem(self, conf: Tensor, labels: Tensor, positive: Tensor, num_pos: Tensor) -> Tensor:
+        """Summed softmax CE over positives and the hardest negatives of each image."""
+        B, A, C = conf.shape
+        ce = F.cross_entropy(conf.reshape(B * A, C), labels.reshape(B * A), reduction="none").view(B, A)  # (B, A)
+        # a negative's CE (target background) is its ranking key; positives never compete
+        rank_key = ce.detach().masked_fill(positive, float("-inf"))  # (B, A)
+        num_neg = torch.ceil(self.neg_pos_ratio * num_pos.double()).long()  # (B,)
+        if self.empty_negatives > 0:
+            num_neg = torch.where(num_pos == 0, torch.full_like(num_neg, self.empty_negatives), num_neg)
+        num_neg = torch.minimum(num_neg.clamp(max=A - 1), A - num_pos)  # (B,) at most the available negatives
+        k = int(num_neg.max()) if B > 0 else 0
+        selected = positive
+        if k > 0:
+            _, hardest = rank_key.topk(k, dim=1)  # (B, k) distinct anchors per row
+            take = torch.arange(k, device=conf.device)[None, :] < num_neg[:, None]  # (B, k)
+            negative = torch.zeros_like(positive).scatter_(1, hardest, take)  # (B, A)
+            selected = positive | negative
+        return torch.where(selected, ce, torch.zeros_like(ce)).sum()
+
+    def _check(self, outputs: Mapping, anchors: Tensor, targets: Mapping) -> tuple[Tensor, Tensor, Tensor | None]:
+        for key in ("loc", "conf"):
+            if key not in outputs or outputs[key] is None:
+                raise ValueError(f"outputs must contain '{key}', got keys {sorted(outputs)}")
+        loc, conf, landm = outputs["loc"], outputs["conf"], outputs.get("landm")
+        if conf.dim() != 3 or conf.shape[2] != self.num_classes:
+            raise ValueError(f"outputs['conf'] must be Tensor[B, A, {self.num_classes}], got {tuple(conf.shape)}")
+        B, A = conf.shape[:2]
+        if loc.shape != (B, A, 4):
+            raise ValueError(f"outputs['loc'] must be Tensor[{B}, {A}, 4], got {tuple(loc.shape)}")
+        if anchors.shape != (A, 4):
+            raise ValueError(f"anchors must be Tensor[{A}, 4] (one per output row), got {tuple(anchors.shape)}")
+        needs_landm = self.landmarks and landm is not None
+        if needs_landm and landm.shape != (B, A, 10):
+            raise ValueError(f"outputs['landm'] must be Tensor[{B}, {A}, 10], got {tuple(landm.shape)}")
+        required = ("boxes", "labels", "landmarks", "landmarks_valid") if needs_landm else ("boxes", "labels")
+        for key in required:
+            if key not in targets:
+                raise ValueError(f"targets must contain '{key}', got keys {sorted(targets)}")
+        boxes, labels = targets["boxes"], targets["labels"]
+        if boxes.dim() != 3 or boxes.shape[0] != B or boxes.shape[2] != 4:
+            raise ValueError(f"targets['boxes'] must be Tensor[{B}, M, 4], got {tuple(boxes.shape)}")
+        M = boxes.shape[1]
+        if labels.shape != (B, M):
+            raise ValueError(f"targets['labels'] must be Tensor[{B}, {M}], got {tuple(labels.shape)}")
+        if needs_landm:
+            if targets["landmarks"].shape != (B, M, 5, 2):
+                raise ValueError(
+                    f"targets['landmarks'] must be Tensor[{B}, {M}, 5, 2], got {tuple(targets['landmarks'].shape)}"
+                )
+            if targets["landmarks_valid"].shape != (B, M):
+                raise ValueError(
+                    f"targets['landmarks_valid'] must be Tensor[{B}, {M}], got {tuple(targets['landmarks_valid'].shape)}"
+                )
+        if labels.numel() and (int(labels.max()) >= self.num_classes or int(labels.min()) < 0):
+            raise ValueError(
+                f"targets['labels'] must be in [0, {self.num_classes - 1}] (0 = padding) for num_classes="
+                f"{self.num_classes}, got values in [{int(labels.min())}, {int(labels.max())}]"
+            )
+        return loc, conf, landm
+
+
+def normalize_targets(
+    batch: Mapping[str, Any], image_size_hw: tuple[int, int], device: torch.device | str | None = None
+) -> dict[str, Tensor]:
+    """Collated batch (network-frame pixels) -> loss targets (normalized by the network-frame size).
+
+    Args:
+        batch: ``boxes [B, M, 4]`` xyxy pixels, ``labels [B, M]`` (0 = padding), ``landmarks [B, M, 5, 2]``
+            xy pixels, ``landmarks_valid [B, M]`` (as produced by the collate function).
+        image_size_hw: network-frame ``(H, W)`` in pixels.
+        device: move the targets there (default: stay where they are).
+
+    Returns:
+        ``{"boxes", "labels", "landmarks", "landmarks_valid"}`` with float32 coordinates in [0, 1],
+        int64 labels and bool validity.
+    """
+    for key in ("boxes", "labels", "landmarks", "landmarks_valid"):
+        if key not in batch:
+            raise ValueError(f"batch must contain '{key}', got keys {sorted(batch)}")
+    height, width = (int(v) for v in image_size_hw)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image_size_hw must be positive (H, W), got {tuple(image_size_hw)}")
+    boxes, landmarks = batch["boxes"], batch["landmarks"]
+    if boxes.dim() != 3 or boxes.shape[2] != 4:
+        raise ValueError(f"batch['boxes'] must be Tensor[B, M, 4], got {tuple(boxes.shape)}")
+    B, M = boxes.shape[:2]
+    if landmarks.shape != (B, M, 5, 2):
+        raise ValueError(f"batch['landmarks'] must be Tensor[{B}, {M}, 5, 2], got {tuple(landmarks.shape)}")
+    for key in ("labels", "landmarks_valid"):
+        if batch[key].shape != (B, M):
+            raise ValueError(f"batch['{key}'] must be Tensor[{B}, {M}], got {tuple(batch[key].shape)}")
+    device = boxes.device if device is None else torch.device(device)
+    scale = torch.tensor([width, height], dtype=torch.float32, device=device)  # (2,)
+    return {
+        "boxes": (boxes.to(device, torch.float32).unflatten(-1, (2, 2)) / scale).flatten(-2),  # (B, M, 4)
+        "labels": batch["labels"].to(device, torch.long),
+        "landmarks": landmarks.to(device, torch.float32) / scale,  # (B, M, 5, 2)
+        "landmarks_valid": batch["landmarks_valid"].to(device, torch.bool),
+    }
+
+
+def build_loss(cfg: Any) -> MultiBoxLoss:
+    """`MultiBoxLoss` from a toolkit `Config` (its ``loss`` group, anchor variances and model classes)."""
+    loss_cfg = cfg.loss
+    return MultiBoxLoss(
+        num_classes=cfg.model.num_classes,
+        landmarks=cfg.model.landmarks,
+        pos_iou=loss_cfg.pos_iou,
+        force_iou=loss_cfg.force_iou,
+        neg_pos_ratio=loss_cfg.neg_pos_ratio,
+        empty_negatives=loss_cfg.empty_negatives,
+        loc_weight=loss_cfg.loc_weight,
+        cls_weight=loss_cfg.cls_weight,
+        landm_weight=loss_cfg.landm_weight,
+        cls_loss=loss_cfg.cls_loss,
+        focal_alpha=loss_cfg.focal_alpha,
+        focal_gamma=loss_cfg.focal_gamma,
+        variances=tuple(cfg.anchors.variances),
+        match_chunk=loss_cfg.match_chunk,
+    )

@@ -1,0 +1,199 @@
+"""`build_model(cfg)`: the only model code that reads `Config`.
+
+Designs (``model.neck``):
+
+- ``biubug6``: backbone maps at strides 8/16/32 -> `FPN` P3-P5 -> one `SSH` per level -> heads. With
+  ``mobilenet0.25`` / 64 channels and ``resnet50`` / 256 channels this is the published network, key for key.
+- ``p2p6``: maps at strides 4/8/16/32 -> `FPN` P2-P5 plus P6 (3x3 stride-2 conv on C5) -> one shared `SSH`
+  -> heads. For latents the stride-4 map is the bridge output and C2..C4 come from the pruned ResNet.
+
+Pretrained backbone weights (``model.pretrained``): ``none``; ``auto`` (torchvision ImageNet weights when they
+are in the torch hub cache or downloadable, else one warning and random init); ``imagenet`` (the same, but
+failing is an error); or a file path (a state dict, optionally under ``state_dict`` with ``module.`` prefixes,
+in the layout of the backbone - e.g. ``mobilenetV1X0.25_pretrain.tar`` or a torchvision ResNet file).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nbsrc.anchors import AnchorGenerator
+from nbsrc.config import Config
+from nbsrc.model.backbones import LatentBackbone, MobileNetV1, ResNetBackbone
+from nbsrc.model.heads import make_heads
+from nbsrc.model.necks import FPN, SSH
+from nbsrc.model.retinaface import RetinaFace
+
+__all__ = ["build_backbone", "build_model", "load_backbone_weights"]
+
+logger = logging.getLogger(__name__)
+
+_TORCHVISION_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights"}
+_MOBILENET_FILE = "mobilenetV1X0.25_pretrain.tar"
+_WARNED: set[str] = set()
+_PROBE_TIMEOUT_S = 3.0
+_DOWNLOAD_TIMEOUT_S = 60.0
+
+
+def build_backbone(cfg: Config) -> nn.Module:
+    """The backbone module of `cfg` (random init)."""
+    m = cfg.model
+    if m.input_kind == "latent":
+        return LatentBackbone(m.backbone, m.bridge, m.latent_channels, m.latent_stride)
+    if m.backbone == "mobilenet0.25":
+        return MobileNetV1(stride4_tap=m.neck == "p2p6")
+    layers = ("layer2", "layer3", "layer4") if m.neck == "biubug6" else ("layer1", "layer2", "layer3", "layer4")
+    return ResNetBackbone(m.backbone, layers)
+
+
+def build_model(cfg: Config) -> RetinaFace:
+    """Build the `RetinaFace` described by `cfg` and load pretrained backbone weights per ``model.pretrained``."""
+    m = cfg.model
+    backbone = build_backbone(cfg)
+    if m.neck == "biubug6":
+        if len(backbone.out_channels) != 3:
+            raise ValueError(f"the biubug6 neck needs 3 backbone maps, {m.backbone} gives {len(backbone.out_channels)}")
+        fpn = FPN(backbone.out_channels, m.out_channels, backbone.strides, extra_p6=False)
+        context: nn.Module | list[nn.Module] = [SSH(m.out_channels, m.out_channels) for _ in fpn.strides]
+    else:
+        fpn = FPN(backbone.out_channels, m.out_channels, backbone.strides, extra_p6=True)
+        context = SSH(m.out_channels, m.out_channels)
+    anchor_generator = AnchorGenerator.from_config(cfg.anchors, fpn.strides)
+    per_level = anchor_generator.num_anchors_per_location
+    model = RetinaFace(
+        backbone=backbone,
+        fpn=fpn,
+        context=context,
+        class_head=make_heads(fpn.out_channels, per_level, m.num_classes),
+        bbox_head=make_heads(fpn.out_channels, per_level, 4),
+        landmark_head=make_heads(fpn.out_channels, per_level, 10) if m.landmarks else None,
+        anchor_generator=anchor_generator,
+        num_classes=m.num_classes,
+        input_kind=m.input_kind,
+        in_channels=m.latent_channels if m.input_kind == "latent" else 3,
+        latent_stride=m.latent_stride,
+    )
+    _load_pretrained(model, cfg)
+    return model
+
+
+# ---- pretrained backbones ------------------------------------------------------------------------
+def _warn_once(key: str, message: str) -> None:
+    if key in _WARNED:
+        logger.debug(message)
+    else:
+        _WARNED.add(key)
+        logger.warning(message)
+
+
+def _reachable(host: str, port: int = 443, timeout: float = _PROBE_TIMEOUT_S) -> bool:
+    """True when a TCP connection to `host` opens within `timeout` s (DNS included; never blocks longer)."""
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _torchvision_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights of a torchvision ResNet from the hub cache, or downloaded when the network answers.
+
+    Raises `RuntimeError` saying why when they cannot be had.
+    """
+    import torchvision.models as tvm
+
+    weights = getattr(tvm, _TORCHVISION_WEIGHTS[name]).IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if not cached.is_file():
+        host = weights.url.split("/")[2]
+        if not _reachable(host):
+            raise RuntimeError(f"ImageNet weights for {name} are not in {cached.parent} and {host} is unreachable")
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
+    try:
+        return weights.get_state_dict(progress=False)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise RuntimeError(f"could not load ImageNet weights for {name} ({weights.url}): {exc}") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def load_backbone_weights(backbone: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> int:
+    """Copy `state_dict` (backbone layout; ``module.`` prefixes and ``fc.*`` ignored) into the backbone's trunk.
+
+    Every trunk tensor must be present with the right shape; tensors the trunk does not have (``fc``, or the
+    stem and ``layer1`` for the pruned latent ResNet) are skipped. Returns the number of tensors loaded.
+    """
+    cleaned = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    cleaned = {k.removeprefix("body."): v for k, v in cleaned.items()}
+    own = backbone.state_dict()
+    trunk_names = {id(t) for module in backbone.trunk() for t in module.state_dict(keep_vars=True).values()}
+    wanted = [k for k, v in backbone.state_dict(keep_vars=True).items() if id(v) in trunk_names]
+    missing = [k for k in wanted if k not in cleaned]
+    bad_shape = [f"{k}: file {tuple(cleaned[k].shape)} vs model {tuple(own[k].shape)}" for k in wanted if k in cleaned
+                 and tuple(cleaned[k].shape) != tuple(own[k].shape)]  # fmt: skip
+    if missing or bad_shape:
+        raise ValueError(
+            f"{source}: not a backbone state dict for this model: {len(missing)} missing tensors "
+            f"{missing[:5]}, {len(bad_shape)} shape mismatches {bad_shape[:5]}"
+        )
+    with torch.no_grad():
+        backbone.load_state_dict({**own, **{k: cleaned[k] for k in wanted}}, strict=True)
+    return len(wanted)
+
+
+def _load_pretrained(model: RetinaFace, cfg: Config) -> None:
+    mode, name = cfg.model.pretrained, cfg.model.backbone
+    if mode == "none":
+        return
+    if mode not in ("auto", "imagenet"):
+        path = Path(mode)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: pretrained backbone file not found (model.pretrained)")
+        from nbsrc.checkpoint import read_state_dict
+
+        count = load_backbone_weights(model.backbone, read_state_dict(path), str(path))
+        logger.info("backbone %s: %d pretrained tensors from %s", name, count, path)
+        return
+    try:
+        if name == "mobilenet0.25":
+            path = _find_mobilenet_file()
+            from nbsrc.checkpoint import read_state_dict
+
+            state_dict, source = read_state_dict(path), str(path)
+        else:
+            state_dict, source = _torchvision_state_dict(name), f"torchvision {name} ImageNet"
+    except RuntimeError as exc:
+        if mode == "imagenet":
+            raise RuntimeError(f"model.pretrained='imagenet': {exc}") from None
+        _warn_once(name, f"no pretrained {name} weights ({exc}); starting the backbone from random init")
+        return
+    count = load_backbone_weights(model.backbone, state_dict, source)
+    logger.info("backbone %s: %d pretrained tensors from %s", name, count, source)
+
+
+def _find_mobilenet_file() -> Path:
+    """The biubug6 ImageNet MobileNetV1 x0.25 file in the torch hub cache or ``./weights``."""
+    candidates = [Path(torch.hub.get_dir()) / "checkpoints" / _MOBILENET_FILE, Path("weights") / _MOBILENET_FILE]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise RuntimeError(
+        f"{_MOBILENET_FILE} not found in {', '.join(str(p.parent) for p in candidates)} "
+        "(torchvision has no MobileNetV1 x0.25; pass its path as model.pretrained)"
+    )

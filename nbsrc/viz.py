@@ -1,0 +1,541 @@
+"""Plots, galleries and tables for the notebooks (matplotlib; works under any backend, Agg included).
+
+Every plotting function returns the `matplotlib.figure.Figure` it made; pass ``save=path`` to also write a
+PNG (atomically). In a notebook the inline backend shows the figure when the cell ends, so a cell should
+assign the result (``fig = viz.plot_...``) rather than end with it (which would show it twice).
+
+Boxes are ``[N, 4]`` xyxy in the frame of the picture they are drawn on (see `nbsrc.boxes`); a latent's
+energy map is drawn stretched over the network frame (``extent``) so that network-frame boxes line up with it.
+
+`Table` wraps a list of row dicts so that it renders as an HTML table in a notebook and as aligned text
+in a terminal, without pandas.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nbsrc.utils import atomic_path
+
+__all__ = [
+    "COLORS",
+    "Table",
+    "detection_gallery",
+    "plot_anchor_shapes",
+    "plot_ap_vs_rate",
+    "plot_best_iou",
+    "plot_latent_statistics",
+    "plot_pr_curves",
+    "plot_recall_by_size",
+    "plot_size_histograms",
+    "plot_training_curves",
+    "read_metrics_tolerant",
+    "sample_gallery",
+    "save_figure",
+    "TrainingMonitor",
+]
+
+logger = logging.getLogger(__name__)
+
+COLORS = {
+    "gt": "#00e676",  # ground truth faces
+    "tp": "#00e676",  # detections matching a face
+    "fp": "#ff1744",  # detections matching nothing
+    "miss": "#ffea00",  # faces no detection matched
+    "ignored": "#9e9e9e",  # faces outside the evaluation setting / detections on them
+    "pred": "#40c4ff",  # detections without ground truth to compare with
+    "landmarks": ("#ff1744", "#ffea00", "#00e5ff", "#d500f9", "#76ff03"),  # left eye, right eye, nose, mouth l/r
+}
+
+
+# ---- tables ------------------------------------------------------------------------------------
+def _format(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return "-"
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.3g}"
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    return str(value)
+
+
+class Table:
+    """Rows (dicts with the same keys) shown as an HTML table in notebooks and as text elsewhere."""
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]] | Mapping[str, Any], title: str = "") -> None:
+        self.rows = [dict(rows)] if isinstance(rows, Mapping) else [dict(r) for r in rows]
+        self.title = title
+        columns: list[str] = []
+        for row in self.rows:
+            columns += [k for k in row if k not in columns]
+        self.columns = columns
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_format(row.get(c)))}</td>" for c in self.columns) + "</tr>"
+            for row in self.rows
+        )
+        caption = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""
+        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __str__(self) -> str:
+        cells = [[_format(row.get(c)) for c in self.columns] for row in self.rows]
+        widths = [max([len(str(c))] + [len(r[i]) for r in cells]) for i, c in enumerate(self.columns)]
+        lines = [self.title] if self.title else []
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(self.columns, widths)))
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+# ---- figure helpers ------------------------------------------------------------------------------
+def _figure(ncols: int = 1, nrows: int = 1, width: float = 4.0, height: float = 3.2, **kwargs: Any) -> tuple[Any, Any]:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kwargs)
+    return fig, axes
+
+
+def save_figure(fig: Any, path: str | Path | None, dpi: int = 110) -> Path | None:
+    """Write `fig` as PNG to `path` (atomic; parent folders created). None does nothing."""
+    if path is None:
+        return None
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    return path
+
+
+def _finish(fig: Any, save: str | Path | None) -> Any:
+    fig.tight_layout()
+    save_figure(fig, save)
+    return fig
+
+
+def _draw_boxes(ax: Any, boxes: Any, color: str, *, linestyle: str = "-", linewidth: float = 1.4, labels=None) -> None:
+    from matplotlib.patches import Rectangle
+
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)  # (N, 4)
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        ax.add_patch(
+            Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=linewidth, linestyle=linestyle)
+        )
+        if labels is not None and i < len(labels) and labels[i]:
+            ax.text(x1, y1 - 2, labels[i], color=color, fontsize=6, va="bottom")
+
+
+def _draw_landmarks(ax: Any, landmarks: Any, valid: Any = None) -> None:
+    if landmarks is None:
+        return
+    points = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)  # (N, 5, 2)
+    keep = np.ones(len(points), bool) if valid is None else np.asarray(valid, bool).reshape(-1)
+    for k, color in enumerate(COLORS["landmarks"]):
+        ax.scatter(points[keep, k, 0], points[keep, k, 1], s=6, c=color, linewidths=0)
+
+
+def _background(ax: Any, picture: np.ndarray, frame: tuple[int, int] | None, cmap: str = "magma") -> None:
+    """Draw an RGB image or a 2-D map; `frame` = (width, height) stretches it over the network frame."""
+    picture = np.asarray(picture)
+    extent = None if frame is None else (0, frame[0], frame[1], 0)
+    if picture.ndim == 2:
+        ax.imshow(picture, cmap=cmap, extent=extent, interpolation="nearest")
+    else:
+        ax.imshow(picture, extent=extent)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# ---- data inspection ---------------------------------------------------------------------------
+def sample_gallery(samples: Sequence[Mapping[str, Any]], *, ncols: int = 4, save: str | Path | None = None) -> Any:
+    """Samples with their ground truth overlaid.
+
+    Each sample is a mapping with ``boxes [N, 4]`` (network-frame xyxy), optional ``landmarks [N, 5, 2]`` and
+    ``landmarks_valid [N]``, ``frame`` = (width, height) of the network frame, ``title``, and one or both of
+    ``energy`` (a latent's energy map ``[h, w]``, drawn stretched over the frame) and ``image`` (RGB uint8,
+    drawn with boxes mapped by the optional ``image_boxes`` / ``image_landmarks``, else stretched over the
+    frame). A sample with both shows two panels side by side.
+    """
+    panels = []
+    for sample in samples:
+        frame = tuple(sample.get("frame") or (640, 640))
+        if sample.get("energy") is not None:
+            panels.append((sample, sample["energy"], "latent energy", frame, sample["boxes"], sample.get("landmarks")))
+        if sample.get("image") is not None:
+            if sample.get("image_boxes") is not None:
+                panels.append(
+                    (sample, sample["image"], "image", None, sample["image_boxes"], sample.get("image_landmarks"))
+                )
+            else:
+                panels.append((sample, sample["image"], "image", frame, sample["boxes"], sample.get("landmarks")))
+    if not panels:
+        raise ValueError("sample gallery: no samples with an 'energy' map or an 'image'")
+    ncols = min(ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = _figure(ncols, nrows, 3.4, 3.4)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (sample, picture, kind, frame, boxes, landmarks) in zip(axes.flat, panels):
+        ax.axis("on")
+        _background(ax, picture, frame)
+        _draw_boxes(ax, boxes, COLORS["gt"])
+        _draw_landmarks(ax, landmarks, sample.get("landmarks_valid"))
+        faces = len(np.asarray(boxes).reshape(-1, 4))
+        ax.set_title(f"{sample.get('title', '')}\n{kind}, {faces} faces", fontsize=7)
+    return _finish(fig, save)
+
+
+def plot_latent_statistics(stats_by_rate: Mapping[Any, Mapping[str, Any]], *, save: str | Path | None = None) -> Any:
+    """Per rate: per-channel mean and std (sorted by std), and the value histogram (`nbsrc.stats.latent_statistics`)."""
+    fig, axes = _figure(3, 1, 4.6, 3.2)
+    for rate, stats in stats_by_rate.items():
+        order = np.argsort(stats["std"])[::-1]
+        axes[0, 0].plot(np.asarray(stats["mean"])[order], linewidth=0.8, label=f"{rate}")
+        axes[0, 1].plot(np.asarray(stats["std"])[order], linewidth=0.8, label=f"{rate}")
+        edges = np.asarray(stats["edges"])
+        centres = (edges[:-1] + edges[1:]) / 2
+        axes[0, 2].plot(centres, np.maximum(stats["hist"], 1), linewidth=0.8, label=f"{rate}")
+    axes[0, 0].set(title="per-channel mean", xlabel="channel (sorted by std)")
+    axes[0, 1].set(title="per-channel std", xlabel="channel (sorted by std)", yscale="log")
+    axes[0, 2].set(title="value histogram", xlabel="value", yscale="log")
+    axes[0, 2].legend(fontsize=7, title="rate", title_fontsize=7)
+    return _finish(fig, save)
+
+
+# ---- anchor statistics ---------------------------------------------------------------------------
+def plot_size_histograms(hist: Mapping[str, Any], *, title: str = "", save: str | Path | None = None) -> Any:
+    """Width, height and aspect (w/h) histograms on log axes (`nbsrc.stats.size_histograms`)."""
+    fig, axes = _figure(3, 1, 4.2, 3.0)
+    for ax, key, xlabel in zip(
+        axes.flat, ("width", "height", "aspect"), ("face width (px)", "face height (px)", "aspect w/h")
+    ):
+        data = hist[key]
+        edges = np.asarray(data["edges"])
+        ax.stairs(data["counts"], edges, fill=True, alpha=0.7)
+        ax.set_xscale("log")
+        ax.set(xlabel=xlabel, ylabel="faces")
+        median = data["percentiles"].get(50)
+        if median:
+            ax.axvline(median, color="k", linestyle="--", linewidth=0.8)
+            ax.set_title(f"median {median:.3g}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _finish(fig, save)
+
+
+def plot_anchor_shapes(
+    face_wh: np.ndarray, layout: Any, *, save: str | Path | None = None, max_points: int = 20000
+) -> Any:
+    """Faces (w, h) as a log-log scatter with the anchor shapes of each level of `layout` marked."""
+    fig, axes = _figure(1, 1, 5.0, 4.2)
+    ax = axes[0, 0]
+    wh = np.asarray(face_wh, dtype=np.float64).reshape(-1, 2)  # (N, 2)
+    if len(wh) > max_points:
+        wh = wh[np.random.default_rng(0).choice(len(wh), max_points, replace=False)]
+    ax.scatter(wh[:, 0], wh[:, 1], s=2, alpha=0.25, c="0.4", linewidths=0, label="faces")
+    for level, (stride, shapes) in enumerate(zip(layout.strides, layout.shapes)):
+        shapes = np.asarray(shapes).reshape(-1, 2)  # (K, 2)
+        ax.scatter(shapes[:, 0], shapes[:, 1], s=40, marker="x", label=f"level {level} (stride {stride})")
+    ax.set(xscale="log", yscale="log", xlabel="width (px)", ylabel="height (px)", title=f"anchor shapes: {layout.name}")
+    ax.legend(fontsize=7)
+    return _finish(fig, save)
+
+
+def plot_best_iou(
+    best_iou: Mapping[str, np.ndarray], *, thresholds: Sequence[float] = (0.2, 0.35, 0.5), save=None
+) -> Any:
+    """Histogram of the best-anchor IoU per face, one curve per layout name."""
+    fig, axes = _figure(1, 1, 5.0, 3.2)
+    ax = axes[0, 0]
+    for name, iou in best_iou.items():
+        ax.hist(np.asarray(iou), bins=50, range=(0, 1), histtype="step", linewidth=1.2, label=name)
+    for t in thresholds:
+        ax.axvline(t, color="k", linestyle=":", linewidth=0.8)
+    ax.set(xlabel="best anchor IoU", ylabel="faces", title="best-anchor IoU per face")
+    ax.legend(fontsize=7)
+    return _finish(fig, save)
+
+
+def plot_recall_by_size(rows_by_name: Mapping[str, Sequence[Mapping[str, Any]]], *, save=None) -> Any:
+    """Recall at each IoU threshold per face-size bin (`nbsrc.stats.recall_by_size`), one line per layout."""
+    fig, axes = _figure(2, 1, 4.6, 3.2)
+    for name, rows in rows_by_name.items():
+        rows = [r for r in rows if r["size (px)"] != "all"]
+        labels = [r["size (px)"] for r in rows]
+        keys = [k for k in rows[0] if k.startswith("recall@")]
+        for ax, key in zip(axes.flat, keys):
+            ax.plot(labels, [r[key] for r in rows], marker="o", label=name)
+            ax.set(title=key, xlabel="face size sqrt(w*h) (px)", ylim=(0, 1.02))
+            ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    axes[0, 0].legend(fontsize=7)
+    return _finish(fig, save)
+
+
+# ---- training ----------------------------------------------------------------------------------
+def _series(records: Sequence[Mapping[str, Any]], key: str, x_keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for i, record in enumerate(records):
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            x = next((record[k] for k in x_keys if isinstance(record.get(k), (int, float))), i)
+            xs.append(x)
+            ys.append(value)
+    return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+
+
+def _numeric_keys(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    return sorted({k for r in records for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+
+def _draw_training_curves(axes: Sequence[Any], records: Sequence[Mapping[str, Any]]) -> None:
+    """Four panels: losses, positives per image, learning rate, validation AP."""
+    steps = [r for r in records if r.get("kind", "step") == "step"]
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    x_keys = ("step", "global_step", "iteration", "epoch")
+    step_keys = [k for k in _numeric_keys(steps) if k not in x_keys and k != "time"]
+    val_keys = [k for k in _numeric_keys(epochs) if k.startswith("val")]
+    panels = (
+        (axes[0], [k for k in step_keys if "loss" in k], [k for k in val_keys if "loss" in k], "loss"),
+        (axes[1], [k for k in step_keys if "pos" in k], [], "positive anchors / image"),
+        (axes[2], [k for k in step_keys if k.startswith("lr")], [], "learning rate"),
+        (axes[3], [], [k for k in val_keys if "ap" in k.split("_")], "validation AP"),
+    )
+    for ax, line_keys, marker_keys, title in panels:
+        for key in line_keys:
+            xs, ys = _series(steps, key, x_keys)
+            if len(xs):
+                ax.plot(xs, ys, label=key, linewidth=1.0)
+        for key in marker_keys:
+            xs, ys = _series(epochs, key, x_keys)
+            if len(xs):
+                ax.plot(xs, ys, label=key, marker="o", linestyle="--")
+        ax.set(title=title, xlabel="step")
+        if ax.get_lines():
+            ax.legend(fontsize=6)
+    lines = axes[0].get_lines()
+    if lines and all(len(line.get_ydata()) and min(line.get_ydata()) > 0 for line in lines):
+        axes[0].set_yscale("log")
+
+
+def plot_training_curves(records: Sequence[Mapping[str, Any]], *, save: str | Path | None = None) -> Any:
+    """Losses, positive anchors per image, learning rate and validation AP from ``metrics.jsonl`` records.
+
+    Step records (``kind`` "step", or no ``kind``) are drawn as lines: keys containing ``loss``, ``pos``, and
+    starting with ``lr``. Epoch records (``kind`` "epoch") add markers for ``val*loss*`` and ``val*ap*`` keys.
+    The x axis is ``step`` (or ``global_step``, ``iteration``, ``epoch``, else the record index).
+    """
+    fig, axes = _figure(4, 1, 3.6, 3.0)
+    _draw_training_curves(list(axes.flat), records)
+    return _finish(fig, save)
+
+
+def read_metrics_tolerant(path: str | Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl`` records while a writer may be appending: a partial last line is left for later."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+class TrainingMonitor:
+    """Redraw the training curves of a ``metrics.jsonl`` in the notebook while training runs.
+
+    A context manager: on entry it shows a placeholder output, then a background thread re-reads the file
+    every `every` seconds and replaces that output (one display, updated in place, so headless papermill runs
+    keep only the last picture). On exit it draws the final curves and, with `save`, writes them as PNG.
+    Outside IPython it only does the final save. Drawing uses matplotlib's object API (no pyplot state is
+    touched from the thread).
+
+    Example::
+
+        with viz.TrainingMonitor(run_folder / "metrics.jsonl", every=20):
+            fit(cfg)
+    """
+
+    def __init__(self, metrics_path: str | Path, *, every: float = 20.0, save: str | Path | None = None) -> None:
+        import threading
+
+        self.metrics_path = Path(metrics_path)
+        self.every = every
+        self.save = save
+        self._stop = threading.Event()
+        self._thread: Any = None
+        self._handle: Any = None
+        self._last_count = -1
+
+    def _render(self, final: bool = False) -> bytes | None:
+        import io
+
+        from matplotlib.figure import Figure
+
+        records = read_metrics_tolerant(self.metrics_path)
+        if not records or (len(records) == self._last_count and not final):
+            return None
+        self._last_count = len(records)
+        fig = Figure(figsize=(14.4, 3.0))
+        axes = fig.subplots(1, 4)
+        _draw_training_curves(list(axes), records)
+        fig.suptitle(f"{self.metrics_path.parent.name}: {len(records)} records", fontsize=9)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90)
+        return buffer.getvalue()
+
+    def _update(self, final: bool = False) -> None:
+        png = self._render(final)
+        if png is None or self._handle is None:
+            return
+        from IPython.display import Image
+
+        self._handle.update(Image(data=png))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self._update()
+            except Exception as exc:  # drawing must never break training
+                logger.debug("training monitor: %s", exc)
+
+    def __enter__(self) -> TrainingMonitor:
+        import threading
+
+        try:
+            from IPython import get_ipython
+            from IPython.display import Markdown, display
+        except ImportError:
+            return self
+        if get_ipython() is None:
+            return self
+        self._handle = display(Markdown(f"_waiting for {self.metrics_path} ..._"), display_id=True)
+        self._thread = threading.Thread(target=self._loop, name="nbsrc-training-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._update(final=True)
+        if self.save is not None and self.metrics_path.is_file():
+            from matplotlib.figure import Figure
+
+            fig = Figure(figsize=(14.4, 3.0))
+            _draw_training_curves(list(fig.subplots(1, 4)), read_metrics_tolerant(self.metrics_path))
+            fig.tight_layout()
+            save_figure(fig, self.save)
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+def plot_pr_curves(curves: Mapping[str, Any], ap: Mapping[str, float] | None = None, *, save=None) -> Any:
+    """Precision-recall curves: `curves` maps a setting to ``(precision, recall)`` arrays or a mapping with
+    ``precision`` / ``recall`` keys; `ap` adds the AP to the legend."""
+    fig, axes = _figure(1, 1, 4.8, 4.0)
+    ax = axes[0, 0]
+    for name, curve in curves.items():
+        if isinstance(curve, Mapping):
+            precision, recall = curve["precision"], curve["recall"]
+        else:
+            precision, recall = curve
+        label = f"{name} ({ap[name]:.3f})" if ap and name in ap else str(name)
+        ax.plot(np.asarray(recall), np.asarray(precision), label=label)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="precision-recall")
+    ax.legend(fontsize=8)
+    return _finish(fig, save)
+
+
+def plot_ap_vs_rate(
+    rows: Sequence[Mapping[str, Any]], *, x: str = "bpp", settings=("easy", "medium", "hard"), save=None
+) -> Any:
+    """AP against bits per pixel, one line per setting; rows without a numeric `x` (an RGB reference) are
+    drawn as horizontal dashed lines."""
+    fig, axes = _figure(1, 1, 5.0, 3.6)
+    ax = axes[0, 0]
+
+    def value(row: Mapping[str, Any], key: str) -> Any:
+        return next((row[k] for k in row if k.lower() == key.lower()), None)
+
+    latent = [r for r in rows if isinstance(value(r, x), (int, float))]
+    reference = [r for r in rows if not isinstance(value(r, x), (int, float))]
+    for setting in settings:
+        points = sorted((float(value(r, x)), value(r, setting)) for r in latent if value(r, setting) is not None)
+        if points:
+            line = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=setting)[0]
+            for r in reference:
+                if value(r, setting) is not None:
+                    ax.axhline(value(r, setting), color=line.get_color(), linestyle="--", linewidth=0.8)
+    ax.set(xlabel="bits per pixel", ylabel="AP", ylim=(0, 1.02), title="AP per JPEG AI rate (dashed: RGB)")
+    ax.legend(fontsize=8)
+    return _finish(fig, save)
+
+
+def detection_gallery(items: Sequence[Mapping[str, Any]], *, ncols: int = 3, save: str | Path | None = None) -> Any:
+    """Detections against ground truth: true positives, false positives and misses drawn differently.
+
+    Each item: ``picture`` (RGB image or 2-D energy map), optional ``frame`` (width, height) to stretch it
+    over, ``gt_boxes [G, 4]``, ``pred_boxes [P, 4]``, ``scores [P]``, ``match`` (`nbsrc.stats.match_detections`
+    output), optional ``landmarks [P, 5, 2]`` and ``title``. TP solid green, FP solid red, misses dashed
+    yellow, ignored faces dotted grey.
+    """
+    if not items:
+        raise ValueError("detection gallery: no items")
+    ncols = min(ncols, len(items))
+    nrows = math.ceil(len(items) / ncols)
+    fig, axes = _figure(ncols, nrows, 3.8, 3.8)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, item in zip(axes.flat, items):
+        ax.axis("on")
+        _background(ax, item["picture"], item.get("frame"), cmap="gray")
+        preds = np.asarray(item["pred_boxes"]).reshape(-1, 4)  # (P, 4)
+        gts = np.asarray(item["gt_boxes"]).reshape(-1, 4)  # (G, 4)
+        scores = np.asarray(item.get("scores", np.zeros(len(preds)))).reshape(-1)
+        match = item["match"]
+        misses = ~match["gt_matched"] & ~match["gt_ignore"]
+        _draw_boxes(ax, gts[match["gt_ignore"]], COLORS["ignored"], linestyle=":")
+        _draw_boxes(ax, gts[misses], COLORS["miss"], linestyle="--", linewidth=1.6)
+        for kind in ("tp", "fp", "ignored"):
+            mask = match[kind]
+            _draw_boxes(ax, preds[mask], COLORS[kind], labels=[f"{s:.2f}" for s in scores[mask]])
+        if item.get("landmarks") is not None:
+            _draw_landmarks(ax, np.asarray(item["landmarks"])[match["tp"]])
+        ax.set_title(
+            f"{item.get('title', '')}\nTP {int(match['tp'].sum())}  FP {int(match['fp'].sum())}  miss {int(misses.sum())}",
+            fontsize=7,
+        )
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color=COLORS["tp"], label="true positive"),
+        Line2D([], [], color=COLORS["fp"], label="false positive"),
+        Line2D([], [], color=COLORS["miss"], linestyle="--", label="missed face"),
+        Line2D([], [], color=COLORS["ignored"], linestyle=":", label="ignored face"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    save_figure(fig, save)
+    return fig

@@ -1,0 +1,181 @@
+"""The headless notebook runner (`nbsrc.nbrun`, ``python -m nbsrc run-notebooks``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from nbsrc import nbrun
+
+HEADER = """\
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+"""
+
+MAKE = (
+    HEADER
+    + '''
+# %% [markdown]
+# # Make an artifact
+
+# %%
+import matplotlib.pyplot as plt
+
+from nbsrc import paths
+
+# %% tags=["parameters"]
+value: int = 3  # a number written to the artifact
+run_dir: str | None = None  # run folder
+
+# %%
+run = paths.run_folder(run_dir)
+artifact = run / "value.txt"
+artifact.write_text(str(value * 2))
+paths.save_artifact(run, "value", artifact)
+paths.save_metrics(run, "01_make", {"value": value, "doubled": value * 2})
+
+# %%
+fig = plt.figure()
+plt.plot([0, 1], [0, value])
+'''
+)
+
+USE = (
+    HEADER
+    + '''
+# %% [markdown]
+# # Use the artifact
+
+# %%
+from nbsrc import paths
+
+# %% tags=["parameters"]
+fail: bool = False  # raise on purpose
+run_dir: str | None = None  # run folder
+
+# %%
+doubled = int(paths.load_artifact(run_dir, "value").read_text())
+
+# %%
+if fail:
+    raise ZeroDivisionError(f"asked to fail after reading {doubled}")
+paths.save_metrics(run_dir, "02_use", {"read": doubled})
+'''
+)
+
+
+@pytest.fixture()
+def notebooks_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    (folder / "01_make.py").write_text(MAKE)
+    (folder / "02_use.py").write_text(USE)
+    return folder
+
+
+def test_declared_parameters_and_selection(notebooks_dir):
+    declared = nbrun.declared_parameters(nbrun.read_notebook(notebooks_dir / "01_make.py"))
+    assert list(declared) == ["value", "run_dir"]
+    assert declared["value"].type_name == "int" and declared["value"].help == "a number written to the artifact"
+    sources = nbrun.list_notebooks(notebooks_dir)
+    assert [p.stem for p in nbrun.select_notebooks(["use", "01"], sources)] == ["01_make", "02_use"]
+    with pytest.raises(ValueError, match="unknown notebook 'mkae'"):
+        nbrun.select_notebooks(["mkae"], sources)
+
+
+def test_unknown_parameter_is_rejected_before_running(notebooks_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="notebook 01_make does not declare parameter 'valeu'; did you mean 'value'"):
+        nbrun.run_notebooks(["01_make"], {"valeu": 1}, out, notebooks_dir=notebooks_dir)
+    with pytest.raises(ValueError, match="'epochs' is declared by none of the notebooks"):
+        nbrun.run_notebooks(None, {"epochs": 1}, out, notebooks_dir=notebooks_dir)
+    with pytest.raises(ValueError, match="02_use does not declare parameter 'value'"):
+        nbrun.run_notebooks(None, {"02_use": {"value": 1}}, out, notebooks_dir=notebooks_dir)
+    with pytest.raises(ValueError, match="parameter 'value' expects int"):
+        nbrun.run_notebooks(["01"], {"value": "three"}, out, notebooks_dir=notebooks_dir)
+    assert not (out / "01_make.ipynb").exists()
+
+
+def test_parameter_parsing_and_coercion():
+    assert nbrun.parse_param_pairs([["epochs", "5"], ["lr", "0.01"], ["smoke", "true"], ["root", "null"]]) == {
+        "epochs": 5,
+        "lr": 0.01,
+        "smoke": True,
+        "root": None,
+    }
+    declared = {
+        "lr": nbrun.NotebookParameter("lr", "float", "0.1", ""),
+        "name": nbrun.NotebookParameter("name", "str | None", "None", ""),
+        "epochs": nbrun.NotebookParameter("epochs", "int", "1", ""),
+    }
+    checked = nbrun.check_parameters("nb", declared, {"lr": 1, "name": 2024, "epochs": 3.0})
+    assert checked == {"lr": 1.0, "name": "2024", "epochs": 3}
+    assert isinstance(checked["lr"], float)
+    with pytest.raises(ValueError, match="'epochs' expects int"):
+        nbrun.check_parameters("nb", declared, {"epochs": 2.5})
+    with pytest.raises(ValueError, match="'lr' expects float"):
+        nbrun.check_parameters("nb", declared, {"lr": None})
+
+
+def test_run_passes_artifacts_and_writes_summary(notebooks_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = nbrun.run_notebooks(None, {"value": 21}, out, notebooks_dir=notebooks_dir)
+    assert summary["status"] == "ok"
+    assert [e["status"] for e in summary["notebooks"]] == ["ok", "ok"]
+    assert summary["notebooks"][0]["parameters"] == {"value": 21, "run_dir": str(out.resolve())}
+    assert summary["notebooks"][0]["metrics"] == {"doubled": 42, "value": 21}
+    assert summary["notebooks"][1]["metrics"] == {"read": 42}
+    assert summary["notebooks"][0]["images"] == 1
+    assert json.loads((out / "summary.json").read_text())["notebooks"][1]["metrics"] == {"read": 42}
+    executed = nbformat.read(out / "01_make.ipynb", as_version=4)
+    assert executed.metadata.kernelspec.name == "python3"
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    assert "<html" in (out / "01_make.html").read_text().lower()
+
+
+def test_failing_notebook_reports_cell_and_error(notebooks_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(nbrun.NotebookExecutionError) as info:
+        nbrun.run_notebooks(None, {"02_use": {"fail": True}}, out, notebooks_dir=notebooks_dir)
+    error = info.value
+    # Cells of 02_use.py: 0 markdown, 1 imports, 2 parameters, 3 read, 4 the raise.
+    assert error.notebook == "02_use" and error.cell_index == 4
+    assert error.ename == "ZeroDivisionError" and "asked to fail after reading 6" in error.evalue
+    assert "notebook 02_use failed at cell 4 ('if fail:'): ZeroDivisionError" in str(error)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert [e["status"] for e in summary["notebooks"]] == ["ok", "failed"]
+    assert summary["notebooks"][1]["error"]["cell_index"] == 4
+    assert (out / "02_use.ipynb").is_file() and (out / "02_use.html").is_file()
+
+
+def test_cli_rejects_unknown_parameter_with_one_line(notebooks_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "nbsrc", "run-notebooks", "--notebooks-dir", str(notebooks_dir)]
+        + ["-p", "nope", "1", "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: parameter 'nope' is declared by none")
+
+
+def test_params_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(textwrap.dedent("epochs: 2\n03_training:\n  lr: 0.01\n"))
+    assert nbrun.load_params_file(path) == {"epochs": 2, "03_training": {"lr": 0.01}}
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="expected a mapping"):
+        nbrun.load_params_file(path)
