@@ -28,9 +28,9 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from nbsrc.boxes import encode_boxes, encode_landmarks
-from nbsrc.matching import match_anchors
+from nbsrc.matching import AnchorMatch, match_anchors
 
-__all__ = ["MultiBoxLoss", "build_loss", "normalize_targets"]
+__all__ = ["MultiBoxLoss", "build_loss", "normalize_targets", "select_top_per_row"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,11 +139,11 @@ class MultiBoxLoss(nn.Module):
             anchors, boxes, labels, pos_iou=self.pos_iou, force_iou=self.force_iou, chunk=self.match_chunk
         )
         positive = match.positive  # (B, A)
-        num_pos = positive.sum(dim=1)  # (B,)
+        pos_b, pos_a = match.positive_index  # (P,)
+        num_pos = torch.bincount(pos_b, minlength=B)  # (B,)
         normalizer = num_pos.sum().clamp(min=1).float()
 
         # box term over positives
-        pos_b, pos_a = positive.nonzero(as_tuple=True)  # (P,)
         pos_gt = match.matched_gt[pos_b, pos_a]  # (P,)
         box_target = encode_boxes(boxes[pos_b, pos_gt], anchors[pos_a], self.variances)  # (P, 4)
         loss_box = F.smooth_l1_loss(loc[pos_b, pos_a], box_target, reduction="sum", beta=1.0) / normalizer
@@ -168,7 +168,7 @@ class MultiBoxLoss(nn.Module):
             )
             loss_cls = focal / normalizer
         else:
-            loss_cls = self._ohem(conf, match.labels, positive, num_pos) / normalizer
+            loss_cls = self._ohem(conf, match, num_pos) / normalizer
 
         loss = self.loc_weight * loss_box + self.cls_weight * loss_cls + self.landm_weight * loss_landm
         return {
@@ -179,24 +179,26 @@ class MultiBoxLoss(nn.Module):
             "num_pos": num_pos,
         }
 
-    def _ohem(self, conf: Tensor, labels: Tensor, positive: Tensor, num_pos: Tensor) -> Tensor:
-        """Summed softmax CE over positives and the hardest negatives of each image."""
+    def _ohem(self, conf: Tensor, match: AnchorMatch, num_pos: Tensor) -> Tensor:
+        """Summed softmax CE over the positives and the hardest negatives of each image."""
         B, A, C = conf.shape
-        ce = F.cross_entropy(conf.reshape(B * A, C), labels.reshape(B * A), reduction="none").view(B, A)  # (B, A)
-        # a negative's CE (target background) is its ranking key; positives never compete
-        rank_key = ce.detach().masked_fill(positive, float("-inf"))  # (B, A)
-        num_neg = torch.ceil(self.neg_pos_ratio * num_pos.double()).long()  # (B,)
-        if self.empty_negatives > 0:
-            num_neg = torch.where(num_pos == 0, torch.full_like(num_neg, self.empty_negatives), num_neg)
-        num_neg = torch.minimum(num_neg.clamp(max=A - 1), A - num_pos)  # (B,) at most the available negatives
-        k = int(num_neg.max()) if B > 0 else 0
-        selected = positive
-        if k > 0:
-            _, hardest = rank_key.topk(k, dim=1)  # (B, k) distinct anchors per row
-            take = torch.arange(k, device=conf.device)[None, :] < num_neg[:, None]  # (B, k)
-            negative = torch.zeros_like(positive).scatter_(1, hardest, take)  # (B, A)
-            selected = positive | negative
-        return torch.where(selected, ce, torch.zeros_like(ce)).sum()
+        pos_b, pos_a = match.positive_index  # (P,)
+        with torch.no_grad():
+            # negatives are ranked by their CE against background; positives never compete
+            if C == 2:
+                rank_key = conf[..., 1] - conf[..., 0]  # (B, A) same order as softplus(.) = the CE
+            else:
+                rank_key = torch.logsumexp(conf, dim=-1) - conf[..., 0]  # (B, A)
+            rank_key = torch.where(match.positive, float("-inf"), rank_key)  # (B, A)
+            num_neg = torch.ceil(self.neg_pos_ratio * num_pos.double()).long()  # (B,)
+            if self.empty_negatives > 0:
+                num_neg = torch.where(num_pos == 0, torch.full_like(num_neg, self.empty_negatives), num_neg)
+            num_neg = torch.minimum(num_neg.clamp(max=A - 1), A - num_pos)  # (B,) at most the available negatives
+            neg_b, neg_a = select_top_per_row(rank_key, num_neg)  # (Nn,)
+        rows_b = torch.cat([pos_b, neg_b])  # (P + Nn,)
+        rows_a = torch.cat([pos_a, neg_a])  # (P + Nn,)
+        target = torch.cat([match.labels[pos_b, pos_a], torch.zeros_like(neg_a)])  # (P + Nn,)
+        return F.cross_entropy(conf[rows_b, rows_a], target, reduction="sum")
 
     def _check(self, outputs: Mapping, anchors: Tensor, targets: Mapping) -> tuple[Tensor, Tensor, Tensor | None]:
         for key in ("loc", "conf"):
@@ -238,6 +240,44 @@ class MultiBoxLoss(nn.Module):
                 f"{self.num_classes}, got values in [{int(labels.min())}, {int(labels.max())}]"
             )
         return loc, conf, landm
+
+
+def select_top_per_row(key: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+    """Exactly ``count[b]`` largest entries of each row of `key` (a batched top-k with a k per row).
+
+    A radix-style selection: a per-row histogram over the leading bits of the order-preserving integer
+    form of the float keys finds the bin holding each row's ``count[b]``-th largest value; every entry
+    above that bin is taken, and only the entries inside it are sorted. Cost is a few passes over `key`
+    instead of a sort. Ties are broken deterministically by position.
+
+    Args:
+        key: ``Tensor[B, A]`` float32 (entries to exclude set to ``-inf``).
+        count: ``Tensor[B]`` int64, ``0 <= count[b] <=`` number of entries of row b above ``-inf``.
+
+    Returns:
+        ``(row, column)`` int64 ``Tensor[sum(count)]`` each.
+    """
+    B, A = key.shape
+    device = key.device
+    nbits = min(16, max(8, A.bit_length() - 1))
+    nbins = 1 << nbits
+    bits = key.float().contiguous().view(torch.int32)  # (B, A) same memory, reinterpreted
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # (B, A) int32 ordered like the floats
+    bins = (ordered >> (32 - nbits)) + nbins // 2  # (B, A) in [0, nbins), monotone in key
+    offsets = torch.arange(B, device=device, dtype=torch.int32)[:, None] * nbins  # (B, 1)
+    hist = torch.bincount((bins + offsets).flatten(), minlength=B * nbins).view(B, nbins)  # (B, nbins)
+    at_or_above = hist.flip(1).cumsum(1).flip(1)  # (B, nbins) entries in bins >= j
+    boundary = (at_or_above >= count[:, None]).sum(1) - 1  # (B,) highest bin with enough entries at or above
+    padded = torch.cat([at_or_above, at_or_above.new_zeros(B, 1)], dim=1)  # (B, nbins + 1)
+    need = count - padded.gather(1, (boundary + 1)[:, None]).squeeze(1)  # (B,) still to take from the boundary bin
+    above_b, above_a = (bins > boundary[:, None]).nonzero(as_tuple=True)  # (Na,)
+    edge_b, edge_a = (bins == boundary[:, None]).nonzero(as_tuple=True)  # (Ne,) row-major
+    order = torch.argsort(key[edge_b, edge_a], descending=True, stable=True)  # (Ne,)
+    order = order[torch.argsort(edge_b[order], stable=True)]  # (Ne,) by row, then key descending
+    edge_b, edge_a = edge_b[order], edge_a[order]
+    rank = torch.arange(edge_b.numel(), device=device) - torch.searchsorted(edge_b, edge_b)  # (Ne,) rank in row
+    take = rank < need[edge_b]  # (Ne,)
+    return torch.cat([above_b, edge_b[take]]), torch.cat([above_a, edge_a[take]])
 
 
 def normalize_targets(

@@ -58,12 +58,15 @@ class AnchorMatch:
         labels: ``Tensor[B, A]`` int64 class of the matched GT, 0 for background.
         forced_anchor: ``Tensor[B, M]`` int64 best anchor each GT was forced onto (a later GT sharing it
             may have taken it), ``UNMATCHED`` for padding and for GTs whose best IoU is below ``force_iou``.
+        positive_index: ``(image, anchor)`` int64 ``Tensor[P]`` pair of the positives in row-major order
+            (``positive.nonzero(as_tuple=True)``).
     """
 
     matched_gt: Tensor
     positive: Tensor
     labels: Tensor
     forced_anchor: Tensor
+    positive_index: tuple[Tensor, Tensor]
 
     @property
     def num_pos(self) -> Tensor:
@@ -151,12 +154,16 @@ def match_anchors(
         slot, column = _segment_reduce(forced_b * A + gt_anchor[forced_b, forced_m], forced_m, reduce="amax")
         matched_gt.view(-1)[slot] = column
         positive = matched_gt >= 0  # (B, A)
-        if M > 0:
-            anchor_labels = torch.gather(labels, 1, matched_gt.clamp(min=0))  # (B, A)
-            anchor_labels = anchor_labels.masked_fill_(~positive, 0)  # (B, A)
-        else:
-            anchor_labels = torch.zeros((B, A), dtype=torch.long, device=device)
-    return AnchorMatch(matched_gt=matched_gt, positive=positive, labels=anchor_labels, forced_anchor=forced_anchor)
+        pos_b, pos_a = positive.nonzero(as_tuple=True)  # (P,)
+        anchor_labels = torch.zeros((B, A), dtype=torch.long, device=device)  # (B, A)
+        anchor_labels[pos_b, pos_a] = labels[pos_b, matched_gt[pos_b, pos_a]]
+    return AnchorMatch(
+        matched_gt=matched_gt,
+        positive=positive,
+        labels=anchor_labels,
+        forced_anchor=forced_anchor,
+        positive_index=(pos_b, pos_a),
+    )
 
 
 def _segment_reduce(keys: Tensor, values: Tensor, reduce: str) -> tuple[Tensor, Tensor]:

@@ -179,7 +179,9 @@ def parse_parameters_cell(source: str, where: str = "parameters cell") -> dict[s
         try:
             value = ast.literal_eval(node.value)
         except ValueError:
-            raise ValueError(f"{line}: default of {node.target.id!r} must be a literal, got {ast.unparse(node.value)!r}")
+            raise ValueError(
+                f"{line}: default of {node.target.id!r} must be a literal, got {ast.unparse(node.value)!r}"
+            )
         if value is not None and not isinstance(value, (str, int, float, bool)):
             raise ValueError(f"{line}: default of {node.target.id!r} must be str, int, float, bool or None")
         help_text = comments.get(node.end_lineno or node.lineno, "")

@@ -29,16 +29,35 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at emit time (notebooks and test runners swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
 def setup_logging(level: int | str = logging.INFO) -> None:
-    """Configure the ``nbsrc`` logger once (notebooks and CLIs call this)."""
-    root = logging.getLogger("nbsrc")
-    root.setLevel(level)
-    if not any(getattr(h, "_nbsrc", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+    """Configure the ``nbsrc`` logger once (notebooks and CLIs call this).
+
+    When the application already configured the root logger (a test runner, a host program), records simply
+    propagate there; otherwise ``nbsrc`` gets its own stdout handler.
+    """
+    package_logger = logging.getLogger("nbsrc")
+    package_logger.setLevel(level)
+    if logging.getLogger().handlers:
+        return
+    if not any(isinstance(h, _StdoutHandler) for h in package_logger.handlers):
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        handler._nbsrc = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-        root.propagate = False
+        package_logger.addHandler(handler)
 
 
 def seed_everything(seed: int) -> None:

@@ -197,7 +197,9 @@ def test_drop_duplicates_compares_with_kept_boxes_only():
 
 def test_malformed_csv_names_file_and_line(tmp_path):
     path = tmp_path / "bad.csv"
-    path.write_text(HEADER + csv_row(0, "a", "Human face", 0.1, 0.2, 0.1, 0.2) + csv_row(1, "a", "Man", "x", 0.2, 0.1, 0.2))
+    path.write_text(
+        HEADER + csv_row(0, "a", "Human face", 0.1, 0.2, 0.1, 0.2) + csv_row(1, "a", "Man", "x", 0.2, 0.1, 0.2)
+    )
     with pytest.raises(ValueError, match="XMin = 'x' is not a number") as info:
         read_openimages_csv(path)
     assert str(info.value).startswith(f"{path}:3: ")

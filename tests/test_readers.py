@@ -42,18 +42,24 @@ RETINAFACE_VAL = """\
 # 0--Parade/0_Parade_Parade_0_901.jpg
 """
 
-WIDER_BBX = """\
-0--Parade/0_Parade_marchingband_1_849.jpg
-1
-449 330 122 149 0 0 0 0 0 0 
-0--Parade/0_Parade_Parade_0_904.jpg
-0
-0 0 0 0 0 0 0 0 0 0 
-0--Parade/0_Parade_marchingband_1_799.jpg
-2
-78 221 7 8 2 0 0 0 0 0
-78 238 14 17 2 0 0 1 2 1
-"""
+# The official files end face lines with a space; the dummy line follows the zero count.
+WIDER_BBX = (
+    "\n".join(
+        [
+            "0--Parade/0_Parade_marchingband_1_849.jpg",
+            "1",
+            "449 330 122 149 0 0 0 0 0 0 ",
+            "0--Parade/0_Parade_Parade_0_904.jpg",
+            "0",
+            "0 0 0 0 0 0 0 0 0 0 ",
+            "0--Parade/0_Parade_marchingband_1_799.jpg",
+            "2",
+            "78 221 7 8 2 0 0 0 0 0",
+            "78 238 14 17 2 0 0 1 2 1",
+        ]
+    )
+    + "\n"
+)
 
 
 def write(tmp_path, name: str, text: str):
@@ -114,7 +120,9 @@ def test_retinaface_val_lines(tmp_path):
 
 
 def test_retinaface_round_trip_is_exact(tmp_path):
-    original = read_retinaface_labels(write(tmp_path, "label.txt", RETINAFACE_TRAIN + RETINAFACE_VAL.replace("0--", "9--")))
+    original = read_retinaface_labels(
+        write(tmp_path, "label.txt", RETINAFACE_TRAIN + RETINAFACE_VAL.replace("0--", "9--"))
+    )
     out = write_retinaface_labels(tmp_path / "out" / "label.txt", original)
     again = read_retinaface_labels(out)
     assert_records_equal(again, original)
@@ -230,6 +238,7 @@ MALFORMED_WIDER = {
     "fewer faces than count": ("a/b.jpg\n2\n1 2 3 4 0 0 0 0 0 0\nc/d.jpg\n0\n", 4, "only 1 face line"),
     "more faces than count": ("a/b.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n5 6 7 8 0 0 0 0 0 0\n", 4, "expected an image name"),
     "wrong number count": ("a/b.jpg\n1\n1 2 3 4\n", 3, "expected 10 numbers"),
+    "non-number in a face line": ("a/b.jpg\n1\n1 2 3 4 0 0 0 0 0 blur\n", 3, "'blur' is not a number"),
     "non-zero dummy": ("a/b.jpg\n0\n1 2 3 4 0 0 0 0 0 0\n", 3, "dummy line of zeros"),
     "non-integer attribute": ("a/b.jpg\n1\n1 2 3 4 0.5 0 0 0 0 0\n", 3, "must be integers"),
     "name without count": ("a/b.jpg\n", 1, "not followed by its face count"),
@@ -244,6 +253,15 @@ def test_wider_bbx_malformed(tmp_path, case):
     with pytest.raises(ValueError, match=message) as info:
         read_wider_bbx_gt(path)
     assert str(info.value).startswith(f"{path}:{line}: ")
+
+
+def test_wider_bbx_collects_bad_face_lines_when_asked(tmp_path):
+    path = write(tmp_path, "gt.txt", "a/b.jpg\n3\n1 2 3 4 0 0 0 0 0 0\n1 2 3 4 0\n5 6 7 8 0 0 0 0 0 x\nc/d.jpg\n0\n")
+    errors: list[LabelParseError] = []
+    records = read_wider_bbx_gt(path, errors=errors)
+    assert [e.line for e in errors] == [4, 5] and [r.num_boxes for r in records] == [1, 0]
+    with pytest.raises(ValueError, match="face count"):  # structure defects raise even when collecting
+        read_wider_bbx_gt(write(tmp_path, "bad.txt", "a/b.jpg\nx\n"), errors=[])
 
 
 # --------------------------------------------------------------------------------------------- format 3
@@ -311,7 +329,9 @@ def test_twoclass_real_file_counts():
     # Merged: both occurrences' boxes (2 + 2) under one record.
     merged = next(r for r in labels if r.name == "07b8901bbee71a36")
     assert merged.num_boxes == 4 and merged.labels.tolist() == [2, 1, 2, 1]
-    np.testing.assert_allclose(merged.boxes[0], [0.399527, 0.355353, 0.399527 + 0.188328, 0.355353 + 0.170109], atol=1e-6)
+    np.testing.assert_allclose(
+        merged.boxes[0], [0.399527, 0.355353, 0.399527 + 0.188328, 0.355353 + 0.170109], atol=1e-6
+    )
     first = labels[0]
     assert first.name == "54f31bcf003f3c33" and first.normalized and not first.landmarks_valid.any()
     boxes = np.concatenate([r.boxes for r in labels])
@@ -375,7 +395,13 @@ def test_read_labels_detects_every_format(tmp_path):
     per_image = tmp_path / "labelstxt"
     write(per_image, "a.txt", "1 2 3 4\n")
     csv_path = write(tmp_path, "oi.csv", "ImageID,ClassName,XMin,XMax,YMin,YMax\nabc,Human face,0.1,0.2,0.3,0.4\n")
-    expected = {retina: "retinaface", wider: "wider_bbx", twoclass: "twoclass", per_image: "per_image", csv_path: "openimages"}
+    expected = {
+        retina: "retinaface",
+        wider: "wider_bbx",
+        twoclass: "twoclass",
+        per_image: "per_image",
+        csv_path: "openimages",
+    }
     for path, name in expected.items():
         assert detect_format(path) == name, path
         records = read_labels(path)

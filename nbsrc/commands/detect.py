@@ -46,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", type=Path, help="image file (any format OpenCV reads)")
     source.add_argument("--latent", type=Path, help="latent .npy, [C, h, w] or [1, C, h, w]")
-    parser.add_argument("--conf", "--confidence_threshold", dest="conf", type=float, default=0.6, help="score threshold")
+    parser.add_argument(
+        "--conf", "--confidence_threshold", dest="conf", type=float, default=0.6, help="score threshold"
+    )
     parser.add_argument("--nms", "--nms_threshold", dest="nms", type=float, default=0.4, help="NMS IoU threshold")
     parser.add_argument(
         "--orig-size",

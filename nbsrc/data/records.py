@@ -26,8 +26,9 @@ class ImageRecord:
         labels: ``int64 [N]`` class ids (1 face, 2 person).
         image_size: ``(width, height)`` of the original image when known.
         normalized: boxes and landmarks are fractions of the image size.
-        attributes: WIDER attributes when present, each ``[N]`` (blur, expression, illumination, invalid,
-            occlusion, pose).
+        attributes: per-box extras when the file carries them, first dimension ``N``: WIDER attributes
+            (blur, expression, illumination, invalid, occlusion, pose: ``[N]``), RetinaFace landmark flags
+            (``[N, 5]``) and scores (``[N]``).
         source: ``"path:line"`` of the header, for error messages.
     """
 

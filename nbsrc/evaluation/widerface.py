@@ -273,9 +273,7 @@ def evaluate_curves(
         image = np.repeat(np.arange(len(counts)), counts)
         counts = np.bincount(image[face], minlength=len(counts))
         rows = rows[face]
-    return evaluate_predictions(
-        gt, rows[:, :4], rows[:, 4], counts, iou_thresh=iou_thresh, missing=results.missing
-    )
+    return evaluate_predictions(gt, rows[:, :4], rows[:, 4], counts, iou_thresh=iou_thresh, missing=results.missing)
 
 
 def evaluate(

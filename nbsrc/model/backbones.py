@@ -211,4 +211,3 @@ class LatentBackbone(nn.Module):
         c3 = self.layer3(c2)
         c4 = self.layer4(c3)
         return [c1, c2, c3, c4]
-

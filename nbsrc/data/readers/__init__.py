@@ -136,9 +136,9 @@ def records_from_wider_gt(gt, source: str = "") -> list[ImageRecord]:
     for i, event in enumerate(gt.events):
         for j, name in enumerate(gt.names[i]):
             xywh = np.asarray(gt.boxes[i][j], np.float64).reshape(-1, 4)  # (N, 4)
-            attributes = {
-                attr: np.asarray(values[i][j]).reshape(-1).astype(np.int64) for attr, values in gt.attributes.items()
-            }
+            attributes = {}
+            for attr, values in gt.attributes.items():
+                attributes[attr] = np.asarray(values[i][j]).reshape(-1).astype(np.int64)  # (N,)
             records.append(
                 ImageRecord(
                     name=f"{event}/{name}",

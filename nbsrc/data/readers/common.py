@@ -25,6 +25,7 @@ __all__ = [
     "handle_error",
     "iter_lines",
     "parse_numbers",
+    "read_text",
     "select_boxes",
     "xywh_array_to_xyxy",
 ]
@@ -148,20 +149,23 @@ def format_boxes_xywh(xyxy: np.ndarray) -> list[list[str]]:
     size = np.asarray([float(t) for t in size_text], np.float64).reshape(n, 2)  # (N, 2)
     wrong = ((corner + size).astype(np.float32) != xyxy[:, 2:]) & np.isfinite(xyxy[:, 2:])  # (N, 2)
     exact = xyxy[:, 2:].astype(np.float64) - corner  # (N, 2)
-    for flat_index in np.flatnonzero(wrong.reshape(-1)):
-        size_text[flat_index] = repr(float(exact.reshape(-1)[flat_index]))
+    exact_flat = exact.reshape(-1)  # (2N,) in size_text order
+    for flat_index in np.flatnonzero(wrong.reshape(-1)):  # (2N,)
+        size_text[flat_index] = repr(float(exact_flat[flat_index]))
     return [corner_text[2 * i : 2 * i + 2] + size_text[2 * i : 2 * i + 2] for i in range(n)]
 
 
 def format_float32(values: np.ndarray) -> list[str]:
     """Shortest decimal strings that read back (``float`` then float32) to exactly the float32 `values`."""
     flat = np.asarray(values, dtype=np.float32).reshape(-1)  # (K,)
-    out = []
-    for value in flat:
+    integral = np.isfinite(flat) & (np.abs(flat) < 2**24) & (flat == np.rint(flat))
+    out = [str(v) for v in np.where(integral, flat, 0).astype(np.int64).tolist()]
+    for i in np.flatnonzero(~integral).tolist():
+        value = flat[i]
         text = np.format_float_positional(value, unique=True, trim="-")
         if np.float32(float(text)) != value and not np.isnan(value):
             text = repr(float(value))  # exact: every float32 is a float64
-        out.append(text)
+        out[i] = text
     return out
 
 

@@ -245,21 +245,19 @@ def drop_duplicates(record: ImageRecord, iou_thresh: float) -> tuple[ImageRecord
     if not 0.0 < iou_thresh <= 1.0:
         raise ValueError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
     n = record.num_boxes
-    if n < 2:
+    if n < 2 or len(np.unique(record.labels)) == n:
         return record, 0
-    iou = box_iou(torch.from_numpy(record.boxes).double(), torch.from_numpy(record.boxes).double()).numpy()  # (N, N)
+    boxes = torch.from_numpy(record.boxes).double()  # (N, 4)
+    iou = box_iou(boxes, boxes).numpy()  # (N, N)
     same_class = record.labels[:, None] == record.labels[None, :]  # (N, N)
-    overlapping = (iou >= iou_thresh) & same_class
-    keep = np.ones(n, bool)
-    for i in range(n):
-        if keep[i]:
-            later = overlapping[i].copy()
-            later[: i + 1] = False
-            keep &= ~later
-    dropped = int(n - keep.sum())
-    if dropped == 0:
+    later_duplicate = np.triu((iou >= iou_thresh) & same_class, k=1)  # (N, N): j > i overlapping i
+    if not later_duplicate.any():
         return record, 0
-    return select_boxes(record, keep), dropped
+    keep = np.ones(n, bool)
+    for i in np.flatnonzero(later_duplicate.any(axis=1)).tolist():
+        if keep[i]:
+            keep[later_duplicate[i]] = False
+    return select_boxes(record, keep), int(n - keep.sum())
 
 
 @dataclass

@@ -127,9 +127,7 @@ def build_face_records(entries: Iterable[tuple[str, str, list[list[float]]]]) ->
     return records
 
 
-def read_retinaface_labels(
-    path: str | Path, *, errors: list[LabelParseError] | None = None
-) -> list[ImageRecord]:
+def read_retinaface_labels(path: str | Path, *, errors: list[LabelParseError] | None = None) -> list[ImageRecord]:
     """Read a RetinaFace ``label.txt`` (layout in the module docstring).
 
     Args:
@@ -161,45 +159,47 @@ def read_retinaface_labels(
             handle_error(values, errors)
             continue
         if not entries:
-            handle_error(
-                LabelParseError(path, number, "face line before any '# <event>/<file>.jpg' header"), errors
-            )
+            handle_error(LabelParseError(path, number, "face line before any '# <event>/<file>.jpg' header"), errors)
             continue
         entries[-1][2].append(values)
     repeated = {name: n for name, n in Counter(name for name, _, _ in entries).items() if n > 1}
     if repeated:
-        logger.warning("%s: %d image name(s) appear under more than one header, e.g. %s", path, len(repeated), next(iter(repeated)))
+        logger.warning(
+            "%s: %d image name(s) appear under more than one header, e.g. %s", path, len(repeated), next(iter(repeated))
+        )
     records = build_face_records(entries)
     logger.debug("%s: %d images, %d faces", path, len(records), sum(r.num_boxes for r in records))
     return records
 
 
-def format_face_lines(record: ImageRecord) -> list[str]:
-    """The 20-number face lines of one pixel-frame record (-1 in every landmark field when invalid)."""
+def landmark_fields(record: ImageRecord) -> np.ndarray:
+    """``float32 [N, 16]``: the 5 x ``(lx ly flag)`` and score fields of a record's face lines.
+
+    Faces without valid landmarks get -1 in all 15 landmark fields. Flags and score come from
+    ``attributes["landmark_flags"]`` / ``["score"]`` when present, else flag 0 and score 1 for faces with
+    landmarks and -1 for the others.
+    """
     n = record.num_boxes
-    if n == 0:
-        return []
-    flags = np.asarray(record.attributes.get("landmark_flags", np.zeros((n, 5))), np.float32).reshape(n, 5)
-    score = np.asarray(record.attributes.get("score", np.ones(n)), np.float32).reshape(n)
-    if "score" not in record.attributes:
-        score = np.where(record.landmarks_valid, score, np.float32(-1))
-    if "landmark_flags" not in record.attributes:
-        flags = np.where(record.landmarks_valid[:, None], flags, np.float32(-1))  # (N, 5)
+    valid = record.landmarks_valid
+    flags = record.attributes.get("landmark_flags")
+    if flags is None:
+        flags = np.where(valid[:, None], np.zeros((n, 5), np.float32), np.float32(-1))  # (N, 5)
+    flags = np.asarray(flags, np.float32).reshape(n, 5)  # (N, 5)
+    score = record.attributes.get("score")
+    if score is None:
+        score = np.where(valid, np.float32(1), np.float32(-1))
+    score = np.asarray(score, np.float32).reshape(n, 1)  # (N, 1)
     points = np.concatenate([record.landmarks, flags[:, :, None]], axis=2)  # (N, 5, 3)
-    points[~record.landmarks_valid, :, :2] = -1.0
-    rest = np.concatenate([points.reshape(n, 15), score[:, None]], axis=1)  # (N, 16)
-    texts = format_float32(rest)
-    box_texts = format_boxes_xywh(record.boxes)
-    return [" ".join(box_texts[i] + texts[i * 16 : (i + 1) * 16]) for i in range(n)]
+    points[~valid, :, :2] = -1.0
+    return np.concatenate([points.reshape(n, 15), score], axis=1)  # (N, 16)
 
 
 def write_retinaface_labels(path: str | Path, records: Sequence[ImageRecord], *, extension: str = ".jpg") -> Path:
     """Write records as a RetinaFace ``label.txt`` with 20-number face lines (atomically).
 
-    Faces without valid landmarks get -1 in all 15 landmark fields; the flags and score come from
-    ``attributes["landmark_flags"]`` / ``["score"]`` when present (else flag 0 and score 1 for faces with
-    landmarks, -1 without). Values are written so that `read_retinaface_labels` returns identical boxes,
-    landmarks, validity and those attributes.
+    The landmark, flag and score fields follow `landmark_fields` (-1 in every landmark field of a face
+    without landmarks). Values are written so that `read_retinaface_labels` returns identical boxes,
+    landmarks, validity and ``landmark_flags`` / ``score`` attributes.
 
     Args:
         path: output file.
@@ -209,7 +209,6 @@ def write_retinaface_labels(path: str | Path, records: Sequence[ImageRecord], *,
         `path`.
     """
     path = Path(path)
-    lines = []
     for record in records:
         if record.normalized:
             raise ValueError(
@@ -218,7 +217,16 @@ def write_retinaface_labels(path: str | Path, records: Sequence[ImageRecord], *,
             )
         if not record.name or any(c in record.name for c in "\n\r"):
             raise ValueError(f"{path}: record name {record.name!r} ({record.source}) cannot be written as a header")
+    boxes = np.concatenate([r.boxes for r in records] + [np.zeros((0, 4), np.float32)])  # (T, 4)
+    fields = np.concatenate([landmark_fields(r) for r in records] + [np.zeros((0, 16), np.float32)])  # (T, 16)
+    box_texts = format_boxes_xywh(boxes)
+    field_texts = format_float32(fields)
+    lines = []
+    face = 0
+    for record in records:
         lines.append(f"# {record.name}{extension}")
-        lines.extend(format_face_lines(record))
+        for _ in range(record.num_boxes):
+            lines.append(" ".join(box_texts[face] + field_texts[16 * face : 16 * face + 16]))
+            face += 1
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
     return path

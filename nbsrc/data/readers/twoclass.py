@@ -119,7 +119,9 @@ def read_twoclass_labels(path: str | Path, *, errors: list[LabelParseError] | No
     for name in order:
         stop = start + len(rows[name])
         records.append(
-            ImageRecord(name=name, boxes=xyxy[start:stop], labels=labels[start:stop], normalized=True, source=sources[name][0])
+            ImageRecord(
+                name=name, boxes=xyxy[start:stop], labels=labels[start:stop], normalized=True, source=sources[name][0]
+            )
         )
         start = stop
     duplicates = {name: where for name, where in sources.items() if len(where) > 1}
@@ -149,7 +151,7 @@ def write_twoclass_labels(path: str | Path, records: Sequence[ImageRecord], *, e
         `path`.
     """
     path = Path(path)
-    lines = []
+    normalized_boxes = []
     for record in records:
         boxes = record.boxes
         if not record.normalized:
@@ -162,10 +164,14 @@ def write_twoclass_labels(path: str | Path, records: Sequence[ImageRecord], *, e
             boxes = boxes / np.asarray([width, height, width, height], np.float32)
         if not record.name or any(c in record.name for c in "\n\r"):
             raise ValueError(f"{path}: record name {record.name!r} ({record.source}) cannot be written as a header")
+        normalized_boxes.append(boxes)
+    box_texts = format_boxes_xywh(np.concatenate(normalized_boxes + [np.zeros((0, 4), np.float32)]))  # (T, 4)
+    lines = []
+    box = 0
+    for record in records:
         lines.append(f"# {record.name}{extension}")
-        if record.num_boxes == 0:
-            continue
-        for label, texts in zip(record.labels.tolist(), format_boxes_xywh(boxes)):
-            lines.append(f"{label} " + " ".join(texts))
+        for label in record.labels.tolist():
+            lines.append(f"{label} " + " ".join(box_texts[box]))
+            box += 1
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
     return path

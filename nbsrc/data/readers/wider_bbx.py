@@ -26,6 +26,7 @@ import numpy as np
 from nbsrc.data.readers.common import (
     WIDER_ATTRIBUTES,
     LabelParseError,
+    handle_error,
     iter_lines,
     parse_numbers,
     read_text,
@@ -49,14 +50,14 @@ def _is_number(token: str) -> bool:
     return True
 
 
-def read_wider_bbx_gt(path: str | Path) -> list[ImageRecord]:
+def read_wider_bbx_gt(path: str | Path, *, errors: list[LabelParseError] | None = None) -> list[ImageRecord]:
     """Read an official ``wider_face_*_bbx_gt.txt`` (layout in the module docstring).
-
-    The structure (name, count, lines) leaves no way to resynchronise after a bad line, so every defect
-    raises.
 
     Args:
         path: the ground-truth text file.
+        errors: when given, a bad face line (10 values expected) is appended to it as `LabelParseError` and
+            that face skipped; defects of the structure (count, names, dummy line) always raise, since the
+            file cannot be followed past them.
     Returns:
         One record per image in file order, zero-face images included. Degenerate boxes are kept (see
         `drop_degenerate`).
@@ -109,6 +110,7 @@ def read_wider_bbx_gt(path: str | Path) -> list[ImageRecord]:
                 i += 1
             names.append((name, source, 0))
             continue
+        kept = 0
         for k in range(count):
             if i >= len(lines):
                 raise LabelParseError(
@@ -117,21 +119,30 @@ def read_wider_bbx_gt(path: str | Path) -> list[ImageRecord]:
             face_number, face_line = lines[i]
             values = parse_numbers(face_line, path, face_number, (10,), FACE_EXPECTED)
             if isinstance(values, LabelParseError):
-                if not all(_is_number(t) for t in face_line.split()):
+                tokens = face_line.split()
+                if len(tokens) != 10 and not all(_is_number(t) for t in tokens):
                     raise LabelParseError(
                         path,
                         face_number,
                         f"image {line!r} declares {count} faces (line {count_number}) but only {k} face line(s) "
                         f"precede {face_line!r}",
                     )
-                raise values
+                handle_error(values, errors)
+                i += 1
+                continue
             if any(not v.is_integer() for v in values[4:]):
-                raise LabelParseError(
-                    path, face_number, f"the six attributes must be integers ({FACE_EXPECTED}): {face_line!r}"
+                handle_error(
+                    LabelParseError(
+                        path, face_number, f"the six attributes must be integers ({FACE_EXPECTED}): {face_line!r}"
+                    ),
+                    errors,
                 )
+                i += 1
+                continue
             rows.append(values)
+            kept += 1
             i += 1
-        names.append((name, source, count))
+        names.append((name, source, kept))
 
     table = np.asarray(rows, np.float64).reshape(-1, 10)  # (T, 10)
     xyxy = xywh_array_to_xyxy(table[:, :4])  # (T, 4)

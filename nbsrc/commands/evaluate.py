@@ -1,0 +1,53 @@
+"""``python -m nbsrc evaluate --pred DIR --gt DIR [--iou 0.5] [--json OUT] [--plot PR.png] [--allow-missing]``.
+
+Prints the WIDER FACE val AP as the official evaluation does::
+
+    Easy   Val AP: 0.9482
+    Medium Val AP: 0.9384
+    Hard   Val AP: 0.8960
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "WIDER FACE Easy/Medium/Hard AP of a prediction folder"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pred", "-p", required=True, type=Path, help="result folder: <event>/<basename>.txt per image"
+    )
+    parser.add_argument(
+        "--gt", "-g", required=True, type=Path, help="folder of wider_face_val.mat and wider_{easy,medium,hard}_val.mat"
+    )
+    parser.add_argument("--iou", type=float, default=0.5, help="IoU threshold (default 0.5, the protocol's)")
+    parser.add_argument("--json", type=Path, default=None, help="write AP, counts and PR curves as JSON")
+    parser.add_argument("--plot", type=Path, default=None, help="save the PR curves (e.g. pr.png)")
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="count images without a result file as images without detections (warning) instead of failing",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from nbsrc.evaluation.widerface import evaluate_curves, format_table, plot_pr_curves, save_json
+
+    if not 0 < args.iou <= 1:
+        raise ValueError(f"--iou must be in (0, 1], got {args.iou}")
+    result = evaluate_curves(
+        args.pred, args.gt, iou_thresh=args.iou, missing="empty" if args.allow_missing else "error"
+    )
+    sys.stdout.write(format_table(result.ap))
+    if result.missing:
+        sys.stdout.write(f"({len(result.missing)} image(s) without a result file counted as without detections)\n")
+    if args.json:
+        save_json(result, args.json, curves=True)
+        sys.stdout.write(f"wrote {args.json}\n")
+    if args.plot:
+        plot_pr_curves(result, args.plot)
+        sys.stdout.write(f"wrote {args.plot}\n")
+    return 0

@@ -1,0 +1,140 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Anchor statistics
+#
+# Do a preset's anchors fit the faces it has to find? Faces are measured in the **network frame** (the
+# 640×640 image a latent describes): on the real WIDER FACE val ground truth when its `.mat` folder is given
+# (`wider_gt_dir`), else on the dataset's own labels mapped into the frame. For every face the best IoU with
+# any anchor is computed exactly; a face whose best IoU stays below the forced-match threshold (0.2) can never
+# become a positive, and one below 0.35 only through forced matching. k-means on face shapes (IoU distance)
+# suggests alternative anchors, placed on the preset's levels and scored on the same grid.
+
+# %%
+import sys
+from glob import glob
+
+sys.path[:0] = [p[:-6] for d in ("*", "*/*", "*/*/*", "*/*/*/*") for p in glob(f"/kaggle/input/{d}/nbsrc")][:1]
+
+# %%
+from IPython.display import display
+
+from nbsrc import paths, stats, viz
+from nbsrc.config import get_preset
+from nbsrc.utils import setup_logging
+
+setup_logging()
+
+# %% tags=["parameters"]
+dataset_root: str | None = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
+wider_gt_dir: str | None = None  # folder of the WIDER val .mat files: statistics on the real ground truth
+split: str = "val"  # dataset split whose labels are used when wider_gt_dir is not given
+preset: str = "latent-r50"  # preset whose anchors are analysed
+compare: str = "mnet-biubug6,mnet-2cls,r50-p2p6,latent-r50"  # presets to compare, comma-separated
+kmeans_k: str = "3,6,9"  # numbers of k-means anchor shapes to try, comma-separated
+smoke: bool = False  # seconds-long run on a few images
+run_dir: str | None = None  # run folder for plots and metrics (None: runs/notebooks)
+
+# %%
+cfg = get_preset(preset)
+run = paths.run_folder(run_dir)
+plots = run / "plots" / "02_anchor_statistics"
+gt_dir = paths.resolve_optional_path(wider_gt_dir, "wider_gt_dir")
+root = None if gt_dir is not None else paths.resolve_dataset_root(dataset_root, smoke=smoke)
+faces = stats.load_faces(cfg, gt_dir=gt_dir, dataset_root=root, split=split, max_images=40 if smoke else None)
+boxes = faces["boxes"]
+print(
+    f"{len(boxes):,} faces from {faces['images']:,} images of {faces['source']}, in the {cfg.data.image_size} px frame"
+)
+
+# %% [markdown]
+# ## Face sizes in the network frame
+# Width, height and aspect ratio (w/h) of every face after mapping into the frame the detector sees.
+
+# %%
+hist = stats.size_histograms(boxes)
+fig = viz.plot_size_histograms(hist, title=faces["source"], save=plots / "face_sizes.png")
+display(
+    viz.Table(
+        [
+            {"": key, **{f"p{p}": v for p, v in hist[key]["percentiles"].items()}}
+            for key in ("width", "height", "aspect")
+        ],
+        "percentiles",
+    )
+)
+
+# %% [markdown]
+# ## Anchors per level of the preset
+
+# %%
+layout = stats.anchor_layout(cfg)
+display(viz.Table(stats.anchor_table(layout), f"{layout.name} at {layout.image_size[1]}x{layout.image_size[0]}"))
+fig = viz.plot_anchor_shapes(boxes[:, 2:] - boxes[:, :2], layout, save=plots / "anchor_shapes.png")
+
+# %% [markdown]
+# ## Best-anchor IoU per face and recall by face size
+# "recall@t": the share of faces whose best anchor reaches IoU t (0.35 is the positive threshold of the
+# published matching, 0.5 the evaluation's). "unmatched": faces whose best IoU is below 0.2, which matching
+# never assigns to any anchor.
+
+# %%
+best = stats.best_anchor_iou(boxes, layout)
+by_size = stats.recall_by_size(boxes, best["iou"], force_iou=cfg.loss.force_iou)
+display(viz.Table(by_size, f"{layout.name}: best-anchor IoU by face size sqrt(w*h)"))
+fig = viz.plot_recall_by_size({layout.name: by_size}, save=plots / "recall_by_size.png")
+
+# %% [markdown]
+# ## Faces no anchor can match
+
+# %%
+unmatched = best["iou"] < cfg.loss.force_iou
+sizes = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clip(min=0) ** 0.5
+print(
+    f"{int(unmatched.sum()):,} of {len(boxes):,} faces ({unmatched.mean():.1%}) have no anchor with IoU >= {cfg.loss.force_iou}"
+)
+if unmatched.any():
+    print(
+        f"their size sqrt(w*h): median {float(sorted(sizes[unmatched])[int(unmatched.sum()) // 2]):.1f} px, max {sizes[unmatched].max():.1f} px"
+    )
+
+# %% [markdown]
+# ## Presets compared on the same faces
+
+# %%
+presets = [p.strip() for p in compare.split(",") if p.strip()]
+comparison = stats.compare_presets(presets, boxes, force_iou=cfg.loss.force_iou)
+display(viz.Table(comparison, "anchor coverage per preset"))
+best_by_preset = {p: stats.best_anchor_iou(boxes, stats.anchor_layout(p))["iou"] for p in presets}
+fig = viz.plot_best_iou(best_by_preset, save=plots / "best_iou_presets.png")
+
+# %% [markdown]
+# ## k-means anchor suggestions
+# Shapes from k-means with distance 1 − IoU (boxes compared at a common centre). "shape" columns score the
+# shapes alone; "grid" columns place them on the preset's levels (by size/stride) and score the real grid.
+
+# %%
+ks = [int(k) for k in kmeans_k.split(",") if k.strip()]
+suggestions = stats.suggest_anchors(boxes, layout, ks=ks)
+display(viz.Table(suggestions, "anchor shapes: preset vs k-means"))
+
+# %%
+overall = by_size[-1]
+paths.save_metrics(
+    run,
+    "02_anchor_statistics",
+    {
+        "faces": len(boxes),
+        "preset": layout.name,
+        "recall@0.35": overall["recall@0.35"],
+        "recall@0.5": overall["recall@0.5"],
+        "unmatched": overall["unmatched"],
+        "mean_best_iou": overall["mean best IoU"],
+    },
+)
