@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +218,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], s
     target.load_state_dict(dict(state_dict), strict=True)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _preset_schema(name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """Key and shape schema of a preset's model, built on the meta device (no memory, no init cost)."""
     from nbsrc.model import build_model

@@ -114,10 +114,14 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 def _set_data_epoch(loader: Any, epoch: int, seed: int) -> None:
     """Make the training order a function of (seed, epoch) only, so a resumed run sees the same batches."""
     sampler = getattr(loader, "sampler", None)
+    epoch_seed = seed * 100003 + epoch
+    generator = getattr(loader, "generator", None)
+    if generator is not None:
+        generator.manual_seed(epoch_seed)  # the shuffle order and the seeds of freshly started workers
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)  # DistributedSampler: seeded by its seed + epoch
-    elif isinstance(sampler, torch.utils.data.RandomSampler):
-        sampler.generator = torch.Generator().manual_seed(seed * 100003 + epoch)
+    elif isinstance(sampler, torch.utils.data.RandomSampler) and sampler.generator is not generator:
+        sampler.generator = torch.Generator().manual_seed(epoch_seed)
     batch_sampler = getattr(loader, "batch_sampler", None)
     inner = getattr(batch_sampler, "sampler", None)
     if inner is not None and inner is not sampler and hasattr(inner, "set_epoch"):
@@ -246,6 +250,7 @@ def train_one_epoch(
                     f"{_loss_summary(parts)}"
                 )
             optimizer.zero_grad(set_to_none=True)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
             if scaler is not None and scaler.is_enabled():
                 scaler.scale(loss).backward()
                 if grad_clip > 0:
@@ -281,7 +286,7 @@ def train_one_epoch(
                     "epoch": epoch + 1,
                     "step": step,
                     **{k: v / window_steps for k, v in window.items()},
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": lr,
                     "images_per_s": window_images / elapsed,
                     "data_s_per_step": window_data / window_steps,
                     "gpu_mem_mib": _gpu_memory_mib(device),
@@ -517,6 +522,18 @@ def _trim_metrics(path: Path, step: int, epoch: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
+def _whole_split_loader(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+    """The same batches without a distributed sampler (every image of the split, in order)."""
+    return torch.utils.data.DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        shuffle=False,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+    )
+
+
 def _copy_atomic(source: Path, destination: Path) -> None:
     with atomic_path(destination) as tmp:
         shutil.copyfile(source, tmp)
@@ -597,6 +614,8 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     train_loader, val_loader = build_dataloaders(cfg, distributed=info.distributed)
+    if val_loader is not None and info.distributed:
+        val_loader = _whole_split_loader(val_loader)  # rank 0 validates on the whole split
     steps_per_epoch = len(train_loader)
     if t.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
@@ -618,7 +637,7 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
             scaler.load_state_dict(checkpoint["scaler"])
         if checkpoint.get("scheduler") is not None:
             state = dict(checkpoint["scheduler"])
-            state.pop("lr_lambdas", None)  # keep this config's schedule settings (e.g. more epochs)
+            state["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)  # keep this config's schedule (e.g. more epochs)
             scheduler.load_state_dict(state)
         first_epoch = int(checkpoint["epoch"])
         global_step = int(checkpoint.get("step", first_epoch * steps_per_epoch))
@@ -651,6 +670,7 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
         seed_everything(t.seed + 1000 * info.rank + first_epoch)  # different augmentation streams per rank
 
     def log_step(record: dict[str, Any]) -> None:
+        record["images_per_s"] *= info.world_size  # every process trains on as many images
         if info.is_main:
             append_jsonl(metrics_path, record)
             tracker.log({f"train/{k}": v for k, v in record.items() if k not in ("kind", "time")}, step=record["step"])
@@ -681,6 +701,8 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
                 progress=t.progress and info.is_main,
             )
             global_step += int(train_stats["steps"])
+            train_stats["images"] *= info.world_size
+            train_stats["images_per_s"] *= info.world_size
             record: dict[str, Any] = {"kind": "epoch", "epoch": epoch + 1, "step": global_step}
             record.update({f"train_{k}": v for k, v in train_stats.items()})
             last_epoch = epoch + 1 == t.epochs

@@ -138,7 +138,6 @@ class MultiBoxLoss(nn.Module):
         match = match_anchors(
             anchors, boxes, labels, pos_iou=self.pos_iou, force_iou=self.force_iou, chunk=self.match_chunk
         )
-        positive = match.positive  # (B, A)
         pos_b, pos_a = match.positive_index  # (P,)
         num_pos = torch.bincount(pos_b, minlength=B)  # (B,)
         normalizer = num_pos.sum().clamp(min=1).float()
@@ -232,7 +231,8 @@ class MultiBoxLoss(nn.Module):
                 )
             if targets["landmarks_valid"].shape != (B, M):
                 raise ValueError(
-                    f"targets['landmarks_valid'] must be Tensor[{B}, {M}], got {tuple(targets['landmarks_valid'].shape)}"
+                    f"targets['landmarks_valid'] must be Tensor[{B}, {M}], "
+                    f"got {tuple(targets['landmarks_valid'].shape)}"
                 )
         if labels.numel() and (int(labels.max()) >= self.num_classes or int(labels.min()) < 0):
             raise ValueError(
@@ -259,19 +259,22 @@ def select_top_per_row(key: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
     """
     B, A = key.shape
     device = key.device
-    nbits = min(16, max(8, A.bit_length() - 1))
+    nbits = min(16, max(8, A.bit_length() - 3))  # about A / 4 bins per row
     nbins = 1 << nbits
     bits = key.float().contiguous().view(torch.int32)  # (B, A) same memory, reinterpreted
     ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # (B, A) int32 ordered like the floats
-    bins = (ordered >> (32 - nbits)) + nbins // 2  # (B, A) in [0, nbins), monotone in key
-    offsets = torch.arange(B, device=device, dtype=torch.int32)[:, None] * nbins  # (B, 1)
+    bins = ordered >> (32 - nbits)  # (B, A) in [-nbins / 2, nbins / 2), monotone in key
+    offsets = torch.arange(B, device=device, dtype=torch.int32)[:, None] * nbins + nbins // 2  # (B, 1)
     hist = torch.bincount((bins + offsets).flatten(), minlength=B * nbins).view(B, nbins)  # (B, nbins)
-    at_or_above = hist.flip(1).cumsum(1).flip(1)  # (B, nbins) entries in bins >= j
-    boundary = (at_or_above >= count[:, None]).sum(1) - 1  # (B,) highest bin with enough entries at or above
-    padded = torch.cat([at_or_above, at_or_above.new_zeros(B, 1)], dim=1)  # (B, nbins + 1)
-    need = count - padded.gather(1, (boundary + 1)[:, None]).squeeze(1)  # (B,) still to take from the boundary bin
-    above_b, above_a = (bins > boundary[:, None]).nonzero(as_tuple=True)  # (Na,)
-    edge_b, edge_a = (bins == boundary[:, None]).nonzero(as_tuple=True)  # (Ne,) row-major
+    upto = hist.cumsum(1)  # (B, nbins) entries in bins <= j
+    # the boundary bin j holds the count-th largest entry: entries in bins >= j (A - upto[j] + hist[j]) reach
+    # count; the highest such j is found on the non-decreasing entries-below count
+    below = (upto - hist).contiguous()  # (B, nbins) entries in bins < j
+    boundary = torch.searchsorted(below, (A - count)[:, None], right=True) - 1  # (B, 1)
+    need = count - A + upto.gather(1, boundary).squeeze(1)  # (B,) still to take from the boundary bin
+    boundary = (boundary - nbins // 2).int()  # (B, 1) in the units of `bins`
+    above_b, above_a = (bins > boundary).nonzero(as_tuple=True)  # (Na,)
+    edge_b, edge_a = (bins == boundary).nonzero(as_tuple=True)  # (Ne,) row-major
     order = torch.argsort(key[edge_b, edge_a], descending=True, stable=True)  # (Ne,)
     order = order[torch.argsort(edge_b[order], stable=True)]  # (Ne,) by row, then key descending
     edge_b, edge_a = edge_b[order], edge_a[order]

@@ -233,6 +233,7 @@ class _AnchorIndex:
     order: Tensor  # (A,) anchor index in (shape, cy, cx) order
     anchor_key: Tensor  # (A,) float64 row * _KEY_STRIDE + cx + 2, ascending
     row_key: Tensor  # (R,) float64 shape * _KEY_STRIDE + cy + 2, ascending
+    row_cy: Tensor  # (R,) float64 centre y of each row
     shape_wh: Tensor  # (S, 2) float64 anchor width and height per shape
 
 
@@ -263,6 +264,7 @@ def _anchor_index(anchors: Tensor) -> _AnchorIndex | None:
             order=order,
             anchor_key=_composite(row_of, cx_sorted),
             row_key=_composite(s_sorted[starts], cy_sorted[starts]),
+            row_cy=cy_sorted[starts].double(),
             shape_wh=shapes.double(),
         )
     _INDEX_CACHE.insert(0, (anchors, anchors._version, index))
@@ -320,9 +322,14 @@ def _candidate_pairs(index: _AnchorIndex, gt_boxes: Tensor, lowest: float, chunk
     """All (GT, anchor) pairs with IoU >= `lowest`: ``(gt, anchor, iou)`` flat tensors.
 
     IoU >= t needs ``min(w) * min(h) >= t * max(area)`` (shape filter) and, per axis, an overlap of at
-    least ``t * max(w_a, w_g)``, i.e. ``|c_a - c_g| <= (w_a + w_g) / 2 - t * max(w_a, w_g)`` (window).
+    least ``t * max(w_a, w_g)``, i.e. ``|c_a - c_g| <= (w_a + w_g) / 2 - t * max(w_a, w_g)`` (window, which
+    gives the rows). On a row, where the vertical overlap is at most ``oh``, the horizontal overlap must
+    reach ``t * max(area) / oh`` (tighter columns). Bounds use t lowered by 1e-5 relative and are widened
+    by 1e-6 (normalized units); the exact float32 IoU then decides.
     """
     device = gt_boxes.device
+    threshold = lowest  # the exact IoU test below uses it as is
+    lowest = lowest * (1 - 1e-5)  # the pruning bounds use a lower one: float32 IoU rounding is far smaller
     g = gt_boxes.double()
     gw, gh = g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]  # (G,)
     gcx, gcy = (g[:, 0] + g[:, 2]) / 2, (g[:, 1] + g[:, 3]) / 2  # (G,)
@@ -331,7 +338,7 @@ def _candidate_pairs(index: _AnchorIndex, gt_boxes: Tensor, lowest: float, chunk
     reach_y = (sh[None] + gh[:, None]) / 2 - lowest * torch.maximum(sh[None], gh[:, None]) + _SLACK  # (G, S)
     overlap_bound = torch.minimum(sw[None], gw[:, None]) * torch.minimum(sh[None], gh[:, None])  # (G, S)
     area_max = torch.maximum((sw * sh)[None], (gw * gh)[:, None])  # (G, S)
-    ok = (overlap_bound >= lowest * area_max * (1 - 1e-6)) & (reach_x > 0) & (reach_y > 0)  # (G, S)
+    ok = (overlap_bound >= lowest * area_max) & (reach_x > 0) & (reach_y > 0)  # (G, S)
     pair_g, pair_s = ok.nonzero(as_tuple=True)  # (P,)
     pair_rx = reach_x[pair_g, pair_s]  # (P,)
     pair_ry = reach_y[pair_g, pair_s]  # (P,)
@@ -342,7 +349,14 @@ def _candidate_pairs(index: _AnchorIndex, gt_boxes: Tensor, lowest: float, chunk
     owner, offset = _expand((row_hi - row_lo).clamp(min=0))  # (Q,)
     row = row_lo[owner] + offset  # (Q,)
     row_g = pair_g[owner]  # (Q,)
-    row_rx = pair_rx[owner]  # (Q,)
+    # on a known row the vertical overlap is at most oh; IoU >= t then needs ow >= t * max(area) / oh
+    row_s = pair_s[owner]  # (Q,)
+    row_h, gt_h = sh[row_s], gh[row_g]  # (Q,)
+    dy = (index.row_cy[row] - gcy[row_g]).abs()  # (Q,)
+    oh = torch.minimum(torch.minimum(row_h, gt_h), (row_h + gt_h) / 2 - dy).clamp(min=0) + _SLACK  # (Q,)
+    area_max_row = torch.maximum(sw[row_s] * row_h, gw[row_g] * gt_h)  # (Q,)
+    row_rx = (sw[row_s] + gw[row_g]) / 2 - lowest * area_max_row / oh + _SLACK  # (Q,)
+    row_rx = torch.minimum(row_rx, pair_rx[owner])  # (Q,)
     # anchors of each row inside the horizontal window (positions in sorted order)
     pos_lo = torch.searchsorted(index.anchor_key, _composite(row, gcx[row_g] - row_rx), side="left")  # (Q,)
     pos_hi = torch.searchsorted(index.anchor_key, _composite(row, gcx[row_g] + row_rx), side="right")  # (Q,)
@@ -362,7 +376,7 @@ def _candidate_pairs(index: _AnchorIndex, gt_boxes: Tensor, lowest: float, chunk
         anchor = index.order[pos_lo[owner] + offset]  # (C,)
         gt = row_g[owner]  # (C,)
         iou = _iou_aligned(gt_boxes[gt], index.corners[anchor])  # (C,)
-        keep = iou >= lowest
+        keep = iou >= threshold
         out_g.append(gt[keep])
         out_a.append(anchor[keep])
         out_iou.append(iou[keep])

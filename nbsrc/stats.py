@@ -16,6 +16,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from nbsrc.anchors import AnchorGenerator, feature_sizes
 from nbsrc.config import Config, get_preset
+from nbsrc.data.records import FACE
 from nbsrc.frame import FrameMap
 
 __all__ = [
@@ -39,9 +41,14 @@ __all__ = [
     "face_boxes_net",
     "kmeans_anchors",
     "latent_statistics",
+    "latent_statistics_by_rate",
+    "latent_statistics_rows",
     "match_detections",
+    "rate_counts",
     "recall_by_size",
-    "records_from_wider_gt",
+    "load_faces",
+    "size_percentiles",
+    "unmatched_summary",
     "shape_coverage",
     "size_histograms",
     "suggest_anchors",
@@ -54,28 +61,6 @@ WIDER_WIDTH = 1024  # WIDER FACE images are 1024 px wide (used when original siz
 
 
 # ---- faces in the network frame --------------------------------------------------------------------
-def records_from_wider_gt(gt: Any) -> list[Any]:
-    """`nbsrc.data.readers.wider_mat.WiderGroundTruth` -> ``ImageRecord`` list (xyxy, original pixels).
-
-    Degenerate boxes (w <= 0 or h <= 0; the real val set has 11) are dropped and counted in the log.
-    """
-    from nbsrc.data.records import ImageRecord
-
-    records = []
-    dropped = 0
-    for event, names, boxes_per_image in zip(gt.events, gt.names, gt.boxes):
-        for name, xywh in zip(names, boxes_per_image):
-            xywh = np.asarray(xywh, dtype=np.float32).reshape(-1, 4)  # (N, 4)
-            keep = (xywh[:, 2] > 0) & (xywh[:, 3] > 0)
-            dropped += int((~keep).sum())
-            xywh = xywh[keep]
-            xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # (N, 4)
-            records.append(ImageRecord(name=f"{event}/{name}", boxes=xyxy, source="wider .mat"))
-    if dropped:
-        logger.info("dropped %d degenerate ground-truth boxes (w <= 0 or h <= 0)", dropped)
-    return records
-
-
 def face_boxes_net(
     records: Sequence[Any],
     *,
@@ -159,6 +144,87 @@ def size_histograms(boxes: np.ndarray, bins: int = 40) -> dict[str, Any]:
             "percentiles": dict(zip((5, 25, 50, 75, 95), pct)),
         }
     return result
+
+
+def size_percentiles(hist: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of percentiles (5, 25, 50, 75, 95) of width, height, size and aspect from `size_histograms`."""
+    return [
+        {"": key, **{f"p{p}": float(v) for p, v in hist[key]["percentiles"].items()}}
+        for key in ("width", "height", "size", "aspect")
+    ]
+
+
+def load_faces(
+    cfg: Config,
+    *,
+    gt_dir: str | Path | None = None,
+    dataset_root: str | Path | None = None,
+    split: str = "val",
+    max_images: int | None = None,
+) -> dict[str, Any]:
+    """Faces (class face) for anchor statistics, in the network frame of `cfg` (``data.image_size`` square).
+
+    From a WIDER ``.mat`` ground-truth folder when `gt_dir` is given: degenerate boxes dropped, original sizes
+    from an ``image_sizes.csv`` next to it (in it, its parent or grandparent) when there is one, else WIDER's
+    1024 px width is assumed (the ``.mat`` files carry no sizes). Otherwise from the labels of `split` under
+    `dataset_root`, mapped exactly as the datasets map them (`nbsrc.data.label_frame.LabelFrame` with
+    ``cfg.data``: sizes CSV, images folder, ``label_frame``, ``resize_policy``).
+
+    Returns:
+        ``{"boxes": [N, 4] xyxy, "per_image": list of [n, 4], "images": int, "source": str}``.
+
+    Raises:
+        nbsrc.data.label_frame.LabelFrameError: dataset labels whose frame cannot be determined.
+    """
+    from nbsrc.data.label_frame import ImageSizes, LabelFrame
+    from nbsrc.data.layout import find_labels, find_sizes_csv, read_split_labels
+    from nbsrc.data.readers import drop_degenerate, read_labels
+
+    net = (cfg.data.image_size, cfg.data.image_size)
+    if gt_dir is not None:
+        gt_dir = Path(gt_dir)
+        records = read_labels(gt_dir, format="wider_mat")
+        csv_path = next(
+            (
+                d / "image_sizes.csv"
+                for d in (gt_dir, gt_dir.parent, gt_dir.parent.parent)
+                if (d / "image_sizes.csv").is_file()
+            ),
+            None,
+        )
+        frame = LabelFrame(ImageSizes(sizes_csv=csv_path), cfg.data.resize_policy) if csv_path else None
+        source = f"WIDER ground truth {gt_dir}"
+    elif dataset_root is not None:
+        split_dir = Path(dataset_root) / split
+        label_file = find_labels(split_dir)
+        records = read_split_labels(label_file)
+        sizes_csv = cfg.data.sizes_csv or find_sizes_csv(split_dir)
+        images_dir = split_dir / "images" if (split_dir / "images").is_dir() else None
+        frame = LabelFrame(
+            ImageSizes(sizes_csv=sizes_csv, images_dir=images_dir), cfg.data.resize_policy, cfg.data.label_frame
+        )
+        source = f"{Path(dataset_root).name}/{split} labels ({label_file.name})"
+    else:
+        raise ValueError("load_faces: give gt_dir (a WIDER .mat folder) or dataset_root")
+    if max_images is not None:
+        records = records[:max_images]
+    dropped = 0
+    per_image = []
+    for record in records:
+        record, count = drop_degenerate(record)
+        dropped += count
+        faces = record.labels == FACE
+        if frame is not None:
+            boxes = frame.to_net(record, net)[0].boxes[faces]
+        else:
+            boxes = face_boxes_net([record], net_size=net, assume_width=WIDER_WIDTH)
+        per_image.append(np.asarray(boxes, np.float32).reshape(-1, 4))  # (n, 4)
+    if dropped:
+        logger.info("%s: dropped %d degenerate boxes (w <= 0 or h <= 0)", source, dropped)
+    if frame is None:
+        logger.info("%s: original image sizes unknown, assuming WIDER's %d px width", source, WIDER_WIDTH)
+    boxes = np.concatenate(per_image) if per_image else np.zeros((0, 4), np.float32)
+    return {"boxes": boxes, "per_image": per_image, "images": len(per_image), "source": source}
 
 
 # ---- anchors ------------------------------------------------------------------------------------
@@ -351,15 +417,22 @@ def compare_presets(
     image_size: int | None = None,
     force_iou: float = 0.2,
     small: float = 16.0,
-) -> list[dict[str, Any]]:
-    """One row per preset: anchors, mean best IoU, recall at 0.35 / 0.5, unmatched faces, small-face recall."""
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Anchor coverage of several presets on the same faces.
+
+    Returns:
+        One row per preset (anchors, mean best IoU, recall at 0.35 / 0.5, unmatched faces, recall at 0.35 of
+        faces smaller than `small` px) and the best-anchor IoU per face of each preset (name -> ``[N]``).
+    """
     width, height = _wh(boxes)
     is_small = np.sqrt(np.clip(width * height, 0, None)) < small
-    rows = []
+    rows, ious = [], {}
     for preset in presets:
         layout = anchor_layout(preset, image_size)
         iou = best_anchor_iou(boxes, layout)["iou"]
+        ious[layout.name] = iou
         n = max(len(iou), 1)
+        small_recall = float((iou[is_small] >= 0.35).mean()) if is_small.any() else float("nan")
         rows.append(
             {
                 "preset": layout.name,
@@ -369,12 +442,25 @@ def compare_presets(
                 "recall@0.35": float((iou >= 0.35).sum() / n),
                 "recall@0.5": float((iou >= 0.5).sum() / n),
                 "unmatched": int((iou < force_iou).sum()),
-                f"recall@0.35 (<{small:g} px)": float((iou[is_small] >= 0.35).mean())
-                if is_small.any()
-                else float("nan"),
+                f"recall@0.35 (<{small:g} px)": small_recall,
             }
         )
-    return rows
+    return rows, ious
+
+
+def unmatched_summary(boxes: np.ndarray, best_iou: np.ndarray, force_iou: float = 0.2) -> dict[str, Any]:
+    """Faces whose best anchor IoU is below `force_iou` (matching never assigns them): count, share, sizes."""
+    width, height = _wh(boxes)
+    size = np.sqrt(np.clip(width * height, 0, None))
+    mask = np.asarray(best_iou) < force_iou
+    return {
+        "faces": len(size),
+        "unmatched": int(mask.sum()),
+        "share": float(mask.mean()) if len(size) else float("nan"),
+        "median size (px)": float(np.median(size[mask])) if mask.any() else float("nan"),
+        "largest (px)": float(size[mask].max()) if mask.any() else float("nan"),
+        "smallest matched (px)": float(size[~mask].min()) if (~mask).any() else float("nan"),
+    }
 
 
 # ---- anchor shape suggestions ---------------------------------------------------------------------
@@ -545,6 +631,61 @@ def latent_statistics(latents: Iterable[np.ndarray], bins: int = 80) -> dict[str
         "zero_fraction": float((values == 0).mean()),
         "count": len(stack),
     }
+
+
+def rate_counts(split_dir: str | Path) -> dict[int, int]:
+    """Images of a split that have each latent rate (``{12: n, 25: n, ...}``; flat unrated files count as 0)."""
+    from nbsrc.data.layout import scan_latents
+
+    latent_dir = Path(split_dir) / "latent"
+    if not latent_dir.is_dir():
+        return {}
+    counts: dict[int, int] = {}
+    for per_image in scan_latents(latent_dir, suffix=None).files.values():
+        for rate in per_image:
+            counts[rate or 0] = counts.get(rate or 0, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def latent_statistics_by_rate(
+    split_dir: str | Path, *, max_files: int = 32, channels: int = 256, bins: int = 80
+) -> dict[int, dict[str, Any]]:
+    """`latent_statistics` per rate of a split, from up to `max_files` latents per rate spread over the split."""
+    from nbsrc.data.layout import scan_latents
+    from nbsrc.latents import load_latent
+
+    latent_dir = Path(split_dir) / "latent"
+    if not latent_dir.is_dir():
+        raise FileNotFoundError(f"{latent_dir}: no latent folder")
+    by_rate: dict[int, list[Path]] = {}
+    for per_image in scan_latents(latent_dir, suffix=None).files.values():
+        for rate, path in per_image.items():
+            by_rate.setdefault(rate or 0, []).append(path)
+    result = {}
+    for rate, files in sorted(by_rate.items()):
+        pick = np.unique(np.linspace(0, len(files) - 1, min(max_files, len(files))).round().astype(int))
+        result[rate] = latent_statistics([load_latent(files[i], channels) for i in pick], bins=bins)
+    return result
+
+
+def latent_statistics_rows(by_rate: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Table rows of `latent_statistics_by_rate`: one per rate."""
+    rows = []
+    for rate, st in by_rate.items():
+        rows.append(
+            {
+                "rate": f"latent_{rate}" if rate else "latent",
+                "bpp": rate / 100 if rate else float("nan"),
+                "files": st["count"],
+                "min": st["min"],
+                "max": st["max"],
+                "channel mean (avg)": float(np.mean(st["mean"])),
+                "channel std (min)": float(np.min(st["std"])),
+                "channel std (max)": float(np.max(st["std"])),
+                "zeros": st["zero_fraction"],
+            }
+        )
+    return rows
 
 
 def energy_map(latent: np.ndarray) -> np.ndarray:

@@ -27,6 +27,11 @@ from nbsrc.utils import atomic_path
 __all__ = [
     "COLORS",
     "Table",
+    "config_table",
+    "detection_items",
+    "epoch_rows",
+    "gallery_samples",
+    "picture_of",
     "detection_gallery",
     "plot_anchor_shapes",
     "plot_ap_vs_rate",
@@ -239,15 +244,26 @@ def plot_size_histograms(hist: Mapping[str, Any], *, title: str = "", save: str 
 
 
 def plot_anchor_shapes(
-    face_wh: np.ndarray, layout: Any, *, save: str | Path | None = None, max_points: int = 20000
+    face_wh: np.ndarray,
+    layout: Any,
+    *,
+    highlight: np.ndarray | None = None,
+    highlight_label: str = "highlighted",
+    save: str | Path | None = None,
+    max_points: int = 20000,
 ) -> Any:
-    """Faces (w, h) as a log-log scatter with the anchor shapes of each level of `layout` marked."""
+    """Faces (w, h) as a log-log scatter with the anchor shapes of each level of `layout` marked; faces where
+    `highlight` is true (e.g. no anchor can match them) are drawn in red."""
     fig, axes = _figure(1, 1, 5.0, 4.2)
     ax = axes[0, 0]
     wh = np.asarray(face_wh, dtype=np.float64).reshape(-1, 2)  # (N, 2)
+    marked = np.zeros(len(wh), bool) if highlight is None else np.asarray(highlight, bool).reshape(-1)
     if len(wh) > max_points:
-        wh = wh[np.random.default_rng(0).choice(len(wh), max_points, replace=False)]
-    ax.scatter(wh[:, 0], wh[:, 1], s=2, alpha=0.25, c="0.4", linewidths=0, label="faces")
+        pick = np.random.default_rng(0).choice(len(wh), max_points, replace=False)
+        wh, marked = wh[pick], marked[pick]
+    ax.scatter(wh[~marked, 0], wh[~marked, 1], s=2, alpha=0.25, c="0.4", linewidths=0, label="faces")
+    if marked.any():
+        ax.scatter(wh[marked, 0], wh[marked, 1], s=3, alpha=0.5, c=COLORS["fp"], linewidths=0, label=highlight_label)
     for level, (stride, shapes) in enumerate(zip(layout.strides, layout.shapes)):
         shapes = np.asarray(shapes).reshape(-1, 2)  # (K, 2)
         ax.scatter(shapes[:, 0], shapes[:, 1], s=40, marker="x", label=f"level {level} (stride {stride})")
@@ -520,7 +536,8 @@ def detection_gallery(items: Sequence[Mapping[str, Any]], *, ncols: int = 3, sav
         _draw_boxes(ax, gts[misses], COLORS["miss"], linestyle="--", linewidth=1.6)
         for kind in ("tp", "fp", "ignored"):
             mask = match[kind]
-            _draw_boxes(ax, preds[mask], COLORS[kind], labels=[f"{s:.2f}" for s in scores[mask]])
+            labels = [f"{s:.2f}" for s in scores[mask]] if len(preds) <= 20 else None
+            _draw_boxes(ax, preds[mask], COLORS[kind], labels=labels)
         if item.get("landmarks") is not None:
             _draw_landmarks(ax, np.asarray(item["landmarks"])[match["tp"]])
         ax.set_title(
@@ -539,3 +556,137 @@ def detection_gallery(items: Sequence[Mapping[str, Any]], *, ncols: int = 3, sav
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     save_figure(fig, save)
     return fig
+
+
+# ---- helpers that turn nbsrc objects into plot inputs ---------------------------------------------
+def picture_of(sample_input: Any, cfg: Any) -> np.ndarray:
+    """What to draw for a dataset sample's ``input`` tensor: a latent's energy map (`nbsrc.stats.energy_map`),
+    or an RGB image recovered from the normalized input (``cfg.model`` mean / std / channel order)."""
+    from nbsrc.stats import energy_map
+
+    array = sample_input.detach().cpu().numpy() if hasattr(sample_input, "detach") else np.asarray(sample_input)
+    if cfg.model.input_kind == "latent":
+        return energy_map(array)
+    mean = np.asarray(cfg.model.pixel_mean, np.float32)[:, None, None]
+    std = np.asarray(cfg.model.pixel_std, np.float32)[:, None, None]
+    image = (array * std + mean).transpose(1, 2, 0)  # (H, W, 3)
+    if cfg.model.channel_order == "bgr":
+        image = image[:, :, ::-1]
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def gallery_samples(dataset: Any, indices: Sequence[int], cfg: Any) -> list[dict[str, Any]]:
+    """Samples of a dataset ready for `sample_gallery`: the latent's energy map (latent datasets) next to the
+    original RGB image when the split has one (ground truth mapped back with the sample's frame), or the network
+    image (RGB datasets), with boxes and landmarks in the network frame."""
+    from nbsrc.data.rgb_dataset import read_rgb
+
+    out = []
+    for index in indices:
+        sample = dataset[index]
+        height, width = sample["input"].shape[-2:]
+        latent = cfg.model.input_kind == "latent"
+        if latent:
+            height, width = height * cfg.model.latent_stride, width * cfg.model.latent_stride
+        rate = sample.get("rate")
+        entry: dict[str, Any] = {
+            "boxes": sample["boxes"].numpy(),
+            "landmarks": sample["landmarks"].numpy(),
+            "landmarks_valid": sample["landmarks_valid"].numpy(),
+            "frame": (width, height),
+            "title": sample["name"] + (f" (latent_{rate})" if rate else ""),
+        }
+        if not latent:
+            entry["image"] = picture_of(sample["input"], cfg)
+            out.append(entry)
+            continue
+        entry["energy"] = picture_of(sample["input"], cfg)
+        sizes = getattr(getattr(dataset, "label_frame", None), "sizes", None)
+        image_path = sizes.image_path(sample["name"]) if sizes is not None else None
+        frame = sample.get("frame")
+        if image_path is not None and frame is not None:
+            entry["image"] = read_rgb(image_path)
+            entry["image_boxes"] = frame.to_original(entry["boxes"])
+            entry["image_landmarks"] = frame.to_original(entry["landmarks"])
+        out.append(entry)
+    return out
+
+
+def detection_items(
+    detector: Any,
+    samples: Sequence[Mapping[str, Any]],
+    *,
+    conf: float = 0.5,
+    iou_thresh: float = 0.5,
+    max_detections: int = 50,
+) -> list[dict[str, Any]]:
+    """Run `detector` on dataset samples and match its face detections to their faces, for `detection_gallery`.
+
+    Args:
+        detector: a `nbsrc.detector.Detector`.
+        samples: dataset samples (``input``, ``boxes`` and ``labels`` in the network frame, ``name``).
+        conf: score threshold of the detections shown.
+        iou_thresh: IoU for a detection to count as a true positive.
+        max_detections: keep at most this many detections per image (the highest scores).
+    """
+    import torch
+
+    from nbsrc.stats import match_detections
+
+    if not samples:
+        return []
+    inputs = torch.stack([s["input"] for s in samples])  # (B, C, H, W)
+    height, width = detector.model.image_size(inputs)
+    predictions = detector.predict_batch(inputs, conf=conf, keep_top_k=max_detections)
+    items = []
+    for sample, prediction in zip(samples, predictions):
+        faces = (prediction["labels"] == 1).cpu().numpy()
+        boxes = prediction["boxes"].float().cpu().numpy()[faces]
+        scores = prediction["scores"].float().cpu().numpy()[faces]
+        landmarks = prediction["landmarks"]
+        landmarks = landmarks.float().cpu().numpy()[faces] if landmarks is not None else None
+        gt = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)[np.asarray(sample["labels"]).reshape(-1) == 1]
+        items.append(
+            {
+                "picture": picture_of(sample["input"], detector.cfg),
+                "frame": (width, height),
+                "gt_boxes": gt,
+                "pred_boxes": boxes,
+                "scores": scores,
+                "landmarks": landmarks,
+                "match": match_detections(boxes, scores, gt, iou_thresh=iou_thresh),
+                "title": str(sample.get("name", "")),
+            }
+        )
+    return items
+
+
+def epoch_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per-epoch table rows from ``metrics.jsonl`` epoch records: epoch, step, training and validation numbers."""
+    rows = []
+    for record in records:
+        row = {k: record[k] for k in ("epoch", "step") if k in record}
+        for key, value in record.items():
+            if key.startswith(("train_", "val_")) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[key] = value
+        if "best" in record:
+            row["best"] = "*" if record["best"] else ""
+        rows.append(row)
+    return rows
+
+
+def config_table(cfg: Any) -> Table:
+    """The settings of `cfg` that differ from its preset (dotted keys), with the preset's value."""
+    from nbsrc.config import get_preset, list_presets
+
+    current = cfg.to_dict()
+    base = get_preset(cfg.preset).to_dict() if cfg.preset in list_presets() else {}
+    rows = [{"key": "preset", "value": cfg.preset, "preset default": ""}]
+    for group, values in current.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            default = base.get(group, {}).get(key)
+            if value != default:
+                rows.append({"key": f"{group}.{key}", "value": value, "preset default": default})
+    return Table(rows, f"configuration: preset {cfg.preset} with {len(rows) - 1} changes")

@@ -36,7 +36,7 @@ dataset_root: str | None = None  # dataset with train/ and val/ (None: the demo 
 wider_gt_dir: str | None = None  # folder of the WIDER val .mat files: statistics on the real ground truth
 split: str = "val"  # dataset split whose labels are used when wider_gt_dir is not given
 preset: str = "latent-r50"  # preset whose anchors are analysed
-compare: str = "mnet-biubug6,mnet-2cls,r50-p2p6,latent-r50"  # presets to compare, comma-separated
+compare: str = "mnet-biubug6,mnet-2cls,latent-r50"  # presets to compare (in this frame), comma-separated
 kmeans_k: str = "3,6,9"  # numbers of k-means anchor shapes to try, comma-separated
 smoke: bool = False  # seconds-long run on a few images
 run_dir: str | None = None  # run folder for plots and metrics (None: runs/notebooks)
@@ -60,15 +60,7 @@ print(
 # %%
 hist = stats.size_histograms(boxes)
 fig = viz.plot_size_histograms(hist, title=faces["source"], save=plots / "face_sizes.png")
-display(
-    viz.Table(
-        [
-            {"": key, **{f"p{p}": v for p, v in hist[key]["percentiles"].items()}}
-            for key in ("width", "height", "aspect")
-        ],
-        "percentiles",
-    )
-)
+display(viz.Table(stats.size_percentiles(hist), "percentiles (px; aspect = w/h)"))
 
 # %% [markdown]
 # ## Anchors per level of the preset
@@ -94,24 +86,24 @@ fig = viz.plot_recall_by_size({layout.name: by_size}, save=plots / "recall_by_si
 # ## Faces no anchor can match
 
 # %%
-unmatched = best["iou"] < cfg.loss.force_iou
-sizes = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clip(min=0) ** 0.5
-print(
-    f"{int(unmatched.sum()):,} of {len(boxes):,} faces ({unmatched.mean():.1%}) have no anchor with IoU >= {cfg.loss.force_iou}"
+display(viz.Table(stats.unmatched_summary(boxes, best["iou"], cfg.loss.force_iou), "faces below the forced-match IoU"))
+fig = viz.plot_anchor_shapes(
+    boxes[:, 2:] - boxes[:, :2],
+    layout,
+    highlight=best["iou"] < cfg.loss.force_iou,
+    highlight_label="unmatched",
+    save=plots / "unmatched.png",
 )
-if unmatched.any():
-    print(
-        f"their size sqrt(w*h): median {float(sorted(sizes[unmatched])[int(unmatched.sum()) // 2]):.1f} px, max {sizes[unmatched].max():.1f} px"
-    )
 
 # %% [markdown]
 # ## Presets compared on the same faces
 
 # %%
 presets = [p.strip() for p in compare.split(",") if p.strip()]
-comparison = stats.compare_presets(presets, boxes, force_iou=cfg.loss.force_iou)
+comparison, best_by_preset = stats.compare_presets(
+    presets, boxes, image_size=cfg.data.image_size, force_iou=cfg.loss.force_iou
+)
 display(viz.Table(comparison, "anchor coverage per preset"))
-best_by_preset = {p: stats.best_anchor_iou(boxes, stats.anchor_layout(p))["iou"] for p in presets}
 fig = viz.plot_best_iou(best_by_preset, save=plots / "best_iou_presets.png")
 
 # %% [markdown]
@@ -126,15 +118,13 @@ display(viz.Table(suggestions, "anchor shapes: preset vs k-means"))
 
 # %%
 overall = by_size[-1]
-paths.save_metrics(
-    run,
-    "02_anchor_statistics",
-    {
-        "faces": len(boxes),
-        "preset": layout.name,
-        "recall@0.35": overall["recall@0.35"],
-        "recall@0.5": overall["recall@0.5"],
-        "unmatched": overall["unmatched"],
-        "mean_best_iou": overall["mean best IoU"],
-    },
-)
+metrics = {
+    "faces": len(boxes),
+    "preset": layout.name,
+    "recall@0.35": overall["recall@0.35"],
+    "recall@0.5": overall["recall@0.5"],
+    "unmatched": overall["unmatched"],
+    "mean_best_iou": overall["mean best IoU"],
+}
+paths.save_metrics(run, "02_anchor_statistics", metrics)
+display(viz.Table(metrics, f"key numbers (saved to {run / 'metrics'})"))

@@ -10,7 +10,8 @@ against it. Two deliberate settings:
 - landmark-less faces use the classic label -1 internally, derived from ``landmarks_valid``.
 
 ``empty_negatives > 0`` extends the classic mining so that an image without positives mines that
-many negatives (0 is the published behaviour). Everything is per image, per GT, in float32 on CPU; gradients flow to the outputs.
+many negatives (0 is the published behaviour). Everything is per image, per GT, in float32 on CPU;
+gradients flow to the outputs.
 
 `random_targets` and `random_outputs` build WIDER-like batches for the tests and the benchmark.
 """

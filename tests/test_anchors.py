@@ -67,7 +67,9 @@ def test_2cls_shapes_match_the_published_sizes():
     expected = torch.tensor([[16.0, 16.0], [10.12, 25.30], [8.77, 29.20]], dtype=torch.float64)
     assert torch.allclose(first, expected, atol=0.01)
     last = shapes[2][3:]  # min size 512
-    assert torch.allclose(last, torch.tensor([[512.0, 512.0], [323.8, 809.5], [280.6, 934.3]], dtype=torch.float64), atol=0.1)
+    assert torch.allclose(
+        last, torch.tensor([[512.0, 512.0], [323.8, 809.5], [280.6, 934.3]], dtype=torch.float64), atol=0.1
+    )
 
 
 def test_golden_tiny_image():

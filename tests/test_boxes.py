@@ -77,7 +77,9 @@ def test_converters_round_trip_and_do_not_modify_inputs():
 
 
 @pytest.mark.parametrize("policy", ["stretch", "letterbox"])
-@pytest.mark.parametrize(("orig", "net"), [((1024, 768), (640, 640)), ((300, 500), (640, 640)), ((640, 640), (640, 640))])
+@pytest.mark.parametrize(
+    ("orig", "net"), [((1024, 768), (640, 640)), ((300, 500), (640, 640)), ((640, 640), (640, 640))]
+)
 def test_frame_map_round_trip(policy, orig, net):
     frame = FrameMap(orig_size=orig, net_size=net, policy=policy)
     rng = np.random.default_rng(0)

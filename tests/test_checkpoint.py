@@ -8,6 +8,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import shared_path
 
 from nbsrc.checkpoint import (
     infer_preset,
@@ -18,7 +19,6 @@ from nbsrc.checkpoint import (
 )
 from nbsrc.config import get_preset
 from nbsrc.model import build, build_model
-from tests.conftest import shared_path
 
 MNET = "weights/mobilenet0.25_Final.pth"
 TWO_CLASS = "weights/mobilenet0.25_2cls6anchors_130324_epoch_295.pth"
@@ -45,7 +45,13 @@ def test_save_load_round_trip(tmp_path):
     model(torch.randn(2, 3, 32, 32))["loc"].mean().backward()
     optimizer.step()
     path = save_checkpoint(
-        tmp_path / "run" / "last.pth", model=model, config=cfg, epoch=7, optimizer=optimizer, metrics={"loss": 1.5}, best=0.3
+        tmp_path / "run" / "last.pth",
+        model=model,
+        config=cfg,
+        epoch=7,
+        optimizer=optimizer,
+        metrics={"loss": 1.5},
+        best=0.3,
     )
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pth"]  # no temp file left behind
     ckpt = load_checkpoint(path)
@@ -221,3 +227,23 @@ def test_real_probe_returns_quickly():
     start = time.monotonic()
     build._reachable("unreachable.invalid", timeout=1.0)
     assert time.monotonic() - start < 2.5
+
+
+def test_training_state_with_numpy_rng_round_trips(tmp_path):
+    import random
+
+    import numpy as np
+
+    rng = {"numpy": np.random.get_state(), "python": random.getstate(), "torch": torch.get_rng_state()}
+    path = save_checkpoint(tmp_path / "r.pth", model=_model("mnet-biubug6"), config=get_preset("mnet-biubug6"), rng=rng)
+    loaded = load_checkpoint(path)["rng"]
+    assert loaded["numpy"][0] == "MT19937" and np.array_equal(loaded["numpy"][1], rng["numpy"][1])
+    assert torch.equal(loaded["torch"], rng["torch"])
+
+
+def test_package_exports():
+    import nbsrc
+
+    assert nbsrc.build_model is build_model
+    assert nbsrc.load_checkpoint is load_checkpoint and nbsrc.save_checkpoint is save_checkpoint
+    assert nbsrc.Detector.__name__ == "Detector"

@@ -11,7 +11,7 @@ from multibox_oracle import oracle_multibox_loss, random_outputs, random_targets
 from nbsrc.anchors import AnchorGenerator
 from nbsrc.boxes import encode_boxes, encode_landmarks
 from nbsrc.config import get_preset
-from nbsrc.loss import MultiBoxLoss, build_loss, normalize_targets
+from nbsrc.loss import MultiBoxLoss, build_loss, normalize_targets, select_top_per_row
 from nbsrc.matching import match_anchors
 
 PARTS = ("loss", "loss_box", "loss_cls", "loss_landm")
@@ -217,6 +217,26 @@ def test_normalize_targets():
         normalize_targets({k: v for k, v in batch.items() if k != "landmarks_valid"}, (640, 640))
     with pytest.raises(ValueError, match="landmarks"):
         normalize_targets(dict(batch, landmarks=torch.zeros(1, 2, 10)), (640, 640))
+
+
+@pytest.mark.parametrize(("B", "A"), [(6, 16_800), (2, 204_600), (3, 40), (1, 1)])
+def test_select_top_per_row_equals_topk(B, A):
+    gen = torch.Generator().manual_seed(A)
+    key = 3 * torch.randn(B, A, generator=gen)
+    key[torch.rand(B, A, generator=gen) < 0.1] = float("-inf")  # excluded entries (positives)
+    key[:, : A // 4] = key[:, : A // 4].round()  # many exact ties and both signs, -0.0 included
+    available = torch.isfinite(key).sum(1)
+    count = (torch.rand(B, generator=gen) * (available + 1)).long().clamp(max=available)
+    count[0] = available[0] if B > 1 else count[0]
+    if B > 2:
+        count[1] = 0
+    rows, cols = select_top_per_row(key, count)
+    assert torch.equal(torch.bincount(rows, minlength=B), count)
+    for b in range(B):
+        chosen = cols[rows == b]
+        n = int(count[b])
+        assert chosen.unique().numel() == n
+        assert torch.equal(key[b, chosen].sort(descending=True).values, key[b].topk(n).values)
 
 
 def test_build_loss_reads_the_config():

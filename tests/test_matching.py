@@ -18,10 +18,10 @@ BIUBUG6_STRIDES = [8, 16, 32]
 P2P6_STRIDES = [4, 8, 16, 32, 64]
 
 
-def make_anchors(preset: str, size: int = 640) -> torch.Tensor:
+def make_anchors(preset: str, size: int | tuple[int, int] = 640) -> torch.Tensor:
     cfg = get_preset(preset)
     strides = P2P6_STRIDES if cfg.model.neck == "p2p6" else BIUBUG6_STRIDES
-    return AnchorGenerator.from_config(cfg.anchors, strides)((size, size))
+    return AnchorGenerator.from_config(cfg.anchors, strides)(size if isinstance(size, tuple) else (size, size))
 
 
 def assert_same_match(a, b) -> None:
@@ -44,7 +44,7 @@ def assert_equals_oracle(result, anchors, targets, pos_iou, force_iou) -> None:
     [
         ("mnet-biubug6", 640, 0, [0, 1, 5, 30, 60, 0], 0.35, 0.0),
         ("mnet-biubug6", 640, 1, [3, 0, 150, 12], 0.35, 0.0),  # a crowded image
-        ("mnet-p2p6", 160, 2, [4, 0, 9, 20, 1], 0.35, 0.0),  # small P2-P6 anchor set
+        ("mnet-p2p6", (96, 160), 2, [4, 0, 9, 20, 1], 0.35, 0.0),  # small P2-P6 anchor set, not square
         ("latent-r50", 320, 3, [8, 25], 0.35, 0.0),
         ("mnet-2cls", 320, 4, [6, 0, 20], 0.45, 0.4),  # 2-class: persons, tall clipped anchors
     ],
@@ -52,13 +52,15 @@ def assert_equals_oracle(result, anchors, targets, pos_iou, force_iou) -> None:
 def test_sparse_dense_and_oracle_agree(preset, size, seed, counts, pos_iou, person_fraction):
     gen = torch.Generator().manual_seed(seed)
     anchors = make_anchors(preset, size)
+    image_size = size if isinstance(size, tuple) else (size, size)
     targets = random_targets(
-        counts, generator=gen, image_size=(size, size), person_fraction=person_fraction, duplicate=True
+        counts, generator=gen, image_size=image_size, person_fraction=person_fraction, duplicate=True
     )
     sparse = match_anchors(anchors, targets["boxes"], targets["labels"], pos_iou=pos_iou, method="sparse")
     dense = match_anchors(anchors, targets["boxes"], targets["labels"], pos_iou=pos_iou, method="dense", chunk=1024)
     assert_same_match(sparse, dense)
     assert_equals_oracle(sparse, anchors, targets, pos_iou, 0.2)
+    assert torch.equal(torch.stack(sparse.positive_index), sparse.positive.nonzero().T)
     assert int(sparse.num_pos.sum()) > 0
     assert (sparse.num_pos[torch.tensor(counts) == 0] == 0).all()
 

@@ -127,9 +127,7 @@ def test_latent_48x64_runs_for_real():
     assert torch.isfinite(out["loc"]).all()
 
 
-@pytest.mark.parametrize(
-    ("variant", "params"), [("deconv", 7_474_944), ("bilinear", 590_336), ("nearest", 1_180_160)]
-)
+@pytest.mark.parametrize(("variant", "params"), [("deconv", 7_474_944), ("bilinear", 590_336), ("nearest", 1_180_160)])
 def test_bridge_variants_match_the_described_layers(variant, params):
     bridge = make_bridge(variant, 256, 256)
     assert sum(p.numel() for p in bridge.parameters()) == params
@@ -209,7 +207,7 @@ def _one_hot_hooks(model: RetinaFace, level: int, y: int, x: int, k: int, cls: i
         def hook(module, inputs, output):
             out = torch.zeros_like(output)
             if head_kind == "class":
-                out[:, 0::model.num_classes] = 5.0  # background everywhere
+                out[:, 0 :: model.num_classes] = 5.0  # background everywhere
                 if lvl == level:
                     out[:, k * model.num_classes + cls, y, x] = 20.0
             elif head_kind == "bbox" and lvl == level:
@@ -310,7 +308,7 @@ def test_r50_key_layout_matches_published_schema():
 
 
 def test_mnet_schema_equals_published_file():
-    from tests.conftest import shared_path
+    from conftest import shared_path
 
     published = torch.load(shared_path("weights/mobilenet0.25_Final.pth"), map_location="cpu", weights_only=True)
     ours = _meta("mnet-biubug6").state_dict()

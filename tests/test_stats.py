@@ -110,20 +110,47 @@ def test_suggest_anchors_rows():
     assert rows[2]["shape IoU"] > rows[1]["shape IoU"]
 
 
-def test_compare_presets_on_real_wider_val():
-    from nbsrc.data.readers.wider_mat import read_wider_gt
+def test_load_faces_and_compare_presets_on_real_wider_val():
+    from nbsrc.config import get_preset
 
-    gt = read_wider_gt(shared_path("data/widerface_val_gt"))
-    records = stats.records_from_wider_gt(gt)
-    assert len(records) == 3226
-    assert sum(r.num_boxes for r in records) == 39708 - 11  # 11 degenerate boxes dropped
-    boxes = stats.face_boxes_net(records, assume_width=1024)
-    rows = {r["preset"]: r for r in stats.compare_presets(["mnet-biubug6", "r18-p2p6"], boxes)}
+    faces = stats.load_faces(get_preset("mnet-biubug6"), gt_dir=shared_path("data/widerface_val_gt"))
+    assert faces["images"] == 3226
+    assert len(faces["boxes"]) == 39708 - 11  # the 11 degenerate boxes of the real val set are dropped
+    boxes = faces["boxes"]
+    # No sizes in the .mat: WIDER's 1024 px width is assumed, so 640 / 1024 of the original extent.
+    assert boxes[:, 2].max() <= 640 * 1.01
+    rows, ious = stats.compare_presets(["mnet-biubug6", "r18-p2p6"], boxes)
+    rows = {r["preset"]: r for r in rows}
     # Stride-4 levels with 8 px anchors cover far more of WIDER's small faces than stride 8 with 16 px anchors.
     assert rows["r18-p2p6"]["recall@0.35"] > rows["mnet-biubug6"]["recall@0.35"] + 0.2
     assert rows["mnet-biubug6"]["unmatched"] > 10000  # faces under ~8 px at 640: no 16 px anchor reaches IoU 0.2
+    assert rows["mnet-biubug6"]["unmatched"] == int((ious["mnet-biubug6"] < 0.2).sum())
+    summary = stats.unmatched_summary(boxes, ious["mnet-biubug6"])
+    assert summary["unmatched"] == rows["mnet-biubug6"]["unmatched"] and summary["median size (px)"] < 8
     hist = stats.size_histograms(boxes)
     assert hist["count"] == len(boxes) and hist["width"]["counts"].sum() == len(boxes)
+    assert [r[""] for r in stats.size_percentiles(hist)] == ["width", "height", "size", "aspect"]
+
+
+def test_load_faces_from_dataset_labels(tmp_path):
+    from nbsrc.config import get_preset
+    from nbsrc.data.readers.retinaface_txt import write_retinaface_labels
+
+    records = [
+        ImageRecord("0--a/x", boxes=[[100, 100, 200, 300], [0, 0, 0, 5]]),  # the second is degenerate
+        ImageRecord("0--a/y", boxes=np.zeros((0, 4))),
+    ]
+    (tmp_path / "val").mkdir()
+    write_retinaface_labels(tmp_path / "val" / "labels.txt", records)
+    (tmp_path / "image_sizes.csv").write_text("name,width,height\n0--a/x,1000,500\n0--a/y,640,640\n")
+    faces = stats.load_faces(get_preset("latent-r18"), dataset_root=tmp_path, split="val")
+    assert faces["images"] == 2 and [len(b) for b in faces["per_image"]] == [1, 0]
+    np.testing.assert_allclose(faces["boxes"], [[64, 128, 128, 384]])
+    with pytest.raises(FileNotFoundError, match="no label file found"):
+        stats.load_faces(get_preset("latent-r18"), dataset_root=tmp_path, split="train")
+    (tmp_path / "image_sizes.csv").unlink()
+    with pytest.raises(ValueError, match="original image size is unknown"):  # never guessed for dataset labels
+        stats.load_faces(get_preset("latent-r18"), dataset_root=tmp_path, split="val")
 
 
 def test_match_detections_tp_fp_miss_ignored():

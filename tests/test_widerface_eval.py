@@ -78,10 +78,15 @@ def make_predictions(gt: WiderGroundTruth, pred_dir: Path, seed: int = 0) -> Non
             style = rng.random()
             if style < 0.1:  # integer coordinates, float32 scores, sorted (the published test script's files)
                 order = np.argsort(-score, kind="stable")
-                rows = [[int(x), int(y), int(w), int(h), np.float32(s)] for (x, y, w, h), s in zip(det[order], score[order])]
+                rows = [
+                    [int(x), int(y), int(w), int(h), np.float32(s)] for (x, y, w, h), s in zip(det[order], score[order])
+                ]
                 write_raw(pred_dir, key, rows)
             elif style < 0.15:  # unsorted: the protocol takes file order as it is
-                rows = [[round(x, 1), round(y, 1), round(w, 1), round(h, 1), round(s, 4)] for (x, y, w, h), s in zip(det, score)]
+                rows = [
+                    [round(x, 1), round(y, 1), round(w, 1), round(h, 1), round(s, 4)]
+                    for (x, y, w, h), s in zip(det, score)
+                ]
                 write_raw(pred_dir, key, rows)
             else:
                 write_wider_results(pred_dir, key, np.concatenate([det[:, :2], det[:, :2] + det[:, 2:]], 1), score)
@@ -150,10 +155,12 @@ def test_demo_style_ground_truth_round_trip(tmp_path):
         events=["0--Demo", "1--Demo"],
         names=[["0_Demo_a", "0_Demo_b"], ["1_Demo_c"]],
         boxes=[[np.array([[10, 10, 20, 20], [50, 50, 8, 8]]), np.zeros((0, 4))], [np.array([[1, 2, 30, 40]])]],
-        keep={"easy": [[np.array([1]), np.zeros(0)], [np.array([1])]],
-              "medium": [[np.array([1]), np.zeros(0)], [np.array([1])]],
-              "hard": [[np.array([1, 2]), np.zeros(0)], [np.array([1])]]},
-    )  # fmt: skip
+        keep={
+            "easy": [[np.array([1]), np.zeros(0)], [np.array([1])]],
+            "medium": [[np.array([1]), np.zeros(0)], [np.array([1])]],
+            "hard": [[np.array([1, 2]), np.zeros(0)], [np.array([1])]],
+        },
+    )
     write_wider_gt(tmp_path, gt)
     back = read_wider_gt(tmp_path)
     assert back.events == gt.events and back.names == gt.names
@@ -221,9 +228,14 @@ def test_perfect_predictions(real_gt):
         events=real_gt.events,
         names=[[n for n in names if n not in defective] for names in real_gt.names],
         boxes=[[b for n, b in zip(names, bs) if n not in defective] for names, bs in zip(real_gt.names, real_gt.boxes)],
-        keep={s: [[k for n, k in zip(names, ks) if n not in defective] for names, ks in zip(real_gt.names, real_gt.keep[s])]
-              for s in SETTINGS},
-    )  # fmt: skip
+        keep={
+            s: [
+                [k for n, k in zip(names, ks) if n not in defective]
+                for names, ks in zip(real_gt.names, real_gt.keep[s])
+            ]
+            for s in SETTINGS
+        },
+    )
     result = evaluate_predictions(clean, *perfect(clean))
     assert all(math.isclose(result.ap[s], 1.0, abs_tol=1e-12) for s in SETTINGS), result.ap
     assert np.all(result.precision["hard"][result.recall["hard"] > 0] == 1.0)
@@ -240,8 +252,12 @@ def test_perfect_prediction_files_give_one(real_gt, tmp_path):
     for event, names, boxes in zip(gt.events, gt.names, gt.boxes):
         for name, b in zip(names, boxes):
             b = b.astype(np.float64)
-            write_wider_results(tmp_path, f"{event}/{name}", np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], 1),
-                                rng.random(len(b)) * 0.9 + 0.1)  # fmt: skip
+            write_wider_results(
+                tmp_path,
+                f"{event}/{name}",
+                np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], 1),
+                rng.random(len(b)) * 0.9 + 0.1,
+            )
     ap = evaluate(tmp_path, gt)
     assert all(math.isclose(ap[s], 1.0, abs_tol=1e-12) for s in SETTINGS), ap
 
@@ -252,12 +268,14 @@ def test_protocol_details_on_a_tiny_case(tmp_path):
     gt = WiderGroundTruth(
         events=["0--A"],
         names=[["a", "b", "c"]],
-        boxes=[[np.array([[0, 0, 9, 9], [100, 100, 9, 9], [200, 200, 9, 9]]), np.array([[0, 0, 19, 19]]),
-                np.zeros((0, 4))]],
+        boxes=[
+            [np.array([[0, 0, 9, 9], [100, 100, 9, 9], [200, 200, 9, 9]]), np.array([[0, 0, 19, 19]]), np.zeros((0, 4))]
+        ],
         keep={s: [[np.array([1, 2]), np.array([1]), np.zeros(0)]] for s in SETTINGS},
-    )  # fmt: skip
-    boxes = np.array([[0, 0, 9, 9], [200, 200, 9, 9], [0, 0, 9, 9], [500, 500, 5, 5], [0, 0, 19, 19], [1, 1, 5, 5]],
-                     dtype=np.float64)  # fmt: skip
+    )
+    boxes = np.array(
+        [[0, 0, 9, 9], [200, 200, 9, 9], [0, 0, 9, 9], [500, 500, 5, 5], [0, 0, 19, 19], [1, 1, 5, 5]], dtype=np.float64
+    )
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.95])
     result = evaluate_predictions(gt, boxes, scores, [4, 1, 1])
     # Image a, file order: TP (face 1), dropped (ignored face 3), FP (face 1 again), FP; image b: TP; image c: none.
@@ -266,8 +284,11 @@ def test_protocol_details_on_a_tiny_case(tmp_path):
     rec, prec = result.recall["easy"], result.precision["easy"]
     assert rec[-1] == pytest.approx(2 / 3) and prec[-1] == pytest.approx(2 / 4)
     oracle_dir = tmp_path / "pred"
-    for name, rows in (("a", [[0, 0, 9, 9, 0.9], [200, 200, 9, 9, 0.8], [0, 0, 9, 9, 0.7], [500, 500, 5, 5, 0.6]]),
-                       ("b", [[0, 0, 19, 19, 0.5]]), ("c", [[1, 1, 5, 5, 0.95]])):  # fmt: skip
+    for name, rows in (
+        ("a", [[0, 0, 9, 9, 0.9], [200, 200, 9, 9, 0.8], [0, 0, 9, 9, 0.7], [500, 500, 5, 5, 0.6]]),
+        ("b", [[0, 0, 19, 19, 0.5]]),
+        ("c", [[1, 1, 5, 5, 0.95]]),
+    ):
         write_raw(oracle_dir, f"0--A/{name}", rows)
     write_wider_gt(tmp_path / "gt", gt)
     expected = wider_oracle.evaluation(str(oracle_dir), str(tmp_path / "gt"))
@@ -396,8 +417,9 @@ def test_class_column_files_evaluate_faces_only(oracle_case, tmp_path):
 def test_cli_evaluate(oracle_case, tmp_path, capsys):
     _, gt_dir, pred_dir = oracle_case
     out_json, out_png = tmp_path / "ap.json", tmp_path / "pr.png"
-    code = cli_main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--json", str(out_json),
-                     "--plot", str(out_png)])  # fmt: skip
+    code = cli_main(
+        ["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--json", str(out_json), "--plot", str(out_png)]
+    )
     assert code == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "Val AP" in line]
     ap = evaluate(pred_dir, gt_dir)

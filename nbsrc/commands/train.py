@@ -198,20 +198,36 @@ def _device(value: str) -> str:
     return value
 
 
-def _is_resumable(path: str) -> bool:
+def _checkpoint(path: str, cache: dict[str, dict]) -> dict:
     from nbsrc.checkpoint import load_checkpoint
 
-    return load_checkpoint(path).get("optimizer") is not None
+    if path not in cache:
+        cache[path] = load_checkpoint(path)
+    return cache[path]
 
 
 def build_config(args: argparse.Namespace) -> tuple[Config, int | None]:
     """The run's `Config` and the start epoch (``--resume_epoch`` for initial weights) from parsed arguments."""
     preset = _preset_from_args(args)
+    checkpoints: dict[str, dict] = {}
+    if args.resume_net and (args.resume or args.weight):
+        raise ValueError("--resume_net cannot be combined with --resume or --weight")
+    resume_net_resumes = (
+        bool(args.resume_net) and _checkpoint(args.resume_net, checkpoints).get("optimizer") is not None
+    )
+    resume = args.resume or (args.resume_net if resume_net_resumes else None)
+    weight = args.weight or (args.resume_net if args.resume_net and not resume_net_resumes else None)
     if args.config:
         cfg = Config.from_json(args.config)
         if preset is not None and preset != cfg.preset:
             cfg = get_preset(preset)
             logger.warning("--config %s is ignored in favour of preset %s", args.config, preset)
+    elif preset is None and (resume or weight) and _checkpoint(resume or weight, checkpoints).get("config"):
+        # continue (or fine-tune) with the settings the checkpoint was trained with
+        cfg = Config.from_dict(_checkpoint(resume or weight, checkpoints)["config"])
+        cfg = cfg.replace(**{"train.resume": None, "train.weight": None})
+        if not resume:
+            cfg = cfg.replace(**{"train.run_name": None})
     else:
         cfg = get_preset(preset or "latent-r50")
     overrides: dict[str, Any] = _data_overrides(args)
@@ -225,8 +241,8 @@ def build_config(args: argparse.Namespace) -> tuple[Config, int | None]:
         "data.image_size": args.image_size,
         "train.seed": args.seed,
         "data.num_workers": args.workers,
-        "train.weight": args.weight,
-        "train.resume": args.resume,
+        "train.weight": weight,
+        "train.resume": resume,
         "train.wandb": args.wandb,
         "train.run_name": args.run_name,
         "train.out": args.out,
@@ -247,11 +263,6 @@ def build_config(args: argparse.Namespace) -> tuple[Config, int | None]:
         overrides["train.wandb"] = "disabled"
     if args.latent_suffix:
         overrides["data.latent_suffix"] = _latent_suffix(args.latent_suffix)
-    if args.resume_net:
-        if args.resume or args.weight:
-            raise ValueError("--resume_net cannot be combined with --resume or --weight")
-        key = "train.resume" if _is_resumable(args.resume_net) else "train.weight"
-        overrides[key] = args.resume_net
     for flag in ("tuning", "download", "startfm"):
         if getattr(args, flag):
             logger.warning("--%s has no effect here (kept for compatibility with older training scripts)", flag)

@@ -97,9 +97,9 @@ def max_iou_match(
     """
     if not min_iou > 0:
         raise ValueError(f"min_iou must be > 0, got {min_iou}")
-    pred_boxes = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)
-    gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
-    pred_image = np.asarray(pred_image, dtype=np.int64).reshape(-1)
+    pred_boxes = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)  # (N, 4)
+    gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)  # (G, 4)
+    pred_image = np.asarray(pred_image, dtype=np.int64).reshape(-1)  # (N,)
     gt_offsets = np.asarray(gt_offsets, dtype=np.int64)
     n = len(pred_boxes)
     best_iou = np.zeros(n, np.float64)
@@ -126,8 +126,9 @@ def max_iou_match(
         # Largest chunk [start, stop) with at most max_pairs pairs (at least one prediction).
         base = ends[start - 1] if start else 0
         stop = max(start + 1, int(np.searchsorted(ends, base + max_pairs, side="right")))
-        _match_chunk(pred_boxes, gt_boxes, gt_order, gt_offsets, gt_image, lo, counts, start, stop, one, best_iou,
-                     best_index)  # fmt: skip
+        _match_chunk(
+            pred_boxes, gt_boxes, gt_order, gt_offsets, gt_image, lo, counts, start, stop, one, best_iou, best_index
+        )
         start = stop
     below = best_iou < min_iou
     best_iou[below] = 0.0
@@ -183,7 +184,7 @@ def _as_list(arrays: Sequence, width: int | None, what: str) -> list[np.ndarray]
     out = []
     for i, a in enumerate(arrays):
         a = np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, dtype=np.float64)
-        a = a.reshape(-1, width) if width else a.reshape(-1)
+        a = a.reshape(-1, width) if width else a.reshape(-1)  # (n, 4) boxes or (n,) scores
         if not np.isfinite(a).all():
             raise ValueError(f"{what}[{i}] holds NaN or infinite values")
         out.append(a)
@@ -228,7 +229,7 @@ def detection_pr(
     else:
         if len(ignore) != len(gts):
             raise ValueError(f"ignore needs one entry per image, got {len(ignore)} for {len(gts)} images")
-        parts = [np.asarray(g, dtype=bool).reshape(-1) for g in ignore]
+        parts = [np.asarray(g, dtype=bool).reshape(-1) for g in ignore]  # (m,) per image
         for i, (p, g) in enumerate(zip(parts, gts)):
             if len(p) != len(g):
                 raise ValueError(f"image {i}: ignore has {len(p)} entries for {len(g)} boxes")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def format_result_text(
     """
     boxes = np.asarray(boxes_xyxy.detach().cpu() if hasattr(boxes_xyxy, "detach") else boxes_xyxy, np.float64)
     boxes = boxes.reshape(-1, 4)  # (N, 4)
-    scores = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, np.float64).reshape(-1)
+    scores = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, np.float64)
+    scores = scores.reshape(-1)  # (N,)
     if len(scores) != len(boxes):
         raise ValueError(f"{basename}: {len(boxes)} boxes but {len(scores)} scores")
     if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
@@ -93,7 +95,8 @@ def format_result_text(
         bad = int(np.flatnonzero((sizes < 0).any(1))[0])
         raise ValueError(f"{basename}: box {bad} {boxes[bad].tolist()} has x2 < x1 or y2 < y1 (xyxy expected)")
     if labels is not None:
-        labels = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels).reshape(-1)
+        labels = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels)
+        labels = labels.reshape(-1)  # (N,)
         if len(labels) != len(boxes):
             raise ValueError(f"{basename}: {len(boxes)} boxes but {len(labels)} labels")
     order = np.argsort(-scores, kind="stable")
@@ -268,7 +271,8 @@ def read_result_folder(
     names: Sequence[str],
     columns: Sequence[int] = (5,),
     missing: str = "error",
-    chunk_bytes: int = 1 << 18,
+    files_per_chunk: int = 64,
+    workers: int | None = None,
 ) -> ResultSet:
     """Read the result files of the images `names` from `pred_dir` (``<pred_dir>/<name>.txt``).
 
@@ -278,7 +282,8 @@ def read_result_folder(
         columns: accepted values per line (5, or 6 with a class column); one count for the whole folder.
         missing: ``"error"`` raises `FileNotFoundError` listing the images without a file; ``"empty"`` reads them
             as images without detections, with a warning.
-        chunk_bytes: text parsed per vectorized step (bounds memory).
+        files_per_chunk: files parsed per vectorized step (bounds memory).
+        workers: reading / parsing threads (default 2).
     Returns:
         A `ResultSet`.
     Raises:
@@ -308,31 +313,41 @@ def read_result_folder(
                 f"{len(absent)} of {len(names)} images have no result file in {pred_dir}: {shown} "
                 f"(allow missing files to count them as images without detections)"
             )
-        logger.warning("%d of %d images have no result file in %s; counted as empty: %s",
-                       len(absent), len(names), pred_dir, shown)  # fmt: skip
+        logger.warning(
+            "%d of %d images have no result file in %s; counted as empty: %s", len(absent), len(names), pred_dir, shown
+        )
     absent_set = set(absent)
 
     columns = tuple(sorted(set(columns)))
     per_file: list[np.ndarray | None] = [None] * len(names)
-    chunk: list[tuple[int, Path, bytes]] = []
-    chunk_size = 0
-    ncols: list[int | None] = [None]  # the folder's column count, fixed by the first data line seen
+    tasks: list[list[tuple[int, Path]]] = [[]]
     for index, name in enumerate(names):
         if name in absent_set:
             per_file[index] = np.zeros((0, columns[0]))
             continue
-        path = pred_dir / f"{name}.txt"
-        with open(path, "rb") as fh:
-            data = fh.read()
-        chunk.append((index, path, data))
-        chunk_size += len(data)
-        if chunk_size >= chunk_bytes:
-            _parse_chunk(chunk, columns, ncols, per_file)
-            chunk, chunk_size = [], 0
-    if chunk:
-        _parse_chunk(chunk, columns, ncols, per_file)
+        if len(tasks[-1]) >= files_per_chunk:
+            tasks.append([])
+        tasks[-1].append((index, pred_dir / f"{name}.txt"))
 
-    width = ncols[0] or columns[0]
+    def work(task: list[tuple[int, Path]]) -> list[tuple[int, np.ndarray]]:
+        return _parse_chunk([(index, path, _read_bytes(path)) for index, path in task], columns)
+
+    # File reads and most NumPy passes release the GIL: two threads overlap them.
+    workers = max(1, min(workers or 2, len(tasks), os.cpu_count() or 1))
+    if workers == 1:
+        parsed = map(work, tasks)
+    else:
+        pool = ThreadPoolExecutor(workers)
+        parsed = pool.map(work, tasks)
+    try:
+        for result in parsed:  # in task order: the first bad file (in name order) raises
+            for index, rows in result:
+                per_file[index] = rows
+    finally:
+        if workers > 1:
+            pool.shutdown(cancel_futures=True)
+
+    width = next((rows.shape[1] for rows in per_file if rows is not None and len(rows)), columns[0])
     parts = []
     for index, rows in enumerate(per_file):
         assert rows is not None
@@ -346,20 +361,27 @@ def read_result_folder(
     return ResultSet(names=names, rows=all_rows, counts=counts, missing=absent)
 
 
-def _slow_parse(path: Path, data: bytes, columns: tuple[int, ...], ncols: list[int | None]) -> np.ndarray:
-    allowed = (ncols[0],) if ncols[0] is not None else columns
-    rows = parse_result_text(_decode(data, path), path, columns=allowed, expected_name=path.stem)
-    if len(rows) and ncols[0] is None:
-        ncols[0] = rows.shape[1]
-    return rows
+def _read_bytes(path: Path, block: int = 1 << 16) -> bytes:
+    """A whole file with plain ``os.read`` calls (no buffered file object: thousands of small files)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, block)
+        if len(data) < block:
+            return data
+        parts = [data]
+        while data:
+            data = os.read(fd, block)
+            parts.append(data)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
-def _parse_chunk(
-    chunk: list[tuple[int, Path, bytes]],
-    columns: tuple[int, ...],
-    ncols: list[int | None],
-    per_file: list[np.ndarray | None],
-) -> None:
+def _slow_parse(path: Path, data: bytes, allowed: tuple[int, ...]) -> np.ndarray:
+    return parse_result_text(_decode(data, path), path, columns=allowed, expected_name=path.stem)
+
+
+def _parse_chunk(chunk: list[tuple[int, Path, bytes]], columns: tuple[int, ...]) -> list[tuple[int, np.ndarray]]:
     """Parse the bodies of a group of files at once; files the fast path cannot take go to `_slow_parse`."""
     bodies = []
     declared = np.empty(len(chunk), np.int64)
@@ -388,10 +410,8 @@ def _parse_chunk(
 
     # Per line: its file; per file: data lines, bad lines, bad tokens.
     line_file = np.searchsorted(body_ends, line_end, side="right")  # (L,)
-    width = ncols[0]
-    if width is None:
-        data_lines = line_tokens[line_tokens > 0]
-        width = int(data_lines[0]) if len(data_lines) and int(data_lines[0]) in columns else columns[0]
+    data_lines = line_tokens[line_tokens > 0]
+    width = int(data_lines[0]) if len(data_lines) and int(data_lines[0]) in columns else columns[0]
     nonblank = line_tokens > 0
     bad_line = nonblank & (line_tokens != width)
     slow |= np.bincount(line_file[bad_line], minlength=len(chunk)).astype(bool)
@@ -415,12 +435,13 @@ def _parse_chunk(
             slow[bad_files] = True
             token_file_ok = ~slow[token_file]
             fast_rows = values[token_file_ok].reshape(-1, width)  # (R, C)
-    if not slow.all() and ncols[0] is None and len(fast_rows):
-        ncols[0] = width
     fast_counts = np.where(slow, 0, rows_per_file)
     pieces = np.split(fast_rows, np.cumsum(fast_counts)[:-1])
-    for k, (index, path, data) in enumerate(chunk):
-        per_file[index] = _slow_parse(path, data, columns, ncols) if slow[k] else pieces[k]
+    allowed = (width,) if len(data_lines) and width in columns else columns
+    return [
+        (index, _slow_parse(path, data, allowed) if slow[k] else pieces[k])
+        for k, (index, path, data) in enumerate(chunk)
+    ]
 
 
 # Powers of ten, exact in float64 up to 1e22.

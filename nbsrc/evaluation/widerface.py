@@ -113,10 +113,10 @@ def _gt_arrays(gt: WiderGroundTruth) -> tuple[np.ndarray, np.ndarray, dict[str, 
     for setting in SETTINGS:
         mask = np.zeros(len(boxes), bool)
         image_keep = [k for per_event in gt.keep[setting] for k in per_event]
-        index = np.concatenate(
-            [offsets[i] + np.asarray(k, np.int64) - 1 for i, k in enumerate(image_keep)] or [np.zeros(0, np.int64)]
-        )
-        mask[index] = True
+        if image_keep:
+            lengths = [len(k) for k in image_keep]
+            index = np.concatenate(image_keep).astype(np.int64) - 1 + np.repeat(offsets[:-1], lengths)  # (K,)
+            mask[index] = True
         kept[setting] = mask
     return boxes, offsets, kept
 
@@ -129,8 +129,11 @@ def normalize_scores(scores: np.ndarray) -> np.ndarray:
     lo = min(1.0, float(scores.min()))
     hi = max(0.0, float(scores.max()))
     if hi - lo <= 0:
-        logger.warning("all %d scores equal %.6g: min-max normalization is undefined; every prediction passes "
-                       "every threshold", len(scores), lo)  # fmt: skip
+        logger.warning(
+            "all %d scores equal %.6g: min-max normalization is undefined; every prediction passes every threshold",
+            len(scores),
+            lo,
+        )
         return np.ones_like(scores)
     return (scores - np.float64(lo)) / np.float64(hi - lo)
 
@@ -160,13 +163,17 @@ def evaluate_predictions(
         raise ValueError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
     gt_boxes, gt_offsets, kept = _gt_arrays(gt)
     num_images = len(gt_offsets) - 1
-    counts = np.asarray(counts, np.int64).reshape(-1)
+    counts = np.asarray(counts, np.int64).reshape(-1)  # (I,)
     if len(counts) != num_images:
         raise ValueError(f"counts has {len(counts)} entries for {num_images} ground-truth images")
     boxes = np.asarray(boxes_xywh, np.float64).reshape(-1, 4)  # (N, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)
+    scores = np.asarray(scores, np.float64).reshape(-1)  # (N,)
     if not len(boxes) == len(scores) == int(counts.sum()):
         raise ValueError(f"{len(boxes)} boxes, {len(scores)} scores, counts sum to {int(counts.sum())}")
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        raise ValueError("predictions hold NaN or infinite boxes or scores")
+    if (boxes[:, 2:] < 0).any():
+        raise ValueError(f"{int((boxes[:, 2:] < 0).any(1).sum())} predictions have a negative width or height (xywh)")
     num_predictions = len(scores)
     norm = normalize_scores(scores)
 
@@ -194,7 +201,11 @@ def evaluate_predictions(
     thr = thresholds()
     t_pass = NUM_THRESHOLDS - np.searchsorted(thr[::-1], norm, side="right")  # (N,) in [0, 1000]
     passes = t_pass < NUM_THRESHOLDS
-    order = np.lexsort((t_pass, image))  # stable: image, then threshold bin, then file order
+    key = image * (NUM_THRESHOLDS + 1) + t_pass  # (N,) image, then threshold bin
+    if len(key) < 2 or (key[1:] >= key[:-1]).all():
+        order = np.arange(n)  # files sorted by score (our writer, the published scripts): already in order
+    else:
+        order = np.argsort(key, kind="stable")  # stable: ties keep file order
     order = order[passes[order]]
     run_max = np.maximum.accumulate(order) if len(order) else order  # last passing prediction so far, per image
     sorted_image, sorted_bin = image[order], t_pass[order]

@@ -120,7 +120,7 @@ def _torchvision_state_dict(name: str) -> dict[str, torch.Tensor]:
     weights = getattr(tvm, _TORCHVISION_WEIGHTS[name]).IMAGENET1K_V1
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     if not cached.is_file():
-        host = weights.url.split("/")[2]
+        host = weights.url.split("/")[2]  # https://HOST/models/file.pth -> HOST
         if not _reachable(host):
             raise RuntimeError(f"ImageNet weights for {name} are not in {cached.parent} and {host} is unreachable")
     previous = socket.getdefaulttimeout()
@@ -142,11 +142,14 @@ def load_backbone_weights(backbone: nn.Module, state_dict: dict[str, torch.Tenso
     cleaned = {k.removeprefix("module."): v for k, v in state_dict.items()}
     cleaned = {k.removeprefix("body."): v for k, v in cleaned.items()}
     own = backbone.state_dict()
-    trunk_names = {id(t) for module in backbone.trunk() for t in module.state_dict(keep_vars=True).values()}
-    wanted = [k for k, v in backbone.state_dict(keep_vars=True).items() if id(v) in trunk_names]
+    trunk_tensors = {id(t) for module in backbone.trunk() for t in module.state_dict(keep_vars=True).values()}
+    wanted = [k for k, v in backbone.state_dict(keep_vars=True).items() if id(v) in trunk_tensors]
     missing = [k for k in wanted if k not in cleaned]
-    bad_shape = [f"{k}: file {tuple(cleaned[k].shape)} vs model {tuple(own[k].shape)}" for k in wanted if k in cleaned
-                 and tuple(cleaned[k].shape) != tuple(own[k].shape)]  # fmt: skip
+    bad_shape = [
+        f"{k}: file {tuple(cleaned[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in wanted
+        if k in cleaned and tuple(cleaned[k].shape) != tuple(own[k].shape)
+    ]
     if missing or bad_shape:
         raise ValueError(
             f"{source}: not a backbone state dict for this model: {len(missing)} missing tensors "

@@ -80,7 +80,7 @@ def _cell_str(value: object, where: str) -> str:
         return ""
     if array.dtype.kind not in "US":
         raise ValueError(f"{where}: expected a string, got {array.dtype} {array.shape}")
-    return str(array.reshape(-1)[0])
+    return str(array.reshape(-1)[0])  # (1,) char array -> str
 
 
 def _cell_rows(value: object, where: str) -> np.ndarray:
@@ -88,7 +88,7 @@ def _cell_rows(value: object, where: str) -> np.ndarray:
     array = np.asarray(value)
     if array.dtype != object:
         raise ValueError(f"{where}: expected a cell array, got {array.dtype} {array.shape}")
-    return array.reshape(-1)
+    return array.reshape(-1)  # (n,) cell entries
 
 
 def _load(path: Path, variables: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -124,9 +124,16 @@ def read_wider_gt(gt_dir: str | Path) -> WiderGroundTruth:
             f"ground-truth folder {gt_dir} lacks {', '.join(missing)} (expected the four files {list(GT_FILES)})"
         )
 
+    from scipy.io import whosmat
+
     face_path = gt_dir / FACE_FILE
     attr_vars = tuple(f"{a}_label_list" for a in ATTRIBUTE_NAMES)
-    face = _load(face_path, ("event_list", "file_list", "face_bbx_list"))
+    try:
+        present = {name for name, _, _ in whosmat(str(face_path))}
+    except Exception as exc:  # scipy raises several types for corrupt files
+        raise ValueError(f"{face_path}: not a readable MATLAB .mat file ({exc})") from exc
+    with_attributes = all(v in present for v in attr_vars)
+    face = _load(face_path, ("event_list", "file_list", "face_bbx_list") + (attr_vars if with_attributes else ()))
     events_cell = _cell_rows(face["event_list"], f"{face_path}: event_list")
     files_cell = _cell_rows(face["file_list"], f"{face_path}: file_list")
     boxes_cell = _cell_rows(face["face_bbx_list"], f"{face_path}: face_bbx_list")
@@ -158,15 +165,11 @@ def read_wider_gt(gt_dir: str | Path) -> WiderGroundTruth:
         boxes.append(event_boxes)
 
     attributes: dict[str, list[list[np.ndarray]]] = {}
-    from scipy.io import whosmat
-
-    present = {name for name, _, _ in whosmat(str(face_path))}
-    if all(v in present for v in attr_vars):
-        attr_mat = _load(face_path, attr_vars)
+    if with_attributes:
         for attr, var in zip(ATTRIBUTE_NAMES, attr_vars):
-            cell = _cell_rows(attr_mat[var], f"{face_path}: {var}")
+            cell = _cell_rows(face[var], f"{face_path}: {var}")
             attributes[attr] = [
-                [np.asarray(v).reshape(-1) for v in _cell_rows(cell[i], f"{face_path}: {var}[{i}]")]
+                [np.asarray(v).reshape(-1) for v in _cell_rows(cell[i], f"{face_path}: {var}[{i}]")]  # (n,) each
                 for i in range(len(cell))
             ]
 
@@ -187,7 +190,7 @@ def read_wider_gt(gt_dir: str | Path) -> WiderGroundTruth:
                 )
             event_keep = []
             for j, k in enumerate(images):
-                indices = np.asarray(k).reshape(-1).astype(np.int64)
+                indices = np.asarray(k).reshape(-1).astype(np.int64)  # (k,)
                 n = len(boxes[i][j])
                 if indices.size and (indices.min() < 1 or indices.max() > n):
                     raise ValueError(
@@ -239,7 +242,9 @@ def write_wider_gt(gt_dir: str | Path, gt: WiderGroundTruth) -> Path:
 
     boxes_cell = _cell(
         [
-            _cell([np.rint(np.asarray(b, dtype=np.float64)).astype(np.int32).reshape(-1, 4) for b in per_event])
+            _cell(
+                [np.rint(np.asarray(b, dtype=np.float64)).astype(np.int32).reshape(-1, 4) for b in per_event]
+            )  # (n, 4)
             for per_event in gt.boxes
         ]
     )
@@ -254,8 +259,9 @@ def write_wider_gt(gt_dir: str | Path, gt: WiderGroundTruth) -> Path:
         for i, per_event in enumerate(gt.boxes):
             images = []
             for j, b in enumerate(per_event):
-                n = len(np.asarray(b).reshape(-1, 4))
-                values = np.zeros(n) if per_event_values is None else np.asarray(per_event_values[i][j]).reshape(-1)
+                n = len(np.asarray(b).reshape(-1, 4))  # (n, 4)
+                values = np.zeros(n) if per_event_values is None else np.asarray(per_event_values[i][j])
+                values = values.reshape(-1)  # (n,)
                 images.append(values.astype(np.uint8).reshape(n, 1))  # (n, 1)
             cells.append(_cell(images))
         variables[f"{attr}_label_list"] = _cell(cells)

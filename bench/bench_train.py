@@ -1,0 +1,326 @@
+"""Training-step speed: images/s and ms per step split into data, forward, matching+loss, backward and
+optimizer, for ``latent-r50`` (batch 8) and ``mnet-biubug6`` (batch 32) at 640.
+
+Data time is measured on the real training loader over the demo dataset (built once in the cache folder,
+``--demo_images`` images per split). The compute phases run on those batches; when the demo latents describe
+a smaller frame than 640 (or ``--synthetic`` is given), the inputs are replaced by random tensors of the
+640 frame and the boxes scaled to it, so forward / loss / backward always run at 640. Every phase is timed
+with the device synchronised.
+
+Also reported:
+
+- the matching+loss share of the step (target <= 10 %);
+- matching+loss against the classic per-image reference loss (``tests/multibox_oracle.py``) on the same
+  outputs and targets, on the CPU (target >= 10x);
+- on CUDA: peak memory per batch size, and the largest ``latent-r50`` batch whose step fits in 15 GiB
+  (a Kaggle T4).
+
+    python bench/bench_train.py                       # CPU
+    python bench/bench_train.py --device cuda --json bench_train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the reference loss lives with the tests
+
+from multibox_oracle import oracle_multibox_loss, random_targets  # noqa: E402
+
+from nbsrc.config import get_preset  # noqa: E402
+from nbsrc.engine import resolve_amp  # noqa: E402
+from nbsrc.loss import build_loss, normalize_targets  # noqa: E402
+from nbsrc.model import build_model  # noqa: E402
+from nbsrc.optim import build_optimizer  # noqa: E402
+
+SETUPS = {"latent-r50": 8, "mnet-biubug6": 32}  # preset: batch size
+SIZE = 640
+T4_BYTES = 15 * 2**30
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cfg(preset: str, batch: int, workers: int, dataset_root: str | None):
+    overrides = {
+        "model.pretrained": "none",
+        "train.batch_size": batch,
+        "data.image_size": SIZE,
+        "data.num_workers": workers,
+        "train.wandb": "disabled",
+    }
+    if dataset_root is not None:
+        overrides["data.dataset_root"] = dataset_root
+    return get_preset(preset, **overrides)
+
+
+def _synthetic_batch(cfg, batch: int, seed: int) -> dict:
+    """A collated batch in the 640 frame: random inputs, WIDER-like faces (1-60 per image, 4-300 px)."""
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.exp(torch.rand(batch, generator=gen) * torch.log(torch.tensor(60.0))).round().clamp(1, 60)
+    t = random_targets(counts.long().tolist(), generator=gen, image_size=(SIZE, SIZE), min_side=4, max_side=300)
+    if cfg.model.input_kind == "latent":
+        side = SIZE // cfg.model.latent_stride
+        inputs = torch.randn(batch, cfg.model.latent_channels, side, side, generator=gen)
+    else:
+        inputs = torch.randn(batch, 3, SIZE, SIZE, generator=gen) * 50
+    return {
+        "inputs": inputs,
+        "boxes": t["boxes"] * SIZE,  # (B, M, 4) pixels
+        "labels": t["labels"],
+        "landmarks": t["landmarks"] * SIZE,  # (B, M, 5, 2) pixels
+        "landmarks_valid": t["landmarks_valid"],
+        "num_boxes": counts.long(),
+        "names": [f"synthetic/{i}" for i in range(batch)],
+    }
+
+
+def _to_640(batch: dict, cfg) -> dict:
+    """Replace inputs by random tensors of the 640 frame when the loader's frame is smaller; scale the boxes."""
+    inputs = batch["inputs"]
+    stride = cfg.model.latent_stride if cfg.model.input_kind == "latent" else 1
+    height, width = inputs.shape[-2] * stride, inputs.shape[-1] * stride
+    if (height, width) == (SIZE, SIZE):
+        return batch
+    scale = torch.tensor([SIZE / width, SIZE / height])
+    out = dict(batch)
+    side = SIZE // stride
+    out["inputs"] = torch.randn(inputs.shape[0], inputs.shape[1], side, side) * inputs.std().clamp_min(1e-3)
+    out["boxes"] = (batch["boxes"].unflatten(-1, (2, 2)) * scale).flatten(-2)  # (B, M, 4)
+    out["landmarks"] = batch["landmarks"] * scale  # (B, M, 5, 2)
+    return out
+
+
+def _load_batches(cfg, steps: int) -> tuple[list[dict], list[float], str]:
+    """`steps` batches from the real training loader and the seconds each took to arrive."""
+    from nbsrc.data.loaders import build_dataloaders
+
+    train_loader, _ = build_dataloaders(cfg)
+    batches, seconds = [], []
+    iterator = iter(train_loader)
+    while len(batches) < steps:
+        start = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            iterator = iter(train_loader)
+            continue
+        seconds.append(time.perf_counter() - start)
+        batches.append(batch)
+    frame = tuple(batches[0]["inputs"].shape[-2:])
+    return batches, seconds, f"demo loader, input {frame}"
+
+
+def _step(model, loss_fn, optimizer, batch, device, amp_dtype, scaler, clip: float) -> dict:
+    """One timed training step; returns per-phase milliseconds."""
+    times = {}
+    inputs = batch["inputs"].to(device, non_blocking=True)
+    moved = {k: batch[k].to(device) for k in ("boxes", "labels", "landmarks", "landmarks_valid")}
+    _sync(device)
+    start = time.perf_counter()
+    with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        outputs = model(inputs)
+    _sync(device)
+    times["forward"] = time.perf_counter() - start
+    start = time.perf_counter()
+    targets = normalize_targets(moved, model.image_size(inputs), device=device)
+    parts = loss_fn(outputs, model.anchors(inputs), targets)
+    loss = parts["loss"]
+    _sync(device)
+    times["matching+loss"] = time.perf_counter() - start
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    _sync(device)
+    times["backward"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    scaler.step(optimizer)
+    scaler.update()
+    _sync(device)
+    times["optimizer"] = time.perf_counter() - start
+    times["_outputs"] = {k: (v.detach().float().cpu() if v is not None else None) for k, v in outputs.items()}
+    times["_targets"] = {k: v.cpu() for k, v in targets.items()}
+    times["_anchors"] = model.anchors(inputs).cpu()
+    return times
+
+
+def _median_ms(fn, repeats: int) -> float:
+    values = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        values.append((time.perf_counter() - start) * 1000)
+    return statistics.median(values)
+
+
+def bench_preset(preset: str, batch: int, *, device: torch.device, steps: int, warmup: int, workers: int, args) -> dict:
+    cfg = _cfg(preset, batch, workers, args.dataset_root)
+    torch.manual_seed(0)
+    if args.synthetic:
+        batches = [_synthetic_batch(cfg, batch, seed) for seed in range(warmup + steps)]
+        data_s, source = [0.0] * len(batches), "synthetic (no data loading)"
+    else:
+        batches, data_s, source = _load_batches(cfg, warmup + steps)
+        batches = [_to_640(b, cfg) for b in batches]
+    model = build_model(cfg).to(device).train()
+    if device.type == "cuda" and cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(cfg).to(device)
+    optimizer = build_optimizer(cfg, model)
+    amp_dtype = resolve_amp("auto" if args.amp else "off", device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    phases = ("forward", "matching+loss", "backward", "optimizer")
+    records = []
+    last = None
+    for index, b in enumerate(batches):
+        t = _step(model, loss_fn, optimizer, b, device, amp_dtype, scaler, cfg.train.grad_clip)
+        last = t
+        if index >= warmup:
+            records.append({p: t[p] for p in phases} | {"data": data_s[index]})
+    ms = {p: 1000 * statistics.median(r[p] for r in records) for p in ("data", *phases)}
+    compute_ms = sum(ms[p] for p in phases)
+    step_ms = compute_ms + ms["data"]
+    result = {
+        "preset": preset,
+        "batch": batch,
+        "device": str(device),
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+        "data_source": source,
+        "anchors": int(last["_anchors"].shape[0]),
+        "ms": {k: round(v, 1) for k, v in ms.items()},
+        "step_ms": round(step_ms, 1),
+        "images_per_s": round(batch / (step_ms / 1000), 2),
+        "loss_share": round(ms["matching+loss"] / compute_ms, 4),
+    }
+    if args.oracle:
+        outputs, targets, anchors = last["_outputs"], last["_targets"], last["_anchors"]
+        loss_cpu = build_loss(cfg)
+        ours = _median_ms(lambda: loss_cpu(outputs, anchors, targets), args.oracle_repeats)
+        kwargs = {
+            "num_classes": cfg.model.num_classes,
+            "pos_iou": cfg.loss.pos_iou,
+            "force_iou": cfg.loss.force_iou,
+            "neg_pos": cfg.loss.neg_pos_ratio,
+            "empty_negatives": cfg.loss.empty_negatives,
+            "variances": tuple(cfg.anchors.variances),
+            "loc_weight": cfg.loss.loc_weight,
+        }
+        oracle = _median_ms(lambda: oracle_multibox_loss(outputs, anchors, targets, **kwargs), args.oracle_repeats)
+        result.update(loss_cpu_ms=round(ours, 1), oracle_cpu_ms=round(oracle, 1), speedup=round(oracle / ours, 1))
+    if device.type == "cuda":
+        result["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    del model, optimizer
+    return result
+
+
+def memory_sweep(preset: str, sizes: list[int], device: torch.device, args) -> dict:
+    """Peak CUDA memory of one AMP training step per batch size (synthetic 640 inputs); the largest <= 15 GiB."""
+    cfg = _cfg(preset, sizes[0], 0, None)
+    model = build_model(cfg).to(device).train()
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(cfg).to(device)
+    optimizer = build_optimizer(cfg, model)
+    amp_dtype = resolve_amp("fp16", device)  # the T4 setting
+    scaler = torch.amp.GradScaler("cuda", enabled=True)
+    peaks: dict[int, float | None] = {}
+    for size in sizes:
+        batch = _synthetic_batch(cfg, size, seed=size)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            _step(model, loss_fn, optimizer, batch, device, amp_dtype, scaler, cfg.train.grad_clip)
+            peaks[size] = torch.cuda.max_memory_allocated(device) / 2**30
+        except torch.cuda.OutOfMemoryError:
+            peaks[size] = None
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            break
+    fitting = [s for s, p in peaks.items() if p is not None and p * 2**30 <= T4_BYTES]
+    return {
+        "preset": preset,
+        "amp": "fp16",
+        "peak_gib": {s: (round(p, 2) if p is not None else "OOM") for s, p in peaks.items()},
+        "largest_batch_in_15gib": max(fitting) if fitting else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    parser.add_argument("--presets", nargs="*", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per preset (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--dataset_root", default=None, help="dataset (default: the demo dataset)")
+    parser.add_argument("--demo_images", type=int, default=64, help="images per split of the demo dataset")
+    parser.add_argument("--synthetic", action="store_true", help="random batches instead of the loader")
+    parser.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA")
+    parser.add_argument("--no-oracle", dest="oracle", action="store_false", help="skip the reference-loss timing")
+    parser.add_argument("--oracle_repeats", type=int, default=3)
+    parser.add_argument("--mem_sizes", type=int, nargs="*", default=[4, 8, 16, 24, 32, 48, 64])
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if not args.synthetic and args.dataset_root is None:
+        from nbsrc.paths import demo_dataset
+
+        args.dataset_root = str(demo_dataset(images=args.demo_images))
+    results: dict = {"device": str(device), "threads": torch.get_num_threads(), "presets": []}
+    for preset in args.presets:
+        result = bench_preset(
+            preset,
+            SETUPS[preset],
+            device=device,
+            steps=args.steps,
+            warmup=args.warmup,
+            workers=args.workers,
+            args=args,
+        )
+        results["presets"].append(result)
+        ms = result["ms"]
+        line = (
+            f"{preset:<13} b{result['batch']:<3} {result['device']:<5} amp={result['amp']:<8} "
+            f"{result['images_per_s']:8.2f} img/s  step {result['step_ms']:9.1f} ms = data {ms['data']:.1f} + "
+            f"fwd {ms['forward']:.1f} + match+loss {ms['matching+loss']:.1f} + bwd {ms['backward']:.1f} + "
+            f"opt {ms['optimizer']:.1f}  (loss share {100 * result['loss_share']:.1f}%)"
+        )
+        if "speedup" in result:
+            line += (
+                f"\n{'':13} loss on CPU {result['loss_cpu_ms']:.1f} ms vs reference {result['oracle_cpu_ms']:.1f} ms"
+                f" -> {result['speedup']:.1f}x"
+            )
+        if "peak_mem_gib" in result:
+            line += f"\n{'':13} peak GPU memory {result['peak_mem_gib']:.2f} GiB"
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    if device.type == "cuda":
+        sweep = memory_sweep("latent-r50", args.mem_sizes, device, args)
+        results["memory"] = sweep
+        sys.stdout.write(
+            f"latent-r50 fp16 peak GiB per batch: {sweep['peak_gib']}; largest batch in 15 GiB: "
+            f"{sweep['largest_batch_in_15gib']}\n"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""``python -m nbsrc predict --weight W --dataset_root ROOT --split val [--latent_suffix S | --all-rates] --out DIR``.
+
+Runs a checkpoint over a dataset split and writes WIDER result files (``<out>/<event>/<basename>.txt``, original-
+image pixels; ``<out>/latent_<rate>/...`` per rate with ``--all-rates``). Resumable: existing files are skipped.
+Defaults are the published evaluation settings (confidence 0.02, NMS 0.4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "run a checkpoint over a dataset split and write WIDER result files"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weight", "-m", required=True, type=Path, help="checkpoint (ours or a published state dict)")
+    parser.add_argument("--preset", default=None, help="preset of a published state dict (inferred when omitted)")
+    parser.add_argument("--dataset_root", "--dataset-root", required=True, type=Path, help="folder with the split")
+    parser.add_argument("--split", default="val", help="split folder (default val)")
+    rates = parser.add_mutually_exclusive_group()
+    rates.add_argument(
+        "--latent_suffix",
+        "--latent-suffix",
+        default=None,
+        help="rate file of a latent model (default: the checkpoint's, e.g. latent_75.npy)",
+    )
+    rates.add_argument(
+        "--all-rates", "--all_rates", action="store_true", help="every available rate, into <out>/latent_<rate>/"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="result folder")
+    parser.add_argument(
+        "--conf", "--confidence_threshold", dest="conf", type=float, default=0.02, help="score threshold"
+    )
+    parser.add_argument("--nms", "--nms_threshold", dest="nms", type=float, default=0.4, help="NMS IoU threshold")
+    parser.add_argument("--top_k", type=int, default=None, help="candidates before NMS (default: config, 5000)")
+    parser.add_argument("--keep_top_k", type=int, default=None, help="detections kept per image (default: config, 750)")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument("--num_workers", "--num-workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
+    parser.add_argument("--no-resume", action="store_true", help="rewrite files that exist")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", type=Path, default=None, help="write the run statistics as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nbsrc.detector import Detector
+    from nbsrc.evaluation.predict import predict_split
+
+    if not 0 <= args.conf <= 1 or not 0 < args.nms <= 1:
+        raise ValueError(f"--conf must be in [0, 1] and --nms in (0, 1], got {args.conf} and {args.nms}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if not args.weight.is_file():
+        raise FileNotFoundError(f"checkpoint {args.weight} not found")
+    detector = Detector.from_checkpoint(args.weight, preset=args.preset, device=args.device)
+    if (args.latent_suffix or args.all_rates) and detector.model.input_kind != "latent":
+        raise ValueError(f"{args.weight}: --latent_suffix / --all-rates need a latent model, this one takes RGB images")
+    results = predict_split(
+        detector,
+        args.dataset_root,
+        args.out,
+        split=args.split,
+        latent_suffix=args.latent_suffix,
+        all_rates=args.all_rates,
+        conf=args.conf,
+        nms=args.nms,
+        top_k=args.top_k,
+        keep_top_k=args.keep_top_k,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        amp=not args.no_amp,
+        resume=not args.no_resume,
+        progress=not args.no_progress,
+    )
+    for stats in results.values():
+        sys.stdout.write(stats.summary() + "\n")
+    if args.json:
+        from nbsrc.utils import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps({k or "all": v.to_dict() for k, v in results.items()}, indent=2) + "\n")
+    return 0

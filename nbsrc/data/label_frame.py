@@ -1,0 +1,507 @@
+"""The label frame: mapping annotations from original-image pixels into the network frame.
+
+A latent ``[256, h, w]`` describes an image of ``(w * 16, h * 16)`` pixels (640x640 for 40x40); an RGB sample
+is resized to ``image_size`` squared. WIDER labels are in *original-image* pixels (e.g. a 1024x683 photo), so
+every box and landmark has to go through `nbsrc.frame.FrameMap` with the resize policy that made the network
+frame (``data.resize_policy``: ``stretch``, the default, or ``letterbox``). Box conventions: `nbsrc.boxes`.
+
+Where the original size of an image comes from, first hit wins:
+
+1. the record itself (``ImageRecord.image_size``, e.g. from a format that carries it);
+2. a sizes CSV ``name,width,height`` (``data.sizes_csv``; the demo dataset ships ``image_sizes.csv``);
+3. the image file in an ``images/`` folder, read header-only (PIL opens lazily; no pixel is decoded).
+
+``data.label_frame=640`` says the labels are already in a 640x640 frame (they are then only rescaled to the
+network frame when that differs). When none of these determines the frame, `LabelFrameError` says exactly what
+to provide: the mapping never guesses.
+
+`check_label_frame` reports, per split, which frame the labels appear to be in (box extents against original
+sizes and against the network frame), for the data-inspection notebook.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from nbsrc.data.records import ImageRecord
+from nbsrc.frame import FrameMap
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageSizes",
+    "LabelFrame",
+    "LabelFrameError",
+    "LabelFrameReport",
+    "check_label_frame",
+    "read_image_size",
+    "read_sizes_csv",
+    "strip_image_extension",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+SIZES_CSV_NAME = "image_sizes.csv"  # looked up at the dataset root and in the split folder
+
+
+class LabelFrameError(ValueError):
+    """The network frame of an image's labels cannot be determined (the message says what to provide)."""
+
+
+def strip_image_extension(name: str) -> str:
+    """``"0--Parade/x.jpg"`` -> ``"0--Parade/x"`` (only known image extensions are removed)."""
+    name = name.strip().replace("\\", "/").lstrip("/")
+    stem, dot, ext = name.rpartition(".")
+    if dot and f".{ext.lower()}" in IMAGE_EXTENSIONS:
+        return stem
+    return name
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header only (PIL opens lazily; pixels are not decoded).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} not found")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable image ({exc})") from None
+    return int(width), int(height)
+
+
+def read_sizes_csv(path: str | Path) -> dict[str, tuple[int, int]]:
+    """Read a sizes CSV with the header ``name,width,height``.
+
+    Names may carry an image extension and an event folder (``0--Parade/x.jpg``); keys are the names without
+    the extension. Each image is also reachable by its basename when that is unique (see `ImageSizes`).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a bad header, a line without three fields, a size that is not a positive integer, or a name
+            given twice with different sizes (``file:line`` in the message).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sizes CSV {path} not found (expected columns name,width,height)")
+    sizes: dict[str, tuple[int, int]] = {}
+    seen_at: dict[str, int] = {}
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        rows = csv.reader(fh)
+        header = next(rows, None)
+        if header is None or [h.strip().lower() for h in header[:3]] != ["name", "width", "height"]:
+            raise ValueError(f"{path}:1: expected the header 'name,width,height', got {header!r}")
+        for number, row in enumerate(rows, 2):
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if len(row) < 3:
+                raise ValueError(f"{path}:{number}: expected 'name,width,height', got {','.join(row)!r}")
+            name = strip_image_extension(row[0])
+            try:
+                width, height = int(row[1]), int(row[2])
+            except ValueError:
+                raise ValueError(
+                    f"{path}:{number}: width and height must be integers, got {row[1]!r}, {row[2]!r}"
+                ) from None
+            if width <= 0 or height <= 0:
+                raise ValueError(f"{path}:{number}: width and height must be > 0, got {width}x{height}")
+            if name in sizes and sizes[name] != (width, height):
+                raise ValueError(
+                    f"{path}:{number}: {name!r} listed again with size {width}x{height} "
+                    f"(line {seen_at[name]} says {sizes[name][0]}x{sizes[name][1]})"
+                )
+            sizes[name] = (width, height)
+            seen_at[name] = number
+    return sizes
+
+
+class ImageSizes:
+    """Original image sizes by record name, from explicit values, a sizes CSV and/or an images folder.
+
+    Lookups try the full name (``event/basename``), then the basename. The images folder is searched at
+    ``<images_dir>/<name>.<ext>`` first, then by basename anywhere below it (indexed once, on first need).
+
+    Args:
+        sizes: name -> (width, height), checked first.
+        sizes_csv: a CSV ``name,width,height`` (`read_sizes_csv`).
+        images_dir: a folder of images (``<event>/<basename>.jpg`` or flat); sizes are read header-only.
+    """
+
+    def __init__(
+        self,
+        *,
+        sizes: Mapping[str, tuple[int, int]] | None = None,
+        sizes_csv: str | Path | None = None,
+        images_dir: str | Path | None = None,
+    ) -> None:
+        self.sizes_csv = Path(sizes_csv) if sizes_csv is not None else None
+        self.images_dir = Path(images_dir) if images_dir is not None else None
+        table: dict[str, tuple[int, int]] = {}
+        if sizes:
+            table.update({strip_image_extension(k): (int(v[0]), int(v[1])) for k, v in sizes.items()})
+        if self.sizes_csv is not None:
+            for key, value in read_sizes_csv(self.sizes_csv).items():
+                table.setdefault(key, value)
+        self._table = table
+        self._by_basename = _unique_basenames(table)
+        self._image_index: dict[str, Path] | None = None
+        self._cache: dict[str, tuple[int, int] | None] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._table) or self.images_dir is not None
+
+    @property
+    def sources(self) -> list[str]:
+        """Human description of where sizes come from (for messages)."""
+        out = []
+        if self.sizes_csv is not None:
+            out.append(f"sizes CSV {self.sizes_csv}")
+        if self.images_dir is not None:
+            out.append(f"images folder {self.images_dir}")
+        if self._table and self.sizes_csv is None:
+            out.append(f"{len(self._table)} given sizes")
+        return out
+
+    def image_path(self, name: str) -> Path | None:
+        """The image file of `name` in the images folder, or None."""
+        if self.images_dir is None or not self.images_dir.is_dir():
+            return None
+        name = strip_image_extension(name)
+        for ext in IMAGE_EXTENSIONS[:3]:
+            candidate = self.images_dir / f"{name}{ext}"
+            if candidate.is_file():
+                return candidate
+        if self._image_index is None:
+            self._image_index = index_images(self.images_dir)
+        return self._image_index.get(name) or self._image_index.get(name.rsplit("/", 1)[-1])
+
+    def get(self, name: str) -> tuple[int, int] | None:
+        """``(width, height)`` of the original image `name`, or None when no source knows it."""
+        name = strip_image_extension(name)
+        if name in self._cache:
+            return self._cache[name]
+        size = self._table.get(name) or self._by_basename.get(name.rsplit("/", 1)[-1])
+        if size is None:
+            path = self.image_path(name)
+            if path is not None:
+                size = read_image_size(path)
+        self._cache[name] = size
+        return size
+
+
+def _unique_basenames(table: Mapping[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    by_base: dict[str, tuple[int, int]] = {}
+    ambiguous: set[str] = set()
+    for key, value in table.items():
+        base = key.rsplit("/", 1)[-1]
+        if base in by_base and by_base[base] != value:
+            ambiguous.add(base)
+        by_base.setdefault(base, value)
+    for base in ambiguous:
+        del by_base[base]
+    return by_base
+
+
+def index_images(images_dir: str | Path) -> dict[str, Path]:
+    """Every image below `images_dir` by ``relative/name`` and by basename (both without extension); a basename
+    that occurs in two folders is reachable only by its relative name."""
+    images_dir = Path(images_dir)
+    index: dict[str, Path] = {}
+    base_count: dict[str, int] = {}
+    for dirpath, dirnames, filenames in os.walk(images_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            if os.path.splitext(filename)[1].lower() not in IMAGE_EXTENSIONS or filename.startswith("."):
+                continue
+            path = Path(dirpath) / filename
+            relative = strip_image_extension(path.relative_to(images_dir).as_posix())
+            index[relative] = path
+            base = relative.rsplit("/", 1)[-1]
+            base_count[base] = base_count.get(base, 0) + 1
+            if base_count[base] == 1:
+                index.setdefault(base, path)
+            elif index.get(base) is not None and base != relative:
+                index.pop(base, None)
+    return index
+
+
+@dataclass(frozen=True)
+class LabelFrame:
+    """How the labels of a dataset relate to the network frame.
+
+    Args:
+        sizes: original image sizes (`ImageSizes`), or None.
+        policy: ``stretch`` | ``letterbox`` (`nbsrc.frame.FrameMap`).
+        label_frame: side of the square frame the labels are already in (``640``), or None for original pixels.
+    """
+
+    sizes: ImageSizes | None = None
+    policy: str = "stretch"
+    label_frame: int | None = None
+
+    def original_size(self, record: ImageRecord) -> tuple[int, int] | None:
+        """``(width, height)`` of the record's original image, or None."""
+        if record.image_size is not None:
+            return (int(record.image_size[0]), int(record.image_size[1]))
+        if self.sizes is not None:
+            return self.sizes.get(record.name)
+        return None
+
+    def frame(self, record: ImageRecord, net_size: tuple[int, int]) -> FrameMap | None:
+        """Original image -> network frame map of `record` (for mapping predictions back), or None when the
+        original size is unknown."""
+        size = self.original_size(record)
+        return FrameMap(size, tuple(net_size), self.policy) if size is not None else None
+
+    def explain_missing(self, record: ImageRecord, net_size: tuple[int, int]) -> str:
+        """The error message for a record whose frame cannot be determined."""
+        where = record.source or record.name
+        tried = self.sizes.sources if self.sizes is not None else []
+        expected = None
+        if self.sizes is not None and self.sizes.images_dir is not None:
+            expected = self.sizes.images_dir / f"{strip_image_extension(record.name)}.jpg"
+        lines = [
+            f"{where}: cannot map the labels of {record.name!r} into the {net_size[0]}x{net_size[1]} network frame: "
+            "the original image size is unknown"
+            + (f" (looked in {', '.join(tried)})" if tried else " (no sizes CSV and no images folder were given)")
+            + ". Provide one of:",
+            f"  - a sizes CSV with the header 'name,width,height' (data.sizes_csv=..., or {SIZES_CSV_NAME} at the "
+            "dataset root);",
+            "  - the images folder <split>/images/<event>/<basename>.jpg"
+            + (f" (expected {expected})" if expected is not None else "")
+            + ";",
+            "  - data.label_frame=640 if the labels are already in the 640x640 frame of the latents.",
+        ]
+        return "\n".join(lines)
+
+    def to_net(self, record: ImageRecord, net_size: tuple[int, int]) -> tuple[ImageRecord, FrameMap | None]:
+        """`record` with boxes and landmarks in network-frame pixels, and the original -> network map.
+
+        Args:
+            record: labels as read (original pixels, normalized fractions, or the ``label_frame`` square).
+            net_size: ``(width, height)`` of the network frame.
+        Returns:
+            ``(record_in_net_pixels, frame)``; ``frame`` is None when the original size is unknown but not
+            needed (``label_frame`` given, or normalized labels under ``stretch``).
+        Raises:
+            LabelFrameError: the frame cannot be determined; the message says what to provide.
+        """
+        net_size = (int(net_size[0]), int(net_size[1]))
+        frame = self.frame(record, net_size)
+        n = record.num_boxes
+        if record.normalized:
+            if self.policy == "stretch" or frame is None:
+                if self.policy != "stretch":
+                    raise LabelFrameError(self.explain_missing(record, net_size))
+                scale = np.asarray(net_size, np.float32)
+                return _mapped(record, record.boxes * np.tile(scale, 2), record.landmarks * scale), frame
+            size = np.asarray(frame.orig_size, np.float32)
+            boxes = frame.to_net(record.boxes * np.tile(size, 2))
+            landmarks = frame.to_net(record.landmarks * size)
+            return _mapped(record, boxes, landmarks), frame
+        if self.label_frame is not None:
+            side = float(self.label_frame)
+            if (side, side) == (float(net_size[0]), float(net_size[1])):
+                return _mapped(record, record.boxes, record.landmarks), frame
+            scale = np.asarray([net_size[0] / side, net_size[1] / side], np.float32)
+            return _mapped(record, record.boxes * np.tile(scale, 2), record.landmarks * scale), frame
+        if frame is None:
+            raise LabelFrameError(self.explain_missing(record, net_size))
+        boxes = frame.to_net(record.boxes) if n else record.boxes
+        landmarks = frame.to_net(record.landmarks) if n else record.landmarks
+        return _mapped(record, boxes, landmarks), frame
+
+
+def _mapped(record: ImageRecord, boxes: np.ndarray, landmarks: np.ndarray) -> ImageRecord:
+    landmarks = np.where(record.landmarks_valid[:, None, None], landmarks, 0.0).astype(np.float32)  # (N, 5, 2)
+    return replace(record, boxes=np.asarray(boxes, np.float32), landmarks=landmarks, normalized=False)
+
+
+# ---- which frame are the labels in? ------------------------------------------------------------------
+@dataclass
+class LabelFrameReport:
+    """What the box extents of one split say about its label frame.
+
+    Attributes:
+        split: split name.
+        label_file: the label file read.
+        verdict: ``original`` (original-image pixels), ``network`` (already in the ``net_side`` frame),
+            ``normalized`` (fractions of the image), ``ambiguous`` (both fit), ``inconsistent`` (neither fits),
+            ``unknown`` (no original sizes and nothing exceeds the network frame).
+        message: one sentence for people, with the config setting to use.
+        images / boxes: counts read; ``images_with_size`` those whose original size is known.
+        inside_original: fraction of boxes (of images with a known size) inside their original image.
+        inside_network: fraction of boxes inside the ``net_side`` square.
+        max_extent: largest ``x2`` and ``y2`` of any box, in label units.
+        max_extent_over_size: largest ``x2 / width`` and ``y2 / height`` (images with a known size).
+        size_sources: where original sizes came from.
+    """
+
+    split: str
+    label_file: str
+    verdict: str
+    message: str
+    images: int = 0
+    boxes: int = 0
+    images_with_size: int = 0
+    net_side: int = 640
+    inside_original: float | None = None
+    inside_network: float | None = None
+    max_extent: tuple[float, float] = (0.0, 0.0)
+    max_extent_over_size: tuple[float, float] | None = None
+    size_sources: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def __str__(self) -> str:
+        parts = [f"{self.split}: {self.verdict} - {self.message}"]
+        parts.append(f"  {self.images} images, {self.boxes} boxes, {self.images_with_size} with a known original size")
+        if self.inside_original is not None:
+            parts.append(f"  boxes inside their original image: {self.inside_original:.1%}")
+        if self.inside_network is not None:
+            parts.append(f"  boxes inside the {self.net_side}x{self.net_side} frame: {self.inside_network:.1%}")
+        return "\n".join(parts)
+
+
+def _tolerance(side: np.ndarray | float) -> np.ndarray | float:
+    """Allowed overflow past a frame edge: annotators' boxes often poke a few pixels out."""
+    return np.maximum(2.0, 0.01 * np.asarray(side, np.float64))
+
+
+def frame_verdict(
+    records: Sequence[ImageRecord],
+    sizes: ImageSizes | None,
+    *,
+    net_side: int = 640,
+    split: str = "",
+    label_file: str = "",
+) -> LabelFrameReport:
+    """`LabelFrameReport` of one split's records (see `check_label_frame`)."""
+    boxes_all = [r.boxes for r in records if r.num_boxes]
+    n_boxes = int(sum(len(b) for b in boxes_all))
+    report = LabelFrameReport(
+        split=split,
+        label_file=label_file,
+        verdict="unknown",
+        message="",
+        images=len(records),
+        boxes=n_boxes,
+        net_side=net_side,
+        size_sources=sizes.sources if sizes is not None else [],
+    )
+    if n_boxes == 0:
+        report.message = "no boxes to judge the frame by"
+        return report
+    if all(r.normalized for r in records):
+        report.verdict = "normalized"
+        report.message = "boxes are fractions of the image size; they are scaled to the network frame directly"
+        return report
+    stacked = np.concatenate(boxes_all, axis=0).astype(np.float64)  # (T, 4)
+    report.max_extent = (float(stacked[:, 2].max()), float(stacked[:, 3].max()))
+    inside_net = (stacked[:, 2] <= net_side + _tolerance(net_side)) & (stacked[:, 3] <= net_side + _tolerance(net_side))
+    report.inside_network = float(inside_net.mean())
+
+    ratios, inside_orig = [], []
+    frame = LabelFrame(sizes=sizes)
+    for record in records:
+        size = frame.original_size(record)
+        if size is None:
+            continue
+        report.images_with_size += 1
+        if not record.num_boxes:
+            continue
+        w, h = size
+        b = record.boxes.astype(np.float64)
+        ratios.append(np.stack([b[:, 2] / w, b[:, 3] / h], axis=1))  # (N, 2)
+        inside_orig.append((b[:, 2] <= w + _tolerance(w)) & (b[:, 3] <= h + _tolerance(h)))
+    net_hint = f"data.label_frame={net_side}"
+    if not inside_orig:
+        if report.inside_network < 0.99:
+            report.verdict = "original"
+            report.message = (
+                f"{1 - report.inside_network:.1%} of the boxes reach past {net_side} px, so the labels are not in the "
+                f"{net_side} frame; they are probably in original-image pixels. Give the original sizes (sizes CSV "
+                "or images folder) so that they can be mapped"
+            )
+        else:
+            report.message = (
+                f"every box fits in {net_side}x{net_side} and no original size is known: give the sizes (sizes CSV "
+                f"or images folder) to tell original pixels from the {net_side} frame, or set {net_hint} if the "
+                "labels are in that frame"
+            )
+        return report
+    ratio = np.concatenate(ratios, axis=0)  # (T', 2)
+    report.max_extent_over_size = (float(ratio[:, 0].max()), float(ratio[:, 1].max()))
+    report.inside_original = float(np.concatenate(inside_orig).mean())
+    fits_orig = report.inside_original >= 0.99
+    fits_net = report.inside_network >= 0.99
+    if fits_orig and not fits_net:
+        report.verdict = "original"
+        report.message = "boxes fit their original images and reach past the network frame: original-image pixels (keep data.label_frame=None)"
+    elif fits_net and not fits_orig:
+        report.verdict = "network"
+        report.message = f"boxes fit the {net_side} frame but not their original images: set {net_hint}"
+    elif fits_orig and fits_net:
+        report.verdict = "ambiguous"
+        report.message = (
+            f"boxes fit both their original images and the {net_side} frame (small originals or central faces); "
+            f"original pixels is the default, set {net_hint} if the labels were made in that frame"
+        )
+    else:
+        report.verdict = "inconsistent"
+        report.message = (
+            f"only {report.inside_original:.1%} of the boxes fit their original images and {report.inside_network:.1%} "
+            f"the {net_side} frame: check the sizes source and the label file"
+        )
+    return report
+
+
+def check_label_frame(
+    root: str | Path,
+    splits: Iterable[str] | None = None,
+    *,
+    sizes_csv: str | Path | None = None,
+    net_side: int = 640,
+    labels: Mapping[str, str | Path] | None = None,
+) -> dict[str, LabelFrameReport]:
+    """Report, per split, which frame the labels appear to be in.
+
+    Args:
+        root: dataset root holding split folders (``train/``, ``val/``), or one split folder.
+        splits: split folder names (default: every split folder found).
+        sizes_csv: original sizes (default: ``image_sizes.csv`` at the root or in the split, when present).
+        net_side: side of the network frame (640 for 40x40 latents).
+        labels: split -> label file, overriding the discovery (`nbsrc.data.layout.find_labels`).
+    Returns:
+        split -> `LabelFrameReport` (its ``str`` is a short human summary).
+    """
+    from nbsrc.data.layout import find_labels, find_sizes_csv, list_splits, read_split_labels
+
+    root = Path(root)
+    reports = {}
+    for split, split_dir in list_splits(root, splits):
+        label_path = Path(labels[split]) if labels and split in labels else find_labels(split_dir)
+        records = read_split_labels(label_path)
+        csv_path = sizes_csv if sizes_csv is not None else find_sizes_csv(split_dir)
+        images_dir = split_dir / "images"
+        sizes = ImageSizes(sizes_csv=csv_path, images_dir=images_dir if images_dir.is_dir() else None)
+        reports[split] = frame_verdict(
+            records, sizes if sizes else None, net_side=net_side, split=split, label_file=str(label_path)
+        )
+        logger.info("label frame of %s: %s", split, reports[split].verdict)
+    return reports

@@ -1,0 +1,442 @@
+"""`LatentWiderFace`: JPEG AI latents of WIDER FACE with labels mapped into the latent's frame.
+
+Layouts (`nbsrc.data.layout`): nested ``<split>/latent/<image>/latent_{12,25,50,75,100}.npy`` with
+``<split>/labels.txt`` (or ``<split>/latent/labels.txt``), and flat ``<split>/latent/<image>.npy`` with
+``<split>/labelstxt/``. One rate is read (``latent_suffix``, default ``latent_75.npy``) or every rate
+(``all_rates``: each image gives one sample per rate, same boxes).
+
+Latents are ``[1, 256, h, w]`` or ``[256, h, w]``, float16 or float32, memory-mapped with
+``np.load(mmap_mode="r")`` and returned as ``float32 [256, h, w]``. They describe an image of
+``(w * 16, h * 16)`` pixels (640x640 for 40x40): boxes and landmarks are mapped there from original pixels by
+`nbsrc.data.label_frame.LabelFrame` (original sizes from a sizes CSV, the images folder or the record), or taken
+as they are with ``label_frame=640``.
+
+Options: per-channel standardisation with statistics computed once per dataset and rate and cached next to the
+data (or in a run folder when the data folder is read-only), and an opt-in horizontal flip (off by default: a
+flipped latent is not the latent of the flipped image).
+
+Images with zero faces are samples; degenerate boxes are dropped and counted; faces without landmarks have
+``landmarks_valid = False``. Defects follow ``on_error`` (`nbsrc.data.validate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from nbsrc.data.label_frame import ImageSizes, LabelFrame, LabelFrameError
+from nbsrc.data.layout import basename_of, find_labels, find_sizes_csv, parse_rate, scan_latents
+from nbsrc.data.records import ImageRecord
+from nbsrc.data.validate import (
+    DefectLog,
+    check_boxes,
+    check_duplicate_basenames,
+    check_latent_file,
+    frame_extent,
+    match_latents,
+    read_labels_checked,
+)
+from nbsrc.frame import FrameMap
+from nbsrc.latents import load_latent
+from nbsrc.utils import atomic_path
+
+__all__ = ["LatentStats", "LatentWiderFace", "compute_latent_stats", "latent_stats"]
+
+logger = logging.getLogger(__name__)
+
+MIRROR_ORDER = np.array([1, 0, 2, 4, 3])  # landmark order after a horizontal flip
+STATS_MAX_FILES = 500  # latents read (evenly spread over the split) to estimate the channel statistics
+
+
+@dataclass(frozen=True)
+class LatentStats:
+    """Per-channel mean and standard deviation of the latents of one rate.
+
+    Attributes:
+        mean, std: ``float32 [C]``.
+        rate: the rate point (None for unrated files).
+        files: number of latents the statistics were computed from.
+        fingerprint: hash of the file list they describe (a cache with another fingerprint is recomputed).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    rate: int | None
+    files: int
+    fingerprint: str
+
+    def apply(self, latent: np.ndarray) -> np.ndarray:
+        """``(latent - mean) / std`` per channel, in place on a ``float32 [C, h, w]`` array."""
+        latent -= self.mean[:, None, None]
+        latent /= self.std[:, None, None]
+        return latent
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(
+                    fh,
+                    mean=self.mean,
+                    std=self.std,
+                    rate=np.int64(-1 if self.rate is None else self.rate),
+                    files=np.int64(self.files),
+                    fingerprint=np.array(self.fingerprint),
+                )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatentStats:
+        with np.load(path, allow_pickle=False) as data:
+            rate = int(data["rate"])
+            return cls(
+                mean=data["mean"].astype(np.float32),
+                std=data["std"].astype(np.float32),
+                rate=None if rate < 0 else rate,
+                files=int(data["files"]),
+                fingerprint=str(data["fingerprint"]),
+            )
+
+
+def _fingerprint(paths: Sequence[Path]) -> str:
+    digest = hashlib.sha1()
+    for path in sorted(str(p) for p in paths):
+        digest.update(Path(path).parent.name.encode() + b"/" + Path(path).name.encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def compute_latent_stats(
+    paths: Sequence[str | Path], *, channels: int = 256, rate: int | None = None, max_files: int = STATS_MAX_FILES
+) -> LatentStats:
+    """Per-channel mean / std over (an evenly spaced subset of at most `max_files` of) `paths`, in float64."""
+    paths = sorted(Path(p) for p in paths)
+    if not paths:
+        raise ValueError("no latent files to compute statistics from")
+    step = max(1, len(paths) // max_files)
+    chosen = paths[::step][:max_files]
+    total = np.zeros(channels, np.float64)
+    squares = np.zeros(channels, np.float64)
+    count = 0
+    for path in chosen:
+        latent = load_latent(path, channels).astype(np.float64)  # (C, h, w)
+        total += latent.sum(axis=(1, 2))
+        squares += np.square(latent).sum(axis=(1, 2))
+        count += latent.shape[1] * latent.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    std = np.where(std > 1e-6, std, 1.0)  # constant channels: leave the scale alone
+    return LatentStats(mean.astype(np.float32), std.astype(np.float32), rate, len(chosen), _fingerprint(paths))
+
+
+def latent_stats(
+    paths: Sequence[str | Path],
+    cache_dir: str | Path,
+    *,
+    rate: int | None,
+    channels: int = 256,
+    fallback_dir: str | Path | None = None,
+) -> LatentStats:
+    """Cached `compute_latent_stats`: ``<cache_dir>/latent_stats_<rate>.npz`` (next to the data), or in
+    `fallback_dir` (a run folder) when `cache_dir` is read-only; recomputed when the file list changed."""
+    name = f"latent_stats_{rate}.npz" if rate is not None else "latent_stats.npz"
+    fingerprint = _fingerprint([Path(p) for p in paths])
+    candidates = [Path(cache_dir) / name] + ([Path(fallback_dir) / name] if fallback_dir is not None else [])
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                stats = LatentStats.load(candidate)
+            except (ValueError, OSError, KeyError) as exc:
+                logger.warning("%s: unreadable latent statistics (%s); recomputing", candidate, exc)
+                continue
+            if stats.fingerprint == fingerprint and stats.mean.shape == (channels,):
+                logger.debug("latent statistics from %s", candidate)
+                return stats
+    logger.info("computing per-channel latent statistics (rate %s) from %d files", rate, len(paths))
+    stats = compute_latent_stats(paths, channels=channels, rate=rate)
+    for candidate in candidates:
+        try:
+            stats.save(candidate)
+        except OSError as exc:
+            logger.info("cannot write %s (%s)", candidate, exc)
+            continue
+        logger.info("latent statistics cached in %s", candidate)
+        return stats
+    logger.warning(
+        "latent statistics could not be cached (%s read-only and no run folder given); they are kept in memory",
+        cache_dir,
+    )
+    return stats
+
+
+@dataclass(frozen=True)
+class LatentSample:
+    """One indexed sample: a latent file and its labels in network-frame pixels."""
+
+    name: str
+    path: Path
+    rate: int | None
+    boxes: np.ndarray  # float32 [N, 4] xyxy network-frame pixels
+    labels: np.ndarray  # int64 [N]
+    landmarks: np.ndarray  # float32 [N, 5, 2]
+    landmarks_valid: np.ndarray  # bool [N]
+    frame: FrameMap | None
+    spatial: tuple[int, int]  # latent (h, w)
+
+
+class LatentWiderFace(Dataset):
+    """JPEG AI latents + labels in the latent's frame (see the module docstring).
+
+    Args:
+        root: the split folder (``<root>/train``).
+        labels: label file or folder (default: found by `nbsrc.data.layout.find_labels`), or records.
+        latent_suffix: the rate file of the nested layout.
+        all_rates: use every rate file of each image (one sample per rate).
+        channels: latent channels.
+        latent_stride: network-frame pixels per latent cell (16: 40x40 -> 640x640).
+        spatial: expected latent ``(h, w)`` (None: any; all must then agree for batching).
+        label_frame: labels are already in this square frame (640), or None for original pixels.
+        resize_policy: how originals became the network frame: ``stretch`` | ``letterbox``.
+        sizes_csv: CSV ``name,width,height`` of the originals (default: ``image_sizes.csv`` in the split or
+            the dataset root when present).
+        images_dir: folder of the original images, read header-only for sizes (default ``<root>/images``).
+        normalize: per-channel standardisation.
+        stats: statistics to use (rate -> `LatentStats`, e.g. the training split's for validation); computed
+            and cached when None and `normalize`.
+        stats_dir: where to cache statistics when ``root`` is read-only (a run folder).
+        flip: random horizontal flip (p = `flip_prob`), landmarks swapped left/right.
+        num_classes: classifier outputs including background; boxes of class ``>= num_classes`` (persons for a
+            face-only model) are left out.
+        on_error: ``raise`` | ``skip`` (`nbsrc.data.validate`).
+        max_images: use only the first N labelled images.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        labels: str | Path | Sequence[ImageRecord] | None = None,
+        latent_suffix: str = "latent_75.npy",
+        all_rates: bool = False,
+        channels: int = 256,
+        latent_stride: int = 16,
+        spatial: tuple[int, int] | None = None,
+        label_frame: int | None = None,
+        resize_policy: str = "stretch",
+        sizes_csv: str | Path | None = None,
+        images_dir: str | Path | None = None,
+        normalize: bool = False,
+        stats: Mapping[int | None, LatentStats] | None = None,
+        stats_dir: str | Path | None = None,
+        flip: bool = False,
+        flip_prob: float = 0.5,
+        num_classes: int = 2,
+        on_error: str = "raise",
+        max_images: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"split folder {self.root} not found")
+        self.channels = channels
+        self.latent_stride = latent_stride
+        self.flip = flip
+        self.flip_prob = flip_prob
+        self.on_error = on_error
+        self.log = DefectLog(on_error, context=f"latents of {self.root}")
+
+        if labels is None or isinstance(labels, (str, Path)):
+            self.label_path = Path(labels) if labels is not None else find_labels(self.root, twoclass=num_classes > 2)
+            records = read_labels_checked(self.label_path, self.log)
+        else:
+            self.label_path = None
+            records = list(labels)
+        excluded: set[str] = set()
+        if max_images is not None and len(records) > max_images:
+            excluded = {basename_of(r.name) for r in records[max_images:]}
+            records = records[:max_images]
+        index = scan_latents(self.root / "latent", suffix=None if all_rates else latent_suffix)
+        self.layout = index.layout
+        records = check_duplicate_basenames(records, self.log)
+        for key in [k for k in index.files if k in excluded or k.removeprefix("latent_") in excluded]:
+            del index.files[key]
+        matched = match_latents(records, index, self.log, latent_suffix=None if all_rates else latent_suffix)
+
+        csv_path = Path(sizes_csv) if sizes_csv is not None else find_sizes_csv(self.root)
+        images = Path(images_dir) if images_dir is not None else self.root / "images"
+        sizes = ImageSizes(sizes_csv=csv_path, images_dir=images if images.is_dir() else None)
+        self.label_frame = LabelFrame(sizes=sizes if sizes else None, policy=resize_policy, label_frame=label_frame)
+
+        self.samples: list[LatentSample] = []
+        dropped_classes = 0
+        for record, files in matched:
+            if record.num_boxes and (record.labels >= num_classes).any():
+                from nbsrc.data.readers import select_boxes
+
+                keep = record.labels < num_classes
+                dropped_classes += int((~keep).sum())
+                record = select_boxes(record, keep)
+            record = check_boxes(record, self.log, frame_extent(record, self.label_frame))
+            mapped: dict[tuple[int, int], tuple[ImageRecord, FrameMap | None] | None] = {}
+            for rate, path in sorted(files.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+                hw = check_latent_file(path, self.log, channels=channels, spatial=spatial)
+                if hw is None:
+                    continue
+                if hw not in mapped:
+                    mapped[hw] = self._map(record, (hw[1] * latent_stride, hw[0] * latent_stride))
+                if mapped[hw] is None:
+                    break
+                net_record, frame = mapped[hw]
+                self.samples.append(
+                    LatentSample(
+                        name=record.name,
+                        path=path,
+                        rate=rate if rate is not None else parse_rate(path.name),
+                        boxes=net_record.boxes,
+                        labels=net_record.labels,
+                        landmarks=net_record.landmarks,
+                        landmarks_valid=net_record.landmarks_valid,
+                        frame=frame,
+                        spatial=hw,
+                    )
+                )
+        if dropped_classes:
+            logger.info(
+                "%s: %d boxes of classes >= %d left out (not learned by this model)",
+                self.root,
+                dropped_classes,
+                num_classes,
+            )
+        self.log.log_summary(logger)
+        if not self.samples:
+            logger.warning("%s: no usable latent sample", self.root)
+
+        self.stats: dict[int | None, LatentStats] | None = None
+        if normalize:
+            self.stats = dict(stats) if stats is not None else self._compute_stats(stats_dir)
+        logger.info(
+            "%s: %d samples (%s layout, %s), %d faces",
+            self.root,
+            len(self.samples),
+            self.layout,
+            "all rates" if all_rates else latent_suffix,
+            sum(len(s.boxes) for s in self.samples),
+        )
+
+    # ---- indexing -------------------------------------------------------------------------------------
+    def _map(self, record: ImageRecord, net_size: tuple[int, int]) -> tuple[ImageRecord, FrameMap | None] | None:
+        try:
+            net_record, frame = self.label_frame.to_net(record, net_size)
+        except LabelFrameError as exc:
+            if self.on_error == "raise":
+                raise
+            self.log.add_source("unknown_frame", record.source, str(exc).split("\n", 1)[0])
+            return None
+        return _clip_to_frame(net_record, net_size, self.log), frame
+
+    def _compute_stats(self, stats_dir: str | Path | None) -> dict[int | None, LatentStats]:
+        by_rate: dict[int | None, list[Path]] = {}
+        for sample in self.samples:
+            by_rate.setdefault(sample.rate, []).append(sample.path)
+        return {
+            rate: latent_stats(paths, self.root, rate=rate, channels=self.channels, fallback_dir=stats_dir)
+            for rate, paths in by_rate.items()
+        }
+
+    @property
+    def rates(self) -> list[int | None]:
+        return sorted({s.rate for s in self.samples}, key=lambda r: -1 if r is None else r)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    # ---- loading --------------------------------------------------------------------------------------
+    def load(self, index: int) -> np.ndarray:
+        """The latent of sample `index` as ``float32 [C, h, w]`` (normalized when configured; never flipped)."""
+        sample = self.samples[index]
+        latent = load_latent(sample.path, self.channels)
+        if latent.shape[1:] != sample.spatial:
+            raise ValueError(
+                f"{sample.path}: latent is {latent.shape[1]}x{latent.shape[2]}, it was {sample.spatial[0]}x"
+                f"{sample.spatial[1]} when the dataset was indexed"
+            )
+        if self.stats is not None:
+            stats = self.stats.get(sample.rate)
+            if stats is None:
+                raise ValueError(f"no latent statistics for rate {sample.rate} (have rates {list(self.stats)})")
+            if not latent.flags.writeable or not latent.flags.owndata:
+                latent = latent.copy()
+            stats.apply(latent)
+        return latent
+
+    def __getitem__(self, index: int) -> dict:
+        for attempt in range(len(self.samples)):
+            i = (index + attempt) % len(self.samples)
+            try:
+                latent = self.load(i)
+            except (ValueError, FileNotFoundError) as exc:
+                if self.on_error == "raise":
+                    raise
+                logger.warning("%s; left out, sample %d used instead", exc, (i + 1) % len(self.samples))
+                continue
+            return self._sample(i, latent)
+        raise ValueError(f"{self.root}: no readable latent in the dataset")
+
+    def _sample(self, index: int, latent: np.ndarray) -> dict:
+        sample = self.samples[index]
+        boxes, landmarks = sample.boxes, sample.landmarks
+        if self.flip and _random() < self.flip_prob:
+            width = latent.shape[2] * self.latent_stride
+            latent = np.ascontiguousarray(latent[:, :, ::-1])
+            boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)  # (N, 4)
+            landmarks = landmarks.copy()
+            landmarks[:, :, 0] = width - landmarks[:, :, 0]
+            landmarks = np.where(sample.landmarks_valid[:, None, None], landmarks[:, MIRROR_ORDER], 0.0)  # (N, 5, 2)
+        return {
+            "input": torch.from_numpy(latent),
+            "boxes": torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4)),  # (N, 4)
+            "labels": torch.from_numpy(sample.labels.astype(np.int64)),
+            "landmarks": torch.from_numpy(np.asarray(landmarks, np.float32).reshape(-1, 5, 2)),  # (N, 5, 2)
+            "landmarks_valid": torch.from_numpy(sample.landmarks_valid.astype(bool)),
+            "name": sample.name,
+            "rate": sample.rate,
+            "frame": sample.frame,
+        }
+
+
+def _random() -> float:
+    """A uniform draw from torch's generator (seeded per DataLoader worker and epoch)."""
+    return float(torch.rand(()).item())
+
+
+def _clip_to_frame(record: ImageRecord, net_size: tuple[int, int], log: DefectLog) -> ImageRecord:
+    """Clip boxes to the network frame (they were checked against their image with a small tolerance);
+    boxes left without area are dropped as degenerate."""
+    from dataclasses import replace
+
+    if record.num_boxes == 0:
+        return record
+    w, h = net_size
+    boxes = record.boxes.copy()
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    record = replace(record, boxes=boxes)
+    if keep.all():
+        return record
+    from nbsrc.data.readers import select_boxes
+
+    for i in np.flatnonzero(~keep):
+        log.add_source(
+            "degenerate_box", record.source, f"face {i} of {record.name!r} has no area inside the frame", fatal=False
+        )
+    return select_boxes(record, keep)

@@ -1,0 +1,151 @@
+"""Dataset and DataLoader factories: the only data code that reads `nbsrc.config.Config`.
+
+``cfg.model.input_kind`` picks the dataset: ``latent`` -> `LatentWiderFace`, ``rgb`` -> `WiderFaceRGB`. The split
+folders are ``<cfg.data.dataset_root>/<cfg.data.train_split>`` and ``.../<cfg.data.val_split>``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from nbsrc.config import Config
+from nbsrc.data.collate import detection_collate
+from nbsrc.data.latent_dataset import LatentWiderFace
+from nbsrc.data.rgb_dataset import WiderFaceRGB
+
+__all__ = ["build_dataloaders", "build_dataset", "dataset_root"]
+
+logger = logging.getLogger(__name__)
+
+
+def dataset_root(cfg: Config) -> Path:
+    """``cfg.data.dataset_root`` as a path.
+
+    Raises:
+        ValueError: it is not set (the engine and notebooks resolve the demo dataset first, see
+            `nbsrc.paths.resolve_dataset_root`).
+        FileNotFoundError: the folder does not exist.
+    """
+    if cfg.data.dataset_root is None:
+        raise ValueError(
+            "data.dataset_root is not set: give the dataset folder (train/ and val/ inside), or resolve the demo "
+            "dataset with nbsrc.paths.resolve_dataset_root(None)"
+        )
+    root = Path(cfg.data.dataset_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.dataset_root {root} not found")
+    return root
+
+
+def _run_dir(cfg: Config) -> Path | None:
+    if cfg.train.run_name:
+        return Path(cfg.train.out) / cfg.train.run_name
+    return None
+
+
+def build_dataset(cfg: Config, split: str, train: bool, **overrides: Any) -> Dataset:
+    """The dataset of one split for `cfg`.
+
+    Args:
+        cfg: configuration (``model.input_kind`` and the ``data`` group).
+        split: split folder name under ``data.dataset_root`` (``cfg.data.train_split`` / ``val_split``).
+        train: training mode (RGB augmentation; latent flip when ``data.latent_flip``).
+        **overrides: keyword arguments passed on to the dataset class (e.g. ``stats=`` for latents).
+    Returns:
+        `LatentWiderFace` or `WiderFaceRGB`.
+    """
+    d, m = cfg.data, cfg.model
+    root = dataset_root(cfg) / split
+    if m.input_kind == "latent":
+        image_side = d.image_size // m.latent_stride
+        kwargs: dict[str, Any] = dict(
+            latent_suffix=d.latent_suffix,
+            all_rates=d.all_rates,
+            channels=m.latent_channels,
+            latent_stride=m.latent_stride,
+            spatial=(image_side, image_side),
+            label_frame=d.label_frame,
+            resize_policy=d.resize_policy,
+            sizes_csv=d.sizes_csv,
+            normalize=d.normalize_latents,
+            stats_dir=_run_dir(cfg),
+            flip=d.latent_flip and train,
+            num_classes=m.num_classes,
+            on_error=d.on_error,
+            max_images=d.max_images,
+        )
+        kwargs.update(overrides)
+        return LatentWiderFace(root, **kwargs)
+    kwargs = dict(
+        image_size=d.image_size,
+        train=train,
+        augment=d.augment,
+        channel_order=m.channel_order,
+        pixel_mean=m.pixel_mean,
+        pixel_std=m.pixel_std,
+        resize_policy=d.resize_policy,
+        label_frame=d.label_frame,
+        num_classes=m.num_classes,
+        on_error=d.on_error,
+        max_images=d.max_images,
+    )
+    kwargs.update(overrides)
+    return WiderFaceRGB(root, **kwargs)
+
+
+def _loader(dataset: Dataset, cfg: Config, *, train: bool, batch_size: int, distributed: bool) -> DataLoader:
+    workers = cfg.data.num_workers
+    sampler = None
+    if distributed:
+        sampler = DistributedSampler(dataset, shuffle=train, seed=cfg.train.seed, drop_last=False)
+    generator = torch.Generator().manual_seed(cfg.train.seed) if train and sampler is None else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=detection_collate,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        drop_last=False,
+        generator=generator,
+    )
+
+
+def build_dataloaders(cfg: Config, distributed: bool = False) -> tuple[DataLoader, DataLoader | None]:
+    """Training and validation loaders for `cfg`.
+
+    Workers ``data.num_workers`` (persistent), pinned memory when CUDA is available, a `DistributedSampler`
+    per process when `distributed`. Latent normalization statistics come from the training split and are reused
+    for validation. The validation loader is None when the split folder does not exist.
+
+    Returns:
+        ``(train_loader, val_loader | None)``; batches are `nbsrc.data.collate.detection_collate` dicts.
+    """
+    root = dataset_root(cfg)
+    train_set = build_dataset(cfg, cfg.data.train_split, train=True)
+    if len(train_set) == 0:
+        raise ValueError(f"{root / cfg.data.train_split}: the training split has no usable sample")
+    train_loader = _loader(train_set, cfg, train=True, batch_size=cfg.train.batch_size, distributed=distributed)
+    val_loader = None
+    if (root / cfg.data.val_split).is_dir():
+        extra: dict[str, Any] = {}
+        if isinstance(train_set, LatentWiderFace) and train_set.stats is not None:
+            extra["stats"] = train_set.stats
+        val_set = build_dataset(cfg, cfg.data.val_split, train=False, **extra)
+        if len(val_set):
+            val_loader = _loader(val_set, cfg, train=False, batch_size=cfg.eval.batch_size, distributed=distributed)
+        else:
+            logger.warning(
+                "%s: the validation split has no usable sample; no validation loader", root / cfg.data.val_split
+            )
+    else:
+        logger.info("no validation split %s", root / cfg.data.val_split)
+    return train_loader, val_loader

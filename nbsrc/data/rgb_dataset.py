@@ -1,0 +1,239 @@
+"""`WiderFaceRGB`: images + labels of any supported format, with the RetinaFace augmentation.
+
+Images live in ``<split>/images/<event>/<basename>.jpg`` (or flat ``<split>/images/<name>.jpg``); labels are
+found by `nbsrc.data.layout.find_labels` or given (RetinaFace ``label.txt``, per-image files, the official
+``bbx_gt`` text, the 2-class file, ...). Normalized labels (the 2-class format) are scaled by the image size;
+``label_frame`` labels (a square frame of the image) are mapped back to the image with the resize policy.
+
+- ``train=True`` with ``augment``: `nbsrc.data.transforms.train_transform` (square crop keeping a whole face,
+  photometric distortion, pad-to-square when no crop fits, mirror with left/right landmark swap, resize to
+  ``image_size``). The sample's ``frame`` is None (a random crop has no fixed map to the original).
+- otherwise: `nbsrc.data.transforms.eval_transform` (resize with the policy); ``frame`` maps back.
+
+The input is `nbsrc.preprocess.normalize_image` with the model's channel order, mean and std (the biubug6
+presets: BGR minus (104, 117, 123)). Zero-face images are valid in every path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from nbsrc.data.label_frame import ImageSizes, read_image_size
+from nbsrc.data.layout import find_labels
+from nbsrc.data.records import ImageRecord
+from nbsrc.data.transforms import Annotations, eval_transform, resize_to_frame, train_transform
+from nbsrc.data.validate import DefectLog, check_boxes, read_labels_checked
+from nbsrc.frame import FrameMap
+from nbsrc.preprocess import normalize_image
+
+__all__ = ["WiderFaceRGB", "read_rgb"]
+
+logger = logging.getLogger(__name__)
+
+_READ_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # labels refer to the stored pixel grid
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """``uint8 [H, W, 3]`` RGB pixels of an image file (EXIF orientation ignored, as the labels are).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file cannot be decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} not found")
+    image = cv2.imread(str(path), _READ_FLAGS)
+    if image is None:
+        raise ValueError(f"{path}: unreadable image (cv2 could not decode it)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@dataclass(frozen=True)
+class RGBSample:
+    name: str
+    path: Path
+    size: tuple[int, int]  # (width, height) from the header
+    annotations: Annotations  # original-image pixels
+
+
+class WiderFaceRGB(Dataset):
+    """RGB images + labels (see the module docstring).
+
+    Args:
+        root: the split folder.
+        labels: label file or folder (default: `nbsrc.data.layout.find_labels`), or records.
+        images_dir: image folder (default ``<root>/images``).
+        image_size: side of the square network input.
+        train: training mode (augmentation when `augment`).
+        augment: the RetinaFace augmentation in training mode.
+        channel_order, pixel_mean, pixel_std: input normalization (`nbsrc.preprocess.normalize_image`).
+        resize_policy: ``stretch`` | ``letterbox`` for the evaluation resize (and `label_frame` labels).
+        label_frame: labels are in a square frame of this side (None: original pixels).
+        num_classes: boxes of class ``>= num_classes`` are left out.
+        on_error: ``raise`` | ``skip`` (`nbsrc.data.validate`).
+        max_images: only the first N labelled images.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        labels: str | Path | Sequence[ImageRecord] | None = None,
+        images_dir: str | Path | None = None,
+        image_size: int = 640,
+        train: bool = True,
+        augment: bool = True,
+        channel_order: str = "bgr",
+        pixel_mean: Sequence[float] = (104.0, 117.0, 123.0),
+        pixel_std: Sequence[float] = (1.0, 1.0, 1.0),
+        resize_policy: str = "stretch",
+        label_frame: int | None = None,
+        num_classes: int = 2,
+        on_error: str = "raise",
+        max_images: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"split folder {self.root} not found")
+        self.images_dir = Path(images_dir) if images_dir is not None else self.root / "images"
+        if not self.images_dir.is_dir():
+            raise FileNotFoundError(
+                f"image folder {self.images_dir} not found (expected <split>/images/<event>/<name>.jpg)"
+            )
+        self.image_size = int(image_size)
+        self.train = train
+        self.augment = augment
+        self.channel_order = channel_order
+        self.pixel_mean = tuple(float(v) for v in pixel_mean)
+        self.pixel_std = tuple(float(v) for v in pixel_std)
+        self.resize_policy = resize_policy
+        self.on_error = on_error
+        means = self.pixel_mean[::-1] if channel_order == "bgr" else self.pixel_mean
+        self.fill_rgb = tuple(float(v) for v in means)  # padding becomes 0 after normalization
+        self.log = DefectLog(on_error, context=f"images of {self.root}")
+
+        if labels is None or isinstance(labels, (str, Path)):
+            self.label_path = Path(labels) if labels is not None else find_labels(self.root, twoclass=num_classes > 2)
+            records = read_labels_checked(self.label_path, self.log)
+        else:
+            self.label_path = None
+            records = list(labels)
+        if max_images is not None:
+            records = records[:max_images]
+        sizes = ImageSizes(images_dir=self.images_dir)
+        self.samples: list[RGBSample] = []
+        for record in records:
+            path = sizes.image_path(record.name)
+            if path is None:
+                self.log.add_source(
+                    "missing_image",
+                    record.source,
+                    f"no image file for {record.name!r} (expected {self.images_dir / record.name}.jpg)",
+                )
+                continue
+            try:
+                size = read_image_size(path)
+            except ValueError as exc:
+                self.log.add("unreadable_image", path, 0, str(exc).split(": ", 1)[-1])
+                continue
+            record = self._to_original(record, size, label_frame)
+            if record.num_boxes and (record.labels >= num_classes).any():
+                from nbsrc.data.readers import select_boxes
+
+                record = select_boxes(record, record.labels < num_classes)
+            record = check_boxes(record, self.log, size)
+            boxes = record.boxes.copy()
+            boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, size[0])
+            boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, size[1])
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            ann = Annotations(boxes, record.labels, record.landmarks, record.landmarks_valid).select(keep)
+            self.samples.append(RGBSample(record.name, path, size, ann.zero_invalid()))
+        self.log.log_summary(logger)
+        logger.info(
+            "%s: %d images, %d boxes (%s)",
+            self.root,
+            len(self.samples),
+            sum(len(s.annotations.boxes) for s in self.samples),
+            "augmented" if train and augment else "resized",
+        )
+
+    def _to_original(self, record: ImageRecord, size: tuple[int, int], label_frame: int | None) -> ImageRecord:
+        """Labels in original-image pixels (from normalized or `label_frame` labels)."""
+        if record.normalized:
+            scale = np.asarray(size, np.float32)
+            return replace(
+                record, boxes=record.boxes * np.tile(scale, 2), landmarks=record.landmarks * scale, normalized=False
+            )
+        if label_frame is not None:
+            frame = FrameMap(size, (label_frame, label_frame), self.resize_policy)
+            boxes = frame.to_original(record.boxes) if record.num_boxes else record.boxes
+            landmarks = frame.to_original(record.landmarks) if record.num_boxes else record.landmarks
+            return replace(record, boxes=boxes, landmarks=landmarks)
+        return replace(record, image_size=size)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        for attempt in range(len(self.samples)):
+            i = (index + attempt) % len(self.samples)
+            sample = self.samples[i]
+            try:
+                image = read_rgb(sample.path)
+            except (ValueError, FileNotFoundError) as exc:
+                if self.on_error == "raise":
+                    raise
+                logger.warning("%s; left out, another image used instead", exc)
+                continue
+            if (image.shape[1], image.shape[0]) != sample.size:
+                message = f"{sample.path}: decoded {image.shape[1]}x{image.shape[0]}, header said {sample.size}"
+                if self.on_error == "raise":
+                    raise ValueError(message)
+                logger.warning("%s; left out", message)
+                continue
+            return self._transform(sample, image)
+        raise ValueError(f"{self.root}: no readable image in the dataset")
+
+    def _transform(self, sample: RGBSample, image: np.ndarray) -> dict:
+        ann = sample.annotations
+        frame = None
+        if self.train and self.augment:
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+            image, ann = train_transform(image, ann, rng, self.image_size, self.fill_rgb)
+        else:
+            image, ann, frame = eval_transform(image, ann, self.image_size, self.resize_policy, self.fill_rgb)
+        boxes = np.ascontiguousarray(ann.boxes, np.float32).reshape(-1, 4)  # (N, 4)
+        landmarks = np.ascontiguousarray(ann.landmarks, np.float32).reshape(-1, 5, 2)  # (N, 5, 2)
+        return {
+            "input": normalize_image(image, self.channel_order, self.pixel_mean, self.pixel_std),
+            "boxes": torch.from_numpy(boxes),
+            "labels": torch.from_numpy(np.asarray(ann.labels, np.int64)),
+            "landmarks": torch.from_numpy(landmarks),
+            "landmarks_valid": torch.from_numpy(np.asarray(ann.landmarks_valid, bool)),
+            "name": sample.name,
+            "rate": None,
+            "frame": frame,
+        }
+
+    def image(self, index: int) -> np.ndarray:
+        """The original RGB image of sample `index` (for drawing)."""
+        return read_rgb(self.samples[index].path)
+
+    def network_image(self, index: int) -> np.ndarray:
+        """The un-normalized ``uint8`` network-frame image of sample `index` (evaluation resize)."""
+        sample = self.samples[index]
+        frame = FrameMap(sample.size, (self.image_size, self.image_size), self.resize_policy)
+        return resize_to_frame(read_rgb(sample.path), frame, self.fill_rgb)

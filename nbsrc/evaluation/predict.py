@@ -1,0 +1,266 @@
+"""Dataset-wide detection: run a checkpoint over a split and write one WIDER result file per image.
+
+Batches go through the model (AMP on CUDA), decode + NMS run batched on the same device
+(`nbsrc.postprocess.postprocess`), and boxes are mapped from the network frame (the 640x640 frame a latent
+describes, or the resized RGB input) back to original-image pixels with each sample's `nbsrc.frame.FrameMap`.
+Files are written atomically to ``<out>/<event>/<basename>.txt`` (2-class models add a ``cls`` column), so a
+run that stops can be resumed: images whose file exists are skipped.
+
+Forward and post-processing are timed separately (ms per image), with CUDA synchronisation around each.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+__all__ = ["PredictStats", "available_rates", "build_predict_dataset", "predict_dataset", "predict_split"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictStats:
+    """What a prediction run did.
+
+    Attributes:
+        out_dir: result folder.
+        images: images in the dataset.
+        written: result files written by this run.
+        skipped: images skipped because their file existed (resume).
+        detections: detections written.
+        forward_ms: forward time per image (ms, this run).
+        postprocess_ms: decode + NMS time per image (ms).
+        write_ms: frame mapping + file writing per image (ms).
+        unmapped: images left in the network frame (no frame map: labels were given in the 640 frame).
+    """
+
+    out_dir: Path
+    images: int = 0
+    written: int = 0
+    skipped: int = 0
+    detections: int = 0
+    forward_ms: float = 0.0
+    postprocess_ms: float = 0.0
+    write_ms: float = 0.0
+    unmapped: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def postprocess_share(self) -> float:
+        """Post-processing time as a fraction of forward + post-processing."""
+        total = self.forward_ms + self.postprocess_ms
+        return self.postprocess_ms / total if total > 0 else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.out_dir}: {self.written} written, {self.skipped} skipped (existing), {self.detections} detections; "
+            f"forward {self.forward_ms:.2f} ms/image, post-processing {self.postprocess_ms:.2f} ms/image "
+            f"({100 * self.postprocess_share:.0f}% of model time), writing {self.write_ms:.2f} ms/image"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "out_dir": str(self.out_dir),
+            "images": self.images,
+            "written": self.written,
+            "skipped": self.skipped,
+            "detections": self.detections,
+            "forward_ms_per_image": self.forward_ms,
+            "postprocess_ms_per_image": self.postprocess_ms,
+            "write_ms_per_image": self.write_ms,
+            "postprocess_share": self.postprocess_share,
+            "unmapped": self.unmapped,
+        }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def predict_dataset(
+    detector,
+    dataset,
+    out_dir: str | Path,
+    *,
+    conf: float = 0.02,
+    nms: float = 0.4,
+    top_k: int | None = None,
+    keep_top_k: int | None = None,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    amp: bool = True,
+    resume: bool = True,
+    progress: bool = True,
+    decimals: int = 2,
+) -> PredictStats:
+    """Run `detector` over every sample of `dataset` and write WIDER result files in original-image pixels.
+
+    Args:
+        detector: a `nbsrc.detector.Detector`.
+        dataset: an ``nbsrc.data`` dataset in evaluation mode (samples with ``name`` and ``frame``; ``names``).
+        out_dir: result folder.
+        conf: score threshold (0.02, the published evaluation setting).
+        nms: NMS IoU threshold (0.4).
+        top_k: candidates before NMS (default ``cfg.eval.top_k``).
+        keep_top_k: detections kept per image (default ``cfg.eval.keep_top_k``).
+        batch_size: images per forward pass.
+        num_workers: DataLoader workers.
+        amp: float16 autocast on CUDA.
+        resume: skip images whose result file exists.
+        progress: show a progress bar.
+        decimals: decimals of the written coordinates.
+    Returns:
+        `PredictStats`.
+    """
+    from torch.utils.data import DataLoader, Subset
+    from tqdm.auto import tqdm
+
+    from nbsrc.data.collate import detection_collate
+    from nbsrc.evaluation.results import result_path, write_wider_results
+    from nbsrc.postprocess import postprocess
+    from nbsrc.utils import tqdm_kwargs
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(dataset.names)
+    todo = [i for i, n in enumerate(names) if not (resume and result_path(out_dir, n).is_file())]
+    stats = PredictStats(out_dir=out_dir, images=len(names), skipped=len(names) - len(todo))
+    if stats.skipped:
+        logger.info("%s: %d of %d images already written, skipped", out_dir, stats.skipped, len(names))
+    if not todo:
+        return stats
+
+    model, cfg, device = detector.model, detector.cfg, detector.device
+    e = cfg.eval
+    top_k = e.top_k if top_k is None else top_k
+    keep_top_k = e.keep_top_k if keep_top_k is None else keep_top_k
+    two_class = getattr(model, "num_classes", 2) > 2
+    use_amp = amp and device.type == "cuda"
+    loader = DataLoader(
+        Subset(dataset, todo),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=detection_collate,
+        pin_memory=device.type == "cuda",
+    )
+    forward_s = post_s = write_s = 0.0
+    bar = tqdm(total=len(todo), desc=f"predict {out_dir.name}", unit="img", **tqdm_kwargs(progress))
+    model.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            inputs = batch["inputs"].to(device, non_blocking=True)
+            _sync(device)
+            t0 = time.perf_counter()
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+                outputs = model(inputs)
+            _sync(device)
+            t1 = time.perf_counter()
+            outputs = {k: (v.float() if v is not None else None) for k, v in outputs.items()}
+            detections = postprocess(
+                outputs,
+                model.anchors(inputs),
+                model.image_size(inputs),
+                conf_thresh=conf,
+                nms_thresh=nms,
+                top_k=top_k,
+                keep_top_k=keep_top_k,
+                variances=cfg.anchors.variances,
+            )
+            _sync(device)
+            t2 = time.perf_counter()
+            for name, frame, det in zip(batch["names"], batch["frames"], detections):
+                boxes = det["boxes"].float().cpu().numpy().reshape(-1, 4)  # (N, 4) network frame
+                if frame is not None:
+                    boxes = frame.to_original(boxes) if len(boxes) else boxes
+                else:
+                    stats.unmapped += 1
+                scores = det["scores"].float().cpu().numpy()
+                labels = det["labels"].cpu().numpy() if two_class else None
+                write_wider_results(out_dir, name, boxes, scores, labels=labels, decimals=decimals)
+                stats.detections += len(scores)
+            t3 = time.perf_counter()
+            forward_s += t1 - t0
+            post_s += t2 - t1
+            write_s += t3 - t2
+            stats.written += len(batch["names"])
+            bar.update(len(batch["names"]))
+    bar.close()
+    n = max(stats.written, 1)
+    stats.forward_ms, stats.postprocess_ms, stats.write_ms = 1e3 * forward_s / n, 1e3 * post_s / n, 1e3 * write_s / n
+    if stats.unmapped:
+        logger.warning(
+            "%s: %d image(s) had no frame map (labels given in the network frame): their boxes stay in network-frame"
+            " pixels",
+            out_dir,
+            stats.unmapped,
+        )
+    logger.info("%s", stats.summary())
+    return stats
+
+
+def available_rates(dataset_root: str | Path, split: str = "val") -> list[int]:
+    """JPEG AI rates (``latent_<rate>.npy`` suffixes) present in ``<root>/<split>/latent``, ascending."""
+    from nbsrc.data.layout import scan_latents
+
+    index = scan_latents(Path(dataset_root) / split / "latent", suffix=None)
+    return [r for r in index.rates if r is not None]
+
+
+def build_predict_dataset(cfg, dataset_root: str | Path, split: str, latent_suffix: str | None = None):
+    """The evaluation-mode dataset of `split` for a model config (latent normalization statistics from the
+    training split when the model uses them and it exists)."""
+    from nbsrc.data.loaders import build_dataset
+
+    overrides = {"data.dataset_root": str(dataset_root), "data.all_rates": False, "data.augment": False}
+    if latent_suffix is not None:
+        overrides["data.latent_suffix"] = latent_suffix
+    cfg = cfg.replace(**overrides)
+    extra = {}
+    if cfg.model.input_kind == "latent" and cfg.data.normalize_latents:
+        train_dir = Path(dataset_root) / cfg.data.train_split
+        if train_dir.is_dir() and cfg.data.train_split != split:
+            train_set = build_dataset(cfg, cfg.data.train_split, train=False)
+            if train_set.stats is not None:
+                extra["stats"] = train_set.stats
+        else:
+            logger.warning("no training split: latent statistics computed on %s", split)
+    return build_dataset(cfg, split, train=False, **extra)
+
+
+def predict_split(
+    detector,
+    dataset_root: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str = "val",
+    latent_suffix: str | None = None,
+    all_rates: bool = False,
+    rates: Sequence[int] | None = None,
+    **kwargs,
+) -> dict[str, PredictStats]:
+    """Predict a split. Latent models: one rate (``latent_suffix``, default the config's) into `out_dir`, or
+    every available rate (`all_rates`, or the given `rates`) into ``<out_dir>/latent_<rate>/``.
+
+    Returns:
+        Result sub-folder name (``""`` for a single run) -> `PredictStats`.
+    """
+    out_dir = Path(out_dir)
+    if detector.model.input_kind != "latent" or not (all_rates or rates):
+        ds = build_predict_dataset(detector.cfg, dataset_root, split, latent_suffix)
+        return {"": predict_dataset(detector, ds, out_dir, **kwargs)}
+    chosen = list(rates) if rates else available_rates(dataset_root, split)
+    if not chosen:
+        raise FileNotFoundError(f"{Path(dataset_root) / split / 'latent'}: no latent_<rate>.npy files")
+    results = {}
+    for rate in chosen:
+        ds = build_predict_dataset(detector.cfg, dataset_root, split, f"latent_{rate}.npy")
+        results[f"latent_{rate}"] = predict_dataset(detector, ds, out_dir / f"latent_{rate}", **kwargs)
+    return results

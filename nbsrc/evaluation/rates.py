@@ -1,0 +1,223 @@
+"""WIDER FACE AP of a latent model at every JPEG AI rate, optionally next to an RGB model on the same images.
+
+For each available rate (``latent_12 ... latent_100``; the rate in bits per pixel is ``suffix / 100``) the latent
+model predicts the split into ``<out>/latent_<rate>/`` and the result is evaluated with the WIDER protocol
+(`nbsrc.evaluation.widerface`); an RGB model runs at the 640 protocol (the image resized to the network frame
+with the config's policy, boxes mapped back) into ``<out>/rgb/``. The table (``rates.json``, ``rates.csv``) and
+a plot of AP against bits per pixel (``ap_vs_bpp.png``) are written to ``<out>``. Prediction is resumable.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["RateRow", "RatesTable", "evaluate_rates", "plot_ap_vs_bpp"]
+
+logger = logging.getLogger(__name__)
+
+SETTINGS = ("easy", "medium", "hard")
+
+
+@dataclass
+class RateRow:
+    """One evaluated model / rate."""
+
+    model: str  # "latent" or "rgb"
+    rate: int | None  # latent_<rate>.npy suffix; None for RGB
+    bpp: float | None  # rate / 100
+    easy: float
+    medium: float
+    hard: float
+    pred_dir: str
+    missing: int = 0  # ground-truth images without a prediction (latent absent at this rate)
+
+
+@dataclass
+class RatesTable:
+    """AP per rate (and the RGB reference)."""
+
+    rows: list[RateRow] = field(default_factory=list)
+
+    @property
+    def latent_rows(self) -> list[RateRow]:
+        return sorted((r for r in self.rows if r.model == "latent"), key=lambda r: r.rate or 0)
+
+    @property
+    def rgb_row(self) -> RateRow | None:
+        return next((r for r in self.rows if r.model == "rgb"), None)
+
+    def to_dict(self) -> list[dict]:
+        return [asdict(r) for r in self.rows]
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["model", "rate", "bpp", "easy", "medium", "hard", "missing"])
+        for r in self.rows:
+            writer.writerow(
+                [
+                    r.model,
+                    r.rate if r.rate is not None else "",
+                    r.bpp if r.bpp is not None else "",
+                    f"{r.easy:.6f}",
+                    f"{r.medium:.6f}",
+                    f"{r.hard:.6f}",
+                    r.missing,
+                ]
+            )
+        return buf.getvalue()
+
+    def to_markdown(self) -> str:
+        lines = ["| model | rate (bpp) | Easy | Medium | Hard |", "|---|---|---|---|---|"]
+        for r in self.latent_rows + ([self.rgb_row] if self.rgb_row else []):
+            rate = f"{r.bpp:.2f}" if r.bpp is not None else "RGB (640)"
+            lines.append(f"| {r.model} | {rate} | {r.easy:.4f} | {r.medium:.4f} | {r.hard:.4f} |")
+        return "\n".join(lines) + "\n"
+
+
+def plot_ap_vs_bpp(table: RatesTable, path: str | Path, title: str = "WIDER FACE val AP per JPEG AI rate") -> Path:
+    """AP (Easy / Medium / Hard) against bits per pixel; the RGB model as dashed horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from nbsrc.utils import atomic_path
+
+    path = Path(path)
+    rows = table.latent_rows
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    colors = {"easy": "tab:green", "medium": "tab:orange", "hard": "tab:red"}
+    for s in SETTINGS:
+        ax.plot([r.bpp for r in rows], [getattr(r, s) for r in rows], "o-", color=colors[s], label=f"latent {s}")
+        if table.rgb_row is not None:
+            ax.axhline(getattr(table.rgb_row, s), color=colors[s], linestyle="--", alpha=0.7, label=f"RGB {s}")
+    ax.set(xlabel="bits per pixel", ylabel="AP", ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _detector(weight, preset: str | None, device: str):
+    from nbsrc.detector import Detector
+
+    if isinstance(weight, Detector):
+        return weight
+    return Detector.from_checkpoint(weight, preset=preset, device=device)
+
+
+def evaluate_rates(
+    latent_weight,
+    dataset_root: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str = "val",
+    gt_dir: str | Path | None = None,
+    rgb_weight=None,
+    rates: Sequence[int] | None = None,
+    preset: str | None = None,
+    rgb_preset: str | None = None,
+    device: str = "auto",
+    conf: float = 0.02,
+    nms: float = 0.4,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    amp: bool = True,
+    resume: bool = True,
+    progress: bool = True,
+    plot: bool = True,
+) -> RatesTable:
+    """AP of a latent model at every available rate (and of an RGB model when given).
+
+    Args:
+        latent_weight: latent checkpoint path or a `nbsrc.detector.Detector`.
+        dataset_root: dataset folder (``<root>/<split>/latent/<image>/latent_<rate>.npy``).
+        out_dir: result folder (per-rate prediction folders, table and plot).
+        split: split folder.
+        gt_dir: WIDER ground-truth folder (default ``<root>/<split>/ground_truth``).
+        rgb_weight: RGB checkpoint path or `Detector` (None: latent only).
+        rates: rates to evaluate (default: every rate present).
+        preset, rgb_preset: presets of published state dicts.
+        device, conf, nms, batch_size, num_workers, amp, resume, progress: see
+            `nbsrc.evaluation.predict.predict_dataset`.
+        plot: write ``ap_vs_bpp.png``.
+    Returns:
+        The `RatesTable` (also written as ``rates.json`` and ``rates.csv``).
+    """
+    from nbsrc.data.readers.wider_mat import read_wider_gt
+    from nbsrc.evaluation.predict import available_rates, build_predict_dataset, predict_dataset
+    from nbsrc.evaluation.widerface import evaluate_curves
+    from nbsrc.utils import atomic_write_text
+
+    dataset_root, out_dir = Path(dataset_root), Path(out_dir)
+    gt = read_wider_gt(Path(gt_dir) if gt_dir is not None else dataset_root / split / "ground_truth")
+    latent = _detector(latent_weight, preset, device)
+    if latent.model.input_kind != "latent":
+        raise ValueError("evaluate_rates: the first model must be a latent model (got an RGB model)")
+    chosen = sorted(rates) if rates else available_rates(dataset_root, split)
+    if not chosen:
+        raise FileNotFoundError(f"{dataset_root / split / 'latent'}: no latent_<rate>.npy files")
+    kwargs = dict(
+        conf=conf, nms=nms, batch_size=batch_size, num_workers=num_workers, amp=amp, resume=resume, progress=progress
+    )
+    table = RatesTable()
+
+    def add(model: str, rate: int | None, folder: Path) -> None:
+        result = evaluate_curves(folder, gt, missing="empty")
+        ap = result.ap
+        table.rows.append(
+            RateRow(
+                model,
+                rate,
+                None if rate is None else rate / 100,
+                ap["easy"],
+                ap["medium"],
+                ap["hard"],
+                str(folder),
+                len(result.missing),
+            )
+        )
+        logger.info(
+            "%s%s: easy %.4f medium %.4f hard %.4f",
+            model,
+            "" if rate is None else f" rate {rate}",
+            ap["easy"],
+            ap["medium"],
+            ap["hard"],
+        )
+
+    for rate in chosen:
+        folder = out_dir / f"latent_{rate}"
+        dataset = build_predict_dataset(latent.cfg, dataset_root, split, f"latent_{rate}.npy")
+        predict_dataset(latent, dataset, folder, **kwargs)
+        add("latent", rate, folder)
+    if rgb_weight is not None:
+        rgb = _detector(rgb_weight, rgb_preset, device)
+        if rgb.model.input_kind != "rgb":
+            raise ValueError("evaluate_rates: rgb_weight must be an RGB model")
+        folder = out_dir / "rgb"
+        predict_dataset(rgb, build_predict_dataset(rgb.cfg, dataset_root, split), folder, **kwargs)
+        add("rgb", None, folder)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean = [
+        {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+        for row in table.to_dict()
+    ]
+    atomic_write_text(out_dir / "rates.json", json.dumps(clean, indent=2) + "\n")
+    atomic_write_text(out_dir / "rates.csv", table.to_csv())
+    if plot:
+        plot_ap_vs_bpp(table, out_dir / "ap_vs_bpp.png")
+    return table

@@ -1,0 +1,287 @@
+"""Face + person evaluation: per-class VOC AP and mAP at IoU 0.5 and 0.3.
+
+Ground truth: the 2-class label file (``# <id>.jpg`` then ``cls x y w h`` normalized; read with
+`nbsrc.data.readers.twoclass.read_twoclass_labels`). Exact duplicate boxes of one class in one image (the
+real file repeats five image headers with the same boxes) are counted once.
+
+Predictions: one WIDER-style result file per image with a class column, ``<pred_dir>/<id>.txt``::
+
+    <id>
+    <count>
+    x y w h score cls
+
+``cls`` is 1 (face) or 2 (person); ``x y w h`` is the top-left corner and size, either **normalized** to the
+image size (``coords="normalized"``) or in **pixels** (``coords="pixels"``, then the image sizes are required:
+``image_sizes`` maps the image name to ``(width, height)``). ``coords="auto"`` takes normalized when every value
+of the folder lies in [-0.5, 1.5] and pixels otherwise. Normalized predictions outside [-0.5, 1.5] are an error
+naming the file and line (pixel values passed as normalized).
+
+Metric: per class, the VOC all-point AP over the ranked detections of that class against the ground truth of
+that class (`nbsrc.evaluation.detection_ap`), with the plain IoU on normalized coordinates (no +1 pixel, so
+disjoint boxes never match). Unlike the ancestor's 2-class script, the other class is not an ignore region and
+scores are used as they are (the ranking defines the curve).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nbsrc.data.records import CLASS_NAMES, FACE, PERSON
+from nbsrc.evaluation.detection_ap import PRCurve, detection_pr
+
+__all__ = [
+    "IOU_THRESHOLDS",
+    "TwoClassResult",
+    "evaluate_twoclass",
+    "evaluate_twoclass_predictions",
+    "format_twoclass_table",
+    "read_image_sizes",
+]
+
+logger = logging.getLogger(__name__)
+
+IOU_THRESHOLDS = (0.5, 0.3)
+CLASSES = (FACE, PERSON)
+NORMALIZED_RANGE = (-0.5, 1.5)
+
+
+@dataclass
+class TwoClassResult:
+    """Per-class AP and mAP.
+
+    Attributes:
+        ap: ``{"face": {0.5: ap, 0.3: ap}, "person": {...}}`` (NaN for a class without ground truth).
+        map: ``{0.5: mAP, 0.3: mAP}`` over the classes with ground truth.
+        curves: ``(class name, iou) -> PRCurve``.
+        num_gt: class name -> ground-truth boxes.
+        num_predictions: class name -> predictions.
+        num_images: images evaluated.
+        missing: images without a result file (counted as empty).
+        coords: the coordinate convention of the predictions (normalized or pixels).
+    """
+
+    ap: dict[str, dict[float, float]]
+    map: dict[float, float]
+    curves: dict[tuple[str, float], PRCurve] = field(repr=False)
+    num_gt: dict[str, int]
+    num_predictions: dict[str, int]
+    num_images: int
+    missing: list[str] = field(default_factory=list)
+    coords: str = "normalized"
+
+    def to_dict(self) -> dict:
+        def clean(x: float) -> float | None:
+            return None if not np.isfinite(x) else float(x)
+
+        return {
+            "ap": {c: {str(t): clean(v) for t, v in per.items()} for c, per in self.ap.items()},
+            "mAP": {str(t): clean(v) for t, v in self.map.items()},
+            "num_gt": dict(self.num_gt),
+            "num_predictions": dict(self.num_predictions),
+            "num_images": self.num_images,
+            "missing": list(self.missing),
+            "coords": self.coords,
+        }
+
+
+def read_image_sizes(path: str | Path) -> dict[str, tuple[int, int]]:
+    """``name,width,height`` CSV (header optional) -> ``{name: (w, h)}``; names are also keyed without folder and
+    extension so ``0--Parade/x.jpg`` and ``x`` both resolve."""
+    path = Path(path)
+    sizes: dict[str, tuple[int, int]] = {}
+    with path.open(newline="") as fh:
+        for number, row in enumerate(csv.reader(fh), 1):
+            if not row:
+                continue
+            if number == 1 and len(row) >= 2 and not row[1].strip().lstrip("-").isdigit():
+                continue  # header
+            if len(row) < 3:
+                raise ValueError(f"{path}:{number}: expected name,width,height, got {row!r}")
+            try:
+                w, h = int(row[1]), int(row[2])
+            except ValueError:
+                raise ValueError(f"{path}:{number}: width and height must be integers, got {row[1:3]!r}") from None
+            if w <= 0 or h <= 0:
+                raise ValueError(f"{path}:{number}: image size must be positive, got {w}x{h}")
+            name = row[0].strip()
+            stem = name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            sizes[name] = sizes[stem] = (w, h)
+            sizes[name.rsplit(".", 1)[0]] = (w, h)
+    return sizes
+
+
+def _gt_per_class(records) -> tuple[list[str], dict[int, list[np.ndarray]]]:
+    names = [r.name for r in records]
+    per_class: dict[int, list[np.ndarray]] = {c: [] for c in CLASSES}
+    duplicates = 0
+    for record in records:
+        boxes = np.asarray(record.boxes, np.float64).reshape(-1, 4)  # (N, 4) xyxy normalized
+        for c in CLASSES:
+            b = boxes[record.labels == c]
+            unique = np.unique(b, axis=0) if len(b) > 1 else b
+            if len(unique) < len(b):
+                duplicates += len(b) - len(unique)
+                _, first = np.unique(b, axis=0, return_index=True)
+                unique = b[np.sort(first)]
+            per_class[c].append(unique)
+    if duplicates:
+        logger.info("%d exact duplicate ground-truth boxes counted once", duplicates)
+    return names, per_class
+
+
+def _line_of_row(path: Path, row: int) -> int:
+    """1-based line number of the `row`-th box line of a result file."""
+    seen = -1
+    for number, line in enumerate(path.read_text().split("\n")[2:], 3):
+        if line.split():
+            seen += 1
+            if seen == row:
+                return number
+    return 0
+
+
+def evaluate_twoclass_predictions(
+    gt_records,
+    boxes_xyxy: Sequence[np.ndarray],
+    scores: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+) -> TwoClassResult:
+    """Per-class AP / mAP of in-memory predictions (normalized xyxy, one entry per ground-truth record).
+
+    Args:
+        gt_records: `ImageRecord`\\ s with normalized boxes and labels 1 / 2.
+        boxes_xyxy: per image ``[n, 4]`` normalized xyxy.
+        scores: per image ``[n]``.
+        labels: per image ``[n]`` class ids.
+        iou_thresholds: IoU thresholds reported.
+    """
+    names, gt = _gt_per_class(gt_records)
+    if not len(boxes_xyxy) == len(scores) == len(labels) == len(names):
+        raise ValueError(f"predictions for {len(boxes_xyxy)} images, ground truth for {len(names)}")
+    ap: dict[str, dict[float, float]] = {}
+    curves: dict[tuple[str, float], PRCurve] = {}
+    num_gt, num_pred = {}, {}
+    for c in CLASSES:
+        cls_name = CLASS_NAMES[c]
+        keep = [np.asarray(lab).reshape(-1) == c for lab in labels]  # (n,) per image
+        pb = [np.asarray(b, np.float64).reshape(-1, 4)[k] for b, k in zip(boxes_xyxy, keep)]  # (n_c, 4) per image
+        ps = [np.asarray(s, np.float64).reshape(-1)[k] for s, k in zip(scores, keep)]  # (n_c,) per image
+        num_gt[cls_name] = int(sum(len(g) for g in gt[c]))
+        num_pred[cls_name] = int(sum(len(s) for s in ps))
+        ap[cls_name] = {}
+        for t in iou_thresholds:
+            curve = detection_pr(pb, ps, gt[c], iou_thresh=t)
+            curves[(cls_name, t)] = curve
+            ap[cls_name][t] = curve.ap
+    mean = {}
+    for t in iou_thresholds:
+        values = [ap[CLASS_NAMES[c]][t] for c in CLASSES if np.isfinite(ap[CLASS_NAMES[c]][t])]
+        mean[t] = float(np.mean(values)) if values else float("nan")
+    return TwoClassResult(
+        ap=ap, map=mean, curves=curves, num_gt=num_gt, num_predictions=num_pred, num_images=len(names)
+    )
+
+
+def evaluate_twoclass(
+    pred_dir: str | Path,
+    gt: str | Path | Sequence,
+    coords: str = "auto",
+    image_sizes: Mapping[str, tuple[int, int]] | str | Path | None = None,
+    iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+    missing: str = "error",
+) -> TwoClassResult:
+    """Evaluate a folder of 2-class result files against a 2-class label file.
+
+    Args:
+        pred_dir: folder of ``<id>.txt`` result files with a class column (see the module docstring).
+        gt: the 2-class label file, or its records.
+        coords: ``"normalized"``, ``"pixels"`` or ``"auto"``.
+        image_sizes: image name -> ``(width, height)`` (or a ``name,width,height`` CSV); needed for pixels.
+        iou_thresholds: IoU thresholds reported (0.5 and 0.3).
+        missing: ``"error"`` or ``"empty"`` for images without a result file.
+    Returns:
+        A `TwoClassResult`.
+    """
+    from nbsrc.evaluation.results import read_result_folder
+
+    if coords not in ("auto", "normalized", "pixels"):
+        raise ValueError(f"coords must be 'auto', 'normalized' or 'pixels', got {coords!r}")
+    if isinstance(gt, (str, Path)):
+        from nbsrc.data.readers.twoclass import read_twoclass_labels
+
+        records = list(read_twoclass_labels(gt))
+    else:
+        records = list(gt)
+    names = [r.name for r in records]
+    pred_dir = Path(pred_dir)
+    results = read_result_folder(pred_dir, names, columns=(6,), missing=missing)
+    rows = results.rows.reshape(-1, 6)  # (R, 6) x y w h score cls
+    image = np.repeat(np.arange(len(names)), results.counts)  # (R,)
+    bad_class = ~np.isin(rows[:, 5], CLASSES)
+    if bad_class.any():
+        i = int(np.flatnonzero(bad_class)[0])
+        path = pred_dir / f"{names[image[i]]}.txt"
+        row = i - int(results.offsets[image[i]])
+        raise ValueError(f"{path}:{_line_of_row(path, row)}: class must be 1 (face) or 2 (person), got {rows[i, 5]:g}")
+    xyxy = rows[:, :4].copy()
+    xyxy[:, 2:] += xyxy[:, :2]  # (R, 4) xywh -> xyxy
+    in_range = (xyxy >= NORMALIZED_RANGE[0]) & (xyxy <= NORMALIZED_RANGE[1])
+    if coords == "auto":
+        coords = "normalized" if in_range.all() else "pixels"
+        logger.info("%s: coordinates read as %s", pred_dir, coords)
+    if coords == "normalized" and not in_range.all():
+        i = int(np.flatnonzero(~in_range.all(1))[0])
+        path = pred_dir / f"{names[image[i]]}.txt"
+        row = i - int(results.offsets[image[i]])
+        raise ValueError(
+            f"{path}:{_line_of_row(path, row)}: box {rows[i, :4].tolist()} is outside the normalized range "
+            f"{list(NORMALIZED_RANGE)}; pixel coordinates need coords='pixels' and the image sizes"
+        )
+    if coords == "pixels":
+        if image_sizes is None:
+            raise ValueError(f"{pred_dir}: pixel coordinates need the image sizes (a name,width,height CSV)")
+        sizes = read_image_sizes(image_sizes) if isinstance(image_sizes, (str, Path)) else dict(image_sizes)
+        absent = [n for n in names if n not in sizes]
+        if absent:
+            raise ValueError(f"image sizes lack {len(absent)} image(s), e.g. {absent[:5]}")
+        wh = np.array([sizes[n] for n in names], np.float64)  # (I, 2)
+        xyxy /= np.tile(wh, 2)[image]  # (R, 4) normalized
+    offsets = results.offsets
+    per_image = [slice(int(offsets[i]), int(offsets[i + 1])) for i in range(len(names))]
+    result = evaluate_twoclass_predictions(
+        records,
+        [xyxy[s] for s in per_image],
+        [rows[s, 4] for s in per_image],
+        [rows[s, 5].astype(np.int64) for s in per_image],
+        iou_thresholds=iou_thresholds,
+    )
+    result.missing = list(results.missing)
+    result.coords = coords
+    return result
+
+
+def format_twoclass_table(result: TwoClassResult) -> str:
+    """Per-class AP and mAP, one column per IoU threshold."""
+    thresholds = list(result.map)
+    header = f"{'':<8}" + "".join(f"{'IoU ' + format(t, 'g'):>10}" for t in thresholds)
+    lines = [header]
+    for c in CLASSES:
+        name = CLASS_NAMES[c]
+        lines.append(f"{name.capitalize():<8}" + "".join(f"{result.ap[name][t]:>10.4f}" for t in thresholds))
+    lines.append(f"{'mAP':<8}" + "".join(f"{result.map[t]:>10.4f}" for t in thresholds))
+    return "\n".join(lines) + "\n"
+
+
+def save_twoclass_json(result: TwoClassResult, path: str | Path) -> Path:
+    from nbsrc.utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(result.to_dict(), indent=2) + "\n")
+    return Path(path)

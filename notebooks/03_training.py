@@ -1,0 +1,116 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Training
+#
+# Trains RetinaFace with `nbsrc.engine.fit`: a latent preset on JPEG AI latents (or an RGB preset on
+# images), with the published matching and MultiBox loss, warm-up and the preset's schedule, mixed precision
+# on GPU and a checkpoint every epoch. The curves (loss parts, positive anchors per image, learning rate,
+# validation AP) are redrawn from the run's `metrics.jsonl` while it trains. W&B logs the run when `wandb` is
+# `online` (on Kaggle with the `WANDB_API_KEY` secret attached) or `offline`. Afterwards: detections on
+# validation images and the checkpoint path, recorded in the run folder for the evaluation notebook.
+
+# %%
+import sys
+from glob import glob
+
+sys.path[:0] = [p[:-6] for d in ("*", "*/*", "*/*/*", "*/*/*/*") for p in glob(f"/kaggle/input/{d}/nbsrc")][:1]
+
+# %%
+from IPython.display import display
+
+from nbsrc import paths, viz
+from nbsrc.config import get_preset
+from nbsrc.data.loaders import build_dataset
+from nbsrc.detector import Detector
+from nbsrc.engine import fit, make_run_name
+from nbsrc.utils import read_jsonl, setup_logging
+
+setup_logging()
+
+# %% tags=["parameters"]
+dataset_root: str | None = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
+preset: str = "latent-r18"  # model preset: latent-r18/r34/r50 for latents; mnet-biubug6, r18-p2p6, ... for RGB
+epochs: int = 20  # training epochs
+batch_size: int = 8  # images per optimizer step (per GPU)
+lr: float = 0.001  # peak learning rate (after warm-up)
+latent_suffix: str = "latent_75.npy"  # JPEG AI rate point of the latents: latent_12 / 25 / 50 / 75 / 100
+all_rates: bool = False  # every image contributes one sample per available rate
+num_workers: int = 2  # DataLoader worker processes
+device: str = "auto"  # auto | cpu | cuda | cuda:N
+amp: str = "auto"  # mixed precision: auto | fp16 | bf16 | off
+freeze_backbone: bool = False  # freeze the backbone (for latent presets: the pruned ResNet; the bridge trains)
+weight: str | None = None  # initialise the model from this checkpoint
+max_images: int | None = None  # use only the first N images of each split
+max_steps_per_epoch: int | None = None  # cap the optimizer steps per epoch
+wandb: str = "disabled"  # Weights & Biases: online | offline | disabled
+run_name: str | None = None  # training run folder under <run_dir>/train (None: preset and timestamp)
+gallery: int = 6  # validation images shown with their detections
+conf_thresh: float = 0.5  # score threshold of the shown detections
+smoke: bool = False  # seconds-long run: a narrow model, 1 epoch of 2 steps on 4 images
+run_dir: str | None = None  # run folder for the training run, plots and metrics (None: runs/notebooks)
+
+# %%
+run = paths.run_folder(run_dir)
+plots = run / "plots" / "03_training"
+root = paths.resolve_dataset_root(dataset_root, smoke=smoke)
+cfg = get_preset(preset, dataset_root=str(root), epochs=epochs, lr=lr, latent_suffix=latent_suffix, all_rates=all_rates)
+cfg = cfg.replace(num_workers=num_workers, device=device, amp=amp, freeze_backbone=freeze_backbone, weight=weight)
+cfg = cfg.replace(max_images=max_images, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb, out=str(run / "train"))
+cfg = cfg.replace(**{"train.batch_size": batch_size})
+if smoke:
+    cfg = cfg.replace(
+        epochs=1, max_steps_per_epoch=2, max_images=4, num_workers=0, out_channels=16, **{"train.batch_size": 2}
+    )
+cfg = cfg.replace(run_name=run_name or make_run_name(cfg))
+display(viz.config_table(cfg))
+
+# %% [markdown]
+# ## Train
+# The figure below is redrawn from `metrics.jsonl` every few seconds while the run trains.
+
+# %%
+metrics_file = run / "train" / cfg.train.run_name / "metrics.jsonl"
+with viz.TrainingMonitor(metrics_file, every=10, save=plots / "training_live.png"):
+    train_dir = fit(cfg)
+checkpoint = train_dir / "best.pth" if (train_dir / "best.pth").is_file() else train_dir / "weight_final.pth"
+paths.save_artifact(run, "checkpoint", checkpoint)
+print(f"run folder: {train_dir}\ncheckpoint: {checkpoint}")
+
+# %% [markdown]
+# ## Curves of the whole run
+
+# %%
+records = read_jsonl(metrics_file)
+fig = viz.plot_training_curves(records, save=plots / "training_curves.png")
+epochs_done = [r for r in records if r.get("kind") == "epoch"]
+display(viz.Table(viz.epoch_rows(epochs_done), "per epoch"))
+
+# %% [markdown]
+# ## Detections on validation images
+# Green: detections matching a face (IoU ≥ 0.5); red: detections matching none; dashed yellow: missed faces.
+
+# %%
+detector = Detector.from_checkpoint(checkpoint, device=device)
+val_set = build_dataset(detector.cfg.replace(dataset_root=str(root), max_images=max_images), "val", train=False)
+samples = [val_set[i] for i in range(min(gallery, len(val_set)))]
+items = viz.detection_items(detector, samples, conf=conf_thresh)
+fig = viz.detection_gallery(items, save=plots / "val_detections.png")
+
+# %%
+last = epochs_done[-1] if epochs_done else {}
+metrics = {
+    "checkpoint": str(checkpoint),
+    "epochs": len(epochs_done),
+    "train_loss": last.get("train_loss"),
+    "val_loss": last.get("val_loss"),
+    "val_ap": last.get("val_ap"),
+}
+paths.save_metrics(run, "03_training", metrics)
+display(viz.Table(metrics, "key numbers"))

@@ -1,0 +1,137 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · WIDER FACE evaluation
+#
+# Predicts the validation split with a checkpoint (by default the one the training notebook recorded in the
+# run folder), writes WIDER result files in original-image pixels, and evaluates them with the official WIDER
+# FACE protocol: Easy / Medium / Hard AP and precision-recall curves. For latent models, the same model is
+# evaluated at every JPEG AI rate present (AP against bits per pixel, optionally next to an RGB model on the
+# same images); for face + person models, the 2-class table. A gallery marks true positives, misses and
+# false positives on validation images.
+
+# %%
+import sys
+from glob import glob
+
+sys.path[:0] = [p[:-6] for d in ("*", "*/*", "*/*/*", "*/*/*/*") for p in glob(f"/kaggle/input/{d}/nbsrc")][:1]
+
+# %%
+from pathlib import Path
+
+from IPython.display import display
+
+from nbsrc import paths, viz
+from nbsrc.data.loaders import build_dataset
+from nbsrc.detector import Detector
+from nbsrc.evaluation import predict, rates, twoclass, widerface
+from nbsrc.utils import setup_logging
+
+setup_logging()
+
+# %% tags=["parameters"]
+dataset_root: str | None = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
+checkpoint: str | None = None  # checkpoint to evaluate (None: the training notebook's, from run_dir or Kaggle input)
+preset: str | None = None  # preset of a published state dict that carries no config (None: inferred)
+split: str = "val"  # split to predict and evaluate
+gt_dir: str | None = None  # folder of the WIDER .mat files (None: <dataset>/<split>/ground_truth)
+latent_suffix: str = "latent_75.npy"  # rate of the main evaluation (latent models)
+all_rates: bool = True  # latent models: AP at every rate present, as a table and a plot
+rgb_checkpoint: str | None = None  # an RGB model evaluated on the same images, next to the rates
+twoclass_labels: str | None = None  # 2-class labels (None: <dataset>/<split>/labels_2cls.txt for face+person models)
+conf_thresh: float = 0.02  # score threshold of the written predictions (the published WIDER setting)
+nms_thresh: float = 0.4  # NMS IoU threshold
+device: str = "auto"  # auto | cpu | cuda | cuda:N
+gallery: int = 6  # validation images in the gallery
+gallery_conf: float = 0.5  # score threshold of the detections drawn in the gallery
+smoke: bool = False  # seconds-long run on 4 images (AP over the full ground truth is then meaningless)
+run_dir: str | None = None  # run folder with the training notebook's checkpoint; receives predictions and plots
+
+# %%
+run = paths.run_folder(run_dir)
+plots, out = run / "plots" / "04_widerface_evaluation", run / "predictions"
+root = paths.resolve_dataset_root(dataset_root, smoke=smoke)
+weights = paths.resolve_checkpoint(checkpoint, run)
+if weights is None:
+    raise FileNotFoundError(f"no checkpoint: pass checkpoint=..., or run 03_training with run_dir={run}")
+detector = Detector.from_checkpoint(weights, preset=preset, device=device)
+detector.cfg = detector.cfg.replace(max_images=4 if smoke else None)
+latent = detector.input_kind == "latent"
+gt = Path(paths.resolve_optional_path(gt_dir, "gt_dir") or root / split / "ground_truth")
+missing = "empty" if smoke else "error"
+print(f"checkpoint: {weights} ({detector.cfg.preset}, {detector.input_kind})\nground truth: {gt}")
+
+# %% [markdown]
+# ## Predict
+# One result file per image, boxes mapped back from the network frame to original-image pixels.
+
+# %%
+pred_dir = out / (Path(latent_suffix).stem if latent else "rgb")
+kwargs = {"conf": conf_thresh, "nms": nms_thresh, "batch_size": detector.cfg.eval.batch_size, "progress": not smoke}
+runs = predict.predict_split(
+    detector, root, pred_dir, split=split, latent_suffix=latent_suffix if latent else None, **kwargs
+)
+print(runs[""].summary())
+
+# %% [markdown]
+# ## WIDER FACE Easy / Medium / Hard
+
+# %%
+result = widerface.evaluate_curves(pred_dir, gt, missing=missing)
+display(
+    viz.Table([{"setting": s, "AP": result.ap[s], "faces": result.num_faces[s]} for s in ("easy", "medium", "hard")])
+)
+print(widerface.format_table(result.ap), end="")
+curves = {s: (result.precision[s], result.recall[s]) for s in ("easy", "medium", "hard")}
+fig = viz.plot_pr_curves(curves, result.ap, save=plots / "pr_curves.png")
+
+# %% [markdown]
+# ## AP per JPEG AI rate
+# The latent model at every rate present (bits per pixel = suffix / 100); an RGB model as dashed lines.
+
+# %%
+rgb = paths.resolve_optional_path(rgb_checkpoint, "rgb_checkpoint")
+table = None
+if latent and all_rates:
+    table = rates.evaluate_rates(detector, root, out, split=split, gt_dir=gt, rgb_weight=rgb, plot=False, **kwargs)
+    display(viz.Table(table.to_dict(), "WIDER AP per rate"))
+    fig = viz.plot_ap_vs_rate(table.to_dict(), save=plots / "ap_vs_bpp.png")
+else:
+    print("per-rate table: needs a latent model and all_rates=True")
+
+# %% [markdown]
+# ## Face + person (2-class models)
+
+# %%
+labels_2cls = paths.resolve_optional_path(twoclass_labels, "twoclass_labels") or root / split / "labels_2cls.txt"
+two = None
+if detector.cfg.model.num_classes > 2 and labels_2cls.is_file():
+    sizes = root / "image_sizes.csv" if (root / "image_sizes.csv").is_file() else None
+    two = twoclass.evaluate_twoclass(pred_dir, labels_2cls, coords="pixels", image_sizes=sizes, missing=missing)
+    print(twoclass.format_twoclass_table(two))
+else:
+    print(f"2-class table: not applicable ({detector.cfg.model.num_classes - 1} class model)")
+
+# %% [markdown]
+# ## Detections on validation images
+# Green: true positives (IoU ≥ 0.5); red: false positives; dashed yellow: missed faces.
+
+# %%
+val_set = build_dataset(detector.cfg.replace(dataset_root=str(root), latent_suffix=latent_suffix), split, train=False)
+samples = [val_set[i] for i in range(0, len(val_set), max(1, len(val_set) // gallery))][:gallery]
+fig = viz.detection_gallery(viz.detection_items(detector, samples, conf=gallery_conf), save=plots / "gallery.png")
+
+# %%
+metrics = {"checkpoint": str(weights), **{s: result.ap[s] for s in ("easy", "medium", "hard")}}
+if table is not None:
+    metrics["rates"] = [{k: r[k] for k in ("model", "bpp", "easy", "medium", "hard")} for r in table.to_dict()]
+if two is not None:
+    metrics["2cls_mAP@0.5"] = two.map[0.5]
+paths.save_metrics(run, "04_widerface_evaluation", metrics)
+display(viz.Table({k: v for k, v in metrics.items() if k != "rates"}, "key numbers"))

@@ -1,0 +1,274 @@
+"""The trainer on the demo dataset, on the CPU: a resumed run equals an uninterrupted one, the run folder holds
+every promised file, freezing really freezes the latent model's pruned ResNet, a non-finite loss stops the run
+naming the batch, and the ancestors' command-line spellings map onto the config."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nbsrc.checkpoint import load_checkpoint
+from nbsrc.cli import main as cli_main
+from nbsrc.commands.train import config_from_argv
+from nbsrc.config import get_preset
+from nbsrc.engine import fit, get_rng_state, set_rng_state, train_one_epoch
+from nbsrc.model import build_model
+from nbsrc.utils import read_jsonl, seed_everything
+
+TINY = {
+    "model.pretrained": "none",
+    "model.out_channels": 16,
+    "data.image_size": 128,
+    "train.batch_size": 2,
+    "train.max_steps_per_epoch": 2,
+    "train.lr": 0.01,
+    "train.warmup_epochs": 0.5,
+    "train.step_size": 1,
+    "train.device": "cpu",
+    "train.wandb": "disabled",
+    "train.progress": False,
+    "train.seed": 7,
+    "data.num_workers": 0,
+    "data.max_images": 4,
+}
+
+
+def tiny_cfg(root, out, preset="mnet-biubug6", **overrides):
+    return get_preset(preset, **{**TINY, "data.dataset_root": str(root), "train.out": str(out), **overrides})
+
+
+def _state(path):
+    return load_checkpoint(path)["model"]
+
+
+def _assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return fit(tiny_cfg(demo_root, out, **{"train.epochs": 2, "train.run_name": "full"}))
+
+
+def test_run_folder_contents(uninterrupted):
+    run = uninterrupted
+    for name in ("config.json", "metrics.jsonl", "epoch_001.pth", "epoch_002.pth", "last.pth", "best.pth"):
+        assert (run / name).is_file(), name
+    assert (run / "weight_final.pth").is_file()
+    records = read_jsonl(run / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert steps and steps[-1]["step"] == 4
+    for key in ("loss", "loss_box", "loss_cls", "loss_landm", "lr", "pos_per_image", "images_per_s", "gpu_mem_mib"):
+        assert key in steps[0] and math.isfinite(steps[0][key]), key
+    assert steps[0]["pos_per_image"] > 0  # the demo faces are matched to anchors
+    for key in ("train_loss", "val_loss", "val_ap", "val_ap_face"):
+        assert key in epochs[-1], key
+    last = load_checkpoint(run / "last.pth")
+    assert last["epoch"] == 2 and last["step"] == 4
+    for key in ("optimizer", "scheduler", "scaler", "rng", "config"):
+        assert last[key] is not None, key
+    _assert_same_state(last["model"], _state(run / "epoch_002.pth"))
+    _assert_same_state(last["model"], _state(run / "weight_final.pth"))
+    best = load_checkpoint(run / "best.pth")
+    assert best["best_key"] == "val_ap"
+    scores = [r["val_ap"] for r in epochs]
+    assert best["epoch"] == 1 + max(range(2), key=lambda i: (scores[i], -i))
+    # learning-rate schedule: per step, warm-up of one step, x0.7 after every epoch
+    assert [round(r["lr"] / 0.01, 6) for r in steps][-1] == 0.7
+
+
+def test_resume_gives_the_same_weights(uninterrupted, demo_root, tmp_path):
+    first = fit(tiny_cfg(demo_root, tmp_path, **{"train.epochs": 1, "train.run_name": "split"}))
+    assert (first / "last.pth").is_file() and not (first / "epoch_002.pth").exists()
+    resumed = fit(tiny_cfg(demo_root, tmp_path, **{"train.epochs": 2, "train.resume": str(first / "last.pth")}))
+    assert resumed == first  # the run folder is reused
+    _assert_same_state(_state(uninterrupted / "weight_final.pth"), _state(resumed / "weight_final.pth"))
+    full = [r for r in read_jsonl(uninterrupted / "metrics.jsonl") if r["kind"] == "epoch"]
+    split = [r for r in read_jsonl(resumed / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in split] == [1, 2]
+    assert split[1]["train_loss"] == full[1]["train_loss"]
+    assert load_checkpoint(resumed / "last.pth")["step"] == 4
+
+
+def test_freeze_backbone_freezes_the_pruned_resnet(demo_root, tmp_path):
+    latent = {"train.epochs": 1, "train.freeze_backbone": True, "train.run_name": "f", "data.image_size": 640}
+    latent.update({"model.bridge": "nearest", "train.max_steps_per_epoch": 1, "data.max_images": 2})
+    cfg = tiny_cfg(demo_root, tmp_path, "latent-r18", **latent)
+    model = build_model(cfg)
+    model.freeze_backbone(True)
+    trunk = [model.backbone.layer2, model.backbone.layer3, model.backbone.layer4]
+    assert all(not p.requires_grad for m in trunk for p in m.parameters())
+    assert all(p.requires_grad for p in model.backbone.bridge.parameters())
+    assert all(p.requires_grad for p in model.fpn.parameters())
+
+    seed_everything(cfg.train.seed)
+    initial = build_model(cfg).state_dict()  # fit builds its model from the same seed
+    trained = _state(fit(cfg) / "weight_final.pth")
+    trunk_keys = [k for k in initial if k.startswith(("body.layer2.", "body.layer3.", "body.layer4."))]
+    assert trunk_keys
+    moved = [k for k in trunk_keys if not torch.equal(initial[k], trained[k])]
+    assert not moved, f"frozen tensors changed (BN statistics included): {moved[:3]}"
+    bridge = [k for k in initial if k.startswith("body.bridge.") and k.endswith("weight")]
+    assert any(not torch.equal(initial[k], trained[k]) for k in bridge), "the bridge did not train"
+
+
+class _NanAfter(torch.nn.Module):
+    """A loss that turns NaN from the second call on (as a diverging run would)."""
+
+    def __init__(self, loss_fn):
+        super().__init__()
+        self.loss_fn, self.calls = loss_fn, 0
+
+    def forward(self, outputs, anchors, targets):
+        parts = self.loss_fn(outputs, anchors, targets)
+        self.calls += 1
+        if self.calls >= 2:
+            parts["loss"] = parts["loss"] * float("nan")
+        return parts
+
+
+def test_non_finite_loss_stops_with_the_batch_names(demo_root, tmp_path, monkeypatch):
+    import nbsrc.engine as engine
+
+    real_build_loss = engine.build_loss
+    monkeypatch.setattr(engine, "build_loss", lambda cfg: _NanAfter(real_build_loss(cfg)))
+    cfg = tiny_cfg(demo_root, tmp_path, **{"train.epochs": 1, "train.run_name": "nan"})
+    with pytest.raises(FloatingPointError) as info:
+        fit(cfg)
+    message = str(info.value)
+    assert "step 2" in message and "loss_cls" in message and "nan" in message
+    from nbsrc.data.loaders import build_dataloaders
+
+    names = set(build_dataloaders(cfg)[0].dataset.names)
+    assert any(name in message for name in names), message
+    assert not (tmp_path / "nan" / "last.pth").exists()  # nothing of the failed epoch was saved
+
+
+def test_train_one_epoch_on_synthetic_batches_and_rng_roundtrip():
+    cfg = get_preset("mnet-biubug6", **{"model.pretrained": "none", "data.image_size": 64})
+    model = build_model(cfg)
+    from nbsrc.loss import build_loss
+
+    batch = {
+        "inputs": torch.randn(2, 3, 64, 64),
+        "boxes": torch.tensor([[[8.0, 8.0, 40.0, 44.0]], [[0.0, 0.0, 0.0, 0.0]]]),
+        "labels": torch.tensor([[1], [0]]),
+        "landmarks": torch.full((2, 1, 5, 2), 20.0),
+        "landmarks_valid": torch.tensor([[True], [False]]),
+        "num_boxes": torch.tensor([1, 0]),
+        "names": ["a/one", "a/empty"],
+    }
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    records = []
+    stats = train_one_epoch(
+        model,
+        build_loss(cfg),
+        [batch] * 3,
+        optimizer,
+        device=torch.device("cpu"),
+        log_every=2,
+        log_fn=records.append,
+        progress=False,
+    )
+    assert stats["steps"] == 3 and stats["images"] == 6 and math.isfinite(stats["loss"])
+    assert [r["step"] for r in records] == [2, 3]
+    state = get_rng_state()
+    first = (torch.rand(3), torch.randint(0, 100, (1,)))
+    set_rng_state(state)
+    assert torch.equal(first[0], torch.rand(3))
+
+
+def test_cli_ancestor_spellings(tmp_path):
+    root = tmp_path / "retina-modify"
+    cfg, start = config_from_argv(
+        [
+            "--use_latent",
+            "--model",
+            "resnet18",
+            "--latent_dir",
+            str(root / "train" / "latent"),
+            "--label_dir",
+            str(root / "train"),
+            "--val_latent_dir",
+            str(root / "val" / "latent"),
+            "--latent_type",
+            "latent_50.npy",
+            "--batchsize",
+            "4",
+            "--epoch",
+            "3",
+            "--no_wandb",
+            "--device",
+            "",
+            "--resume_epoch",
+            "5",
+            "lr=0.02",
+        ]
+    )
+    assert cfg.preset == "latent-r18" and cfg.data.dataset_root == str(root.resolve())
+    assert (cfg.data.train_split, cfg.data.val_split, cfg.data.latent_suffix) == ("train", "val", "latent_50.npy")
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.wandb, cfg.train.device) == (4, 3, "disabled", "auto")
+    assert cfg.train.lr == 0.02 and start == 5
+
+    assert config_from_argv(["--model", "resnet50", "--use_latent"])[0].preset == "latent-r50"
+    assert config_from_argv(["--model", "resnet34"])[0].preset == "r34-p2p6"
+    assert config_from_argv(["--network", "mobile0.25"])[0].preset == "mnet-biubug6"
+    assert config_from_argv(["--network", "resnet50"])[0].preset == "r50-biubug6"
+    assert config_from_argv([])[0].preset == "latent-r50"
+    cfg, _ = config_from_argv(
+        ["--preset", "r18-p2p6", "--training_dataset", str(root / "train" / "label.txt"), "--amp", "--freeze"]
+    )
+    assert cfg.data.dataset_root == str(root.resolve()) and cfg.train.amp == "auto" and cfg.train.freeze_backbone
+    cfg, _ = config_from_argv(
+        ["--device", "0", "--run", "exp", "--save_folder", "w", "--amp", "fp16", "--workers", "0"]
+    )
+    assert (cfg.train.device, cfg.train.run_name, cfg.train.out, cfg.train.amp) == ("cuda:0", "exp", "w", "fp16")
+    assert cfg.data.num_workers == 0
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--preset", "latent-r18", "--model", "resnet50", "--use_latent"], "conflicts"),
+        (["--model", "mobilenet0.25", "--use_latent"], "latent"),
+        (["--network", "resnet18"], "--network"),
+        (["--latent_dir", "/data/train/latents"], "latent_dir"),
+        (["--dataset_root", "/a", "--latent_dir", "/b/train/latent"], "dataset root"),
+        (["--no_wandb", "--wandb", "online"], "no_wandb"),
+        (["bogus_key=1"], "bogus_key"),
+    ],
+)
+def test_cli_rejects_contradictions(argv, match):
+    with pytest.raises(ValueError, match=match):
+        config_from_argv(argv)
+
+
+def test_cli_trains_and_resumes_with_published_spellings(demo_root, tmp_path, capsys):
+    common = ["--dataset_root", str(demo_root), "--out", str(tmp_path), "--device", "cpu", "--workers", "0"]
+    tiny = ["model.pretrained=none", "model.out_channels=16", "data.image_size=128", "train.max_steps_per_epoch=1"]
+    tiny += ["data.max_images=2", "train.progress=False"]
+    code = cli_main(
+        ["train", "--network", "mobile0.25", "--epochs", "1", "--batch_size", "2", "--run_name", "cli", *common, *tiny]
+    )
+    assert code == 0
+    assert "run folder" in capsys.readouterr().out
+    run = tmp_path / "cli"
+    assert (run / "weight_final.pth").is_file()
+    # biubug6-style: --resume_net on our checkpoint continues the run (optimizer state included)
+    code = cli_main(
+        ["train", "--resume_net", str(run / "last.pth"), "--epoch", "2", "--batchsize", "2", *common, *tiny]
+    )
+    assert code == 0
+    assert load_checkpoint(run / "last.pth")["epoch"] == 2
+    # an unreadable checkpoint is one clear error line and exit code 2
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    code = cli_main(["train", "--weight", str(tmp_path / "broken.pth"), "--preset", "mnet-biubug6", *common, *tiny])
+    assert code == 2
+    assert "broken.pth" in capsys.readouterr().err

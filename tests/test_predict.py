@@ -1,0 +1,164 @@
+"""Dataset-wide prediction and the per-rate evaluation on the demo dataset with untrained small models:
+they run, write every file, resume, and map boxes back to original-image pixels."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nbsrc.checkpoint import save_checkpoint
+from nbsrc.cli import main as cli_main
+from nbsrc.config import get_preset
+from nbsrc.detector import Detector
+from nbsrc.evaluation.predict import available_rates, build_predict_dataset, predict_dataset
+from nbsrc.evaluation.rates import evaluate_rates
+from nbsrc.evaluation.results import read_result_file, result_path
+from nbsrc.evaluation.widerface import evaluate
+from nbsrc.model import build_model
+
+SMALL = {"model.pretrained": "none", "model.out_channels": 8, "eval.keep_top_k": 100, "data.max_images": 2}
+
+
+@pytest.fixture(scope="module")
+def latent_detector() -> Detector:
+    torch.manual_seed(0)
+    cfg = get_preset("latent-r18").replace(**SMALL)
+    return Detector(build_model(cfg), cfg, "cpu")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, latent_detector):
+    folder = tmp_path_factory.mktemp("ckpt")
+    latent = folder / "latent.pth"
+    save_checkpoint(latent, model=latent_detector.model, config=latent_detector.cfg)
+    torch.manual_seed(1)
+    rgb_cfg = get_preset("mnet-biubug6").replace(**SMALL)
+    rgb = folder / "rgb.pth"
+    save_checkpoint(rgb, model=build_model(rgb_cfg), config=rgb_cfg)
+    return latent, rgb
+
+
+def test_predict_maps_back_and_resumes(demo_root, latent_detector, tmp_path):
+    cfg = latent_detector.cfg.replace(**{"data.max_images": 3})
+    dataset = build_predict_dataset(cfg, demo_root, "val")
+    assert len(dataset) == 3
+    stats = predict_dataset(latent_detector, dataset, tmp_path, conf=0.02, nms=0.4, batch_size=2, progress=False)
+    assert stats.written == 3 and stats.skipped == 0 and stats.detections > 0
+    assert stats.forward_ms > 0 and stats.postprocess_ms > 0 and 0 < stats.postprocess_share < 1
+    sizes = set()
+    for i in range(3):
+        sample = dataset[i]
+        path = result_path(tmp_path, sample["name"])
+        assert path.parent.name == sample["name"].split("/")[0]  # <out>/<event>/<basename>.txt
+        _, rows = read_result_file(path)
+        assert 0 < len(rows) <= 100 and np.all(np.diff(rows[:, 4]) <= 0)  # sorted by score
+        det = latent_detector.predict_batch(sample["input"][None], conf=0.02, nms=0.4)[0]
+        frame = sample["frame"]
+        assert frame is not None
+        sizes.add(frame.orig_size)
+        expected = frame.to_original(det["boxes"].numpy())  # (N, 4) original pixels
+        got = np.concatenate([rows[:, :2], rows[:, :2] + rows[:, 2:4], rows[:, 4:5]], 1)
+        want = np.concatenate([expected, det["scores"].numpy()[:, None]], 1)[: len(got)]
+        assert len(want) == len(got)
+        # Same detections up to the written precision (ties in score may be listed in another order).
+        gap = np.abs(got[:, None, :4] - want[None, :, :4]).max(-1) + np.abs(got[:, None, 4] - want[None, :, 4])
+        assert gap.min(1).max() < 0.02 and gap.min(0).max() < 0.02
+    assert sizes - {(640, 640)}  # originals of other sizes: the mapping is not the identity
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.txt")}
+    more = build_predict_dataset(cfg.replace(**{"data.max_images": 5}), demo_root, "val")
+    again = predict_dataset(latent_detector, more, tmp_path, batch_size=4, progress=False)
+    assert again.skipped == 3 and again.written == 2
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    assert len(list(tmp_path.rglob("*.txt"))) == 5
+    ap = evaluate(tmp_path, demo_root / "val" / "ground_truth", missing="empty")
+    assert set(ap) == {"easy", "medium", "hard"} and all(0.0 <= v <= 1.0 for v in ap.values())
+
+
+def test_predict_cli_all_rates(demo_root, checkpoints, tmp_path, capsys):
+    latent, rgb = checkpoints
+    assert available_rates(demo_root, "val") == [12, 25, 50, 75, 100]
+    out = tmp_path / "pred"
+    args = [
+        "predict",
+        "--weight",
+        str(latent),
+        "--dataset_root",
+        str(demo_root),
+        "--split",
+        "val",
+        "--all-rates",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--batch_size",
+        "2",
+        "--no-progress",
+        "--json",
+        str(tmp_path / "s.json"),
+    ]
+    assert cli_main(args) == 0
+    for rate in (12, 25, 50, 75, 100):
+        assert len(list((out / f"latent_{rate}").rglob("*.txt"))) == 2
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["latent_12"]["written"] == 2 and stats["latent_12"]["forward_ms_per_image"] > 0
+    printed = capsys.readouterr().out
+    assert "ms/image" in printed and "post-processing" in printed
+    assert cli_main(args) == 0  # resumed: nothing left to do
+    assert json.loads((tmp_path / "s.json").read_text())["latent_100"]["skipped"] == 2
+    bad = ["predict", "--weight", str(rgb), "--dataset_root", str(demo_root), "--all-rates", "--out", str(out)]
+    assert cli_main(bad) == 2
+    assert "need a latent model" in capsys.readouterr().err
+
+
+def test_evaluate_rates_table_and_plot(demo_root, checkpoints, tmp_path, capsys):
+    latent, rgb = checkpoints
+    table = evaluate_rates(
+        Detector.from_checkpoint(latent),
+        demo_root,
+        tmp_path,
+        rgb_weight=rgb,
+        rates=[12, 100],
+        device="cpu",
+        progress=False,
+    )
+    assert [(r.model, r.rate, r.bpp) for r in table.rows] == [
+        ("latent", 12, 0.12),
+        ("latent", 100, 1.0),
+        ("rgb", None, None),
+    ]
+    for row in table.rows:
+        assert all(0.0 <= getattr(row, s) <= 1.0 or math.isnan(getattr(row, s)) for s in ("easy", "medium", "hard"))
+        assert row.missing == 8 - 2  # the models read the first 2 images of the split
+    for name in ("rates.json", "rates.csv", "ap_vs_bpp.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert len(list((tmp_path / "rgb").rglob("*.txt"))) == 2
+    assert "| latent | 0.12 |" in table.to_markdown() and "RGB (640)" in table.to_markdown()
+    # The CLI resumes from the same folder and prints the table.
+    assert (
+        cli_main(
+            [
+                "evaluate-rates",
+                "--weight",
+                str(latent),
+                "--dataset_root",
+                str(demo_root),
+                "--rates",
+                "12",
+                "100",
+                "--out",
+                str(tmp_path),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "| latent | 1.00 |" in out and "skipped" not in out.split("|")[0]
+    assert json.loads((tmp_path / "rates.json").read_text())[0]["bpp"] == 0.12
