@@ -253,10 +253,10 @@ def validate_dataset_metadata(path: str | Path) -> dict[str, Any]:
 # ---- notebooks ----------------------------------------------------------------------------------
 def prepare_notebook(nb: Any, parameters: Mapping[str, Any]) -> Any:
     """Bake `parameters` into a notebook like ``papermill --prepare-only`` and strip every output."""
-    import papermill
+    import papermill.parameterize
 
     if parameters:
-        nb = papermill.parameterize_notebook(nb, dict(parameters), kernel_name=nbrun.KERNEL_NAME, language="python")
+        nb = papermill.parameterize.parameterize_notebook(nb, dict(parameters), kernel_name=nbrun.KERNEL_NAME, language="python")
     nb.metadata.pop("papermill", None)
     nb.metadata["kernelspec"] = dict(nbrun.KERNELSPEC)
     for cell in nb.cells:

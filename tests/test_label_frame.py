@@ -24,6 +24,7 @@ from nbsrc.data.readers import read_labels
 from nbsrc.data.readers.retinaface_txt import write_retinaface_labels
 from nbsrc.data.records import ImageRecord
 from nbsrc.data.rgb_dataset import WiderFaceRGB, read_rgb
+from nbsrc.data.validate import DataError
 from nbsrc.frame import FrameMap
 
 
@@ -160,9 +161,16 @@ def test_sizes_csv_or_label_frame_resolve_the_frame(demo_root, tmp_path):
     shutil.copy(demo_root / "image_sizes.csv", split.parent / "image_sizes.csv")  # found at the dataset root
     assert len(LatentWiderFace(split)) == 3
     (split.parent / "image_sizes.csv").unlink()
-    as_640 = LatentWiderFace(split, label_frame=640)
-    record = read_labels(split / "labels.txt")[0]
-    np.testing.assert_array_equal(as_640[0]["boxes"].numpy(), record.boxes)
+    # these labels are in original pixels: declaring them 640-frame labels is caught, not trained on
+    with pytest.raises(DataError, match=r"labels.txt:\d+: .*outside the 640x640 image"):
+        LatentWiderFace(split, label_frame=640)
+    as_640 = LatentWiderFace(split, label_frame=640, on_error="skip")
+    kept = {r.name: r for r in read_labels(split / "labels.txt")}
+    assert as_640.log.counts().get("box_outside_frame", 0) > 0
+    for i in range(len(as_640)):  # the faces inside 640x640 are kept unchanged, the others left out and reported
+        sample = as_640[i]
+        boxes = kept[sample["name"]].boxes
+        np.testing.assert_array_equal(sample["boxes"].numpy(), boxes[(boxes[:, 2:] <= 640).all(axis=1)])
 
 
 def test_check_label_frame_tells_original_from_network_frame(demo_root, tmp_path):

@@ -379,6 +379,9 @@ class LatentWiderFace(Dataset):
         return latent
 
     def __getitem__(self, index: int) -> dict:
+        if not -len(self.samples) <= index < len(self.samples):
+            raise IndexError(f"sample {index} out of range for {len(self.samples)} samples")
+        index %= len(self.samples)
         for attempt in range(len(self.samples)):
             i = (index + attempt) % len(self.samples)
             try:

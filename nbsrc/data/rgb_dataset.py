@@ -188,6 +188,9 @@ class WiderFaceRGB(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
+        if not -len(self.samples) <= index < len(self.samples):
+            raise IndexError(f"sample {index} out of range for {len(self.samples)} samples")
+        index %= len(self.samples)
         for attempt in range(len(self.samples)):
             i = (index + attempt) % len(self.samples)
             sample = self.samples[i]
