@@ -7,15 +7,22 @@ jittered true faces, small faces missed, duplicates and random false positives),
 - the evaluation with the ground truth already read,
 - the reference oracle (``tests/wider_oracle.py``, once),
 
-and reports peak Python memory (tracemalloc) of our evaluation.
+and reports the peak memory of our evaluation (tracemalloc, which NumPy reports to) and the process peak RSS.
 
     python bench/bench_eval.py [--gt ../shared/data/widerface_val_gt] [--per-image 100] [--repeat 5] [--no-oracle]
+
+With ``--predict PRESET ...`` it instead times dataset-wide prediction (`nbsrc.evaluation.predict`): forward and
+post-processing (decode + NMS) in ms per image and the post-processing share, per preset, on a demo dataset
+(``--dataset_root`` for another one; untrained weights unless ``--weight``; GPU when present):
+
+    python bench/bench_eval.py --predict latent-r18 mnet-biubug6 [--images 24] [--batch-size 8] [--device auto]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -56,6 +63,49 @@ def make_predictions(gt, out_dir: Path, per_image: int, seed: int = 0) -> int:
     return total
 
 
+def bench_predict(args) -> int:
+    """Forward vs post-processing time of dataset-wide prediction, per preset."""
+    import torch
+
+    from nbsrc.config import get_preset
+    from nbsrc.detector import Detector
+    from nbsrc.evaluation.predict import build_predict_dataset, predict_dataset
+    from nbsrc.model import build_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.dataset_root) if args.dataset_root else None
+        if root is None:
+            from nbsrc.data.demo import make_demo_data
+
+            root = make_demo_data(Path(tmp) / "demo", images=args.images, seed=0, val_images=args.images)
+        report = {}
+        for preset in args.predict:
+            if args.weight:
+                detector = Detector.from_checkpoint(args.weight, preset=preset, device=args.device)
+            else:
+                torch.manual_seed(0)
+                cfg = get_preset(preset).replace(**{"model.pretrained": "none"})
+                detector = Detector(build_model(cfg), cfg, args.device)
+            dataset = build_predict_dataset(detector.cfg, root, "val")
+            warm = predict_dataset(  # warm-up (allocator, cuDNN autotuning)
+                detector, dataset, Path(tmp) / f"warm_{preset}", batch_size=args.batch_size, progress=False
+            )
+            stats = predict_dataset(
+                detector, dataset, Path(tmp) / preset, batch_size=args.batch_size, progress=False, resume=False
+            )
+            del warm
+            report[preset] = stats.to_dict() | {"device": str(detector.device), "images_timed": stats.written}
+            sys.stdout.write(
+                f"{preset} on {detector.device}, {stats.written} images, batch {args.batch_size}: "
+                f"forward {stats.forward_ms:.2f} ms/image, post-processing {stats.postprocess_ms:.2f} ms/image "
+                f"({100 * stats.postprocess_share:.1f}% of forward + post-processing), "
+                f"{stats.detections / max(stats.written, 1):.0f} detections/image\n"
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gt", default=str(ROOT.parent / "shared" / "data" / "widerface_val_gt"))
@@ -64,7 +114,15 @@ def main() -> int:
     parser.add_argument("--no-oracle", action="store_true")
     parser.add_argument("--pred", default=None, help="reuse / keep the prediction folder here")
     parser.add_argument("--json", default=None, help="write the numbers as JSON")
+    parser.add_argument("--predict", nargs="+", default=None, metavar="PRESET", help="time prediction instead")
+    parser.add_argument("--dataset_root", default=None, help="--predict: dataset (default: a demo dataset)")
+    parser.add_argument("--weight", default=None, help="--predict: checkpoint (default: untrained weights)")
+    parser.add_argument("--images", type=int, default=24, help="--predict: demo images per split")
+    parser.add_argument("--batch-size", type=int, default=8, help="--predict: images per forward pass")
+    parser.add_argument("--device", default="auto", help="--predict: auto | cpu | cuda")
     args = parser.parse_args()
+    if args.predict:
+        return bench_predict(args)
 
     gt = read_wider_gt(args.gt)
     tmp = None
@@ -99,13 +157,15 @@ def main() -> int:
         "ours_end_to_end_s": float(np.median(end_to_end)),
         "ours_gt_preloaded_s": float(np.median(preloaded)),
         "peak_memory_mb": peak / 2**20,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # process so far (Linux: KiB)
     }
     sys.stdout.write(
         f"{report['predictions']} predictions on {gt.num_images} images\n"
         f"ours, end to end (read .mat + {gt.num_images} files + evaluate): median {report['ours_end_to_end_s']:.3f} s "
         f"(min {min(end_to_end):.3f})\n"
         f"ours, ground truth already read: median {report['ours_gt_preloaded_s']:.3f} s (min {min(preloaded):.3f})\n"
-        f"peak Python memory (tracemalloc): {report['peak_memory_mb']:.1f} MiB\n"
+        f"peak memory of one evaluation (tracemalloc, NumPy included): {report['peak_memory_mb']:.1f} MiB; "
+        f"peak RSS of the process so far: {report['peak_rss_mb']:.0f} MiB\n"
         f"AP ours: {json.dumps(ours)}\n"
     )
     if not args.no_oracle:

@@ -1,10 +1,10 @@
-"""Dataset-wide prediction and the per-rate evaluation on the demo dataset with untrained small models:
-they run, write every file, resume, and map boxes back to original-image pixels."""
+"""Dataset-wide prediction on the demo dataset with untrained small models: it runs, writes every file in
+original-image pixels (latent boxes mapped back with the dataset's resize policy), resumes, times forward and
+post-processing separately, and writes a class column for 2-class models."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -15,7 +15,6 @@ from nbsrc.cli import main as cli_main
 from nbsrc.config import get_preset
 from nbsrc.detector import Detector
 from nbsrc.evaluation.predict import available_rates, build_predict_dataset, predict_dataset
-from nbsrc.evaluation.rates import evaluate_rates
 from nbsrc.evaluation.results import read_result_file, result_path
 from nbsrc.evaluation.widerface import evaluate
 from nbsrc.model import build_model
@@ -34,7 +33,8 @@ def latent_detector() -> Detector:
 def checkpoints(tmp_path_factory, latent_detector):
     folder = tmp_path_factory.mktemp("ckpt")
     latent = folder / "latent.pth"
-    save_checkpoint(latent, model=latent_detector.model, config=latent_detector.cfg)
+    # The command reads the first image of the split (data.max_images of the saved config).
+    save_checkpoint(latent, model=latent_detector.model, config=latent_detector.cfg.replace(**{"data.max_images": 1}))
     torch.manual_seed(1)
     rgb_cfg = get_preset("mnet-biubug6").replace(**SMALL)
     rgb = folder / "rgb.pth"
@@ -103,62 +103,51 @@ def test_predict_cli_all_rates(demo_root, checkpoints, tmp_path, capsys):
     ]
     assert cli_main(args) == 0
     for rate in (12, 25, 50, 75, 100):
-        assert len(list((out / f"latent_{rate}").rglob("*.txt"))) == 2
+        assert len(list((out / f"latent_{rate}").rglob("*.txt"))) == 1
     stats = json.loads((tmp_path / "s.json").read_text())
-    assert stats["latent_12"]["written"] == 2 and stats["latent_12"]["forward_ms_per_image"] > 0
+    assert stats["latent_12"]["written"] == 1 and stats["latent_12"]["forward_ms_per_image"] > 0
     printed = capsys.readouterr().out
     assert "ms/image" in printed and "post-processing" in printed
     assert cli_main(args) == 0  # resumed: nothing left to do
-    assert json.loads((tmp_path / "s.json").read_text())["latent_100"]["skipped"] == 2
+    assert json.loads((tmp_path / "s.json").read_text())["latent_100"]["skipped"] == 1
+    # One rate by its suffix: the same files as that rate's folder of the --all-rates run.
+    single = args[: args.index("--all-rates")] + ["--latent_suffix", "latent_25.npy", "--out", str(tmp_path / "one")]
+    single += ["--device", "cpu", "--no-progress"]
+    assert cli_main(single) == 0
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.txt"))
+    assert files == sorted(p.relative_to(out / "latent_25") for p in (out / "latent_25").rglob("*.txt"))
+    assert all((tmp_path / "one" / f).read_text() == (out / "latent_25" / f).read_text() for f in files)
+    assert (tmp_path / "one" / files[0]).read_text() != (out / "latent_100" / files[0]).read_text()
     bad = ["predict", "--weight", str(rgb), "--dataset_root", str(demo_root), "--all-rates", "--out", str(out)]
     assert cli_main(bad) == 2
     assert "need a latent model" in capsys.readouterr().err
 
 
-def test_evaluate_rates_table_and_plot(demo_root, checkpoints, tmp_path, capsys):
-    latent, rgb = checkpoints
-    table = evaluate_rates(
-        Detector.from_checkpoint(latent),
-        demo_root,
-        tmp_path,
-        rgb_weight=rgb,
-        rates=[12, 100],
-        device="cpu",
-        progress=False,
+def test_predict_twoclass_rgb_model(demo_root, tmp_path):
+    """A 2-class RGB model writes ``x y w h score cls`` files in the WIDER layout, in original-image pixels, and
+    the 2-class evaluation reads them against the demo's 2-class labels."""
+    from nbsrc.evaluation.twoclass import evaluate_twoclass
+
+    torch.manual_seed(2)
+    cfg = get_preset("mnet-2cls").replace(**SMALL)
+    detector = Detector(build_model(cfg), cfg, "cpu")
+    dataset = build_predict_dataset(cfg, demo_root, "val")
+    stats = predict_dataset(detector, dataset, tmp_path / "pred", batch_size=2, progress=False)
+    assert stats.written == 2 and stats.unmapped == 0
+    for i in range(2):
+        sample = dataset[i]
+        _, rows = read_result_file(result_path(tmp_path / "pred", sample["name"]), columns=(6,))
+        assert rows.shape[1] == 6 and set(rows[:, 5].tolist()) <= {1.0, 2.0} and len(rows) > 0
+        w, h = sample["frame"].orig_size
+        # Original-image pixels: boxes spread over the image, not over the 640 network frame.
+        assert rows[:, 0].max() <= w and rows[:, 1].max() <= h
+        assert (rows[:, 0] + rows[:, 2]).max() > 0.5 * w or (rows[:, 1] + rows[:, 3]).max() > 0.5 * h
+    result = evaluate_twoclass(
+        tmp_path / "pred",
+        demo_root / "val" / "labels_2cls.txt",
+        coords="pixels",
+        image_sizes=demo_root / "image_sizes.csv",
+        missing="empty",
     )
-    assert [(r.model, r.rate, r.bpp) for r in table.rows] == [
-        ("latent", 12, 0.12),
-        ("latent", 100, 1.0),
-        ("rgb", None, None),
-    ]
-    for row in table.rows:
-        assert all(0.0 <= getattr(row, s) <= 1.0 or math.isnan(getattr(row, s)) for s in ("easy", "medium", "hard"))
-        assert row.missing == 8 - 2  # the models read the first 2 images of the split
-    for name in ("rates.json", "rates.csv", "ap_vs_bpp.png"):
-        assert (tmp_path / name).stat().st_size > 0
-    assert len(list((tmp_path / "rgb").rglob("*.txt"))) == 2
-    assert "| latent | 0.12 |" in table.to_markdown() and "RGB (640)" in table.to_markdown()
-    # The CLI resumes from the same folder and prints the table.
-    assert (
-        cli_main(
-            [
-                "evaluate-rates",
-                "--weight",
-                str(latent),
-                "--dataset_root",
-                str(demo_root),
-                "--rates",
-                "12",
-                "100",
-                "--out",
-                str(tmp_path),
-                "--device",
-                "cpu",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert "| latent | 1.00 |" in out and "skipped" not in out.split("|")[0]
-    assert json.loads((tmp_path / "rates.json").read_text())[0]["bpp"] == 0.12
+    assert len(result.missing) == 8 - 2 and result.num_predictions["face"] + result.num_predictions["person"] > 0
+    assert all(0.0 <= result.ap[c][t] <= 1.0 for c in ("face", "person") for t in (0.5, 0.3))

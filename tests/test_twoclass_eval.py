@@ -16,7 +16,7 @@ from nbsrc.cli import main as cli_main
 from nbsrc.data.readers.twoclass import read_twoclass_labels
 from nbsrc.data.records import ImageRecord
 from nbsrc.evaluation.results import write_wider_results
-from nbsrc.evaluation.twoclass import evaluate_twoclass, evaluate_twoclass_predictions
+from nbsrc.evaluation.twoclass import evaluate_twoclass, evaluate_twoclass_predictions, read_image_sizes
 from nbsrc.utils import atomic_write_text
 
 GT_FILE = "data/wider_oi_personface_val/wider_val_gt_cleanedBoundary_1203.txt"
@@ -174,3 +174,39 @@ def test_cli_evaluate_2cls(gt_subset, tmp_path, capsys):
     assert data["mAP"]["0.5"] == pytest.approx(1.0) and data["coords"] == "normalized"
     assert cli_main(["evaluate-2cls", "--pred", str(tmp_path / "none"), "--gt", str(path)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_wider_layout_pixel_files_on_the_demo_labels(demo_root, tmp_path, capsys):
+    """WIDER-layout result files (``<event>/<basename>.txt``, pixels, class column), as dataset-wide prediction
+    writes them, against the demo's 2-class labels: the labels as predictions give mAP 1.0 at both IoUs."""
+    gt_path = demo_root / "val" / "labels_2cls.txt"
+    records = list(read_twoclass_labels(gt_path))
+    sizes_csv = demo_root / "image_sizes.csv"
+    full_names = {n.rsplit("/", 1)[-1]: n for n in (line.split(",")[0] for line in sizes_csv.read_text().split()[1:])}
+    sizes = read_image_sizes(sizes_csv)
+    pred = tmp_path / "pred"
+    rng = np.random.default_rng(0)
+    for r in records:
+        w, h = sizes[r.name]
+        boxes, labels = unique_boxes(r)
+        write_wider_results(pred, full_names[r.name], boxes * [w, h, w, h], rng.random(len(boxes)), labels=labels)
+    assert all("/" in str(p.relative_to(pred)) for p in pred.rglob("*.txt"))
+    result = evaluate_twoclass(pred, gt_path, image_sizes=sizes_csv)
+    assert result.coords == "pixels" and result.missing == []
+    assert result.num_gt["face"] > 0 and result.num_gt["person"] > 0
+    for t in (0.5, 0.3):
+        assert math.isclose(result.map[t], 1.0, abs_tol=1e-6), result.ap
+    args = ["evaluate-2cls", "--pred", str(pred), "--gt", str(gt_path), "--image-sizes", str(sizes_csv)]
+    assert cli_main(args) == 0
+    assert "mAP" in capsys.readouterr().out
+    # A missing file is reported by its ground-truth name; two files with one basename are ambiguous.
+    first = pred / f"{full_names[records[0].name]}.txt"
+    first.unlink()
+    with pytest.raises(FileNotFoundError, match=records[0].name):
+        evaluate_twoclass(pred, gt_path, image_sizes=sizes_csv)
+    assert evaluate_twoclass(pred, gt_path, image_sizes=sizes_csv, missing="empty").missing == [records[0].name]
+    other = pred / "other" / f"{records[1].name}.txt"
+    other.parent.mkdir()
+    other.write_text((pred / f"{full_names[records[1].name]}.txt").read_text())
+    with pytest.raises(ValueError, match="same basename"):
+        evaluate_twoclass(pred, gt_path, image_sizes=sizes_csv, missing="empty")

@@ -4,6 +4,7 @@ predictions, the result-file format, bad input, the .mat writer and the CLI."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import wider_oracle
 from conftest import shared_path
 
 from nbsrc.cli import main as cli_main
+from nbsrc.data.readers.retinaface_txt import read_retinaface_labels
 from nbsrc.data.readers.wider_mat import GT_FILES, WiderGroundTruth, read_wider_gt, write_wider_gt
 from nbsrc.evaluation.results import (
     _parse_numbers,
@@ -370,7 +372,7 @@ def test_bad_result_files_name_file_and_line(tmp_path, label, text, message):
     assert message in str(info.value)
 
 
-def test_missing_and_unknown_files(tmp_path, real_gt):
+def test_missing_and_unknown_files(tmp_path, real_gt, caplog):
     gt = subset(real_gt, ["0--Parade"])
     write_wider_gt(tmp_path / "gt", gt)
     pred = tmp_path / "pred"
@@ -383,8 +385,11 @@ def test_missing_and_unknown_files(tmp_path, real_gt):
         evaluate(pred, tmp_path / "gt")
     assert "2 of 115 images have no result file" in str(info.value)
     assert names[3] in str(info.value) and names[7] in str(info.value)
-    allowed = evaluate_curves(pred, tmp_path / "gt", missing="empty")
+    with caplog.at_level(logging.WARNING, logger="nbsrc.evaluation.results"):
+        allowed = evaluate_curves(pred, tmp_path / "gt", missing="empty")
     assert allowed.missing == [names[3], names[7]]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("2 of 115 images have no result file" in m and "counted as empty" in m for m in warned)
     for name in (names[3], names[7]):
         write_wider_results(pred, name, np.zeros((0, 4)), np.zeros(0))
     assert evaluate(pred, tmp_path / "gt") == allowed.ap
@@ -444,3 +449,36 @@ def test_cli_evaluate_errors(oracle_case, tmp_path, capsys):
     assert cli_main(["evaluate", "--pred", str(tmp_path), "--gt", str(gt_dir), "--allow-missing"]) == 0
     out = capsys.readouterr().out
     assert "Easy   Val AP: 0.0000" in out and "without a result file" in out
+
+
+# ------------------------------------------------------------------------------------- demo dataset .mat
+
+
+def test_demo_dataset_ground_truth(demo_root, tmp_path, capsys):
+    """The demo's .mat files hold its val labels: the labels as predictions give 1.0; the CLI reads them too."""
+    gt_dir = demo_root / "val" / "ground_truth"
+    gt = read_wider_gt(gt_dir)
+    records = read_retinaface_labels(demo_root / "val" / "labels.txt")
+    assert sorted(gt.image_names()) == sorted(r.name.rsplit(".", 1)[0] for r in records)
+    assert gt.num_faces == sum(len(r.boxes) for r in records) > 0
+    rng = np.random.default_rng(0)
+    for r in records:
+        write_wider_results(tmp_path / "perfect", r.name, r.boxes, rng.random(len(r.boxes)) * 0.9 + 0.1)
+    ap = evaluate(tmp_path / "perfect", gt_dir)
+    assert all(math.isclose(ap[s], 1.0, abs_tol=1e-12) for s in SETTINGS), ap
+    # Half of the faces found, plus false positives: the oracle agrees on the demo files as well.
+    for r in records:
+        keep = rng.random(len(r.boxes)) < 0.5
+        fp = np.concatenate([rng.random((3, 2)) * 500, rng.random((3, 2)) * 500 + 20], 1)
+        boxes = np.concatenate([r.boxes[keep], np.sort(fp.reshape(3, 2, 2), axis=1).reshape(3, 4)])
+        write_wider_results(tmp_path / "half", r.name, boxes, rng.random(len(boxes)))
+    ours = evaluate(tmp_path / "half", gt_dir)
+    expected = wider_oracle.evaluation(str(tmp_path / "half"), str(gt_dir))
+    assert all(abs(ours[s] - expected[s]) <= 1e-9 for s in SETTINGS)
+    assert all(0.0 < ours[s] < 1.0 for s in SETTINGS)
+    assert cli_main(["evaluate", "--pred", str(tmp_path / "perfect"), "--gt", str(gt_dir)]) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == [
+        "Easy   Val AP: 1.0000",
+        "Medium Val AP: 1.0000",
+        "Hard   Val AP: 1.0000",
+    ]

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-p",
         required=True,
         type=Path,
-        help="folder of <id>.txt result files: name, count, 'x y w h score cls' lines",
+        help="result files with a class column: <id>.txt or <event>/<id>.txt (name, count, 'x y w h score cls' lines)",
     )
     parser.add_argument("--gt", "-g", required=True, type=Path, help="2-class label file ('# <id>.jpg', 'cls x y w h')")
     parser.add_argument(

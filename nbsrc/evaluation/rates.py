@@ -166,9 +166,16 @@ def evaluate_rates(
     latent = _detector(latent_weight, preset, device)
     if latent.model.input_kind != "latent":
         raise ValueError("evaluate_rates: the first model must be a latent model (got an RGB model)")
-    chosen = sorted(rates) if rates else available_rates(dataset_root, split)
-    if not chosen:
+    present = available_rates(dataset_root, split)
+    if not present:
         raise FileNotFoundError(f"{dataset_root / split / 'latent'}: no latent_<rate>.npy files")
+    chosen = sorted(set(rates)) if rates else present
+    absent = [r for r in chosen if r not in present]
+    if absent:
+        raise ValueError(
+            f"{dataset_root / split / 'latent'}: no latent_{absent[0]}.npy files; available rates: "
+            f"{', '.join(map(str, present))}"
+        )
     kwargs = dict(
         conf=conf, nms=nms, batch_size=batch_size, num_workers=num_workers, amp=amp, resume=resume, progress=progress
     )

@@ -4,7 +4,9 @@ Ground truth: the 2-class label file (``# <id>.jpg`` then ``cls x y w h`` normal
 `nbsrc.data.readers.twoclass.read_twoclass_labels`). Exact duplicate boxes of one class in one image (the
 real file repeats five image headers with the same boxes) are counted once.
 
-Predictions: one WIDER-style result file per image with a class column, ``<pred_dir>/<id>.txt``::
+Predictions: one WIDER-style result file per image with a class column, either flat, ``<pred_dir>/<id>.txt``,
+or in the WIDER layout ``<pred_dir>/<event>/<id>.txt`` that `nbsrc.evaluation.predict` writes (files are then
+matched to the ground truth by basename; a basename found in two folders is an error)::
 
     <id>
     <count>
@@ -136,6 +138,29 @@ def _gt_per_class(records) -> tuple[list[str], dict[int, list[np.ndarray]]]:
     return names, per_class
 
 
+def _resolve_files(pred_dir: Path, names: Sequence[str]) -> list[str]:
+    """Result-file names (relative to `pred_dir`, without ``.txt``) of the ground-truth images `names`: the name
+    itself when that file exists (flat layout), else the unique ``<folder>/<name>`` file (WIDER layout)."""
+    from nbsrc.evaluation.results import _list_result_files
+
+    if not pred_dir.is_dir():
+        return list(names)
+    found = _list_result_files(pred_dir)
+    nested = [f for f in found if "/" in f]
+    if not nested:
+        return list(names)
+    by_base: dict[str, str] = {}
+    for rel in sorted(nested):
+        base = rel.rsplit("/", 1)[-1]
+        if base in by_base:
+            raise ValueError(
+                f"{pred_dir}: result files {by_base[base]}.txt and {rel}.txt have the same basename; "
+                "the 2-class ground truth names images by basename only"
+            )
+        by_base[base] = rel
+    return [n if n in found else by_base.get(n.rsplit("/", 1)[-1], n) for n in names]
+
+
 def _line_of_row(path: Path, row: int) -> int:
     """1-based line number of the `row`-th box line of a result file."""
     seen = -1
@@ -222,13 +247,14 @@ def evaluate_twoclass(
         records = list(gt)
     names = [r.name for r in records]
     pred_dir = Path(pred_dir)
-    results = read_result_folder(pred_dir, names, columns=(6,), missing=missing)
+    files = _resolve_files(pred_dir, names)
+    results = read_result_folder(pred_dir, files, columns=(6,), missing=missing)
     rows = results.rows.reshape(-1, 6)  # (R, 6) x y w h score cls
     image = np.repeat(np.arange(len(names)), results.counts)  # (R,)
     bad_class = ~np.isin(rows[:, 5], CLASSES)
     if bad_class.any():
         i = int(np.flatnonzero(bad_class)[0])
-        path = pred_dir / f"{names[image[i]]}.txt"
+        path = pred_dir / f"{files[image[i]]}.txt"
         row = i - int(results.offsets[image[i]])
         raise ValueError(f"{path}:{_line_of_row(path, row)}: class must be 1 (face) or 2 (person), got {rows[i, 5]:g}")
     xyxy = rows[:, :4].copy()
@@ -239,7 +265,7 @@ def evaluate_twoclass(
         logger.info("%s: coordinates read as %s", pred_dir, coords)
     if coords == "normalized" and not in_range.all():
         i = int(np.flatnonzero(~in_range.all(1))[0])
-        path = pred_dir / f"{names[image[i]]}.txt"
+        path = pred_dir / f"{files[image[i]]}.txt"
         row = i - int(results.offsets[image[i]])
         raise ValueError(
             f"{path}:{_line_of_row(path, row)}: box {rows[i, :4].tolist()} is outside the normalized range "
@@ -263,7 +289,8 @@ def evaluate_twoclass(
         [rows[s, 5].astype(np.int64) for s in per_image],
         iou_thresholds=iou_thresholds,
     )
-    result.missing = list(results.missing)
+    file_to_name = dict(zip(files, names))
+    result.missing = [file_to_name[f] for f in results.missing]
     result.coords = coords
     return result
 
