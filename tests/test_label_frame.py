@@ -63,7 +63,10 @@ def test_demo_latent_boxes_cover_exactly_the_cells_the_faces_change(demo_root):
     def covered(b: np.ndarray) -> np.ndarray:
         mask = np.zeros((40, 40), bool)
         for x1, y1, x2, y2 in b:
-            mask[int(max(0, y1) // 16) : int(np.ceil(min(640, y2) / 16)), int(max(0, x1) // 16) : int(np.ceil(min(640, x2) / 16))] = True
+            mask[
+                int(max(0, y1) // 16) : int(np.ceil(min(640, y2) / 16)),
+                int(max(0, x1) // 16) : int(np.ceil(min(640, x2) / 16)),
+            ] = True
         return mask
 
     mask = covered(boxes)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.utils.data import default_collate
 
 __all__ = ["detection_collate"]
 
@@ -44,7 +45,9 @@ def detection_collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         landmarks[i, :n] = sample["landmarks"]
         valid[i, :n] = sample["landmarks_valid"]
     return {
-        "inputs": torch.stack([s["input"] for s in samples]),  # (B, C, H, W)
+        # default_collate stacks straight into shared memory inside a DataLoader worker (no second copy on the way
+        # to the main process)
+        "inputs": default_collate([s["input"] for s in samples]),  # (B, C, H, W)
         "boxes": boxes,
         "labels": labels,
         "landmarks": landmarks,

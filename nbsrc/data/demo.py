@@ -457,6 +457,20 @@ def _write_ground_truth(gt_dir: Path, records: list[ImageRecord]) -> None:
         for setting in keep:
             keep[setting].append(per_setting[setting])
     write_wider_gt(gt_dir, WiderGroundTruth(events=events, names=names, boxes=boxes, keep=keep))
+    for path in sorted(gt_dir.glob("*.mat")):
+        _fix_mat_header(path)
+
+
+MAT_HEADER_TEXT = 116  # bytes of descriptive text at the start of a MATLAB 5 file
+
+
+def _fix_mat_header(path: Path) -> None:
+    """Replace the creation time in a MATLAB 5 header by fixed text, so that the same seed gives the same bytes."""
+    data = path.read_bytes()
+    if not data.startswith(b"MATLAB 5.0 MAT-file"):
+        return
+    text = b"MATLAB 5.0 MAT-file, nbsrc demo ground truth".ljust(MAT_HEADER_TEXT, b" ")
+    _write_bytes(path, text + data[MAT_HEADER_TEXT:])
 
 
 def make_demo_data(root: str | Path, images: int = 160, seed: int = 0, val_images: int | None = None) -> Path:

@@ -160,6 +160,7 @@ class ImageSizes:
         self._by_basename = _unique_basenames(table)
         self._image_index: dict[str, Path] | None = None
         self._cache: dict[str, tuple[int, int] | None] = {}
+        self.unreadable: dict[str, str] = {}  # name -> why its image file gave no size
 
     def __bool__(self) -> bool:
         return bool(self._table) or self.images_dir is not None
@@ -198,7 +199,10 @@ class ImageSizes:
         if size is None:
             path = self.image_path(name)
             if path is not None:
-                size = read_image_size(path)
+                try:
+                    size = read_image_size(path)
+                except ValueError as exc:  # reported by validation as unreadable_image; here the size is unknown
+                    self.unreadable[name] = str(exc)
         self._cache[name] = size
         return size
 
@@ -286,6 +290,11 @@ class LabelFrame:
             + ";",
             "  - data.label_frame=640 if the labels are already in the 640x640 frame of the latents.",
         ]
+        unreadable = self.sizes.unreadable.get(strip_image_extension(record.name)) if self.sizes is not None else None
+        if unreadable:
+            lines[0] = lines[0].replace(
+                ". Provide one of:", f"; its image gave no size ({unreadable}). Provide one of:"
+            )
         return "\n".join(lines)
 
     def to_net(self, record: ImageRecord, net_size: tuple[int, int]) -> tuple[ImageRecord, FrameMap | None]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,14 +45,16 @@ from nbsrc.data.validate import (
     read_labels_checked,
 )
 from nbsrc.frame import FrameMap
-from nbsrc.latents import load_latent
 from nbsrc.utils import atomic_path
 
-__all__ = ["LatentStats", "LatentWiderFace", "compute_latent_stats", "latent_stats"]
+__all__ = ["LatentStats", "LatentWiderFace", "compute_latent_stats", "latent_stats", "read_latent"]
 
 logger = logging.getLogger(__name__)
 
 MIRROR_ORDER = np.array([1, 0, 2, 4, 3])  # landmark order after a horizontal flip
+# elements converted per call: small enough for torch to stay on the calling thread (DataLoader workers are the
+# parallelism; intra-op threads fighting over busy cores made a 40x40 latent ~10x slower to read)
+CONVERT_CHUNK = 16384
 STATS_MAX_FILES = 500  # latents read (evenly spread over the split) to estimate the channel statistics
 
 
@@ -125,7 +128,7 @@ def compute_latent_stats(
     squares = np.zeros(channels, np.float64)
     count = 0
     for path in chosen:
-        latent = load_latent(path, channels).astype(np.float64)  # (C, h, w)
+        latent = read_latent(path, channels).numpy().astype(np.float64)  # (C, h, w)
         total += latent.sum(axis=(1, 2))
         squares += np.square(latent).sum(axis=(1, 2))
         count += latent.shape[1] * latent.shape[2]
@@ -317,6 +320,7 @@ class LatentWiderFace(Dataset):
             logger.warning("%s: no usable latent sample", self.root)
 
         self.stats: dict[int | None, LatentStats] | None = None
+        self._stats_cache: dict[int | None, tuple[torch.Tensor, torch.Tensor]] = {}
         if normalize:
             self.stats = dict(stats) if stats is not None else self._compute_stats(stats_dir)
         logger.info(
@@ -335,7 +339,11 @@ class LatentWiderFace(Dataset):
         except LabelFrameError as exc:
             if self.on_error == "raise":
                 raise
-            self.log.add_source("unknown_frame", record.source, str(exc).split("\n", 1)[0])
+            message = str(exc).split("\n", 1)[0]
+            prefix = f"{record.source}: "
+            self.log.add_source(
+                "unknown_frame", record.source, message.removeprefix(prefix) if record.source else message
+            )
             return None
         return _clip_to_frame(net_record, net_size, self.log), frame
 
@@ -360,23 +368,41 @@ class LatentWiderFace(Dataset):
         return len(self.samples)
 
     # ---- loading --------------------------------------------------------------------------------------
-    def load(self, index: int) -> np.ndarray:
-        """The latent of sample `index` as ``float32 [C, h, w]`` (normalized when configured; never flipped)."""
+    def load_tensor(self, index: int) -> torch.Tensor:
+        """The latent of sample `index` as ``float32 [C, h, w]`` (normalized when configured; never flipped).
+
+        Raises:
+            FileNotFoundError: the file is gone.
+            ValueError: unreadable / truncated file, wrong shape or dtype, NaN/Inf values (the file is named).
+        """
         sample = self.samples[index]
-        latent = load_latent(sample.path, self.channels)
-        if latent.shape[1:] != sample.spatial:
-            raise ValueError(
-                f"{sample.path}: latent is {latent.shape[1]}x{latent.shape[2]}, it was {sample.spatial[0]}x"
-                f"{sample.spatial[1]} when the dataset was indexed"
-            )
+        latent = read_latent(sample.path, self.channels, spatial=sample.spatial)
         if self.stats is not None:
-            stats = self.stats.get(sample.rate)
-            if stats is None:
-                raise ValueError(f"no latent statistics for rate {sample.rate} (have rates {list(self.stats)})")
-            if not latent.flags.writeable or not latent.flags.owndata:
-                latent = latent.copy()
-            stats.apply(latent)
+            mean, std = self._stats_tensors(sample.rate)
+            rows = latent.view(latent.shape[0], -1)  # (C, h*w)
+            step = max(1, CONVERT_CHUNK // rows.shape[1])
+            for start in range(0, rows.shape[0], step):
+                stop = start + step
+                rows[start:stop].sub_(mean[start:stop]).div_(std[start:stop])
         return latent
+
+    def load(self, index: int) -> np.ndarray:
+        """`load_tensor` as a ``float32 [C, h, w]`` numpy array."""
+        return self.load_tensor(index).numpy()
+
+    def _stats_tensors(self, rate: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        cached = self._stats_cache.get(rate)
+        if cached is None:
+            stats = self.stats.get(rate) if self.stats is not None else None
+            if stats is None:
+                have = list(self.stats) if self.stats is not None else []
+                raise ValueError(f"no latent statistics for rate {rate} (have rates {have})")
+            cached = (
+                torch.from_numpy(np.array(stats.mean, np.float32)).view(-1, 1),  # (C, 1)
+                torch.from_numpy(np.array(stats.std, np.float32)).view(-1, 1),  # (C, 1)
+            )
+            self._stats_cache[rate] = cached
+        return cached
 
     def __getitem__(self, index: int) -> dict:
         if not -len(self.samples) <= index < len(self.samples):
@@ -385,7 +411,7 @@ class LatentWiderFace(Dataset):
         for attempt in range(len(self.samples)):
             i = (index + attempt) % len(self.samples)
             try:
-                latent = self.load(i)
+                latent = self.load_tensor(i)
             except (ValueError, FileNotFoundError) as exc:
                 if self.on_error == "raise":
                     raise
@@ -394,26 +420,74 @@ class LatentWiderFace(Dataset):
             return self._sample(i, latent)
         raise ValueError(f"{self.root}: no readable latent in the dataset")
 
-    def _sample(self, index: int, latent: np.ndarray) -> dict:
+    def _sample(self, index: int, latent: torch.Tensor) -> dict:
         sample = self.samples[index]
         boxes, landmarks = sample.boxes, sample.landmarks
         if self.flip and _random() < self.flip_prob:
             width = latent.shape[2] * self.latent_stride
-            latent = np.ascontiguousarray(latent[:, :, ::-1])
+            latent = torch.from_numpy(np.ascontiguousarray(latent.numpy()[:, :, ::-1]))  # (C, h, w) mirrored along w
             boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)  # (N, 4)
             landmarks = landmarks.copy()
             landmarks[:, :, 0] = width - landmarks[:, :, 0]
             landmarks = np.where(sample.landmarks_valid[:, None, None], landmarks[:, MIRROR_ORDER], 0.0)  # (N, 5, 2)
         return {
-            "input": torch.from_numpy(latent),
-            "boxes": torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4)),  # (N, 4)
+            "input": latent,
+            "boxes": torch.from_numpy(np.array(boxes, np.float32).reshape(-1, 4)),  # (N, 4)
             "labels": torch.from_numpy(sample.labels.astype(np.int64)),
-            "landmarks": torch.from_numpy(np.asarray(landmarks, np.float32).reshape(-1, 5, 2)),  # (N, 5, 2)
+            "landmarks": torch.from_numpy(np.array(landmarks, np.float32).reshape(-1, 5, 2)),  # (N, 5, 2)
             "landmarks_valid": torch.from_numpy(sample.landmarks_valid.astype(bool)),
             "name": sample.name,
             "rate": sample.rate,
             "frame": sample.frame,
         }
+
+
+def read_latent(path: str | Path, channels: int = 256, *, spatial: tuple[int, int] | None = None) -> torch.Tensor:
+    """Read a ``.npy`` latent (``np.load(mmap_mode="r")``) as a new ``float32 [C, h, w]`` tensor.
+
+    The same checks as `nbsrc.latents.as_latent` (shape ``[C, h, w]`` / ``[1, C, h, w]``, float16/32/64, finite
+    values), made fast: torch converts float16 -> float32 (numpy's conversion is several times slower) in chunks
+    that stay on the calling thread, and finiteness is tested on the sum (the full test only when the sum is not
+    finite).
+
+    Args:
+        path: the ``.npy`` file.
+        channels: expected ``C``.
+        spatial: expected ``(h, w)`` (the size seen when the dataset was indexed), or None.
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable or truncated file, wrong shape or dtype, NaN/Inf values.
+    """
+    path = Path(path)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: latent file not found") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path}: unreadable or truncated .npy file ({exc})") from None
+    shape = list(array.shape)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3 or array.shape[0] != channels:
+        raise ValueError(f"{path}: expected a latent of shape [{channels}, h, w] or [1, {channels}, h, w], got {shape}")
+    if array.dtype not in (np.float16, np.float32, np.float64):
+        raise ValueError(f"{path}: expected float16 or float32 values, got dtype {array.dtype}")
+    if spatial is not None and tuple(array.shape[1:]) != tuple(spatial):
+        raise ValueError(
+            f"{path}: latent is {array.shape[1]}x{array.shape[2]}, expected {spatial[0]}x{spatial[1]} (the size seen "
+            "when the dataset was indexed)"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a read-only memory map: it is copied right away
+        source = torch.from_numpy(array).reshape(-1)  # (C*h*w,)
+    flat = torch.empty(source.numel(), dtype=torch.float32)
+    for start in range(0, source.numel(), CONVERT_CHUNK):
+        flat[start : start + CONVERT_CHUNK].copy_(source[start : start + CONVERT_CHUNK])
+    if not np.isfinite(flat.numpy().sum()):
+        bad = int((~torch.isfinite(flat)).sum())
+        if bad:
+            raise ValueError(f"{path}: {bad} NaN/Inf values in the latent")
+    return flat.view(array.shape)  # (C, h, w)
 
 
 def _random() -> float:
