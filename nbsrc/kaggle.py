@@ -21,6 +21,7 @@ The committed ``kaggle/<kernel>/kernel-metadata.json`` files are the same metada
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -253,13 +254,23 @@ def validate_dataset_metadata(path: str | Path) -> dict[str, Any]:
 # ---- notebooks ----------------------------------------------------------------------------------
 def prepare_notebook(nb: Any, parameters: Mapping[str, Any]) -> Any:
     """Bake `parameters` into a notebook like ``papermill --prepare-only`` and strip every output."""
+    import nbformat
     import papermill.parameterize
 
+    nb = nbformat.from_dict(copy.deepcopy(nb))
+    nb.metadata["papermill"] = {"parameters": {}}  # what papermill's notebook loader provides
+    for cell in nb.cells:
+        cell.metadata.setdefault("tags", [])
     if parameters:
-        nb = papermill.parameterize.parameterize_notebook(nb, dict(parameters), kernel_name=nbrun.KERNEL_NAME, language="python")
+        nb = papermill.parameterize.parameterize_notebook(
+            nb, dict(parameters), kernel_name=nbrun.KERNEL_NAME, language="python"
+        )
     nb.metadata.pop("papermill", None)
+    nb.metadata.pop("jupytext", None)  # the pairing is a property of the checkout, not of the kernel
     nb.metadata["kernelspec"] = dict(nbrun.KERNELSPEC)
     for cell in nb.cells:
+        if not cell.metadata.get("tags"):
+            cell.metadata.pop("tags", None)
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
         if cell.cell_type == "code":

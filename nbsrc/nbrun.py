@@ -40,11 +40,13 @@ from nbsrc.utils import atomic_write_text
 
 __all__ = [
     "KERNEL_NAME",
+    "absolute_paths",
     "NotebookExecutionError",
     "NotebookParameter",
     "check_parameters",
     "declared_parameters",
     "default_notebooks_dir",
+    "kernel_manager",
     "list_notebooks",
     "load_params_file",
     "parameters_cell",
@@ -181,7 +183,7 @@ def parse_parameters_cell(source: str, where: str = "parameters cell") -> dict[s
         except ValueError:
             raise ValueError(
                 f"{line}: default of {node.target.id!r} must be a literal, got {ast.unparse(node.value)!r}"
-            )
+            ) from None
         if value is not None and not isinstance(value, (str, int, float, bool)):
             raise ValueError(f"{line}: default of {node.target.id!r} must be str, int, float, bool or None")
         help_text = comments.get(node.end_lineno or node.lineno, "")
@@ -337,6 +339,23 @@ def plan_parameters(
     return plan
 
 
+_PATH_PARAMETER_SUFFIXES = ("_root", "_dir", "_labels", "checkpoint", "weight")
+
+
+def absolute_paths(params: Mapping[str, Any], cwd: str | Path | None = None) -> dict[str, Any]:
+    """Path parameters (names ending in ``_root``, ``_dir``, ``_labels``, ``checkpoint``, ``weight``) given
+    relative to `cwd` (default: the working directory) and existing there, made absolute: notebooks run
+    with the run folder as their working directory."""
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    out = dict(params)
+    for key, value in params.items():
+        if isinstance(value, str) and value and key.endswith(_PATH_PARAMETER_SUFFIXES):
+            path = Path(value).expanduser()
+            if not path.is_absolute() and (base / path).exists():
+                out[key] = str((base / path).resolve())
+    return out
+
+
 # ---- execution ----------------------------------------------------------------------------------
 class _CheckedParametersFilter(logging.Filter):
     """Drop papermill's "Passed unknown parameter" warnings: parameters were checked with `check_parameters`
@@ -406,6 +425,37 @@ def _error_of(executed: Any, index: int | None) -> tuple[str, str]:
     return "", ""
 
 
+def kernel_manager(kernel_name: str = KERNEL_NAME) -> Any:
+    """A Jupyter kernel manager for `kernel_name`.
+
+    ``python3`` always means ipykernel on the interpreter running this code (Jupyter's native kernel), whether or
+    not a ``python3`` kernelspec is installed and wherever an installed one points, so notebooks see the same
+    packages as the runner. Other names are looked up among the installed kernelspecs.
+
+    Raises:
+        RuntimeError: ipykernel is not installed, or no kernelspec of that name exists.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    from jupyter_client.manager import KernelManager
+
+    if kernel_name == KERNEL_NAME:
+        try:
+            import ipykernel  # noqa: F401
+        except ImportError:
+            raise RuntimeError(
+                f"cannot start the {KERNEL_NAME!r} kernel: ipykernel is not installed (pip install ipykernel)"
+            ) from None
+        specs = KernelSpecManager(kernel_dirs=[], ensure_native_kernel=True)  # only the native kernel
+    else:
+        specs = KernelSpecManager()
+    try:
+        specs.get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        known = ", ".join(sorted(specs.find_kernel_specs())) or "none"
+        raise RuntimeError(f"no Jupyter kernel named {kernel_name!r} (installed: {known})") from None
+    return KernelManager(kernel_name=kernel_name, kernel_spec_manager=specs)
+
+
 def _export_html(nb: Any, path: Path) -> Path:
     from nbconvert import HTMLExporter
 
@@ -459,7 +509,10 @@ def run_notebooks(
     run_dir = Path(out).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     sources = select_notebooks(names, list_notebooks(notebooks_dir))
-    plan = plan_parameters(sources, dict(parameters or {}), run_dir)
+    plan = [
+        (name, nb, absolute_paths(params))
+        for name, nb, params in plan_parameters(sources, dict(parameters or {}), run_dir)
+    ]
     summary: dict[str, Any] = {"run_dir": str(run_dir), "status": "running", "notebooks": []}
     started = time.perf_counter()
     failure: NotebookExecutionError | None = None
@@ -483,6 +536,7 @@ def run_notebooks(
                     str(output),
                     parameters=params,
                     kernel_name=kernel_name,
+                    km=kernel_manager(kernel_name),
                     progress_bar=False,
                     log_output=log_output,
                     cwd=str(run_dir),

@@ -166,7 +166,7 @@ def demo_dataset(images: int = DEMO_IMAGES, seed: int = 0, root: str | Path | No
     """
     from nbsrc.data.demo import make_demo_data
 
-    folder = Path(root) if root is not None else cache_dir() / f"demo-{images}img-seed{seed}"
+    folder = (Path(root) if root is not None else cache_dir() / f"demo-{images}img-seed{seed}").resolve()
     if (folder / _DEMO_MARKER).is_file():
         return folder
     tmp = folder.with_name(folder.name + ".building")

@@ -51,7 +51,7 @@ max_images: int | None = None  # use only the first N images of each split
 max_steps_per_epoch: int | None = None  # cap the optimizer steps per epoch
 wandb: str = "disabled"  # Weights & Biases: online | offline | disabled
 run_name: str | None = None  # training run folder under <run_dir>/train (None: preset and timestamp)
-gallery: int = 6  # validation images shown with their detections
+gallery: int = 6  # validation images shown with their detections (2 when smoke)
 conf_thresh: float = 0.5  # score threshold of the shown detections
 smoke: bool = False  # seconds-long run: a narrow model, 1 epoch of 2 steps on 4 images
 run_dir: str | None = None  # run folder for the training run, plots and metrics (None: runs/notebooks)
@@ -99,7 +99,7 @@ display(viz.Table(viz.epoch_rows(epochs_done), "per epoch"))
 # %%
 detector = Detector.from_checkpoint(checkpoint, device=device)
 val_set = build_dataset(detector.cfg.replace(dataset_root=str(root), max_images=max_images), "val", train=False)
-samples = [val_set[i] for i in range(min(gallery, len(val_set)))]
+samples = [val_set[i] for i in range(min(2 if smoke else gallery, len(val_set)))]
 items = viz.detection_items(detector, samples, conf=conf_thresh)
 fig = viz.detection_gallery(items, save=plots / "val_detections.png")
 

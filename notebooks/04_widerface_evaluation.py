@@ -48,7 +48,7 @@ twoclass_labels: str | None = None  # 2-class labels (None: <dataset>/<split>/la
 conf_thresh: float = 0.02  # score threshold of the written predictions (the published WIDER setting)
 nms_thresh: float = 0.4  # NMS IoU threshold
 device: str = "auto"  # auto | cpu | cuda | cuda:N
-gallery: int = 6  # validation images in the gallery
+gallery: int = 6  # validation images in the gallery (2 when smoke)
 gallery_conf: float = 0.5  # score threshold of the detections drawn in the gallery
 smoke: bool = False  # seconds-long run on 4 images (AP over the full ground truth is then meaningless)
 run_dir: str | None = None  # run folder with the training notebook's checkpoint; receives predictions and plots
@@ -124,7 +124,8 @@ else:
 
 # %%
 val_set = build_dataset(detector.cfg.replace(dataset_root=str(root), latent_suffix=latent_suffix), split, train=False)
-samples = [val_set[i] for i in range(0, len(val_set), max(1, len(val_set) // gallery))][:gallery]
+shown = 2 if smoke else gallery
+samples = [val_set[i] for i in range(0, len(val_set), max(1, len(val_set) // shown))][:shown]
 fig = viz.detection_gallery(viz.detection_items(detector, samples, conf=gallery_conf), save=plots / "gallery.png")
 
 # %%

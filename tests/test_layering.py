@@ -113,7 +113,9 @@ def test_imports_point_down(path):
     for line, target in imports_of(path):
         if target.startswith("nbsrc.") and level_of(target) > own_level:
             # `from nbsrc import paths` style: judged by the imported module.
-            problems.append(f"{path.relative_to(ROOT)}:{line}: level {own_level} imports {target} (level {level_of(target)})")
+            problems.append(
+                f"{path.relative_to(ROOT)}:{line}: level {own_level} imports {target} (level {level_of(target)})"
+            )
         if own.startswith("nbsrc.data") and own != "nbsrc.data.records" and target.startswith("nbsrc."):
             if level_of(target) not in (0,) and not target.startswith("nbsrc.data"):
                 problems.append(f"{path.relative_to(ROOT)}:{line}: data imports {target} (only the foundation)")

@@ -25,7 +25,7 @@ HEADER = """\
 
 MAKE = (
     HEADER
-    + '''
+    + """
 # %% [markdown]
 # # Make an artifact
 
@@ -48,12 +48,12 @@ paths.save_metrics(run, "01_make", {"value": value, "doubled": value * 2})
 # %%
 fig = plt.figure()
 plt.plot([0, 1], [0, value])
-'''
+"""
 )
 
 USE = (
     HEADER
-    + '''
+    + """
 # %% [markdown]
 # # Use the artifact
 
@@ -71,7 +71,7 @@ doubled = int(paths.load_artifact(run_dir, "value").read_text())
 if fail:
     raise ZeroDivisionError(f"asked to fail after reading {doubled}")
 paths.save_metrics(run_dir, "02_use", {"read": doubled})
-'''
+"""
 )
 
 
@@ -179,3 +179,20 @@ def test_params_file(tmp_path):
     path.write_text("- a\n- b\n")
     with pytest.raises(ValueError, match="expected a mapping"):
         nbrun.load_params_file(path)
+
+
+def test_python3_kernel_is_the_running_interpreter():
+    manager = nbrun.kernel_manager("python3")  # works without an installed python3 kernelspec
+    assert manager.kernel_spec.argv[0] == sys.executable
+    assert manager.kernel_spec.language == "python"
+    with pytest.raises(RuntimeError, match="no Jupyter kernel named 'no-such-kernel'"):
+        nbrun.kernel_manager("no-such-kernel")
+
+
+def test_relative_path_parameters_become_absolute(tmp_path):
+    (tmp_path / "data").mkdir()
+    params = {"dataset_root": "data", "gt_dir": "missing", "split": "data", "checkpoint": None, "epochs": 2}
+    fixed = nbrun.absolute_paths(params, cwd=tmp_path)  # notebooks run inside the run folder
+    assert fixed["dataset_root"] == str((tmp_path / "data").resolve())
+    assert fixed["gt_dir"] == "missing" and fixed["split"] == "data"  # absent paths and non-path names stay
+    assert fixed["checkpoint"] is None and fixed["epochs"] == 2

@@ -168,7 +168,9 @@ def test_match_detections_tp_fp_miss_ignored():
 
 def test_latent_statistics_and_energy_map():
     rng = np.random.default_rng(0)
-    latents = [rng.normal(loc=np.arange(4)[:, None, None], scale=1.0, size=(4, 5, 6)).astype(np.float32) for _ in range(3)]
+    latents = [
+        rng.normal(loc=np.arange(4)[:, None, None], scale=1.0, size=(4, 5, 6)).astype(np.float32) for _ in range(3)
+    ]
     result = stats.latent_statistics(latents, bins=20)
     np.testing.assert_allclose(result["mean"], np.arange(4), atol=0.4)
     assert result["hist"].sum() == 3 * 4 * 5 * 6 and len(result["edges"]) == 21 and result["count"] == 3
