@@ -120,7 +120,7 @@ def predict_dataset(
         `PredictStats`.
     """
     from torch.utils.data import DataLoader, Subset
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain bars: readable in notebooks and papermill logs alike
 
     from nbsrc.data.collate import detection_collate
     from nbsrc.evaluation.results import result_path, write_wider_results
