@@ -24,6 +24,8 @@ All functions here are pure and never modify their inputs.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torchvision.ops import box_convert
@@ -78,10 +80,15 @@ def encode_boxes(matched: Tensor, anchors: Tensor, variances: Variances = (0.1, 
     return torch.cat([offset, scale], dim=-1)
 
 
+MAX_LOG_SIZE = math.log(1000.0 / 16)  # largest decoded log size ratio box / anchor
+
+
 def decode_boxes(loc: Tensor, anchors: Tensor, variances: Variances = (0.1, 0.2)) -> Tensor:
     """Inverse of `encode_boxes`: ``Tensor[..., A, 4]`` regressions -> xyxy normalized."""
     centre = anchors[..., :2] + loc[..., :2] * variances[0] * anchors[..., 2:]
-    size = anchors[..., 2:] * torch.exp(loc[..., 2:] * variances[1])
+    # the log-size is clamped (at 1000/16, as torchvision's BoxCoder does) so an untrained or diverging
+    # network yields huge but finite boxes instead of inf; trained networks never come near it
+    size = anchors[..., 2:] * torch.exp((loc[..., 2:] * variances[1]).clamp(max=MAX_LOG_SIZE))
     return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
 
 

@@ -153,6 +153,7 @@ class DataConfig:
     sizes_csv: str | None = None  # CSV name,width,height of the original images (for the label frame)
     normalize_latents: bool = False  # per-channel standardisation with cached statistics
     latent_flip: bool = False  # horizontal flip of latents (not equivalent to encoding a flipped image)
+    latent_crop: int | None = None  # train on random square crops of this many latent cells (None: whole latents)
     augment: bool = True  # RetinaFace training augmentation for RGB data
     on_error: str = "raise"  # raise | skip (bad samples logged and counted, never dropped silently)
     num_workers: int = 2  # DataLoader workers
@@ -171,6 +172,7 @@ class DataConfig:
         _choice(self.resize_policy, "data.resize_policy", ("stretch", "letterbox"))
         _choice(self.on_error, "data.on_error", ("raise", "skip"))
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(self.latent_crop is None or self.latent_crop >= 4, "data.latent_crop", "must be None or >= 4 cells")
         _check(self.max_images is None or self.max_images >= 1, "data.max_images", "must be None or >= 1")
 
 

@@ -501,3 +501,27 @@ def test_build_dataset_for_an_rgb_preset(demo_root):
     assert val[0]["frame"] is not None and train[0]["frame"] is None
     with pytest.raises(FileNotFoundError, match="nope"):
         build_dataset(cfg, "nope", train=False)
+
+
+def test_latent_crop_windows_the_latent_and_moves_the_faces_with_it(demo_root):
+    whole = LatentWiderFace(demo_root / "train", max_images=6)
+    cropped = LatentWiderFace(demo_root / "train", max_images=6, crop=16)
+    torch.manual_seed(0)
+    for i in range(len(whole)):
+        full, sample = whole[i], cropped[i]
+        assert sample["input"].shape == (256, 16, 16) and sample["frame"] is None
+        # find the window: the crop is grid-aligned, so it equals exactly one slice of the whole latent
+        windows = full["input"].unfold(1, 16, 1).unfold(2, 16, 1)  # (C, 25, 25, 16, 16)
+        match = (windows == sample["input"][:, None, None]).flatten(3).all(-1).all(0).nonzero()  # (1, 2)
+        assert len(match) == 1
+        y0, x0 = (int(v) * 16 for v in match[0])
+        centres = (full["boxes"][:, :2] + full["boxes"][:, 2:]) / 2  # (N, 2)
+        inside = ((centres >= torch.tensor([x0, y0])) & (centres < torch.tensor([x0, y0]) + 256)).all(1)
+        shifted = (full["boxes"][inside] - torch.tensor([x0, y0, x0, y0])).clamp(0, 256)  # (K, 4)
+        torch.testing.assert_close(sample["boxes"], shifted)
+        assert torch.equal(sample["labels"], full["labels"][inside])
+        if len(full["boxes"]):
+            assert len(sample["boxes"]) >= 1  # windows holding a face are preferred
+    cfg = get_preset("latent-r18", **{"data.dataset_root": str(demo_root), "data.latent_crop": 16})
+    assert build_dataset(cfg, "train", train=True).crop == 16
+    assert build_dataset(cfg, "val", train=False).crop is None  # evaluation always sees whole latents

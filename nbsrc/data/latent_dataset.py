@@ -214,6 +214,9 @@ class LatentWiderFace(Dataset):
             and cached when None and `normalize`.
         stats_dir: where to cache statistics when ``root`` is read-only (a run folder).
         flip: random horizontal flip (p = `flip_prob`), landmarks swapped left/right.
+        crop: random square crops of this many latent cells (training speed-up and augmentation): the crop is
+            aligned to the latent grid, prefers windows holding a face centre (up to 50 tries), keeps the faces
+            whose centre lies inside, and shifts and clips their boxes and landmarks into the crop's frame.
         num_classes: classifier outputs including background; boxes of class ``>= num_classes`` (persons for a
             face-only model) are left out.
         on_error: ``raise`` | ``skip`` (`nbsrc.data.validate`).
@@ -239,6 +242,7 @@ class LatentWiderFace(Dataset):
         stats_dir: str | Path | None = None,
         flip: bool = False,
         flip_prob: float = 0.5,
+        crop: int | None = None,
         num_classes: int = 2,
         on_error: str = "raise",
         max_images: int | None = None,
@@ -250,6 +254,9 @@ class LatentWiderFace(Dataset):
         self.latent_stride = latent_stride
         self.flip = flip
         self.flip_prob = flip_prob
+        if crop is not None and crop < 1:
+            raise ValueError(f"crop must be None or >= 1 latent cells, got {crop}")
+        self.crop = crop
         self.on_error = on_error
         self.log = DefectLog(on_error, context=f"latents of {self.root}")
 
@@ -423,22 +430,28 @@ class LatentWiderFace(Dataset):
     def _sample(self, index: int, latent: torch.Tensor) -> dict:
         sample = self.samples[index]
         boxes, landmarks = sample.boxes, sample.landmarks
+        labels, landmarks_valid, frame = sample.labels, sample.landmarks_valid, sample.frame
+        if self.crop is not None and (self.crop < latent.shape[1] or self.crop < latent.shape[2]):
+            latent, boxes, landmarks, keep = _random_latent_crop(
+                latent, boxes, landmarks, self.crop, self.latent_stride
+            )
+            labels, landmarks_valid, frame = labels[keep], landmarks_valid[keep], None  # crops have no original frame
         if self.flip and _random() < self.flip_prob:
             width = latent.shape[2] * self.latent_stride
             latent = torch.from_numpy(np.ascontiguousarray(latent.numpy()[:, :, ::-1]))  # (C, h, w) mirrored along w
             boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)  # (N, 4)
             landmarks = landmarks.copy()
             landmarks[:, :, 0] = width - landmarks[:, :, 0]
-            landmarks = np.where(sample.landmarks_valid[:, None, None], landmarks[:, MIRROR_ORDER], 0.0)  # (N, 5, 2)
+            landmarks = np.where(landmarks_valid[:, None, None], landmarks[:, MIRROR_ORDER], 0.0)  # (N, 5, 2)
         return {
             "input": latent,
             "boxes": torch.from_numpy(np.array(boxes, np.float32).reshape(-1, 4)),  # (N, 4)
-            "labels": torch.from_numpy(sample.labels.astype(np.int64)),
+            "labels": torch.from_numpy(labels.astype(np.int64)),
             "landmarks": torch.from_numpy(np.array(landmarks, np.float32).reshape(-1, 5, 2)),  # (N, 5, 2)
-            "landmarks_valid": torch.from_numpy(sample.landmarks_valid.astype(bool)),
+            "landmarks_valid": torch.from_numpy(landmarks_valid.astype(bool)),
             "name": sample.name,
             "rate": sample.rate,
-            "frame": sample.frame,
+            "frame": frame,
         }
 
 
@@ -488,6 +501,31 @@ def read_latent(path: str | Path, channels: int = 256, *, spatial: tuple[int, in
         if bad:
             raise ValueError(f"{path}: {bad} NaN/Inf values in the latent")
     return flat.view(array.shape)  # (C, h, w)
+
+
+def _random_latent_crop(
+    latent: torch.Tensor, boxes: np.ndarray, landmarks: np.ndarray, side: int, stride: int, tries: int = 50
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """A random ``side x side``-cell window of `latent` (see `LatentWiderFace`'s ``crop``).
+
+    Returns ``(latent [C, side, side], boxes [K, 4], landmarks [K, 5, 2], keep [N] bool)`` in the crop's frame.
+    """
+    _, h, w = latent.shape
+    ch, cw = min(side, h), min(side, w)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (N, 2) frame pixels
+    for attempt in range(tries):
+        y0 = int(torch.randint(0, h - ch + 1, ()).item())
+        x0 = int(torch.randint(0, w - cw + 1, ()).item())
+        lo = np.array([x0, y0], np.float32) * stride
+        hi = lo + np.array([cw, ch], np.float32) * stride
+        keep = ((centres >= lo) & (centres < hi)).all(axis=1)  # (N,)
+        if keep.any() or len(boxes) == 0 or attempt == tries - 1:
+            break
+    size = hi - lo
+    crop_boxes = np.clip(boxes[keep] - np.tile(lo, 2), 0, np.tile(size, 2))  # (K, 4)
+    crop_landmarks = np.clip(landmarks[keep] - lo, 0, size)  # (K, 5, 2)
+    window = latent[:, y0 : y0 + ch, x0 : x0 + cw].contiguous()  # (C, ch, cw)
+    return window, crop_boxes.astype(np.float32), crop_landmarks.astype(np.float32), keep
 
 
 def _random() -> float:

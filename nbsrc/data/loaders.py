@@ -75,6 +75,7 @@ def build_dataset(cfg: Config, split: str, train: bool, **overrides: Any) -> Dat
             normalize=d.normalize_latents,
             stats_dir=_run_dir(cfg),
             flip=d.latent_flip and train,
+            crop=d.latent_crop if train else None,
             num_classes=m.num_classes,
             on_error=d.on_error,
             max_images=d.max_images,
