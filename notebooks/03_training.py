@@ -1,5 +1,11 @@
 # ---
 # jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -55,6 +61,7 @@ gallery: int = 6  # validation images shown with their detections (2 when smoke)
 conf_thresh: float = 0.5  # score threshold of the shown detections
 smoke: bool = False  # seconds-long run: a narrow model, 1 epoch of 2 steps on 4 images
 run_dir: str | None = None  # run folder for the training run, plots and metrics (None: runs/notebooks)
+overrides: str = ""  # further config settings: space-separated key-equals-value pairs, as on the train command line
 
 # %%
 run = paths.run_folder(run_dir)
@@ -63,7 +70,7 @@ root = paths.resolve_dataset_root(dataset_root, smoke=smoke)
 cfg = get_preset(preset, dataset_root=str(root), epochs=epochs, lr=lr, latent_suffix=latent_suffix, all_rates=all_rates)
 cfg = cfg.replace(num_workers=num_workers, device=device, amp=amp, freeze_backbone=freeze_backbone, weight=weight)
 cfg = cfg.replace(max_images=max_images, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb, out=str(run / "train"))
-cfg = cfg.replace(**{"train.batch_size": batch_size})
+cfg = cfg.replace(**{"train.batch_size": batch_size}).override_pairs(overrides.split())
 if smoke:
     cfg = cfg.replace(
         epochs=1, max_steps_per_epoch=2, max_images=4, num_workers=0, out_channels=16, **{"train.batch_size": 2}
