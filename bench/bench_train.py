@@ -16,6 +16,7 @@ Also reported:
   (a Kaggle T4).
 
     python bench/bench_train.py                       # CPU
+    python bench/bench_train.py --batch 2 --steps 1 --workers 0   # a quick CPU run
     python bench/bench_train.py --device cuda --json bench_train.json
 """
 
@@ -158,6 +159,8 @@ def _step(model, loss_fn, optimizer, batch, device, amp_dtype, scaler, clip: flo
 
 
 def _median_ms(fn, repeats: int) -> float:
+    """Median wall time of `fn` in ms over `repeats` calls, after one untimed call (allocator warm-up)."""
+    fn()
     values = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -262,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     parser.add_argument("--presets", nargs="*", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--batch", type=int, default=None, help="batch size for every preset (default: 8 / 32)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per preset (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     for preset in args.presets:
         result = bench_preset(
             preset,
-            SETUPS[preset],
+            args.batch or SETUPS[preset],
             device=device,
             steps=args.steps,
             warmup=args.warmup,

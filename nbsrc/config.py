@@ -205,6 +205,7 @@ class TrainConfig:
     eval_every: int = 1  # validate every N epochs
     progress: bool = True  # tqdm progress bars (auto-throttled when not a terminal)
     max_steps_per_epoch: int | None = None  # cap steps per epoch (smoke runs)
+    keep_epochs: int | None = None  # keep only the newest N epoch_XXX.pth files (None: all; last/best stay)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
@@ -227,6 +228,7 @@ class TrainConfig:
         _choice(self.wandb, "train.wandb", ("online", "offline", "disabled"))
         _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", ">= 1")
+        _check(self.keep_epochs is None or self.keep_epochs >= 0, "train.keep_epochs", "must be None or >= 0")
 
 
 @dataclass(frozen=True)

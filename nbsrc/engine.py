@@ -6,8 +6,9 @@ A run folder ``<train.out>/<run_name>/`` holds:
 - ``config.json``: the full configuration;
 - ``metrics.jsonl``: one line per logged step (``kind="step"``: loss parts, lr, positive anchors per image,
   images/s, GPU memory) and per epoch (``kind="epoch"``: train averages, validation loss and AP);
-- ``epoch_XXX.pth`` after every epoch, ``last.pth`` (the same), ``best.pth`` (best validation AP when the
-  validation split exists, else best training loss), ``weight_final.pth`` (weights of the last epoch).
+- ``epoch_XXX.pth`` after every epoch (only the newest ``train.keep_epochs`` when set), ``last.pth`` (the
+  same), ``best.pth`` (best validation AP when the validation split exists, else best training loss),
+  ``weight_final.pth`` (weights of the last epoch).
 
 Every file is written atomically, so killing a run loses at most the current epoch, and ``train.resume``
 restores model, optimizer, GradScaler, scheduler, epoch, step, the RNG states (torch, CUDA, NumPy, Python) and
@@ -534,6 +535,13 @@ def _whole_split_loader(loader: torch.utils.data.DataLoader) -> torch.utils.data
     )
 
 
+def _prune_epoch_files(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` ``epoch_XXX.pth`` files (``last.pth`` and ``best.pth`` are copies)."""
+    files = sorted(run_dir.glob("epoch_[0-9][0-9][0-9]*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+    for path in files[: max(0, len(files) - keep)]:
+        path.unlink(missing_ok=True)
+
+
 def _copy_atomic(source: Path, destination: Path) -> None:
     with atomic_path(destination) as tmp:
         shutil.copyfile(source, tmp)
@@ -751,6 +759,8 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
                 _copy_atomic(epoch_path, run_dir / "last.pth")
                 if improved:
                     _copy_atomic(epoch_path, run_dir / "best.pth")
+                if t.keep_epochs is not None:
+                    _prune_epoch_files(run_dir, keep=t.keep_epochs)
                 append_jsonl(metrics_path, {**record, "time": time.time()})
                 tracker.log({f"epoch/{k}": v for k, v in record.items() if k != "kind"}, step=global_step)
                 logger.info("epoch %d/%d: %s", epoch + 1, t.epochs, _epoch_line(record))

@@ -7,6 +7,7 @@
   Kaggle kernel, the ``WANDB_API_KEY`` secret when it is attached to the notebook. Without a key (or when the
   login fails) the run falls back to ``offline`` with one warning, so a training run never dies or hangs on
   a login prompt.
+- Without wandb installed, ``online`` and ``offline`` log one warning and track nothing.
 
 `Tracker` logs scalars (losses, lr, positives, AP), sample detections as ``wandb.Image`` with boxes, and
 checkpoints as model artifacts. wandb is imported lazily, only when a run is actually tracked.
@@ -236,6 +237,11 @@ def init_tracker(
         raise ValueError(f"wandb mode must be one of {list(MODES)}, got {mode!r}")
     if mode == "disabled":
         return Tracker()
+    try:
+        import wandb
+    except ImportError:
+        logger.warning("W&B %s mode requested but wandb is not installed (pip install wandb); not tracking", mode)
+        return Tracker()
     if mode == "online" and find_wandb_key() is None:
         logger.warning(
             "W&B online mode requested but no API key is configured (set %s, run 'wandb login', or attach the "
@@ -244,8 +250,6 @@ def init_tracker(
             KEY_NAME,
         )
         mode = "offline"
-    import wandb
-
     kwargs: dict[str, Any] = {
         "project": project,
         "name": run_name,

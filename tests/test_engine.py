@@ -253,7 +253,7 @@ def test_cli_rejects_contradictions(argv, match):
 def test_cli_trains_and_resumes_with_published_spellings(demo_root, tmp_path, capsys):
     common = ["--dataset_root", str(demo_root), "--out", str(tmp_path), "--device", "cpu", "--workers", "0"]
     tiny = ["model.pretrained=none", "model.out_channels=16", "data.image_size=128", "train.max_steps_per_epoch=1"]
-    tiny += ["data.max_images=2", "train.progress=False"]
+    tiny += ["data.max_images=2", "train.progress=False", "train.keep_epochs=1"]
     code = cli_main(
         ["train", "--network", "mobile0.25", "--epochs", "1", "--batch_size", "2", "--run_name", "cli", *common, *tiny]
     )
@@ -267,6 +267,7 @@ def test_cli_trains_and_resumes_with_published_spellings(demo_root, tmp_path, ca
     )
     assert code == 0
     assert load_checkpoint(run / "last.pth")["epoch"] == 2
+    assert sorted(p.name for p in run.glob("epoch_*.pth")) == ["epoch_002.pth"]  # train.keep_epochs=1
     # an unreadable checkpoint is one clear error line and exit code 2
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
     code = cli_main(["train", "--weight", str(tmp_path / "broken.pth"), "--preset", "mnet-biubug6", *common, *tiny])

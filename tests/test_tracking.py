@@ -1,6 +1,7 @@
 """W&B tracking without a key and without network: disabled is a no-op that never imports wandb, offline
 writes a local run (scalars, images with boxes, a checkpoint artifact), online without a key falls back to
-offline with one warning, and on Kaggle the key comes from the notebook secret."""
+offline with one warning, on Kaggle the key comes from the notebook secret, and
+without wandb installed a run warns once and tracks nothing."""
 
 from __future__ import annotations
 
@@ -129,3 +130,15 @@ def test_netrc_entry_counts_as_a_key(no_key):
     home.mkdir(parents=True, exist_ok=True)
     (home / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "p" * 40 + "\n")
     assert find_wandb_key() == "netrc"
+
+
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_missing_wandb_means_one_warning_and_no_tracking(no_key, monkeypatch, caplog, mode):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    with caplog.at_level(logging.WARNING, logger="nbsrc.tracking"):
+        tracker = init_tracker(mode, run_dir=no_key)
+    assert not tracker.enabled and tracker.mode == "disabled"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "nbsrc.tracking" and r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "not installed" in warnings[0], warnings
+    _exercise(tracker, no_key)  # every call is a no-op
+    assert not (no_key / "wandb").exists()
