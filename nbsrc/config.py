@@ -35,7 +35,7 @@ __all__ = [
 
 BACKBONES = ("mobilenet0.25", "resnet18", "resnet34", "resnet50")
 NECKS = ("biubug6", "p2p6")
-BRIDGES = ("deconv", "bilinear", "nearest")
+BRIDGES = ("deconv", "bilinear", "nearest", "pixelshuffle")
 RATES = (12, 25, 50, 75, 100)  # JPEG AI rate points, bits per pixel x 100
 
 
@@ -60,7 +60,7 @@ class ModelConfig:
     out_channels: int = 64  # width of FPN, SSH and heads
     num_classes: int = 2  # classifier outputs including background: 2 = (bg, face), 3 = (bg, face, person)
     landmarks: bool = True  # landmark head (5 points); the 2-class design has none
-    bridge: str = "deconv"  # latent -> ResNet stage-2 input: deconv | bilinear | nearest
+    bridge: str = "deconv"  # latent -> ResNet stage-2 input: deconv | bilinear | nearest | pixelshuffle
     latent_channels: int = 256  # channels of the latent tensor
     latent_stride: int = 16  # image pixels per latent cell: a 40x40 latent describes a 640x640 image
     pretrained: str = "auto"  # auto (try ImageNet, warn and start from scratch) | none | imagenet (required) | path
@@ -84,7 +84,6 @@ class ModelConfig:
         _check(self.latent_stride in (4, 8, 16, 32), "model.latent_stride", "must be 4, 8, 16 or 32")
         _check(all(s > 0 for s in self.pixel_std), "model.pixel_std", "must be > 0")
         if self.input_kind == "latent":
-            _check(self.backbone.startswith("resnet"), "model.backbone", "latent input needs a resnet backbone")
             _check(self.neck == "p2p6", "model.neck", "latent input uses the p2p6 neck")
 
 
@@ -528,5 +527,5 @@ def _latent(name: str, backbone: str) -> Config:
 
 for _name, _backbone in (("r18", "resnet18"), ("r34", "resnet34"), ("r50", "resnet50"), ("mnet", "mobilenet0.25")):
     register_preset(f"{_name}-p2p6")(lambda n=f"{_name}-p2p6", b=_backbone: _p2p6(n, b))
-for _name, _backbone in (("r50", "resnet50"), ("r18", "resnet18"), ("r34", "resnet34")):
+for _name, _backbone in (("r50", "resnet50"), ("r18", "resnet18"), ("r34", "resnet34"), ("mnet", "mobilenet0.25")):
     register_preset(f"latent-{_name}")(lambda n=f"latent-{_name}", b=_backbone: _latent(n, b))

@@ -179,6 +179,10 @@ def test_pretrain_tar_path_loads_backbone():
     # the stride-4 tap variant has the same body keys
     p2p6 = build_model(get_preset("mnet-p2p6", **{"model.pretrained": str(path)}))
     assert torch.equal(p2p6.body.stage3[1][3].weight, raw["module.stage3.1.3.weight"])
+    # the latent MobileNet takes every tensor of the blocks it keeps (stage1[3:], stage2, stage3)
+    latent = build_model(get_preset("latent-mnet", **{"model.pretrained": str(path)}))
+    kept = {k: v for k, v in latent.body.state_dict().items() if not k.startswith("bridge.")}
+    assert len(kept) == 132 and all(torch.equal(v, raw["module." + k]) for k, v in kept.items())
 
 
 def test_pretrained_path_errors(tmp_path):

@@ -42,7 +42,7 @@ def test_overrides():
         ({"train.lr": -1}, "train.lr"),
         ({"train.epochs": 0}, "train.epochs"),
         ({"model.backbone": "vgg16"}, "model.backbone"),
-        ({"model.bridge": "pixelshuffle"}, "model.bridge"),
+        ({"model.bridge": "transformer"}, "model.bridge"),
         ({"model.out_channels": 30}, "model.out_channels"),
         ({"model.num_classes": 1}, "model.num_classes"),
         ({"loss.pos_iou": 1.5}, "loss.pos_iou"),
@@ -58,9 +58,11 @@ def test_bad_values_raise_naming_the_key(overrides, key):
         get_preset("mnet-biubug6", **overrides)
 
 
-def test_latent_needs_resnet():
-    with pytest.raises(ValueError, match="model.backbone"):
-        get_preset("latent-r50", **{"model.backbone": "mobilenet0.25"})
+def test_latent_input_takes_every_backbone_but_only_the_p2p6_neck():
+    assert get_preset("latent-mnet").model.backbone == "mobilenet0.25"
+    assert get_preset("latent-r50", **{"model.backbone": "resnet18"}).model.backbone == "resnet18"
+    with pytest.raises(ValueError, match=r"model\.neck"):
+        get_preset("latent-r50", **{"model.neck": "biubug6"})
 
 
 @pytest.mark.parametrize(

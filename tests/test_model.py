@@ -57,6 +57,7 @@ def test_all_presets_listed():
         "latent-r50",
         "latent-r18",
         "latent-r34",
+        "latent-mnet",
     }
 
 
@@ -127,7 +128,10 @@ def test_latent_48x64_runs_for_real():
     assert torch.isfinite(out["loc"]).all()
 
 
-@pytest.mark.parametrize(("variant", "params"), [("deconv", 7_474_944), ("bilinear", 590_336), ("nearest", 1_180_160)])
+@pytest.mark.parametrize(
+    ("variant", "params"),
+    [("deconv", 7_474_944), ("bilinear", 590_336), ("nearest", 1_180_160), ("pixelshuffle", 1_049_088)],
+)
 def test_bridge_variants_match_the_described_layers(variant, params):
     bridge = make_bridge(variant, 256, 256)
     assert sum(p.numel() for p in bridge.parameters()) == params
@@ -138,8 +142,32 @@ def test_bridge_variants_match_the_described_layers(variant, params):
         assert layers.count("ConvTranspose2d") == 2 and layers.count("BatchNorm2d") == 3
     elif variant == "bilinear":
         assert layers[1:] == ["Conv2d", "BatchNorm2d", "ReLU"]
+    elif variant == "pixelshuffle":
+        assert layers == ["Conv2d", "PixelShuffle", "BatchNorm2d", "ReLU"]
     else:
         assert layers.count("Conv2d") == 2 and "BatchNorm2d" not in layers
+
+
+def test_pixelshuffle_bridge_unfolds_each_latent_cell_into_its_own_block():
+    bridge = make_bridge("pixelshuffle", 8, 4).eval()
+    x = torch.randn(1, 8, 5, 6)
+    y = x.clone()
+    y[0, :, 2, 3] += 5.0  # change one latent cell
+    diff = (bridge(y) - bridge(x)).abs().sum(dim=(0, 1))  # [20, 24]
+    changed = diff > 0
+    assert changed[8:12, 12:16].any()  # its 4x4 block at stride 4 ...
+    changed[8:12, 12:16] = False
+    assert not changed.any()  # ... and nothing else
+
+
+def test_latent_mobilenet_keeps_the_blocks_from_stride_4_on():
+    model = _meta("latent-mnet", **{"model.bridge": "pixelshuffle"})
+    features = model.body(torch.empty(1, 256, 40, 40, device="meta"))
+    assert [tuple(f.shape[1:]) for f in features] == [(32, 160, 160), (64, 80, 80), (128, 40, 40), (256, 20, 20)]
+    assert model.strides == [4, 8, 16, 32, 64]
+    keys = {k.removeprefix("body.") for k in model.state_dict() if k.startswith("body.")}
+    assert not any(k.startswith(("stage1.0.", "stage1.1.", "stage1.2.")) for k in keys)  # before stride 4: removed
+    assert {k.split(".")[0] for k in keys} == {"bridge", "stage1", "stage2", "stage3"}
 
 
 def test_latent_bridge_output_channels_follow_the_resnet():
@@ -348,6 +376,14 @@ def test_freeze_backbone_latent_keeps_bridge_trainable():
     assert not model.body.layer2[0].bn1.training and model.body.bridge[1].training
     model.freeze_backbone(False)
     assert all(p.requires_grad for p in model.parameters()) and model.body.layer2[0].bn1.training
+
+
+def test_freeze_backbone_latent_mobilenet_freezes_the_kept_stages():
+    model = _build("latent-mnet")
+    model.freeze_backbone(True)
+    assert all(p.requires_grad for p in model.body.bridge.parameters())
+    for stage in (model.body.stage1, model.body.stage2, model.body.stage3):
+        assert not any(p.requires_grad for p in stage.parameters())
 
 
 def test_freeze_backbone_rgb():

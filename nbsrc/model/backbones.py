@@ -170,14 +170,20 @@ class ResNetBackbone(nn.Module):
 
 
 class LatentBackbone(nn.Module):
-    """Latent ``[B, C, h, w]`` -> bridge (x4) -> ResNet ``layer2``, ``layer3``, ``layer4`` (stem and layer1 removed).
+    """Latent ``[B, C, h, w]`` -> bridge (x4) -> the network after its stride-4 point (the earlier layers removed).
 
-    Returns ``[bridge output, C2, C3, C4]`` with strides ``latent_stride / 4 * (1, 2, 4, 8)`` in the image frame
-    (4/8/16/32 for the default 16: a 40x40 latent gives 160, 80, 40 and 20 cells).
+    - ResNet: the bridge lifts the latent to the input of ``layer2`` (the stem and ``layer1`` are removed);
+      returns ``[bridge output, C2, C3, C4]`` from ``layer2``, ``layer3``, ``layer4``.
+    - MobileNetV1 x0.25: the bridge lifts the latent to the input of ``stage1[3]`` (32 channels; the three blocks
+      before it are removed); returns ``[stage1[3], stage1, stage2, stage3]`` (32, 64, 128, 256 channels).
+
+    Strides are ``latent_stride / 4 * (1, 2, 4, 8)`` in the image frame (4/8/16/32 for the default 16: a 40x40
+    latent gives 160, 80, 40 and 20 cells). Module names follow the RGB networks, so their ImageNet weights load
+    into the kept part.
 
     Args:
-        name: ``resnet18`` | ``resnet34`` | ``resnet50``.
-        bridge: ``deconv`` | ``bilinear`` | ``nearest`` (see `make_bridge`).
+        name: ``resnet18`` | ``resnet34`` | ``resnet50`` | ``mobilenet0.25``.
+        bridge: ``deconv`` | ``bilinear`` | ``nearest`` | ``pixelshuffle`` (see `make_bridge`).
         latent_channels: channels of the latent.
         latent_stride: image pixels per latent cell (16 for JPEG AI).
     """
@@ -188,26 +194,41 @@ class LatentBackbone(nn.Module):
         super().__init__()
         if latent_stride % 4 != 0:
             raise ValueError(f"latent_stride must be a multiple of 4 (the bridge upsamples x4), got {latent_stride}")
-        if name not in _RESNETS:
-            raise ValueError(f"unknown resnet {name!r}; expected one of {list(_RESNETS)}")
-        net = _RESNETS[name](weights=None)
-        channels = resnet_channels(name)
+        if name not in (*_RESNETS, "mobilenet0.25"):
+            raise ValueError(f"unknown backbone {name!r}; expected one of {[*_RESNETS, 'mobilenet0.25']}")
         self.name = name
         self.latent_channels = latent_channels
         self.latent_stride = latent_stride
+        base = latent_stride // 4
+        self.strides = [base, base * 2, base * 4, base * 8]
+        if name == "mobilenet0.25":
+            net = MobileNetV1(stride4_tap=True)
+            for index in range(3):  # the layers before stride 4 (keys of the kept blocks stay stage1.3 ...)
+                net.stage1[index] = nn.Identity()
+            self.bridge = make_bridge(bridge, latent_channels, 32)
+            self.stage1, self.stage2, self.stage3 = net.stage1, net.stage2, net.stage3
+            self.out_channels = list(net.out_channels)
+            return
+        net = _RESNETS[name](weights=None)
+        channels = resnet_channels(name)
         self.bridge = make_bridge(bridge, latent_channels, channels["layer1"])
         self.layer2, self.layer3, self.layer4 = net.layer2, net.layer3, net.layer4
-        base = latent_stride // 4
         self.out_channels = [channels["layer1"], channels["layer2"], channels["layer3"], channels["layer4"]]
-        self.strides = [base, base * 2, base * 4, base * 8]
 
     def trunk(self) -> list[nn.Module]:
-        """The pruned ResNet (frozen by ``freeze_backbone``; the bridge stays trainable)."""
+        """The kept part of the network (pretrained weights, frozen by ``freeze_backbone``; the bridge trains)."""
+        if self.name == "mobilenet0.25":
+            return [self.stage1, self.stage2, self.stage3]
         return [self.layer2, self.layer3, self.layer4]
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        c1 = self.bridge(x)
-        c2 = self.layer2(c1)
+        x = self.bridge(x)  # [B, C1, 4h, 4w]
+        if self.name == "mobilenet0.25":
+            p2 = self.stage1[3](x)  # [B, 32, 4h, 4w]
+            c2 = self.stage1[5](self.stage1[4](p2))  # [B, 64, 2h, 2w]
+            c3 = self.stage2(c2)  # [B, 128, h, w]
+            return [p2, c2, c3, self.stage3(c3)]  # ... [B, 256, h/2, w/2]
+        c2 = self.layer2(x)
         c3 = self.layer3(c2)
         c4 = self.layer4(c3)
-        return [c1, c2, c3, c4]
+        return [x, c2, c3, c4]

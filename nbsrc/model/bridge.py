@@ -1,7 +1,7 @@
 """Bridges: lift a JPEG AI latent ``[B, C, h, w]`` to the input of ResNet stage 2, ``[B, C2, 4h, 4w]``.
 
 A 40x40 latent of a 640x640 image becomes a 160x160 map (stride 4), which is what ResNet ``layer2`` sees after
-the stem and ``layer1`` in an RGB network. Three variants are selectable by ``model.bridge``.
+the stem and ``layer1`` in an RGB network. Four variants are selectable by ``model.bridge``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 __all__ = ["BRIDGE_VARIANTS", "make_bridge"]
 
-BRIDGE_VARIANTS = ("deconv", "bilinear", "nearest")
+BRIDGE_VARIANTS = ("deconv", "bilinear", "nearest", "pixelshuffle")
 
 
 class _Interpolate(nn.Module):
@@ -32,6 +32,9 @@ def make_bridge(variant: str, in_channels: int, out_channels: int) -> nn.Sequent
       ConvTranspose2d(k4, s2, p1) 512->out + BN + ReLU (7,474,944 parameters for 256->256).
     - ``bilinear``: x4 bilinear upsample, conv3x3 in->out (no bias) + BN + ReLU (590,336 for 256->256).
     - ``nearest``: x2 nearest, conv3x3 in->in + ReLU, x2 nearest, conv3x3 in->out + ReLU (1,180,160 for 256->256).
+    - ``pixelshuffle``: conv1x1 in->16*out (no bias), PixelShuffle(4) + BN + ReLU (1,049,088 for 256->256): each
+      latent cell is unfolded into its own 4x4 block of stride-4 positions, the cheapest bridge (the 1x1 conv runs
+      at latent resolution) and the one that keeps detail below the cell size.
     """
     if variant == "deconv":
         return nn.Sequential(
@@ -59,6 +62,13 @@ def make_bridge(variant: str, in_channels: int, out_channels: int) -> nn.Sequent
             nn.ReLU(inplace=True),
             _Interpolate(2, "nearest"),
             nn.Conv2d(in_channels, out_channels, 3, 1, 1),
+            nn.ReLU(inplace=True),
+        )
+    if variant == "pixelshuffle":
+        return nn.Sequential(
+            nn.Conv2d(in_channels, 16 * out_channels, 1, bias=False),  # [B, 16*out, h, w]
+            nn.PixelShuffle(4),  # [B, out, 4h, 4w]
+            nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
     raise ValueError(f"unknown bridge {variant!r}; expected one of {list(BRIDGE_VARIANTS)}")
