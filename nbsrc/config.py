@@ -60,7 +60,7 @@ class ModelConfig:
     out_channels: int = 64  # width of FPN, SSH and heads
     num_classes: int = 2  # classifier outputs including background: 2 = (bg, face), 3 = (bg, face, person)
     landmarks: bool = True  # landmark head (5 points); the 2-class design has none
-    bridge: str = "deconv"  # latent -> ResNet stage-2 input: deconv | bilinear | nearest | pixelshuffle
+    bridge: str = "deconv"  # latent -> stride-4 input of the backbone: deconv | bilinear | nearest | pixelshuffle
     latent_channels: int = 256  # channels of the latent tensor
     latent_stride: int = 16  # image pixels per latent cell: a 40x40 latent describes a 640x640 image
     pretrained: str = "auto"  # auto (try ImageNet, warn and start from scratch) | none | imagenet (required) | path
@@ -192,7 +192,7 @@ class TrainConfig:
     channels_last: bool = True  # channels_last memory format on CUDA
     compile: bool = False  # torch.compile the model
     grad_clip: float = 10.0  # max gradient norm (0 = off)
-    freeze_backbone: bool = False  # freeze backbone parameters (incl. the latent model's pruned ResNet)
+    freeze_backbone: bool = False  # freeze backbone parameters (incl. the latent model's pruned ResNet or MobileNet)
     weight: str | None = None  # initialise from this checkpoint
     resume: str | None = None  # resume from this checkpoint (model, optimizer, scaler, scheduler, epoch, RNG)
     seed: int = 42  # random seed
@@ -521,7 +521,8 @@ def _p2p6(name: str, backbone: str) -> Config:
 
 
 def _latent(name: str, backbone: str) -> Config:
-    model = ModelConfig(backbone=backbone, neck="p2p6", input_kind="latent", out_channels=64)
+    bridge = "pixelshuffle" if backbone == "mobilenet0.25" else "deconv"  # a deconv bridge would outweigh MobileNet
+    model = ModelConfig(backbone=backbone, neck="p2p6", input_kind="latent", out_channels=64, bridge=bridge)
     return Config(preset=name, model=model, anchors=_OCTAVE)
 
 

@@ -42,7 +42,7 @@ setup_logging()
 
 # %% tags=["parameters"]
 dataset_root: str | None = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
-preset: str = "latent-r18"  # model preset: latent-r18/r34/r50 for latents; mnet-biubug6, r18-p2p6, ... for RGB
+preset: str = "latent-r18"  # model preset: latent-mnet/r18/r34/r50 for latents; mnet-biubug6, r18-p2p6, ... for RGB
 epochs: int = 20  # training epochs
 batch_size: int = 8  # images per optimizer step (per GPU)
 lr: float = 0.001  # peak learning rate (after warm-up)
@@ -51,7 +51,8 @@ all_rates: bool = False  # every image contributes one sample per available rate
 num_workers: int = 2  # DataLoader worker processes
 device: str = "auto"  # auto | cpu | cuda | cuda:N
 amp: str = "auto"  # mixed precision: auto | fp16 | bf16 | off
-freeze_backbone: bool = False  # freeze the backbone (for latent presets: the pruned ResNet; the bridge trains)
+pretrained: str = "auto"  # ImageNet backbone weights: auto (when found) | none | imagenet (required) | a file path
+freeze_backbone: bool = False  # freeze the backbone (latent presets: the kept ImageNet part; the bridge trains)
 weight: str | None = None  # initialise the model from this checkpoint
 max_images: int | None = None  # use only the first N images of each split
 max_steps_per_epoch: int | None = None  # cap the optimizer steps per epoch
@@ -70,7 +71,7 @@ root = paths.resolve_dataset_root(dataset_root, smoke=smoke)
 cfg = get_preset(preset, dataset_root=str(root), epochs=epochs, lr=lr, latent_suffix=latent_suffix, all_rates=all_rates)
 cfg = cfg.replace(num_workers=num_workers, device=device, amp=amp, freeze_backbone=freeze_backbone, weight=weight)
 cfg = cfg.replace(max_images=max_images, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb, out=str(run / "train"))
-cfg = cfg.replace(**{"train.batch_size": batch_size}).override_pairs(overrides.split())
+cfg = cfg.replace(**{"train.batch_size": batch_size, "model.pretrained": pretrained}).override_pairs(overrides.split())
 if smoke:
     cfg = cfg.replace(
         epochs=1, max_steps_per_epoch=2, max_images=4, num_workers=0, out_channels=16, **{"train.batch_size": 2}

@@ -95,7 +95,7 @@ def test_latent_model_learns_to_find_the_demo_faces(demo_root, tmp_path):
             "train.eval_every": 160,
             "train.batch_size": 8,
             "train.optimizer": "adamw",
-            "train.lr": 2e-3,
+            "train.lr": 4e-3,
             "train.weight_decay": 1e-4,
             "train.schedule": "cosine",
             "train.warmup_epochs": 1.0,

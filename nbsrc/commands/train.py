@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--device", help="auto | cpu | cuda | cuda:N ('' and N as in the ancestors' scripts)")
     p("--workers", "--num_workers", dest="workers", type=int, help="DataLoader workers")
     p("--amp", nargs="?", const="auto", help="mixed precision: auto | fp16 | bf16 | off (bare --amp: auto)")
-    p("--freeze", action="store_true", help="freeze the backbone (the latent model's pruned ResNet)")
+    p("--freeze", action="store_true", help="freeze the backbone (the latent model's pruned ResNet or MobileNet)")
     p("--weight", help="initialise the model from this checkpoint")
     p("--resume", help="resume training from this checkpoint (its run folder is reused)")
     p("--wandb", choices=("online", "offline", "disabled"), help="Weights & Biases mode")

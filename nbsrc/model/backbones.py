@@ -1,4 +1,4 @@
-"""Backbones: MobileNetV1 x0.25 (biubug6), torchvision ResNets, and the latent bridge + pruned ResNet.
+"""Backbones: MobileNetV1 x0.25 (biubug6), torchvision ResNets, and the latent bridge + pruned ResNet or MobileNet.
 
 Every backbone maps its input to a list of feature maps and reports, for that list, ``out_channels: list[int]``
 and ``strides: list[int]`` (image pixels per feature cell, in the network frame of `nbsrc.boxes`). Necks,

@@ -5,7 +5,7 @@ Designs (``model.neck``):
 - ``biubug6``: backbone maps at strides 8/16/32 -> `FPN` P3-P5 -> one `SSH` per level -> heads. With
   ``mobilenet0.25`` / 64 channels and ``resnet50`` / 256 channels this is the published network, key for key.
 - ``p2p6``: maps at strides 4/8/16/32 -> `FPN` P2-P5 plus P6 (3x3 stride-2 conv on C5) -> one shared `SSH`
-  -> heads. For latents the stride-4 map is the bridge output and C2..C4 come from the pruned ResNet.
+  -> heads. For latents the stride-4 map is the bridge output and C2..C4 come from the pruned ResNet (or MobileNet).
 
 Pretrained backbone weights (``model.pretrained``): ``none``; ``auto`` (torchvision ImageNet weights when they
 are in the torch hub cache or downloadable, else one warning and random init); ``imagenet`` (the same, but
@@ -31,7 +31,7 @@ from nbsrc.model.heads import make_heads
 from nbsrc.model.necks import FPN, SSH
 from nbsrc.model.retinaface import RetinaFace
 
-__all__ = ["build_backbone", "build_model", "load_backbone_weights"]
+__all__ = ["build_backbone", "build_model", "find_mobilenet_file", "load_backbone_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def _load_pretrained(model: RetinaFace, cfg: Config) -> None:
         return
     try:
         if name == "mobilenet0.25":
-            path = _find_mobilenet_file()
+            path = find_mobilenet_file()
             from nbsrc.checkpoint import read_state_dict
 
             state_dict, source = read_state_dict(path), str(path)
@@ -190,7 +190,7 @@ def _load_pretrained(model: RetinaFace, cfg: Config) -> None:
     logger.info("backbone %s: %d pretrained tensors from %s", name, count, source)
 
 
-def _find_mobilenet_file() -> Path:
+def find_mobilenet_file() -> Path:
     """The biubug6 ImageNet MobileNetV1 x0.25 file in the torch hub cache or ``./weights``."""
     candidates = [Path(torch.hub.get_dir()) / "checkpoints" / _MOBILENET_FILE, Path("weights") / _MOBILENET_FILE]
     for path in candidates:
