@@ -34,7 +34,8 @@ def _val_ap(model, cfg) -> float:
     return float(result["ap_face"])
 
 
-def _train_and_check(cfg, min_ap: float = 0.5) -> float:
+def _train_and_check(cfg, min_ap: float = 0.5) -> tuple[float, float]:
+    """Train `cfg`; assert the face AP of the final weights; return ``(trained AP, untrained AP)``."""
     torch.manual_seed(0)
     untrained = _val_ap(build_model(cfg).eval(), cfg)
 
@@ -47,7 +48,7 @@ def _train_and_check(cfg, min_ap: float = 0.5) -> float:
     assert epochs[-1]["train_loss"] < 0.5 * epochs[0]["train_loss"]
     assert trained >= min_ap, f"face AP after training {trained:.3f} (untrained {untrained:.4f})"
     assert trained >= 5 * untrained, f"face AP after training {trained:.3f} vs untrained {untrained:.4f}"
-    return trained
+    return trained, untrained
 
 
 def test_rgb_model_learns_to_find_the_demo_faces(demo_root, tmp_path):

@@ -197,6 +197,6 @@ def find_mobilenet_file() -> Path:
         if path.is_file():
             return path
     raise RuntimeError(
-        f"{_MOBILENET_FILE} not found in {', '.join(str(p.parent) for p in candidates)} "
-        "(torchvision has no MobileNetV1 x0.25; pass its path as model.pretrained)"
+        f"{_MOBILENET_FILE} is neither in {candidates[0].parent} nor in ./weights "
+        "(torchvision has no MobileNetV1 x0.25; pass the file's path as model.pretrained)"
     )
