@@ -219,6 +219,7 @@ def test_cli_ancestor_spellings(tmp_path):
 
     assert config_from_argv(["--model", "resnet50", "--use_latent"])[0].preset == "latent-r50"
     assert config_from_argv(["--model", "resnet34"])[0].preset == "r34-p2p6"
+    assert config_from_argv(["--model", "mobilenet0.25", "--use_latent"])[0].preset == "latent-mnet"
     assert config_from_argv(["--network", "mobile0.25"])[0].preset == "mnet-biubug6"
     assert config_from_argv(["--network", "resnet50"])[0].preset == "r50-biubug6"
     assert config_from_argv([])[0].preset == "latent-r50"
@@ -237,7 +238,7 @@ def test_cli_ancestor_spellings(tmp_path):
     "argv, match",
     [
         (["--preset", "latent-r18", "--model", "resnet50", "--use_latent"], "conflicts"),
-        (["--model", "mobilenet0.25", "--use_latent"], "latent"),
+        (["--model", "vgg16", "--use_latent"], "--model"),
         (["--network", "resnet18"], "--network"),
         (["--latent_dir", "/data/train/latents"], "latent_dir"),
         (["--dataset_root", "/a", "--latent_dir", "/b/train/latent"], "dataset root"),

@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--check_only", action="store_true", help="resolve the config and the data, then stop")
     legacy = parser.add_argument_group("ancestors' spellings")
     q = legacy.add_argument
-    q("--use_latent", action="store_true", help="latent input (with --model: latent-rNN)")
+    q("--use_latent", action="store_true", help="latent input (with --model: latent-rNN or latent-mnet)")
     q("--model", help="resnet18 | resnet34 | resnet50 | mobilenet0.25 (P2-P6 design; latent with --use_latent)")
     q("--network", help="mobile0.25 | resnet50 (the biubug6 design)")
     q("--latent_dir", help="ROOT/<split>/latent of the training split")
@@ -121,8 +121,6 @@ def _preset_from_args(args: argparse.Namespace) -> str | None:
     elif args.model:
         key = _model_key(args.model, "--model")
         if latent:
-            if key == "mnet":
-                raise ValueError("--model mobilenet0.25 has no latent variant; use resnet18, resnet34 or resnet50")
             derived = f"latent-{key}"
         else:
             derived = f"{key}-p2p6"
