@@ -365,25 +365,23 @@ def test_forward_rejects_bad_inputs_with_expected_vs_got():
         latent(torch.empty(1, 3, 64, 64, device="meta"))
 
 
-def test_freeze_backbone_latent_keeps_bridge_trainable():
-    model = _build("latent-r18")
+@pytest.mark.parametrize(
+    ("preset", "kept"),
+    [("latent-r18", ("layer2", "layer3", "layer4")), ("latent-mnet", ("stage1", "stage2", "stage3"))],
+)
+def test_freeze_backbone_latent_freezes_the_kept_part_and_trains_the_bridge(preset, kept):
+    model = _build(preset)
     model.freeze_backbone(True)
     assert all(p.requires_grad for p in model.body.bridge.parameters())
-    for layer in (model.body.layer2, model.body.layer3, model.body.layer4):
-        assert not any(p.requires_grad for p in layer.parameters())
+    for name in kept:
+        assert not any(p.requires_grad for p in getattr(model.body, name).parameters())
     assert all(p.requires_grad for p in model.fpn.parameters())
+    first_bn = next(m for m in getattr(model.body, kept[0]).modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bridge_bn = next(m for m in model.body.bridge.modules() if isinstance(m, torch.nn.BatchNorm2d))
     model.train()
-    assert not model.body.layer2[0].bn1.training and model.body.bridge[1].training
+    assert not first_bn.training and bridge_bn.training
     model.freeze_backbone(False)
-    assert all(p.requires_grad for p in model.parameters()) and model.body.layer2[0].bn1.training
-
-
-def test_freeze_backbone_latent_mobilenet_freezes_the_kept_stages():
-    model = _build("latent-mnet")
-    model.freeze_backbone(True)
-    assert all(p.requires_grad for p in model.body.bridge.parameters())
-    for stage in (model.body.stage1, model.body.stage2, model.body.stage3):
-        assert not any(p.requires_grad for p in stage.parameters())
+    assert all(p.requires_grad for p in model.parameters()) and first_bn.training
 
 
 def test_freeze_backbone_rgb():
