@@ -42,6 +42,7 @@ __all__ = [
     "resolve_checkpoint",
     "resolve_dataset_root",
     "resolve_optional_path",
+    "resolve_pretrained",
     "run_folder",
     "save_artifact",
     "save_metrics",
@@ -241,6 +242,26 @@ def resolve_optional_path(value: str | Path | None, what: str) -> Path | None:
         if matches:
             return matches[0]
     raise FileNotFoundError(f"{what} {str(value)!r}: no such file or folder")
+
+
+def resolve_pretrained(value: str, backbone: str, input_root: str | Path | None = None) -> str:
+    """``model.pretrained`` for a notebook: ``auto`` with a MobileNet backbone becomes the path of the ImageNet
+    MobileNet x0.25 file when it is found (``./weights``, the torch hub cache, or on Kaggle an attached dataset
+    holding ``mobilenetV1X0.25_pretrain.tar``); every other value is returned as given."""
+    if value != "auto" or backbone != "mobilenet0.25":
+        return value
+    from nbsrc.model.build import MOBILENET_FILE, find_mobilenet_file
+
+    try:
+        return str(find_mobilenet_file().resolve())
+    except RuntimeError:
+        pass
+    if on_kaggle() or input_root is not None:
+        matches = find_kaggle_file(MOBILENET_FILE, input_root)
+        if matches:
+            logger.info("ImageNet MobileNet weights: %s", matches[0])
+            return str(matches[0])
+    return value
 
 
 # ---- artifacts and metrics of a run folder --------------------------------------------------------

@@ -51,7 +51,7 @@ all_rates: bool = False  # every image contributes one sample per available rate
 num_workers: int = 2  # DataLoader worker processes
 device: str = "auto"  # auto | cpu | cuda | cuda:N
 amp: str = "auto"  # mixed precision: auto | fp16 | bf16 | off
-pretrained: str = "auto"  # ImageNet backbone weights: auto (when found) | none | imagenet (required) | a file path
+pretrained: str = "auto"  # ImageNet backbone: auto (when found; on Kaggle also in attached datasets) | none | a path
 freeze_backbone: bool = False  # freeze the backbone (latent presets: the kept ImageNet part; the bridge trains)
 weight: str | None = None  # initialise the model from this checkpoint
 max_images: int | None = None  # use only the first N images of each split
@@ -72,6 +72,7 @@ cfg = get_preset(preset, dataset_root=str(root), epochs=epochs, lr=lr, latent_su
 cfg = cfg.replace(num_workers=num_workers, device=device, amp=amp, freeze_backbone=freeze_backbone, weight=weight)
 cfg = cfg.replace(max_images=max_images, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb, out=str(run / "train"))
 cfg = cfg.replace(**{"train.batch_size": batch_size, "model.pretrained": pretrained}).override_pairs(overrides.split())
+cfg = cfg.replace(**{"model.pretrained": paths.resolve_pretrained(cfg.model.pretrained, cfg.model.backbone)})
 if smoke:
     cfg = cfg.replace(
         epochs=1, max_steps_per_epoch=2, max_images=4, num_workers=0, out_channels=16, **{"train.batch_size": 2}

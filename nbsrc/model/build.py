@@ -31,12 +31,12 @@ from nbsrc.model.heads import make_heads
 from nbsrc.model.necks import FPN, SSH
 from nbsrc.model.retinaface import RetinaFace
 
-__all__ = ["build_backbone", "build_model", "find_mobilenet_file", "load_backbone_weights"]
+__all__ = ["MOBILENET_FILE", "build_backbone", "build_model", "find_mobilenet_file", "load_backbone_weights"]
 
 logger = logging.getLogger(__name__)
 
 _TORCHVISION_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights"}
-_MOBILENET_FILE = "mobilenetV1X0.25_pretrain.tar"
+MOBILENET_FILE = "mobilenetV1X0.25_pretrain.tar"
 _WARNED: set[str] = set()
 _PROBE_TIMEOUT_S = 3.0
 _DOWNLOAD_TIMEOUT_S = 60.0
@@ -192,11 +192,11 @@ def _load_pretrained(model: RetinaFace, cfg: Config) -> None:
 
 def find_mobilenet_file() -> Path:
     """The biubug6 ImageNet MobileNetV1 x0.25 file in the torch hub cache or ``./weights``."""
-    candidates = [Path(torch.hub.get_dir()) / "checkpoints" / _MOBILENET_FILE, Path("weights") / _MOBILENET_FILE]
+    candidates = [Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_FILE, Path("weights") / MOBILENET_FILE]
     for path in candidates:
         if path.is_file():
             return path
     raise RuntimeError(
-        f"{_MOBILENET_FILE} is neither in {candidates[0].parent} nor in ./weights "
+        f"{MOBILENET_FILE} is neither in {candidates[0].parent} nor in ./weights "
         "(torchvision has no MobileNetV1 x0.25; pass the file's path as model.pretrained)"
     )
