@@ -45,6 +45,7 @@ from nbsrc.data.validate import (
     read_labels_checked,
 )
 from nbsrc.frame import FrameMap
+from nbsrc.latents import check_latent, open_latent
 from nbsrc.utils import atomic_path
 
 __all__ = ["LatentStats", "LatentWiderFace", "compute_latent_stats", "latent_stats", "read_latent"]
@@ -438,7 +439,7 @@ class LatentWiderFace(Dataset):
             labels, landmarks_valid, frame = labels[keep], landmarks_valid[keep], None  # crops have no original frame
         if self.flip and _random() < self.flip_prob:
             width = latent.shape[2] * self.latent_stride
-            latent = torch.from_numpy(np.ascontiguousarray(latent.numpy()[:, :, ::-1]))  # (C, h, w) mirrored along w
+            latent = latent.flip(-1)  # (C, h, w) mirrored along w (a new tensor)
             boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)  # (N, 4)
             landmarks = landmarks.copy()
             landmarks[:, :, 0] = width - landmarks[:, :, 0]
@@ -458,8 +459,8 @@ class LatentWiderFace(Dataset):
 def read_latent(path: str | Path, channels: int = 256, *, spatial: tuple[int, int] | None = None) -> torch.Tensor:
     """Read a ``.npy`` latent (``np.load(mmap_mode="r")``) as a new ``float32 [C, h, w]`` tensor.
 
-    The same checks as `nbsrc.latents.as_latent` (shape ``[C, h, w]`` / ``[1, C, h, w]``, float16/32/64, finite
-    values), made fast: torch converts float16 -> float32 (numpy's conversion is several times slower) in chunks
+    The checks of `nbsrc.latents.as_latent` (`check_latent`: shape ``[C, h, w]`` / ``[1, C, h, w]``, float16/32/64;
+    finite values), made fast: torch converts float16 -> float32 (numpy's conversion is several times slower) in chunks
     that stay on the calling thread, and finiteness is tested on the sum (the full test only when the sum is not
     finite).
 
@@ -472,19 +473,7 @@ def read_latent(path: str | Path, channels: int = 256, *, spatial: tuple[int, in
         ValueError: unreadable or truncated file, wrong shape or dtype, NaN/Inf values.
     """
     path = Path(path)
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: latent file not found") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{path}: unreadable or truncated .npy file ({exc})") from None
-    shape = list(array.shape)
-    if array.ndim == 4 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 3 or array.shape[0] != channels:
-        raise ValueError(f"{path}: expected a latent of shape [{channels}, h, w] or [1, {channels}, h, w], got {shape}")
-    if array.dtype not in (np.float16, np.float32, np.float64):
-        raise ValueError(f"{path}: expected float16 or float32 values, got dtype {array.dtype}")
+    array = check_latent(open_latent(path), channels, str(path))  # (C, h, w) memory map
     if spatial is not None and tuple(array.shape[1:]) != tuple(spatial):
         raise ValueError(
             f"{path}: latent is {array.shape[1]}x{array.shape[2]}, expected {spatial[0]}x{spatial[1]} (the size seen "
