@@ -33,10 +33,11 @@ _SHARED = {  # settings under which a latent model learns in minutes on a CPU
     "train.optimizer": "adamw",
     "train.weight_decay": 1e-4,
     "train.schedule": "cosine",
+    "train.keep_epochs": 1,
 }
 DEMO_SETUPS = {  # preset -> (epochs, batch size, peak lr, config settings)
-    "latent-mnet": (160, 8, 4e-3, {**_SHARED, "train.eval_every": 40, "train.keep_epochs": 1}),  # ImageNet weights
-    "latent-r18": (80, 4, 2e-3, {**_SHARED, "train.eval_every": 20, "train.keep_epochs": 1}),  # from scratch
+    "latent-mnet": (160, 8, 4e-3, {**_SHARED, "train.eval_every": 40}),  # with ImageNet weights
+    "latent-r18": (80, 4, 2e-3, {**_SHARED, "train.eval_every": 20}),  # from scratch
 }
 
 
@@ -71,18 +72,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def choose_training(args: argparse.Namespace) -> tuple[str, str, int, int, float, dict]:
     """``(preset, pretrained, epochs, batch size, peak lr, config settings)`` of the demo's training run."""
-    from nbsrc.model.build import find_mobilenet_file
+    from nbsrc import paths
+    from nbsrc.model.build import MOBILENET_FILE
 
     pretrained = args.pretrained
     if pretrained is not None and not Path(pretrained).is_file():
-        raise FileNotFoundError(f"{pretrained}: --pretrained file not found (mobilenetV1X0.25_pretrain.tar expected)")
+        raise FileNotFoundError(f"{pretrained}: --pretrained file not found ({MOBILENET_FILE} expected)")
     if pretrained is None:
-        try:
-            pretrained = str(find_mobilenet_file().resolve())
-        except RuntimeError as exc:
+        pretrained = paths.resolve_pretrained("auto", "mobilenet0.25")
+        if pretrained == "auto":
+            pretrained = None
             if args.preset in (None, "latent-mnet"):
                 fallback = "trains latent-r18 from scratch" if args.preset is None else "trains it from scratch"
-                logger.warning("no ImageNet MobileNet weights (%s); the demo %s", exc, fallback)
+                logger.warning(
+                    "no ImageNet MobileNet weights (%s is neither in the torch hub cache nor in ./weights; pass "
+                    "--pretrained PATH); the demo %s",
+                    MOBILENET_FILE,
+                    fallback,
+                )
     preset = args.preset or ("latent-mnet" if pretrained else "latent-r18")
     epochs, batch_size, lr, settings = DEMO_SETUPS.get(preset, DEMO_SETUPS["latent-r18"])
     pretrained = pretrained if pretrained and preset.endswith("mnet") else "auto"
