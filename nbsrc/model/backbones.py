@@ -217,9 +217,7 @@ class LatentBackbone(nn.Module):
 
     def trunk(self) -> list[nn.Module]:
         """The kept part of the network (pretrained weights, frozen by ``freeze_backbone``; the bridge trains)."""
-        if self.name == "mobilenet0.25":
-            return [self.stage1, self.stage2, self.stage3]
-        return [self.layer2, self.layer3, self.layer4]
+        return [module for name, module in self.named_children() if name != "bridge"]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.bridge(x)  # [B, C1, 4h, 4w]

@@ -105,7 +105,8 @@ class RetinaFace(nn.Module):
     # ---- training helpers ------------------------------------------------------------------------
     def freeze_backbone(self, freeze: bool = True) -> None:
         """Stop (or restart) training the backbone trunk: parameters get ``requires_grad = not freeze`` and its
-        BatchNorms stay in eval mode. For latent models the trunk is the kept ResNet or MobileNet part; the bridge keeps training.
+        BatchNorms stay in eval mode. For latent models the trunk is the kept ResNet or MobileNet part; the bridge
+        keeps training.
         """
         self._frozen = freeze
         for module in self.body.trunk():
