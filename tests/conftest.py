@@ -40,3 +40,12 @@ def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     make_demo_data(root, images=24, seed=0)
     return root
+
+
+@pytest.fixture
+def no_pretrained_files(tmp_path, monkeypatch) -> Path:
+    """A working directory without ./weights, an empty torch hub cache, and not on Kaggle."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    return tmp_path

@@ -9,7 +9,6 @@ import logging
 import shutil
 
 import pytest
-import torch
 from conftest import shared_path
 
 from nbsrc.commands import demo
@@ -25,23 +24,15 @@ def _args(**kwargs) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@pytest.fixture
-def empty_cwd(tmp_path, monkeypatch):
-    """No ./weights and an empty torch hub cache."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
-    return tmp_path
-
-
 def _config(params: dict):
     training = params["03_training"]
     cfg = get_preset(training["preset"], **{"model.pretrained": training["pretrained"]})
     return cfg.override_pairs(training["overrides"].split())
 
 
-def test_without_weights_the_demo_trains_latent_r18_and_says_so(empty_cwd, caplog):
+def test_without_weights_the_demo_trains_latent_r18_and_says_so(no_pretrained_files, caplog):
     with caplog.at_level(logging.WARNING, logger="nbsrc.commands.demo"):
-        params = demo.demo_parameters(_args(), empty_cwd / "data")
+        params = demo.demo_parameters(_args(), no_pretrained_files / "data")
     training = params["03_training"]
     assert (training["preset"], training["pretrained"], training["epochs"], training["batch_size"]) == (
         "latent-r18",
@@ -56,11 +47,11 @@ def test_without_weights_the_demo_trains_latent_r18_and_says_so(empty_cwd, caplo
     assert (cfg.model.bridge, cfg.data.latent_crop, cfg.train.optimizer) == ("pixelshuffle", 12, "adamw")
 
 
-def test_weights_in_dot_weights_select_latent_mnet(empty_cwd, caplog):
-    (empty_cwd / "weights").mkdir()
-    shutil.copyfile(shared_path(PRETRAIN), empty_cwd / PRETRAIN)
+def test_weights_in_dot_weights_select_latent_mnet(no_pretrained_files, caplog):
+    (no_pretrained_files / "weights").mkdir()
+    shutil.copyfile(shared_path(PRETRAIN), no_pretrained_files / PRETRAIN)
     with caplog.at_level(logging.WARNING, logger="nbsrc.commands.demo"):
-        params = demo.demo_parameters(_args(epochs=3), empty_cwd / "data")
+        params = demo.demo_parameters(_args(epochs=3), no_pretrained_files / "data")
     training = params["03_training"]
     assert (training["preset"], training["epochs"], training["batch_size"], training["lr"]) == (
         "latent-mnet",
@@ -68,17 +59,19 @@ def test_weights_in_dot_weights_select_latent_mnet(empty_cwd, caplog):
         8,
         4e-3,
     )
-    assert training["pretrained"] == str((empty_cwd / PRETRAIN).resolve())  # absolute: notebooks run elsewhere
+    assert training["pretrained"] == str(
+        (no_pretrained_files / PRETRAIN).resolve()
+    )  # absolute: notebooks run elsewhere
     assert not caplog.records
     assert _config(params).model.backbone == "mobilenet0.25"
 
 
-def test_pretrained_option_and_explicit_preset(empty_cwd):
+def test_pretrained_option_and_explicit_preset(no_pretrained_files):
     path = shared_path(PRETRAIN)
-    training = demo.demo_parameters(_args(pretrained=path), empty_cwd)["03_training"]
+    training = demo.demo_parameters(_args(pretrained=path), no_pretrained_files)["03_training"]
     assert (training["preset"], training["pretrained"]) == ("latent-mnet", str(path))
     # an explicit ResNet preset never receives the MobileNet file
-    training = demo.demo_parameters(_args(pretrained=path, preset="latent-r34"), empty_cwd)["03_training"]
+    training = demo.demo_parameters(_args(pretrained=path, preset="latent-r34"), no_pretrained_files)["03_training"]
     assert (training["preset"], training["pretrained"]) == ("latent-r34", "auto")
     with pytest.raises(FileNotFoundError, match="nowhere.tar"):
-        demo.demo_parameters(_args(pretrained=empty_cwd / "nowhere.tar"), empty_cwd)
+        demo.demo_parameters(_args(pretrained=no_pretrained_files / "nowhere.tar"), no_pretrained_files)

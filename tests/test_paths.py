@@ -16,31 +16,22 @@ from nbsrc.model import build_model
 PRETRAIN = "weights/mobilenetV1X0.25_pretrain.tar"
 
 
-@pytest.fixture
-def nowhere(tmp_path, monkeypatch):
-    """No ./weights, an empty torch hub cache, not on Kaggle."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
-    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
-    return tmp_path
-
-
-def test_auto_stays_auto_when_the_file_is_nowhere(nowhere):
+def test_auto_stays_auto_when_the_file_is_nowhere(no_pretrained_files):
     assert paths.resolve_pretrained("auto", "mobilenet0.25") == "auto"
 
 
-def test_auto_finds_the_file_in_dot_weights(nowhere):
-    (nowhere / "weights").mkdir()
-    shutil.copyfile(shared_path(PRETRAIN), nowhere / PRETRAIN)
-    assert paths.resolve_pretrained("auto", "mobilenet0.25") == str((nowhere / PRETRAIN).resolve())
+def test_auto_finds_the_file_in_dot_weights(no_pretrained_files):
+    (no_pretrained_files / "weights").mkdir()
+    shutil.copyfile(shared_path(PRETRAIN), no_pretrained_files / PRETRAIN)
+    assert paths.resolve_pretrained("auto", "mobilenet0.25") == str((no_pretrained_files / PRETRAIN).resolve())
 
 
-def test_on_kaggle_auto_finds_an_attached_weights_dataset(nowhere, monkeypatch):
+def test_on_kaggle_auto_finds_an_attached_weights_dataset(no_pretrained_files, monkeypatch):
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
-    attached = nowhere / "input" / "datasets" / "alice" / "retinaface-weights"
+    attached = no_pretrained_files / "input" / "datasets" / "alice" / "retinaface-weights"
     attached.mkdir(parents=True)
     shutil.copyfile(shared_path(PRETRAIN), attached / "mobilenetV1X0.25_pretrain.tar")
-    found = paths.resolve_pretrained("auto", "mobilenet0.25", input_root=nowhere / "input")
+    found = paths.resolve_pretrained("auto", "mobilenet0.25", input_root=no_pretrained_files / "input")
     assert found == str(attached / "mobilenetV1X0.25_pretrain.tar")
     # the resolved value loads into the latent MobileNet's kept blocks
     model = build_model(get_preset("latent-mnet", **{"model.pretrained": found}))
@@ -51,7 +42,7 @@ def test_on_kaggle_auto_finds_an_attached_weights_dataset(nowhere, monkeypatch):
 @pytest.mark.parametrize(
     ("value", "backbone"), [("none", "mobilenet0.25"), ("/w/file.pth", "mobilenet0.25"), ("auto", "resnet18")]
 )
-def test_other_values_and_backbones_pass_through(nowhere, value, backbone):
-    (nowhere / "weights").mkdir()
-    shutil.copyfile(shared_path(PRETRAIN), nowhere / PRETRAIN)
+def test_other_values_and_backbones_pass_through(no_pretrained_files, value, backbone):
+    (no_pretrained_files / "weights").mkdir()
+    shutil.copyfile(shared_path(PRETRAIN), no_pretrained_files / PRETRAIN)
     assert paths.resolve_pretrained(value, backbone) == value
