@@ -51,61 +51,41 @@ def _train_and_check(cfg, min_ap: float = 0.5) -> tuple[float, float]:
     return trained, untrained
 
 
+def _recipe(demo_root, tmp_path, run_name: str) -> dict:
+    """Settings both tests share: the published ImageNet MobileNet backbone, AdamW with cosine decay, CPU."""
+    return {
+        "model.pretrained": str(shared_path("weights/mobilenetV1X0.25_pretrain.tar")),
+        "data.dataset_root": str(demo_root),
+        "data.num_workers": 0,
+        "loss.landm_weight": 0.25,
+        "train.batch_size": 8,
+        "train.optimizer": "adamw",
+        "train.weight_decay": 1e-4,
+        "train.schedule": "cosine",
+        "train.warmup_epochs": 1.0,
+        "train.device": "cpu",
+        "train.progress": False,
+        "train.out": str(tmp_path),
+        "train.run_name": run_name,
+        "train.seed": 0,
+    }
+
+
 def test_rgb_model_learns_to_find_the_demo_faces(demo_root, tmp_path):
-    backbone = shared_path("weights/mobilenetV1X0.25_pretrain.tar")  # the published ImageNet backbone
-    cfg = get_preset(
-        "mnet-biubug6",
-        **{
-            "model.pretrained": str(backbone),
-            "data.dataset_root": str(demo_root),
-            "data.image_size": 320,
-            "data.num_workers": 0,
-            "loss.landm_weight": 0.25,
-            "train.epochs": 25,
-            "train.batch_size": 8,
-            "train.optimizer": "adamw",
-            "train.lr": 2e-3,
-            "train.weight_decay": 1e-4,
-            "train.schedule": "cosine",
-            "train.warmup_epochs": 1.0,
-            "train.device": "cpu",
-            "train.progress": False,
-            "train.out": str(tmp_path),
-            "train.run_name": "rgb",
-            "train.seed": 0,
-        },
-    )
-    _train_and_check(cfg)
+    settings = {"data.image_size": 320, "train.epochs": 25, "train.lr": 2e-3}
+    _train_and_check(get_preset("mnet-biubug6", **_recipe(demo_root, tmp_path, "rgb"), **settings))
 
 
 def test_latent_model_learns_to_find_the_demo_faces(demo_root, tmp_path):
     # latent-mnet: the pixel-shuffle bridge feeds the ImageNet MobileNet blocks from stride 4 on; training on
     # random 12x12-cell latent crops, evaluation on whole 40x40 latents (about 70 s on 2 CPU cores)
-    backbone = shared_path("weights/mobilenetV1X0.25_pretrain.tar")
-    cfg = get_preset(
-        "latent-mnet",
-        **{
-            "model.pretrained": str(backbone),
-            "model.bridge": "pixelshuffle",
-            "model.out_channels": 16,
-            "data.dataset_root": str(demo_root),
-            "data.latent_crop": 12,
-            "data.num_workers": 0,
-            "loss.landm_weight": 0.25,
-            "train.epochs": 160,
-            "train.eval_every": 160,
-            "train.batch_size": 8,
-            "train.optimizer": "adamw",
-            "train.lr": 4e-3,
-            "train.weight_decay": 1e-4,
-            "train.schedule": "cosine",
-            "train.warmup_epochs": 1.0,
-            "train.device": "cpu",
-            "train.progress": False,
-            "train.keep_epochs": 1,
-            "train.out": str(tmp_path),
-            "train.run_name": "latent",
-            "train.seed": 0,
-        },
-    )
-    _train_and_check(cfg)
+    settings = {
+        "model.bridge": "pixelshuffle",
+        "model.out_channels": 16,
+        "data.latent_crop": 12,
+        "train.epochs": 160,
+        "train.eval_every": 160,
+        "train.lr": 4e-3,
+        "train.keep_epochs": 1,
+    }
+    _train_and_check(get_preset("latent-mnet", **_recipe(demo_root, tmp_path, "latent"), **settings))
