@@ -102,3 +102,58 @@ def test_bad_shapes_raise():
     conf = _logits([[0.5, 0.5]] * 4)[None]
     with pytest.raises(ValueError, match="anchors"):
         postprocess(_outputs(conf), ANCHORS[:3], (H, W), conf_thresh=0.5, nms_thresh=0.4, top_k=10, keep_top_k=10)
+
+
+def _full_nms_reference(outputs, anchors, size, conf_thresh, nms_thresh, top_k, keep_top_k):
+    """The straightforward post-processing: NMS over every candidate of every (image, class), then keep-top-k."""
+    from torchvision.ops import nms
+
+    from nbsrc.boxes import decode_boxes
+
+    height, width = size
+    boxes = decode_boxes(outputs["loc"], anchors) * torch.tensor([width, height] * 2)  # (B, A, 4)
+    scores = torch.softmax(outputs["conf"], dim=-1)[..., 1:]  # (B, A, C-1)
+    results = []
+    for b in range(boxes.shape[0]):
+        flat = scores[b].reshape(-1)
+        top, index = flat.topk(min(top_k, flat.numel()))
+        index = index[top > conf_thresh]
+        anchor, cls = index // scores.shape[-1], index % scores.shape[-1] + 1
+        kept = []
+        for c in cls.unique():
+            members = torch.nonzero(cls == c).squeeze(1)
+            for i in nms(boxes[b, anchor[members]], flat[index[members]], nms_thresh):
+                kept.append((float(flat[index[members[i]]]), int(anchor[members[i]]), int(c)))
+        kept.sort(key=lambda t: -t[0])
+        results.append(kept[:keep_top_k])
+    return results
+
+
+@pytest.mark.parametrize(("num_classes", "keep_top_k"), [(2, 750), (2, 25), (3, 40), (2, 3000)])
+def test_early_stopping_nms_equals_nms_over_every_candidate(num_classes, keep_top_k):
+    # many overlapping candidates above the threshold (an untrained network's case): NMS may stop early per image
+    torch.manual_seed(num_classes * 1000 + keep_top_k)
+    side, cells = 320, 40
+    centres = (torch.arange(cells) + 0.5) / cells
+    cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+    anchors = torch.stack(
+        [cx.reshape(-1), cy.reshape(-1), torch.full((cells * cells,), 0.06), torch.full((cells * cells,), 0.08)], 1
+    ).repeat(2, 1)  # (3200, 4): every place twice
+    batch = 3
+    outputs = {
+        "loc": torch.randn(batch, len(anchors), 4) * 0.5,
+        "conf": torch.randn(batch, len(anchors), num_classes),
+        "landm": torch.randn(batch, len(anchors), 10),
+    }
+    outputs["conf"][2, :, 1:] -= 12.0  # the last image has (almost) no candidates
+    settings = {"conf_thresh": 0.02, "nms_thresh": 0.4, "top_k": 5000, "keep_top_k": keep_top_k}
+    ours = postprocess(outputs, anchors, (side, side), **settings)
+    reference = _full_nms_reference(outputs, anchors, (side, side), **settings)
+    for got, want in zip(ours, reference):
+        assert len(got["scores"]) == len(want)
+        assert got["scores"].tolist() == pytest.approx([w[0] for w in want], abs=0)
+        assert got["labels"].tolist() == [w[2] for w in want]
+    every = _full_nms_reference(outputs, anchors, (side, side), **{**settings, "keep_top_k": 10**9})
+    assert len(every[0]) > 100 and len(every[2]) < 5  # many detections to cut from, and an (almost) empty image
+    if keep_top_k < 100:
+        assert len(ours[0]["scores"]) == keep_top_k  # NMS stopped early for this image
