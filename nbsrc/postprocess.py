@@ -1,14 +1,17 @@
 """Raw head outputs -> detections: decode, score threshold, top-k, per-class NMS, keep-top-k.
 
-Batched on the outputs' device: one `torchvision.ops.batched_nms` call covers every (image, class) group.
-Conventions (anchors, coding, frames) are in `nbsrc.boxes`.
+Batched on the outputs' device: NMS covers every (image, class) group at once (`torchvision.ops.batched_nms` on
+GPU; on CPU one `torchvision.ops.nms` per group, spread over torch's intra-op threads). Conventions (anchors, coding, frames) are in `nbsrc.boxes`.
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, nms
 
 from nbsrc.boxes import decode_boxes, decode_landmarks
 
@@ -64,10 +67,6 @@ def postprocess(
     height, width = image_size_hw
     anchors = anchors.to(device=device, dtype=torch.float32)
     scale = torch.tensor([width, height], dtype=torch.float32, device=device)
-    boxes = decode_boxes(loc.float(), anchors, variances) * scale.repeat(2)  # (B, A, 4)
-    points = None
-    if landm is not None:
-        points = decode_landmarks(landm.float(), anchors, variances) * scale  # (B, A, 5, 2)
     scores = torch.softmax(conf.float(), dim=-1)[..., 1:]  # (B, A, C-1)
 
     # candidates: (image, anchor, class) with score > threshold, then top-k per image
@@ -80,24 +79,28 @@ def postprocess(
     cand_index = top_index[keep]  # (P,)
     anchor_idx = torch.div(cand_index, num_classes - 1, rounding_mode="floor")  # (P,)
     class_idx = cand_index % (num_classes - 1) + 1  # (P,) 1-based labels
-    cand_boxes = boxes[image_idx, anchor_idx]  # (P, 4)
+    cand_boxes = decode_boxes(loc[image_idx, anchor_idx].float(), anchors[anchor_idx], variances) * scale.repeat(2)
     groups = image_idx * num_classes + class_idx  # (P,) one NMS group per (image, class)
     rank = torch.arange(k, device=device)[None].expand(batch, k)[keep]  # (P,) place in its image's top-k
-    kept = _nms_until_enough(cand_boxes, cand_scores, groups, image_idx, rank, batch, nms_thresh, keep_top_k)
+    kept = _nms_until_enough(cand_boxes, groups, image_idx, rank, batch, nms_thresh, keep_top_k)  # (Q,)
 
     results = []
     kept_image = image_idx[kept]  # (Q,)
     for b in range(batch):
         sel = kept[kept_image == b][:keep_top_k]  # (N,) still by descending score
         if sel.numel() == 0:
-            results.append(empty_detections(device, landmarks=points is not None))
+            results.append(empty_detections(device, landmarks=landm is not None))
             continue
+        points = None
+        if landm is not None:
+            chosen = anchor_idx[sel]  # (N,)
+            points = decode_landmarks(landm[b, chosen].float(), anchors[chosen], variances) * scale  # (N, 5, 2)
         results.append(
             {
-                "boxes": cand_boxes[sel],
+                "boxes": cand_boxes[sel],  # (N, 4)
                 "scores": cand_scores[sel],
                 "labels": class_idx[sel].to(torch.int64),
-                "landmarks": points[b, anchor_idx[sel]] if points is not None else None,
+                "landmarks": points,
             }
         )
     return results
@@ -105,38 +108,80 @@ def postprocess(
 
 def _nms_until_enough(
     boxes: Tensor,
-    scores: Tensor,
     groups: Tensor,
     image_idx: Tensor,
     rank: Tensor,
     batch: int,
     nms_thresh: float,
     keep_top_k: int,
+    first_window: int | None = None,
 ) -> Tensor:
-    """`batched_nms` of the candidates, stopping early once every image has `keep_top_k` detections.
+    """Greedy NMS of the candidates, rank window by rank window, stopping once every image has `keep_top_k` boxes.
 
-    Greedy NMS keeps a box when no kept box of higher score overlaps it, so NMS over the best-ranked candidates of
-    an image keeps exactly what NMS over all of them keeps among those. Each image is therefore settled by NMS over
-    its candidates ranked below a limit (``2 * keep_top_k``, then 4x more each round) as soon as that keeps
-    `keep_top_k` boxes or covers all its candidates; the kept boxes ranked first are then the same as with NMS over
-    everything, at a fraction of its quadratic cost when many candidates pass the threshold.
+    Greedy NMS keeps a box when no kept box ranked above it overlaps it by more than `nms_thresh`; a suppressed box
+    suppresses nothing. So once the candidates ranked below ``L`` are settled, those ranked in ``[L, L + W)`` are
+    settled by NMS over them together with the boxes kept so far (which never suppress each other), and an image is
+    done as soon as it has `keep_top_k` kept boxes or no candidates left. Each round costs about
+    ``kept x W + W x W`` box comparisons instead of the quadratic cost of NMS over every candidate, which matters
+    when thousands of candidates pass the threshold (an untrained or poorly calibrated network). NMS runs in rank
+    order (the image's score order, ties broken by the top-k order), so the result is the same as NMS over every
+    candidate, truncated to `keep_top_k`.
 
     Args:
-        boxes: ``[P, 4]``, scores ``[P]``, groups ``[P]`` (NMS runs per group), image_idx ``[P]``, rank ``[P]``:
+        boxes: ``[P, 4]``, groups ``[P]`` (NMS runs per group), image_idx ``[P]``, rank ``[P]``:
             the candidates, and each one's place in the score order of its image (0 = best).
     Returns:
-        Kept candidate indices ``[Q]``, per image in descending score order (as `batched_nms` returns them).
+        Kept candidate indices ``[Q]``, per image in descending score order.
     """
+    order = -rank.to(boxes.dtype)  # (P,) NMS priority (float32: exact below 2**24 candidates per image)
     counts = torch.bincount(image_idx, minlength=batch)  # (B,) candidates per image
-    settled = torch.zeros(batch, dtype=torch.bool, device=boxes.device)  # (B,)
+    settled = counts == 0  # (B,)
+    low = torch.zeros(batch, dtype=torch.long, device=boxes.device)  # (B,) ranks below are settled
+    high = torch.full_like(low, first_window or 2 * keep_top_k)  # (B,) this round's window is [low, high)
+    kept = image_idx.new_zeros(0)  # (K,) kept so far by unsettled images, in rank order per image
     parts = []
-    limit = 2 * keep_top_k
     while not bool(settled.all()):
-        chosen = torch.nonzero(~settled[image_idx] & (rank < limit)).squeeze(1)  # (P',)
-        kept = chosen[batched_nms(boxes[chosen], scores[chosen], groups[chosen], nms_thresh)]  # (Q',)
-        enough = (torch.bincount(image_idx[kept], minlength=batch) >= keep_top_k) | (counts <= limit)  # (B,)
-        now = ~settled & enough  # (B,) images settled in this round
+        new = torch.nonzero(~settled[image_idx] & (rank >= low[image_idx]) & (rank < high[image_idx])).squeeze(1)
+        chosen = torch.cat([kept, new])  # (K + W,)
+        kept = chosen[_grouped_nms(boxes[chosen], order[chosen], groups[chosen], nms_thresh)]  # by rank per image
+        low = high
+        have = torch.bincount(image_idx[kept], minlength=batch)  # (B,)
+        now = ~settled & ((have >= keep_top_k) | (counts <= low))  # (B,) images settled in this round
         parts.append(kept[now[image_idx[kept]]])
+        kept = kept[~now[image_idx[kept]]]
         settled |= now
-        limit *= 4
+        # next window: the candidates still needed at the keep rate seen so far, with a margin
+        rate = have.clamp(min=1).double() / low.double()  # (B,)
+        need = ((keep_top_k - have).clamp(min=1).double() / rate * 1.25).ceil().long() + 16  # (B,)
+        high = low + need
     return torch.cat(parts) if parts else image_idx.new_zeros(0)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _nms_pool(threads: int) -> ThreadPoolExecutor:
+    """Threads for per-group CPU NMS (torchvision's kernel releases the GIL), created once per size."""
+    with _POOLS_LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="nbsrc-nms")
+        return _POOLS[threads]
+
+
+def _grouped_nms(boxes: Tensor, priority: Tensor, groups: Tensor, nms_thresh: float) -> Tensor:
+    """`torchvision.ops.batched_nms`, with the groups of a CPU call run in parallel threads.
+
+    Args:
+        boxes: ``[N, 4]`` xyxy; priority ``[N]`` (higher first); groups ``[N]`` (NMS runs per group).
+    Returns:
+        Kept indices ``[K]`` in descending priority.
+    """
+    threads = torch.get_num_threads()
+    if boxes.device.type != "cpu" or threads < 2 or len(boxes) < 1000:
+        return batched_nms(boxes, priority, groups, nms_thresh)
+    sorted_groups, perm = groups.sort(stable=True)  # (N,) each
+    sizes = torch.unique_consecutive(sorted_groups, return_counts=True)[1].tolist()
+    members = sorted(perm.split(sizes), key=len, reverse=True)  # one index tensor per group, biggest first
+    kept = torch.cat(list(_nms_pool(threads).map(lambda m: m[nms(boxes[m], priority[m], nms_thresh)], members)))  # (K,)
+    return kept[priority[kept].argsort(descending=True, stable=True)]

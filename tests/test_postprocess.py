@@ -123,14 +123,17 @@ def _full_nms_reference(outputs, anchors, size, conf_thresh, nms_thresh, top_k, 
         for c in cls.unique():
             members = torch.nonzero(cls == c).squeeze(1)
             for i in nms(boxes[b, anchor[members]], flat[index[members]], nms_thresh):
-                kept.append((float(flat[index[members[i]]]), int(anchor[members[i]]), int(c)))
+                kept.append(
+                    (float(flat[index[members[i]]]), int(anchor[members[i]]), int(c), boxes[b, anchor[members[i]]])
+                )
         kept.sort(key=lambda t: -t[0])
         results.append(kept[:keep_top_k])
     return results
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(("num_classes", "keep_top_k"), [(2, 750), (2, 25), (3, 40), (2, 3000)])
-def test_early_stopping_nms_equals_nms_over_every_candidate(num_classes, keep_top_k):
+def test_early_stopping_nms_equals_nms_over_every_candidate(num_classes, keep_top_k, threads, monkeypatch):
     # many overlapping candidates above the threshold (an untrained network's case): NMS may stop early per image
     torch.manual_seed(num_classes * 1000 + keep_top_k)
     side, cells = 320, 40
@@ -147,12 +150,15 @@ def test_early_stopping_nms_equals_nms_over_every_candidate(num_classes, keep_to
     }
     outputs["conf"][2, :, 1:] -= 12.0  # the last image has (almost) no candidates
     settings = {"conf_thresh": 0.02, "nms_thresh": 0.4, "top_k": 5000, "keep_top_k": keep_top_k}
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # 1: one batched NMS; 2: groups in threads
     ours = postprocess(outputs, anchors, (side, side), **settings)
     reference = _full_nms_reference(outputs, anchors, (side, side), **settings)
     for got, want in zip(ours, reference):
         assert len(got["scores"]) == len(want)
         assert got["scores"].tolist() == pytest.approx([w[0] for w in want], abs=0)
         assert got["labels"].tolist() == [w[2] for w in want]
+        if want:
+            assert torch.equal(got["boxes"], torch.stack([w[3] for w in want]))
     every = _full_nms_reference(outputs, anchors, (side, side), **{**settings, "keep_top_k": 10**9})
     assert len(every[0]) > 100 and len(every[2]) < 5  # many detections to cut from, and an (almost) empty image
     if keep_top_k < 100:
