@@ -1,11 +1,13 @@
 """Raw head outputs -> detections: decode, score threshold, top-k, per-class NMS, keep-top-k.
 
 Batched on the outputs' device: NMS covers every (image, class) group at once (`torchvision.ops.batched_nms` on
-GPU; on CPU one `torchvision.ops.nms` per group, spread over torch's intra-op threads). Conventions (anchors, coding, frames) are in `nbsrc.boxes`.
+GPU; on CPU one `torchvision.ops.nms` per group, spread over torch's intra-op threads). Conventions (anchors,
+coding, frames) are in `nbsrc.boxes`.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -159,6 +161,16 @@ def _nms_until_enough(
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
+
+
+def _forget_pools() -> None:
+    """In a forked child (a DataLoader worker, a multiprocessing pool): the parent's threads are not there."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _nms_pool(threads: int) -> ThreadPoolExecutor:

@@ -163,3 +163,31 @@ def test_early_stopping_nms_equals_nms_over_every_candidate(num_classes, keep_to
     assert len(every[0]) > 100 and len(every[2]) < 5  # many detections to cut from, and an (almost) empty image
     if keep_top_k < 100:
         assert len(ours[0]["scores"]) == keep_top_k  # NMS stopped early for this image
+
+
+def _detect_in_child(outputs, anchors, queue):
+    torch.set_num_threads(1)  # as a DataLoader worker does (OpenMP does not survive fork); NMS still sees 2
+    queue.put([d["scores"].tolist() for d in postprocess(outputs, anchors, (320, 320))])
+
+
+def test_threaded_nms_works_in_a_forked_child(monkeypatch):
+    # the parent's NMS threads do not survive fork: a child (DataLoader worker) must get its own, not hang
+    mp = pytest.importorskip("multiprocessing")
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    torch.manual_seed(0)
+    anchors = torch.rand(3000, 4) * 0.2 + torch.tensor([0.4, 0.4, 0.05, 0.05])  # (3000, 4) overlapping
+    outputs = {"loc": torch.randn(2, 3000, 4) * 0.3, "conf": torch.randn(2, 3000, 2), "landm": None}
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    parent = [d["scores"].tolist() for d in postprocess(outputs, anchors, (320, 320))]  # starts the threads
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_detect_in_child, args=(outputs, anchors, queue))
+    child.start()
+    try:
+        got = queue.get(timeout=30)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    assert got == parent and len(parent[0]) > 10
