@@ -5,6 +5,7 @@ split far above the untrained model's, for an RGB and a latent preset. Run alone
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from nbsrc.engine import evaluate_ap, fit
 from nbsrc.model import build_model
 
 pytestmark = pytest.mark.learning
+logger = logging.getLogger(__name__)
 
 
 def _val_ap(model, cfg) -> float:
@@ -45,6 +47,7 @@ def _train_and_check(cfg, min_ap: float = 0.5) -> tuple[float, float]:
 
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in epochs if r.get("kind") == "epoch"]
+    logger.info("%s: face AP %.3f after training, %.4f untrained", cfg.train.run_name, trained, untrained)
     assert epochs[-1]["train_loss"] < 0.5 * epochs[0]["train_loss"]
     assert trained >= min_ap, f"face AP after training {trained:.3f} (untrained {untrained:.4f})"
     assert trained >= 5 * untrained, f"face AP after training {trained:.3f} vs untrained {untrained:.4f}"
