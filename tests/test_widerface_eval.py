@@ -182,6 +182,32 @@ def test_ground_truth_folder_missing_a_file(tmp_path, real_gt):
         read_wider_gt(tmp_path / "nowhere")
 
 
+def test_kept_index_outside_the_image_faces_is_named(tmp_path):
+    gt = WiderGroundTruth(
+        events=["0--Demo"],
+        names=[["0_Demo_a", "0_Demo_b", "0_Demo_c"]],
+        boxes=[[np.array([[10, 10, 20, 20]]), np.array([[1, 1, 5, 5], [9, 9, 5, 5]]), np.zeros((0, 4))]],
+        keep={s: [[np.array([1]), np.array([1, 2]), np.zeros(0)]] for s in SETTINGS},
+    )
+    gt.keep["hard"][0][1] = np.array([2, 3])  # the second image has 2 faces
+    write_wider_gt(tmp_path, gt)
+    with pytest.raises(
+        ValueError, match=r"wider_hard_val.mat: gt_list of 0--Demo/0_Demo_b holds indices outside 1\.\.2: 2\.\.3"
+    ):
+        read_wider_gt(tmp_path)
+
+
+def test_reading_without_attributes_gives_the_same_faces(real_gt):
+    light = read_wider_gt(shared_path("data/widerface_val_gt"), attributes=False)
+    assert light.attributes == {} and real_gt.attributes
+    assert light.names == real_gt.names and light.events == real_gt.events
+    for setting in SETTINGS:
+        assert all(
+            np.array_equal(a, b) for ea, eb in zip(light.keep[setting], real_gt.keep[setting]) for a, b in zip(ea, eb)
+        )
+    assert all(np.array_equal(a, b) for ea, eb in zip(light.boxes, real_gt.boxes) for a, b in zip(ea, eb))
+
+
 # --------------------------------------------------------------------------------- protocol vs the oracle
 
 

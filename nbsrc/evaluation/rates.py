@@ -162,7 +162,7 @@ def evaluate_rates(
     from nbsrc.utils import atomic_write_text
 
     dataset_root, out_dir = Path(dataset_root), Path(out_dir)
-    gt = read_wider_gt(Path(gt_dir) if gt_dir is not None else dataset_root / split / "ground_truth")
+    gt = read_wider_gt(Path(gt_dir) if gt_dir is not None else dataset_root / split / "ground_truth", attributes=False)
     latent = _detector(latent_weight, preset, device)
     if latent.model.input_kind != "latent":
         raise ValueError("evaluate_rates: the first model must be a latent model (got an RGB model)")

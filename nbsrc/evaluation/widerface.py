@@ -276,7 +276,7 @@ def evaluate_curves(
     """
     from nbsrc.evaluation.results import read_result_folder
 
-    gt = gt_dir if isinstance(gt_dir, WiderGroundTruth) else read_wider_gt(gt_dir)
+    gt = gt_dir if isinstance(gt_dir, WiderGroundTruth) else read_wider_gt(gt_dir, attributes=False)
     results = read_result_folder(pred_dir, gt.image_names(), columns=(5, 6), missing=missing)
     rows, counts = results.rows, results.counts
     if rows.shape[1] == 6:  # class column: the face class (1) is evaluated
