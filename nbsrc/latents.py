@@ -6,7 +6,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["as_latent", "check_latent", "load_latent", "open_latent"]
+__all__ = ["as_latent", "check_latent", "check_latent_layout", "load_latent", "open_latent"]
+
+
+def check_latent_layout(shape: tuple[int, ...], dtype: np.dtype, channels: int = 256, source: str = "latent") -> None:
+    """Check a latent's shape (``[C, h, w]`` or ``[1, C, h, w]``) and dtype (float16/32/64); `ValueError` naming `source`."""
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[0] == 1)) or shape[-3] != channels:
+        raise ValueError(
+            f"{source}: expected a latent of shape [{channels}, h, w] or [1, {channels}, h, w], got {list(shape)}"
+        )
+    if dtype not in (np.float16, np.float32, np.float64):
+        raise ValueError(f"{source}: expected float16 or float32 values, got dtype {dtype}")
 
 
 def check_latent(array: np.ndarray, channels: int = 256, source: str = "latent") -> np.ndarray:
@@ -14,16 +24,8 @@ def check_latent(array: np.ndarray, channels: int = 256, source: str = "latent")
 
     Accepts ``[C, h, w]`` and ``[1, C, h, w]``, float16/float32/float64. Raises `ValueError` naming `source`.
     """
-    shape = list(array.shape)
-    if array.ndim == 4 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 3 or array.shape[0] != channels:
-        raise ValueError(
-            f"{source}: expected a latent of shape [{channels}, h, w] or [1, {channels}, h, w], got {shape}"
-        )
-    if array.dtype not in (np.float16, np.float32, np.float64):
-        raise ValueError(f"{source}: expected float16 or float32 values, got dtype {array.dtype}")
-    return array
+    check_latent_layout(array.shape, array.dtype, channels, source)
+    return array[0] if array.ndim == 4 else array
 
 
 def as_latent(array: np.ndarray, channels: int = 256, source: str = "latent") -> np.ndarray:

@@ -190,19 +190,29 @@ def test_latent_shapes_and_dtypes_are_accepted(tmp_path, shape, dtype):
     np.testing.assert_array_equal(np.load(path), array)
 
 
-def test_latents_are_memory_mapped(demo_root, monkeypatch):
+@pytest.mark.parametrize(
+    ("dtype", "fortran", "plain"),
+    [("<f2", False, True), ("<f4", False, True), ("<f8", False, False), ("<f4", True, False)],
+)
+def test_latent_files_read_exactly(tmp_path, monkeypatch, dtype, fortran, plain):
+    # plain float16 / float32 files are read straight into the tensor; any other layout goes through np.load
+    values = np.random.default_rng(0).standard_normal((1, 256, 6, 5)).astype(dtype)
+    path = tmp_path / "latent_50.npy"
+    np.save(path, np.asfortranarray(values) if fortran else values)
     calls = []
     real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: calls.append(k.get("mmap_mode")) or real_load(*a, **k))
+    got = latent_module.read_latent(path)
+    assert got.dtype == torch.float32 and got.shape == (256, 6, 5)
+    np.testing.assert_array_equal(got.numpy(), values[0].astype(np.float32))
+    assert calls == ([] if plain else ["r"])  # the others are memory-mapped, never read whole by numpy
 
-    def recording_load(*args, **kwargs):
-        calls.append(kwargs.get("mmap_mode"))
-        return real_load(*args, **kwargs)
 
-    dataset = LatentWiderFace(demo_root / "train", max_images=2)
-    monkeypatch.setattr(np, "load", recording_load)
-    dataset[0]
-    dataset[1]
-    assert calls == ["r", "r"]
+def test_latent_of_integers_is_refused(tmp_path):
+    path = tmp_path / "latent_50.npy"
+    np.save(path, np.zeros((256, 4, 4), np.int16))
+    with pytest.raises(ValueError, match=rf"^{path}: expected float16 or float32 values, got dtype int16"):
+        latent_module.read_latent(path)
 
 
 # ---- normalization statistics ----------------------------------------------------------------------------------
