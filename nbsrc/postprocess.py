@@ -116,7 +116,6 @@ def _nms_until_enough(
     batch: int,
     nms_thresh: float,
     keep_top_k: int,
-    first_window: int | None = None,
 ) -> Tensor:
     """Greedy NMS of the candidates, rank window by rank window, stopping once every image has `keep_top_k` boxes.
 
@@ -139,7 +138,7 @@ def _nms_until_enough(
     counts = torch.bincount(image_idx, minlength=batch)  # (B,) candidates per image
     settled = counts == 0  # (B,)
     low = torch.zeros(batch, dtype=torch.long, device=boxes.device)  # (B,) ranks below are settled
-    high = torch.full_like(low, first_window or 2 * keep_top_k)  # (B,) this round's window is [low, high)
+    high = torch.full_like(low, 2 * keep_top_k)  # (B,) this round's window is [low, high)
     kept = image_idx.new_zeros(0)  # (K,) kept so far by unsettled images, in rank order per image
     parts = []
     while not bool(settled.all()):
