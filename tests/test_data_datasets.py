@@ -535,3 +535,17 @@ def test_latent_crop_windows_the_latent_and_moves_the_faces_with_it(demo_root):
     cfg = get_preset("latent-r18", **{"data.dataset_root": str(demo_root), "data.latent_crop": 16})
     assert build_dataset(cfg, "train", train=True).crop == 16
     assert build_dataset(cfg, "val", train=False).crop is None  # evaluation always sees whole latents
+
+
+def test_latent_whose_header_promises_more_than_the_file_holds(tmp_path):
+    # a corrupt header must not make the reader allocate what it promises: the file size is checked first
+    path = tmp_path / "latent_50.npy"
+    np.save(path, np.zeros((256, 4, 4), np.float32))
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"'shape': (256, 4, 4), }  ", b"'shape': (256, 400, 4), }", 1))  # same length
+    promised = 256 * 400 * 4 * 4
+    with pytest.raises(
+        ValueError,
+        match=rf"^{path}: unreadable or truncated \.npy file \(16384 data bytes, the header promises {promised}\)",
+    ):
+        latent_module.read_latent(path)

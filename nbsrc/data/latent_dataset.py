@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -531,17 +532,23 @@ def _read_plain_npy(path: Path) -> tuple[torch.Tensor, tuple[int, ...]] | None:
         if fortran or dtype not in _PLAIN_DTYPES:
             return None
         count = int(np.prod(shape, dtype=np.int64))
+        promised = count * dtype.itemsize
+        got = os.fstat(handle.fileno()).st_size - handle.tell()
+        if got < promised:  # checked before allocating: a corrupt header may promise anything
+            raise ValueError(
+                f"{path}: unreadable or truncated .npy file ({got} data bytes, the header promises {promised})"
+            )
         flat = torch.empty(count, dtype=_PLAIN_DTYPES[dtype])  # (n,)
         view = memoryview(flat.numpy()).cast("B")
         got = 0
-        while got < len(view):
+        while got < promised:
             step = handle.readinto(view[got:])
             if not step:
                 break
             got += step
-    if got < len(view):
+    if got < promised:
         raise ValueError(
-            f"{path}: unreadable or truncated .npy file ({got} data bytes, the header promises {len(view)})"
+            f"{path}: unreadable or truncated .npy file ({got} data bytes, the header promises {promised})"
         )
     return flat, tuple(int(d) for d in shape)
 
