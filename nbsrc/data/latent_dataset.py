@@ -5,8 +5,8 @@ Layouts (`nbsrc.data.layout`): nested ``<split>/latent/<image>/latent_{12,25,50,
 ``<split>/labelstxt/``. One rate is read (``latent_suffix``, default ``latent_75.npy``) or every rate
 (``all_rates``: each image gives one sample per rate, same boxes).
 
-Latents are ``[1, 256, h, w]`` or ``[256, h, w]``, float16 or float32, memory-mapped with
-``np.load(mmap_mode="r")`` and returned as ``float32 [256, h, w]``. They describe an image of
+Latents are ``[1, 256, h, w]`` or ``[256, h, w]``, float16 or float32, read straight into a tensor (`read_latent`)
+and returned as ``float32 [256, h, w]``. They describe an image of
 ``(w * 16, h * 16)`` pixels (640x640 for 40x40): boxes and landmarks are mapped there from original pixels by
 `nbsrc.data.label_frame.LabelFrame` (original sizes from a sizes CSV, the images folder or the record), or taken
 as they are with ``label_frame=640``.
