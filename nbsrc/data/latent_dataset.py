@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from nbsrc.data.validate import (
     read_labels_checked,
 )
 from nbsrc.frame import FrameMap
-from nbsrc.latents import check_latent, check_latent_layout, open_latent
+from nbsrc.latents import check_latent, open_latent, read_plain_npy
 from nbsrc.utils import atomic_path
 
 __all__ = ["LatentStats", "LatentWiderFace", "compute_latent_stats", "latent_stats", "read_latent"]
@@ -461,8 +460,8 @@ def read_latent(path: str | Path, channels: int = 256, *, spatial: tuple[int, in
     """Read a ``.npy`` latent as a new ``float32 [C, h, w]`` tensor.
 
     The checks of `nbsrc.latents.as_latent` (`check_latent`: shape ``[C, h, w]`` / ``[1, C, h, w]``, float16/32/64;
-    finite values), made fast: the data bytes of a plain little-endian float16 / float32 file are read straight
-    into the tensor's memory (other files are memory-mapped with ``np.load``); torch converts float16 -> float32
+    finite values), made fast: plain float16 / float32 files are read straight into memory (`read_plain_npy`; other
+    files are memory-mapped with ``np.load``); torch converts float16 -> float32
     (numpy's conversion is several times slower) in chunks that stay on the calling thread; finiteness is tested on
     the sum (the full test only when the sum is not finite).
 
@@ -475,24 +474,18 @@ def read_latent(path: str | Path, channels: int = 256, *, spatial: tuple[int, in
         ValueError: unreadable or truncated file, wrong shape or dtype, NaN/Inf values.
     """
     path = Path(path)
-    raw = _read_plain_npy(path)
-    if raw is not None:
-        source, shape = raw  # (n,) float16 / float32, the file's shape
-        check_latent_layout(shape, source.numpy().dtype, channels, str(path))
-        shape = tuple(shape[-3:])  # (C, h, w)
-    else:
-        array = check_latent(open_latent(path), channels, str(path))  # (C, h, w) memory map
-        shape = tuple(array.shape)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # a read-only memory map: it is copied right away
-            source = torch.from_numpy(array).reshape(-1)  # (C*h*w,)
-    if spatial is not None and shape[1:] != tuple(spatial):
+    plain = read_plain_npy(path)  # a new array, or None: memory-mapped instead
+    array = check_latent(plain if plain is not None else open_latent(path), channels, str(path))  # (C, h, w)
+    if spatial is not None and tuple(array.shape[1:]) != tuple(spatial):
         raise ValueError(
-            f"{path}: latent is {shape[1]}x{shape[2]}, expected {spatial[0]}x{spatial[1]} (the size seen "
+            f"{path}: latent is {array.shape[1]}x{array.shape[2]}, expected {spatial[0]}x{spatial[1]} (the size seen "
             "when the dataset was indexed)"
         )
-    if source.dtype == torch.float32 and raw is not None:
-        flat = source  # read straight into a new tensor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a read-only memory map: it is copied right away
+        source = torch.from_numpy(array).reshape(-1)  # (C*h*w,)
+    if plain is not None and source.dtype == torch.float32:
+        flat = source  # already a new float32 tensor
     else:
         flat = torch.empty(source.numel(), dtype=torch.float32)
         for start in range(0, source.numel(), CONVERT_CHUNK):
@@ -501,56 +494,7 @@ def read_latent(path: str | Path, channels: int = 256, *, spatial: tuple[int, in
         bad = int((~torch.isfinite(flat)).sum())
         if bad:
             raise ValueError(f"{path}: {bad} NaN/Inf values in the latent")
-    return flat.view(shape)  # (C, h, w)
-
-
-_PLAIN_DTYPES = {np.dtype("<f2"): torch.float16, np.dtype("<f4"): torch.float32}
-
-
-def _read_plain_npy(path: Path) -> tuple[torch.Tensor, tuple[int, ...]] | None:
-    """The data of a C-ordered little-endian float16 / float32 ``.npy`` file as a new flat tensor, and its shape.
-
-    None for any other file (another dtype or order, a header numpy's reader must judge): the caller memory-maps it
-    with ``np.load``, which gives the precise error for a bad one. `FileNotFoundError` / `ValueError` (truncated
-    data) name the file.
-    """
-    try:
-        handle = open(path, "rb", buffering=0)  # unbuffered: the data goes straight into the tensor
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: latent file not found") from None
-    with handle:
-        try:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-            else:
-                return None
-        except (ValueError, OSError, EOFError):
-            return None
-        if fortran or dtype not in _PLAIN_DTYPES:
-            return None
-        count = int(np.prod(shape, dtype=np.int64))
-        promised = count * dtype.itemsize
-        got = os.fstat(handle.fileno()).st_size - handle.tell()
-        if got < promised:  # checked before allocating: a corrupt header may promise anything
-            raise ValueError(
-                f"{path}: unreadable or truncated .npy file ({got} data bytes, the header promises {promised})"
-            )
-        flat = torch.empty(count, dtype=_PLAIN_DTYPES[dtype])  # (n,)
-        view = memoryview(flat.numpy()).cast("B")
-        got = 0
-        while got < promised:
-            step = handle.readinto(view[got:])
-            if not step:
-                break
-            got += step
-    if got < promised:
-        raise ValueError(
-            f"{path}: unreadable or truncated .npy file ({got} data bytes, the header promises {promised})"
-        )
-    return flat, tuple(int(d) for d in shape)
+    return flat.view(array.shape)  # (C, h, w)
 
 
 def _random_latent_crop(
