@@ -13,11 +13,17 @@ Also reported:
 - matching+loss against the classic per-image reference loss (``tests/multibox_oracle.py``) on the same
   outputs and targets, on the CPU (target >= 10x);
 - on CUDA: peak memory per batch size, and the largest ``latent-r50`` batch whose step fits in 15 GiB
-  (a Kaggle T4).
+  (a Kaggle T4);
+- without a GPU, ``--estimate_memory``: the same figures estimated on the CPU. Every tensor storage of one
+  ``latent-r50`` training step (parameters, gradients, momentum, activations, temporaries) is tracked as it is
+  allocated and freed, under bf16 autocast (2-byte activations, as with fp16 AMP on a T4) and in float32. The
+  peak is fitted as fixed + per-image bytes over two batch sizes. It leaves out what only a GPU adds (cuDNN
+  workspaces, the CUDA context), so the measured CUDA figures take precedence.
 
     python bench/bench_train.py                       # CPU
     python bench/bench_train.py --batch 2 --steps 1 --workers 0   # a quick CPU run
     python bench/bench_train.py --device cuda --json bench_train.json
+    python bench/bench_train.py --estimate_memory --presets   # the CPU estimate only (about 10 minutes)
 """
 
 from __future__ import annotations
@@ -261,6 +267,45 @@ def memory_sweep(preset: str, sizes: list[int], device: torch.device, args) -> d
     }
 
 
+def memory_estimate(preset: str, sizes: list[int], amp_dtype: torch.dtype | None) -> dict:
+    """Peak bytes of one CPU training step per batch size, tracked storage by storage; fixed + per-image fit."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    cfg = _cfg(preset, sizes[0], 0, None)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    loss_fn = build_loss(cfg)
+    optimizer = build_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    cpu = torch.device("cpu")
+    # one step first so that the optimizer's momentum buffers exist, as in every step after the first
+    _step(model, loss_fn, optimizer, _synthetic_batch(cfg, 1, seed=0), cpu, amp_dtype, scaler, 0.0)
+    peaks: dict[int, int] = {}
+    parts: dict[int, dict[str, float]] = {}
+    for size in sizes:
+        batch = _synthetic_batch(cfg, size, seed=size)
+        tracker = MemTracker()
+        tracker.track_external(model, optimizer)
+        with tracker:
+            _step(model, loss_fn, optimizer, batch, cpu, amp_dtype, scaler, 0.0)
+        snapshot = next(iter(tracker.get_tracker_snapshot("peak").values()))  # {kind: bytes} at the peak
+        named = {str(kind).rsplit(".", 1)[-1]: value for kind, value in snapshot.items()}
+        peaks[size] = named.pop("Total")
+        parts[size] = {kind: round(value / 2**30, 3) for kind, value in named.items() if value >= 2**20}
+    small, large = sorted(peaks)[0], sorted(peaks)[-1]
+    per_image = (peaks[large] - peaks[small]) / (large - small)
+    fixed = peaks[small] - per_image * small
+    return {
+        "preset": preset,
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+        "peak_gib": {s: round(p / 2**30, 3) for s, p in peaks.items()},
+        "parts_gib": parts,
+        "fixed_gib": round(fixed / 2**30, 3),
+        "per_image_gib": round(per_image / 2**30, 3),
+        "largest_batch_in_15gib": int((T4_BYTES - fixed) // per_image),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
@@ -277,12 +322,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-oracle", dest="oracle", action="store_false", help="skip the reference-loss timing")
     parser.add_argument("--oracle_repeats", type=int, default=3)
     parser.add_argument("--mem_sizes", type=int, nargs="*", default=[4, 8, 16, 24, 32, 48, 64])
+    parser.add_argument(
+        "--estimate_memory", action="store_true", help="estimate the latent-r50 step's memory on the CPU (no GPU)"
+    )
+    parser.add_argument("--estimate_sizes", type=int, nargs=2, default=[1, 2], help="batch sizes of the estimate")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if not args.synthetic and args.dataset_root is None:
+    if args.presets and not args.synthetic and args.dataset_root is None:
         from nbsrc.paths import demo_dataset
 
         args.dataset_root = str(demo_dataset(images=args.demo_images))
@@ -314,6 +363,17 @@ def main(argv: list[str] | None = None) -> int:
             line += f"\n{'':13} peak GPU memory {result['peak_mem_gib']:.2f} GiB"
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+    if args.estimate_memory:
+        results["memory_estimate"] = []
+        for amp_dtype in (torch.bfloat16, None):
+            estimate = memory_estimate("latent-r50", args.estimate_sizes, amp_dtype)
+            results["memory_estimate"].append(estimate)
+            sys.stdout.write(
+                f"latent-r50 amp={estimate['amp']:<8} CPU estimate: peak GiB per batch {estimate['peak_gib']} "
+                f"= {estimate['fixed_gib']} + {estimate['per_image_gib']} per image; largest batch in 15 GiB: "
+                f"{estimate['largest_batch_in_15gib']}\n  at the peak: {estimate['parts_gib']}\n"
+            )
+            sys.stdout.flush()
     if device.type == "cuda":
         sweep = memory_sweep("latent-r50", args.mem_sizes, device, args)
         results["memory"] = sweep
