@@ -51,6 +51,7 @@ from nbsrc.optim import build_optimizer  # noqa: E402
 SETUPS = {"latent-r50": 8, "mnet-biubug6": 32}  # preset: batch size
 SIZE = 640
 T4_BYTES = 15 * 2**30
+_NO_SCALER = torch.amp.GradScaler("cpu", enabled=False)  # a disabled scaler passes loss and step through
 
 
 def _sync(device: torch.device) -> None:
@@ -133,6 +134,7 @@ def _step(model, loss_fn, optimizer, batch, device, amp_dtype, scaler, clip: flo
     times = {}
     inputs = batch["inputs"].to(device, non_blocking=True)
     moved = {k: batch[k].to(device) for k in ("boxes", "labels", "landmarks", "landmarks_valid")}
+    optimizer.zero_grad(set_to_none=True)  # as the trainer: before the forward
     _sync(device)
     start = time.perf_counter()
     with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -146,7 +148,6 @@ def _step(model, loss_fn, optimizer, batch, device, amp_dtype, scaler, clip: flo
     _sync(device)
     times["matching+loss"] = time.perf_counter() - start
     start = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     _sync(device)
     times["backward"] = time.perf_counter() - start
@@ -235,8 +236,48 @@ def bench_preset(preset: str, batch: int, *, device: torch.device, steps: int, w
     return result
 
 
+def _linear_fit(peaks: dict[int, float]) -> tuple[float, float]:
+    """Least-squares ``peak = fixed + per_image * batch`` over the measured sizes; (fixed, per_image) in bytes."""
+    sizes = sorted(peaks)
+    if len(sizes) < 2:
+        raise ValueError("a fixed + per-image fit needs peaks at two batch sizes at least")
+    mean_b = sum(sizes) / len(sizes)
+    mean_p = sum(peaks[b] for b in sizes) / len(sizes)
+    per_image = sum((b - mean_b) * (peaks[b] - mean_p) for b in sizes) / sum((b - mean_b) ** 2 for b in sizes)
+    return mean_p - per_image * mean_b, per_image
+
+
+def _largest_fitting(measure, fixed: float, per_image: float, limit: float) -> int:
+    """The largest batch whose measured peak is <= `limit` (0 if none): start at the fit's prediction, bracket the
+    boundary in growing steps, then bisect (`measure(size)` -> bytes, or None when out of memory)."""
+
+    def fits(size: int) -> bool:
+        peak = measure(size)
+        return peak is not None and peak <= limit
+
+    guess = max(1, int((limit - fixed) // per_image))
+    step = 1
+    if fits(guess):
+        low, high = guess, guess + 1
+        while fits(high):
+            low, step = high, step * 2
+            high = low + step
+    else:
+        low, high = guess - 1, guess
+        while low >= 1 and not fits(low):
+            high, step = low, step * 2
+            low = high - step
+        low = max(low, 0)
+    while high - low > 1:  # low fits (or is 0), high does not
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
 def memory_sweep(preset: str, sizes: list[int], device: torch.device, args) -> dict:
-    """Peak CUDA memory of one AMP training step per batch size (synthetic 640 inputs); the largest <= 15 GiB."""
+    """Peak CUDA memory of one fp16-AMP training step per batch size (synthetic 640 inputs), and the largest batch
+    whose step stays within 15 GiB: predicted from a fixed + per-image fit, then confirmed by running it and the
+    next size."""
     cfg = _cfg(preset, sizes[0], 0, None)
     model = build_model(cfg).to(device).train()
     if cfg.train.channels_last:
@@ -246,24 +287,42 @@ def memory_sweep(preset: str, sizes: list[int], device: torch.device, args) -> d
     amp_dtype = resolve_amp("fp16", device)  # the T4 setting
     scaler = torch.amp.GradScaler("cuda", enabled=True)
     peaks: dict[int, float | None] = {}
-    for size in sizes:
-        batch = _synthetic_batch(cfg, size, seed=size)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        try:
-            _step(model, loss_fn, optimizer, batch, device, amp_dtype, scaler, cfg.train.grad_clip)
-            peaks[size] = torch.cuda.max_memory_allocated(device) / 2**30
-        except torch.cuda.OutOfMemoryError:
-            peaks[size] = None
-            optimizer.zero_grad(set_to_none=True)
+
+    def measure(size: int) -> float | None:
+        if size not in peaks:
+            batch = _synthetic_batch(cfg, size, seed=size)
             torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            try:
+                _step(model, loss_fn, optimizer, batch, device, amp_dtype, scaler, cfg.train.grad_clip)
+                peaks[size] = float(torch.cuda.max_memory_allocated(device))
+            except torch.cuda.OutOfMemoryError:
+                peaks[size] = None
+                optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+        return peaks[size]
+
+    # a first float32 step creates the SGD momentum buffers (an fp16 step may be skipped by the scaler)
+    _step(model, loss_fn, optimizer, _synthetic_batch(cfg, 1, seed=0), device, None, _NO_SCALER, 0.0)
+    for size in sizes:
+        if measure(size) is None:
             break
-    fitting = [s for s, p in peaks.items() if p is not None and p * 2**30 <= T4_BYTES]
+    measured = {s: p for s, p in peaks.items() if p is not None}
+    if not measured:
+        raise RuntimeError(f"{preset}: one training step of batch {sizes[0]} does not fit on {device}")
+    if len(measured) >= 2:
+        fixed, per_image = _linear_fit(measured)
+    else:
+        (size, peak), fixed = next(iter(measured.items())), 0.0
+        per_image = peak / size
+    largest = _largest_fitting(measure, fixed, per_image, T4_BYTES)
     return {
         "preset": preset,
         "amp": "fp16",
-        "peak_gib": {s: (round(p, 2) if p is not None else "OOM") for s, p in peaks.items()},
-        "largest_batch_in_15gib": max(fitting) if fitting else None,
+        "peak_gib": {s: (round(p / 2**30, 3) if p is not None else "OOM") for s, p in sorted(peaks.items())},
+        "fixed_gib": round(fixed / 2**30, 3),
+        "per_image_gib": round(per_image / 2**30, 3),
+        "largest_batch_in_15gib": largest,
     }
 
 
@@ -292,9 +351,7 @@ def memory_estimate(preset: str, sizes: list[int], amp_dtype: torch.dtype | None
         named = {str(kind).rsplit(".", 1)[-1]: value for kind, value in snapshot.items()}
         peaks[size] = named.pop("Total")
         parts[size] = {kind: round(value / 2**30, 3) for kind, value in named.items() if value >= 2**20}
-    small, large = sorted(peaks)[0], sorted(peaks)[-1]
-    per_image = (peaks[large] - peaks[small]) / (large - small)
-    fixed = peaks[small] - per_image * small
+    fixed, per_image = _linear_fit(peaks)
     return {
         "preset": preset,
         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
@@ -378,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         sweep = memory_sweep("latent-r50", args.mem_sizes, device, args)
         results["memory"] = sweep
         sys.stdout.write(
-            f"latent-r50 fp16 peak GiB per batch: {sweep['peak_gib']}; largest batch in 15 GiB: "
-            f"{sweep['largest_batch_in_15gib']}\n"
+            f"latent-r50 fp16 peak GiB per batch: {sweep['peak_gib']} = {sweep['fixed_gib']} + "
+            f"{sweep['per_image_gib']} per image; largest batch in 15 GiB: {sweep['largest_batch_in_15gib']}\n"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

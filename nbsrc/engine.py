@@ -241,6 +241,7 @@ def train_one_epoch(
             batch = _move_batch(batch, device, channels_last)
             inputs = batch["inputs"]
             targets = normalize_targets(batch, base.image_size(inputs), device=device)
+            optimizer.zero_grad(set_to_none=True)  # before the forward: old gradients do not add to its peak
             with _autocast(device, amp_dtype):
                 outputs = model(inputs)
             parts = loss_fn(outputs, base.anchors(inputs), targets)
@@ -250,7 +251,6 @@ def train_one_epoch(
                     f"non-finite loss at epoch {epoch + 1}, step {step + 1}, on images {list(batch['names'])}: "
                     f"{_loss_summary(parts)}"
                 )
-            optimizer.zero_grad(set_to_none=True)
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
             if scaler is not None and scaler.is_enabled():
                 scaler.scale(loss).backward()

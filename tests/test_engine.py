@@ -5,6 +5,7 @@ naming the batch, and the ancestors' command-line spellings map onto the config.
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -274,3 +275,24 @@ def test_cli_trains_and_resumes_with_published_spellings(demo_root, tmp_path, ca
     code = cli_main(["train", "--weight", str(tmp_path / "broken.pth"), "--preset", "mnet-biubug6", *common, *tiny])
     assert code == 2
     assert "broken.pth" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None, reason="needs a C++ compiler")
+def test_compiled_training_computes_the_eager_loss_and_saves_plain_checkpoints(demo_root, tmp_path):
+    # one step each: its loss depends only on the (seeded) initial weights and the first batch
+    one_step = {"train.epochs": 1, "train.max_steps_per_epoch": 1}
+    eager = fit(tiny_cfg(demo_root, tmp_path, **one_step, **{"train.run_name": "eager"}))
+    compiled = fit(tiny_cfg(demo_root, tmp_path, **one_step, **{"train.run_name": "compiled", "train.compile": True}))
+    losses = [
+        [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "step"] for run in (eager, compiled)
+    ]
+    assert len(losses[0]) == len(losses[1]) == 1
+    assert math.isfinite(losses[1][0])
+    assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-4)
+    a, b = _state(eager / "weight_final.pth"), _state(compiled / "weight_final.pth")
+    assert a.keys() == b.keys()  # no "_orig_mod." prefix: the checkpoint loads into a plain model
+    build_model(tiny_cfg(demo_root, tmp_path)).load_state_dict(b, strict=True)
+    seed_everything(7)  # train.seed: the initial weights of both runs
+    initial = build_model(tiny_cfg(demo_root, tmp_path)).state_dict()
+    moved = [k for k in b if b[k].is_floating_point() and not torch.equal(b[k], initial[k])]
+    assert len(moved) > len(b) // 2  # the compiled backward and optimizer step updated the weights
