@@ -7,7 +7,11 @@
       nbsrc-01-data-inspection/kernel-metadata.json + 01_data_inspection.ipynb
       ... one folder per notebook kernel ...
       nbsrc-code/dataset-metadata.json + nbsrc/ (this package's source) + pyproject.toml, requirements.txt
-      PUSH.md (the kaggle commands)
+      PUSH.md (the kaggle commands, in order)
+
+Everything is checked first (owner, dataset, parameters, notebook sizes) and built in a temporary folder inside
+DIR; the finished folders then replace those of an older build, so a failed build leaves DIR as it was.
+The dataset must be named ``retina-modify``: the notebooks find the attached dataset by that name.
 
 Each notebook has the parameters baked in the way ``papermill --prepare-only`` does (an
 ``injected-parameters`` cell after the ``parameters`` cell), no outputs, and must stay under 1 MB (Kaggle
@@ -24,8 +28,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import re
 import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +46,7 @@ __all__ = [
     "MACHINE_SHAPE",
     "MAX_KERNEL_BYTES",
     "PLACEHOLDER_OWNER",
+    "POLL_SECONDS",
     "KernelSpec",
     "build",
     "code_dataset_metadata",
@@ -59,6 +66,9 @@ PLACEHOLDER_OWNER = "your-kaggle-username"  # owner in the committed metadata; k
 CODE_DATASET_SLUG = paths.CODE_DATASET_SLUG
 _SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,}[a-z0-9]$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]+/[a-z0-9][a-z0-9-]*[a-z0-9]$")
+POLL_SECONDS = 60  # PUSH.md: how often the wait loop asks for a kernel's status
+_DONE_RE = 'has status "[^"]*(complete|error|cancel)'  # `kaggle kernels status` output of a finished run
+_COMPLETE_RE = 'has status "[^"]*complete'
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,21 @@ def _check_owner(owner: str) -> str:
     return owner
 
 
+def _check_dataset(dataset: str | None, owner: str) -> str:
+    """The latent dataset reference, ``OWNER/retina-modify`` (default: `owner`'s)."""
+    if not dataset:
+        return f"{owner}/{paths.DATASET_SLUG}"
+    if not _ID_RE.fullmatch(dataset):
+        raise ValueError(f"dataset {dataset!r}: expected OWNER/{paths.DATASET_SLUG}")
+    if dataset.split("/", 1)[1] != paths.DATASET_SLUG:
+        raise ValueError(
+            f"dataset {dataset!r}: the dataset must be named {paths.DATASET_SLUG} (OWNER/{paths.DATASET_SLUG}), "
+            f"because the notebooks look for the attached dataset by that name; "
+            f"publish it on Kaggle under that name"
+        )
+    return dataset
+
+
 def kernel_metadata(
     notebook: str,
     owner: str,
@@ -117,9 +142,7 @@ def kernel_metadata(
         raise ValueError(f"no Kaggle kernel for notebook {notebook!r} (kernels: {', '.join(KERNELS)})")
     spec = KERNELS[notebook]
     owner = _check_owner(owner)
-    dataset = dataset or f"{owner}/{paths.DATASET_SLUG}"
-    if not _ID_RE.fullmatch(dataset):
-        raise ValueError(f"dataset {dataset!r}: expected OWNER/SLUG")
+    dataset = _check_dataset(dataset, owner)
     return {
         "id": f"{owner}/{spec.slug}",
         "title": spec.title,
@@ -279,15 +302,14 @@ def prepare_notebook(nb: Any, parameters: Mapping[str, Any]) -> Any:
     return nb
 
 
-def _write_notebook(nb: Any, path: Path) -> Path:
+def _notebook_text(nb: Any, where: Path) -> str:
     import nbformat
 
     text = nbformat.writes(nb) + "\n"
     size = len(text.encode())
     if size >= MAX_KERNEL_BYTES:
-        raise ValueError(f"{path}: notebook is {size:,} bytes; Kaggle needs < {MAX_KERNEL_BYTES:,}")
-    atomic_write_text(path, text)
-    return path
+        raise ValueError(f"{where}: notebook is {size:,} bytes; Kaggle needs < {MAX_KERNEL_BYTES:,}")
+    return text
 
 
 def _copy_code(folder: Path) -> None:
@@ -301,6 +323,80 @@ def _copy_code(folder: Path) -> None:
         for name in ("pyproject.toml", "requirements.txt", "README.md"):
             if (root / name).is_file():
                 shutil.copy2(root / name, folder / name)
+
+
+def _push_instructions(owner: str, code_folder: Path, kernels: Mapping[str, Path]) -> tuple[str, list[str]]:
+    """PUSH.md and its commands: the code dataset, then the kernels in order; a kernel that reads another
+    kernel's output is pushed only once that kernel reports complete."""
+    dataset_commands = [
+        f"kaggle datasets create -p {code_folder} --dir-mode zip   # first time; later:",
+        f"kaggle datasets version -p {code_folder} -m 'update nbsrc' --dir-mode zip",
+    ]
+    kernel_commands: list[str] = []
+    notes = []
+    for name, folder in kernels.items():
+        spec = KERNELS[name]
+        guards = []
+        for index, source in enumerate(spec.kernel_sources):
+            ref = f"{owner}/{KERNELS[source].slug}"
+            var = f"state{index + 1}"
+            notes.append(
+                f"`{owner}/{spec.slug}` reads the completed output of `{ref}`: push it only once "
+                f"`kaggle kernels status {ref}` reports complete (pushed earlier, it finds no checkpoint or the "
+                f"previous version's). The loop below asks every {POLL_SECONDS} s until the status is complete or "
+                "error, and the push after it runs only on complete."
+            )
+            kernel_commands += [
+                f"# wait until {ref} has finished (status every {POLL_SECONDS} s)",
+                f'until {var}=$(kaggle kernels status {ref} 2>&1); echo "${var}"; '
+                f"echo \"${var}\" | grep -qiE '{_DONE_RE}'; do sleep {POLL_SECONDS}; done",
+            ]
+            guards.append(f"echo \"${var}\" | grep -qiE '{_COMPLETE_RE}'")
+        push = f"kaggle kernels push -p {folder}"
+        if guards:
+            waited = ", ".join(f"{owner}/{KERNELS[source].slug}" for source in spec.kernel_sources)
+            push = f'if {" && ".join(guards)}; then {push}; else echo "{waited} did not complete: {spec.slug} not pushed"; fi'
+        kernel_commands.append(push)
+    last = [f"{owner}/{KERNELS[name].slug}" for name in list(kernels)[-1:]]
+    follow = [f"kaggle kernels status {ref}" for ref in last]
+    follow += [
+        f"kaggle kernels output {ref} -p runs/kaggle-output/{name}" for ref, name in zip(last, list(kernels)[-1:])
+    ]
+
+    def block(commands: list[str]) -> str:
+        return "```bash\n" + "\n".join(commands) + "\n```\n"
+
+    text = "# Push to Kaggle\n\n"
+    text += "Upload the code dataset every kernel attaches (`create` the first time, `version` after changes):\n\n"
+    text += block(dataset_commands)
+    text += "\nPush the kernels in this order." + "".join(f" {note}" for note in notes) + "\n\n"
+    text += block(kernel_commands)
+    if follow:
+        text += "\nFollow the last kernel and download its output once it is complete:\n\n" + block(follow)
+    return text, dataset_commands + kernel_commands + follow
+
+
+def _install(staging: Path, out: Path, names: Sequence[str]) -> None:
+    """Move ``staging/NAME`` onto ``out/NAME`` for every name, replacing what is there; on an error, put
+    back what was moved so that `out` is as before."""
+    trash = staging / ".replaced"
+    trash.mkdir()
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for name in names:
+            target, old = out / name, None
+            if target.exists() or target.is_symlink():
+                old = trash / name
+                os.replace(target, old)
+            done.append((target, old))
+            os.replace(staging / name, target)
+    except OSError:
+        for target, old in reversed(done):
+            if not (staging / target.name).exists():  # the new one is in place: take it out again
+                os.replace(target, staging / target.name)
+            if old is not None:
+                os.replace(old, target)
+        raise
 
 
 def build(
@@ -326,39 +422,55 @@ def build(
         private: kernel visibility.
 
     Returns:
-        ``{"kernels": {notebook: folder}, "code_dataset": folder, "commands": [...]}``.
+        ``{"kernels": {notebook: folder}, "code_dataset": folder, "push": PUSH.md, "commands": [...]}``.
+
+    Raises:
+        ValueError: a bad owner, dataset, notebook or parameter (before anything is written), or a folder that
+            fails validation (`out` is then left as it was).
     """
     out = Path(out)
+    owner = _check_owner(owner)
+    dataset = _check_dataset(dataset, owner)
     sources = nbrun.select_notebooks(notebooks, nbrun.list_notebooks(notebooks_dir))
     sources = [s for s in sources if s.stem in KERNELS]
     plan = nbrun.plan_parameters(sources, dict(parameters or {}))
-    result: dict[str, Any] = {"kernels": {}, "code_dataset": None, "commands": []}
-    code_folder = out / CODE_DATASET_SLUG
-    code_folder.mkdir(parents=True, exist_ok=True)
-    _copy_code(code_folder)
-    atomic_write_text(code_folder / "dataset-metadata.json", json.dumps(code_dataset_metadata(owner), indent=2) + "\n")
-    validate_dataset_metadata(code_folder / "dataset-metadata.json")
-    result["code_dataset"] = code_folder
-    commands = [
-        f"kaggle datasets create -p {code_folder} --dir-mode zip   # first time; later:",
-        f"kaggle datasets version -p {code_folder} -m 'update nbsrc' --dir-mode zip",
-    ]
+    code_meta = code_dataset_metadata(owner)
+    kernels = {}  # notebook -> (notebook text, metadata)
     for name, nb, params in plan:
-        spec = KERNELS[name]
-        folder = out / spec.slug
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_notebook(prepare_notebook(nb, params), folder / f"{name}.ipynb")
-        meta = kernel_metadata(name, owner, code_file=f"{name}.ipynb", dataset=dataset, private=private)
-        atomic_write_text(folder / "kernel-metadata.json", json.dumps(meta, indent=2) + "\n")
-        validate_kernel_metadata(folder / "kernel-metadata.json")
-        result["kernels"][name] = folder
-        commands.append(f"kaggle kernels push -p {folder}")
-    commands += [f"kaggle kernels status {owner}/{KERNELS[n].slug}" for n, _, _ in plan[-1:]]
-    commands += [f"kaggle kernels output {owner}/{KERNELS[n].slug} -p runs/kaggle-output/{n}" for n, _, _ in plan[-1:]]
-    result["commands"] = commands
-    atomic_write_text(out / "PUSH.md", "# Push to Kaggle\n\n```bash\n" + "\n".join(commands) + "\n```\n")
+        where = out / KERNELS[name].slug / f"{name}.ipynb"
+        text = _notebook_text(prepare_notebook(nb, params), where)
+        kernels[name] = text, kernel_metadata(name, owner, code_file=where.name, dataset=dataset, private=private)
+    folders = {name: out / KERNELS[name].slug for name in kernels}
+    push, commands = _push_instructions(owner, out / CODE_DATASET_SLUG, folders)
+
+    missing = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".kaggle-build-", dir=out))
+    try:
+        code_folder = staging / CODE_DATASET_SLUG
+        code_folder.mkdir()
+        _copy_code(code_folder)
+        atomic_write_text(code_folder / "dataset-metadata.json", json.dumps(code_meta, indent=2) + "\n")
+        validate_dataset_metadata(code_folder / "dataset-metadata.json")
+        for name, (text, meta) in kernels.items():
+            folder = staging / KERNELS[name].slug
+            folder.mkdir()
+            atomic_write_text(folder / meta["code_file"], text)
+            atomic_write_text(folder / "kernel-metadata.json", json.dumps(meta, indent=2) + "\n")
+            validate_kernel_metadata(folder / "kernel-metadata.json")
+        atomic_write_text(staging / "PUSH.md", push)
+        _install(staging, out, [CODE_DATASET_SLUG, *(folder.name for folder in folders.values()), "PUSH.md"])
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     logger.info("Kaggle build written to %s", out)
-    return result
+    return {"kernels": folders, "code_dataset": out / CODE_DATASET_SLUG, "push": out / "PUSH.md", "commands": commands}
 
 
 def write_committed_metadata(

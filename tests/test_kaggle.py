@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,157 @@ def test_cli(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "kaggle kernels push -p" in result.stdout
     kaggle.validate_kernel_metadata(tmp_path / "nbsrc-01-data-inspection" / "kernel-metadata.json")
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"owner": "john.doe"}, r"Kaggle owner 'john\.doe'"),
+        ({"dataset": "someone/wider-latents"}, "must be named retina-modify"),
+        ({"dataset": "no-owner"}, "expected OWNER/retina-modify"),
+        ({"parameters": {"epochs": "many"}}, "epochs"),
+    ],
+    ids=["owner", "dataset-slug", "dataset-id", "parameter"],
+)
+def test_bad_input_writes_nothing(tmp_path, kwargs, message):
+    out = tmp_path / "B"
+    with pytest.raises(ValueError, match=message):
+        kaggle.build(**{"owner": "alice", "out": out, **kwargs})
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kernel_metadata_rejects_another_dataset_slug():
+    with pytest.raises(ValueError, match="dataset 'someone/wider-latents'.*must be named retina-modify"):
+        kaggle.kernel_metadata("01_data_inspection", "alice", code_file="x.ipynb", dataset="someone/wider-latents")
+
+
+def test_failed_build_keeps_the_previous_build(tmp_path, monkeypatch):
+    out = tmp_path / "B"
+    kaggle.build("alice", out, notebooks=["01"], parameters={"smoke": True})
+    before = _tree(out)
+    with pytest.raises(ValueError, match="Kaggle owner"):
+        kaggle.build("john.doe", out, notebooks=["01", "02"])
+    assert _tree(out) == before
+    validate = kaggle.validate_kernel_metadata
+
+    def fail_on_02(path):
+        if "02" in Path(path).parent.name:
+            raise ValueError(f"{path}: broken")
+        return validate(path)
+
+    monkeypatch.setattr(kaggle, "validate_kernel_metadata", fail_on_02)
+    with pytest.raises(ValueError, match="broken"):
+        kaggle.build("alice", out, notebooks=["01", "02"], parameters={"smoke": False})
+    assert _tree(out) == before  # no 02 folder, 01 and the code dataset untouched, no temporary folder left
+    assert sorted(p.name for p in out.iterdir()) == sorted(["PUSH.md", "nbsrc-code", "nbsrc-01-data-inspection"])
+
+
+def test_failed_install_puts_the_previous_build_back(tmp_path, monkeypatch):
+    out = tmp_path / "B"
+    kaggle.build("alice", out, notebooks=["01"], parameters={"smoke": True})
+    (out / "nbsrc-code" / "older.txt").write_text("marks the older code dataset")
+    before = _tree(out)
+    replace = os.replace
+
+    def fail_on_01(src, dst):
+        if Path(dst) == out / "nbsrc-01-data-inspection" and Path(src).parent.name.startswith(".kaggle-build-"):
+            raise OSError(f"cannot move {src}")
+        replace(src, dst)
+
+    monkeypatch.setattr(kaggle.os, "replace", fail_on_01)
+    with pytest.raises(OSError, match="cannot move"):
+        kaggle.build("alice", out, notebooks=["01"], parameters={"smoke": False})
+    monkeypatch.undo()
+    assert _tree(out) == before  # the code dataset moved in before the failure is the older one again
+    assert sorted(p.name for p in out.iterdir()) == sorted(["PUSH.md", "nbsrc-code", "nbsrc-01-data-inspection"])
+
+
+def test_rebuild_replaces_each_folder(tmp_path):
+    out = tmp_path / "B"
+    kaggle.build("alice", out, notebooks=["01"], parameters={"smoke": True})
+    stale = out / "nbsrc-01-data-inspection" / "stale.txt"
+    stale.write_text("from an older build")
+    (out / "unrelated").mkdir()
+    kaggle.build("alice", out, notebooks=["01"], parameters={"smoke": False})
+    assert not stale.exists()
+    notebook = nbformat.read(out / "nbsrc-01-data-inspection" / "01_data_inspection.ipynb", as_version=4)
+    injected = next(c.source for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "smoke = False" in injected
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["PUSH.md", "nbsrc-code", "nbsrc-01-data-inspection", "unrelated"]
+    )
+
+
+def test_cli_rejects_another_dataset_before_writing(tmp_path):
+    out = tmp_path / "B"
+    result = subprocess.run(
+        [sys.executable, "-m", "nbsrc", "kaggle-build", "--owner", "carol", "--dataset", "someone/wider-latents"]
+        + ["--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode != 0
+    assert "must be named retina-modify" in result.stderr
+    assert not out.exists()
+
+
+def _wait_snippet(push: str, kernel: str) -> str:
+    """The PUSH.md line that waits for `kernel`."""
+    lines = [line for line in push.splitlines() if f"kaggle kernels status {kernel}" in line and "sleep 60" in line]
+    assert len(lines) == 1, push
+    return lines[0]
+
+
+def test_push_waits_for_training_before_evaluation(build):
+    out, _ = build
+    push = (out / "PUSH.md").read_text()
+    training = push.index(f"kaggle kernels push -p {out / 'nbsrc-03-training'}")
+    wait = push.index(_wait_snippet(push, "alice/nbsrc-03-training"))
+    evaluation = push.index(f"kaggle kernels push -p {out / 'nbsrc-04-widerface-evaluation'}")
+    assert training < wait < evaluation
+    assert "`kaggle kernels status alice/nbsrc-03-training`" in push  # the command to check by hand
+    pushes = [line for line in push.splitlines() if "kaggle kernels push" in line]
+    assert len(pushes) == 4 and "sleep" not in push[: push.index(pushes[2])]  # 01..03 do not wait
+    assert "kaggle datasets create -p" in push and "kaggle kernels output alice/nbsrc-04" in push
+
+
+@pytest.mark.parametrize(
+    ("statuses", "pushed"),
+    [
+        (['has status "queued"', 'has status "KernelWorkerStatus.RUNNING"', 'has status "complete"'], True),
+        (['has status "running"', 'has status "KernelWorkerStatus.ERROR"'], False),
+    ],
+    ids=["complete", "error"],
+)
+def test_push_wait_loop_polls_until_done(build, tmp_path, statuses, pushed):
+    out, _ = build
+    push = (out / "PUSH.md").read_text()
+    lines = push.splitlines()
+    start = lines.index(_wait_snippet(push, "alice/nbsrc-03-training"))
+    script = "\n".join(lines[start : start + 2])  # the loop and the guarded push of the evaluation kernel
+    assert "nbsrc-04-widerface-evaluation" in lines[start + 1]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    queue = tmp_path / "statuses"
+    queue.write_text("".join(f"alice/nbsrc-03-training {s}\n" for s in statuses))
+    (bin_dir / "kaggle").write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {tmp_path}/calls\n'
+        f'if [ "$2" = status ]; then head -n 1 {queue}; tail -n +2 {queue} > {queue}.rest; mv {queue}.rest {queue}; fi\n'
+    )
+    (bin_dir / "sleep").write_text(f'#!/bin/sh\necho "$1" >> {tmp_path}/sleeps\n')
+    for tool in ("kaggle", "sleep"):
+        (bin_dir / tool).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=30)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls.count("kernels status alice/nbsrc-03-training") == len(statuses)
+    assert (tmp_path / "sleeps").read_text().split() == ["60"] * (len(statuses) - 1)
+    assert any(c.startswith("kernels push") for c in calls) is pushed, result.stdout + result.stderr
+    assert ("did not complete: nbsrc-04-widerface-evaluation not pushed" in result.stdout) is not pushed

@@ -41,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
     )
     lines = [f"code dataset: {result['code_dataset']}"]
     lines += [f"kernel {name}: {folder}" for name, folder in result["kernels"].items()]
-    lines += ["push with:"] + [f"  {command}" for command in result["commands"]]
+    lines += [f"push with ({result['push']}):"] + [f"  {command}" for command in result["commands"]]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
