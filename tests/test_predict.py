@@ -151,3 +151,53 @@ def test_predict_twoclass_rgb_model(demo_root, tmp_path):
     )
     assert len(result.missing) == 8 - 2 and result.num_predictions["face"] + result.num_predictions["person"] > 0
     assert all(0.0 <= result.ap[c][t] <= 1.0 for c in ("face", "person") for t in (0.5, 0.3))
+
+
+def _result_texts(folder):
+    return {p.relative_to(folder): p.read_text() for p in sorted(folder.rglob("*.txt"))}
+
+
+def test_a_prediction_folder_never_mixes_two_models_or_settings(demo_root, latent_detector, tmp_path):
+    cfg = latent_detector.cfg.replace(**{"data.max_images": 3})
+    dataset = build_predict_dataset(cfg, demo_root, "val")
+    folder = tmp_path / "preds"
+    predict_dataset(
+        latent_detector,
+        build_predict_dataset(cfg.replace(**{"data.max_images": 5}), demo_root, "val"),
+        folder,
+        batch_size=4,
+        progress=False,
+    )
+    manifest = json.loads((folder / "predictions.json").read_text())
+    assert len(manifest["names"]) == 5 and len(manifest["settings"]["weights"]) == 40
+
+    # other weights into the same folder: the 5 old files go, the 3 images are predicted again
+    torch.manual_seed(5)
+    other = Detector(build_model(cfg), cfg, "cpu")
+    stats = predict_dataset(other, dataset, folder, batch_size=4, progress=False)
+    assert stats.skipped == 0 and stats.written == 3
+    fresh = tmp_path / "fresh"
+    predict_dataset(other, dataset, fresh, batch_size=4, progress=False)
+    assert _result_texts(folder) == _result_texts(fresh)  # exactly what a clean folder gets, no stale extras
+
+    # same weights and settings: resumed; another threshold: predicted again
+    assert predict_dataset(other, dataset, folder, batch_size=4, progress=False).skipped == 3
+    stricter = predict_dataset(other, dataset, folder, conf=0.5, batch_size=4, progress=False)
+    assert stricter.skipped == 0 and stricter.written == 3
+    assert json.loads((folder / "predictions.json").read_text())["settings"]["conf"] == 0.5
+
+    # resume=False starts over; a folder of result files without a manifest is not trusted
+    assert predict_dataset(other, dataset, folder, conf=0.5, resume=False, progress=False).written == 3
+    (folder / "predictions.json").unlink()
+    assert predict_dataset(other, dataset, folder, conf=0.5, progress=False).written == 3
+
+
+def test_prediction_settings_digest_the_weights_not_the_object(latent_detector):
+    from nbsrc.evaluation.predict import weights_digest
+
+    copy = build_model(latent_detector.cfg)
+    copy.load_state_dict(latent_detector.model.state_dict())
+    assert weights_digest(copy) == weights_digest(latent_detector.model)
+    with torch.no_grad():
+        next(copy.parameters()).view(-1)[0] += 1e-6
+    assert weights_digest(copy) != weights_digest(latent_detector.model)

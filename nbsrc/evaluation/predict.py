@@ -4,13 +4,19 @@ Batches go through the model (AMP on CUDA), decode + NMS run batched on the same
 (`nbsrc.postprocess.postprocess`), and boxes are mapped from the network frame (the 640x640 frame a latent
 describes, or the resized RGB input) back to original-image pixels with each sample's `nbsrc.frame.FrameMap`.
 Files are written atomically to ``<out>/<event>/<basename>.txt`` (2-class models add a ``cls`` column), so a
-run that stops can be resumed: images whose file exists are skipped.
+run that stops can be resumed: images whose file exists are skipped. ``<out>/predictions.json`` records what
+made the files: a digest of the weights, the model and anchor settings, the frame-mapping data settings, the
+dataset folder and rate, the thresholds, and the image names. When a later run into the same folder differs in
+any of these, the old result files are removed and every image is predicted again, so a folder never mixes two
+models' or two settings' detections.
 
 Forward and post-processing are timed separately (ms per image), with CUDA synchronisation around each.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -19,9 +25,19 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["PredictStats", "available_rates", "build_predict_dataset", "predict_dataset", "predict_split"]
+__all__ = [
+    "MANIFEST",
+    "PredictStats",
+    "available_rates",
+    "build_predict_dataset",
+    "predict_dataset",
+    "predict_split",
+]
 
 logger = logging.getLogger(__name__)
+
+MANIFEST = "predictions.json"  # in a prediction folder: what made its result files
+_FRAME_KEYS = ("image_size", "label_frame", "resize_policy", "sizes_csv", "normalize_latents")  # data keys that matter
 
 
 @dataclass
@@ -84,6 +100,90 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-1 of a model's state dict (names, dtypes, shapes and bytes): which weights made a set of predictions."""
+    digest = hashlib.sha1()
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _dataset_digest(dataset) -> str:
+    """SHA-1 of what a dataset's images are read from: its kind, root, rate points and latent normalization
+    statistics (not how many images it holds: one more image changes no other image's detections)."""
+    digest = hashlib.sha1(f"{type(dataset).__name__}:{getattr(dataset, 'root', '')}".encode())
+    rates = sorted({str(getattr(sample, "rate", None)) for sample in getattr(dataset, "samples", ())})
+    digest.update(f"rates:{','.join(rates)};".encode())
+    for rate, stats in sorted((getattr(dataset, "stats", None) or {}).items(), key=lambda kv: str(kv[0])):
+        digest.update(f"{rate}:{stats.fingerprint}:".encode())
+        digest.update(torch.as_tensor(stats.mean).float().numpy().tobytes())
+        digest.update(torch.as_tensor(stats.std).float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _changed_keys(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        logger.warning("%s: unreadable (%s); the folder's predictions count as made with other settings", path, err)
+        return {"settings": {}, "names": []}
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("names"), list):
+        return {"settings": {}, "names": []}
+    return manifest
+
+
+def _prepare_folder(out_dir: Path, settings: dict, names: list[str], resume: bool) -> bool:
+    """Make `out_dir` hold only predictions made with `settings`; returns whether existing files may be kept.
+
+    A folder made with other settings (or with ``resume=False``) loses the result files its manifest lists. A
+    folder without a manifest keeps its files, but none of them is trusted: every image is predicted again.
+    """
+    from nbsrc.evaluation.results import result_path
+    from nbsrc.utils import atomic_write_text
+
+    manifest_path = out_dir / MANIFEST
+    old = _read_manifest(manifest_path)
+    settings = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
+    keep = resume
+    if old is not None and (not resume or old.get("settings") != settings):
+        if resume:
+            changed = _changed_keys(old.get("settings") or {}, settings)
+            logger.warning(
+                "%s: its predictions were made with other %s: removing them and predicting every image again",
+                out_dir,
+                ", ".join(changed) or "settings",
+            )
+        removed = 0
+        for name in old["names"]:
+            path = result_path(out_dir, name)
+            if path.is_file():
+                path.unlink()
+                removed += 1
+        for folder in sorted({result_path(out_dir, n).parent for n in old["names"]}, reverse=True):
+            if folder != out_dir and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if removed:
+            logger.info("%s: %d old result files removed", out_dir, removed)
+        keep = False
+    elif old is None and resume and any(result_path(out_dir, n).is_file() for n in names):
+        logger.warning(
+            "%s: result files without %s (settings unknown): predicting every image again", out_dir, MANIFEST
+        )
+        keep = False
+    if keep and old is not None:  # the same settings: earlier images stay listed
+        names = list(dict.fromkeys([*old["names"], *names]))
+    atomic_write_text(manifest_path, json.dumps({"settings": settings, "names": names}) + "\n")
+    return keep
+
+
 def predict_dataset(
     detector,
     dataset,
@@ -113,7 +213,8 @@ def predict_dataset(
         batch_size: images per forward pass.
         num_workers: DataLoader workers.
         amp: float16 autocast on CUDA.
-        resume: skip images whose result file exists.
+        resume: skip images whose result file exists and was made with the same weights and settings
+            (``predictions.json``); False removes the folder's earlier predictions and starts again.
         progress: show a progress bar.
         decimals: decimals of the written coordinates.
     Returns:
@@ -129,7 +230,28 @@ def predict_dataset(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = list(dataset.names)
+    names = [str(n) for n in dataset.names]
+    model, cfg, device = detector.model, detector.cfg, detector.device
+    e = cfg.eval
+    top_k = e.top_k if top_k is None else top_k
+    keep_top_k = e.keep_top_k if keep_top_k is None else keep_top_k
+    two_class = getattr(model, "num_classes", 2) > 2
+    use_amp = amp and device.type == "cuda"
+    config = cfg.to_dict()
+    settings = {
+        "weights": weights_digest(model),
+        "model": config["model"],
+        "anchors": config["anchors"],
+        "data": {k: config["data"][k] for k in _FRAME_KEYS},
+        "dataset": _dataset_digest(dataset),
+        "conf": conf,
+        "nms": nms,
+        "top_k": top_k,
+        "keep_top_k": keep_top_k,
+        "amp": use_amp,
+        "decimals": decimals,
+    }
+    resume = _prepare_folder(out_dir, settings, names, resume)
     todo = [i for i, n in enumerate(names) if not (resume and result_path(out_dir, n).is_file())]
     stats = PredictStats(out_dir=out_dir, images=len(names), skipped=len(names) - len(todo))
     if stats.skipped:
@@ -137,12 +259,6 @@ def predict_dataset(
     if not todo:
         return stats
 
-    model, cfg, device = detector.model, detector.cfg, detector.device
-    e = cfg.eval
-    top_k = e.top_k if top_k is None else top_k
-    keep_top_k = e.keep_top_k if keep_top_k is None else keep_top_k
-    two_class = getattr(model, "num_classes", 2) > 2
-    use_amp = amp and device.type == "cuda"
     loader = DataLoader(
         Subset(dataset, todo),
         batch_size=batch_size,
