@@ -9,6 +9,8 @@ For each selected notebook, in order, the runner
    keys; here an undeclared key, or a value of the wrong type, is a `ValueError` before anything runs);
 3. executes it through the papermill API with kernel ``python3``, working directory = the run folder, and
    ``run_dir`` = the run folder (so notebooks hand artifacts to each other through files, not globals);
+   relative path parameters and ``pretrained='auto'`` (`resolve_auto_pretrained`) are resolved from the
+   invoking directory first, and the metrics file an earlier run left for the notebook is removed;
 4. writes ``<out>/NN_name.ipynb`` (executed) and ``<out>/NN_name.html`` (nbconvert export), and
    ``<out>/summary.json`` with status, duration and the metrics each notebook saved with
    `nbsrc.paths.save_metrics`.
@@ -28,6 +30,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -54,6 +57,7 @@ __all__ = [
     "parse_parameters_cell",
     "plan_parameters",
     "read_notebook",
+    "resolve_auto_pretrained",
     "select_notebooks",
     "run_notebooks",
 ]
@@ -241,8 +245,25 @@ def parse_param_pairs(pairs: Sequence[Sequence[str]]) -> dict[str, Any]:
     return params
 
 
+_INT_LITERAL = re.compile(r"[+-]?\d+")
+_FLOAT_LITERAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _number_from_string(value: str, allowed: set[str]) -> int | float | None:
+    """`value` as an int (an integral literal, for ``int``) or a float (``1e-3``, for ``float``); else None.
+
+    YAML 1.1 reads exponent notation without a dot (``1e-3``) as a string."""
+    text = value.strip()
+    if "int" in allowed and _INT_LITERAL.fullmatch(text):
+        return int(text)
+    if "float" in allowed and _FLOAT_LITERAL.fullmatch(text):
+        return float(text)
+    return None
+
+
 def _coerce(notebook: str, param: NotebookParameter, value: Any) -> Any:
-    """Check `value` against the declared annotation; ints become floats and numbers strings where declared."""
+    """Check `value` against the declared annotation; ints become floats, numbers strings and numeric strings
+    numbers where declared."""
     allowed = {t.strip() for t in param.type_name.replace("Optional[", "").replace("]", "").split("|")}
     known = {"bool", "int", "float", "str"}
     if not allowed & known:  # no or unusual annotation: pass through
@@ -272,6 +293,9 @@ def _coerce(notebook: str, param: NotebookParameter, value: Any) -> Any:
     elif isinstance(value, str):
         if "str" in allowed:
             return value
+        number = _number_from_string(value, allowed)
+        if number is not None:
+            return number
     raise ValueError(
         f"notebook {notebook}: parameter {param.name!r} expects {expected}, got {type(value).__name__} {value!r}"
     )
@@ -339,21 +363,57 @@ def plan_parameters(
     return plan
 
 
-_PATH_PARAMETER_SUFFIXES = ("_root", "_dir", "_labels", "checkpoint", "weight")
+_PATH_PARAMETER_SUFFIXES = ("_root", "_dir", "_labels", "checkpoint", "weight", "pretrained")
+_PRETRAINED_KEYWORDS = ("auto", "none", "imagenet")  # values of ``model.pretrained`` that are not paths
 
 
 def absolute_paths(params: Mapping[str, Any], cwd: str | Path | None = None) -> dict[str, Any]:
-    """Path parameters (names ending in ``_root``, ``_dir``, ``_labels``, ``checkpoint``, ``weight``) given
-    relative to `cwd` (default: the working directory) and existing there, made absolute: notebooks run
-    with the run folder as their working directory."""
+    """Path parameters (names ending in ``_root``, ``_dir``, ``_labels``, ``checkpoint``, ``weight``,
+    ``pretrained``; for ``pretrained`` not its keywords ``auto``, ``none``, ``imagenet``) given relative to `cwd`
+    (default: the working directory) and existing there, made absolute: notebooks run with the run folder as
+    their working directory."""
     base = Path(cwd) if cwd is not None else Path.cwd()
     out = dict(params)
     for key, value in params.items():
+        if key.endswith("pretrained") and value in _PRETRAINED_KEYWORDS:
+            continue
         if isinstance(value, str) and value and key.endswith(_PATH_PARAMETER_SUFFIXES):
             path = Path(value).expanduser()
             if not path.is_absolute() and (base / path).exists():
                 out[key] = str((base / path).resolve())
     return out
+
+
+def resolve_auto_pretrained(params: Mapping[str, Any], declared: Mapping[str, NotebookParameter]) -> dict[str, Any]:
+    """`params` with ``pretrained='auto'`` (given or the declared default) replaced by the absolute path of the
+    ImageNet MobileNet file when the auto search (`nbsrc.paths.resolve_pretrained`) run from the working
+    directory finds one for the backbone of the ``preset`` and ``overrides`` parameters; a notebook would
+    search ``./weights`` inside the run folder. Otherwise `params` unchanged."""
+    import ast
+
+    from nbsrc.config import get_preset
+
+    if "pretrained" not in declared or "preset" not in declared:
+        return dict(params)
+    values: dict[str, Any] = {}
+    for key in ("pretrained", "preset", "overrides"):
+        if key in declared:
+            try:
+                values[key] = ast.literal_eval(declared[key].default)
+            except (ValueError, SyntaxError):  # not a literal: leave it to the notebook
+                values[key] = None
+    values.update(params)
+    if values["pretrained"] != "auto" or not isinstance(values["preset"], str):
+        return dict(params)
+    try:
+        cfg = get_preset(values["preset"]).override_pairs(str(values.get("overrides") or "").split())
+    except (ValueError, TypeError):  # the notebook reports it
+        return dict(params)
+    found = paths.resolve_pretrained("auto", cfg.model.backbone)
+    if found == "auto":
+        return dict(params)
+    logger.info("pretrained='auto' resolved to %s (searched from %s)", found, Path.cwd())
+    return {**params, "pretrained": found}
 
 
 # ---- execution ----------------------------------------------------------------------------------
@@ -464,6 +524,14 @@ def _export_html(nb: Any, path: Path) -> Path:
     return path
 
 
+def _remove_metrics(run_dir: Path, name: str) -> None:
+    """Delete the metrics file an earlier run left for notebook `name` (see `nbsrc.paths.save_metrics`)."""
+    stale = run_dir / "metrics" / f"{name}.json"
+    if stale.is_file():
+        logger.info("removing %s of an earlier run", stale)
+        stale.unlink()
+
+
 def _image_count(nb: Any) -> int:
     return sum(
         1
@@ -510,7 +578,7 @@ def run_notebooks(
     run_dir.mkdir(parents=True, exist_ok=True)
     sources = select_notebooks(names, list_notebooks(notebooks_dir))
     plan = [
-        (name, nb, absolute_paths(params))
+        (name, nb, absolute_paths(resolve_auto_pretrained(params, declared_parameters(nb, name))))
         for name, nb, params in plan_parameters(sources, dict(parameters or {}), run_dir)
     ]
     summary: dict[str, Any] = {"run_dir": str(run_dir), "status": "running", "notebooks": []}
@@ -523,6 +591,7 @@ def run_notebooks(
             entry["status"] = "skipped"
             continue
         output = run_dir / f"{name}.ipynb"
+        _remove_metrics(run_dir, name)  # only what this execution saves is reported
         logger.info("running notebook %s -> %s", name, output)
         t0 = time.perf_counter()
         executed = None

@@ -196,3 +196,113 @@ def test_relative_path_parameters_become_absolute(tmp_path):
     assert fixed["dataset_root"] == str((tmp_path / "data").resolve())
     assert fixed["gt_dir"] == "missing" and fixed["split"] == "data"  # absent paths and non-path names stay
     assert fixed["checkpoint"] is None and fixed["epochs"] == 2
+
+
+def test_numbers_in_exponent_notation_are_accepted(tmp_path):
+    pairs = nbrun.parse_param_pairs([["lr", "1e-3"], ["wd", "5E-4"], ["epochs", "12"]])
+    assert pairs["lr"] == "1e-3"  # YAML 1.1 reads exponent notation without a dot as a string
+    path = tmp_path / "params.yaml"
+    path.write_text("lr: 1e-3\n")
+    declared = {
+        "lr": nbrun.NotebookParameter("lr", "float", "0.001", ""),
+        "wd": nbrun.NotebookParameter("wd", "float | None", "None", ""),
+        "epochs": nbrun.NotebookParameter("epochs", "int", "1", ""),
+        "name": nbrun.NotebookParameter("name", "str | None", "None", ""),
+    }
+    checked = nbrun.check_parameters("nb", declared, {**pairs, **nbrun.load_params_file(path)})
+    assert checked == {"lr": 0.001, "wd": 0.0005, "epochs": 12}
+    assert isinstance(checked["lr"], float)
+    assert nbrun.check_parameters("nb", declared, {"epochs": "7", "name": "1e-3"}) == {"epochs": 7, "name": "1e-3"}
+    for key, value in [("lr", "fast"), ("lr", "1e-3x"), ("epochs", "1e3"), ("epochs", "2.5"), ("wd", "nan")]:
+        with pytest.raises(ValueError, match=f"parameter '{key}' expects .*, got str '{value}'"):
+            nbrun.check_parameters("nb", declared, {key: value})
+
+
+def test_pretrained_path_becomes_absolute_but_keywords_stay(tmp_path):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "backbone.tar").write_bytes(b"")
+    for keyword in ("auto", "none", "imagenet"):
+        (tmp_path / keyword).write_bytes(b"")  # a file named like a keyword is still the keyword
+        assert nbrun.absolute_paths({"pretrained": keyword}, cwd=tmp_path) == {"pretrained": keyword}
+    fixed = nbrun.absolute_paths({"pretrained": "weights/backbone.tar"}, cwd=tmp_path)
+    assert fixed == {"pretrained": str((tmp_path / "weights" / "backbone.tar").resolve())}
+
+
+@pytest.fixture()
+def mobilenet_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory whose ``weights/`` holds the ImageNet MobileNet file (and an empty torch hub cache)."""
+    from nbsrc.model.build import MOBILENET_FILE
+
+    cwd = tmp_path / "cwd"
+    (cwd / "weights").mkdir(parents=True)
+    (cwd / "weights" / MOBILENET_FILE).write_bytes(b"")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.chdir(cwd)
+    return (cwd / "weights" / MOBILENET_FILE).resolve()
+
+
+def test_auto_pretrained_is_searched_from_the_working_directory(mobilenet_in_cwd):
+    declared = {
+        "preset": nbrun.NotebookParameter("preset", "str", '"latent-mnet"', ""),
+        "pretrained": nbrun.NotebookParameter("pretrained", "str", '"auto"', ""),
+        "overrides": nbrun.NotebookParameter("overrides", "str", '""', ""),
+    }
+    found = str(mobilenet_in_cwd)
+    assert nbrun.resolve_auto_pretrained({}, declared) == {"pretrained": found}  # the declared default 'auto'
+    assert nbrun.resolve_auto_pretrained({"pretrained": "auto", "epochs": 2}, declared) == {
+        "pretrained": found,
+        "epochs": 2,
+    }
+    for params in (
+        {"pretrained": "none"},  # not auto
+        {"preset": "latent-r18"},  # a ResNet backbone: torchvision's weights, not this file
+        {"overrides": "model.backbone=resnet18"},
+        {"preset": "no-such-preset"},  # the notebook reports it
+    ):
+        assert nbrun.resolve_auto_pretrained(params, declared) == params
+    assert nbrun.resolve_auto_pretrained({}, {"preset": declared["preset"]}) == {}  # no pretrained parameter
+    mobilenet_in_cwd.unlink()
+    assert nbrun.resolve_auto_pretrained({}, declared) == {}  # nothing found: the notebook keeps 'auto'
+
+
+PRETRAINED = (
+    HEADER
+    + """
+# %%
+from nbsrc import paths
+
+# %% tags=["parameters"]
+preset: str = "latent-mnet"  # model preset
+pretrained: str = "auto"  # ImageNet backbone
+run_dir: str | None = None  # run folder
+
+# %%
+paths.save_metrics(run_dir, "01_pretrained", {"pretrained": pretrained})
+"""
+)
+
+
+def test_run_passes_auto_pretrained_found_from_the_working_directory(mobilenet_in_cwd, tmp_path):
+    folder = tmp_path / "nbs_pretrained"
+    folder.mkdir()
+    (folder / "01_pretrained.py").write_text(PRETRAINED)
+    summary = nbrun.run_notebooks(None, {}, tmp_path / "run", notebooks_dir=folder, html=False)
+    assert summary["notebooks"][0]["parameters"]["pretrained"] == str(mobilenet_in_cwd)
+    assert summary["notebooks"][0]["metrics"] == {"pretrained": str(mobilenet_in_cwd)}
+
+
+def test_failed_notebook_reports_no_stale_metrics(notebooks_dir, tmp_path):
+    from nbsrc import paths
+
+    out = tmp_path / "run"
+    (out / "value.txt").parent.mkdir(parents=True)
+    (out / "value.txt").write_text("6")
+    paths.save_artifact(out, "value", out / "value.txt")
+    paths.save_metrics(out, "02_use", {"read": 999})  # left by an earlier run into the same folder
+    with pytest.raises(nbrun.NotebookExecutionError):
+        nbrun.run_notebooks(["02"], {"fail": True}, out, notebooks_dir=notebooks_dir, html=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["notebooks"][0]["status"] == "failed"
+    assert summary["notebooks"][0]["metrics"] == {}
+    assert paths.load_metrics(out, "02_use") is None
