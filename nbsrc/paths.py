@@ -54,6 +54,7 @@ KAGGLE_INPUT = Path("/kaggle/input")  # read-only mounts of attached datasets an
 KAGGLE_WORKING = Path("/kaggle/working")  # writable, kept as kernel output (20 GB)
 DATASET_SLUG = "retina-modify"  # the JPEG AI latent WIDER FACE dataset
 CODE_DATASET_SLUG = "nbsrc-code"  # the dataset carrying this package's source on Kaggle
+TRAINING_KERNEL_SLUG = "nbsrc-03-training"  # the training notebook's kernel: its output holds the checkpoints
 DEMO = "demo"  # dataset_root value that always means the demo dataset
 DEMO_IMAGES = 48  # images per split of the on-demand demo dataset
 SMOKE_DEMO_IMAGES = 8  # images per split of the on-demand demo dataset in smoke runs
@@ -329,7 +330,8 @@ def resolve_checkpoint(checkpoint: str | Path | None, run_dir: str | Path | None
 
     Order: the explicit `checkpoint` (must exist); the ``checkpoint`` artifact of `run_dir` (written by the
     training notebook); on Kaggle, a ``best.pth`` / ``weight_final.pth`` / ``last.pth`` in the input mount
-    (an attached training kernel's output). Returns None when nothing is found.
+    (the attached training kernel's output first, the latest run's when it holds several; then any attached
+    input, up to 7 folders deep). Returns None when nothing is found.
     """
     if checkpoint is not None and str(checkpoint) != "":
         return resolve_optional_path(checkpoint, "checkpoint")
@@ -340,8 +342,12 @@ def resolve_checkpoint(checkpoint: str | Path | None, run_dir: str | Path | None
                 raise FileNotFoundError(f"{Path(run_dir) / 'artifacts.json'}: checkpoint {recorded} no longer exists")
             return recorded
     if on_kaggle():
-        for name in _CHECKPOINT_NAMES:
-            found = find_kaggle_file(name)
-            if found:
-                return found[0]
+        kernel = find_kaggle_dataset(TRAINING_KERNEL_SLUG)  # /kaggle/input/<slug> or .../notebooks/<owner>/<slug>
+        searches = [kernel.rglob] if kernel is not None else []
+        searches.append(lambda name: find_kaggle_file(name, max_depth=7))
+        for search in searches:
+            for name in _CHECKPOINT_NAMES:
+                found = list(search(name))
+                if found:  # the latest run's (run folders end in their start time)
+                    return max(found, key=lambda path: (path.stat().st_mtime, str(path)))
     return None

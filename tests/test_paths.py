@@ -3,6 +3,7 @@ torch hub cache, and on Kaggle an attached dataset; other values and ResNet back
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -46,3 +47,34 @@ def test_other_values_and_backbones_pass_through(no_pretrained_files, value, bac
     (no_pretrained_files / "weights").mkdir()
     shutil.copyfile(shared_path(PRETRAIN), no_pretrained_files / PRETRAIN)
     assert paths.resolve_pretrained(value, backbone) == value
+
+
+def _touch(path, mtime):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+@pytest.mark.parametrize("mount", ["nbsrc-03-training", "notebooks/alice/nbsrc-03-training"])
+def test_on_kaggle_the_training_kernels_latest_checkpoint_is_found(tmp_path, monkeypatch, mount):
+    from nbsrc import kaggle
+
+    assert kaggle.KERNELS["03_training"].slug == paths.TRAINING_KERNEL_SLUG
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    monkeypatch.setattr(paths, "KAGGLE_INPUT", tmp_path)
+    _touch(tmp_path / "retina-modify" / "val" / "best.pth", 3000)  # not the training kernel's
+    runs = tmp_path / mount / "notebooks" / "train"  # the kernel's /kaggle/working, 6 folders deep when nested
+    _touch(runs / "latent-r18-20261201-080000" / "best.pth", 1000)
+    latest = _touch(runs / "latent-r18-20261202-090000" / "best.pth", 2000)
+    _touch(runs / "latent-r18-20261202-090000" / "last.pth", 2500)
+    assert paths.resolve_checkpoint(None) == latest
+
+
+def test_on_kaggle_other_inputs_are_searched_seven_folders_deep(tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    monkeypatch.setattr(paths, "KAGGLE_INPUT", tmp_path)
+    deep = _touch(tmp_path / "models" / "alice" / "retina" / "pytorch" / "v1" / "1" / "run" / "weight_final.pth", 1)
+    assert paths.resolve_checkpoint(None) == deep
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
+    assert paths.resolve_checkpoint(None) is None  # off Kaggle nothing is searched
