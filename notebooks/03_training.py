@@ -107,7 +107,8 @@ display(viz.Table(viz.epoch_rows(epochs_done), "per epoch"))
 
 # %%
 detector = Detector.from_checkpoint(checkpoint, device=device)
-val_set = build_dataset(detector.cfg.replace(dataset_root=str(root), max_images=max_images), "val", train=False)
+val_cfg = detector.cfg.replace(dataset_root=str(root), max_images=max_images)
+val_set = build_dataset(val_cfg, val_cfg.data.val_split, train=False)
 samples = [val_set[i] for i in range(min(2 if smoke else gallery, len(val_set)))]
 items = viz.detection_items(detector, samples, conf=conf_thresh)
 fig = viz.detection_gallery(items, save=plots / "val_detections.png")

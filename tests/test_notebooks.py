@@ -89,3 +89,14 @@ def test_smoke_run_of_every_notebook(demo_root, tmp_path):
         assert entry["metrics"], f"{entry['name']} saved no metrics"
         assert Path(entry["html"]).is_file()
     assert (out / "artifacts.json").is_file()  # the checkpoint handed from training to evaluation
+
+
+@pytest.mark.notebooks
+def test_training_notebook_uses_the_configured_validation_split(demo_root, tmp_path):
+    root = tmp_path / "data"  # the demo dataset with its val split named "valid"
+    root.mkdir()
+    for entry in demo_root.iterdir():
+        (root / ("valid" if entry.name == "val" else entry.name)).symlink_to(entry)
+    params = {"smoke": True, "dataset_root": str(root), "overrides": "data.val_split=valid"}
+    summary = nbrun.run_notebooks(["03_training"], params, tmp_path / "run")
+    assert summary["status"] == "ok", summary["notebooks"][0].get("error")
