@@ -113,7 +113,8 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def _set_data_epoch(loader: Any, epoch: int, seed: int) -> None:
-    """Make the training order a function of (seed, epoch) only, so a resumed run sees the same batches."""
+    """Make the training order (and, with `nbsrc.data.loaders.SeededSampler`, the augmentation) a function of
+    (seed, epoch) only, so a resumed run sees the same batches."""
     sampler = getattr(loader, "sampler", None)
     epoch_seed = seed * 100003 + epoch
     generator = getattr(loader, "generator", None)
@@ -641,7 +642,7 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
             raise ValueError(f"{t.resume}: holds no training state to resume from (use train.weight to initialise)")
         load_state_dict_strict(model, checkpoint["model"], str(t.resume))
         optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint.get("scaler") is not None:
+        if scaler.is_enabled() and checkpoint.get("scaler"):  # a run without fp16 saved an empty state
             scaler.load_state_dict(checkpoint["scaler"])
         if checkpoint.get("scheduler") is not None:
             state = dict(checkpoint["scheduler"])

@@ -85,3 +85,34 @@ def test_two_process_gloo_training(demo_root, tmp_path):
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1]
     # images are counted over all processes: 2 steps x 1 image x 2 processes
     assert [r["train_images"] for r in records if r["kind"] == "epoch"] == [4]
+
+
+def test_resumed_two_process_run_equals_the_uninterrupted_one(demo_root, tmp_path):
+    # RGB with augmentation: each rank's samples are augmented from (seed, epoch, index), so the ranks' random
+    # streams, which a checkpoint does not hold beyond rank 0's, do not matter
+    common = {
+        "model.pretrained": "none",
+        "model.out_channels": 16,
+        "data.dataset_root": str(demo_root),
+        "data.image_size": 128,
+        "data.num_workers": 0,
+        "data.max_images": 4,
+        "train.batch_size": 1,
+        "train.max_steps_per_epoch": 2,
+        "train.lr": 0.01,
+        "train.device": "cpu",
+        "train.wandb": "disabled",
+        "train.progress": False,
+        "train.out": str(tmp_path / "runs"),
+    }
+    full = get_preset("mnet-biubug6", **common, **{"train.epochs": 2, "train.run_name": "full"})
+    spawn(_worker, 2, (full.to_dict(), str(tmp_path)))
+    first = get_preset("mnet-biubug6", **common, **{"train.epochs": 1, "train.run_name": "split"})
+    spawn(_worker, 2, (first.to_dict(), str(tmp_path)))
+    last = tmp_path / "runs" / "split" / "last.pth"
+    resumed = get_preset("mnet-biubug6", **common, **{"train.epochs": 2, "train.resume": str(last)})
+    spawn(_worker, 2, (resumed.to_dict(), str(tmp_path)))
+    a = load_checkpoint(tmp_path / "runs" / "full" / "weight_final.pth")["model"]
+    b = load_checkpoint(tmp_path / "runs" / "split" / "weight_final.pth")["model"]
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"

@@ -98,6 +98,17 @@ def test_resume_gives_the_same_weights(uninterrupted, demo_root, tmp_path):
     assert load_checkpoint(resumed / "last.pth")["step"] == 4
 
 
+def test_worker_processes_and_resuming_change_nothing(uninterrupted, demo_root, tmp_path):
+    # Augmentation is seeded per sample from (seed, epoch, index): persistent workers, which live across
+    # epochs, and a resumed run draw what the single-process uninterrupted run drew.
+    workers = {"data.num_workers": 1}
+    first = fit(tiny_cfg(demo_root, tmp_path, **workers, **{"train.epochs": 1, "train.run_name": "w1"}))
+    resumed = fit(
+        tiny_cfg(demo_root, tmp_path, **workers, **{"train.epochs": 2, "train.resume": str(first / "last.pth")})
+    )
+    _assert_same_state(_state(uninterrupted / "weight_final.pth"), _state(resumed / "weight_final.pth"))
+
+
 def test_freeze_backbone_freezes_the_pruned_resnet(demo_root, tmp_path):
     latent = {"train.epochs": 1, "train.freeze_backbone": True, "train.run_name": "f", "data.image_size": 640}
     latent.update({"model.bridge": "nearest", "train.max_steps_per_epoch": 1, "data.max_images": 2})
@@ -296,3 +307,15 @@ def test_compiled_training_computes_the_eager_loss_and_saves_plain_checkpoints(d
     initial = build_model(tiny_cfg(demo_root, tmp_path)).state_dict()
     moved = [k for k in b if b[k].is_floating_point() and not torch.equal(b[k], initial[k])]
     assert len(moved) > len(b) // 2  # the compiled backward and optimizer step updated the weights
+
+
+def test_an_fp16_run_resumes_a_checkpoint_saved_without_fp16(demo_root, tmp_path, monkeypatch):
+    # a bf16 or float32 run saves an empty GradScaler state; resumed where amp means fp16 (a T4), it continues
+    import nbsrc.engine as engine
+
+    first = fit(tiny_cfg(demo_root, tmp_path, **{"train.epochs": 1, "train.run_name": "fp32"}))
+    assert load_checkpoint(first / "last.pth")["scaler"] == {}
+    monkeypatch.setattr(engine, "resolve_amp", lambda amp, device: torch.float16)
+    resumed = fit(tiny_cfg(demo_root, tmp_path, **{"train.epochs": 2, "train.resume": str(first / "last.pth")}))
+    scaler = load_checkpoint(resumed / "last.pth")["scaler"]
+    assert scaler and scaler["scale"] > 0  # the fp16 run's scaler state is saved from then on
