@@ -14,6 +14,7 @@ the notebook process itself never touches CUDA (a CUDA context created before fo
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import socket
@@ -29,6 +30,10 @@ import torch
 import torch.distributed as dist
 
 from nbsrc.config import Config
+
+# The other ranks wait at a barrier while rank 0 validates on the whole split and writes checkpoints: a large
+# validation set can take longer than the default 10 minutes of a collective.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=60)
 
 __all__ = [
     "DistInfo",
@@ -116,7 +121,9 @@ def init_distributed(device: torch.device | str = "cpu") -> DistInfo:
         torch.cuda.set_device(local_rank)
     if not is_distributed():
         backend = "nccl" if on_cuda else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size)
+        dist.init_process_group(
+            backend=backend, init_method="env://", rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT
+        )
         logger.info("process group: rank %d of %d (%s)", rank, world_size, backend)
     if rank != 0:
         logging.getLogger("nbsrc").setLevel(logging.WARNING)

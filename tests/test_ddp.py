@@ -48,6 +48,20 @@ def test_single_process_needs_no_process_group(monkeypatch):
     assert init_distributed("cpu") == DistInfo(rank=0, world_size=1, local_rank=0)
 
 
+def test_process_group_waits_out_a_long_rank0_validation(monkeypatch):
+    import datetime
+
+    import nbsrc.distributed as distributed
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(distributed, "is_distributed", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: calls.append(kwargs))
+    assert init_distributed("cpu") == DistInfo(rank=0, world_size=2, local_rank=0)
+    assert calls[0]["backend"] == "gloo" and calls[0]["timeout"] >= datetime.timedelta(minutes=30)
+
+
 def test_two_process_gloo_training(demo_root, tmp_path):
     cfg = get_preset(
         "latent-r18",
