@@ -113,7 +113,7 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def _set_data_epoch(loader: Any, epoch: int, seed: int) -> None:
-    """Make the training order (and, with `nbsrc.data.loaders.SeededSampler`, the augmentation) a function of
+    """Make the training order (and, with `nbsrc.data.seeding.SeededSampler`, the augmentation) a function of
     (seed, epoch) only, so a resumed run sees the same batches."""
     sampler = getattr(loader, "sampler", None)
     epoch_seed = seed * 100003 + epoch

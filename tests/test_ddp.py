@@ -62,26 +62,28 @@ def test_process_group_waits_out_a_long_rank0_validation(monkeypatch):
     assert calls[0]["backend"] == "gloo" and calls[0]["timeout"] >= datetime.timedelta(minutes=30)
 
 
+def _cfg(preset: str, demo_root, tmp_path, **overrides):
+    """Two small steps per epoch of batch 1 on the demo data, on the CPU, writing under ``tmp_path/runs``."""
+    small = {
+        "model.pretrained": "none",
+        "model.out_channels": 16,
+        "data.dataset_root": str(demo_root),
+        "data.num_workers": 0,
+        "data.max_images": 4,
+        "train.batch_size": 1,
+        "train.epochs": 1,
+        "train.max_steps_per_epoch": 2,
+        "train.lr": 0.01,
+        "train.device": "cpu",
+        "train.wandb": "disabled",
+        "train.progress": False,
+        "train.out": str(tmp_path / "runs"),
+    }
+    return get_preset(preset, **{**small, **overrides})
+
+
 def test_two_process_gloo_training(demo_root, tmp_path):
-    cfg = get_preset(
-        "latent-r18",
-        **{
-            "model.pretrained": "none",
-            "model.out_channels": 16,
-            "data.dataset_root": str(demo_root),
-            "data.num_workers": 0,
-            "data.max_images": 4,
-            "train.batch_size": 1,
-            "train.epochs": 1,
-            "train.max_steps_per_epoch": 2,
-            "train.lr": 0.01,
-            "train.device": "cpu",
-            "train.wandb": "disabled",
-            "train.progress": False,
-            "train.out": str(tmp_path / "runs"),
-            "train.run_name": "ddp",
-        },
-    )
+    cfg = _cfg("latent-r18", demo_root, tmp_path, **{"train.run_name": "ddp"})
     spawn(_worker, 2, (cfg.to_dict(), str(tmp_path)))
     rank0 = torch.load(tmp_path / "rank0.pt")
     rank1 = torch.load(tmp_path / "rank1.pt")
@@ -104,27 +106,13 @@ def test_two_process_gloo_training(demo_root, tmp_path):
 def test_resumed_two_process_run_equals_the_uninterrupted_one(demo_root, tmp_path):
     # RGB with augmentation: each rank's samples are augmented from (seed, epoch, index), so the ranks' random
     # streams, which a checkpoint does not hold beyond rank 0's, do not matter
-    common = {
-        "model.pretrained": "none",
-        "model.out_channels": 16,
-        "data.dataset_root": str(demo_root),
-        "data.image_size": 128,
-        "data.num_workers": 0,
-        "data.max_images": 4,
-        "train.batch_size": 1,
-        "train.max_steps_per_epoch": 2,
-        "train.lr": 0.01,
-        "train.device": "cpu",
-        "train.wandb": "disabled",
-        "train.progress": False,
-        "train.out": str(tmp_path / "runs"),
-    }
-    full = get_preset("mnet-biubug6", **common, **{"train.epochs": 2, "train.run_name": "full"})
+    common = {"data.image_size": 128}
+    full = _cfg("mnet-biubug6", demo_root, tmp_path, **common, **{"train.epochs": 2, "train.run_name": "full"})
     spawn(_worker, 2, (full.to_dict(), str(tmp_path)))
-    first = get_preset("mnet-biubug6", **common, **{"train.epochs": 1, "train.run_name": "split"})
+    first = _cfg("mnet-biubug6", demo_root, tmp_path, **common, **{"train.run_name": "split"})
     spawn(_worker, 2, (first.to_dict(), str(tmp_path)))
     last = tmp_path / "runs" / "split" / "last.pth"
-    resumed = get_preset("mnet-biubug6", **common, **{"train.epochs": 2, "train.resume": str(last)})
+    resumed = _cfg("mnet-biubug6", demo_root, tmp_path, **common, **{"train.epochs": 2, "train.resume": str(last)})
     spawn(_worker, 2, (resumed.to_dict(), str(tmp_path)))
     a = load_checkpoint(tmp_path / "runs" / "full" / "weight_final.pth")["model"]
     b = load_checkpoint(tmp_path / "runs" / "split" / "weight_final.pth")["model"]

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from nbsrc.data.label_frame import ImageSizes, LabelFrame, LabelFrameError
 from nbsrc.data.layout import basename_of, find_labels, find_sizes_csv, parse_rate, scan_latents
 from nbsrc.data.records import ImageRecord
+from nbsrc.data.seeding import item_with_seed
 from nbsrc.data.validate import (
     DefectLog,
     check_boxes,
@@ -412,7 +413,12 @@ class LatentWiderFace(Dataset):
             self._stats_cache[rate] = cached
         return cached
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Sample `key`, or for an ``(index, seed)`` key sample `index` augmented from that seed
+        (`nbsrc.data.seeding.SeededSampler`)."""
+        return item_with_seed(key, self._item)
+
+    def _item(self, index: int) -> dict:
         if not -len(self.samples) <= index < len(self.samples):
             raise IndexError(f"sample {index} out of range for {len(self.samples)} samples")
         index %= len(self.samples)

@@ -17,8 +17,9 @@ from nbsrc.config import Config
 from nbsrc.data.collate import detection_collate
 from nbsrc.data.latent_dataset import LatentWiderFace
 from nbsrc.data.rgb_dataset import WiderFaceRGB
+from nbsrc.data.seeding import SeededSampler
 
-__all__ = ["SeededSamples", "SeededSampler", "build_dataloaders", "build_dataset", "dataset_root", "sample_seed"]
+__all__ = ["build_dataloaders", "build_dataset", "dataset_root"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,57 +100,6 @@ def build_dataset(cfg: Config, split: str, train: bool, **overrides: Any) -> Dat
     return WiderFaceRGB(root, **kwargs)
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The random seed of dataset item `index` in `epoch` of a run seeded with `seed`."""
-    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + index) % 2**63
-
-
-class SeededSampler(Sampler):
-    """Yields ``(index, seed)`` for the indices of `inner`, in its order, with ``seed = sample_seed(seed, epoch,
-    index)``: a sample's augmentation depends on the run's seed, the epoch and the sample only, not on which
-    worker process or rank reads it, nor on whether the run was resumed. `set_epoch` also reorders `inner`
-    (a `DistributedSampler`'s epoch, or a `RandomSampler` generator reseeded from seed and epoch)."""
-
-    def __init__(self, inner: Sampler, seed: int) -> None:
-        self.inner, self.seed, self.epoch = inner, int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        if hasattr(self.inner, "set_epoch"):
-            self.inner.set_epoch(self.epoch)
-        elif isinstance(self.inner, RandomSampler) and self.inner.generator is not None:
-            self.inner.generator.manual_seed(self.seed * 100003 + self.epoch)
-
-    def __iter__(self):
-        for index in self.inner:
-            yield int(index), sample_seed(self.seed, self.epoch, int(index))
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-
-class SeededSamples(Dataset):
-    """A dataset read with `SeededSampler` keys: item ``(index, seed)`` is ``dataset[index]`` computed with
-    torch's CPU generator seeded with `seed` (and restored afterwards). Other attributes are the dataset's."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.dataset[index]
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "dataset":  # not set yet (unpickling in a spawned worker)
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-
 def _loader(dataset: Dataset, cfg: Config, *, train: bool, batch_size: int, distributed: bool) -> DataLoader:
     workers = cfg.data.num_workers
     seed = cfg.train.seed
@@ -160,7 +110,7 @@ def _loader(dataset: Dataset, cfg: Config, *, train: bool, batch_size: int, dist
         inner = (
             sampler if sampler is not None else RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
         )
-        sampler, dataset = SeededSampler(inner, seed), SeededSamples(dataset)
+        sampler = SeededSampler(inner, seed)  # the datasets read (index, seed) keys (see nbsrc.data.seeding)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from nbsrc.data.label_frame import ImageSizes, read_image_size
 from nbsrc.data.layout import find_labels
 from nbsrc.data.records import ImageRecord
+from nbsrc.data.seeding import item_with_seed
 from nbsrc.data.transforms import Annotations, eval_transform, resize_to_frame, train_transform
 from nbsrc.data.validate import DefectLog, check_boxes, read_labels_checked
 from nbsrc.frame import FrameMap
@@ -187,7 +188,12 @@ class WiderFaceRGB(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Sample `key`, or for an ``(index, seed)`` key sample `index` augmented from that seed
+        (`nbsrc.data.seeding.SeededSampler`)."""
+        return item_with_seed(key, self._item)
+
+    def _item(self, index: int) -> dict:
         if not -len(self.samples) <= index < len(self.samples):
             raise IndexError(f"sample {index} out of range for {len(self.samples)} samples")
         index %= len(self.samples)
