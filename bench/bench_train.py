@@ -335,10 +335,9 @@ def memory_estimate(preset: str, sizes: list[int], amp_dtype: torch.dtype | None
     model = build_model(cfg).train()
     loss_fn = build_loss(cfg)
     optimizer = build_optimizer(cfg, model)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
     cpu = torch.device("cpu")
     # one step first so that the optimizer's momentum buffers exist, as in every step after the first
-    _step(model, loss_fn, optimizer, _synthetic_batch(cfg, 1, seed=0), cpu, amp_dtype, scaler, 0.0)
+    _step(model, loss_fn, optimizer, _synthetic_batch(cfg, 1, seed=0), cpu, amp_dtype, _NO_SCALER, 0.0)
     peaks: dict[int, int] = {}
     parts: dict[int, dict[str, float]] = {}
     for size in sizes:
@@ -346,7 +345,7 @@ def memory_estimate(preset: str, sizes: list[int], amp_dtype: torch.dtype | None
         tracker = MemTracker()
         tracker.track_external(model, optimizer)
         with tracker:
-            _step(model, loss_fn, optimizer, batch, cpu, amp_dtype, scaler, 0.0)
+            _step(model, loss_fn, optimizer, batch, cpu, amp_dtype, _NO_SCALER, 0.0)
         snapshot = next(iter(tracker.get_tracker_snapshot("peak").values()))  # {kind: bytes} at the peak
         named = {str(kind).rsplit(".", 1)[-1]: value for kind, value in snapshot.items()}
         peaks[size] = named.pop("Total")

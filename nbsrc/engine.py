@@ -112,24 +112,6 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def _set_data_epoch(loader: Any, epoch: int, seed: int) -> None:
-    """Make the training order (and, with `nbsrc.data.seeding.SeededSampler`, the augmentation) a function of
-    (seed, epoch) only, so a resumed run sees the same batches."""
-    sampler = getattr(loader, "sampler", None)
-    epoch_seed = seed * 100003 + epoch
-    generator = getattr(loader, "generator", None)
-    if generator is not None:
-        generator.manual_seed(epoch_seed)  # the shuffle order and the seeds of freshly started workers
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)  # DistributedSampler: seeded by its seed + epoch
-    elif isinstance(sampler, torch.utils.data.RandomSampler) and sampler.generator is not generator:
-        sampler.generator = torch.Generator().manual_seed(epoch_seed)
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    inner = getattr(batch_sampler, "sampler", None)
-    if inner is not None and inner is not sampler and hasattr(inner, "set_epoch"):
-        inner.set_epoch(epoch)
-
-
 def _gpu_memory_mib(device: torch.device) -> float:
     if device.type != "cuda":
         return 0.0
@@ -689,7 +671,7 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
     latent_stride = getattr(model, "latent_stride", 1)
     try:
         for epoch in range(first_epoch, t.epochs):
-            _set_data_epoch(train_loader, epoch, t.seed)
+            train_loader.sampler.set_epoch(epoch)  # order and augmentation from (seed, epoch): see SeededSampler
             train_stats = train_one_epoch(
                 train_model,
                 loss_fn,
