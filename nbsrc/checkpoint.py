@@ -208,6 +208,11 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], s
         guess = infer_preset(state_dict)
         if guess is not None:
             lines[0] += f" (it is a checkpoint of preset '{guess}')"
+        elif is_classifier_state_dict(state_dict):
+            lines[0] += (
+                ": it holds an ImageNet classifier (a backbone and its fc layer, no detection heads), the file to "
+                "start training from: pass it as model.pretrained (--pretrained), not as detector weights"
+            )
         if missing:
             lines.append(f"  {len(missing)} missing keys: {_describe(missing)}")
         if unexpected:
@@ -216,6 +221,13 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], s
             lines.append(f"  {len(shapes)} shape mismatches: {_describe(shapes)}")
         raise ValueError("\n".join(lines))
     target.load_state_dict(dict(state_dict), strict=True)
+
+
+def is_classifier_state_dict(state_dict: Mapping[str, Tensor]) -> bool:
+    """True for an ImageNet classification network (``fc.weight`` and no detection head): the MobileNet pretrain
+    tar, torchvision's ResNet files."""
+    keys = set(strip_prefixes(state_dict))
+    return "fc.weight" in keys and not any(k.split(".")[0] in ("ClassHead", "BboxHead", "LandmarkHead") for k in keys)
 
 
 @cache
@@ -261,6 +273,11 @@ def load_model(
     else:
         guess = infer_preset(state_dict)
         if preset is None:
+            if guess is None and is_classifier_state_dict(state_dict):
+                raise ValueError(
+                    f"{path}: an ImageNet classifier (a backbone and its fc layer, no detection heads), the file to "
+                    "start training from: pass it as model.pretrained (--pretrained), not as detector weights"
+                )
             if guess is None:
                 raise ValueError(
                     f"{path}: a bare state dict that fits no preset ({len(state_dict)} tensors, first keys "

@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level.upper())
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
-        # Bad input: one clear line naming what is wrong, no stack trace from deep inside a library.
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError, FloatingPointError) as exc:
+        # Bad input (or a diverged run: the non-finite loss names epoch, step, images and loss parts): one clear
+        # line naming what is wrong, no stack trace from deep inside a library.
         logging.getLogger("nbsrc").debug("error details", exc_info=True)
         sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -144,6 +145,8 @@ class DataConfig:
     dataset_root: str | None = None  # folder with train/ and val/ (retina-modify layout); None = demo data
     train_split: str = "train"  # split folder used for training
     val_split: str = "val"  # split folder used for validation / evaluation
+    train_labels: str | None = None  # label file (or folder) of the training split; None = found in the split folder
+    val_labels: str | None = None  # label file (or folder) of the validation split; None = found in the split folder
     latent_suffix: str = "latent_75.npy"  # which rate point to read (latent_{12,25,50,75,100}.npy)
     all_rates: bool = False  # every image contributes one sample per available rate
     image_size: int = 640  # network input side for RGB (and the image side a latent describes)
@@ -446,6 +449,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             _fail(key, f"expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
+        if isinstance(value, os.PathLike):  # paths are stored as their text
+            value = os.fspath(value)
         if not isinstance(value, str):
             _fail(key, f"expected a string, got {value!r}")
         return value
@@ -485,9 +490,16 @@ def get_preset(name: str, **overrides: Any) -> Config:
     return cfg.replace(**overrides) if overrides else cfg
 
 
+def _biubug6_recipe(batch_size: int, epochs: int, milestones: tuple[int, int]) -> TrainConfig:
+    """biubug6's training recipe: SGD lr 1e-3, x0.1 at two milestones, no warm-up (``warmup_epoch = -1``)."""
+    return TrainConfig(
+        batch_size=batch_size, epochs=epochs, schedule="multistep", milestones=milestones, gamma=0.1, warmup_epochs=0.0
+    )
+
+
 @register_preset("mnet-biubug6")
 def _mnet_biubug6() -> Config:
-    return Config(preset="mnet-biubug6", train=TrainConfig(batch_size=32))
+    return Config(preset="mnet-biubug6", train=_biubug6_recipe(32, 250, (190, 220)))
 
 
 @register_preset("r50-biubug6")
@@ -496,7 +508,7 @@ def _r50_biubug6() -> Config:
         preset="r50-biubug6",
         model=ModelConfig(backbone="resnet50", out_channels=256),
         data=DataConfig(image_size=840),
-        train=TrainConfig(batch_size=24),
+        train=_biubug6_recipe(24, 100, (70, 90)),
     )
 
 
@@ -507,7 +519,7 @@ def _mnet_2cls() -> Config:
         model=ModelConfig(num_classes=3, landmarks=False),
         anchors=AnchorConfig(aspect_ratios=(1.0, 2.5, 3.33), clip=True),
         loss=LossConfig(pos_iou=0.45),
-        train=TrainConfig(batch_size=24),
+        train=_biubug6_recipe(24, 250, (190, 220)),  # the 2-class fork keeps biubug6's decay epochs
     )
 
 

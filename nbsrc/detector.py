@@ -87,7 +87,8 @@ class Detector:
     ) -> list[dict[str, Tensor | None]]:
         """`nbsrc.postprocess.postprocess` output for a prepared batch ``Tensor[B, C, H, W]``.
 
-        Boxes and landmarks are network-frame pixels. Unset thresholds come from ``cfg.eval``.
+        Boxes and landmarks are network-frame pixels. Unset thresholds come from ``cfg.eval``; scores are
+        computed as ``cfg.loss.cls_loss`` trained them (`nbsrc.postprocess.class_scores`).
         """
         e = self.cfg.eval
         inputs = inputs.to(self.device, non_blocking=True)
@@ -101,6 +102,7 @@ class Detector:
             top_k=e.top_k if top_k is None else top_k,
             keep_top_k=e.keep_top_k if keep_top_k is None else keep_top_k,
             variances=self.cfg.anchors.variances,
+            cls_loss=self.cfg.loss.cls_loss,
         )
 
     # ---- user API -------------------------------------------------------------------------------------

@@ -50,6 +50,8 @@ __all__ = [
     "is_main_process",
     "launch",
     "spawn",
+    "train",
+    "training_processes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -271,3 +273,30 @@ def launch(
     if code != 0:
         raise RuntimeError(f"distributed training failed with exit code {code} (see the output above)")
     return run_dir
+
+
+def training_processes(device: str = "auto", gpus: int = 0) -> int:
+    """How many processes a notebook trains with: one per visible GPU (at most `gpus` when it is > 0) for
+    ``device`` ``auto`` or ``cuda``; 1 on CPU or for one chosen GPU (``cuda:N``). Kaggle's T4 x2 gives 2.
+
+    Counting the GPUs creates no CUDA context in the calling process.
+    """
+    if gpus < 0:
+        raise ValueError(f"gpus must be >= 0 (0: every visible GPU), got {gpus}")
+    if device not in ("auto", "cuda") or not torch.cuda.is_available():
+        return 1
+    count = torch.cuda.device_count()
+    return max(1, min(count, gpus) if gpus else count)
+
+
+def train(cfg: Config, processes: int = 1) -> Path:
+    """Train `cfg` and return the run folder: in this process for one process (``engine.fit``), else with
+    `launch` (``torchrun``, one process per GPU, DistributedDataParallel)."""
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    if processes == 1:
+        from nbsrc.engine import fit
+
+        return fit(cfg)
+    logger.info("training with %d processes (DistributedDataParallel)", processes)
+    return launch(cfg, processes)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -41,7 +42,15 @@ from nbsrc.loss import build_loss, normalize_targets
 from nbsrc.optim import build_optimizer, build_scheduler
 from nbsrc.postprocess import postprocess
 from nbsrc.tracking import Tracker, build_tracker
-from nbsrc.utils import append_jsonl, atomic_path, atomic_write_text, read_jsonl, seed_everything, tqdm_kwargs
+from nbsrc.utils import (
+    append_jsonl,
+    atomic_path,
+    atomic_write_text,
+    read_jsonl,
+    seed_everything,
+    select_device,
+    tqdm_kwargs,
+)
 
 __all__ = [
     "evaluate",
@@ -339,6 +348,7 @@ def evaluate(
     keep_top_k: int = 750,
     iou_thresh: float = 0.5,
     variances: tuple[float, float] = (0.1, 0.2),
+    cls_loss: str = "ohem",
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     max_batches: int | None = None,
@@ -395,6 +405,7 @@ def evaluate(
                     top_k=top_k,
                     keep_top_k=keep_top_k,
                     variances=variances,
+                    cls_loss=cls_loss,
                 )
                 counts = batch["num_boxes"].cpu().tolist()
                 boxes_cpu = batch["boxes"].cpu()
@@ -479,17 +490,41 @@ def resolve_dataset_root_config(cfg: Config, info: DistInfo | None = None) -> Co
     return cfg.replace(**{"data.dataset_root": root})
 
 
-def _run_folder(cfg: Config) -> tuple[Config, Path]:
+def resolve_run_folder(cfg: Config) -> tuple[Config, Path]:
+    """The run's folder, and `cfg` with ``train.run_name`` fixed (the same on every rank).
+
+    ``train.run_name`` names a folder under ``train.out``. Without one, a resumed run continues in its
+    checkpoint's folder when that folder is writable; when it is not (an earlier Kaggle version's output,
+    attached read-only as an input), in a folder of the same name under ``train.out``, which `fit`
+    starts with the earlier ``metrics.jsonl`` and ``best.pth``. A new run is named after its preset and start time.
+    """
     name = cfg.train.run_name
     if name is None and cfg.train.resume is not None:
         resume_dir = Path(cfg.train.resume).resolve().parent
         if (resume_dir / "config.json").is_file():
-            return cfg.replace(**{"train.run_name": resume_dir.name, "train.out": str(resume_dir.parent)}), resume_dir
+            if os.access(resume_dir, os.W_OK):
+                return cfg.replace(
+                    **{"train.run_name": resume_dir.name, "train.out": str(resume_dir.parent)}
+                ), resume_dir
+            name = resume_dir.name
     if name is None:
         name = make_run_name(cfg)
     name = broadcast_object(name)
     cfg = cfg.replace(**{"train.run_name": name})
     return cfg, Path(cfg.train.out) / name
+
+
+def _continue_run_folder(run_dir: Path, resume: str | Path) -> None:
+    """Start a resumed run's new folder with what its checkpoint's folder holds of the run so far: the metrics
+    and the best checkpoint (which a later epoch may not beat)."""
+    earlier = Path(resume).resolve().parent
+    if earlier == run_dir.resolve():
+        return
+    for name in ("metrics.jsonl", "best.pth"):
+        if (earlier / name).is_file() and not (run_dir / name).exists():
+            with atomic_path(run_dir / name) as tmp:
+                shutil.copyfile(earlier / name, tmp)
+            logger.info("continuing from %s", earlier / name)
 
 
 def _trim_metrics(path: Path, step: int, epoch: int) -> None:
@@ -579,23 +614,45 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
     info = init_distributed(device)
     if info.distributed and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
+    device = select_device(str(device))  # a GPU this torch build cannot run stops here, with what to choose instead
     cfg = resolve_dataset_root_config(cfg, info)
-    cfg, run_dir = _run_folder(cfg)
+    cfg, run_dir = resolve_run_folder(cfg)
     t = cfg.train
     metrics_path = run_dir / "metrics.jsonl"
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.to_json(run_dir / "config.json")
+        if t.resume is not None:
+            _continue_run_folder(run_dir, t.resume)
     logger.info("run folder %s (preset %s, device %s, %d process(es))", run_dir, cfg.preset, device, info.world_size)
 
     seed_everything(t.seed)
-    model = build_model(cfg)
+    full_weights = t.weight is not None or t.resume is not None  # loaded below: no ImageNet backbone to look for
+    model = build_model(cfg.replace(**{"model.pretrained": "none"}) if full_weights else cfg)
     if t.weight is not None and t.resume is None:
         checkpoint = load_checkpoint(t.weight)
         load_state_dict_strict(model, checkpoint["model"], str(t.weight))
         logger.info("initialised from %s", t.weight)
     if t.freeze_backbone:
+        if not full_weights and getattr(model, "pretrained_source", None) is None:
+            logger.warning(
+                "train.freeze_backbone with a backbone from random init (no pretrained %s weights, no train.weight): "
+                "the frozen backbone stays random; give model.pretrained=PATH or train.weight, or do not freeze",
+                cfg.model.backbone,
+            )
         model.freeze_backbone(True)
+    if info.is_main:  # what this (re)start began from, e.g. whether the ImageNet backbone was really found
+        start = t.resume or t.weight or getattr(model, "pretrained_source", None) or "random init"
+        append_jsonl(
+            metrics_path,
+            {
+                "kind": "start",
+                "time": time.time(),
+                "weights": str(start),
+                "device": str(device),
+                "processes": info.world_size,
+            },
+        )
     model.to(device)
     channels_last = t.channels_last and device.type == "cuda"
     if channels_last:
@@ -710,6 +767,7 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
                     keep_top_k=ev.keep_top_k,
                     iou_thresh=ev.iou_thresh,
                     variances=tuple(cfg.anchors.variances),
+                    cls_loss=cfg.loss.cls_loss,
                     amp_dtype=amp_dtype,
                     channels_last=channels_last,
                     keep_samples=PREVIEW_IMAGES if tracker.enabled else 0,

@@ -78,6 +78,7 @@ class KernelSpec:
     notebook: str  # notebook stem, e.g. "03_training"
     title: str  # Kaggle title; the slug is derived from it
     kernel_sources: tuple[str, ...] = ()  # notebooks whose kernel output this kernel attaches
+    gpu: bool = True  # runs on the T4 machine (data inspection and anchor statistics need no GPU quota)
 
     @property
     def slug(self) -> str:
@@ -87,8 +88,8 @@ class KernelSpec:
 KERNELS: dict[str, KernelSpec] = {
     spec.notebook: spec
     for spec in (
-        KernelSpec("01_data_inspection", "nbsrc 01 data inspection"),
-        KernelSpec("02_anchor_statistics", "nbsrc 02 anchor statistics"),
+        KernelSpec("01_data_inspection", "nbsrc 01 data inspection", gpu=False),
+        KernelSpec("02_anchor_statistics", "nbsrc 02 anchor statistics", gpu=False),
         KernelSpec("03_training", "nbsrc 03 training"),
         KernelSpec("04_widerface_evaluation", "nbsrc 04 widerface evaluation", kernel_sources=("03_training",)),
     )
@@ -107,17 +108,11 @@ def _check_owner(owner: str) -> str:
 
 
 def _check_dataset(dataset: str | None, owner: str) -> str:
-    """The latent dataset reference, ``OWNER/retina-modify`` (default: `owner`'s)."""
+    """The latent dataset reference, ``OWNER/SLUG`` (default: `owner`'s ``retina-modify``)."""
     if not dataset:
         return f"{owner}/{paths.DATASET_SLUG}"
     if not _ID_RE.fullmatch(dataset):
-        raise ValueError(f"dataset {dataset!r}: expected OWNER/{paths.DATASET_SLUG}")
-    if dataset.split("/", 1)[1] != paths.DATASET_SLUG:
-        raise ValueError(
-            f"dataset {dataset!r}: the dataset must be named {paths.DATASET_SLUG} (OWNER/{paths.DATASET_SLUG}), "
-            f"because the notebooks look for the attached dataset by that name; "
-            f"publish it on Kaggle under that name"
-        )
+        raise ValueError(f"dataset {dataset!r}: expected OWNER/SLUG, e.g. {owner}/{paths.DATASET_SLUG}")
     return dataset
 
 
@@ -135,22 +130,24 @@ def kernel_metadata(
         notebook: notebook stem (a key of `KERNELS`).
         owner: Kaggle user owning the kernel and the code dataset.
         code_file: notebook path relative to the metadata file.
-        dataset: the latent dataset, ``owner/retina-modify`` (default: the same owner).
+        dataset: the latent dataset, ``OWNER/SLUG`` (default: `owner`'s ``retina-modify``).
         private: kernel visibility.
+
+    A GPU kernel asks for the T4 machine (``machine_shape``); a CPU kernel has no ``machine_shape``.
     """
     if notebook not in KERNELS:
         raise ValueError(f"no Kaggle kernel for notebook {notebook!r} (kernels: {', '.join(KERNELS)})")
     spec = KERNELS[notebook]
     owner = _check_owner(owner)
     dataset = _check_dataset(dataset, owner)
-    return {
+    meta: dict[str, Any] = {
         "id": f"{owner}/{spec.slug}",
         "title": spec.title,
         "code_file": code_file,
         "language": "python",
         "kernel_type": "notebook",
         "is_private": private,
-        "enable_gpu": True,
+        "enable_gpu": spec.gpu,
         "enable_tpu": False,
         "enable_internet": True,
         "machine_shape": MACHINE_SHAPE,
@@ -159,6 +156,9 @@ def kernel_metadata(
         "kernel_sources": [f"{owner}/{KERNELS[n].slug}" for n in spec.kernel_sources],
         "model_sources": [],
     }
+    if not spec.gpu:
+        del meta["machine_shape"]
+    return meta
 
 
 def code_dataset_metadata(owner: str) -> dict[str, Any]:
@@ -192,8 +192,9 @@ _KERNEL_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 def validate_kernel_metadata(path: str | Path) -> dict[str, Any]:
     """Check a ``kernel-metadata.json``: every field present with its type, an ``owner/slug`` id whose slug
-    matches the title, a notebook kernel in Python on the T4 machine with GPU and internet, source lists of
-    ``owner/slug`` strings, and a ``code_file`` that exists, is a notebook with a kernelspec and is < 1 MB.
+    matches the title, a notebook kernel in Python with internet, the GPU as its notebook needs (then on the T4
+    machine), source lists of ``owner/slug`` strings with a data dataset besides the code dataset, and a
+    ``code_file`` that exists, is a notebook with a kernelspec and is < 1 MB.
 
     Returns:
         The metadata.
@@ -208,6 +209,8 @@ def validate_kernel_metadata(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not readable JSON ({exc})") from None
     problems = []
     for key, kind in _KERNEL_FIELDS.items():
+        if key == "machine_shape" and key not in meta and meta.get("enable_gpu") is False:
+            continue  # a CPU kernel
         if key not in meta:
             problems.append(f"missing {key!r}")
         elif not isinstance(meta[key], kind):
@@ -220,21 +223,22 @@ def validate_kernel_metadata(path: str | Path) -> dict[str, Any]:
             problems.append(f"id {meta['id']!r} is not OWNER/SLUG")
         elif meta["id"].split("/", 1)[1] != slugify(meta["title"]):
             problems.append(f"id slug {meta['id']!r} does not match the title's slug {slugify(meta['title'])!r}")
-        for key, expected in (
-            ("language", "python"),
-            ("kernel_type", "notebook"),
-            ("machine_shape", MACHINE_SHAPE),
-            ("enable_gpu", True),
-            ("enable_internet", True),
-        ):
+        expected_values: list[tuple[str, Any]] = [("language", "python"), ("kernel_type", "notebook")]
+        expected_values.append(("enable_internet", True))
+        spec = next((k for k in KERNELS.values() if k.slug == meta["id"].split("/", 1)[1]), None)
+        if spec is not None:
+            expected_values.append(("enable_gpu", spec.gpu))
+        if meta["enable_gpu"]:
+            expected_values.append(("machine_shape", MACHINE_SHAPE))  # without it an API push may get a P100
+        for key, expected in expected_values:
             if meta[key] != expected:
                 problems.append(f"{key!r} must be {expected!r}, got {meta[key]!r}")
         for key in ("dataset_sources", "kernel_sources"):
             bad = [s for s in meta[key] if not isinstance(s, str) or not _ID_RE.fullmatch(s)]
             if bad:
                 problems.append(f"{key!r} entries must be OWNER/SLUG strings, got {bad}")
-        if not any(s.endswith("/" + paths.DATASET_SLUG) for s in meta["dataset_sources"]):
-            problems.append(f"dataset_sources lacks the {paths.DATASET_SLUG} dataset")
+        if not any(not s.endswith("/" + CODE_DATASET_SLUG) for s in meta["dataset_sources"]):
+            problems.append(f"dataset_sources lacks the latent dataset (e.g. OWNER/{paths.DATASET_SLUG})")
         if not any(s.endswith("/" + CODE_DATASET_SLUG) for s in meta["dataset_sources"]):
             problems.append(f"dataset_sources lacks the {CODE_DATASET_SLUG} code dataset")
         code = path.parent / meta["code_file"]
@@ -353,6 +357,8 @@ def _push_instructions(owner: str, code_folder: Path, kernels: Mapping[str, Path
             ]
             guards.append(f"echo \"${var}\" | grep -qiE '{_COMPLETE_RE}'")
         push = f"kaggle kernels push -p {folder}"
+        if spec.gpu:  # older kaggle CLIs ignore machine_shape; they reject the flag instead of running on a P100
+            push += f" --accelerator {MACHINE_SHAPE}"
         if guards:
             waited = ", ".join(f"{owner}/{KERNELS[source].slug}" for source in spec.kernel_sources)
             push = f'if {" && ".join(guards)}; then {push}; else echo "{waited} did not complete: {spec.slug} not pushed"; fi'
@@ -414,7 +420,8 @@ def build(
     Args:
         owner: Kaggle user name.
         out: build folder.
-        dataset: ``OWNER/retina-modify`` (default: `owner`'s).
+        dataset: the latent dataset ``OWNER/SLUG`` (default: `owner`'s ``retina-modify``); another slug is
+            baked in as ``dataset_root`` unless `parameters` set it.
         parameters: values baked into the notebooks (`nbsrc.nbrun.plan_parameters` semantics: top-level keys
             go to the notebooks declaring them; a notebook name holds its own).
         notebooks: a subset of notebooks (default: all with a kernel).
@@ -431,9 +438,13 @@ def build(
     out = Path(out)
     owner = _check_owner(owner)
     dataset = _check_dataset(dataset, owner)
+    parameters = dict(parameters or {})
+    slug = dataset.split("/", 1)[1]
+    if slug != paths.DATASET_SLUG and "dataset_root" not in parameters:
+        parameters["dataset_root"] = slug  # the notebooks find an attached dataset by this name
     sources = nbrun.select_notebooks(notebooks, nbrun.list_notebooks(notebooks_dir))
     sources = [s for s in sources if s.stem in KERNELS]
-    plan = nbrun.plan_parameters(sources, dict(parameters or {}))
+    plan = nbrun.plan_parameters(sources, parameters)
     code_meta = code_dataset_metadata(owner)
     kernels = {}  # notebook -> (notebook text, metadata)
     for name, nb, params in plan:

@@ -100,7 +100,7 @@ class NotebookParameter:
     """One entry of a notebook's ``parameters`` cell."""
 
     name: str
-    type_name: str  # annotation as written, e.g. "int", "str | None"
+    type_name: str  # annotation as written, e.g. "int", "Optional[str]" (papermill's parser reads no "str | None")
     default: str  # default as written
     help: str  # the trailing comment
 
@@ -264,7 +264,10 @@ def _number_from_string(value: str, allowed: set[str]) -> int | float | None:
 def _coerce(notebook: str, param: NotebookParameter, value: Any) -> Any:
     """Check `value` against the declared annotation; ints become floats, numbers strings and numeric strings
     numbers where declared."""
-    allowed = {t.strip() for t in param.type_name.replace("Optional[", "").replace("]", "").split("|")}
+    annotation = param.type_name.replace(" ", "")
+    if annotation.startswith("Optional[") and annotation.endswith("]"):
+        annotation = annotation[len("Optional[") : -1] + "|None"
+    allowed = set(annotation.split("|"))
     known = {"bool", "int", "float", "str"}
     if not allowed & known:  # no or unusual annotation: pass through
         return value

@@ -217,14 +217,40 @@ def resolve_dataset_root(
         raise FileNotFoundError(f"dataset_root {str(dataset_root)!r}: no such folder (expected train/ and val/ inside)")
     if on_kaggle():
         found = find_kaggle_dataset(slug, input_root)
-        if found is None:
-            root = Path(input_root) if input_root is not None else KAGGLE_INPUT
-            raise FileNotFoundError(
-                f"dataset {slug!r} is not attached: {_kaggle_listing(root)}; attach it to the notebook, "
-                f"or set dataset_root to a folder or to {DEMO!r} for the demo dataset"
-            )
-        return _dataset_inside(found)
+        if found is not None:
+            return _dataset_inside(found)
+        root = Path(input_root) if input_root is not None else KAGGLE_INPUT
+        attached = _attached_datasets(root)
+        if len(attached) == 1:
+            logger.info("dataset %r is not attached; using the attached dataset %s", slug, attached[0])
+            return attached[0]
+        what = (
+            f"several attached datasets hold train/ or val/ ({', '.join(map(str, attached))})"
+            if attached
+            else (f"dataset {slug!r} is not attached: {_kaggle_listing(root)}")
+        )
+        raise FileNotFoundError(
+            f"{what}; attach the dataset to the notebook, or set dataset_root to its name, to a folder or to "
+            f"{DEMO!r} for the demo dataset"
+        )
     return demo_dataset(images)
+
+
+def _attached_datasets(root: Path) -> list[Path]:
+    """Folders holding ``train/`` or ``val/`` in the attached datasets (``<input>/<slug>`` and
+    ``<input>/datasets/<owner>/<slug>``), leaving out this package's code dataset and kernel outputs."""
+    if not root.is_dir():
+        return []
+    mounts = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name not in ("datasets", "notebooks", "kernels")]
+    mounts += [p for p in sorted(root.glob("datasets/*/*")) if p.is_dir()]
+    found = []
+    for mount in mounts:
+        if mount.name in (CODE_DATASET_SLUG, TRAINING_KERNEL_SLUG):
+            continue
+        inside = _dataset_inside(mount)
+        if _looks_like_dataset(inside):
+            found.append(inside)
+    return found
 
 
 def resolve_optional_path(value: str | Path | None, what: str) -> Path | None:
@@ -246,23 +272,57 @@ def resolve_optional_path(value: str | Path | None, what: str) -> Path | None:
 
 
 def resolve_pretrained(value: str, backbone: str, input_root: str | Path | None = None) -> str:
-    """``model.pretrained`` for a notebook: ``auto`` with a MobileNet backbone becomes the path of the ImageNet
-    MobileNet x0.25 file when it is found (``./weights``, the torch hub cache, or on Kaggle an attached dataset
-    holding ``mobilenetV1X0.25_pretrain.tar``); every other value is returned as given."""
-    if value != "auto" or backbone != "mobilenet0.25":
+    """``model.pretrained`` for a notebook: ``auto`` becomes the path of an ImageNet backbone file found
+    locally or, on Kaggle, in an attached dataset (so a kernel without internet still starts from ImageNet):
+    for MobileNet x0.25 ``mobilenetV1X0.25_pretrain.tar`` (``./weights``, the torch hub cache, the inputs);
+    for a ResNet torchvision's ``resnetNN-<hash>.pth`` in the inputs (the hub cache is read at build time).
+    Every other value, and ``auto`` with nothing found, is returned as given."""
+    if value != "auto":
         return value
-    from nbsrc.model.build import MOBILENET_FILE, find_mobilenet_file
+    if backbone == "mobilenet0.25":
+        from nbsrc.model.build import MOBILENET_FILE, find_mobilenet_file
 
-    try:
-        return str(find_mobilenet_file().resolve())
-    except RuntimeError:
-        pass
+        try:
+            return str(find_mobilenet_file().resolve())
+        except RuntimeError:
+            pass
+        pattern = MOBILENET_FILE
+    elif backbone.startswith("resnet"):
+        pattern = f"{backbone}-*.pth"  # torchvision's file names: resnet50-0676ba61.pth
+    else:
+        return value
     if on_kaggle() or input_root is not None:
-        matches = find_kaggle_file(MOBILENET_FILE, input_root)
+        matches = find_kaggle_file(pattern, input_root)
         if matches:
-            logger.info("ImageNet MobileNet weights: %s", matches[0])
+            logger.info("ImageNet %s weights: %s", backbone, matches[0])
             return str(matches[0])
     return value
+
+
+def resolve_resume(value: str | Path | None, run_dir: str | Path | None = None) -> Path | None:
+    """The checkpoint a training notebook continues from.
+
+    None or "" starts a new run; a path must exist; ``auto`` takes the newest ``last.pth`` of an earlier run:
+    on Kaggle in the training kernel's own output attached as input (a version stopped at the time limit),
+    else under ``<run_dir>/train``. Nothing found with ``auto`` starts a new run.
+    """
+    if value is None or str(value) == "":
+        return None
+    if str(value) != "auto":
+        return resolve_optional_path(value, "resume")
+    found: list[Path] = []
+    if on_kaggle():
+        kernel = find_kaggle_dataset(TRAINING_KERNEL_SLUG)
+        if kernel is not None:
+            found += kernel.rglob("last.pth")
+    if run_dir is not None:
+        found += Path(run_dir).glob("train/*/last.pth")
+    if not found:
+        logger.info("resume=auto: no earlier run's last.pth found, starting a new run")
+        return None
+    latest = max(found, key=lambda path: (path.stat().st_mtime, str(path)))
+    logger.info("resume=auto: continuing %s", latest)
+    return latest.resolve()
 
 
 # ---- artifacts and metrics of a run folder --------------------------------------------------------

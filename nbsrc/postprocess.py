@@ -2,7 +2,8 @@
 
 Batched on the outputs' device: NMS covers every (image, class) group at once (`torchvision.ops.batched_nms` on
 GPU; on CPU one `torchvision.ops.nms` per group, spread over torch's intra-op threads). Conventions (anchors,
-coding, frames) are in `nbsrc.boxes`.
+coding, frames) are in `nbsrc.boxes`. Class logits become scores in `class_scores` only, the way the class loss
+(``loss.cls_loss``) trained them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,26 @@ from torchvision.ops import batched_nms, nms
 
 from nbsrc.boxes import decode_boxes, decode_landmarks
 
-__all__ = ["empty_detections", "postprocess"]
+__all__ = ["class_scores", "empty_detections", "postprocess"]
+
+
+def class_scores(conf: Tensor, cls_loss: str = "ohem") -> Tensor:
+    """Foreground class probabilities from raw class logits, as the class loss trained them.
+
+    Args:
+        conf: ``Tensor[..., C]`` logits, column 0 background, columns 1.. face (, person).
+        cls_loss: ``loss.cls_loss`` of the model's config (saved in every checkpoint): ``ohem`` (softmax CE, the
+            published behaviour) scores with a softmax over all C columns; ``focal`` (independent sigmoids, the
+            background logit is never trained) with a sigmoid of each foreground logit.
+
+    Returns:
+        ``Tensor[..., C-1]`` float32 scores of classes 1..C-1.
+    """
+    if cls_loss == "ohem":
+        return torch.softmax(conf.float(), dim=-1)[..., 1:]  # (..., C-1)
+    if cls_loss == "focal":
+        return torch.sigmoid(conf[..., 1:].float())  # (..., C-1)
+    raise ValueError(f"cls_loss must be 'ohem' or 'focal', got {cls_loss!r}")
 
 
 def empty_detections(device: torch.device | str = "cpu", landmarks: bool = True) -> dict[str, Tensor | None]:
@@ -41,6 +61,7 @@ def postprocess(
     top_k: int = 5000,
     keep_top_k: int = 750,
     variances: tuple[float, float] = (0.1, 0.2),
+    cls_loss: str = "ohem",
 ) -> list[dict[str, Tensor | None]]:
     """Detections per image from a model output dict.
 
@@ -48,11 +69,12 @@ def postprocess(
         outputs: ``{"loc": Tensor[B, A, 4], "conf": Tensor[B, A, C]`` raw logits, ``"landm": Tensor[B, A, 10] | None}``.
         anchors: ``Tensor[A, 4]`` cxcywh normalized.
         image_size_hw: network-frame ``(H, W)`` pixels the anchors are normalized by.
-        conf_thresh: keep (anchor, class) pairs whose softmax probability is > this.
+        conf_thresh: keep (anchor, class) pairs whose score (see `class_scores`) is > this.
         nms_thresh: IoU threshold of NMS, applied per image and per class.
         top_k: highest-scoring candidates per image kept before NMS.
         keep_top_k: detections per image kept after NMS.
         variances: box coding variances.
+        cls_loss: the config's ``loss.cls_loss``, which decides how logits become scores (`class_scores`).
 
     Returns:
         One dict per image: ``boxes`` ``Tensor[N, 4]`` xyxy network-frame pixels, ``scores`` ``Tensor[N]``,
@@ -69,7 +91,7 @@ def postprocess(
     height, width = image_size_hw
     anchors = anchors.to(device=device, dtype=torch.float32)
     scale = torch.tensor([width, height], dtype=torch.float32, device=device)
-    scores = torch.softmax(conf.float(), dim=-1)[..., 1:]  # (B, A, C-1)
+    scores = class_scores(conf, cls_loss)  # (B, A, C-1)
 
     # candidates: (image, anchor, class) with score > threshold, then top-k per image
     flat = scores.reshape(batch, -1)  # (B, A*(C-1))

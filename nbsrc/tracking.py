@@ -255,7 +255,7 @@ def init_tracker(
         "name": run_name,
         "config": dict(config or {}),
         "group": group,
-        "reinit": "finish_previous",
+        "reinit": "finish_previous",  # wandb >= 0.19.10
     }
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)

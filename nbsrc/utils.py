@@ -8,7 +8,7 @@ import os
 import random
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,15 +69,49 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cuda_arch_supported(capability: tuple[int, int], arch_list: Sequence[str]) -> bool:
+    """Whether a GPU of compute `capability` runs kernels built for `arch_list` (``torch.cuda.get_arch_list()``).
+
+    A cubin ``sm_XY`` runs on X.Y' with Y' >= Y; PTX ``compute_XY`` is compiled for any later capability;
+    arch-specific builds (``sm_90a``) run on their own GPU only.
+    """
+    major, minor = capability
+    for arch in arch_list:
+        kind, _, name = arch.partition("_")
+        digits = name.rstrip("abcdefghijklmnopqrstuvwxyz")
+        if not digits.isdigit() or len(digits) < 2:
+            continue
+        built = (int(digits[:-1]), int(digits[-1]))
+        if digits != name:  # sm_90a, sm_100f: that GPU only
+            if built == (major, minor):
+                return True
+        elif (kind == "sm" and built[0] == major and built[1] <= minor) or (
+            kind == "compute" and built <= (major, minor)
+        ):
+            return True
+    return False
+
+
 def select_device(device: str = "auto"):
-    """``auto`` picks CUDA when present, else CPU. Asking for CUDA without one raises a clear error."""
+    """``auto`` picks CUDA when present, else CPU. Asking for CUDA without one raises a clear error, and so does a
+    GPU this torch build has no kernels for (Kaggle's P100 on a recent image: choose the T4 accelerator)."""
     import torch
 
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available (use --device cpu or auto)")
-    return torch.device(device)
+    chosen = torch.device(device)
+    if chosen.type == "cuda":
+        index = chosen.index if chosen.index is not None else torch.cuda.current_device()
+        capability, arch_list = torch.cuda.get_device_capability(index), torch.cuda.get_arch_list()
+        if arch_list and not cuda_arch_supported(capability, arch_list):
+            raise RuntimeError(
+                f"GPU {torch.cuda.get_device_name(index)} (compute capability {capability[0]}.{capability[1]}) is not "
+                f"supported by torch {torch.__version__}, built for {' '.join(arch_list)}: on Kaggle choose the "
+                "T4 accelerator (GPU T4 x2), or train with device=cpu"
+            )
+    return chosen
 
 
 @contextmanager

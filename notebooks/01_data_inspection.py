@@ -1,5 +1,11 @@
 # ---
 # jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -23,6 +29,8 @@ from glob import glob
 sys.path[:0] = [p[:-6] for d in ("*", "*/*", "*/*/*", "*/*/*/*") for p in glob(f"/kaggle/input/{d}/nbsrc")][:1]
 
 # %%
+from typing import Optional  # parameters' annotations: papermill reads Optional[str], not str | None
+
 from IPython.display import display
 
 from nbsrc import paths, stats, viz
@@ -34,7 +42,7 @@ from nbsrc.utils import setup_logging
 setup_logging()
 
 # %% tags=["parameters"]
-dataset_root: str | None = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
+dataset_root: Optional[str] = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
 splits: str = "train,val"  # splits to inspect, comma-separated
 preset: str = "latent-r50"  # preset giving the network frame, resize policy and latent settings
 latent_suffix: str = "latent_75.npy"  # rate shown in the gallery and checked by the validation
@@ -43,7 +51,7 @@ samples: int = 6  # samples in the gallery
 stats_latents: int = 32  # latents per rate read for the statistics
 check_values: bool = True  # validation reads every latent for NaN/Inf (slow on the full dataset)
 smoke: bool = False  # seconds-long run on a few images
-run_dir: str | None = None  # run folder for plots and metrics (None: runs/notebooks)
+run_dir: Optional[str] = None  # run folder for plots and metrics (None: runs/notebooks)
 
 # %%
 run = paths.run_folder(run_dir)

@@ -1,5 +1,11 @@
 # ---
 # jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -23,6 +29,8 @@ from glob import glob
 sys.path[:0] = [p[:-6] for d in ("*", "*/*", "*/*/*", "*/*/*/*") for p in glob(f"/kaggle/input/{d}/nbsrc")][:1]
 
 # %%
+from typing import Optional  # parameters' annotations: papermill reads Optional[str], not str | None
+
 from IPython.display import display
 
 from nbsrc import paths, stats, viz
@@ -32,14 +40,14 @@ from nbsrc.utils import setup_logging
 setup_logging()
 
 # %% tags=["parameters"]
-dataset_root: str | None = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
-wider_gt_dir: str | None = None  # folder of the WIDER val .mat files: statistics on the real ground truth
+dataset_root: Optional[str] = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
+wider_gt_dir: Optional[str] = None  # folder of the WIDER val .mat files: statistics on the real ground truth
 split: str = "val"  # dataset split whose labels are used when wider_gt_dir is not given
 preset: str = "latent-r50"  # preset whose anchors are analysed
 compare: str = "mnet-biubug6,mnet-2cls,latent-r50"  # presets to compare (in this frame), comma-separated
 kmeans_k: str = "3,6,9"  # numbers of k-means anchor shapes to try, comma-separated
 smoke: bool = False  # seconds-long run on a few images
-run_dir: str | None = None  # run folder for plots and metrics (None: runs/notebooks)
+run_dir: Optional[str] = None  # run folder for plots and metrics (None: runs/notebooks)
 
 # %%
 cfg = get_preset(preset)

@@ -29,19 +29,21 @@ from glob import glob
 sys.path[:0] = [p[:-6] for d in ("*", "*/*", "*/*/*", "*/*/*/*") for p in glob(f"/kaggle/input/{d}/nbsrc")][:1]
 
 # %%
+from typing import Optional  # parameters' annotations: papermill reads Optional[str], not str | None
+
 from IPython.display import display
 
-from nbsrc import paths, viz
+from nbsrc import distributed, paths, viz
 from nbsrc.config import get_preset
 from nbsrc.data.loaders import build_dataset
 from nbsrc.detector import Detector
-from nbsrc.engine import fit, make_run_name
+from nbsrc.engine import resolve_run_folder
 from nbsrc.utils import read_jsonl, setup_logging
 
 setup_logging()
 
 # %% tags=["parameters"]
-dataset_root: str | None = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
+dataset_root: Optional[str] = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
 preset: str = "latent-r18"  # model preset: latent-mnet/r18/r34/r50 for latents; mnet-biubug6, r18-p2p6, ... for RGB
 epochs: int = 20  # training epochs
 batch_size: int = 8  # images per optimizer step (per GPU)
@@ -50,18 +52,21 @@ latent_suffix: str = "latent_75.npy"  # JPEG AI rate point of the latents: laten
 all_rates: bool = False  # every image contributes one sample per available rate
 num_workers: int = 2  # DataLoader worker processes
 device: str = "auto"  # auto | cpu | cuda | cuda:N
+gpus: int = 0  # GPUs to train on with DDP (0: every visible one, both on Kaggle T4 x2; 1: one)
 amp: str = "auto"  # mixed precision: auto | fp16 | bf16 | off
 pretrained: str = "auto"  # ImageNet backbone: auto (when found; on Kaggle also in attached datasets) | none | a path
 freeze_backbone: bool = False  # freeze the backbone (latent presets: the kept ImageNet part; the bridge trains)
-weight: str | None = None  # initialise the model from this checkpoint
-max_images: int | None = None  # use only the first N images of each split
-max_steps_per_epoch: int | None = None  # cap the optimizer steps per epoch
+weight: Optional[str] = None  # initialise the model from this checkpoint
+max_images: Optional[int] = None  # use only the first N images of each split
+max_steps_per_epoch: Optional[int] = None  # cap the optimizer steps per epoch
 wandb: str = "disabled"  # Weights & Biases: online | offline | disabled
-run_name: str | None = None  # training run folder under <run_dir>/train (None: preset and timestamp)
+run_name: Optional[str] = None  # training run folder under <run_dir>/train (None: preset and timestamp)
+resume: Optional[str] = None  # continue a stopped run: its last.pth, or auto (on Kaggle: this kernel's output attached)
+keep_epochs: Optional[int] = 3  # epoch_XXX.pth files kept, the newest (None: all); last/best/final always stay
 gallery: int = 6  # validation images shown with their detections (2 when smoke)
 conf_thresh: float = 0.5  # score threshold of the shown detections
 smoke: bool = False  # seconds-long run: a narrow model, 1 epoch of 2 steps on 4 images
-run_dir: str | None = None  # run folder for the training run, plots and metrics (None: runs/notebooks)
+run_dir: Optional[str] = None  # run folder for the training run, plots and metrics (None: runs/notebooks)
 overrides: str = ""  # further config settings: space-separated key-equals-value pairs, as on the train command line
 
 # %%
@@ -71,23 +76,28 @@ root = paths.resolve_dataset_root(dataset_root, smoke=smoke)
 cfg = get_preset(preset, dataset_root=str(root), epochs=epochs, lr=lr, latent_suffix=latent_suffix, all_rates=all_rates)
 cfg = cfg.replace(num_workers=num_workers, device=device, amp=amp, freeze_backbone=freeze_backbone, weight=weight)
 cfg = cfg.replace(max_images=max_images, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb, out=str(run / "train"))
+cfg = cfg.replace(keep_epochs=keep_epochs, resume=paths.resolve_resume(resume, run))
 cfg = cfg.replace(**{"train.batch_size": batch_size, "model.pretrained": pretrained}).override_pairs(overrides.split())
 cfg = cfg.replace(**{"model.pretrained": paths.resolve_pretrained(cfg.model.pretrained, cfg.model.backbone)})
 if smoke:
     cfg = cfg.replace(
         epochs=1, max_steps_per_epoch=2, max_images=4, num_workers=0, out_channels=16, **{"train.batch_size": 2}
     )
-cfg = cfg.replace(run_name=run_name or make_run_name(cfg))
+
+# %%
+cfg, train_dir = resolve_run_folder(cfg.replace(run_name=run_name))  # a resumed run keeps its name
+processes = distributed.training_processes(cfg.train.device, gpus)
 display(viz.config_table(cfg))
 
 # %% [markdown]
 # ## Train
-# The figure below is redrawn from `metrics.jsonl` every few seconds while the run trains.
+# The figure below is redrawn from `metrics.jsonl` every few seconds while the run trains. With several GPUs the
+# run is a `torchrun` child (one process per GPU, DistributedDataParallel) whose log streams into this cell.
 
 # %%
-metrics_file = run / "train" / cfg.train.run_name / "metrics.jsonl"
+metrics_file = train_dir / "metrics.jsonl"
 with viz.TrainingMonitor(metrics_file, every=10, save=plots / "training_live.png"):
-    train_dir = fit(cfg)
+    train_dir = distributed.train(cfg, processes)
 checkpoint = train_dir / "best.pth" if (train_dir / "best.pth").is_file() else train_dir / "weight_final.pth"
 paths.save_artifact(run, "checkpoint", checkpoint)
 print(f"run folder: {train_dir}\ncheckpoint: {checkpoint}")

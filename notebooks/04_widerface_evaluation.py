@@ -1,5 +1,11 @@
 # ---
 # jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -24,6 +30,7 @@ sys.path[:0] = [p[:-6] for d in ("*", "*/*", "*/*/*", "*/*/*/*") for p in glob(f
 
 # %%
 from pathlib import Path
+from typing import Optional  # parameters' annotations: papermill reads Optional[str], not str | None
 
 from IPython.display import display
 
@@ -36,22 +43,22 @@ from nbsrc.utils import setup_logging
 setup_logging()
 
 # %% tags=["parameters"]
-dataset_root: str | None = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
-checkpoint: str | None = None  # checkpoint to evaluate (None: the training notebook's, from run_dir or Kaggle input)
-preset: str | None = None  # preset of a published state dict that carries no config (None: inferred)
+dataset_root: Optional[str] = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
+checkpoint: Optional[str] = None  # checkpoint to evaluate (None: the training notebook's, from run_dir or Kaggle input)
+preset: Optional[str] = None  # preset of a published state dict that carries no config (None: inferred)
 split: str = "val"  # split to predict and evaluate
-gt_dir: str | None = None  # folder of the WIDER .mat files (None: <dataset>/<split>/ground_truth)
+gt_dir: Optional[str] = None  # folder of the WIDER .mat files (None: <dataset>/<split>/ground_truth)
 latent_suffix: str = "latent_75.npy"  # rate of the main evaluation (latent models)
 all_rates: bool = True  # latent models: AP at every rate present, as a table and a plot
-rgb_checkpoint: str | None = None  # an RGB model evaluated on the same images, next to the rates
-twoclass_labels: str | None = None  # 2-class labels (None: <dataset>/<split>/labels_2cls.txt for face+person models)
+rgb_checkpoint: Optional[str] = None  # an RGB model evaluated on the same images, next to the rates
+twoclass_labels: Optional[str] = None  # 2-class labels (None: <dataset>/<split>/labels_2cls.txt for face+person models)
 conf_thresh: float = 0.02  # score threshold of the written predictions (the published WIDER setting)
 nms_thresh: float = 0.4  # NMS IoU threshold
 device: str = "auto"  # auto | cpu | cuda | cuda:N
 gallery: int = 6  # validation images in the gallery (2 when smoke)
 gallery_conf: float = 0.5  # score threshold of the detections drawn in the gallery
 smoke: bool = False  # seconds-long run on 4 images (AP over the full ground truth is then meaningless)
-run_dir: str | None = None  # run folder with the training notebook's checkpoint; receives predictions and plots
+run_dir: Optional[str] = None  # run folder with the training notebook's checkpoint; receives predictions and plots
 
 # %%
 run = paths.run_folder(run_dir)

@@ -251,3 +251,12 @@ def test_package_exports():
     assert nbsrc.build_model is build_model
     assert nbsrc.load_checkpoint is load_checkpoint and nbsrc.save_checkpoint is save_checkpoint
     assert nbsrc.Detector.__name__ == "Detector"
+
+
+def test_an_imagenet_backbone_file_given_as_detector_weights_says_what_it_is():
+    from nbsrc.detector import Detector
+
+    pretrain = shared_path("weights/mobilenetV1X0.25_pretrain.tar")
+    for preset in (None, "mnet-biubug6"):
+        with pytest.raises(ValueError, match="ImageNet classifier.*pass it as model.pretrained"):
+            Detector.from_checkpoint(pretrain, preset=preset)

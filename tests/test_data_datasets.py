@@ -549,3 +549,34 @@ def test_latent_whose_header_promises_more_than_the_file_holds(tmp_path):
         match=rf"^{path}: unreadable or truncated \.npy file \(16384 data bytes, the header promises {promised}\)",
     ):
         latent_module.read_latent(path)
+
+
+def test_label_files_given_in_the_config_are_used(demo_root, tmp_path):
+    root = tmp_path / "bb"
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True)
+        (root / split / "images").symlink_to(demo_root / split / "images")
+        shutil.copy(demo_root / split / "labels.txt", root / split / "labels.txt")  # found in the folder: all images
+    for split, name, count in (("train", "wider_train_gt.txt", 3), ("val", "gt.txt", 2)):  # a subset: not labels.txt
+        blocks = (demo_root / split / "labels.txt").read_text().split("# ")[1:]
+        (root / split / name).write_text("".join("# " + b for b in blocks[:count]))
+    cfg = get_preset("mnet-biubug6", **{"data.dataset_root": str(root)})
+    given = cfg.replace(**{"data.train_labels": str(root / "train" / "wider_train_gt.txt")})
+    given = given.replace(**{"data.val_labels": str(root / "val" / "gt.txt")})
+    assert len(build_dataset(cfg, "train", train=True)) == 24
+    train = build_dataset(given, "train", train=True)
+    assert train.label_path == root / "train" / "wider_train_gt.txt" and len(train) == 3
+    assert len(build_dataset(given, "val", train=False)) == 2
+    assert len(build_dataset(given, "train", train=False)) == 3  # the split decides, not the mode
+    missing = cfg.replace(**{"data.train_labels": str(root / "train" / "nope.txt")})
+    with pytest.raises(FileNotFoundError, match=r"data\.train_labels.*nope\.txt"):
+        build_dataset(missing, "train", train=True)
+
+
+def test_rgb_dataset_on_latent_only_data_hints_at_latent_input(demo_root, tmp_path):
+    split = tmp_path / "train"
+    split.mkdir()
+    (split / "latent").symlink_to(demo_root / "train" / "latent")
+    shutil.copy(demo_root / "train" / "labels.txt", split / "labels.txt")
+    with pytest.raises(FileNotFoundError, match="images not found.*use_latent"):
+        WiderFaceRGB(split)

@@ -118,3 +118,37 @@ def test_resumed_two_process_run_equals_the_uninterrupted_one(demo_root, tmp_pat
     b = load_checkpoint(tmp_path / "runs" / "split" / "weight_final.pth")["model"]
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+def test_a_notebook_trains_on_every_visible_gpu(monkeypatch):
+    from nbsrc import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # Kaggle T4 x2
+    assert distributed.training_processes("auto") == distributed.training_processes("cuda", 0) == 2
+    assert distributed.training_processes("auto", gpus=1) == 1
+    assert distributed.training_processes("auto", gpus=4) == 2
+    assert distributed.training_processes("cuda:1") == distributed.training_processes("cpu") == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.training_processes("auto") == 1
+    try:
+        distributed.training_processes("auto", gpus=-1)
+    except ValueError as exc:
+        assert "gpus" in str(exc)
+    else:
+        raise AssertionError("gpus=-1 accepted")
+
+
+def test_notebook_launcher_trains_in_torchrun_processes(demo_root, tmp_path, capfd):
+    """What notebook 03 runs with two GPUs: a ``torchrun`` child of two processes (here gloo on the CPU) whose
+    log streams into the cell; the run folder is the one named before the launch."""
+    from nbsrc import distributed
+
+    cfg = _cfg("latent-r18", demo_root, tmp_path, **{"train.run_name": "launched", "train.max_steps_per_epoch": 1})
+    run = distributed.train(cfg, processes=2)
+    assert run == tmp_path / "runs" / "launched"
+    for name in ("config.json", "metrics.jsonl", "last.pth", "weight_final.pth"):
+        assert (run / name).is_file(), name
+    epochs = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert [r["train_images"] for r in epochs] == [2]  # 1 step x 1 image x 2 processes
+    assert "2 process(es)" in capfd.readouterr().out

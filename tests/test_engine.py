@@ -4,8 +4,10 @@ naming the batch, and the ancestors' command-line spellings map onto the config.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +28,8 @@ TINY = {
     "train.max_steps_per_epoch": 2,
     "train.lr": 0.01,
     "train.warmup_epochs": 0.5,
+    "train.schedule": "step",
+    "train.gamma": 0.7,
     "train.step_size": 1,
     "train.device": "cpu",
     "train.wandb": "disabled",
@@ -62,6 +66,8 @@ def test_run_folder_contents(uninterrupted):
         assert (run / name).is_file(), name
     assert (run / "weight_final.pth").is_file()
     records = read_jsonl(run / "metrics.jsonl")
+    starts = [r for r in records if r["kind"] == "start"]
+    assert [(r["weights"], r["device"], r["processes"]) for r in starts] == [("random init", "cpu", 1)]
     steps = [r for r in records if r["kind"] == "step"]
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]
@@ -96,6 +102,27 @@ def test_resume_gives_the_same_weights(uninterrupted, demo_root, tmp_path):
     assert [r["epoch"] for r in split] == [1, 2]
     assert split[1]["train_loss"] == full[1]["train_loss"]
     assert load_checkpoint(resumed / "last.pth")["step"] == 4
+
+
+def test_a_run_resumed_from_a_read_only_folder_continues_in_the_output_folder(
+    uninterrupted, demo_root, tmp_path, monkeypatch
+):
+    # Kaggle: the version stopped at the time limit is attached read-only under /kaggle/input; the next version
+    # continues in /kaggle/working under the same name, with the earlier metrics, and ends where 2 epochs end
+    import nbsrc.engine as engine
+
+    first = fit(tiny_cfg(demo_root, tmp_path / "input", **{"train.epochs": 1, "train.run_name": "split"}))
+    before = sorted(p.name for p in first.iterdir())
+    real_access = engine.os.access
+    monkeypatch.setattr(engine.os, "access", lambda p, mode: False if Path(p) == first else real_access(p, mode))
+    resumed = fit(
+        tiny_cfg(demo_root, tmp_path / "working", **{"train.epochs": 2, "train.resume": str(first / "last.pth")})
+    )
+    assert resumed == tmp_path / "working" / "split"
+    assert sorted(p.name for p in first.iterdir()) == before  # nothing written next to the checkpoint
+    _assert_same_state(_state(uninterrupted / "weight_final.pth"), _state(resumed / "weight_final.pth"))
+    assert [r["epoch"] for r in read_jsonl(resumed / "metrics.jsonl") if r["kind"] == "epoch"] == [1, 2]
+    assert (resumed / "best.pth").is_file()
 
 
 def test_worker_processes_and_resuming_change_nothing(uninterrupted, demo_root, tmp_path):
@@ -319,3 +346,131 @@ def test_an_fp16_run_resumes_a_checkpoint_saved_without_fp16(demo_root, tmp_path
     resumed = fit(tiny_cfg(demo_root, tmp_path, **{"train.epochs": 2, "train.resume": str(first / "last.pth")}))
     scaler = load_checkpoint(resumed / "last.pth")["scaler"]
     assert scaler and scaler["scale"] > 0  # the fp16 run's scaler state is saved from then on
+
+
+# ---- the train command: resumed run folder, label files, presets, errors, warnings ----------------------------------
+def _resumable_run(folder, cfg):
+    """A run folder with config.json and a last.pth holding training state (enough for the CLI's config)."""
+    folder.mkdir(parents=True)
+    cfg.to_json(folder / "config.json")
+    layer = torch.nn.Linear(2, 2)
+    from nbsrc.checkpoint import save_checkpoint
+
+    return save_checkpoint(
+        folder / "last.pth", model=layer, config=cfg, epoch=1, optimizer=torch.optim.SGD(layer.parameters(), lr=0.1)
+    )
+
+
+def test_cli_resume_continues_in_the_checkpoint_folder_from_anywhere(tmp_path, monkeypatch):
+    from nbsrc.engine import resolve_run_folder
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_cfg(tmp_path, "runs", **{"train.run_name": "rc"})  # train.out relative, as by default
+    _resumable_run(tmp_path / "runs" / "rc", cfg)
+    shutil.copytree(tmp_path / "runs" / "rc", tmp_path / "runs" / "copy")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+
+    def folder(argv):
+        return resolve_run_folder(config_from_argv(argv)[0])[1].resolve()
+
+    assert folder(["--resume", "../runs/rc/last.pth"]) == tmp_path / "runs" / "rc"
+    assert folder(["--resume_net", "../runs/rc/last.pth"]) == tmp_path / "runs" / "rc"
+    assert folder(["--resume", "../runs/copy/last.pth"]) == tmp_path / "runs" / "copy"  # not into the original
+    # an explicit name or parent folder is kept
+    assert folder(["--resume", "../runs/rc/last.pth", "--run_name", "again"]) == tmp_path / "sub" / "runs" / "again"
+    assert folder(["--resume", "../runs/rc/last.pth", "train.run_name=again"]) == tmp_path / "sub" / "runs" / "again"
+    assert folder(["--resume", "../runs/rc/last.pth", "--out", "elsewhere"]) == tmp_path / "sub" / "elsewhere" / "rc"
+
+
+def test_cli_label_files_are_used_as_given(demo_root, tmp_path, capsys):
+    root = tmp_path / "bb"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "images").symlink_to(demo_root / "train" / "images")
+    text = (demo_root / "train" / "labels.txt").read_text()
+    (root / "train" / "wider_train_gt.txt").write_text(text)  # biubug6 / NN-RTK name, no labels.txt beside it
+    gt = str(root / "train" / "wider_train_gt.txt")
+    cfg, _ = config_from_argv(["--network", "mobile0.25", "--training_dataset", gt])
+    assert (cfg.data.dataset_root, cfg.data.train_split, cfg.data.train_labels) == (str(root), "train", gt)
+    for flag in ("--train_label_file", "--label_dir"):
+        assert config_from_argv([flag, gt])[0].data.train_labels == gt
+    assert config_from_argv(["--label_dir", str(root / "train")])[0].data.train_labels is None  # a folder: found there
+    val = config_from_argv(["--val_label_file", str(root / "val" / "gt.txt")])[0].data
+    assert (val.val_split, val.val_labels, val.train_labels) == ("val", str(root / "val" / "gt.txt"), None)
+    with pytest.raises(ValueError, match="label file differs"):
+        config_from_argv(["--training_dataset", gt, "--train_label_file", str(root / "train" / "other.txt")])
+
+    argv = ["train", "--network", "mobile0.25", "--training_dataset", gt, "--check_only", "--workers", "0"]
+    assert cli_main(argv) == 0
+    assert "train: 24 samples" in capsys.readouterr().out
+
+
+def test_cli_model_flag_picks_the_latent_preset_for_latent_only_data(tmp_path):
+    latent_only, both = tmp_path / "lonly", tmp_path / "both"
+    (latent_only / "train" / "latent").mkdir(parents=True)
+    for sub in ("latent", "images"):
+        (both / "train" / sub).mkdir(parents=True)
+    assert config_from_argv(["--dataset_root", str(latent_only), "--model", "resnet50"])[0].preset == "latent-r50"
+    assert config_from_argv(["--dataset_root", str(latent_only), "--model", "mobilenet0.25"])[0].preset == "latent-mnet"
+    assert config_from_argv(["--dataset_root", str(both), "--model", "resnet50"])[0].preset == "r50-p2p6"
+    assert config_from_argv(["--network", "resnet50", "--use_latent"])[0].preset == "latent-r50"
+    assert config_from_argv(["--network", "mobile0.25", "--use_latent"])[0].preset == "latent-mnet"
+
+
+def test_bare_amp_keeps_the_following_override():
+    cfg, _ = config_from_argv(["--preset", "latent-r50", "--amp", "lr=0.01"])
+    assert cfg.train.amp == "auto" and cfg.train.lr == 0.01
+    cfg, _ = config_from_argv(["--preset", "latent-r50", "--amp", "lr=0.01", "momentum=0.8"])
+    assert (cfg.train.amp, cfg.train.lr, cfg.train.momentum) == ("auto", 0.01, 0.8)
+
+
+def test_cli_reports_a_non_finite_loss_in_one_line(monkeypatch, capsys):
+    import nbsrc.engine as engine
+
+    def diverge(cfg, start_epoch=None):
+        raise FloatingPointError("non-finite loss at epoch 1, step 2 (images a, b): loss=nan loss_cls=nan")
+
+    monkeypatch.setattr(engine, "fit", diverge)
+    assert cli_main(["train", "--preset", "mnet-biubug6", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: non-finite loss at epoch 1, step 2") and "Traceback" not in err
+
+
+def test_pretrained_warnings_with_full_weights_and_a_frozen_random_backbone(
+    demo_root, tmp_path, no_pretrained_files, monkeypatch, caplog
+):
+    import nbsrc.model.build as build
+    from nbsrc.checkpoint import save_checkpoint
+
+    monkeypatch.setattr(build, "_WARNED", set())  # the "no pretrained" warning is once per process
+    one_step = {"train.epochs": 1, "train.max_steps_per_epoch": 1, "data.max_images": 2, "model.pretrained": "auto"}
+    weight = save_checkpoint(
+        tmp_path / "w.pth", model=build_model(tiny_cfg(demo_root, tmp_path)), config=tiny_cfg(demo_root, tmp_path)
+    )
+    with caplog.at_level(logging.WARNING, logger="nbsrc"):
+        fit(tiny_cfg(demo_root, tmp_path, **one_step, **{"train.weight": str(weight), "train.freeze_backbone": True}))
+    assert "random init" not in caplog.text and "stays random" not in caplog.text  # full weights are loaded
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nbsrc"):
+        fit(tiny_cfg(demo_root, tmp_path, **one_step, **{"train.freeze_backbone": True}))
+    assert "random init" in caplog.text and "frozen backbone stays random" in caplog.text
+
+
+def test_a_gpu_this_torch_cannot_run_is_refused_with_what_to_choose(monkeypatch):
+    from nbsrc.utils import cuda_arch_supported, select_device
+
+    built = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
+    assert cuda_arch_supported((7, 5), built) and cuda_arch_supported((8, 9), built)  # T4; L4 runs sm_86
+    assert cuda_arch_supported((12, 1), built) and not cuda_arch_supported((6, 0), built)  # P100: no sm_6x
+    assert cuda_arch_supported((6, 1), ["sm_50", "compute_50"]) and not cuda_arch_supported((8, 0), ["sm_90a"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (6, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Tesla P100-PCIE-16GB")
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: built)
+    for device in ("auto", "cuda", "cuda:0"):
+        with pytest.raises(RuntimeError, match=r"Tesla P100.*6\.0.*T4"):
+            select_device(device)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
+    assert select_device("auto") == torch.device("cuda")
+    assert select_device("cpu") == torch.device("cpu")

@@ -42,6 +42,10 @@ def test_kernel_metadata_fields():
     assert kaggle.kernel_metadata("01_data_inspection", "alice", code_file="x.ipynb")["dataset_sources"][0] == (
         "alice/retina-modify"
     )
+    inspection = kaggle.kernel_metadata("01_data_inspection", "alice", code_file="x.ipynb")
+    assert inspection["enable_gpu"] is False and "machine_shape" not in inspection  # spends no GPU quota
+    assert kaggle.kernel_metadata("02_anchor_statistics", "alice", code_file="x.ipynb")["enable_gpu"] is False
+    assert kaggle.kernel_metadata("03_training", "alice", code_file="x.ipynb")["enable_gpu"] is True
     with pytest.raises(ValueError, match="owner"):
         kaggle.kernel_metadata("01_data_inspection", "bad owner!", code_file="x.ipynb")
     with pytest.raises(ValueError, match="no Kaggle kernel for notebook"):
@@ -63,6 +67,8 @@ def test_validation_finds_problems(tmp_path):
         "does not exist": {**meta, "code_file": "missing.ipynb"},
         "'machine_shape' must be 'NvidiaTeslaT4'": {**meta, "machine_shape": "NvidiaTeslaP100"},
         "lacks the nbsrc-code code dataset": {**meta, "dataset_sources": ["alice/retina-modify"]},
+        "lacks the latent dataset": {**meta, "dataset_sources": ["alice/nbsrc-code"]},
+        "'enable_gpu' must be True": {**meta, "enable_gpu": False},
         "does not match the title": {**meta, "id": "alice/another-slug"},
     }
     for message, broken in cases.items():
@@ -140,11 +146,10 @@ def _tree(folder: Path) -> dict[str, bytes]:
     ("kwargs", "message"),
     [
         ({"owner": "john.doe"}, r"Kaggle owner 'john\.doe'"),
-        ({"dataset": "someone/wider-latents"}, "must be named retina-modify"),
-        ({"dataset": "no-owner"}, "expected OWNER/retina-modify"),
+        ({"dataset": "no-owner"}, "expected OWNER/SLUG"),
         ({"parameters": {"epochs": "many"}}, "epochs"),
     ],
-    ids=["owner", "dataset-slug", "dataset-id", "parameter"],
+    ids=["owner", "dataset-id", "parameter"],
 )
 def test_bad_input_writes_nothing(tmp_path, kwargs, message):
     out = tmp_path / "B"
@@ -154,9 +159,19 @@ def test_bad_input_writes_nothing(tmp_path, kwargs, message):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_kernel_metadata_rejects_another_dataset_slug():
-    with pytest.raises(ValueError, match="dataset 'someone/wider-latents'.*must be named retina-modify"):
-        kaggle.kernel_metadata("01_data_inspection", "alice", code_file="x.ipynb", dataset="someone/wider-latents")
+def test_a_dataset_under_another_name_is_attached_and_baked_in_as_dataset_root(tmp_path):
+    result = kaggle.build("alice", tmp_path / "B", dataset="someone/wider-latents", notebooks=["01", "03"])
+    for notebook, folder in result["kernels"].items():
+        meta = kaggle.validate_kernel_metadata(folder / "kernel-metadata.json")
+        assert meta["dataset_sources"] == ["someone/wider-latents", "alice/nbsrc-code"]
+        nb = nbformat.read(folder / meta["code_file"], as_version=4)
+        injected = next(c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+        assert 'dataset_root = "wider-latents"' in injected, notebook
+    chosen = kaggle.build("alice", tmp_path / "C", dataset="someone/wider-latents", parameters={"dataset_root": "x"})
+    nb = nbformat.read(chosen["kernels"]["01_data_inspection"] / "01_data_inspection.ipynb", as_version=4)
+    assert 'dataset_root = "x"' in next(
+        c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])
+    )
 
 
 def test_failed_build_keeps_the_previous_build(tmp_path, monkeypatch):
@@ -216,17 +231,17 @@ def test_rebuild_replaces_each_folder(tmp_path):
     )
 
 
-def test_cli_rejects_another_dataset_before_writing(tmp_path):
+def test_cli_rejects_a_malformed_dataset_before_writing(tmp_path):
     out = tmp_path / "B"
     result = subprocess.run(
-        [sys.executable, "-m", "nbsrc", "kaggle-build", "--owner", "carol", "--dataset", "someone/wider-latents"]
+        [sys.executable, "-m", "nbsrc", "kaggle-build", "--owner", "carol", "--dataset", "wider-latents"]
         + ["--out", str(out)],
         capture_output=True,
         text=True,
         cwd=ROOT,
     )
     assert result.returncode != 0
-    assert "must be named retina-modify" in result.stderr
+    assert "expected OWNER/SLUG" in result.stderr
     assert not out.exists()
 
 
@@ -247,6 +262,8 @@ def test_push_waits_for_training_before_evaluation(build):
     assert "`kaggle kernels status alice/nbsrc-03-training`" in push  # the command to check by hand
     pushes = [line for line in push.splitlines() if "kaggle kernels push" in line]
     assert len(pushes) == 4 and "sleep" not in push[: push.index(pushes[2])]  # 01..03 do not wait
+    # the GPU kernels ask for the T4 on the command line too: an older CLI rejects it rather than run on a P100
+    assert [("--accelerator NvidiaTeslaT4" in line) for line in pushes] == [False, False, True, True]
     assert "kaggle datasets create -p" in push and "kaggle kernels output alice/nbsrc-04" in push
 
 

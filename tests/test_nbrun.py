@@ -126,6 +126,14 @@ def test_parameter_parsing_and_coercion():
         nbrun.check_parameters("nb", declared, {"epochs": 2.5})
     with pytest.raises(ValueError, match="'lr' expects float"):
         nbrun.check_parameters("nb", declared, {"lr": None})
+    optional = {
+        "keep": nbrun.NotebookParameter("keep", "Optional[int]", "3", ""),
+        "root": nbrun.NotebookParameter("root", "Optional[str]", "None", ""),
+    }
+    assert nbrun.check_parameters("nb", optional, {"keep": None, "root": None}) == {"keep": None, "root": None}
+    assert nbrun.check_parameters("nb", optional, {"keep": "5", "root": 7}) == {"keep": 5, "root": "7"}
+    with pytest.raises(ValueError, match="'keep' expects Optional\\[int\\]"):
+        nbrun.check_parameters("nb", optional, {"keep": 2.5})
 
 
 def test_run_passes_artifacts_and_writes_summary(notebooks_dir, tmp_path):

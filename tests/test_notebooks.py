@@ -15,8 +15,8 @@ from nbsrc import nbrun
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 EXPECTED = ["01_data_inspection", "02_anchor_statistics", "03_training", "04_widerface_evaluation"]
-REQUIRED = {"smoke": ("bool", "False"), "dataset_root": ("str | None", "None"), "run_dir": ("str | None", "None")}
-TYPES = {"bool", "int", "float", "str", "str | None", "int | None", "float | None"}
+REQUIRED = {"smoke": ("bool", "False"), "dataset_root": ("Optional[str]", "None"), "run_dir": ("Optional[str]", "None")}
+TYPES = {"bool", "int", "float", "str", "Optional[str]", "Optional[int]", "Optional[float]"}
 MAX_CELL_LINES = 15
 
 
@@ -40,6 +40,20 @@ def test_parameters_cell_contract(path):
     for param in declared.values():
         assert param.type_name in TYPES, f"{path.name}: {param.name}: annotation {param.type_name}"
         assert param.help, f"{path.name}: {param.name} has no comment"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_sees_every_parameter(path):
+    """``papermill -p`` and ``--help-notebook`` know only what papermill's own parser reads: every parameter
+    (an ``X | None`` annotation or a second ``=`` in the comment hides one) with the same default."""
+    papermill = pytest.importorskip("papermill")
+    nb_path = path.with_suffix(".ipynb")
+    declared = nbrun.declared_parameters(nbformat.read(nb_path, as_version=4), path.name)
+    seen = papermill.inspect_notebook(str(nb_path))
+    assert sorted(seen) == sorted(declared)
+    for name, param in declared.items():
+        assert ast.literal_eval(seen[name]["default"]) == ast.literal_eval(param.default), name
+        assert seen[name]["inferred_type_name"] == param.type_name, name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

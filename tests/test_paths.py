@@ -1,5 +1,5 @@
-"""Where the training notebook finds the ImageNet MobileNet file for ``pretrained="auto"``: ./weights or the
-torch hub cache, and on Kaggle an attached dataset; other values and ResNet backbones pass through."""
+"""Where the notebooks find things: the ImageNet backbone file for ``pretrained="auto"`` (./weights or the torch
+hub cache, and on Kaggle an attached dataset), checkpoints, runs to resume, and the attached dataset."""
 
 from __future__ import annotations
 
@@ -40,6 +40,25 @@ def test_on_kaggle_auto_finds_an_attached_weights_dataset(no_pretrained_files, m
     assert torch.equal(model.body.stage2[0][0].weight, raw["module.stage2.0.0.weight"])
 
 
+def test_on_kaggle_auto_finds_an_attached_torchvision_resnet_file(no_pretrained_files, monkeypatch):
+    # a kernel without internet: torchvision's resnet18-<hash>.pth uploaded as a dataset
+    import torchvision
+
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    attached = no_pretrained_files / "input" / "resnet-weights" / "imagenet"
+    attached.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), attached / "resnet18-f37072fd.pth")
+    assert paths.resolve_pretrained("auto", "resnet34", input_root=no_pretrained_files / "input") == "auto"
+    found = paths.resolve_pretrained("auto", "resnet18", input_root=no_pretrained_files / "input")
+    assert found == str(attached / "resnet18-f37072fd.pth")
+    model = build_model(get_preset("latent-r18", **{"model.pretrained": found}))
+    assert model.pretrained_source == found
+    raw = torch.load(found, map_location="cpu", weights_only=True)
+    kept = dict(model.backbone.named_parameters())
+    layer2 = [k for k in kept if k.endswith("layer2.0.conv1.weight")]
+    assert layer2 and torch.equal(kept[layer2[0]], raw["layer2.0.conv1.weight"])
+
+
 @pytest.mark.parametrize(
     ("value", "backbone"), [("none", "mobilenet0.25"), ("/w/file.pth", "mobilenet0.25"), ("auto", "resnet18")]
 )
@@ -78,3 +97,36 @@ def test_on_kaggle_other_inputs_are_searched_seven_folders_deep(tmp_path, monkey
     assert paths.resolve_checkpoint(None) == deep
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
     assert paths.resolve_checkpoint(None) is None  # off Kaggle nothing is searched
+
+
+def test_resume_auto_continues_the_latest_earlier_run(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    assert paths.resolve_resume(None, run_dir) is None and paths.resolve_resume("", run_dir) is None
+    assert paths.resolve_resume("auto", run_dir) is None  # nothing earlier: a new run
+    _touch(run_dir / "train" / "latent-r18-20261201-080000" / "last.pth", 1000)
+    newer = _touch(run_dir / "train" / "latent-r18-20261202-090000" / "last.pth", 2000)
+    assert paths.resolve_resume("auto", run_dir) == newer.resolve()
+    assert paths.resolve_resume(str(newer), None) == newer.resolve()
+    with pytest.raises(FileNotFoundError, match="resume 'missing.pth'"):
+        paths.resolve_resume("missing.pth", run_dir)
+    # on Kaggle: the training kernel's earlier version, attached as input, is searched too
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    monkeypatch.setattr(paths, "KAGGLE_INPUT", tmp_path / "input")
+    stopped = _touch(tmp_path / "input" / "nbsrc-03-training" / "runs" / "train" / "r" / "last.pth", 3000)
+    assert paths.resolve_resume("auto", run_dir) == stopped.resolve()
+
+
+def test_on_kaggle_a_dataset_under_another_name_is_found_by_its_contents(tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    root = tmp_path / "input"
+    (root / "nbsrc-code" / "nbsrc").mkdir(parents=True)  # the code dataset is never taken for data
+    latents = root / "datasets" / "bob" / "wider-latents" / "retina-modify"  # an uploaded top folder
+    (latents / "train").mkdir(parents=True)
+    (latents / "val").mkdir()
+    assert paths.resolve_dataset_root(None, input_root=root) == latents
+    assert paths.resolve_dataset_root("wider-latents", input_root=root) == latents
+    (root / "other" / "val").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="several attached datasets.*set dataset_root to its name"):
+        paths.resolve_dataset_root(None, input_root=root)
+    with pytest.raises(FileNotFoundError, match="'retina-modify' is not attached"):
+        paths.resolve_dataset_root(None, input_root=tmp_path / "empty")

@@ -72,7 +72,7 @@ def test_optimizers_skip_frozen_parameters():
 
 
 def test_scheduler_is_per_step_and_resumes_exactly():
-    cfg = get_preset("mnet-biubug6", **{"train.lr": 0.01, "train.warmup_epochs": 0.5, "train.epochs": 12})
+    cfg = get_preset("latent-r18", **{"train.lr": 0.01, "train.warmup_epochs": 0.5, "train.epochs": 12})
     net = nn.Linear(3, 2)
     opt = build_optimizer(cfg, net)
     sched = build_scheduler(cfg, opt, steps_per_epoch=4)
@@ -102,3 +102,23 @@ def test_make_scheduler_sets_the_first_rate():
     opt = torch.optim.SGD(net.parameters(), lr=1.0)
     make_scheduler(opt, LRSchedule(schedule="constant", steps_per_epoch=10, epochs=1, warmup_epochs=1.0))
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("preset", "batch", "epochs", "milestones"),
+    [("mnet-biubug6", 32, 250, (190, 220)), ("r50-biubug6", 24, 100, (70, 90)), ("mnet-2cls", 24, 250, (190, 220))],
+)
+def test_the_biubug6_presets_train_with_biubug6s_recipe(preset, batch, epochs, milestones):
+    # train.py: lr = 1e-3 * 0.1 ** step_index, step_index += 1 at each decay epoch, no warm-up (warmup_epoch = -1)
+    cfg = get_preset(preset)
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.optimizer) == (batch, epochs, "sgd")
+    assert (cfg.train.momentum, cfg.train.weight_decay) == (0.9, 5e-4)
+    net = nn.Linear(3, 2)
+    opt = build_optimizer(cfg, net)
+    sched = build_scheduler(cfg, opt, steps_per_epoch=3)
+    for epoch in range(epochs):
+        step_index = sum(epoch >= m for m in milestones)
+        for _ in range(3):
+            assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.1**step_index, rel=1e-9), epoch
+            opt.step()
+            sched.step()

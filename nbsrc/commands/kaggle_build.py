@@ -1,4 +1,4 @@
-"""``python -m nbsrc kaggle-build --owner USER [--dataset OWNER/retina-modify] [--params FILE | -p K V] [--out DIR]``."""
+"""``python -m nbsrc kaggle-build --owner USER [--dataset OWNER/SLUG] [--params FILE | -p K V] [--out DIR]``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ HELP = "write push-ready Kaggle kernels and the code dataset"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--owner", required=True, help="Kaggle user name owning the kernels and the code dataset")
-    parser.add_argument("--dataset", help="the latent dataset as OWNER/retina-modify (default: OWNER = --owner)")
+    parser.add_argument(
+        "--dataset",
+        help="the latent dataset as OWNER/SLUG (default: --owner's retina-modify); another SLUG becomes dataset_root",
+    )
     parser.add_argument("--params", help="YAML file of notebook parameters to bake in")
     parser.add_argument(
         "-p",

@@ -7,12 +7,18 @@ Trailing ``key=value`` pairs override any config field (``lr=0.01``, ``train.sch
 with N processes (one per GPU) through ``torchrun``; running this command under ``torchrun`` works as well.
 
 The ancestors' spellings are accepted so their commands keep working:
-``--use_latent --model resnet50`` (latent-r50), ``--model resnet18`` (r18-p2p6), ``--network mobile0.25``
-(mnet-biubug6), ``--network resnet50`` (r50-biubug6), ``--latent_dir ROOT/train/latent``, ``--label_dir
-ROOT/train``, ``--train_label_file``, ``--val_latent_dir``, ``--val_label_file``, ``--training_dataset``,
-``--latent_type`` / ``--latent_suffix latent_75.npy``, ``--batchsize``, ``--epoch``, ``--no_wandb``,
-``--resume_net`` (our checkpoint: full resume; a published state dict: initial weights) with
-``--resume_epoch``, ``--save_folder``, ``--run``, ``--num_workers``, ``--device ''|0|cpu``.
+``--use_latent --model resnet50`` (latent-r50), ``--model resnet18`` (r18-p2p6; latent-r18 when the dataset
+holds latents and no images), ``--network mobile0.25`` (mnet-biubug6), ``--network resnet50`` (r50-biubug6; with
+``--use_latent``: latent-r50), ``--latent_dir ROOT/train/latent``, ``--label_dir ROOT/train``, label files
+``--train_label_file``, ``--val_label_file``, ``--training_dataset`` and ``--label_dir FILE.txt`` (used as given:
+``data.train_labels`` / ``data.val_labels``), ``--val_latent_dir``, ``--latent_type`` / ``--latent_suffix
+latent_75.npy``, ``--batchsize``, ``--epoch``, ``--no_wandb``, ``--resume_net`` (our checkpoint: full resume; a
+published state dict: initial weights) with ``--resume_epoch``, ``--save_folder``, ``--run``, ``--num_workers``,
+``--device ''|0|cpu``.
+
+A resumed run (``--resume``, or ``--resume_net`` with our checkpoint) continues in the folder holding the
+checkpoint, wherever the command runs from, unless ``--run_name`` (``train.run_name=``) is given; with only
+``--out`` it continues in a folder of the checkpoint folder's name under ``--out``.
 """
 
 from __future__ import annotations
@@ -111,17 +117,23 @@ def _model_key(name: str, flag: str) -> str:
     return key
 
 
-def _preset_from_args(args: argparse.Namespace) -> str | None:
+def _preset_from_args(args: argparse.Namespace, latent_only_data: bool = False) -> str | None:
+    """The preset the model flags mean; `latent_only_data`: the training split holds latents and no images."""
     latent = bool(args.use_latent or args.latent_dir or args.val_latent_dir)
     derived = None
     if args.network:
         derived = _NETWORKS.get(args.network.lower())
         if derived is None:
             raise ValueError(f"--network {args.network!r}: expected one of {sorted(_NETWORKS)}")
+        if latent:  # the biubug6 designs are RGB-only: the latent model of that backbone is what was asked for
+            derived = f"latent-{_model_key(args.network, '--network')}"
     elif args.model:
         key = _model_key(args.model, "--model")
         if latent:
             derived = f"latent-{key}"
+        elif latent_only_data and not args.preset:
+            derived = f"latent-{key}"  # the latent scripts' users: latent input was their default
+            logger.info("--model %s: the dataset holds latents and no images, so preset %s", args.model, derived)
         else:
             derived = f"{key}-p2p6"
     elif latent:
@@ -139,7 +151,7 @@ def _split_of(path_value: str, flag: str, kind: str) -> tuple[Path, str]:
         if path.name != "latent":
             raise ValueError(f"{flag} {path_value!r}: expected ROOT/<split>/latent (the retina-modify layout)")
         split_dir = path.parent
-    elif path.suffix == ".txt":
+    elif path.suffix == ".txt" or path.is_file():
         split_dir = path.parent
     else:
         split_dir = path
@@ -149,6 +161,7 @@ def _split_of(path_value: str, flag: str, kind: str) -> tuple[Path, str]:
 def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
     roots: list[tuple[str, Path]] = []
     overrides: dict[str, Any] = {}
+    given: dict[str, str] = {}  # config key -> the flag that set it
     sources = [
         ("--latent_dir", args.latent_dir, "latent", "data.train_split"),
         ("--label_dir", args.label_dir, "labels", "data.train_split"),
@@ -165,6 +178,15 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"{flag} {value!r}: split {split!r} differs from {overrides[key]!r} given by another flag")
         overrides[key] = split
         roots.append((flag, root))
+        path = Path(value).expanduser().resolve()
+        if kind == "labels" and (path.suffix == ".txt" or path.is_file()):  # a label file: used as given
+            labels_key = "data.train_labels" if key == "data.train_split" else "data.val_labels"
+            if labels_key in overrides and overrides[labels_key] != str(path):
+                raise ValueError(
+                    f"{flag} {value!r}: label file differs from {overrides[labels_key]!r} ({given[labels_key]})"
+                )
+            overrides[labels_key] = str(path)
+            given[labels_key] = flag
     if args.dataset_root:
         roots.insert(0, ("--dataset_root", Path(args.dataset_root).expanduser().resolve()))
     for flag, root in roots[1:]:
@@ -196,6 +218,35 @@ def _device(value: str) -> str:
     return value
 
 
+def _override(pairs: list[str], key: str) -> str | None:
+    """The value the ``key=value`` pairs give config key `key` (``group.name``, also spelled ``name``), or None."""
+    value = None
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if sep and name.strip() in (key, key.split(".", 1)[1]):
+            value = text.strip()
+    return value
+
+
+def _latent_only_data(data: dict[str, Any], pairs: list[str]) -> bool:
+    """Whether the training split of the dataset the arguments name holds latents and no images."""
+    root = _override(pairs, "data.dataset_root") or data.get("data.dataset_root")
+    if not root:
+        return False
+    split = _override(pairs, "data.train_split") or data.get("data.train_split", "train")
+    split_dir = Path(root).expanduser() / split
+    return (split_dir / "latent").is_dir() and not (split_dir / "images").is_dir()
+
+
+def _resumed_run_name(resume: str, out_given: bool) -> str | None:
+    """``train.run_name`` of a resumed run the user did not name: None, so that `nbsrc.engine.resolve_run_folder`
+    continues in the checkpoint's folder; with ``--out`` given, the checkpoint folder's name under it."""
+    folder = Path(resume).expanduser().resolve().parent
+    if out_given and (folder / "config.json").is_file():
+        return folder.name
+    return None
+
+
 def _checkpoint(path: str, cache: dict[str, dict]) -> dict:
     from nbsrc.checkpoint import load_checkpoint
 
@@ -206,7 +257,13 @@ def _checkpoint(path: str, cache: dict[str, dict]) -> dict:
 
 def build_config(args: argparse.Namespace) -> tuple[Config, int | None]:
     """The run's `Config` and the start epoch (``--resume_epoch`` for initial weights) from parsed arguments."""
-    preset = _preset_from_args(args)
+    pairs = list(args.overrides or [])
+    amp_value = args.amp
+    if amp_value is not None and "=" in amp_value:  # a bare --amp, then an override that argparse gave to --amp
+        pairs.insert(0, amp_value)
+        amp_value = "auto"
+    overrides: dict[str, Any] = _data_overrides(args)
+    preset = _preset_from_args(args, _latent_only_data(overrides, pairs))
     checkpoints: dict[str, dict] = {}
     if args.resume_net and (args.resume or args.weight):
         raise ValueError("--resume_net cannot be combined with --resume or --weight")
@@ -228,7 +285,10 @@ def build_config(args: argparse.Namespace) -> tuple[Config, int | None]:
             cfg = cfg.replace(**{"train.run_name": None})
     else:
         cfg = get_preset(preset or "latent-r50")
-    overrides: dict[str, Any] = _data_overrides(args)
+    if resume and args.run_name is None and _override(pairs, "train.run_name") is None:
+        # continue in the checkpoint's folder, not in <its train.out>/<its run_name> seen from here
+        out_given = args.out is not None or _override(pairs, "train.out") is not None
+        cfg = cfg.replace(**{"train.run_name": _resumed_run_name(resume, out_given)})
     simple = {
         "train.epochs": args.epochs,
         "train.batch_size": args.batch_size,
@@ -248,10 +308,10 @@ def build_config(args: argparse.Namespace) -> tuple[Config, int | None]:
     overrides.update({k: v for k, v in simple.items() if v is not None})
     if args.device is not None:
         overrides["train.device"] = _device(args.device)
-    if args.amp is not None:
-        amp = _AMP.get(str(args.amp).lower())
+    if amp_value is not None:
+        amp = _AMP.get(str(amp_value).lower())
         if amp is None:
-            raise ValueError(f"--amp {args.amp!r}: expected auto, fp16, bf16 or off")
+            raise ValueError(f"--amp {amp_value!r}: expected auto, fp16, bf16 or off")
         overrides["train.amp"] = amp
     if args.freeze:
         overrides["train.freeze_backbone"] = True
@@ -265,8 +325,8 @@ def build_config(args: argparse.Namespace) -> tuple[Config, int | None]:
         if getattr(args, flag):
             logger.warning("--%s has no effect here (kept for compatibility with older training scripts)", flag)
     cfg = cfg.replace(**overrides)
-    if args.overrides:
-        cfg = cfg.override_pairs(list(args.overrides))
+    if pairs:
+        cfg = cfg.override_pairs(pairs)
     return cfg, args.resume_epoch
 
 

@@ -1,7 +1,8 @@
 """Dataset and DataLoader factories: the only data code that reads `nbsrc.config.Config`.
 
 ``cfg.model.input_kind`` picks the dataset: ``latent`` -> `LatentWiderFace`, ``rgb`` -> `WiderFaceRGB`. The split
-folders are ``<cfg.data.dataset_root>/<cfg.data.train_split>`` and ``.../<cfg.data.val_split>``.
+folders are ``<cfg.data.dataset_root>/<cfg.data.train_split>`` and ``.../<cfg.data.val_split>``; their label files
+are found there (`nbsrc.data.layout.find_labels`) unless ``data.train_labels`` / ``data.val_labels`` name them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from nbsrc.data.latent_dataset import LatentWiderFace
 from nbsrc.data.rgb_dataset import WiderFaceRGB
 from nbsrc.data.seeding import SeededSampler
 
-__all__ = ["build_dataloaders", "build_dataset", "dataset_root"]
+__all__ = ["build_dataloaders", "build_dataset", "dataset_root", "split_labels"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,25 @@ def _run_dir(cfg: Config) -> Path | None:
     return None
 
 
+def split_labels(cfg: Config, split: str, train: bool = True) -> Path | None:
+    """The label file ``data.train_labels`` / ``data.val_labels`` gives for `split` (the one of the split named
+    ``data.train_split`` / ``data.val_split``; `train` decides when both name the same split), or None when the
+    split's labels are to be found in its folder.
+
+    Raises:
+        FileNotFoundError: the given file does not exist (names the config key and the path).
+    """
+    d = cfg.data
+    given = [("data.train_labels", d.train_labels, d.train_split), ("data.val_labels", d.val_labels, d.val_split)]
+    for key, value, name in given if train else given[::-1]:
+        if value is not None and split == name:
+            path = Path(value).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(f"config key '{key}': label file {path} not found")
+            return path
+    return None
+
+
 def build_dataset(cfg: Config, split: str, train: bool, **overrides: Any) -> Dataset:
     """The dataset of one split for `cfg`.
 
@@ -59,9 +79,15 @@ def build_dataset(cfg: Config, split: str, train: bool, **overrides: Any) -> Dat
         **overrides: keyword arguments passed on to the dataset class (e.g. ``stats=`` for latents).
     Returns:
         `LatentWiderFace` or `WiderFaceRGB`.
+    Raises:
+        FileNotFoundError: a missing dataset root, split folder or label file (``data.train_labels`` /
+            ``data.val_labels``, see `split_labels`).
     """
     d, m = cfg.data, cfg.model
     root = dataset_root(cfg) / split
+    labels = split_labels(cfg, split, train)
+    if labels is not None:
+        overrides = {"labels": labels, **overrides}
     if m.input_kind == "latent":
         image_side = d.image_size // m.latent_stride
         kwargs: dict[str, Any] = dict(

@@ -107,8 +107,14 @@ class WiderFaceRGB(Dataset):
             raise FileNotFoundError(f"split folder {self.root} not found")
         self.images_dir = Path(images_dir) if images_dir is not None else self.root / "images"
         if not self.images_dir.is_dir():
+            hint = ""
+            if (self.root / "latent").is_dir():  # a latent dataset read by an RGB model
+                hint = (
+                    f"; {self.root / 'latent'} holds latents: train on them with a latent preset "
+                    "(model.input_kind=latent; train --use_latent or --preset latent-r50)"
+                )
             raise FileNotFoundError(
-                f"image folder {self.images_dir} not found (expected <split>/images/<event>/<name>.jpg)"
+                f"image folder {self.images_dir} not found (expected <split>/images/<event>/<name>.jpg){hint}"
             )
         self.image_size = int(image_size)
         self.train = train

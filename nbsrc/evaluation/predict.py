@@ -251,6 +251,8 @@ def predict_dataset(
         "amp": use_amp,
         "decimals": decimals,
     }
+    if cfg.loss.cls_loss != "ohem":  # softmax-scored folders stay resumable; older softmax-scored focal ones do not
+        settings["cls_loss"] = cfg.loss.cls_loss
     resume = _prepare_folder(out_dir, settings, names, resume)
     todo = [i for i, n in enumerate(names) if not (resume and result_path(out_dir, n).is_file())]
     stats = PredictStats(out_dir=out_dir, images=len(names), skipped=len(names) - len(todo))
@@ -289,6 +291,7 @@ def predict_dataset(
                 top_k=top_k,
                 keep_top_k=keep_top_k,
                 variances=cfg.anchors.variances,
+                cls_loss=cfg.loss.cls_loss,
             )
             _sync(device)
             t2 = time.perf_counter()
@@ -336,6 +339,10 @@ def build_predict_dataset(cfg, dataset_root: str | Path, split: str, latent_suff
     from nbsrc.data.loaders import build_dataset
 
     overrides = {"data.dataset_root": str(dataset_root), "data.all_rates": False, "data.augment": False}
+    trained_on = cfg.data.dataset_root
+    if trained_on is None or Path(trained_on).resolve() != Path(dataset_root).resolve():
+        # label files named for training (data.train_labels / val_labels) belong to the training dataset
+        overrides.update({"data.train_labels": None, "data.val_labels": None})
     if latent_suffix is not None:
         overrides["data.latent_suffix"] = latent_suffix
     cfg = cfg.replace(**overrides)

@@ -27,7 +27,7 @@ from torch import nn
 from nbsrc.anchors import AnchorGenerator
 from nbsrc.config import Config
 from nbsrc.model.backbones import LatentBackbone, MobileNetV1, ResNetBackbone
-from nbsrc.model.heads import make_heads
+from nbsrc.model.heads import init_focal_prior, make_heads
 from nbsrc.model.necks import FPN, SSH
 from nbsrc.model.retinaface import RetinaFace
 
@@ -54,7 +54,10 @@ def build_backbone(cfg: Config) -> nn.Module:
 
 
 def build_model(cfg: Config) -> RetinaFace:
-    """Build the `RetinaFace` described by `cfg` and load pretrained backbone weights per ``model.pretrained``."""
+    """Build the `RetinaFace` described by `cfg` and load pretrained backbone weights per ``model.pretrained``.
+
+    With ``loss.cls_loss="focal"`` the class heads start at the focal prior (`init_focal_prior`).
+    """
     m = cfg.model
     backbone = build_backbone(cfg)
     if m.neck == "biubug6":
@@ -80,7 +83,9 @@ def build_model(cfg: Config) -> RetinaFace:
         in_channels=m.latent_channels if m.input_kind == "latent" else 3,
         latent_stride=m.latent_stride,
     )
-    _load_pretrained(model, cfg)
+    if cfg.loss.cls_loss == "focal":  # sigmoid class logits start at the focal prior (a checkpoint overrides it)
+        init_focal_prior(model.ClassHead)
+    model.pretrained_source = _load_pretrained(model, cfg)  # where the backbone weights came from; None: random
     return model
 
 
@@ -160,10 +165,11 @@ def load_backbone_weights(backbone: nn.Module, state_dict: dict[str, torch.Tenso
     return len(wanted)
 
 
-def _load_pretrained(model: RetinaFace, cfg: Config) -> None:
+def _load_pretrained(model: RetinaFace, cfg: Config) -> str | None:
+    """Load the backbone weights ``model.pretrained`` asks for; returns their source, None when none were loaded."""
     mode, name = cfg.model.pretrained, cfg.model.backbone
     if mode == "none":
-        return
+        return None
     if mode not in ("auto", "imagenet"):
         path = Path(mode)
         if not path.is_file():
@@ -172,7 +178,7 @@ def _load_pretrained(model: RetinaFace, cfg: Config) -> None:
 
         count = load_backbone_weights(model.backbone, read_state_dict(path), str(path))
         logger.info("backbone %s: %d pretrained tensors from %s", name, count, path)
-        return
+        return str(path)
     try:
         if name == "mobilenet0.25":
             path = find_mobilenet_file()
@@ -185,9 +191,10 @@ def _load_pretrained(model: RetinaFace, cfg: Config) -> None:
         if mode == "imagenet":
             raise RuntimeError(f"model.pretrained='imagenet': {exc}") from None
         _warn_once(name, f"no pretrained {name} weights ({exc}); starting the backbone from random init")
-        return
+        return None
     count = load_backbone_weights(model.backbone, state_dict, source)
     logger.info("backbone %s: %d pretrained tensors from %s", name, count, source)
+    return source
 
 
 def find_mobilenet_file() -> Path:

@@ -6,9 +6,14 @@ Channel layout is anchor-major, as in the published checkpoints: channel ``k * C
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor, nn
 
-__all__ = ["Head", "flatten_head", "make_heads"]
+__all__ = ["FOCAL_PRIOR", "Head", "flatten_head", "init_focal_prior", "make_heads"]
+
+FOCAL_PRIOR = 0.01  # initial foreground probability of a focal-loss class head (Lin et al. 2017, pi)
 
 
 def flatten_head(x: Tensor, num_outputs: int) -> Tensor:
@@ -36,3 +41,21 @@ def make_heads(in_channels: list[int], num_anchors: list[int], num_outputs: int)
     if len(in_channels) != len(num_anchors):
         raise ValueError(f"{len(in_channels)} levels of features but {len(num_anchors)} levels of anchors")
     return nn.ModuleList(Head(c, k, num_outputs) for c, k in zip(in_channels, num_anchors))
+
+
+@torch.no_grad()
+def init_focal_prior(class_heads: nn.ModuleList, prior: float = FOCAL_PRIOR) -> None:
+    """Initialise class heads for sigmoid focal loss as RetinaNet does (Lin et al. 2017, torchvision).
+
+    Weights ~ N(0, 0.01); the foreground biases (channels ``k * C + c``, c >= 1) are ``-log((1 - prior) / prior)``,
+    so every anchor starts with foreground probability ~`prior` and the many easy negatives do not swamp the first
+    steps. The background bias (c = 0, unused by the focal loss and its scores) is 0.
+    """
+    if not 0 < prior < 1:
+        raise ValueError(f"prior must be in (0, 1), got {prior}")
+    for head in class_heads:
+        conv = head.conv1x1
+        nn.init.normal_(conv.weight, std=0.01)
+        bias = conv.bias.view(-1, head.num_outputs)  # (K, C)
+        bias[:, 0] = 0.0
+        bias[:, 1:] = -math.log((1 - prior) / prior)
