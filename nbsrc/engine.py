@@ -507,11 +507,33 @@ def resolve_run_folder(cfg: Config) -> tuple[Config, Path]:
                     **{"train.run_name": resume_dir.name, "train.out": str(resume_dir.parent)}
                 ), resume_dir
             name = resume_dir.name
-    if name is None:
-        name = make_run_name(cfg)
+    if name is None:  # a fresh name: two runs started in the same second get different folders
+        base = name = make_run_name(cfg)
+        for index in range(2, 1000):
+            if not (Path(cfg.train.out) / name).exists():
+                break
+            name = f"{base}-{index}"
     name = broadcast_object(name)
     cfg = cfg.replace(**{"train.run_name": name})
     return cfg, Path(cfg.train.out) / name
+
+
+def _earlier_run(run_dir: Path) -> str:
+    """What of an earlier run `run_dir` holds ("" when none): a new run never writes over one."""
+    if not run_dir.is_dir():
+        return ""
+    found = [p.name for p in sorted(run_dir.iterdir()) if p.name == "config.json" or p.suffix == ".pth"]
+    return ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+
+
+def _read_resume_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint holding the training state `fit` resumes from, or a ValueError saying what it lacks."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("optimizer") is None:
+        raise ValueError(f"{path}: holds no training state to resume from (use train.weight to initialise)")
+    if not isinstance(checkpoint.get("epoch"), int) or isinstance(checkpoint.get("epoch"), bool):
+        raise ValueError(f"{path}: no epoch count to resume from (got {checkpoint.get('epoch')!r})")
+    return checkpoint
 
 
 def _continue_run_folder(run_dir: Path, resume: str | Path) -> None:
@@ -619,20 +641,30 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
     cfg, run_dir = resolve_run_folder(cfg)
     t = cfg.train
     metrics_path = run_dir / "metrics.jsonl"
+    earlier = broadcast_object(_earlier_run(run_dir) if info.is_main and t.resume is None else None)
+    if earlier:
+        raise FileExistsError(
+            f"{run_dir}: holds an earlier run ({earlier}); continue it with train.resume={run_dir / 'last.pth'} "
+            "(--resume), or choose another train.run_name (--run_name)"
+        )
+
+    # the checkpoints are read and fitted to the model before anything is written into the run folder
+    seed_everything(t.seed)
+    full_weights = t.weight is not None or t.resume is not None  # loaded below: no ImageNet backbone to look for
+    model = build_model(cfg.replace(**{"model.pretrained": "none"}) if full_weights else cfg)
+    resumed = _read_resume_checkpoint(t.resume) if t.resume is not None else None
+    if resumed is not None:
+        load_state_dict_strict(model, resumed["model"], str(t.resume))
+    elif t.weight is not None:
+        checkpoint = load_checkpoint(t.weight)
+        load_state_dict_strict(model, checkpoint["model"], str(t.weight))
+        logger.info("initialised from %s", t.weight)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.to_json(run_dir / "config.json")
         if t.resume is not None:
             _continue_run_folder(run_dir, t.resume)
     logger.info("run folder %s (preset %s, device %s, %d process(es))", run_dir, cfg.preset, device, info.world_size)
-
-    seed_everything(t.seed)
-    full_weights = t.weight is not None or t.resume is not None  # loaded below: no ImageNet backbone to look for
-    model = build_model(cfg.replace(**{"model.pretrained": "none"}) if full_weights else cfg)
-    if t.weight is not None and t.resume is None:
-        checkpoint = load_checkpoint(t.weight)
-        load_state_dict_strict(model, checkpoint["model"], str(t.weight))
-        logger.info("initialised from %s", t.weight)
     if t.freeze_backbone:
         if not full_weights and getattr(model, "pretrained_source", None) is None:
             logger.warning(
@@ -675,12 +707,12 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
     first_epoch, global_step = 0, 0
     best_score, history = -math.inf, {}
     rng_state = None
-    if t.resume is not None:
-        checkpoint = load_checkpoint(t.resume)
-        if checkpoint.get("optimizer") is None:
-            raise ValueError(f"{t.resume}: holds no training state to resume from (use train.weight to initialise)")
-        load_state_dict_strict(model, checkpoint["model"], str(t.resume))
-        optimizer.load_state_dict(checkpoint["optimizer"])
+    if resumed is not None:
+        checkpoint = resumed
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{t.resume}: its optimizer state does not fit this run's optimizer ({exc})") from None
         if scaler.is_enabled() and checkpoint.get("scaler"):  # a run without fp16 saved an empty state
             scaler.load_state_dict(checkpoint["scaler"])
         if checkpoint.get("scheduler") is not None:

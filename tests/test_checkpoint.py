@@ -77,6 +77,22 @@ def test_save_is_atomic_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
 
 
+def test_atomically_written_files_get_the_umask_mode_like_any_other_file(tmp_path):
+    import os
+
+    from nbsrc.utils import atomic_write_text
+
+    previous = os.umask(0o027)
+    try:
+        save_checkpoint(tmp_path / "c.pth", model=torch.nn.Linear(2, 2), config=get_preset("mnet-biubug6"))
+        atomic_write_text(tmp_path / "labels.txt", "x\n")
+        (tmp_path / "plain.txt").write_text("x\n")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"c.pth": 0o640, "labels.txt": 0o640, "plain.txt": 0o640}  # not mkstemp's 0600
+
+
 def test_wrapped_model_saves_clean_keys(tmp_path):
     model = _model("mnet-biubug6")
     path = save_checkpoint(tmp_path / "c.pth", model=torch.nn.DataParallel(model), config=get_preset("mnet-biubug6"))

@@ -474,3 +474,48 @@ def test_a_gpu_this_torch_cannot_run_is_refused_with_what_to_choose(monkeypatch)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
     assert select_device("auto") == torch.device("cuda")
     assert select_device("cpu") == torch.device("cpu")
+
+
+def test_a_new_run_never_writes_over_an_earlier_one(uninterrupted, demo_root):
+    before = {p.name: p.read_bytes() for p in uninterrupted.iterdir() if p.is_file()}
+    again = tiny_cfg(demo_root, uninterrupted.parent, **{"train.epochs": 1, "train.run_name": uninterrupted.name})
+    with pytest.raises(FileExistsError, match=r"holds an earlier run \(best.pth, config.json.*train.resume="):
+        fit(again)
+    assert {p.name: p.read_bytes() for p in uninterrupted.iterdir() if p.is_file()} == before
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(uninterrupted, demo_root, tmp_path):
+    # another model size: the run folder is neither created (train.weight) nor touched (train.resume)
+    wider = {"model.out_channels": 32, "train.epochs": 2}
+    with pytest.raises(ValueError, match="does not fit the model"):
+        fit(
+            tiny_cfg(
+                demo_root, tmp_path, **wider, **{"train.run_name": "w", "train.weight": str(uninterrupted / "best.pth")}
+            )
+        )
+    assert not (tmp_path / "w").exists()
+    copy = tmp_path / "copy"
+    shutil.copytree(uninterrupted, copy)
+    config = (copy / "config.json").read_bytes()
+    with pytest.raises(ValueError, match="does not fit the model"):
+        fit(tiny_cfg(demo_root, tmp_path, **wider, **{"train.resume": str(copy / "last.pth")}))
+    assert (copy / "config.json").read_bytes() == config
+    # a checkpoint with training state but no epoch count
+    state = load_checkpoint(copy / "last.pth")
+    torch.save({**state, "epoch": None}, copy / "noepoch.pth")
+    with pytest.raises(ValueError, match="noepoch.pth: no epoch count"):
+        fit(tiny_cfg(demo_root, tmp_path, **{"train.resume": str(copy / "noepoch.pth")}))
+    assert (copy / "config.json").read_bytes() == config
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    from nbsrc import engine
+
+    monkeypatch.setattr(engine, "make_run_name", lambda cfg: "latent-r18-20261202-113818")
+    cfg = get_preset("latent-r18", **{"train.out": str(tmp_path)})
+    names = []
+    for _ in range(3):
+        named, folder = engine.resolve_run_folder(cfg)
+        folder.mkdir()
+        names.append(named.train.run_name)
+    assert names == ["latent-r18-20261202-113818", "latent-r18-20261202-113818-2", "latent-r18-20261202-113818-3"]
