@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import struct
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -24,6 +25,7 @@ from nbsrc.config import Config, get_preset, list_presets
 from nbsrc.utils import atomic_path
 
 __all__ = [
+    "check_resumable",
     "infer_preset",
     "load_checkpoint",
     "load_model",
@@ -108,6 +110,37 @@ def save_checkpoint(
     return path
 
 
+# What unpickling a file that is not a checkpoint (text, a truncated, corrupted or foreign file) raises: the pickle
+# machinery reports garbage as whatever its first wrong step hits (a memo KeyError, a short struct, a bad opcode, an
+# unknown global, a huge length, ...).
+_UNREADABLE = (
+    RuntimeError,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    ImportError,
+    AssertionError,
+    OverflowError,
+    MemoryError,
+    struct.error,
+    pickle.UnpicklingError,
+)
+
+
+def _unreadable(path: Path, exc: BaseException) -> ValueError:
+    if isinstance(exc, EOFError):
+        detail = "the file ends early: empty or truncated"
+    elif isinstance(exc, (RuntimeError, ValueError, OSError)) and str(exc):
+        detail = str(exc)
+    else:
+        detail = f"not PyTorch pickle data: {type(exc).__name__}: {exc}"
+    return ValueError(f"{path}: not a readable PyTorch checkpoint ({detail})")
+
+
 def _torch_load(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
@@ -117,12 +150,12 @@ def _torch_load(path: Path) -> Any:
         # Our own checkpoints may hold NumPy RNG state, which the safe unpickler rejects; a local file
         # the user points at is trusted like any other training artefact.
         logger.debug("%s: safe unpickling failed, loading with weights_only=False", path)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    except _UNREADABLE as exc:
+        raise _unreadable(path, exc) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, AttributeError) as exc:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    except _UNREADABLE as exc:
+        raise _unreadable(path, exc) from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -170,6 +203,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         "scheduler": None,
         "metrics": {},
     }
+
+
+def check_resumable(checkpoint: Mapping[str, Any], source: str | Path = "checkpoint") -> None:
+    """Raise `ValueError` naming `source` unless `checkpoint` (a `load_checkpoint` result) holds what resuming a
+    run needs: the optimizer state and the number of epochs completed (a non-negative integer)."""
+    if checkpoint.get("optimizer") is None:
+        raise ValueError(
+            f"{source}: holds no training state to resume from (no optimizer state); start from its weights with "
+            "--weight (train.weight) instead"
+        )
+    epoch = checkpoint.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(
+            f"{source}: cannot resume: key 'epoch' (epochs completed) must be an integer >= 0, got {epoch!r}; "
+            "start from its weights with --weight (train.weight) instead"
+        )
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from nbsrc.utils import setup_logging
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "describe_error", "main"]
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -62,12 +63,32 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level.upper())
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError, FloatingPointError) as exc:
-        # Bad input (or a diverged run: the non-finite loss names epoch, step, images and loss parts): one clear
-        # line naming what is wrong, no stack trace from deep inside a library.
+    except (ValueError, OSError, RuntimeError, KeyError, FloatingPointError) as exc:
+        # Bad input (a path that is a file where a folder is expected, or the reverse; or a diverged run: the
+        # non-finite loss names epoch, step, images and loss parts): one clear line naming what is wrong, no stack
+        # trace from deep inside a library.
         logging.getLogger("nbsrc").debug("error details", exc_info=True)
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {describe_error(exc)}\n")
         return 2
+
+
+# What a path error means for the user of a command (the OS message says what the path is, not what was expected).
+_OS_HINTS: dict[type, str] = {
+    IsADirectoryError: "is a directory (expected a file)",
+    NotADirectoryError: "a component of the path is a file (expected a directory)",
+}
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for `exc`: an `OSError` from the system (it carries a file name) as ``<path>: <what>``, naming
+    what was expected for the common path mix-ups; any other error as its own message."""
+    if not isinstance(exc, OSError) or exc.filename is None:
+        return str(exc)
+    what = _OS_HINTS.get(type(exc)) or exc.strerror or type(exc).__name__
+    if isinstance(exc, FileExistsError) and not os.path.isdir(exc.filename):
+        what = "exists and is not a directory (expected a directory, or a path that does not exist yet)"
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    return f"{where}: {what}"
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ BACKBONES = ("mobilenet0.25", "resnet18", "resnet34", "resnet50")
 NECKS = ("biubug6", "p2p6")
 BRIDGES = ("deconv", "bilinear", "nearest", "pixelshuffle")
 RATES = (12, 25, 50, 75, 100)  # JPEG AI rate points, bits per pixel x 100
+TEST_SCALES = ("square", "original", "mxnet")  # RGB prediction input sizes (see EvalConfig.test_scale)
 
 
 def _fail(key: str, message: str) -> None:
@@ -241,6 +242,9 @@ class EvalConfig:
     keep_top_k: int = 750  # detections kept after NMS, per image
     iou_thresh: float = 0.5  # evaluation IoU threshold
     batch_size: int = 8  # images per inference batch
+    # RGB prediction input size (nbsrc.data.transforms.test_scale_factor); latent models keep their latent frame
+    # and ignore it with a warning. Non-square protocols predict one image per batch.
+    test_scale: str = "square"  # square: data.image_size | original: own size | mxnet: short 1600, long <= 2150
 
     def __post_init__(self) -> None:
         _check(0 <= self.conf_thresh <= 1, "eval.conf_thresh", "must be in [0, 1]")
@@ -249,6 +253,7 @@ class EvalConfig:
         _check(self.keep_top_k >= 1, "eval.keep_top_k", "must be >= 1")
         _check(0 < self.iou_thresh <= 1, "eval.iou_thresh", "must be in (0, 1]")
         _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        _choice(self.test_scale, "eval.test_scale", TEST_SCALES)
 
 
 _GROUPS: dict[str, type] = {

@@ -8,7 +8,7 @@ it describes (``h * latent_stride`` x ``w * latent_stride``), mapped back to an 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +16,42 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nbsrc.config import Config
+from nbsrc.config import Config, EvalConfig
 from nbsrc.frame import FrameMap
 from nbsrc.latents import as_latent
 from nbsrc.postprocess import postprocess
 from nbsrc.preprocess import normalize_image
 
-__all__ = ["Detector"]
+__all__ = ["Detector", "check_thresholds"]
 
 logger = logging.getLogger(__name__)
+
+# argument -> the `EvalConfig` field whose range it must respect
+_THRESHOLD_FIELDS = {"conf": "conf_thresh", "nms": "nms_thresh", "top_k": "top_k", "keep_top_k": "keep_top_k"}
+
+
+def check_thresholds(names: Mapping[str, str] | None = None, **values: Any) -> None:
+    """Raise `ValueError` unless every given post-processing argument is in its `EvalConfig` range.
+
+    Args:
+        names: how to name each argument in the message (e.g. ``{"conf": "--conf"}``); default its own name.
+        **values: ``conf`` (in [0, 1]), ``nms`` (in (0, 1]), ``top_k`` and ``keep_top_k`` (integers >= 1);
+            None values are skipped. NaN fails every range.
+    """
+    names = names or {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        field = _THRESHOLD_FIELDS[key]
+        name = names.get(key, key)
+        if key in ("top_k", "keep_top_k") and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        try:
+            EvalConfig(**{field: value})
+        except TypeError:
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+        except ValueError as exc:  # "config key 'eval.conf_thresh': must be in [0, 1]"
+            raise ValueError(f"{name} {str(exc).rsplit(': ', 1)[-1]}, got {value!r}") from None
 
 
 class Detector:
@@ -88,8 +115,10 @@ class Detector:
         """`nbsrc.postprocess.postprocess` output for a prepared batch ``Tensor[B, C, H, W]``.
 
         Boxes and landmarks are network-frame pixels. Unset thresholds come from ``cfg.eval``; scores are
-        computed as ``cfg.loss.cls_loss`` trained them (`nbsrc.postprocess.class_scores`).
+        computed as ``cfg.loss.cls_loss`` trained them (`nbsrc.postprocess.class_scores`). Thresholds out of their
+        `EvalConfig` range raise `ValueError` (`check_thresholds`).
         """
+        check_thresholds(conf=conf, nms=nms, top_k=top_k, keep_top_k=keep_top_k)
         e = self.cfg.eval
         inputs = inputs.to(self.device, non_blocking=True)
         outputs = self.model(inputs)
@@ -113,8 +142,8 @@ class Detector:
 
         Args:
             item: ``[H, W, 3]`` uint8 RGB image (RGB models) or latent array (latent models).
-            conf: score threshold.
-            nms: NMS IoU threshold.
+            conf: score threshold, in [0, 1].
+            nms: NMS IoU threshold, in (0, 1].
             orig_size: latent models only: ``(width, height)`` of the original image; boxes are mapped from the
                 network frame with the config's resize policy. None keeps the network frame.
 
@@ -132,6 +161,7 @@ class Detector:
         orig_sizes: Sequence[tuple[int, int] | None] | None = None,
     ) -> list[list[dict[str, Any]]]:
         """`detect` for several inputs; inputs of equal shape run as one batch."""
+        check_thresholds(conf=conf, nms=nms)  # before any work on the inputs
         if orig_sizes is None:
             orig_sizes = [None] * len(items)
         if len(orig_sizes) != len(items):

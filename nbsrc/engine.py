@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from nbsrc.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint, unwrap_model
+from nbsrc.checkpoint import check_resumable, load_checkpoint, load_state_dict_strict, save_checkpoint, unwrap_model
 from nbsrc.config import Config
 from nbsrc.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from nbsrc.evaluation.detection_ap import detection_ap
@@ -529,10 +529,7 @@ def _earlier_run(run_dir: Path) -> str:
 def _read_resume_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint holding the training state `fit` resumes from, or a ValueError saying what it lacks."""
     checkpoint = load_checkpoint(path)
-    if checkpoint.get("optimizer") is None:
-        raise ValueError(f"{path}: holds no training state to resume from (use train.weight to initialise)")
-    if not isinstance(checkpoint.get("epoch"), int) or isinstance(checkpoint.get("epoch"), bool):
-        raise ValueError(f"{path}: no epoch count to resume from (got {checkpoint.get('epoch')!r})")
+    check_resumable(checkpoint, path)
     return checkpoint
 
 

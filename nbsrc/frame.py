@@ -7,6 +7,10 @@ Two resize policies produce the network frame from an original image of ``(orig_
   and padded: ``net = orig * s + pad`` with ``pad = ((net_w - orig_w * s) / 2, (net_h - orig_h * s) / 2)``.
 
 `FrameMap` applies the policy to boxes ``[..., 4]`` xyxy and points ``[..., 2]`` in both directions.
+
+`ScaleMap` is the uniform scale of the non-square RGB test protocols (``eval.test_scale`` original / mxnet):
+``net = orig * factor``, mapped back as ``net / factor`` exactly as biubug6's ``test_widerface.py`` divides by
+``resize`` (the resized image's size, ``round(orig * factor)``, is not used to map back).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FrameMap", "RESIZE_POLICIES"]
+__all__ = ["FrameMap", "RESIZE_POLICIES", "ScaleMap"]
 
 RESIZE_POLICIES = ("stretch", "letterbox")
 
@@ -68,3 +72,32 @@ class FrameMap:
         coords = np.asarray(coords, dtype=np.float64)
         scale, pad = self._coeffs(coords.shape[-1])
         return ((coords - pad) / scale).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ScaleMap:
+    """Uniform scale original pixels -> network-frame pixels: ``net = orig * factor`` (no padding)."""
+
+    orig_size: tuple[int, int]  # (width, height) of the original image
+    net_size: tuple[int, int]  # (width, height) of the resized image
+    factor: float  # resize factor (1.0: the image at its own size)
+
+    def __post_init__(self) -> None:
+        if min(self.orig_size) <= 0 or min(self.net_size) <= 0 or not self.factor > 0:
+            raise ValueError(f"need positive sizes and factor, got {self.orig_size}, {self.net_size}, {self.factor}")
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        return self.factor, self.factor
+
+    @property
+    def pad(self) -> tuple[float, float]:
+        return 0.0, 0.0
+
+    def to_net(self, coords: np.ndarray) -> np.ndarray:
+        """Original -> network frame. `coords` is ``[..., 4]`` xyxy or ``[..., 2]`` xy (float32 out)."""
+        return (np.asarray(coords, dtype=np.float64) * self.factor).astype(np.float32)
+
+    def to_original(self, coords: np.ndarray) -> np.ndarray:
+        """Network frame -> original pixels (``coords / factor``)."""
+        return (np.asarray(coords, dtype=np.float64) / self.factor).astype(np.float32)

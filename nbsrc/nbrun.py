@@ -20,7 +20,7 @@ executed notebook, and the error; the summary and the executed notebook (with th
 
 Parameters for several notebooks: a top-level key goes to every selected notebook that declares it and must
 be declared by at least one of them; a top-level key equal to a notebook name (``03_training:``) holds
-parameters for that notebook only, each of which it must declare.
+parameters for that notebook only, each of which it must declare (ignored when that notebook is not selected).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -325,19 +325,32 @@ def check_parameters(notebook: str, declared: Mapping[str, NotebookParameter], p
 
 
 def plan_parameters(
-    sources: Sequence[Path], parameters: Mapping[str, Any], run_dir: Path | None = None
+    sources: Sequence[Path],
+    parameters: Mapping[str, Any],
+    run_dir: Path | None = None,
+    known: Iterable[str] | None = None,
 ) -> list[tuple[str, Any, dict[str, Any]]]:
     """(name, notebook, checked parameters) per notebook source, in order.
 
     Top-level keys go to every notebook declaring them (each must be declared by at least one); a key equal
-    to a notebook's name holds that notebook's own parameters. With `run_dir`, notebooks declaring
+    to a notebook's name holds that notebook's own parameters. The section of a known notebook that is not among
+    `sources` is ignored (one parameters file serves any selection). With `run_dir`, notebooks declaring
     ``run_dir`` get it unless given explicitly.
+
+    Args:
+        known: every notebook name (default: the ``NN_name.py`` files in the folders of `sources`).
 
     Raises:
         ValueError: an undeclared key or a wrongly typed value (before anything runs).
     """
     stems = {p.stem for p in sources}
-    common = {k: v for k, v in parameters.items() if k not in stems}
+    if known is None:
+        known = {p.stem for folder in {Path(s).parent for s in sources} for p in folder.glob("[0-9][0-9]_*.py")}
+    unselected = set(known) - stems
+    ignored = sorted(k for k in parameters if k in unselected)
+    if ignored:
+        logger.info("parameters for notebook(s) not selected ignored: %s", ", ".join(ignored))
+    common = {k: v for k, v in parameters.items() if k not in stems and k not in unselected}
     sections = {k: v for k, v in parameters.items() if k in stems}
     for name, section in sections.items():
         if not isinstance(section, Mapping):

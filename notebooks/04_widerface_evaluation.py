@@ -54,6 +54,7 @@ rgb_checkpoint: Optional[str] = None  # an RGB model evaluated on the same image
 twoclass_labels: Optional[str] = None  # 2-class labels (None: <dataset>/<split>/labels_2cls.txt for face+person models)
 conf_thresh: float = 0.02  # score threshold of the written predictions (the published WIDER setting)
 nms_thresh: float = 0.4  # NMS IoU threshold
+test_scale: str = "square"  # RGB input: square (data.image_size) | original (own size) | mxnet (short side 1600)
 device: str = "auto"  # auto | cpu | cuda | cuda:N
 gallery: int = 6  # validation images in the gallery (2 when smoke)
 gallery_conf: float = 0.5  # score threshold of the detections drawn in the gallery
@@ -68,7 +69,7 @@ weights = paths.resolve_checkpoint(checkpoint, run)
 if weights is None:
     raise FileNotFoundError(f"no checkpoint: pass checkpoint=..., or run 03_training with run_dir={run}")
 detector = Detector.from_checkpoint(weights, preset=preset, device=device)
-detector.cfg = detector.cfg.replace(max_images=4 if smoke else None)
+detector.cfg = detector.cfg.replace(max_images=4 if smoke else None, test_scale=test_scale)
 latent = detector.input_kind == "latent"
 gt = Path(paths.resolve_optional_path(gt_dir, "gt_dir") or root / split / "ground_truth")
 missing = "empty" if smoke else "error"

@@ -195,3 +195,52 @@ def test_default_build_with_the_cli_takes_under_a_minute(tmp_path):
         assert cpu < DEMO_BUILD_LIMIT_S, f"the default demo build took {cpu:.1f} s of CPU ({wall:.1f} s wall)"
     finally:
         shutil.rmtree(out, ignore_errors=True)  # ~0.8 GB of latents
+
+
+def test_refuses_a_folder_that_is_not_a_demo_dataset(tmp_path, capsys):
+    """Someone's own data is never overwritten: a clear error, every file as it was."""
+    from nbsrc.cli import main
+
+    real = tmp_path / "real"
+    (real / "train").mkdir(parents=True)
+    (real / "train" / "labels.txt").write_text("# mine/a.jpg\n")
+    (real / "README.txt").write_text("my data\n")
+    with pytest.raises(ValueError, match=r"real is not empty and is not a demo dataset built by make-demo-data"):
+        make_demo_data(real, images=1, val_images=1)
+    assert main(["make-demo-data", str(real), "--images", "1", "--val-images", "1"]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert sorted(p.relative_to(real).as_posix() for p in real.rglob("*")) == [
+        "README.txt",
+        "train",
+        "train/labels.txt",
+    ]
+    assert (real / "train" / "labels.txt").read_text() == "# mine/a.jpg\n"
+    with pytest.raises(ValueError, match="is a file"):
+        make_demo_data(real / "README.txt", images=1, val_images=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real"]  # no temporary folder left
+
+
+def test_rebuild_replaces_the_demo_dataset_whole(tmp_path, monkeypatch):
+    import nbsrc.data.demo as demo
+    from nbsrc import paths
+    from nbsrc.data.validate import validate_dataset
+
+    assert demo.DEMO_MARKER == paths._DEMO_MARKER
+    empty = tmp_path / "demo"
+    empty.mkdir()  # an empty folder is fine
+    root = make_demo_data(empty, images=3, val_images=2)
+    assert (root / demo.DEMO_MARKER).is_file() and len(list((root / "train" / "latent").iterdir())) == 3
+    make_demo_data(root, images=1, val_images=1)
+    assert len(list((root / "train" / "latent").iterdir())) == 1  # no stale latents of the first build
+    assert validate_dataset(root).ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(demo, "_write_ground_truth", broken)
+    before = _files(root)
+    with pytest.raises(RuntimeError, match="disk full"):
+        make_demo_data(root, images=2, val_images=1)
+    assert _files(root) == before  # a failed rebuild leaves the old dataset as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]

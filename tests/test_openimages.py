@@ -244,3 +244,26 @@ def test_cli_convert(tmp_path, capsys, nbsrc_logging):
     assert "error:" in capsys.readouterr().err
     assert main(["convert-openimages", str(path), str(tmp_path / "x.txt"), "--dedup-iou", "1.5"]) == 2
     assert not (tmp_path / "x.txt").exists()
+
+
+@pytest.mark.parametrize("found", [18, 16])
+def test_row_with_a_wrong_field_count_is_an_error_not_an_unmapped_class(tmp_path, capsys, found):
+    """An extra (or missing) field shifts the columns: file:line with the expected and found counts, rc 2."""
+    path = tmp_path / "oi.csv"
+    bad = csv_row(1, "img1", "Person", 0.1, 0.3, 0.5, 0.9).rstrip("\n")
+    bad = bad.replace(",freeform,", ",freeform,extra,") if found == 18 else bad.rsplit(",", 1)[0]
+    path.write_text(HEADER + csv_row(0, "img1", "Human face", 0.1, 0.2, 0.1, 0.2) + bad + "\n")
+    with pytest.raises(ValueError, match=f"expected 17 comma-separated fields .*, found {found}") as info:
+        read_openimages_csv(path)
+    assert str(info.value).startswith(f"{path}:3: ")
+    out = tmp_path / "out.txt"
+    assert main(["convert-openimages", str(path), str(out)]) == 2
+    assert f"{path}:3: expected 17" in capsys.readouterr().err and not out.exists()
+
+
+def test_image_id_that_leaves_the_folder_is_an_error(tmp_path):
+    path = tmp_path / "oi.csv"
+    path.write_text(HEADER + csv_row(0, "../img1", "Human face", 0.1, 0.2, 0.1, 0.2))
+    with pytest.raises(ValueError, match=r"ImageID '\.\./img1' has a '\.\.' component") as info:
+        read_openimages_csv(path)
+    assert str(info.value).startswith(f"{path}:2: ")

@@ -452,3 +452,75 @@ def test_drop_degenerate_filters_every_per_box_field():
     same, none = drop_degenerate(cleaned)
     assert none == 0 and same is cleaned
     assert select_boxes(record, np.array([3])).labels.tolist() == [2]
+
+
+# --------------------------------------------------------------------------------------------- unsafe names
+
+UNSAFE_HEADERS = ["../../../12_Group_demo_8.jpg", "0--Parade/../../x.jpg", "/etc/x.jpg", "./../x.jpg", "..\\x.jpg"]
+
+
+@pytest.mark.parametrize("header", UNSAFE_HEADERS)
+def test_image_names_that_leave_their_folder_are_refused(tmp_path, header):
+    """A '..' component or an absolute path would put result files outside --out: file:line, every text reader."""
+    cases = [
+        (read_retinaface_labels, f"# 0--Parade/a.jpg\n1 2 3 4\n# {header}\n5 6 7 8\n", 3),
+        (read_twoclass_labels, f"# a.jpg\n1 0.1 0.1 0.2 0.2\n# {header}\n1 0.1 0.1 0.2 0.2\n", 3),
+        (read_wider_bbx_gt, f"a/b.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n{header}\n1\n1 2 3 4 0 0 0 0 0 0\n", 4),
+    ]
+    for reader, text, line in cases:
+        path = write(tmp_path, f"{reader.__name__}.txt", text)
+        with pytest.raises(
+            LabelParseError, match=r"image name .* (has a '\.\.' component|is an absolute path)"
+        ) as info:
+            reader(path)
+        assert str(info.value).startswith(f"{path}:{line}: "), reader.__name__
+        errors: list[LabelParseError] = []  # collecting: the image is left out and its face line reported
+        records = reader(path, errors=errors)
+        assert [e.line for e in errors] == [line, line + 1 + (reader is read_wider_bbx_gt)], reader.__name__
+        assert "rejected" in errors[1].reason and [r.num_boxes for r in records] == [1], reader.__name__
+
+
+def test_safe_names_still_read(tmp_path):
+    path = write(tmp_path, "label.txt", "# ./0--Parade/a..b.jpg\n1 2 3 4\n# 0--Parade/..c.jpg\n")
+    assert [r.name for r in read_retinaface_labels(path)] == ["0--Parade/a..b", "0--Parade/..c"]
+
+
+# --------------------------------------------------------------------------------------------- 2-class values
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("3 0.8 0.3 0.04 0.04", r"class 3; expected 1 \(face\) or 2 \(person\)"),
+        ("1 0.8 0.3 -0.04 0.04", "negative width or height"),
+        ("2 0.8 0.3 0.04 -0.5", "negative width or height"),
+        ("1 80 30 40 40", "outside the normalized range"),
+        ("1 0.5 0.5 0.2 1.2", "outside the normalized range"),
+    ],
+)
+def test_twoclass_bad_values_name_the_line(tmp_path, line, message):
+    path = write(tmp_path, "gt.txt", f"# a.jpg\n1 0.1 0.1 0.2 0.2\n{line}\n")
+    with pytest.raises(LabelParseError, match=message) as info:
+        read_twoclass_labels(path)
+    assert str(info.value).startswith(f"{path}:3: ")
+    errors: list[LabelParseError] = []
+    assert read_twoclass_labels(path, errors=errors)[0].num_boxes == 1 and [e.line for e in errors] == [3]
+
+
+def test_twoclass_keeps_unclipped_and_zero_size_boxes(tmp_path):
+    """Boxes a little outside [0, 1] (convert-openimages --no-clip) and zero-size ones stay readable."""
+    path = write(tmp_path, "gt.txt", "# a.jpg\n2 -0.1 0 0.7 1.2\n1 0.5 0.5 0 0.1\n")
+    np.testing.assert_allclose(read_twoclass_labels(path)[0].boxes, [[-0.1, 0, 0.6, 1.2], [0.5, 0.5, 0.5, 0.6]])
+
+
+def test_twoclass_writer_refuses_what_the_reader_would(tmp_path):
+    out = tmp_path / "gt.txt"
+    for record, message in [
+        (ImageRecord("a", [[0.1, 0.1, 0.2, 0.2]], labels=[3], normalized=True), "class 3"),
+        (ImageRecord("a", [[0.3, 0.1, 0.2, 0.2]], labels=[1], normalized=True), "negative width"),
+        (ImageRecord("a", [[10, 10, 20, 20]], labels=[1], normalized=True), "normalized range"),
+        (ImageRecord("../a", [[0.1, 0.1, 0.2, 0.2]], labels=[1], normalized=True), "cannot be written"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            write_twoclass_labels(out, [record])
+        assert not out.exists()

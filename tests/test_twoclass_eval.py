@@ -154,6 +154,33 @@ def test_bad_input(tmp_path):
     assert result.missing == ["b"] and result.ap["face"][0.5] == 1.0 and result.ap["person"][0.5] == 0.0
 
 
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("3 0.8 0.3 0.04 0.04", r"class 3; expected 1 \(face\) or 2 \(person\)"),
+        ("1 0.8 0.3 -0.04 0.04", "negative width or height"),
+        ("1 80 30 40 40", "outside the normalized range"),
+    ],
+)
+def test_bad_ground_truth_is_an_error_not_a_dropped_box(tmp_path, capsys, line, message):
+    """A GT box of an unknown class, a negative size or pixel values would change AP silently: file:line, rc 2."""
+    write_file(tmp_path / "pred", "a", ["0.1 0.1 0.1 0.1 0.9 1"])
+    gt = tmp_path / "gt.txt"
+    gt.write_text(f"# a.jpg\n1 0.1 0.1 0.1 0.1\n{line}\n")
+    with pytest.raises(ValueError, match=message) as info:
+        evaluate_twoclass(tmp_path / "pred", gt)
+    assert str(info.value).startswith(f"{gt}:3: ")
+    assert cli_main(["evaluate-2cls", "--pred", str(tmp_path / "pred"), "--gt", str(gt)]) == 2
+    assert f"{gt}:3: " in capsys.readouterr().err
+
+
+def test_ground_truth_records_of_an_unknown_class_are_refused(tmp_path):
+    write_file(tmp_path, "a", ["0.1 0.1 0.1 0.1 0.9 1"])
+    gt = [ImageRecord("a", boxes=[[0.1, 0.1, 0.2, 0.2], [0.5, 0.5, 0.6, 0.6]], labels=[1, 3], source="gt.txt:7")]
+    with pytest.raises(ValueError, match=r"gt.txt:7: ground-truth box 1 of image 'a' has class 3; expected 1"):
+        evaluate_twoclass(tmp_path, gt)
+
+
 def test_cli_evaluate_2cls(gt_subset, tmp_path, capsys):
     path, records = gt_subset
     for r in records:

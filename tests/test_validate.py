@@ -315,6 +315,23 @@ def test_unparseable_label_line(tmp_path, caplog, bad, reason):
     assert_reported(split, "unparseable_line", f"{labels}:{number}")
 
 
+@pytest.mark.parametrize("header", ["# ../../../0_Parade_b.jpg", "# /tmp/0_Parade_b.jpg"])
+def test_image_name_leaving_the_dataset_is_reported(tmp_path, caplog, header):
+    """A header with '..' or an absolute path would make predict write outside --out: raise / skip / check-data."""
+    split = make_split(tmp_path)
+    labels = split / "labels.txt"
+    number = line_of(labels, f"# {NAMES[1]}")
+    replace_line(labels, number, header)
+    with pytest.raises(DataError) as info:
+        LatentWiderFace(split)
+    assert str(info.value).startswith(f"{labels}:{number}: image name "), str(info.value)
+    dataset = assert_skip_reports(split, "unparseable_line", caplog)
+    assert NAMES[1] not in dataset.names and all(".." not in n and not n.startswith("/") for n in dataset.names)
+    assert_reported(split, "unparseable_line", f"{labels}:{number}: image name")
+    report = validate_dataset(tmp_path)
+    assert any(d.line == number + 1 and "rejected header" in d.message for d in report.defects), report.to_text()
+
+
 def test_labels_whose_frame_cannot_be_determined(tmp_path, caplog):
     split = make_split(tmp_path)
     images = split / "images"

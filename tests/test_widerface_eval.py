@@ -197,6 +197,73 @@ def test_kept_index_outside_the_image_faces_is_named(tmp_path):
         read_wider_gt(tmp_path)
 
 
+def _demo_gt_with_box(tmp_path: Path, box) -> Path:
+    """A valid two-image ground truth whose face 1 of image 0_Demo_b is then replaced by `box` (float64)."""
+    gt = WiderGroundTruth(
+        events=["0--Demo"],
+        names=[["0_Demo_a", "0_Demo_b"]],
+        boxes=[[np.array([[10, 10, 20, 20]]), np.array([[1, 1, 5, 5], [9, 9, 5, 5]])]],
+        keep={s: [[np.array([1]), np.array([1, 2])]] for s in SETTINGS},
+    )
+    write_wider_gt(tmp_path, gt)
+    path = tmp_path / "wider_face_val.mat"
+    mat = sio.loadmat(path)
+    boxes = mat["face_bbx_list"][0][0][1][0].astype(np.float64)  # (2, 4) of 0_Demo_b
+    boxes[1] = box
+    mat["face_bbx_list"][0][0][1][0] = boxes
+    sio.savemat(path, {k: v for k, v in mat.items() if not k.startswith("__")})
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "box, problem",
+    [
+        ([9, 9, np.nan, 5], "a NaN or infinite value"),
+        ([9, 9, 5, np.inf], "a NaN or infinite value"),
+        ([9, 9, -30, 5], "a negative width or height"),
+        ([9, 9, 5, -1], "a negative width or height"),
+    ],
+)
+def test_invalid_ground_truth_box_names_file_image_and_face(tmp_path, box, problem):
+    gt_dir = _demo_gt_with_box(tmp_path, box)
+    with pytest.raises(ValueError, match=problem) as info:
+        read_wider_gt(gt_dir)
+    message = str(info.value)
+    assert message.startswith(f"{gt_dir / 'wider_face_val.mat'}: image 0--Demo/0_Demo_b, face 1 "), message
+
+
+def test_zero_size_ground_truth_boxes_stay(tmp_path, real_gt):
+    """The protocol keeps zero-size boxes (11 in the real file) and the real file's one w = -2 box (hard)."""
+    assert read_wider_gt(_demo_gt_with_box(tmp_path, [9, 9, 0, 0])).boxes[0][1][1].tolist() == [9, 9, 0, 0]
+    i = real_gt.events.index("39--Ice_Skating")
+    j = real_gt.names[i].index("39_Ice_Skating_iceskiing_39_583")
+    assert real_gt.boxes[i][j][7].tolist() == [1026, 474, -2, 23] and 8 in real_gt.keep["hard"][i][j]
+
+
+@pytest.mark.parametrize("event, image", [("..", "0_Demo_a"), ("0--Demo", "../0_Demo_a"), ("0--Demo", "/tmp/x")])
+def test_ground_truth_names_that_leave_a_folder_are_refused(tmp_path, event, image):
+    gt = WiderGroundTruth(
+        events=[event],
+        names=[[image]],
+        boxes=[[np.array([[10, 10, 20, 20]])]],
+        keep={s: [[np.array([1])]] for s in SETTINGS},
+    )
+    write_wider_gt(tmp_path, gt)
+    with pytest.raises(ValueError, match="is not a plain file or folder name") as info:
+        read_wider_gt(tmp_path)
+    assert str(info.value).startswith(str(tmp_path / "wider_face_val.mat"))
+
+
+def test_result_path_refuses_names_that_leave_the_folder(tmp_path):
+    for name in ("../../../12_Group_demo_8", "0--Parade/../../x", "/tmp/x", "..\\x"):
+        with pytest.raises(ValueError, match=r"would lie outside"):
+            result_path(tmp_path / "out", name)
+        with pytest.raises(ValueError, match=r"would lie outside"):
+            write_wider_results(tmp_path / "out", name, np.zeros((0, 4)), np.zeros(0))
+    assert not any(tmp_path.parent.glob("*.txt")) and not (tmp_path / "out").exists()
+    assert result_path(tmp_path, "0--Parade/a..b.jpg") == tmp_path / "0--Parade" / "a..b.txt"
+
+
 def test_reading_without_attributes_gives_the_same_faces(real_gt):
     light = read_wider_gt(shared_path("data/widerface_val_gt"), attributes=False)
     assert light.attributes == {} and real_gt.attributes

@@ -1,5 +1,5 @@
-"""``python -m nbsrc check-data ROOT``: validate a dataset and report every defect with file and line
-(`nbsrc.data.validate`), plus which frame the labels appear to be in (`nbsrc.data.label_frame`).
+"""``python -m nbsrc check-data ROOT`` (or ``--dataset_root ROOT``): validate a dataset and report every defect
+with file and line (`nbsrc.data.validate`), plus which frame the labels appear to be in (`nbsrc.data.label_frame`).
 
 Exit status 0 when nothing would stop training (dropped degenerate boxes and merged 2-class headers are only
 reported), 1 otherwise.
@@ -14,7 +14,10 @@ HELP = "validate a dataset and report every defect with file and line"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("root", help="dataset root (holding train/, val/) or one split folder")
+    parser.add_argument("root", nargs="?", help="dataset root (holding train/, val/) or one split folder")
+    parser.add_argument(
+        "--dataset_root", "--dataset-root", dest="dataset_root", default=None, help="the same as ROOT (either spelling)"
+    )
     parser.add_argument(
         "--split", action="append", default=None, help="split folder to check (repeatable; default all)"
     )
@@ -57,8 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from nbsrc.data.validate import validate_dataset
 
+    if args.root is not None and args.dataset_root is not None and args.root != args.dataset_root:
+        raise ValueError(f"two dataset roots given: ROOT {args.root!r} and --dataset_root {args.dataset_root!r}")
+    root = args.root if args.root is not None else args.dataset_root
+    if root is None:
+        raise ValueError("no dataset root: give it as ROOT or --dataset_root ROOT")
     report = validate_dataset(
-        args.root,
+        root,
         args.split,
         labels=args.labels,
         latent_suffix=None if args.latent_suffix == "all" else args.latent_suffix,

@@ -40,10 +40,12 @@ def format_report(report, csv_path: str, out_path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nbsrc.commands import check_output_file
     from nbsrc.data.readers.openimages import convert_openimages
 
     if args.dedup_iou is not None and not 0.0 < args.dedup_iou <= 1.0:
         raise ValueError(f"--dedup-iou must be in (0, 1], got {args.dedup_iou}")
+    check_output_file(args.out, "output file")
     report = convert_openimages(
         args.csv,
         args.out,

@@ -77,12 +77,31 @@ def read_image_rgb(path: Path) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, ::-1])  # (H, W, 3) BGR -> RGB
 
 
+def check_save_path(path: Path) -> str:
+    """The image suffix `path` is written with (``.png`` when it has none); raises `ValueError` naming `path` when
+    OpenCV has no writer for it or it cannot become a file (checked before any work)."""
+    import cv2
+
+    from nbsrc.commands import check_output_file
+
+    check_output_file(path, "--save")
+    suffix = path.suffix or ".png"
+    if not cv2.haveImageWriter(f"image{suffix}"):
+        raise ValueError(f"--save {path}: OpenCV cannot write {suffix!r} images (expected e.g. .png or .jpg)")
+    return suffix
+
+
 def run(args: argparse.Namespace) -> int:
-    from nbsrc.detector import Detector
+    from nbsrc.commands import check_output_file
+    from nbsrc.detector import Detector, check_thresholds
     from nbsrc.draw import draw_detections
     from nbsrc.latents import load_latent
     from nbsrc.utils import atomic_path, atomic_write_text
 
+    # Bad options stop here, before the checkpoint is read or anything is written.
+    check_thresholds({"conf": "--conf", "nms": "--nms"}, conf=args.conf, nms=args.nms)
+    check_output_file(args.json, "--json")
+    suffix = check_save_path(args.save) if args.save is not None else None
     preset = NETWORK_ALIASES.get(args.preset, args.preset) if args.preset else None
     detector = Detector.from_checkpoint(args.weight, preset=preset, device=args.device)
     if args.image is not None:
@@ -112,12 +131,8 @@ def run(args: argparse.Namespace) -> int:
         ],
     }
     text = json.dumps(report, indent=2) + "\n"
-    if args.json is not None:
-        atomic_write_text(args.json, text)
-        logger.info("detections written to %s", args.json)
-    else:
-        sys.stdout.write(text)
-    if args.save is not None:
+    encoded = None
+    if args.save is not None:  # encoded before anything is written: a failure leaves no output behind
         if args.image is not None:
             canvas = item
         else:
@@ -127,10 +142,15 @@ def run(args: argparse.Namespace) -> int:
         import cv2
 
         vis = draw_detections(canvas, detections)
-        suffix = args.save.suffix or ".png"
         ok, encoded = cv2.imencode(suffix, np.ascontiguousarray(vis[:, :, ::-1]))
         if not ok:
             raise ValueError(f"{args.save}: cannot encode an image with suffix {suffix!r}")
+    if args.json is not None:
+        atomic_write_text(args.json, text)
+        logger.info("detections written to %s", args.json)
+    else:
+        sys.stdout.write(text)
+    if encoded is not None:
         with atomic_path(args.save) as tmp:
             tmp.write_bytes(encoded.tobytes())
         log("visualisation saved to %s", args.save)

@@ -34,10 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nbsrc.commands import check_output_file
     from nbsrc.evaluation.widerface import evaluate_curves, format_table, plot_pr_curves, save_json
 
     if not 0 < args.iou <= 1:
         raise ValueError(f"--iou must be in (0, 1], got {args.iou}")
+    check_output_file(args.json, "--json")
+    check_output_file(args.plot, "--plot")
     result = evaluate_curves(
         args.pred, args.gt, iou_thresh=args.iou, missing="empty" if args.allow_missing else "error"
     )

@@ -36,8 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nbsrc.commands import check_output_dir
+    from nbsrc.detector import check_thresholds
     from nbsrc.evaluation.rates import evaluate_rates
 
+    check_thresholds({"conf": "--conf", "nms": "--nms"}, conf=args.conf, nms=args.nms)
+    check_output_dir(args.out, "--out")
     for path in (args.weight, args.rgb_weight):
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} not found")

@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nbsrc import kaggle, nbrun
+    from nbsrc.commands import check_output_dir
 
+    check_output_dir(args.out, "--out")
     params = nbrun.load_params_file(args.params) if args.params else {}
     params.update(nbrun.parse_param_pairs(args.param))
     result = kaggle.build(

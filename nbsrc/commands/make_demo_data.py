@@ -25,8 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nbsrc.commands import check_output_dir
     from nbsrc.data.demo import make_demo_data
 
+    check_output_dir(args.out, "output folder")
     root = make_demo_data(Path(args.out), images=args.images, seed=args.seed, val_images=args.val_images)
     sys.stdout.write(f"demo dataset written to {root}\n")
     return 0

@@ -2,7 +2,9 @@
 
 Runs a checkpoint over a dataset split and writes WIDER result files (``<out>/<event>/<basename>.txt``, original-
 image pixels; ``<out>/latent_<rate>/...`` per rate with ``--all-rates``). Resumable: existing files are skipped.
-Defaults are the published evaluation settings (confidence 0.02, NMS 0.4).
+Defaults are the published evaluation settings (confidence 0.02, NMS 0.4). ``--test_scale original`` (or the
+override ``eval.test_scale=original``) runs RGB images at their own size, ``mxnet`` at biubug6's short side 1600 /
+long side 2150; the default ``square`` resizes them to ``data.image_size`` (see `nbsrc.evaluation.predict`).
 """
 
 from __future__ import annotations
@@ -44,19 +46,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-resume", action="store_true", help="rewrite files that exist")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", type=Path, default=None, help="write the run statistics as JSON")
+    parser.add_argument(
+        "--test_scale",
+        "--test-scale",
+        choices=("square", "original", "mxnet"),
+        default=None,
+        help="RGB input size: square (data.image_size) | original (own size) | mxnet (short side 1600, long <= 2150);"
+        " default: the checkpoint config's eval.test_scale (square)",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="eval.key=value", help="eval config overrides, e.g. eval.test_scale=original"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbsrc.detector import Detector
+    from nbsrc.commands import check_output_dir, check_output_file
+    from nbsrc.detector import Detector, check_thresholds
     from nbsrc.evaluation.predict import predict_split
 
-    if not 0 <= args.conf <= 1 or not 0 < args.nms <= 1:
-        raise ValueError(f"--conf must be in [0, 1] and --nms in (0, 1], got {args.conf} and {args.nms}")
+    check_thresholds(
+        {"conf": "--conf", "nms": "--nms", "top_k": "--top_k", "keep_top_k": "--keep_top_k"},
+        conf=args.conf,
+        nms=args.nms,
+        top_k=args.top_k,
+        keep_top_k=args.keep_top_k,
+    )
+    check_output_dir(args.out, "--out")
+    check_output_file(args.json, "--json")
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
     if not args.weight.is_file():
         raise FileNotFoundError(f"checkpoint {args.weight} not found")
     detector = Detector.from_checkpoint(args.weight, preset=args.preset, device=args.device)
+    pairs = list(args.overrides)
+    if any(not pair.startswith("eval.") for pair in pairs):
+        raise ValueError(f"predict takes eval.* config overrides only, got {pairs}")
+    if args.test_scale is not None:
+        pairs.append(f"eval.test_scale={args.test_scale}")
+    detector.cfg = detector.cfg.override_pairs(pairs)
     if (args.latent_suffix or args.all_rates) and detector.model.input_kind != "latent":
         raise ValueError(f"{args.weight}: --latent_suffix / --all-rates need a latent model, this one takes RGB images")
     results = predict_split(

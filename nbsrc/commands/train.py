@@ -89,7 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--run_name", "--run", dest="run_name", help="run folder name (default: preset + time)")
     p("--out", "--save_folder", dest="out", help="parent folder of run folders (default runs)")
     p("--nproc", type=int, default=1, help="processes (GPUs) to train with, through torchrun")
-    p("--check_only", action="store_true", help="resolve the config and the data, then stop")
+    p(
+        "--check_only",
+        action="store_true",
+        help="resolve the config, the data and the --weight / --resume checkpoint, then stop",
+    )
     legacy = parser.add_argument_group("ancestors' spellings")
     q = legacy.add_argument
     q("--use_latent", action="store_true", help="latent input (with --model: latent-rNN or latent-mnet)")
@@ -247,6 +251,59 @@ def _resumed_run_name(resume: str, out_given: bool) -> str | None:
     return None
 
 
+def _read_config(path: str) -> Config:
+    """The `Config` of a config JSON holding every group (a run folder's ``config.json``); raises `ValueError`
+    naming the file and the missing groups, since a missing group would silently take the defaults of another
+    preset than the one the file names."""
+    import dataclasses
+    import json
+
+    try:
+        cfg = Config.from_json(path)
+    except ValueError as exc:
+        message = str(exc)
+        raise ValueError(message if message.startswith(str(path)) else f"--config {path}: {message}") from None
+    data = json.loads(Path(path).read_text())
+    groups = [f.name for f in dataclasses.fields(Config) if f.name != "preset"]
+    missing = [g for g in groups if g not in data]
+    if missing:
+        raise ValueError(
+            f"--config {path}: no {', '.join(repr(g) for g in missing)} group{'s' if len(missing) > 1 else ''} "
+            f"(expected all of {', '.join(groups)}, as in a run folder's config.json); use --preset and key=value "
+            "overrides for a partial setting"
+        )
+    return cfg
+
+
+def check_checkpoints(cfg: Config) -> None:
+    """Load ``train.weight`` / ``train.resume`` and check, before any run folder is written, that they fit the
+    configured model strictly (as training loads them) and that a resume checkpoint holds the training state.
+
+    Raises:
+        FileNotFoundError / ValueError: naming the checkpoint and what does not fit.
+    """
+    import warnings
+
+    import torch
+
+    from nbsrc.checkpoint import check_resumable, load_checkpoint, load_state_dict_strict
+    from nbsrc.model import build_model
+
+    t = cfg.train
+    for path, resume in ((t.resume, True), (t.weight if t.resume is None else None, False)):
+        if path is None:
+            continue
+        checkpoint = load_checkpoint(path)
+        if resume:
+            check_resumable(checkpoint, path)
+        with torch.device("meta"):  # keys and shapes only: no memory, no init cost
+            model = build_model(cfg.replace(**{"model.pretrained": "none"}))
+        with warnings.catch_warnings():  # loading into meta tensors is a no-op, which torch warns about per tensor
+            warnings.simplefilter("ignore", UserWarning)
+            load_state_dict_strict(model, checkpoint["model"], str(path))
+        del checkpoint
+
+
 def _checkpoint(path: str, cache: dict[str, dict]) -> dict:
     from nbsrc.checkpoint import load_checkpoint
 
@@ -273,7 +330,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, int | None]:
     resume = args.resume or (args.resume_net if resume_net_resumes else None)
     weight = args.weight or (args.resume_net if args.resume_net and not resume_net_resumes else None)
     if args.config:
-        cfg = Config.from_json(args.config)
+        cfg = _read_config(args.config)
         if preset is not None and preset != cfg.preset:
             cfg = get_preset(preset)
             logger.warning("--config %s is ignored in favour of preset %s", args.config, preset)
@@ -344,6 +401,7 @@ def config_from_argv(argv: list[str]) -> tuple[Config, int | None]:
 def run(args: argparse.Namespace) -> int:
     cfg, start_epoch = build_config(args)
     if args.check_only:
+        check_checkpoints(cfg)  # as fit does before it writes anything
         from nbsrc.data.loaders import build_dataloaders
         from nbsrc.engine import resolve_dataset_root_config
 

@@ -9,6 +9,10 @@
     <root>/{train,val}/labels_2cls.txt                      2-class format: each face and a person box under it
     <root>/{train,val}/latent/<basename>/latent_{12,25,50,75,100}.npy   [1, 256, 40, 40] float16
     <root>/val/ground_truth/wider_{face,easy,medium,hard}_val.mat       WIDER evaluation ground truth
+    <root>/.nbsrc-demo-complete                             marker: a complete demo dataset built by this module
+
+The dataset is built in a temporary folder next to `root` and then swapped in, so `root` never holds a partial
+or stale build. A non-empty `root` without the marker (someone else's data) is refused, never overwritten.
 
 Scenes: photos shipped with scikit-image (coffee, rocket, the Hubble deep field, bricks, grass, ...) as
 backgrounds, a simple body under each face, and real faces pasted at WIDER-like sizes: the 100 face crops of
@@ -33,6 +37,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,6 +52,7 @@ from nbsrc.utils import atomic_path, atomic_write_text
 
 __all__ = [
     "DEMO_EVENTS",
+    "DEMO_MARKER",
     "DEMO_RATES",
     "ORIGINAL_SIZES",
     "StandInEncoder",
@@ -56,6 +63,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEMO_RATES = (12, 25, 50, 75, 100)
+DEMO_MARKER = ".nbsrc-demo-complete"  # written last: the folder is a complete demo dataset (`nbsrc.paths` too)
 DEMO_EVENTS = (
     "0--Parade",
     "2--Demonstration",
@@ -477,21 +485,79 @@ def make_demo_data(root: str | Path, images: int = 160, seed: int = 0, val_image
     """Build the demo dataset (layout and content in the module docstring).
 
     Args:
-        root: output folder (created; existing demo files are overwritten).
+        root: output folder: new, empty, or an earlier demo dataset (with `DEMO_MARKER`), which is replaced
+            whole. The build goes to a temporary folder next to it and is swapped in at the end.
         images: training images.
         seed: everything follows from it.
         val_images: validation images (default ``max(8, images // 4)``).
     Returns:
         `root`.
+    Raises:
+        ValueError: bad counts, or `root` is a file or a non-empty folder without `DEMO_MARKER` (not a demo
+            dataset built here; nothing in it is touched).
     """
     if images < 1:
         raise ValueError(f"images must be >= 1, got {images}")
     val_images = max(8, images // 4) if val_images is None else int(val_images)
     if val_images < 1:
         raise ValueError(f"val_images must be >= 1, got {val_images}")
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    given = root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file; expected a new or empty folder for the demo dataset")
+    if root.is_dir() and any(root.iterdir()) and not (root / DEMO_MARKER).is_file():
+        raise ValueError(
+            f"{root} is not empty and is not a demo dataset built by make-demo-data (no {DEMO_MARKER}); refusing to "
+            "overwrite it: choose a new or empty folder"
+        )
+    root = Path(os.path.abspath(root))
+    root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    building = root.with_name(f".{root.name}.building-{tag}")
+    try:
+        faces = _build(building, images, seed, val_images)
+        _swap_in(building, root, root.with_name(f".{root.name}.old-{tag}"))
+    finally:
+        if building.exists():
+            shutil.rmtree(building, ignore_errors=True)
+    logger.info(
+        "demo dataset in %s: %d train + %d val images, %d faces (%.1f s)",
+        root,
+        images,
+        val_images,
+        faces,
+        time.perf_counter() - start,
+    )
+    return given
+
+
+def _swap_in(built: Path, root: Path, old: Path) -> None:
+    """Put the complete build `built` at `root`.
+
+    A missing `root` is the renamed build; an empty one receives the build's entries (the marker last), so the
+    folder itself (perhaps the working directory) stays; an earlier demo dataset is renamed to `old`, replaced by
+    the build and then deleted, so none of its files survive.
+    """
+    if not root.exists():
+        built.rename(root)
+    elif not any(root.iterdir()):
+        entries = sorted(built.iterdir(), key=lambda p: p.name == DEMO_MARKER)  # the marker last
+        for entry in entries:
+            entry.rename(root / entry.name)
+        built.rmdir()
+    else:
+        root.rename(old)
+        try:
+            built.rename(root)
+        except BaseException:
+            old.rename(root)
+            raise
+        shutil.rmtree(old)
+
+
+def _build(root: Path, images: int, seed: int, val_images: int) -> int:
+    """Write the whole demo dataset into the new folder `root`, `DEMO_MARKER` last; returns the number of faces."""
+    root.mkdir()
     seeds = np.random.SeedSequence(seed).spawn(images + val_images)
     sizes: list[tuple[str, int, int]] = []
     train = _write_split(root, "train", seeds[:images], 0, sizes)
@@ -510,12 +576,5 @@ def make_demo_data(root: str | Path, images: int = 160, seed: int = 0, val_image
         "encoder that exercises the pipeline; they are not JPEG AI latents. Labels are in original-image pixels;\n"
         "image_sizes.csv gives the original sizes that map them into the 640x640 latent frame (stretch policy).\n",
     )
-    logger.info(
-        "demo dataset in %s: %d train + %d val images, %d faces (%.1f s)",
-        root,
-        images,
-        val_images,
-        faces,
-        time.perf_counter() - start,
-    )
-    return root
+    (root / DEMO_MARKER).write_text("ok\n")
+    return faces

@@ -8,7 +8,10 @@ found by `nbsrc.data.layout.find_labels` or given (RetinaFace ``label.txt``, per
 - ``train=True`` with ``augment``: `nbsrc.data.transforms.train_transform` (square crop keeping a whole face,
   photometric distortion, pad-to-square when no crop fits, mirror with left/right landmark swap, resize to
   ``image_size``). The sample's ``frame`` is None (a random crop has no fixed map to the original).
-- otherwise: `nbsrc.data.transforms.eval_transform` (resize with the policy); ``frame`` maps back.
+- otherwise: `nbsrc.data.transforms.eval_transform` (resize with the policy); ``frame`` maps back. With
+  ``test_scale`` ``original`` / ``mxnet`` (``eval.test_scale``, set by `nbsrc.evaluation.predict`) instead
+  `nbsrc.data.transforms.scale_transform`: the image at its own size or biubug6's 1600 / 2150 resize, so inputs
+  differ in size from image to image; ``frame`` is a `nbsrc.frame.ScaleMap`.
 
 The input is `nbsrc.preprocess.normalize_image` with the model's channel order, mean and std (the biubug6
 presets: BGR minus (104, 117, 123)). Zero-face images are valid in every path.
@@ -26,11 +29,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nbsrc.config import TEST_SCALES
 from nbsrc.data.label_frame import ImageSizes, read_image_size
 from nbsrc.data.layout import find_labels
 from nbsrc.data.records import ImageRecord
 from nbsrc.data.seeding import item_with_seed
-from nbsrc.data.transforms import Annotations, eval_transform, resize_to_frame, train_transform
+from nbsrc.data.transforms import (
+    Annotations,
+    eval_resize_factor,
+    eval_transform,
+    resize_to_frame,
+    scale_transform,
+    train_transform,
+)
 from nbsrc.data.validate import DefectLog, check_boxes, read_labels_checked
 from nbsrc.frame import FrameMap
 from nbsrc.preprocess import normalize_image
@@ -82,6 +93,8 @@ class WiderFaceRGB(Dataset):
         num_classes: boxes of class ``>= num_classes`` are left out.
         on_error: ``raise`` | ``skip`` (`nbsrc.data.validate`).
         max_images: only the first N labelled images.
+        test_scale: evaluation input size: ``square`` (`image_size`, with `resize_policy`) | ``original`` |
+            ``mxnet`` (see `nbsrc.data.transforms.eval_resize_factor`); training mode ignores it.
     """
 
     def __init__(
@@ -101,7 +114,11 @@ class WiderFaceRGB(Dataset):
         num_classes: int = 2,
         on_error: str = "raise",
         max_images: int | None = None,
+        test_scale: str = "square",
     ) -> None:
+        if test_scale not in TEST_SCALES:
+            raise ValueError(f"test_scale must be one of {list(TEST_SCALES)}, got {test_scale!r}")
+        self.test_scale = test_scale
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"split folder {self.root} not found")
@@ -228,8 +245,11 @@ class WiderFaceRGB(Dataset):
         if self.train and self.augment:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
             image, ann = train_transform(image, ann, rng, self.image_size, self.fill_rgb)
-        else:
+        elif self.test_scale == "square":
             image, ann, frame = eval_transform(image, ann, self.image_size, self.resize_policy, self.fill_rgb)
+        else:
+            factor = eval_resize_factor(image.shape[0], image.shape[1], self.test_scale)
+            image, ann, frame = scale_transform(image, ann, factor)
         boxes = np.ascontiguousarray(ann.boxes, np.float32).reshape(-1, 4)  # (N, 4)
         landmarks = np.ascontiguousarray(ann.landmarks, np.float32).reshape(-1, 5, 2)  # (N, 5, 2)
         return {
@@ -250,5 +270,10 @@ class WiderFaceRGB(Dataset):
     def network_image(self, index: int) -> np.ndarray:
         """The un-normalized ``uint8`` network-frame image of sample `index` (evaluation resize)."""
         sample = self.samples[index]
+        if self.test_scale != "square":
+            image = read_rgb(sample.path)
+            factor = eval_resize_factor(image.shape[0], image.shape[1], self.test_scale)
+            resized = scale_transform(image, sample.annotations, factor)[0]
+            return np.clip(np.round(resized), 0, 255).astype(np.uint8)
         frame = FrameMap(sample.size, (self.image_size, self.image_size), self.resize_policy)
         return resize_to_frame(read_rgb(sample.path), frame, self.fill_rgb)

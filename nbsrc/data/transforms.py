@@ -12,7 +12,11 @@ Training (`train_transform`, the order of the published ``preproc``):
 5. resize to ``image_size`` squared with a random interpolation.
 
 Evaluation (`eval_transform`): resize to the square network frame with the resize policy (`nbsrc.frame`),
-returning the `FrameMap` that maps predictions back to original pixels.
+returning the `FrameMap` that maps predictions back to original pixels. The other test-scale protocols of
+biubug6's ``test_widerface.py`` (``eval.test_scale``): `eval_resize_factor` gives its ``resize`` (original: 1;
+mxnet: ``1600 / min(h, w)``, or ``2150 / max(h, w)`` when ``round(resize * max(h, w)) > 2150``) and
+`scale_transform` resizes by it as it does (float32 pixels, ``cv2.resize(fx=fy=resize, INTER_LINEAR)``, nothing
+at 1), returning the `ScaleMap` that maps back by dividing by the factor.
 
 Boxes are ``[N, 4]`` xyxy pixels and landmarks ``[N, 5, 2]`` (`nbsrc.boxes`); invalid landmarks stay zero.
 Images are ``uint8 [H, W, 3]`` RGB.
@@ -25,17 +29,22 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from nbsrc.frame import FrameMap
+from nbsrc.config import TEST_SCALES
+from nbsrc.frame import FrameMap, ScaleMap
 
 __all__ = [
     "CROP_SCALES",
+    "MXNET_MAX_SIZE",
+    "MXNET_TARGET_SIZE",
     "Annotations",
+    "eval_resize_factor",
     "eval_transform",
     "mirror",
     "pad_to_square",
     "photometric_distort",
     "random_crop",
     "resize_to_frame",
+    "scale_transform",
     "train_transform",
 ]
 
@@ -43,6 +52,8 @@ CROP_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
 CROP_TRIES = 250
 INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_LANCZOS4)
 MIRROR_ORDER = np.array([1, 0, 2, 4, 3])  # landmark order after a horizontal flip
+MXNET_TARGET_SIZE = 1600  # test_scale mxnet: short side (biubug6 test_widerface.py target_size)
+MXNET_MAX_SIZE = 2150  # test_scale mxnet: cap of the long side (max_size)
 
 
 @dataclass
@@ -226,6 +237,44 @@ def eval_transform(
     height, width = image.shape[:2]
     frame = FrameMap((width, height), (image_size, image_size), policy)
     out = resize_to_frame(image, frame, fill_rgb)
+    boxes = frame.to_net(ann.boxes) if len(ann.boxes) else ann.boxes.astype(np.float32)
+    landmarks = frame.to_net(ann.landmarks) if len(ann.boxes) else ann.landmarks.astype(np.float32)
+    return out, Annotations(boxes, ann.labels, landmarks, ann.landmarks_valid).zero_invalid(), frame
+
+
+def eval_resize_factor(height: int, width: int, test_scale: str) -> float:
+    """biubug6 ``test_widerface.py``'s ``resize`` for an image of ``height x width`` (see the module docstring).
+
+    Raises:
+        ValueError: `test_scale` is not ``original`` or ``mxnet`` (``square`` resizes to a frame, not by a factor).
+    """
+    if test_scale not in TEST_SCALES or test_scale == "square":
+        raise ValueError(f"test_scale must be 'original' or 'mxnet' for a resize factor, got {test_scale!r}")
+    if test_scale == "original":
+        return 1.0
+    resize = float(MXNET_TARGET_SIZE) / float(min(height, width))
+    if np.round(resize * max(height, width)) > MXNET_MAX_SIZE:
+        resize = float(MXNET_MAX_SIZE) / float(max(height, width))
+    return resize
+
+
+def scale_transform(image: np.ndarray, ann: Annotations, factor: float) -> tuple[np.ndarray, Annotations, ScaleMap]:
+    """Resize by `factor` as biubug6's ``test_widerface.py`` does; annotations scaled alike.
+
+    Args:
+        image: ``uint8 [H, W, 3]`` RGB.
+        ann: annotations in its pixels.
+        factor: `eval_resize_factor`.
+    Returns:
+        ``(image, annotations, frame)``: the image unchanged at factor 1, else ``float32 [round(H * f), round(W * f),
+        3]`` (0..255, not rounded back to uint8, as biubug6 resizes its float image); ``frame.to_original`` maps
+        network-frame predictions back.
+    """
+    height, width = image.shape[:2]
+    out = image
+    if factor != 1.0:
+        out = cv2.resize(image.astype(np.float32), None, None, fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR)
+    frame = ScaleMap((width, height), (out.shape[1], out.shape[0]), factor)
     boxes = frame.to_net(ann.boxes) if len(ann.boxes) else ann.boxes.astype(np.float32)
     landmarks = frame.to_net(ann.landmarks) if len(ann.boxes) else ann.landmarks.astype(np.float32)
     return out, Annotations(boxes, ann.labels, landmarks, ann.landmarks_valid).zero_invalid(), frame

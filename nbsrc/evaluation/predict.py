@@ -3,12 +3,15 @@
 Batches go through the model (AMP on CUDA), decode + NMS run batched on the same device
 (`nbsrc.postprocess.postprocess`), and boxes are mapped from the network frame (the 640x640 frame a latent
 describes, or the resized RGB input) back to original-image pixels with each sample's `nbsrc.frame.FrameMap`.
+RGB models follow ``eval.test_scale``: ``square`` resizes to ``data.image_size``; ``original`` and ``mxnet`` are
+biubug6's ``test_widerface.py`` protocols (own size; short side 1600, long side at most 2150), run one image per
+batch with anchors for each image's size, and map back with a `nbsrc.frame.ScaleMap`.
 Files are written atomically to ``<out>/<event>/<basename>.txt`` (2-class models add a ``cls`` column), so a
 run that stops can be resumed: images whose file exists are skipped. ``<out>/predictions.json`` records what
 made the files: a digest of the weights, the model and anchor settings, the frame-mapping data settings, the
-dataset folder and rate, the thresholds, and the image names. When a later run into the same folder differs in
-any of these, the old result files are removed and every image is predicted again, so a folder never mixes two
-models' or two settings' detections.
+dataset folder and rate, the thresholds, the test scale (when not ``square``), and the image names. When a later
+run into the same folder differs in any of these, the old result files are removed and every image is predicted
+again, so a folder never mixes two models' or two settings' detections.
 
 Forward and post-processing are timed separately (ms per image), with CUDA synchronisation around each.
 """
@@ -210,7 +213,8 @@ def predict_dataset(
         nms: NMS IoU threshold (0.4).
         top_k: candidates before NMS (default ``cfg.eval.top_k``).
         keep_top_k: detections kept per image (default ``cfg.eval.keep_top_k``).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (1 when the dataset's ``test_scale`` is not ``square``: the images
+            differ in size).
         num_workers: DataLoader workers.
         amp: float16 autocast on CUDA.
         resume: skip images whose result file exists and was made with the same weights and settings
@@ -253,6 +257,12 @@ def predict_dataset(
     }
     if cfg.loss.cls_loss != "ohem":  # softmax-scored folders stay resumable; older softmax-scored focal ones do not
         settings["cls_loss"] = cfg.loss.cls_loss
+    test_scale = getattr(dataset, "test_scale", "square")
+    if test_scale != "square":  # square folders (made before test_scale existed) stay resumable
+        settings["test_scale"] = test_scale
+        if batch_size > 1:
+            logger.info("test_scale %s: images differ in size, predicted one per batch", test_scale)
+        batch_size = 1
     resume = _prepare_folder(out_dir, settings, names, resume)
     todo = [i for i, n in enumerate(names) if not (resume and result_path(out_dir, n).is_file())]
     stats = PredictStats(out_dir=out_dir, images=len(names), skipped=len(names) - len(todo))
@@ -335,7 +345,7 @@ def available_rates(dataset_root: str | Path, split: str = "val") -> list[int]:
 
 def build_predict_dataset(cfg, dataset_root: str | Path, split: str, latent_suffix: str | None = None):
     """The evaluation-mode dataset of `split` for a model config (latent normalization statistics from the
-    training split when the model uses them and it exists)."""
+    training split when the model uses them and it exists; RGB input sized by ``cfg.eval.test_scale``)."""
     from nbsrc.data.loaders import build_dataset
 
     overrides = {"data.dataset_root": str(dataset_root), "data.all_rates": False, "data.augment": False}
@@ -347,6 +357,13 @@ def build_predict_dataset(cfg, dataset_root: str | Path, split: str, latent_suff
         overrides["data.latent_suffix"] = latent_suffix
     cfg = cfg.replace(**overrides)
     extra = {}
+    if cfg.model.input_kind != "latent":
+        extra["test_scale"] = cfg.eval.test_scale
+    elif cfg.eval.test_scale != "square":
+        logger.warning(
+            "eval.test_scale=%s applies to RGB models only: latents are predicted in their own frame",
+            cfg.eval.test_scale,
+        )
     if cfg.model.input_kind == "latent" and cfg.data.normalize_latents:
         train_dir = Path(dataset_root) / cfg.data.train_split
         if train_dir.is_dir() and cfg.data.train_split != split:

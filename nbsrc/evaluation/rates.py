@@ -110,6 +110,11 @@ def plot_ap_vs_bpp(table: RatesTable, path: str | Path, title: str = "WIDER FACE
     return path
 
 
+def _name(weight) -> str:
+    """How a checkpoint path or a `Detector` is named in messages."""
+    return str(weight) if isinstance(weight, (str, Path)) else "the given detector"
+
+
 def _detector(weight, preset: str | None, device: str):
     from nbsrc.detector import Detector
 
@@ -157,15 +162,29 @@ def evaluate_rates(
         The `RatesTable` (also written as ``rates.json`` and ``rates.csv``).
     """
     from nbsrc.data.readers.wider_mat import read_wider_gt
+    from nbsrc.detector import check_thresholds
     from nbsrc.evaluation.predict import available_rates, build_predict_dataset, predict_dataset
     from nbsrc.evaluation.widerface import evaluate_curves
     from nbsrc.utils import atomic_write_text
 
     dataset_root, out_dir = Path(dataset_root), Path(out_dir)
+    check_thresholds(conf=conf, nms=nms)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a directory (expected the output folder)")
     gt = read_wider_gt(Path(gt_dir) if gt_dir is not None else dataset_root / split / "ground_truth", attributes=False)
     latent = _detector(latent_weight, preset, device)
     if latent.model.input_kind != "latent":
-        raise ValueError("evaluate_rates: the first model must be a latent model (got an RGB model)")
+        raise ValueError(
+            f"evaluate_rates: {_name(latent_weight)} must be a latent model, got an RGB model (preset "
+            f"'{latent.cfg.preset}')"
+        )
+    # Both models are checked before any prediction runs.
+    rgb = _detector(rgb_weight, rgb_preset, device) if rgb_weight is not None else None
+    if rgb is not None and rgb.model.input_kind != "rgb":
+        raise ValueError(
+            f"evaluate_rates: rgb_weight {_name(rgb_weight)} must be an RGB model, got a latent model (preset "
+            f"'{rgb.cfg.preset}')"
+        )
     present = available_rates(dataset_root, split)
     if not present:
         raise FileNotFoundError(f"{dataset_root / split / 'latent'}: no latent_<rate>.npy files")
@@ -210,10 +229,7 @@ def evaluate_rates(
         dataset = build_predict_dataset(latent.cfg, dataset_root, split, f"latent_{rate}.npy")
         predict_dataset(latent, dataset, folder, **kwargs)
         add("latent", rate, folder)
-    if rgb_weight is not None:
-        rgb = _detector(rgb_weight, rgb_preset, device)
-        if rgb.model.input_kind != "rgb":
-            raise ValueError("evaluate_rates: rgb_weight must be an RGB model")
+    if rgb is not None:
         folder = out_dir / "rgb"
         predict_dataset(rgb, build_predict_dataset(rgb.cfg, dataset_root, split), folder, **kwargs)
         add("rgb", None, folder)

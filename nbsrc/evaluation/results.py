@@ -48,8 +48,20 @@ COLUMN_NAMES = {5: "x y w h score", 6: "x y w h score cls"}
 
 
 def result_path(out_dir: str | Path, name: str) -> Path:
-    """``<out_dir>/<event>/<basename>.txt`` for ``name = "<event>/<basename>"`` (or ``<out_dir>/<name>.txt``)."""
-    name = _strip_extension(str(name).strip("/"))
+    """``<out_dir>/<event>/<basename>.txt`` for ``name = "<event>/<basename>"`` (or ``<out_dir>/<name>.txt``).
+
+    Raises:
+        ValueError: `name` is an absolute path or has a ``..`` component: its file would lie outside `out_dir`.
+    """
+    from nbsrc.data.readers.common import unsafe_name_reason
+
+    reason = unsafe_name_reason(str(name))
+    if reason:
+        raise ValueError(
+            f"image name {name!r} {reason}: its result file would lie outside {out_dir}; expected a relative "
+            "'<event>/<basename>' name"
+        )
+    name = _strip_extension(str(name).rstrip("/"))
     return Path(out_dir) / f"{name}.txt"
 
 

@@ -124,6 +124,13 @@ def _gt_per_class(records) -> tuple[list[str], dict[int, list[np.ndarray]]]:
     per_class: dict[int, list[np.ndarray]] = {c: [] for c in CLASSES}
     duplicates = 0
     for record in records:
+        unknown = ~np.isin(record.labels, CLASSES)  # (N,)
+        if unknown.any():
+            k = int(np.flatnonzero(unknown)[0])
+            raise ValueError(
+                f"{record.source or record.name}: ground-truth box {k} of image {record.name!r} has class "
+                f"{record.labels[k]}; expected 1 (face) or 2 (person)"
+            )
         boxes = np.asarray(record.boxes, np.float64).reshape(-1, 4)  # (N, 4) xyxy normalized
         for c in CLASSES:
             b = boxes[record.labels == c]

@@ -27,6 +27,7 @@ __all__ = [
     "parse_numbers",
     "read_text",
     "select_boxes",
+    "unsafe_name_reason",
     "xywh_array_to_xyxy",
 ]
 
@@ -54,6 +55,21 @@ class LabelParseError(ValueError):
 
     def __reduce__(self):  # picklable across DataLoader workers
         return (type(self), (self.path, self.line, self.reason))
+
+
+def unsafe_name_reason(name: str) -> str | None:
+    """Why image name `name` cannot serve as a path inside an output folder, or None when it can.
+
+    Image names become file paths under output folders (``<out>/<name>.txt`` result files, converted labels), so
+    an absolute path (``/x``, ``C:/x``) or a ``..`` component (``../x``) would put files outside them. Both
+    ``/`` and ``\\`` count as separators.
+    """
+    text = str(name).replace("\\", "/")
+    if text.startswith("/") or (len(text) >= 2 and text[1] == ":" and text[0].isalpha()):
+        return "is an absolute path"
+    if ".." in text.split("/"):
+        return "has a '..' component"
+    return None
 
 
 def handle_error(error: LabelParseError, errors: list[LabelParseError] | None) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nbsrc.data.readers.common import LabelParseError, drop_degenerate, select_boxes
+from nbsrc.data.readers.common import LabelParseError, drop_degenerate, select_boxes, unsafe_name_reason
 from nbsrc.data.readers.twoclass import write_twoclass_labels
 from nbsrc.data.records import FACE, PERSON, ImageRecord
 
@@ -114,8 +114,9 @@ def read_openimages_csv(path: str | Path, *, class_map: Mapping[str, int] | None
         (``occluded``, ...; -1 where missing). Unmapped classes are logged as a warning with their counts.
     Raises:
         FileNotFoundError: `path` does not exist.
-        ValueError: a missing column (file and expected columns named), or ``file:line`` for a row with a
-            non-numeric / non-finite coordinate, an empty ImageID or class.
+        ValueError: a missing column (file and expected columns named), or ``file:line`` for a row whose number
+            of fields differs from the header's, a row with a non-numeric / non-finite coordinate, an empty
+            ImageID or class, an ImageID that is an absolute path or has a ``..`` component.
     """
     path = Path(path)
     class_map = dict(CLASS_MAP if class_map is None else class_map)
@@ -127,8 +128,11 @@ def read_openimages_csv(path: str | Path, *, class_map: Mapping[str, int] | None
     class_counts: Counter[str] = Counter()
     seen_images: set[str] = set()
     with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
+        reader = csv.reader(fh)
+        try:
+            columns = next(reader, [])
+        except csv.Error as exc:
+            raise LabelParseError(path, reader.line_num, f"malformed CSV header ({exc})") from None
         class_column = "ClassName" if "ClassName" in columns else "LabelName" if "LabelName" in columns else None
         missing = [c for c in ("ImageID", *COORD_COLUMNS) if c not in columns]
         if missing or class_column is None:
@@ -138,14 +142,29 @@ def read_openimages_csv(path: str | Path, *, class_map: Mapping[str, int] | None
             )
         flag_columns = [c for c in FLAG_COLUMNS if c in columns]
         try:
-            for row in reader:
+            for fields in reader:
                 number = reader.line_num
+                if not fields:  # a blank line
+                    continue
+                if len(fields) != len(columns):
+                    raise LabelParseError(
+                        path,
+                        number,
+                        f"expected {len(columns)} comma-separated fields (one per header column), found "
+                        f"{len(fields)}; a field holding a comma must be quoted",
+                    )
+                row = dict(zip(columns, fields))
                 image_id = (row.get("ImageID") or "").strip()
                 class_name = (row.get(class_column) or "").strip()
                 if class_column == "LabelName":
                     class_name = LABEL_NAMES.get(class_name, class_name)
                 if not image_id or not class_name:
                     raise LabelParseError(path, number, f"empty ImageID or {class_column}")
+                unsafe = unsafe_name_reason(image_id)
+                if unsafe:
+                    raise LabelParseError(
+                        path, number, f"ImageID {image_id!r} {unsafe}; expected an image id such as 'f00d696f4d0663e1'"
+                    )
                 seen_images.add(image_id)
                 class_counts[class_name] += 1
                 label = class_map.get(class_name)

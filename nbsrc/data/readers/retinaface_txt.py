@@ -36,6 +36,7 @@ from nbsrc.data.readers.common import (
     iter_lines,
     parse_numbers,
     read_text,
+    unsafe_name_reason,
     xywh_array_to_xyxy,
 )
 from nbsrc.data.records import FACE, ImageRecord
@@ -60,14 +61,35 @@ def describe_counts(counts: Sequence[int]) -> str:
 
 
 def name_from_header(header: str) -> str:
-    """``"0--Parade/0_Parade_x.jpg"`` -> ``"0--Parade/0_Parade_x"`` (leading ``/`` or ``./`` removed)."""
+    """``"0--Parade/0_Parade_x.jpg"`` -> ``"0--Parade/0_Parade_x"`` (a leading ``./`` removed).
+
+    Raises:
+        ValueError: the name is an absolute path or has a ``..`` component (`unsafe_name_reason`): files named
+            after it (result files, converted labels) would land outside their folder.
+    """
     name = header.strip().replace("\\", "/")
     while name.startswith("./"):
         name = name[2:]
-    name = name.lstrip("/")
+    reason = unsafe_name_reason(name)
+    if reason:
+        raise ValueError(
+            f"image name {header.strip()!r} {reason}, so files named after it would land outside their folder"
+        )
     stem, dot, ext = name.rpartition(".")
     if dot and "/" not in ext and ext:
         name = stem
+    return name
+
+
+def parse_header(header: str, path: str | Path, number: int, expected: str) -> str | LabelParseError:
+    """The image name of a ``#`` header line (`name_from_header`), or a `LabelParseError` (returned, not raised)
+    for an empty or unsafe name; `expected` describes the header (``"'# <event>/<file>.jpg'"``)."""
+    try:
+        name = name_from_header(header)
+    except ValueError as exc:
+        return LabelParseError(path, number, f"{exc}; expected a relative name as in {expected}")
+    if not name:
+        return LabelParseError(path, number, f"empty header; expected {expected}")
     return name
 
 
@@ -140,23 +162,31 @@ def read_retinaface_labels(path: str | Path, *, errors: list[LabelParseError] | 
     Raises:
         FileNotFoundError: `path` does not exist.
         LabelParseError: a ``ValueError`` naming ``file:line`` for a face line before any header, an empty
-            header, a count other than 4 or 20, a non-number or non-finite value.
+            header, an image name that is an absolute path or has a ``..`` component, a count other than 4 or
+            20, a non-number or non-finite value. When collecting, the face lines under a rejected header are
+            reported too (never given to the image before).
     """
     path = Path(path)
     text = read_text(path, "RetinaFace label.txt")
     expected = describe_counts(RETINAFACE_COUNTS)
     entries: list[tuple[str, str, list[list[float]]]] = []
+    rejected = 0  # line of the last header when it was rejected: its face lines are reported, not given to another
     for number, line in iter_lines(text):
         if line.startswith("#"):
-            name = name_from_header(line[1:])
-            if not name:
-                handle_error(LabelParseError(path, number, "empty header; expected '# <event>/<file>.jpg'"), errors)
+            name = parse_header(line[1:], path, number, "'# <event>/<file>.jpg'")
+            if isinstance(name, LabelParseError):
+                handle_error(name, errors)
+                rejected = number
                 continue
+            rejected = 0
             entries.append((name, f"{path}:{number}", []))
             continue
         values = parse_numbers(line, path, number, RETINAFACE_COUNTS, expected)
         if isinstance(values, LabelParseError):
             handle_error(values, errors)
+            continue
+        if rejected:
+            handle_error(LabelParseError(path, number, f"face line of the rejected header at line {rejected}"), errors)
             continue
         if not entries:
             handle_error(LabelParseError(path, number, "face line before any '# <event>/<file>.jpg' header"), errors)

@@ -10,6 +10,10 @@ Layout::
 - one line per object ``cls x y w h``: class id (1 face, 2 person; `nbsrc.data.records`) and the top-left
   corner and size **normalized** to the image width and height.
 
+Reading rejects (``file:line``) a class other than 1 or 2, a negative width or height, and a corner outside
+`NORMALIZED_RANGE` (pixel values in a normalized file); boxes reaching a little outside [0, 1] are kept, as
+``convert-openimages --no-clip`` writes them. The writer refuses what the reader would reject.
+
 Records have ``normalized=True`` and boxes xyxy in [0, 1] units (``x2 = x + w``, `nbsrc.boxes.xywh_to_xyxy`);
 no landmarks. A header that appears again (the real file repeats 5) is merged into the first record: its
 boxes are appended, the repeat is logged and listed in `TwoClassLabels.duplicates`.
@@ -18,6 +22,7 @@ boxes are appended, the repeat is logged and listed in `TwoClassLabels.duplicate
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,17 +35,39 @@ from nbsrc.data.readers.common import (
     iter_lines,
     parse_numbers,
     read_text,
+    unsafe_name_reason,
     xywh_array_to_xyxy,
 )
-from nbsrc.data.readers.retinaface_txt import name_from_header
-from nbsrc.data.records import ImageRecord
+from nbsrc.data.readers.retinaface_txt import parse_header
+from nbsrc.data.records import CLASS_NAMES, ImageRecord
 from nbsrc.utils import atomic_write_text
 
-__all__ = ["TwoClassLabels", "read_twoclass_labels", "write_twoclass_labels"]
+__all__ = ["NORMALIZED_RANGE", "TwoClassLabels", "read_twoclass_labels", "write_twoclass_labels"]
 
 logger = logging.getLogger(__name__)
 
-LINE_EXPECTED = "5 numbers (cls x y w h, cls an integer class id >= 1, x y w h normalized)"
+LINE_EXPECTED = "5 numbers (cls x y w h, cls 1 (face) or 2 (person), x y w h normalized to the image size)"
+# Accepted box corners (x, y, x + w, y + h) of a normalized file: beyond it the values are pixels, not fractions.
+NORMALIZED_RANGE = (-0.5, 1.5)
+
+
+def box_problem(label: float, xywh: Sequence[float]) -> str | None:
+    """What is wrong with one object ``cls x y w h`` of a 2-class file (None when nothing is): a class other
+    than 1 / 2, a non-finite value, a negative width or height, a corner outside `NORMALIZED_RANGE`."""
+    if label not in CLASS_NAMES:
+        return f"class {label:g}; expected 1 (face) or 2 (person)"
+    x, y, w, h = (float(v) for v in xywh)
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return f"box x y w h = {x:g} {y:g} {w:g} {h:g} is not finite"
+    if w < 0 or h < 0:
+        return f"negative width or height (w={w:g}, h={h:g}); expected w >= 0 and h >= 0"
+    low, high = NORMALIZED_RANGE
+    if min(x, y) < low or max(x + w, y + h) > high:
+        return (
+            f"box x y w h = {x:g} {y:g} {w:g} {h:g} reaches outside the normalized range [{low:g}, {high:g}]; "
+            "expected coordinates normalized to the image size (pixel values?)"
+        )
+    return None
 
 
 class TwoClassLabels(list):
@@ -77,7 +104,9 @@ def read_twoclass_labels(path: str | Path, *, errors: list[LabelParseError] | No
     Raises:
         FileNotFoundError: `path` does not exist.
         LabelParseError: a ``ValueError`` naming ``file:line`` for an object line before any header, an empty
-            header, a line without 5 numbers, a class id that is not an integer >= 1, a non-finite value.
+            header, an image name that is an absolute path or has a ``..`` component, a line without 5 numbers,
+            a class other than 1 or 2, a non-finite value, a negative width or height, a box outside
+            `NORMALIZED_RANGE`. When collecting, the object lines under a rejected header are reported too.
     """
     path = Path(path)
     text = read_text(path, "2-class label")
@@ -85,13 +114,15 @@ def read_twoclass_labels(path: str | Path, *, errors: list[LabelParseError] | No
     sources: dict[str, list[str]] = {}
     rows: dict[str, list[list[float]]] = {}
     current: str | None = None
+    rejected = 0  # line of the last header when it was rejected
     for number, line in iter_lines(text):
         if line.startswith("#"):
-            name = name_from_header(line[1:])
-            if not name:
-                handle_error(LabelParseError(path, number, "empty header; expected '# <id>.jpg'"), errors)
-                current = None
+            name = parse_header(line[1:], path, number, "'# <id>.jpg'")
+            if isinstance(name, LabelParseError):
+                handle_error(name, errors)
+                current, rejected = None, number
                 continue
+            rejected = 0
             if name not in rows:
                 order.append(name)
                 rows[name] = []
@@ -103,8 +134,14 @@ def read_twoclass_labels(path: str | Path, *, errors: list[LabelParseError] | No
         if isinstance(values, LabelParseError):
             handle_error(values, errors)
             continue
-        if not values[0].is_integer() or values[0] < 1:
-            handle_error(LabelParseError(path, number, f"class {values[0]:g} is not {LINE_EXPECTED}: {line!r}"), errors)
+        problem = box_problem(values[0], values[1:])
+        if problem:
+            handle_error(LabelParseError(path, number, f"{problem}: {line!r}"), errors)
+            continue
+        if rejected:
+            handle_error(
+                LabelParseError(path, number, f"object line of the rejected header at line {rejected}"), errors
+            )
             continue
         if current is None:
             handle_error(LabelParseError(path, number, "object line before any '# <id>.jpg' header"), errors)
@@ -149,6 +186,9 @@ def write_twoclass_labels(path: str | Path, records: Sequence[ImageRecord], *, e
         extension: appended to the name in each header.
     Returns:
         `path`.
+    Raises:
+        ValueError: a record that `read_twoclass_labels` would reject (pixel boxes without ``image_size``, a
+            name that is empty, unsafe or holds a line break, an object `box_problem` names); nothing is written.
     """
     path = Path(path)
     normalized_boxes = []
@@ -162,8 +202,19 @@ def write_twoclass_labels(path: str | Path, records: Sequence[ImageRecord], *, e
                 )
             width, height = record.image_size
             boxes = boxes / np.asarray([width, height, width, height], np.float32)
-        if not record.name or any(c in record.name for c in "\n\r"):
+        if not record.name or any(c in record.name for c in "\n\r") or unsafe_name_reason(record.name):
             raise ValueError(f"{path}: record name {record.name!r} ({record.source}) cannot be written as a header")
+        xyxy = np.asarray(boxes, np.float64).reshape(-1, 4)  # (N, 4)
+        low, high = NORMALIZED_RANGE
+        suspect = ~np.isin(record.labels, list(CLASS_NAMES)) | ~np.isfinite(xyxy).all(1)  # (N,)
+        suspect |= (xyxy[:, 2:] < xyxy[:, :2]).any(1) | (xyxy < low).any(1) | (xyxy > high).any(1)
+        for k in np.flatnonzero(suspect).tolist():  # exact verdict on the text the reader will see
+            problem = box_problem(float(record.labels[k]), [float(v) for v in format_boxes_xywh(xyxy[k : k + 1])[0]])
+            if problem:
+                raise ValueError(
+                    f"{path}: object {k} of record {record.name!r} ({record.source}): {problem}; the 2-class file "
+                    "could not be read back"
+                )
         normalized_boxes.append(boxes)
     box_texts = format_boxes_xywh(np.concatenate(normalized_boxes + [np.zeros((0, 4), np.float32)]))  # (T, 4)
     lines = []

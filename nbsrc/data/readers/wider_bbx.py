@@ -32,7 +32,7 @@ from nbsrc.data.readers.common import (
     read_text,
     xywh_array_to_xyxy,
 )
-from nbsrc.data.readers.retinaface_txt import name_from_header
+from nbsrc.data.readers.retinaface_txt import parse_header
 from nbsrc.data.records import FACE, ImageRecord
 
 __all__ = ["read_wider_bbx_gt"]
@@ -66,7 +66,8 @@ def read_wider_bbx_gt(path: str | Path, *, errors: list[LabelParseError] | None 
         LabelParseError: a ``ValueError`` naming ``file:line``: a count that is not a non-negative integer, a
             face line without 10 numbers, fewer face lines than the count (end of file or a new image name),
             a number line where an image name is expected (more face lines than the count), a dummy line after
-            a count of 0 that is not all zeros.
+            a count of 0 that is not all zeros, an image name that is an absolute path or has a ``..`` component
+            (when collecting, that image is left out and each of its face lines reported).
     """
     path = Path(path)
     text = read_text(path, "WIDER bbx_gt")
@@ -82,7 +83,10 @@ def read_wider_bbx_gt(path: str | Path, *, errors: list[LabelParseError] | None 
             raise LabelParseError(
                 path, number, f"expected an image name, got a line of {len(tokens)} number(s){previous}: {line!r}"
             )
-        name = name_from_header(line)
+        name = parse_header(line, path, number, "an image path such as '0--Parade/0_Parade_marchingband_1_849.jpg'")
+        rejected = isinstance(name, LabelParseError)
+        if rejected:  # its count and face lines are still followed, and the faces reported
+            handle_error(name, errors)
         source = f"{path}:{number}"
         if i + 1 >= len(lines):
             raise LabelParseError(path, number, f"image {line!r} is not followed by its face count (end of file)")
@@ -108,7 +112,8 @@ def read_wider_bbx_gt(path: str | Path, *, errors: list[LabelParseError] | None 
                         f"image {line!r} has 0 faces, so this line must be the dummy line of zeros; got {dummy!r}",
                     )
                 i += 1
-            names.append((name, source, 0))
+            if not rejected:
+                names.append((name, source, 0))
             continue
         kept = 0
         for k in range(count):
@@ -139,10 +144,16 @@ def read_wider_bbx_gt(path: str | Path, *, errors: list[LabelParseError] | None 
                 )
                 i += 1
                 continue
+            i += 1
+            if rejected:
+                handle_error(
+                    LabelParseError(path, face_number, f"face line of the rejected image name at line {number}"), errors
+                )
+                continue
             rows.append(values)
             kept += 1
-            i += 1
-        names.append((name, source, kept))
+        if not rejected:
+            names.append((name, source, kept))
 
     table = np.asarray(rows, np.float64).reshape(-1, 10)  # (T, 10)
     xyxy = xywh_array_to_xyxy(table[:, :4])  # (T, 4)
