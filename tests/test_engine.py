@@ -503,7 +503,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(un
     # a checkpoint with training state but no epoch count
     state = load_checkpoint(copy / "last.pth")
     torch.save({**state, "epoch": None}, copy / "noepoch.pth")
-    with pytest.raises(ValueError, match="noepoch.pth: no epoch count"):
+    with pytest.raises(ValueError, match="noepoch.pth: cannot resume: key .epoch."):
         fit(tiny_cfg(demo_root, tmp_path, **{"train.resume": str(copy / "noepoch.pth")}))
     assert (copy / "config.json").read_bytes() == config
 
