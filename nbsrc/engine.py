@@ -638,7 +638,9 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
     cfg, run_dir = resolve_run_folder(cfg)
     t = cfg.train
     metrics_path = run_dir / "metrics.jsonl"
-    earlier = broadcast_object(_earlier_run(run_dir) if info.is_main and t.resume is None else None)
+    # a run continues in its own folder only: a new run, or one resumed into another run's folder, writes over nothing
+    continuing = t.resume is not None and Path(t.resume).resolve().parent == run_dir.resolve()
+    earlier = broadcast_object(_earlier_run(run_dir) if info.is_main and not continuing else None)
     if earlier:
         raise FileExistsError(
             f"{run_dir}: holds an earlier run ({earlier}); continue it with train.resume={run_dir / 'last.pth'} "

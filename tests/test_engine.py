@@ -482,6 +482,12 @@ def test_a_new_run_never_writes_over_an_earlier_one(uninterrupted, demo_root):
     with pytest.raises(FileExistsError, match=r"holds an earlier run \(best.pth, config.json.*train.resume="):
         fit(again)
     assert {p.name: p.read_bytes() for p in uninterrupted.iterdir() if p.is_file()} == before
+    # nor does a run resumed from another folder into this one
+    other = fit(tiny_cfg(demo_root, uninterrupted.parent, **{"train.epochs": 1, "train.run_name": "other"}))
+    into = {"train.epochs": 2, "train.resume": str(other / "last.pth"), "train.run_name": uninterrupted.name}
+    with pytest.raises(FileExistsError, match="holds an earlier run"):
+        fit(tiny_cfg(demo_root, uninterrupted.parent, **into))
+    assert {p.name: p.read_bytes() for p in uninterrupted.iterdir() if p.is_file()} == before
 
 
 def test_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(uninterrupted, demo_root, tmp_path):
