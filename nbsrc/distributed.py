@@ -235,8 +235,8 @@ def launch(
     """Train `cfg` with `nprocs` processes from a notebook (or any script) and return the run folder.
 
     Args:
-        cfg: the run's configuration. A run name is fixed here when the config has none, so the caller knows
-            the folder before the workers start.
+        cfg: the run's configuration. Its run folder is fixed here (``engine.resolve_run_folder``), so the
+            caller knows it before the workers start.
         nprocs: number of processes, or ``"gpu"`` for one per visible GPU (``torchrun`` only).
         method: ``torchrun`` (a child ``python -m torch.distributed.run ... -m nbsrc train``; its output is
             streamed) or ``spawn`` (``torch.multiprocessing`` workers running `fit_worker`).
@@ -245,11 +245,9 @@ def launch(
     Raises:
         RuntimeError: a worker failed (its last output lines are shown).
     """
-    from nbsrc.engine import make_run_name
+    from nbsrc.engine import resolve_run_folder
 
-    if cfg.train.run_name is None:
-        cfg = cfg.replace(**{"train.run_name": make_run_name(cfg)})
-    run_dir = Path(cfg.train.out) / str(cfg.train.run_name)
+    cfg, run_dir = resolve_run_folder(cfg)  # as `fit` would: a resumed run continues in its checkpoint's folder
     if method == "spawn":
         if nprocs == "gpu":
             nprocs = max(1, torch.cuda.device_count())  # counts devices without creating a CUDA context

@@ -519,10 +519,13 @@ def resolve_run_folder(cfg: Config) -> tuple[Config, Path]:
 
 
 def _earlier_run(run_dir: Path) -> str:
-    """What of an earlier run `run_dir` holds ("" when none): a new run never writes over one."""
+    """The checkpoints of an earlier run that `run_dir` holds ("" when none): a new run never writes over them.
+    A folder left by a start that failed before its first epoch (config.json, metrics) holds none."""
     if not run_dir.is_dir():
         return ""
-    found = [p.name for p in sorted(run_dir.iterdir()) if p.name == "config.json" or p.suffix == ".pth"]
+    found = sorted(
+        p.name for p in run_dir.iterdir() if p.name in ("last.pth", "weight_final.pth") or p.match("epoch_*.pth")
+    )
     return ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
 
 
@@ -643,7 +646,8 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
     earlier = broadcast_object(_earlier_run(run_dir) if info.is_main and not continuing else None)
     if earlier:
         raise FileExistsError(
-            f"{run_dir}: holds an earlier run ({earlier}); continue it with train.resume={run_dir / 'last.pth'} "
+            f"{run_dir}: holds an earlier run ({earlier}); continue it with train.resume="
+            f"{run_dir / 'last.pth' if (run_dir / 'last.pth').is_file() else run_dir / earlier.split(', ')[-1]} "
             "(--resume), or choose another train.run_name (--run_name)"
         )
 

@@ -152,3 +152,25 @@ def test_notebook_launcher_trains_in_torchrun_processes(demo_root, tmp_path, cap
     epochs = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"]
     assert [r["train_images"] for r in epochs] == [2]  # 1 step x 1 image x 2 processes
     assert "2 process(es)" in capfd.readouterr().out
+
+
+def test_launch_continues_a_resumed_run_in_its_checkpoint_folder(tmp_path, monkeypatch):
+    import json
+
+    from nbsrc import distributed
+
+    run = tmp_path / "runs" / "myrun"
+    run.mkdir(parents=True)
+    get_preset("mnet-biubug6").to_json(run / "config.json")
+    (run / "last.pth").write_bytes(b"")
+    seen = {}
+
+    def fake_torchrun(command, env):
+        seen.update(json.loads(open(command[command.index("--config") + 1]).read())["train"])
+        return 0
+
+    monkeypatch.setattr(distributed, "_stream", fake_torchrun)
+    monkeypatch.chdir(tmp_path)
+    cfg = get_preset("mnet-biubug6", **{"train.resume": str(run / "last.pth"), "train.out": "elsewhere"})
+    assert distributed.launch(cfg, 2) == run
+    assert (seen["out"], seen["run_name"]) == (str(run.parent), "myrun")

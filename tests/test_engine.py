@@ -479,7 +479,10 @@ def test_a_gpu_this_torch_cannot_run_is_refused_with_what_to_choose(monkeypatch)
 def test_a_new_run_never_writes_over_an_earlier_one(uninterrupted, demo_root):
     before = {p.name: p.read_bytes() for p in uninterrupted.iterdir() if p.is_file()}
     again = tiny_cfg(demo_root, uninterrupted.parent, **{"train.epochs": 1, "train.run_name": uninterrupted.name})
-    with pytest.raises(FileExistsError, match=r"holds an earlier run \(best.pth, config.json.*train.resume="):
+    with pytest.raises(
+        FileExistsError,
+        match=r"holds an earlier run \(epoch_001.pth, epoch_002.pth, last.pth, weight_final.pth\).*train.resume=.*last.pth",
+    ):
         fit(again)
     assert {p.name: p.read_bytes() for p in uninterrupted.iterdir() if p.is_file()} == before
     # nor does a run resumed from another folder into this one
@@ -488,6 +491,20 @@ def test_a_new_run_never_writes_over_an_earlier_one(uninterrupted, demo_root):
     with pytest.raises(FileExistsError, match="holds an earlier run"):
         fit(tiny_cfg(demo_root, uninterrupted.parent, **into))
     assert {p.name: p.read_bytes() for p in uninterrupted.iterdir() if p.is_file()} == before
+
+
+def test_a_start_that_failed_before_its_first_checkpoint_can_be_retried(demo_root, tmp_path):
+    # e.g. a typo in a label file, or CUDA out of memory in the first step: the folder holds no checkpoint yet
+    failed = tmp_path / "retry"
+    with pytest.raises(FileNotFoundError):
+        fit(
+            tiny_cfg(
+                demo_root, tmp_path, **{"train.run_name": "retry", "data.train_labels": str(tmp_path / "typo.txt")}
+            )
+        )
+    assert (failed / "config.json").is_file() and not list(failed.glob("*.pth"))
+    run = fit(tiny_cfg(demo_root, tmp_path, **{"train.epochs": 1, "train.run_name": "retry"}))
+    assert run == failed and (run / "last.pth").is_file()
 
 
 def test_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(uninterrupted, demo_root, tmp_path):
@@ -525,3 +542,24 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
         folder.mkdir()
         names.append(named.train.run_name)
     assert names == ["latent-r18-20261202-113818", "latent-r18-20261202-113818-2", "latent-r18-20261202-113818-3"]
+
+
+def test_cli_label_files_outside_the_dataset_are_used_as_given(tmp_path):
+    # NN-RTK / biubug6 users pass wider_face_train_bbx_gt.txt from wider_face_split/, beside the data, not in it
+    root = tmp_path / "data"
+    (root / "train" / "latent").mkdir(parents=True)
+    labels = tmp_path / "wider_face_split" / "wider_face_train_bbx_gt.txt"
+    labels.parent.mkdir()
+    labels.write_text("")
+    for argv in (
+        ["--latent_dir", str(root / "train" / "latent"), "--train_label_file", str(labels)],
+        ["--dataset_root", str(root), "--preset", "latent-r18", "--train_label_file", str(labels)],
+        ["--dataset_root", str(root), "--preset", "latent-r18", "--training_dataset", str(labels)],
+    ):
+        data = config_from_argv(argv)[0].data
+        assert (data.dataset_root, data.train_split, data.train_labels) == (str(root), "train", str(labels)), argv
+    # only a label file names the data: its folder is the split (biubug6: ROOT/train/label.txt beside images/)
+    data = config_from_argv(["--network", "mobile0.25", "--training_dataset", str(root / "train" / "label.txt")])[
+        0
+    ].data
+    assert (data.dataset_root, data.train_split) == (str(root), "train")

@@ -174,14 +174,10 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("--val_latent_dir", args.val_latent_dir, "latent", "data.val_split"),
         ("--val_label_file", args.val_label_file, "labels", "data.val_split"),
     ]
+    label_places: list[tuple[str, str, Path, str]] = []  # label files: (flag, split key, root, split) they sit in
     for flag, value, kind, key in sources:
         if not value:
             continue
-        root, split = _split_of(value, flag, kind)
-        if key in overrides and overrides[key] != split:
-            raise ValueError(f"{flag} {value!r}: split {split!r} differs from {overrides[key]!r} given by another flag")
-        overrides[key] = split
-        roots.append((flag, root))
         path = Path(value).expanduser().resolve()
         if kind == "labels" and (path.suffix == ".txt" or path.is_file()):  # a label file: used as given
             labels_key = "data.train_labels" if key == "data.train_split" else "data.val_labels"
@@ -191,6 +187,20 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
                 )
             overrides[labels_key] = str(path)
             given[labels_key] = flag
+            label_places.append((flag, key, *_split_of(value, flag, kind)))
+            continue
+        root, split = _split_of(value, flag, kind)
+        if key in overrides and overrides[key] != split:
+            raise ValueError(f"{flag} {value!r}: split {split!r} differs from {overrides[key]!r} given by another flag")
+        overrides[key] = split
+        roots.append((flag, root))
+    if not roots and not args.dataset_root:
+        # only label files name the data (biubug6: --training_dataset ROOT/train/label.txt, images in ROOT/train/)
+        for flag, key, root, split in label_places:
+            if key in overrides and overrides[key] != split:
+                raise ValueError(f"{flag}: split {split!r} differs from {overrides[key]!r} given by another flag")
+            overrides[key] = split
+            roots.append((flag, root))
     if args.dataset_root:
         roots.insert(0, ("--dataset_root", Path(args.dataset_root).expanduser().resolve()))
     for flag, root in roots[1:]:
