@@ -351,7 +351,9 @@ def _push_instructions(owner: str, code_folder: Path, kernels: Mapping[str, Path
                 "error, and the push after it runs only on complete."
             )
             kernel_commands += [
-                f"# wait until {ref} has finished (status every {POLL_SECONDS} s)",
+                f"# wait until {ref} has finished (status every {POLL_SECONDS} s); the first pause lets the new "
+                "version's status replace the previous version's",
+                f"sleep {2 * POLL_SECONDS}",
                 f'until {var}=$(kaggle kernels status {ref} 2>&1); echo "${var}"; '
                 f"echo \"${var}\" | grep -qiE '{_DONE_RE}'; do sleep {POLL_SECONDS}; done",
             ]

@@ -26,6 +26,7 @@ parameters for that notebook only, each of which it must declare (ignored when t
 from __future__ import annotations
 
 import contextlib
+import datetime
 import difflib
 import json
 import logging
@@ -52,6 +53,7 @@ __all__ = [
     "kernel_manager",
     "list_notebooks",
     "load_params_file",
+    "merge_parameters",
     "parameters_cell",
     "parse_param_pairs",
     "parse_parameters_cell",
@@ -271,7 +273,11 @@ def _coerce(notebook: str, param: NotebookParameter, value: Any) -> Any:
     known = {"bool", "int", "float", "str"}
     if not allowed & known:  # no or unusual annotation: pass through
         return value
-    expected = f"{param.type_name} (default {param.default})"
+    expected = f"{param.type_name} (default {param.default}; None, null or ~ for none)"
+    if isinstance(value, (datetime.date, datetime.time)) and "str" in allowed:
+        value = value.isoformat()  # YAML reads 2024-01-01 as a date; a run name means the text
+    if value == "None" and "None" in allowed:
+        value = None  # papermill's -p spelling of None
     if value is None:
         if "None" in allowed:
             return None
@@ -322,6 +328,18 @@ def check_parameters(notebook: str, declared: Mapping[str, NotebookParameter], p
             )
         checked[key] = _coerce(notebook, declared[key], value)
     return checked
+
+
+def merge_parameters(params: Mapping[str, Any], command_line: Mapping[str, Any]) -> dict[str, Any]:
+    """A parameters file's content with the command line's ``-p`` values on top: a value given on the command line
+    replaces the file's top-level value and the same key in every notebook's own section."""
+    merged = dict(params)
+    for key, value in command_line.items():
+        merged[key] = value
+        for name, section in params.items():
+            if isinstance(section, Mapping) and key in section:
+                merged[name] = {**merged[name], key: value}
+    return merged
 
 
 def plan_parameters(
@@ -379,7 +397,7 @@ def plan_parameters(
     return plan
 
 
-_PATH_PARAMETER_SUFFIXES = ("_root", "_dir", "_labels", "checkpoint", "weight", "pretrained")
+_PATH_PARAMETER_SUFFIXES = ("_root", "_dir", "_labels", "checkpoint", "weight", "pretrained", "resume")
 _PRETRAINED_KEYWORDS = ("auto", "none", "imagenet")  # values of ``model.pretrained`` that are not paths
 
 
@@ -558,6 +576,22 @@ def _image_count(nb: Any) -> int:
     )
 
 
+def _with_earlier_entries(path: Path, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This run's notebook entries, with those of an earlier run into the same folder for the notebooks not run
+    again (marked ``"earlier": true``), in notebook order: re-running one notebook keeps the others' results."""
+    try:
+        earlier = json.loads(path.read_text()).get("notebooks", []) if path.is_file() else []
+    except (OSError, ValueError, AttributeError):
+        earlier = []
+    names = {entry["name"] for entry in entries}
+    kept = [
+        {**entry, "earlier": True}
+        for entry in earlier
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"] not in names
+    ]
+    return sorted(entries + kept, key=lambda entry: entry["name"])
+
+
 def run_notebooks(
     names: Sequence[str] | None = None,
     parameters: Mapping[str, Any] | None = None,
@@ -667,6 +701,7 @@ def run_notebooks(
             logger.info("notebook %s finished in %.1f s", name, entry["duration_s"])
     summary["status"] = "failed" if failure is not None else "ok"
     summary["duration_s"] = round(time.perf_counter() - started, 2)
+    summary["notebooks"] = _with_earlier_entries(run_dir / "summary.json", summary["notebooks"])
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     if failure is not None:
         raise failure

@@ -299,30 +299,59 @@ def resolve_pretrained(value: str, backbone: str, input_root: str | Path | None 
     return value
 
 
-def resolve_resume(value: str | Path | None, run_dir: str | Path | None = None) -> Path | None:
+def resolve_resume(
+    value: str | Path | None,
+    run_dir: str | Path | None = None,
+    *,
+    run_name: str | None = None,
+    preset: str | None = None,
+) -> Path | None:
     """The checkpoint a training notebook continues from.
 
-    None or "" starts a new run; a path must exist; ``auto`` takes the newest ``last.pth`` of an earlier run:
-    on Kaggle in the training kernel's own output attached as input (a version stopped at the time limit),
-    else under ``<run_dir>/train``. Nothing found with ``auto`` starts a new run.
+    None or "" starts a new run; a path must exist; ``auto`` takes the newest ``last.pth`` of an earlier run of
+    `preset` (named `run_name` when given): on Kaggle in the training kernel's own output attached as input (a
+    version stopped at the time limit), and under ``<run_dir>/train``. Nothing found with ``auto`` starts a new run.
     """
     if value is None or str(value) == "":
         return None
     if str(value) != "auto":
         return resolve_optional_path(value, "resume")
     found: list[Path] = []
-    if on_kaggle():
-        kernel = find_kaggle_dataset(TRAINING_KERNEL_SLUG)
-        if kernel is not None:
-            found += kernel.rglob("last.pth")
+    kernel = find_kaggle_dataset(TRAINING_KERNEL_SLUG) if on_kaggle() else None
+    if kernel is not None:
+        found += kernel.rglob("last.pth")
     if run_dir is not None:
         found += Path(run_dir).glob("train/*/last.pth")
+    found = [p for p in found if _is_run_of(p.parent, run_name, preset)]
     if not found:
-        logger.info("resume=auto: no earlier run's last.pth found, starting a new run")
+        message = "resume=auto: no earlier run%s%s to continue, starting a new one"
+        named = f" named {run_name!r}" if run_name else ""
+        of = f" of preset {preset!r}" if preset else ""
+        if on_kaggle() and kernel is None:  # the usual cause on Kaggle: the kernel's own output is not attached
+            logger.warning(
+                message + " (attach this notebook's own output, %s, as an input to continue it)",
+                named,
+                of,
+                TRAINING_KERNEL_SLUG,
+            )
+        else:
+            logger.info(message, named, of)
         return None
     latest = max(found, key=lambda path: (path.stat().st_mtime, str(path)))
     logger.info("resume=auto: continuing %s", latest)
     return latest.resolve()
+
+
+def _is_run_of(folder: Path, run_name: str | None, preset: str | None) -> bool:
+    """Whether a run folder is named `run_name` and trains `preset` (each when given)."""
+    if run_name and folder.name != run_name:
+        return False
+    if preset:
+        try:
+            return json.loads((folder / "config.json").read_text()).get("preset") == preset
+        except (OSError, ValueError, AttributeError):
+            return False
+    return True
 
 
 # ---- artifacts and metrics of a run folder --------------------------------------------------------

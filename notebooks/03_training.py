@@ -76,7 +76,7 @@ root = paths.resolve_dataset_root(dataset_root, smoke=smoke)
 cfg = get_preset(preset, dataset_root=str(root), epochs=epochs, lr=lr, latent_suffix=latent_suffix, all_rates=all_rates)
 cfg = cfg.replace(num_workers=num_workers, device=device, amp=amp, freeze_backbone=freeze_backbone, weight=weight)
 cfg = cfg.replace(max_images=max_images, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb, out=str(run / "train"))
-cfg = cfg.replace(keep_epochs=keep_epochs, resume=paths.resolve_resume(resume, run))
+cfg = cfg.replace(keep_epochs=keep_epochs, resume=paths.resolve_resume(resume, run, run_name=run_name, preset=preset))
 cfg = cfg.replace(**{"train.batch_size": batch_size, "model.pretrained": pretrained}).override_pairs(overrides.split())
 cfg = cfg.replace(**{"model.pretrained": paths.resolve_pretrained(cfg.model.pretrained, cfg.model.backbone)})
 if smoke:

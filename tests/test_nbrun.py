@@ -150,6 +150,10 @@ def test_run_passes_artifacts_and_writes_summary(notebooks_dir, tmp_path):
     assert executed.metadata.kernelspec.name == "python3"
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     assert "<html" in (out / "01_make.html").read_text().lower()
+    # running one notebook again into the folder keeps the other's entry
+    again = nbrun.run_notebooks(["02_use"], {}, out, notebooks_dir=notebooks_dir)
+    assert [(e["name"], e.get("earlier", False)) for e in again["notebooks"]] == [("01_make", True), ("02_use", False)]
+    assert json.loads((out / "summary.json").read_text())["notebooks"][0]["metrics"] == {"doubled": 42, "value": 21}
 
 
 def test_failing_notebook_reports_cell_and_error(notebooks_dir, tmp_path):
@@ -314,3 +318,31 @@ def test_failed_notebook_reports_no_stale_metrics(notebooks_dir, tmp_path):
     assert summary["notebooks"][0]["status"] == "failed"
     assert summary["notebooks"][0]["metrics"] == {}
     assert paths.load_metrics(out, "02_use") is None
+
+
+def test_command_line_values_win_over_a_notebooks_own_section():
+    params = {"epochs": 1, "03_training": {"epochs": 3, "lr": 0.1}, "04_widerface_evaluation": {"split": "val"}}
+    merged = nbrun.merge_parameters(params, {"epochs": 5, "resume": "auto"})
+    assert merged == {
+        "epochs": 5,
+        "resume": "auto",
+        "03_training": {"epochs": 5, "lr": 0.1},
+        "04_widerface_evaluation": {"split": "val"},
+    }
+    assert params["03_training"]["epochs"] == 3  # the file's content is not changed
+
+
+def test_papermills_none_and_yaml_dates_are_read_as_meant():
+    declared = {
+        "keep": nbrun.NotebookParameter("keep", "Optional[int]", "3", ""),
+        "checkpoint": nbrun.NotebookParameter("checkpoint", "Optional[str]", "None", ""),
+        "run_name": nbrun.NotebookParameter("run_name", "Optional[str]", "None", ""),
+        "preset": nbrun.NotebookParameter("preset", "str", "'x'", ""),
+    }
+    values = nbrun.parse_param_pairs([["keep", "None"], ["checkpoint", "None"], ["run_name", "2024-01-01"]])
+    assert nbrun.check_parameters("nb", declared, values) == {
+        "keep": None,
+        "checkpoint": None,
+        "run_name": "2024-01-01",
+    }
+    assert nbrun.check_parameters("nb", declared, {"preset": "None"}) == {"preset": "None"}  # a str: kept as text

@@ -3,6 +3,7 @@ hub cache, and on Kaggle an attached dataset), checkpoints, runs to resume, and 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -99,21 +100,33 @@ def test_on_kaggle_other_inputs_are_searched_seven_folders_deep(tmp_path, monkey
     assert paths.resolve_checkpoint(None) is None  # off Kaggle nothing is searched
 
 
+def _run(folder, preset, mtime):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"preset": preset}))
+    return _touch(folder / "last.pth", mtime)
+
+
 def test_resume_auto_continues_the_latest_earlier_run(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     assert paths.resolve_resume(None, run_dir) is None and paths.resolve_resume("", run_dir) is None
     assert paths.resolve_resume("auto", run_dir) is None  # nothing earlier: a new run
-    _touch(run_dir / "train" / "latent-r18-20261201-080000" / "last.pth", 1000)
-    newer = _touch(run_dir / "train" / "latent-r18-20261202-090000" / "last.pth", 2000)
-    assert paths.resolve_resume("auto", run_dir) == newer.resolve()
+    older = _run(run_dir / "train" / "latent-r18-20261201-080000", "latent-r18", 1000)
+    newer = _run(run_dir / "train" / "latent-r18-20261202-090000", "latent-r18", 2000)
+    other_preset = _run(run_dir / "train" / "latent-mnet-20261203-090000", "latent-mnet", 3000)
+    assert paths.resolve_resume("auto", run_dir) == other_preset.resolve()
+    assert paths.resolve_resume("auto", run_dir, preset="latent-r18") == newer.resolve()
+    named = {"run_name": "latent-r18-20261201-080000", "preset": "latent-r18"}
+    assert paths.resolve_resume("auto", run_dir, **named) == older.resolve()
+    assert paths.resolve_resume("auto", run_dir, run_name="c", preset="latent-r18") is None  # a new run c
+    assert paths.resolve_resume("auto", run_dir, preset="latent-r34") is None
     assert paths.resolve_resume(str(newer), None) == newer.resolve()
     with pytest.raises(FileNotFoundError, match="resume 'missing.pth'"):
         paths.resolve_resume("missing.pth", run_dir)
     # on Kaggle: the training kernel's earlier version, attached as input, is searched too
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
     monkeypatch.setattr(paths, "KAGGLE_INPUT", tmp_path / "input")
-    stopped = _touch(tmp_path / "input" / "nbsrc-03-training" / "runs" / "train" / "r" / "last.pth", 3000)
-    assert paths.resolve_resume("auto", run_dir) == stopped.resolve()
+    stopped = _run(tmp_path / "input" / "nbsrc-03-training" / "runs" / "train" / "r", "latent-r18", 4000)
+    assert paths.resolve_resume("auto", run_dir, preset="latent-r18") == stopped.resolve()
 
 
 def test_on_kaggle_a_dataset_under_another_name_is_found_by_its_contents(tmp_path, monkeypatch):

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out, "--out")
     params = nbrun.load_params_file(args.params) if args.params else {}
-    params.update(nbrun.parse_param_pairs(args.param))
+    params = nbrun.merge_parameters(params, nbrun.parse_param_pairs(args.param))  # -p wins, in sections too
     result = kaggle.build(
         args.owner,
         args.out,

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from nbsrc import nbrun
 
     params = nbrun.load_params_file(args.params) if args.params else {}
-    params.update(nbrun.parse_param_pairs(args.param))
+    params = nbrun.merge_parameters(params, nbrun.parse_param_pairs(args.param))  # -p wins, in sections too
     try:
         summary = nbrun.run_notebooks(
             args.names or None,
