@@ -47,6 +47,7 @@ __all__ = [
     "absolute_paths",
     "NotebookExecutionError",
     "NotebookParameter",
+    "check_given_parameters",
     "check_parameters",
     "declared_parameters",
     "default_notebooks_dir",
@@ -308,6 +309,38 @@ def _coerce(notebook: str, param: NotebookParameter, value: Any) -> Any:
     raise ValueError(
         f"notebook {notebook}: parameter {param.name!r} expects {expected}, got {type(value).__name__} {value!r}"
     )
+
+
+def _annotation_name(hint: Any) -> str:
+    """``bool`` -> "bool", ``Optional[str]`` -> "Optional[str]" (the spelling of a parameters cell)."""
+    import typing
+
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union and len(args) == 1 and len(typing.get_args(hint)) == 2:
+        return f"Optional[{_annotation_name(args[0])}]"
+    return getattr(hint, "__name__", str(hint))
+
+
+def check_given_parameters(namespace: dict[str, Any], notebook: str = "this notebook") -> None:
+    """Check, in place, the values a notebook was given against its parameters cell's annotations (kept in the
+    namespace's ``__annotations__``), converting them as the runner does. Plain ``papermill -p`` passes
+    ``smoke false`` as the text "false", which would read as true; this makes it False, and rejects what cannot
+    be converted (``-p epochs many``) with the parameter's name instead of failing cells later.
+
+    Raises:
+        ValueError: a value of the wrong type, naming the parameter and what it expects.
+    """
+    annotations = namespace.get("__annotations__")
+    if annotations is None and callable(namespace.get("__annotate__")):  # Python >= 3.14 evaluates them lazily
+        annotations = namespace["__annotate__"](1)  # annotationlib.Format.VALUE
+    for name, hint in dict(annotations or {}).items():
+        if name not in namespace:
+            continue
+        param = NotebookParameter(name, _annotation_name(hint), "", "")
+        value = namespace[name]
+        if isinstance(value, str) and param.type_name == "bool" and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        namespace[name] = _coerce(notebook, param, value)
 
 
 def check_parameters(notebook: str, declared: Mapping[str, NotebookParameter], params: Mapping[str, Any]) -> dict:

@@ -33,7 +33,7 @@ from typing import Optional  # parameters' annotations: papermill reads Optional
 
 from IPython.display import display
 
-from nbsrc import paths, stats, viz
+from nbsrc import nbrun, paths, stats, viz
 from nbsrc.config import get_preset
 from nbsrc.utils import setup_logging
 
@@ -50,6 +50,7 @@ smoke: bool = False  # seconds-long run on a few images
 run_dir: Optional[str] = None  # run folder for plots and metrics (None: runs/notebooks)
 
 # %%
+nbrun.check_given_parameters(globals())  # plain papermill / Kaggle values, checked as the runner does
 cfg = get_preset(preset)
 run = paths.run_folder(run_dir)
 plots = run / "plots" / "02_anchor_statistics"

@@ -33,7 +33,7 @@ from typing import Optional  # parameters' annotations: papermill reads Optional
 
 from IPython.display import display
 
-from nbsrc import distributed, paths, viz
+from nbsrc import distributed, nbrun, paths, viz
 from nbsrc.config import get_preset
 from nbsrc.data.loaders import build_dataset
 from nbsrc.detector import Detector
@@ -70,6 +70,7 @@ run_dir: Optional[str] = None  # run folder for the training run, plots and metr
 overrides: str = ""  # further config settings: space-separated key-equals-value pairs, as on the train command line
 
 # %%
+nbrun.check_given_parameters(globals())  # plain papermill / Kaggle values, checked as the runner does
 run = paths.run_folder(run_dir)
 plots = run / "plots" / "03_training"
 root = paths.resolve_dataset_root(dataset_root, smoke=smoke)

@@ -34,7 +34,7 @@ from typing import Optional  # parameters' annotations: papermill reads Optional
 
 from IPython.display import display
 
-from nbsrc import paths, viz
+from nbsrc import nbrun, paths, viz
 from nbsrc.data.loaders import build_dataset
 from nbsrc.detector import Detector
 from nbsrc.evaluation import predict, rates, twoclass, widerface
@@ -62,6 +62,7 @@ smoke: bool = False  # seconds-long run on 4 images (AP over the full ground tru
 run_dir: Optional[str] = None  # run folder with the training notebook's checkpoint; receives predictions and plots
 
 # %%
+nbrun.check_given_parameters(globals())  # plain papermill / Kaggle values, checked as the runner does
 run = paths.run_folder(run_dir)
 plots, out = run / "plots" / "04_widerface_evaluation", run / "predictions"
 root = paths.resolve_dataset_root(dataset_root, smoke=smoke)

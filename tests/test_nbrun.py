@@ -346,3 +346,18 @@ def test_papermills_none_and_yaml_dates_are_read_as_meant():
         "run_name": "2024-01-01",
     }
     assert nbrun.check_parameters("nb", declared, {"preset": "None"}) == {"preset": "None"}  # a str: kept as text
+
+
+@pytest.mark.parametrize("name", ["01_data_inspection", "03_training", "04_widerface_evaluation"])
+def test_notebooks_check_what_plain_papermill_injects(name):
+    # papermill -p smoke false injects the text "false"; the notebook's first cell after its parameters fixes it
+    path = Path(__file__).resolve().parents[1] / "notebooks" / f"{name}.py"
+    cell = nbrun.parameters_cell(nbrun.read_notebook(path))
+    namespace: dict = {}
+    exec("from typing import Optional\n" + cell.source, namespace)
+    exec('smoke = "false"\nrun_dir = "None"\ndataset_root = "/data/x"\n', namespace)  # papermill's injected cell
+    nbrun.check_given_parameters(namespace, name)
+    assert (namespace["smoke"], namespace["run_dir"], namespace["dataset_root"]) == (False, None, "/data/x")
+    exec('smoke = "maybe"\n', namespace)
+    with pytest.raises(ValueError, match="'smoke' expects bool"):
+        nbrun.check_given_parameters(namespace, name)
