@@ -258,10 +258,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], s
         if guess is not None:
             lines[0] += f" (it is a checkpoint of preset '{guess}')"
         elif is_classifier_state_dict(state_dict):
-            lines[0] += (
-                ": it holds an ImageNet classifier (a backbone and its fc layer, no detection heads), the file to "
-                "start training from: pass it as model.pretrained (--pretrained), not as detector weights"
-            )
+            lines[0] += f": it holds {_CLASSIFIER}"
         if missing:
             lines.append(f"  {len(missing)} missing keys: {_describe(missing)}")
         if unexpected:
@@ -270,6 +267,12 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], s
             lines.append(f"  {len(shapes)} shape mismatches: {_describe(shapes)}")
         raise ValueError("\n".join(lines))
     target.load_state_dict(dict(state_dict), strict=True)
+
+
+_CLASSIFIER = (
+    "an ImageNet classifier (a backbone and its fc layer, no detection heads), the file to start training from: "
+    "pass it as model.pretrained (--pretrained), not as detector weights"
+)
 
 
 def is_classifier_state_dict(state_dict: Mapping[str, Tensor]) -> bool:
@@ -323,10 +326,7 @@ def load_model(
         guess = infer_preset(state_dict)
         if preset is None:
             if guess is None and is_classifier_state_dict(state_dict):
-                raise ValueError(
-                    f"{path}: an ImageNet classifier (a backbone and its fc layer, no detection heads), the file to "
-                    "start training from: pass it as model.pretrained (--pretrained), not as detector weights"
-                )
+                raise ValueError(f"{path}: {_CLASSIFIER}")
             if guess is None:
                 raise ValueError(
                     f"{path}: a bare state dict that fits no preset ({len(state_dict)} tensors, first keys "

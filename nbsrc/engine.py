@@ -58,6 +58,7 @@ __all__ = [
     "evaluate_loss",
     "fit",
     "get_rng_state",
+    "load_start_weights",
     "make_run_name",
     "preview_image",
     "resolve_amp",
@@ -518,30 +519,33 @@ def resolve_run_folder(cfg: Config) -> tuple[Config, Path]:
     return cfg, Path(cfg.train.out) / name
 
 
-def _earlier_run(run_dir: Path) -> str:
-    """The checkpoints of an earlier run that `run_dir` holds ("" when none): a new run never writes over them.
-    A folder left by a start that failed before its first epoch (config.json, metrics) holds none."""
+def _earlier_checkpoints(run_dir: Path) -> list[str]:
+    """The checkpoints of an earlier run that `run_dir` holds: a new run never writes over them. A folder left by
+    a start that failed before its first epoch (config.json, metrics) holds none."""
     if not run_dir.is_dir():
-        return ""
-    found = sorted(
-        p.name for p in run_dir.iterdir() if p.name in ("last.pth", "weight_final.pth") or p.match("epoch_*.pth")
-    )
-    return ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        return []
+    names = ("last.pth", "weight_final.pth")
+    return sorted(p.name for p in run_dir.iterdir() if p.name in names or p.match("epoch_*.pth"))
 
 
-def _read_resume_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint holding the training state `fit` resumes from, or a ValueError saying what it lacks."""
-    checkpoint = load_checkpoint(path)
-    check_resumable(checkpoint, path)
-    return checkpoint
+def load_start_weights(model: nn.Module, cfg: Config) -> dict[str, Any] | None:
+    """Load what a run starts from into `model`, strictly: ``train.resume`` (which must hold the training state;
+    returned, for the optimizer, scaler and schedule) or else ``train.weight``. Returns None without a resume."""
+    t = cfg.train
+    if t.resume is not None:
+        checkpoint = load_checkpoint(t.resume)
+        check_resumable(checkpoint, t.resume)
+        load_state_dict_strict(model, checkpoint["model"], str(t.resume))
+        return checkpoint
+    if t.weight is not None:
+        load_state_dict_strict(model, load_checkpoint(t.weight)["model"], str(t.weight))
+    return None
 
 
 def _continue_run_folder(run_dir: Path, resume: str | Path) -> None:
-    """Start a resumed run's new folder with what its checkpoint's folder holds of the run so far: the metrics
-    and the best checkpoint (which a later epoch may not beat)."""
+    """Start a resumed run's new folder (not its checkpoint's) with what the checkpoint's folder holds of the run
+    so far: the metrics and the best checkpoint (which a later epoch may not beat)."""
     earlier = Path(resume).resolve().parent
-    if earlier == run_dir.resolve():
-        return
     for name in ("metrics.jsonl", "best.pth"):
         if (earlier / name).is_file() and not (run_dir / name).exists():
             with atomic_path(run_dir / name) as tmp:
@@ -643,11 +647,12 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
     metrics_path = run_dir / "metrics.jsonl"
     # a run continues in its own folder only: a new run, or one resumed into another run's folder, writes over nothing
     continuing = t.resume is not None and Path(t.resume).resolve().parent == run_dir.resolve()
-    earlier = broadcast_object(_earlier_run(run_dir) if info.is_main and not continuing else None)
+    earlier = broadcast_object(_earlier_checkpoints(run_dir) if info.is_main and not continuing else [])
     if earlier:
+        listed = ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+        latest = "last.pth" if "last.pth" in earlier else earlier[-1]
         raise FileExistsError(
-            f"{run_dir}: holds an earlier run ({earlier}); continue it with train.resume="
-            f"{run_dir / 'last.pth' if (run_dir / 'last.pth').is_file() else run_dir / earlier.split(', ')[-1]} "
+            f"{run_dir}: holds an earlier run ({listed}); continue it with train.resume={run_dir / latest} "
             "(--resume), or choose another train.run_name (--run_name)"
         )
 
@@ -655,17 +660,13 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
     seed_everything(t.seed)
     full_weights = t.weight is not None or t.resume is not None  # loaded below: no ImageNet backbone to look for
     model = build_model(cfg.replace(**{"model.pretrained": "none"}) if full_weights else cfg)
-    resumed = _read_resume_checkpoint(t.resume) if t.resume is not None else None
-    if resumed is not None:
-        load_state_dict_strict(model, resumed["model"], str(t.resume))
-    elif t.weight is not None:
-        checkpoint = load_checkpoint(t.weight)
-        load_state_dict_strict(model, checkpoint["model"], str(t.weight))
+    resumed = load_start_weights(model, cfg)
+    if resumed is None and t.weight is not None:
         logger.info("initialised from %s", t.weight)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.to_json(run_dir / "config.json")
-        if t.resume is not None:
+        if t.resume is not None and not continuing:
             _continue_run_folder(run_dir, t.resume)
     logger.info("run folder %s (preset %s, device %s, %d process(es))", run_dir, cfg.preset, device, info.world_size)
     if t.freeze_backbone:

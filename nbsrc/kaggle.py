@@ -11,7 +11,7 @@
 
 Everything is checked first (owner, dataset, parameters, notebook sizes) and built in a temporary folder inside
 DIR; the finished folders then replace those of an older build, so a failed build leaves DIR as it was.
-The dataset must be named ``retina-modify``: the notebooks find the attached dataset by that name.
+A dataset under another name than ``retina-modify`` is baked into the notebooks as their ``dataset_root``.
 
 Each notebook has the parameters baked in the way ``papermill --prepare-only`` does (an
 ``injected-parameters`` cell after the ``parameters`` cell), no outputs, and must stay under 1 MB (Kaggle

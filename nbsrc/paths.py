@@ -299,6 +299,11 @@ def resolve_pretrained(value: str, backbone: str, input_root: str | Path | None 
     return value
 
 
+def _newest(files: list[Path]) -> Path:
+    """The latest written of `files` (ties: the last by path; run folders end in their start time)."""
+    return max(files, key=lambda path: (path.stat().st_mtime, str(path)))
+
+
 def resolve_resume(
     value: str | Path | None,
     run_dir: str | Path | None = None,
@@ -337,7 +342,7 @@ def resolve_resume(
         else:
             logger.info(message, named, of)
         return None
-    latest = max(found, key=lambda path: (path.stat().st_mtime, str(path)))
+    latest = _newest(found)
     logger.info("resume=auto: continuing %s", latest)
     return latest.resolve()
 
@@ -437,6 +442,6 @@ def resolve_checkpoint(checkpoint: str | Path | None, run_dir: str | Path | None
         for search in searches:
             for name in _CHECKPOINT_NAMES:
                 found = list(search(name))
-                if found:  # the latest run's (run folders end in their start time)
-                    return max(found, key=lambda path: (path.stat().st_mtime, str(path)))
+                if found:
+                    return _newest(found)
     return None

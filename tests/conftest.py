@@ -49,3 +49,24 @@ def no_pretrained_files(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
     return tmp_path
+
+
+# Small and fast models: thin heads, at most 100 detections per image, the first 2 images of a split.
+SMALL = {"model.pretrained": "none", "model.out_channels": 8, "eval.keep_top_k": 100, "data.max_images": 2}
+
+
+@pytest.fixture(scope="session")
+def small_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """(latent-r18, mnet-biubug6) checkpoints of untrained `SMALL` models, without training state."""
+    from nbsrc.checkpoint import save_checkpoint
+    from nbsrc.config import get_preset
+    from nbsrc.model import build_model
+
+    folder = tmp_path_factory.mktemp("small_ckpt")
+    torch.manual_seed(0)
+    latent_cfg = get_preset("latent-r18").replace(**SMALL)
+    save_checkpoint(folder / "latent.pth", model=build_model(latent_cfg), config=latent_cfg)
+    torch.manual_seed(1)
+    rgb_cfg = get_preset("mnet-biubug6").replace(**SMALL)
+    save_checkpoint(folder / "rgb.pth", model=build_model(rgb_cfg), config=rgb_cfg)
+    return folder / "latent.pth", folder / "rgb.pth"

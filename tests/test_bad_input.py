@@ -11,27 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from nbsrc.checkpoint import check_resumable, load_checkpoint, save_checkpoint
+from nbsrc.checkpoint import check_resumable, load_checkpoint
 from nbsrc.cli import describe_error
 from nbsrc.cli import main as cli_main
 from nbsrc.config import get_preset
 from nbsrc.detector import Detector, check_thresholds
-from nbsrc.model import build_model
-
-# Small and fast: thin heads, few detections, the first 2 images of a split.
-SMALL = {"model.pretrained": "none", "model.out_channels": 8, "eval.keep_top_k": 100, "data.max_images": 2}
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """(latent-r18, mnet-biubug6) checkpoints of untrained small models."""
-    folder = tmp_path_factory.mktemp("bad_input_ckpt")
-    torch.manual_seed(0)
-    latent_cfg = get_preset("latent-r18").replace(**SMALL)
-    save_checkpoint(folder / "latent.pth", model=build_model(latent_cfg), config=latent_cfg)
-    rgb_cfg = get_preset("mnet-biubug6").replace(**SMALL)
-    save_checkpoint(folder / "rgb.pth", model=build_model(rgb_cfg), config=rgb_cfg, optimizer=None)
-    return folder / "latent.pth", folder / "rgb.pth"
 
 
 def _error_line(capsys) -> str:
@@ -84,8 +68,8 @@ def test_output_paths_checked_before_any_work(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"] and not any(folder.iterdir())
 
 
-def test_detect_save_suffix_checked_before_anything_is_written(checkpoints, tmp_path, capsys):
-    _, rgb = checkpoints
+def test_detect_save_suffix_checked_before_anything_is_written(small_checkpoints, tmp_path, capsys):
+    _, rgb = small_checkpoints
     image = tmp_path / "face.png"
     cv2.imwrite(str(image), np.full((64, 64, 3), 100, dtype=np.uint8))
     base = ["detect", "--weight", str(rgb), "--image", str(image), "--json", str(tmp_path / "d.json")]
@@ -99,7 +83,7 @@ def test_detect_save_suffix_checked_before_anything_is_written(checkpoints, tmp_
 
 
 # ---- 2. checkpoints ---------------------------------------------------------------------------------------
-def test_junk_checkpoint_is_named(checkpoints, tmp_path, capsys):
+def test_junk_checkpoint_is_named(small_checkpoints, tmp_path, capsys):
     junk = tmp_path / "junk.pth"
     for text, error in [("junk\n", "KeyError"), ("junk", "error: unpack requires")]:  # as the pickle VM trips
         junk.write_text(text)
@@ -113,8 +97,8 @@ def test_junk_checkpoint_is_named(checkpoints, tmp_path, capsys):
     assert f"{junk}: not a readable PyTorch checkpoint" in _error_line(capsys)
 
 
-def test_resume_without_epoch_is_rejected_up_front(checkpoints, demo_root, tmp_path, capsys):
-    latent, rgb = checkpoints
+def test_resume_without_epoch_is_rejected_up_front(small_checkpoints, demo_root, tmp_path, capsys):
+    latent, rgb = small_checkpoints
     checkpoint = load_checkpoint(latent)
     checkpoint["optimizer"] = {"state": {}, "param_groups": []}
     check_resumable(checkpoint, "ok.pth")
@@ -134,8 +118,8 @@ def test_resume_without_epoch_is_rejected_up_front(checkpoints, demo_root, tmp_p
 
 
 # ---- 6. train --check_only loads the checkpoints; a config JSON must hold every group ---------------------
-def test_check_only_checks_the_weight_fits(checkpoints, demo_root, tmp_path, capsys):
-    latent, rgb = checkpoints
+def test_check_only_checks_the_weight_fits(small_checkpoints, demo_root, tmp_path, capsys):
+    latent, rgb = small_checkpoints
     base = ["train", "--check_only", "--dataset_root", str(demo_root), "--device", "cpu", "--preset", "mnet-biubug6"]
     assert cli_main(base + ["--weight", str(latent)]) == 2
     err = capsys.readouterr().err
@@ -182,8 +166,8 @@ def test_kaggle_build_with_a_section_of_another_notebook(tmp_path):
 
 
 # ---- 4. thresholds out of range ---------------------------------------------------------------------------
-def test_thresholds_out_of_range(checkpoints, tmp_path, capsys):
-    _, rgb = checkpoints
+def test_thresholds_out_of_range(small_checkpoints, tmp_path, capsys):
+    _, rgb = small_checkpoints
     detector = Detector.from_checkpoint(rgb)
     image = np.full((64, 64, 3), 100, dtype=np.uint8)
     for kwargs, message in [
@@ -213,10 +197,10 @@ def test_thresholds_out_of_range(checkpoints, tmp_path, capsys):
 
 
 # ---- 5. evaluate-rates checks the RGB model before predicting anything -----------------------------------
-def test_evaluate_rates_checks_rgb_model_first(checkpoints, demo_root, tmp_path):
+def test_evaluate_rates_checks_rgb_model_first(small_checkpoints, demo_root, tmp_path):
     from nbsrc.evaluation.rates import evaluate_rates
 
-    latent, _ = checkpoints
+    latent, _ = small_checkpoints
     out = tmp_path / "rates"
     with pytest.raises(ValueError, match=r"rgb_weight .*latent\.pth must be an RGB model, got a latent model"):
         evaluate_rates(latent, demo_root, out, rgb_weight=latent, rates=[12], device="cpu", progress=False)

@@ -10,37 +10,19 @@ import json
 import math
 
 import pytest
-import torch
 
-from nbsrc.checkpoint import save_checkpoint
 from nbsrc.cli import main as cli_main
-from nbsrc.config import get_preset
 from nbsrc.detector import Detector
 from nbsrc.evaluation.rates import RateRow, RatesTable, evaluate_rates, plot_ap_vs_bpp
 from nbsrc.evaluation.results import read_result_file
 from nbsrc.evaluation.widerface import evaluate
-from nbsrc.model import build_model
 
-# Small and fast: thin heads, at most 100 detections per image, the first 2 images of the split.
-SMALL = {"model.pretrained": "none", "model.out_channels": 8, "eval.keep_top_k": 100, "data.max_images": 2}
 SETTINGS = ("easy", "medium", "hard")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("rates_ckpt")
-    torch.manual_seed(0)
-    latent_cfg = get_preset("latent-r18").replace(**SMALL)
-    save_checkpoint(folder / "latent.pth", model=build_model(latent_cfg), config=latent_cfg)
-    torch.manual_seed(1)
-    rgb_cfg = get_preset("mnet-biubug6").replace(**SMALL)
-    save_checkpoint(folder / "rgb.pth", model=build_model(rgb_cfg), config=rgb_cfg)
-    return folder / "latent.pth", folder / "rgb.pth"
-
-
-def test_table_plot_and_files(demo_root, checkpoints, tmp_path):
-    latent, rgb = checkpoints
+def test_table_plot_and_files(demo_root, small_checkpoints, tmp_path):
+    latent, rgb = small_checkpoints
     gt_dir = demo_root / "val" / "ground_truth"
     table = evaluate_rates(
         Detector.from_checkpoint(latent),
@@ -99,8 +81,8 @@ def test_plot_of_a_known_table(tmp_path):
     assert "| latent | 0.25 | 0.5625 | 0.4625 | 0.2625 |" in table.to_markdown()
 
 
-def test_cli_every_available_rate(demo_root, checkpoints, tmp_path, capsys):
-    latent, rgb = checkpoints
+def test_cli_every_available_rate(demo_root, small_checkpoints, tmp_path, capsys):
+    latent, rgb = small_checkpoints
     base = ["evaluate-rates", "--weight", str(latent), "--dataset_root", str(demo_root), "--out", str(tmp_path)]
     base += ["--device", "cpu", "--batch_size", "2", "--no-progress"]
     assert cli_main(base) == 0

@@ -296,22 +296,14 @@ def check_checkpoints(cfg: Config) -> None:
 
     import torch
 
-    from nbsrc.checkpoint import check_resumable, load_checkpoint, load_state_dict_strict
+    from nbsrc.engine import load_start_weights
     from nbsrc.model import build_model
 
-    t = cfg.train
-    for path, resume in ((t.resume, True), (t.weight if t.resume is None else None, False)):
-        if path is None:
-            continue
-        checkpoint = load_checkpoint(path)
-        if resume:
-            check_resumable(checkpoint, path)
-        with torch.device("meta"):  # keys and shapes only: no memory, no init cost
-            model = build_model(cfg.replace(**{"model.pretrained": "none"}))
-        with warnings.catch_warnings():  # loading into meta tensors is a no-op, which torch warns about per tensor
-            warnings.simplefilter("ignore", UserWarning)
-            load_state_dict_strict(model, checkpoint["model"], str(path))
-        del checkpoint
+    with torch.device("meta"):  # keys and shapes only: no memory, no init cost
+        model = build_model(cfg.replace(**{"model.pretrained": "none"}))
+    with warnings.catch_warnings():  # loading into meta tensors is a no-op, which torch warns about per tensor
+        warnings.simplefilter("ignore", UserWarning)
+        load_start_weights(model, cfg)
 
 
 def _checkpoint(path: str, cache: dict[str, dict]) -> dict:
