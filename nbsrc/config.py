@@ -154,6 +154,7 @@ class DataConfig:
     label_frame: int | None = None  # None: labels in original-image pixels; 640: labels already in the 640 frame
     resize_policy: str = "stretch"  # how originals became the network frame: stretch | letterbox
     sizes_csv: str | None = None  # CSV name,width,height of the original images (for the label frame)
+    images_root: str | None = None  # WIDER FACE image tree giving the original sizes (WIDER_<split>/images, ...)
     normalize_latents: bool = False  # per-channel standardisation with cached statistics
     latent_flip: bool = False  # horizontal flip of latents (not equivalent to encoding a flipped image)
     latent_crop: int | None = None  # train on random square crops of this many latent cells (None: whole latents)
@@ -245,6 +246,7 @@ class EvalConfig:
     # RGB prediction input size (nbsrc.data.transforms.test_scale_factor); latent models keep their latent frame
     # and ignore it with a warning. Non-square protocols predict one image per batch.
     test_scale: str = "square"  # square: data.image_size | original: own size | mxnet: short 1600, long <= 2150
+    gt_dir: str | None = None  # WIDER val ground truth (.mat files); None: found (nbsrc.evaluation.ground_truth)
 
     def __post_init__(self) -> None:
         _check(0 <= self.conf_thresh <= 1, "eval.conf_thresh", "must be in [0, 1]")

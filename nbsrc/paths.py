@@ -35,6 +35,8 @@ __all__ = [
     "demo_dataset",
     "find_kaggle_dataset",
     "find_kaggle_file",
+    "kaggle_input",
+    "kaggle_working",
     "load_artifact",
     "load_metrics",
     "on_kaggle",
@@ -52,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 KAGGLE_INPUT = Path("/kaggle/input")  # read-only mounts of attached datasets and kernel outputs
 KAGGLE_WORKING = Path("/kaggle/working")  # writable, kept as kernel output (20 GB)
+INPUT_ENV = "NBSRC_KAGGLE_INPUT"  # redirects the input mount (a simulated Kaggle run); default KAGGLE_INPUT
+WORKING_ENV = "NBSRC_KAGGLE_WORKING"  # redirects the working folder; default KAGGLE_WORKING
 DATASET_SLUG = "retina-modify"  # the JPEG AI latent WIDER FACE dataset
 CODE_DATASET_SLUG = "nbsrc-code"  # the dataset carrying this package's source on Kaggle
 TRAINING_KERNEL_SLUG = "nbsrc-03-training"  # the training notebook's kernel: its output holds the checkpoints
@@ -68,6 +72,16 @@ def on_kaggle() -> bool:
     return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
 
 
+def kaggle_input() -> Path:
+    """Kaggle's read-only input mount: ``$NBSRC_KAGGLE_INPUT``, else ``/kaggle/input``."""
+    return Path(os.environ.get(INPUT_ENV) or KAGGLE_INPUT)
+
+
+def kaggle_working() -> Path:
+    """Kaggle's writable working folder (kept as kernel output): ``$NBSRC_KAGGLE_WORKING``, else ``/kaggle/working``."""
+    return Path(os.environ.get(WORKING_ENV) or KAGGLE_WORKING)
+
+
 def project_root() -> Path | None:
     """The source checkout this package runs from (the folder with ``pyproject.toml``), if any."""
     root = Path(__file__).resolve().parents[1]
@@ -76,7 +90,7 @@ def project_root() -> Path | None:
 
 def _runs_root() -> Path:
     if on_kaggle():
-        return KAGGLE_WORKING
+        return kaggle_working()
     root = project_root()
     return (root if root is not None else Path.cwd()) / "runs"
 
@@ -86,7 +100,7 @@ def cache_dir() -> Path:
     env = os.environ.get("NBSRC_CACHE")
     if env:
         return Path(env)
-    return (KAGGLE_WORKING / "cache") if on_kaggle() else _runs_root() / "cache"
+    return (kaggle_working() / "cache") if on_kaggle() else _runs_root() / "cache"
 
 
 def run_folder(run_dir: str | Path | None, default_name: str = "notebooks") -> Path:
@@ -129,7 +143,7 @@ def find_kaggle_dataset(slug: str, input_root: str | Path | None = None) -> Path
     Returns:
         The mount folder, or None when the dataset is not attached.
     """
-    root = Path(input_root) if input_root is not None else KAGGLE_INPUT
+    root = Path(input_root) if input_root is not None else kaggle_input()
     owner, _, name = slug.rpartition("/")
     candidates = [root / name]
     candidates += sorted(root.glob(f"datasets/{owner or '*'}/{name}"))
@@ -145,7 +159,7 @@ def find_kaggle_file(pattern: str, input_root: str | Path | None = None, max_dep
 
     Returns the matches at the shallowest depth that has any (so large datasets are not walked needlessly).
     """
-    root = Path(input_root) if input_root is not None else KAGGLE_INPUT
+    root = Path(input_root) if input_root is not None else kaggle_input()
     for depth in range(max_depth + 1):
         found = sorted(root.glob("/".join(["*"] * depth + [pattern])))
         if found:
@@ -219,7 +233,7 @@ def resolve_dataset_root(
         found = find_kaggle_dataset(slug, input_root)
         if found is not None:
             return _dataset_inside(found)
-        root = Path(input_root) if input_root is not None else KAGGLE_INPUT
+        root = Path(input_root) if input_root is not None else kaggle_input()
         attached = _attached_datasets(root)
         if len(attached) == 1:
             logger.info("dataset %r is not attached; using the attached dataset %s", slug, attached[0])

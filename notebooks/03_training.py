@@ -23,10 +23,11 @@
 # validation images and the checkpoint path, recorded in the run folder for the evaluation notebook.
 
 # %%
+import os
 import sys
 from glob import glob
 
-sys.path[:0] = [p[:-6] for d in ("*", "*/*", "*/*/*", "*/*/*/*") for p in glob(f"/kaggle/input/{d}/nbsrc")][:1]
+sys.path[:0] = [p[:-6] for d in ("*", "*/*", "*/*/*", "*/*/*/*") for p in glob(f"{os.environ.get('NBSRC_KAGGLE_INPUT') or '/kaggle/input'}/{d}/nbsrc")][:1]
 
 # %%
 from typing import Optional  # parameters' annotations: papermill reads Optional[str], not str | None

@@ -23,10 +23,11 @@
 # false positives on validation images.
 
 # %%
+import os
 import sys
 from glob import glob
 
-sys.path[:0] = [p[:-6] for d in ("*", "*/*", "*/*/*", "*/*/*/*") for p in glob(f"/kaggle/input/{d}/nbsrc")][:1]
+sys.path[:0] = [p[:-6] for d in ("*", "*/*", "*/*/*", "*/*/*/*") for p in glob(f"{os.environ.get('NBSRC_KAGGLE_INPUT') or '/kaggle/input'}/{d}/nbsrc")][:1]
 
 # %%
 from pathlib import Path

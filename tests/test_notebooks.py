@@ -62,7 +62,7 @@ def test_thin_driver_layout(path):
     assert cells[0].cell_type == "markdown" and cells[0].source.startswith("# "), "title first"
     assert len(cells[0].source.splitlines()) >= 3, "a title and a purpose"
     bootstrap = [line for line in cells[1].source.splitlines() if line.strip()]
-    assert cells[1].cell_type == "code" and len(bootstrap) <= 3 and "sys.path" in cells[1].source
+    assert cells[1].cell_type == "code" and len(bootstrap) <= 4 and "sys.path" in cells[1].source
     assert "setup_logging()" in cells[2].source and "import" in cells[2].source
     assert "parameters" in cells[3].metadata.get("tags", []), "imports, then the parameters cell"
     for index, cell in enumerate(cells):
