@@ -317,6 +317,8 @@ def _notebook_text(nb: Any, where: Path) -> str:
 
 
 def _copy_code(folder: Path) -> None:
+    """Copy the package into ``folder/nbsrc``, data files included (the weights in ``nbsrc/weights``: a kernel
+    without internet starts from them), plus the checkout's ``pyproject.toml``, requirements and README."""
     root = paths.project_root()
     package = Path(__file__).resolve().parent
     target = folder / "nbsrc"

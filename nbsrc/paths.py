@@ -288,7 +288,8 @@ def resolve_optional_path(value: str | Path | None, what: str) -> Path | None:
 def resolve_pretrained(value: str, backbone: str, input_root: str | Path | None = None) -> str:
     """``model.pretrained`` for a notebook: ``auto`` becomes the path of an ImageNet backbone file found
     locally or, on Kaggle, in an attached dataset (so a kernel without internet still starts from ImageNet):
-    for MobileNet x0.25 ``mobilenetV1X0.25_pretrain.tar`` (``./weights``, the torch hub cache, the inputs);
+    for MobileNet x0.25 ``mobilenetV1X0.25_pretrain.tar`` (``./weights``, the torch hub cache, the inputs), else
+    the copy shipped with the package (`nbsrc.weights.IMAGENET_MOBILENET`), so MobileNet always resolves;
     for a ResNet torchvision's ``resnetNN-<hash>.pth`` in the inputs (the hub cache is read at build time).
     Every other value, and ``auto`` with nothing found, is returned as given."""
     if value != "auto":
@@ -297,7 +298,7 @@ def resolve_pretrained(value: str, backbone: str, input_root: str | Path | None 
         from nbsrc.model.build import MOBILENET_FILE, find_mobilenet_file
 
         try:
-            return str(find_mobilenet_file().resolve())
+            return str(find_mobilenet_file(shipped=False).resolve())
         except RuntimeError:
             pass
         pattern = MOBILENET_FILE
@@ -310,6 +311,11 @@ def resolve_pretrained(value: str, backbone: str, input_root: str | Path | None 
         if matches:
             logger.info("ImageNet %s weights: %s", backbone, matches[0])
             return str(matches[0])
+    if backbone == "mobilenet0.25":
+        from nbsrc.weights import IMAGENET_MOBILENET
+
+        if IMAGENET_MOBILENET.is_file():  # missing only from a broken install: build_model then says so
+            return str(IMAGENET_MOBILENET)
     return value
 
 

@@ -451,8 +451,11 @@ def test_pretrained_warnings_with_full_weights_and_a_frozen_random_backbone(
         fit(tiny_cfg(demo_root, tmp_path, **one_step, **{"train.weight": str(weight), "train.freeze_backbone": True}))
     assert "random init" not in caplog.text and "stays random" not in caplog.text  # full weights are loaded
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="nbsrc"):
+    with caplog.at_level(logging.WARNING, logger="nbsrc"):  # auto: the shipped ImageNet MobileNet, nothing to say
         fit(tiny_cfg(demo_root, tmp_path, **one_step, **{"train.freeze_backbone": True}))
+    assert "random init" not in caplog.text and "stays random" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="nbsrc"):
+        fit(tiny_cfg(demo_root, tmp_path, **{**one_step, "model.pretrained": "none", "train.freeze_backbone": True}))
     assert "random init" in caplog.text and "frozen backbone stays random" in caplog.text
 
 

@@ -275,7 +275,10 @@ def test_auto_pretrained_is_searched_from_the_working_directory(mobilenet_in_cwd
         assert nbrun.resolve_auto_pretrained(params, declared) == params
     assert nbrun.resolve_auto_pretrained({}, {"preset": declared["preset"]}) == {}  # no pretrained parameter
     mobilenet_in_cwd.unlink()
-    assert nbrun.resolve_auto_pretrained({}, declared) == {}  # nothing found: the notebook keeps 'auto'
+    from nbsrc.weights import IMAGENET_MOBILENET
+
+    # nothing found from here: the copy shipped with the package
+    assert nbrun.resolve_auto_pretrained({}, declared) == {"pretrained": str(IMAGENET_MOBILENET)}
 
 
 PRETRAINED = (

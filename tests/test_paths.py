@@ -1,5 +1,5 @@
 """Where the notebooks find things: the ImageNet backbone file for ``pretrained="auto"`` (./weights or the torch
-hub cache, and on Kaggle an attached dataset), checkpoints, runs to resume, and the attached dataset."""
+hub cache, on Kaggle an attached dataset, else the shipped MobileNet copy), checkpoints, runs to resume, and the attached dataset."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ from nbsrc.model import build_model
 PRETRAIN = "weights/mobilenetV1X0.25_pretrain.tar"
 
 
-def test_auto_stays_auto_when_the_file_is_nowhere(no_pretrained_files):
-    assert paths.resolve_pretrained("auto", "mobilenet0.25") == "auto"
+def test_auto_ends_at_the_shipped_backbone_when_the_file_is_nowhere(no_pretrained_files):
+    from nbsrc.weights import IMAGENET_MOBILENET
+
+    assert paths.resolve_pretrained("auto", "mobilenet0.25") == str(IMAGENET_MOBILENET)
 
 
 def test_auto_finds_the_file_in_dot_weights(no_pretrained_files):

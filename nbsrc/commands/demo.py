@@ -2,14 +2,16 @@
 
 Builds the demo dataset (`nbsrc.data.demo`), then executes the four notebooks on it headless through
 `nbsrc.nbrun` (latent preset, training sized for a CPU), and says where the executed notebooks, HTML exports,
-plots and metrics are. The defaults (24 + 8 images) finish in a few minutes on 2 CPU cores:
+plots and metrics are. The defaults (24 + 8 images) finish in a few minutes on 2 CPU cores.
 
-- with the ImageNet MobileNet x0.25 file (``mobilenetV1X0.25_pretrain.tar`` in ``./weights`` or the torch hub
-  cache, or ``--pretrained PATH``): ``latent-mnet`` (pixel-shuffle bridge into the pretrained MobileNet blocks)
-  trained 160 epochs on random 12x12-cell latent crops with AdamW (peak lr 0.004), a detector that finds most demo faces;
-- without it: ``latent-r18`` from scratch, 80 epochs, a detector that has started to find them.
+It trains ``latent-mnet`` (pixel-shuffle bridge into the ImageNet MobileNet x0.25 blocks) 160 epochs on random
+12x12-cell latent crops with AdamW (peak lr 0.004), a detector that finds most demo faces. The backbone starts from
+biubug6's ImageNet weights: ``mobilenetV1X0.25_pretrain.tar`` from ``./weights`` or the torch hub cache when it is
+there, else the copy shipped with the package (`nbsrc.weights`), so the demo needs no file and no download.
 
-``--preset`` and ``--epochs`` choose otherwise.
+``--pretrained PATH`` picks another backbone file and ``--pretrained none`` trains from scratch; ``--preset
+latent-r18`` trains the pruned ResNet-18 instead (80 epochs, batch 4, torchvision's ImageNet weights only when
+they are in the torch hub cache); ``--epochs`` and friends change the schedule.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ _SHARED = {  # settings under which a latent model learns in minutes on a CPU
     "train.schedule": "cosine",
     "train.keep_epochs": 1,
 }
+DEMO_PRESET = "latent-mnet"
 DEMO_SETUPS = {  # preset -> (epochs, batch size, peak lr, config settings)
-    "latent-mnet": (160, 8, 4e-3, {**_SHARED, "train.eval_every": 40}),  # with ImageNet weights
-    "latent-r18": (80, 4, 2e-3, {**_SHARED, "train.eval_every": 20}),  # from scratch
+    "latent-mnet": (160, 8, 4e-3, {**_SHARED, "train.eval_every": 40}),  # from the ImageNet MobileNet
+    "latent-r18": (80, 4, 2e-3, {**_SHARED, "train.eval_every": 20}),  # from scratch (or a cached torchvision file)
 }
 
 
@@ -51,48 +54,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--preset",
-        default=None,
-        help="latent preset to train (default: latent-mnet with ImageNet weights, else latent-r18)",
+        default=DEMO_PRESET,
+        help=f"latent preset to train (default {DEMO_PRESET}; latent-r18: the pruned ResNet-18, 80 epochs)",
     )
     parser.add_argument(
         "--pretrained",
         default=None,
-        help="ImageNet MobileNet x0.25 file (mobilenetV1X0.25_pretrain.tar; default: ./weights or the torch hub cache)",
+        help="MobileNet backbone: a file (e.g. mobilenetV1X0.25_pretrain.tar) or 'none' to train from scratch "
+        "(default: ./weights or the torch hub cache, else the ImageNet copy shipped with nbsrc)",
     )
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 160 / 80, see above)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 160; 80 for latent-r18)")
     parser.add_argument(
         "--max-images", type=int, default=0, help="train on the first N images of each split (default 0: all)"
     )
-    parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default 8 / 4)")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.004 / 0.002)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="training batch size (default 8; 4 for latent-r18)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default 0.004; 0.002 for latent-r18)"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--smoke", action="store_true", help="seconds-long notebooks (a check that all of it runs)")
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the log")
 
 
 def choose_training(args: argparse.Namespace) -> tuple[str, str, int, int, float, dict]:
-    """``(preset, pretrained, epochs, batch size, peak lr, config settings)`` of the demo's training run."""
-    from nbsrc import paths
-    from nbsrc.model.build import MOBILENET_FILE
+    """``(preset, pretrained, epochs, batch size, peak lr, config settings)`` of the demo's training run.
 
+    A MobileNet preset gets an absolute backbone path (``--pretrained``, else `nbsrc.paths.resolve_pretrained`,
+    which ends at the shipped ImageNet file) or ``none``; a ResNet preset gets ``auto`` (torchvision's weights
+    from the hub cache, else random init) or ``none``. Raises `FileNotFoundError` for a ``--pretrained`` file
+    that does not exist and `ValueError` for an unknown preset.
+    """
+    from nbsrc import paths
+    from nbsrc.config import get_preset
+    from nbsrc.weights import IMAGENET_MOBILENET
+
+    preset = args.preset or DEMO_PRESET
+    backbone = get_preset(preset).model.backbone
     pretrained = args.pretrained
-    if pretrained is not None and not Path(pretrained).is_file():
-        raise FileNotFoundError(f"{pretrained}: --pretrained file not found ({MOBILENET_FILE} expected)")
-    if pretrained is None:
-        pretrained = paths.resolve_pretrained("auto", "mobilenet0.25")
-        if pretrained == "auto":
-            pretrained = None
-            if args.preset in (None, "latent-mnet"):
-                fallback = "trains latent-r18 from scratch" if args.preset is None else "trains it from scratch"
-                logger.warning(
-                    "no ImageNet MobileNet weights (%s is neither in the torch hub cache nor in ./weights; pass "
-                    "--pretrained PATH); the demo %s",
-                    MOBILENET_FILE,
-                    fallback,
-                )
-    preset = args.preset or ("latent-mnet" if pretrained else "latent-r18")
+    if pretrained is not None and pretrained != "none" and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"{pretrained}: --pretrained file not found (a MobileNet x0.25 backbone, or 'none')")
+    if pretrained == "none":
+        weights = "from scratch (--pretrained none)"
+    elif backbone != "mobilenet0.25":
+        pretrained = "auto"  # a ResNet never receives a MobileNet file
+        weights = f"with torchvision's ImageNet {backbone} if it is in the torch hub cache, else from scratch"
+    else:
+        if pretrained is None:
+            pretrained = paths.resolve_pretrained("auto", backbone)
+        pretrained = str(Path(pretrained).resolve())  # absolute: the notebooks run in the run folder
+        shipped = " (the ImageNet copy shipped with nbsrc)" if Path(pretrained) == IMAGENET_MOBILENET else ""
+        weights = f"from the backbone {pretrained}{shipped}"
+    logger.info("the demo trains %s %s", preset, weights)
     epochs, batch_size, lr, settings = DEMO_SETUPS.get(preset, DEMO_SETUPS["latent-r18"])
-    pretrained = pretrained if pretrained and preset.endswith("mnet") else "auto"
     return preset, pretrained, args.epochs or epochs, args.batch_size or batch_size, args.lr or lr, settings
 
 

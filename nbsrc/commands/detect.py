@@ -1,6 +1,8 @@
 """``python -m nbsrc detect``: detect faces on one image or one latent with a checkpoint.
 
-Prints the detections as JSON (or writes them with ``--json``) and optionally saves a visualisation.
+Prints the detections as JSON (or writes them with ``--json``) and optionally saves a visualisation. Without
+``--weight`` an image runs through the published RetinaFace MobileNet-0.25 detector shipped with the package
+(`nbsrc.detector.Detector.published`); a latent needs a latent checkpoint.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--trained_model",
         "-m",
         dest="weight",
-        required=True,
-        help="checkpoint: ours, or a published state dict (mobilenet0.25_Final.pth, 2-class .pth)",
+        default=None,
+        help="checkpoint: ours, or a published state dict (mobilenet0.25_Final.pth, 2-class .pth); default: the "
+        "published MobileNet-0.25 detector shipped with nbsrc (preset mnet-biubug6, RGB images)",
     )
     parser.add_argument(
         "--preset",
@@ -103,6 +106,24 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.json, "--json")
     suffix = check_save_path(args.save) if args.save is not None else None
     preset = NETWORK_ALIASES.get(args.preset, args.preset) if args.preset else None
+    # Logging shares stdout with the JSON when no --json is given: keep stdout parseable then.
+    log = logger.info if args.json is not None else logger.debug
+    if args.weight is None:
+        from nbsrc.weights import PUBLISHED_DETECTOR, PUBLISHED_PRESET
+
+        if args.latent is not None:
+            raise ValueError(
+                "--latent needs --weight (a latent checkpoint); without --weight detect runs the "
+                "published RGB detector on --image"
+            )
+        if preset not in (None, PUBLISHED_PRESET):
+            raise ValueError(f"--preset {args.preset} needs --weight (without it: the published {PUBLISHED_PRESET})")
+        args.weight, preset = PUBLISHED_DETECTOR, PUBLISHED_PRESET
+        log(
+            "no --weight: the published RetinaFace MobileNet-0.25 detector (preset %s) shipped with nbsrc, %s",
+            preset,
+            args.weight,
+        )
     detector = Detector.from_checkpoint(args.weight, preset=preset, device=args.device)
     if args.image is not None:
         if detector.input_kind != "rgb":
@@ -119,8 +140,6 @@ def run(args: argparse.Namespace) -> int:
     detections = detector.detect(
         item, conf=args.conf, nms=args.nms, orig_size=tuple(args.orig_size) if args.orig_size else None
     )
-    # Logging shares stdout with the JSON when no --json is given: keep stdout parseable then.
-    log = logger.info if args.json is not None else logger.debug
     log("%s: %d detections (conf > %.2f)", source, len(detections), args.conf)
     report = {
         "input": str(source),

@@ -7,10 +7,12 @@ Designs (``model.neck``):
 - ``p2p6``: maps at strides 4/8/16/32 -> `FPN` P2-P5 plus P6 (3x3 stride-2 conv on C5) -> one shared `SSH`
   -> heads. For latents the stride-4 map is the bridge output and C2..C4 come from the pruned ResNet (or MobileNet).
 
-Pretrained backbone weights (``model.pretrained``): ``none``; ``auto`` (torchvision ImageNet weights when they
-are in the torch hub cache or downloadable, else one warning and random init); ``imagenet`` (the same, but
-failing is an error); or a file path (a state dict, optionally under ``state_dict`` with ``module.`` prefixes,
-in the layout of the backbone - e.g. ``mobilenetV1X0.25_pretrain.tar`` or a torchvision ResNet file).
+Pretrained backbone weights (``model.pretrained``): ``none``; ``auto`` (MobileNet x0.25: biubug6's ImageNet file
+from `find_mobilenet_file`, which always finds at least the copy shipped in `nbsrc.weights`; ResNets: torchvision
+ImageNet weights when they are in the torch hub cache or downloadable, else one warning and random init);
+``imagenet`` (the same, but failing is an error); or a file path (a plain state dict, or one under ``state_dict``
+with ``module.`` prefixes, in the layout of the backbone - e.g. ``mobilenetV1X0.25_pretrain.tar``, the shipped
+``mobilenetV1X0.25_imagenet.pth`` or a torchvision ResNet file).
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ def _load_pretrained(model: RetinaFace, cfg: Config) -> str | None:
         from nbsrc.checkpoint import read_state_dict
 
         count = load_backbone_weights(model.backbone, read_state_dict(path), str(path))
-        logger.info("backbone %s: %d pretrained tensors from %s", name, count, path)
+        logger.info("backbone %s: %d pretrained tensors from %s%s", name, count, path, _shipped_note(path))
         return str(path)
     try:
         if name == "mobilenet0.25":
@@ -193,17 +195,34 @@ def _load_pretrained(model: RetinaFace, cfg: Config) -> str | None:
         _warn_once(name, f"no pretrained {name} weights ({exc}); starting the backbone from random init")
         return None
     count = load_backbone_weights(model.backbone, state_dict, source)
-    logger.info("backbone %s: %d pretrained tensors from %s", name, count, source)
+    logger.info("backbone %s: %d pretrained tensors from %s%s", name, count, source, _shipped_note(source))
     return source
 
 
-def find_mobilenet_file() -> Path:
-    """The biubug6 ImageNet MobileNetV1 x0.25 file in the torch hub cache or ``./weights``."""
+def _shipped_note(path: str | Path) -> str:
+    """`` (the copy shipped with nbsrc)`` when `path` is the packaged ImageNet MobileNet file, else nothing."""
+    from nbsrc.weights import IMAGENET_MOBILENET
+
+    try:
+        return " (the copy shipped with nbsrc)" if Path(path).resolve() == IMAGENET_MOBILENET else ""
+    except OSError:
+        return ""
+
+
+def find_mobilenet_file(shipped: bool = True) -> Path:
+    """biubug6's ImageNet MobileNetV1 x0.25 backbone file: ``mobilenetV1X0.25_pretrain.tar`` in the torch hub cache
+    or in ``./weights``, else (when `shipped`) the plain state dict shipped with the package
+    (`nbsrc.weights.IMAGENET_MOBILENET`). Raises `RuntimeError` naming the places searched when none is there."""
+    from nbsrc.weights import IMAGENET_MOBILENET
+
     candidates = [Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_FILE, Path("weights") / MOBILENET_FILE]
+    if shipped:
+        candidates.append(IMAGENET_MOBILENET)
     for path in candidates:
         if path.is_file():
             return path
     raise RuntimeError(
-        f"{MOBILENET_FILE} is neither in {candidates[0].parent} nor in ./weights "
-        "(torchvision has no MobileNetV1 x0.25; pass the file's path as model.pretrained)"
+        f"{MOBILENET_FILE} is neither in {candidates[0].parent} nor in ./weights"
+        + (f", and the shipped {IMAGENET_MOBILENET} is missing (a broken install?)" if shipped else "")
+        + " (torchvision has no MobileNetV1 x0.25; pass the file's path as model.pretrained)"
     )
