@@ -155,6 +155,7 @@ class DataConfig:
     resize_policy: str = "stretch"  # how originals became the network frame: stretch | letterbox
     sizes_csv: str | None = None  # CSV name,width,height of the original images (for the label frame)
     images_root: str | None = None  # WIDER FACE image tree giving the original sizes (WIDER_<split>/images, ...)
+    cache_dir: str | None = None  # where original sizes read from images_root are cached (None: the run folder)
     normalize_latents: bool = False  # per-channel standardisation with cached statistics
     latent_flip: bool = False  # horizontal flip of latents (not equivalent to encoding a flipped image)
     latent_crop: int | None = None  # train on random square crops of this many latent cells (None: whole latents)

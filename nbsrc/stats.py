@@ -176,8 +176,9 @@ def load_faces(
     Raises:
         nbsrc.data.label_frame.LabelFrameError: dataset labels whose frame cannot be determined.
     """
+    from nbsrc.data.image_sizes import split_sizes
     from nbsrc.data.label_frame import ImageSizes, LabelFrame
-    from nbsrc.data.layout import find_labels, find_sizes_csv, read_split_labels
+    from nbsrc.data.layout import find_labels, read_split_labels
     from nbsrc.data.readers import drop_degenerate, read_labels
 
     net = (cfg.data.image_size, cfg.data.image_size)
@@ -198,11 +199,10 @@ def load_faces(
         split_dir = Path(dataset_root) / split
         label_file = find_labels(split_dir)
         records = read_split_labels(label_file)
-        sizes_csv = cfg.data.sizes_csv or find_sizes_csv(split_dir)
-        images_dir = split_dir / "images" if (split_dir / "images").is_dir() else None
-        frame = LabelFrame(
-            ImageSizes(sizes_csv=sizes_csv, images_dir=images_dir), cfg.data.resize_policy, cfg.data.label_frame
+        found = split_sizes(
+            split_dir, sizes_csv=cfg.data.sizes_csv, images_root=cfg.data.images_root, cache_dir=cfg.data.cache_dir
         )
+        frame = LabelFrame(found.sizes, cfg.data.resize_policy, cfg.data.label_frame)
         source = f"{Path(dataset_root).name}/{split} labels ({label_file.name})"
     else:
         raise ValueError("load_faces: give gt_dir (a WIDER .mat folder) or dataset_root")

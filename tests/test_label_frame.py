@@ -15,7 +15,6 @@ from nbsrc.data.label_frame import (
     ImageSizes,
     LabelFrame,
     LabelFrameError,
-    check_label_frame,
     read_image_size,
     read_sizes_csv,
 )
@@ -24,7 +23,7 @@ from nbsrc.data.readers import read_labels
 from nbsrc.data.readers.retinaface_txt import write_retinaface_labels
 from nbsrc.data.records import ImageRecord
 from nbsrc.data.rgb_dataset import WiderFaceRGB, read_rgb
-from nbsrc.data.validate import DataError
+from nbsrc.data.validate import DataError, check_label_frame
 from nbsrc.frame import FrameMap
 
 

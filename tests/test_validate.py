@@ -346,7 +346,7 @@ def test_labels_whose_frame_cannot_be_determined(tmp_path, caplog):
     assert len(dataset) == 0 and len(dataset.log.of_kind("unknown_frame")) == 3, "no guessing, even without faces"
     assert str(dataset.log.defects[0]).startswith(f"{split / 'labels.txt'}:1: cannot map the labels of")
     assert len(LatentWiderFace(split, images_dir=tmp_path / "elsewhere")) == 3
-    assert_reported(split, "unknown_frame", "give a sizes CSV (name,width,height)")
+    assert_reported(split, "unknown_frame", "a sizes CSV (name,width,height)")
 
 
 def test_missing_labels(tmp_path):

@@ -43,7 +43,7 @@ _LAZY = {
     "WiderFaceRGB": "nbsrc.data.rgb_dataset",
     "build_dataloaders": "nbsrc.data.loaders",
     "build_dataset": "nbsrc.data.loaders",
-    "check_label_frame": "nbsrc.data.label_frame",
+    "check_label_frame": "nbsrc.data.validate",
     "detection_collate": "nbsrc.data.collate",
     "make_demo_data": "nbsrc.data.demo",
     "read_labels": "nbsrc.data.readers",

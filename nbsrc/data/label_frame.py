@@ -15,7 +15,7 @@ Where the original size of an image comes from, first hit wins:
 network frame when that differs). When none of these determines the frame, `LabelFrameError` says exactly what
 to provide: the mapping never guesses.
 
-`check_label_frame` reports, per split, which frame the labels appear to be in (box extents against original
+`nbsrc.data.validate.check_label_frame` reports, per split, which frame the labels appear to be in (box extents against original
 sizes and against the network frame), for the data-inspection notebook.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,7 +39,6 @@ __all__ = [
     "LabelFrame",
     "LabelFrameError",
     "LabelFrameReport",
-    "check_label_frame",
     "read_image_size",
     "read_sizes_csv",
     "strip_image_extension",
@@ -161,6 +160,8 @@ class ImageSizes:
         self._image_index: dict[str, Path] | None = None
         self._cache: dict[str, tuple[int, int] | None] = {}
         self.unreadable: dict[str, str] = {}  # name -> why its image file gave no size
+        self.described: str | None = None  # where the sizes come from, when a caller knows better (an image tree)
+        self.tree: Path | None = None  # the image tree the table was read from (for messages)
 
     def __bool__(self) -> bool:
         return bool(self._table) or self.images_dir is not None
@@ -168,6 +169,8 @@ class ImageSizes:
     @property
     def sources(self) -> list[str]:
         """Human description of where sizes come from (for messages)."""
+        if self.described:
+            return [self.described]
         out = []
         if self.sizes_csv is not None:
             out.append(f"sizes CSV {self.sizes_csv}")
@@ -276,19 +279,21 @@ class LabelFrame:
         where = record.source or record.name
         tried = self.sizes.sources if self.sizes is not None else []
         expected = None
-        if self.sizes is not None and self.sizes.images_dir is not None:
-            expected = self.sizes.images_dir / f"{strip_image_extension(record.name)}.jpg"
+        folder = (self.sizes.images_dir or self.sizes.tree) if self.sizes is not None else None
+        if folder is not None:
+            expected = folder / f"{strip_image_extension(record.name)}.jpg"
         lines = [
             f"{where}: cannot map the labels of {record.name!r} into the {net_size[0]}x{net_size[1]} network frame: "
             "the original image size is unknown"
-            + (f" (looked in {', '.join(tried)})" if tried else " (no sizes CSV and no images folder were given)")
+            + (f" (looked in {', '.join(tried)})" if tried else " (no sizes CSV and no images were found)")
             + ". Provide one of:",
-            f"  - a sizes CSV with the header 'name,width,height' (data.sizes_csv=..., or {SIZES_CSV_NAME} at the "
-            "dataset root);",
-            "  - the images folder <split>/images/<event>/<basename>.jpg"
+            "  - the WIDER FACE images: images_root (data.images_root) = a folder holding "
+            "WIDER_<split>/images/<event>/<name>.jpg"
             + (f" (expected {expected})" if expected is not None else "")
-            + ";",
-            "  - data.label_frame=640 if the labels are already in the 640x640 frame of the latents.",
+            + "; on Kaggle, attach a WIDER FACE dataset to the notebook;",
+            f"  - a sizes CSV with the header 'name,width,height' (sizes_csv / data.sizes_csv, or {SIZES_CSV_NAME} "
+            "at the dataset root; `python -m nbsrc image-sizes IMAGES_DIR --out image_sizes.csv` writes one);",
+            "  - label_frame=640 (data.label_frame) if the labels are already in the 640x640 frame of the latents.",
         ]
         unreadable = self.sizes.unreadable.get(strip_image_extension(record.name)) if self.sizes is not None else None
         if unreadable:
@@ -478,39 +483,3 @@ def frame_verdict(
             f"the {net_side} frame: check the sizes source and the label file"
         )
     return report
-
-
-def check_label_frame(
-    root: str | Path,
-    splits: Iterable[str] | None = None,
-    *,
-    sizes_csv: str | Path | None = None,
-    net_side: int = 640,
-    labels: Mapping[str, str | Path] | None = None,
-) -> dict[str, LabelFrameReport]:
-    """Report, per split, which frame the labels appear to be in.
-
-    Args:
-        root: dataset root holding split folders (``train/``, ``val/``), or one split folder.
-        splits: split folder names (default: every split folder found).
-        sizes_csv: original sizes (default: ``image_sizes.csv`` at the root or in the split, when present).
-        net_side: side of the network frame (640 for 40x40 latents).
-        labels: split -> label file, overriding the discovery (`nbsrc.data.layout.find_labels`).
-    Returns:
-        split -> `LabelFrameReport` (its ``str`` is a short human summary).
-    """
-    from nbsrc.data.layout import find_labels, find_sizes_csv, list_splits, read_split_labels
-
-    root = Path(root)
-    reports = {}
-    for split, split_dir in list_splits(root, splits):
-        label_path = Path(labels[split]) if labels and split in labels else find_labels(split_dir)
-        records = read_split_labels(label_path)
-        csv_path = sizes_csv if sizes_csv is not None else find_sizes_csv(split_dir)
-        images_dir = split_dir / "images"
-        sizes = ImageSizes(sizes_csv=csv_path, images_dir=images_dir if images_dir.is_dir() else None)
-        reports[split] = frame_verdict(
-            records, sizes if sizes else None, net_side=net_side, split=split, label_file=str(label_path)
-        )
-        logger.info("label frame of %s: %s", split, reports[split].verdict)
-    return reports

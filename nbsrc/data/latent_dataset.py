@@ -32,8 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nbsrc.data.image_sizes import SplitSizes, missing_error, split_sizes
 from nbsrc.data.label_frame import ImageSizes, LabelFrame, LabelFrameError
-from nbsrc.data.layout import basename_of, find_labels, find_sizes_csv, parse_rate, scan_latents
+from nbsrc.data.layout import basename_of, find_labels, parse_rate, scan_latents
 from nbsrc.data.records import ImageRecord
 from nbsrc.data.seeding import item_with_seed
 from nbsrc.data.validate import (
@@ -211,6 +212,9 @@ class LatentWiderFace(Dataset):
         sizes_csv: CSV ``name,width,height`` of the originals (default: ``image_sizes.csv`` in the split or
             the dataset root when present).
         images_dir: folder of the original images, read header-only for sizes (default ``<root>/images``).
+        images_root: a WIDER FACE image tree (or a folder holding one) giving the original sizes when the split
+            has neither a sizes CSV nor ``images/`` (`nbsrc.data.image_sizes.split_sizes`).
+        sizes_cache: folder where sizes read from `images_root` are cached (None: this process only).
         normalize: per-channel standardisation.
         stats: statistics to use (rate -> `LatentStats`, e.g. the training split's for validation); computed
             and cached when None and `normalize`.
@@ -239,6 +243,8 @@ class LatentWiderFace(Dataset):
         resize_policy: str = "stretch",
         sizes_csv: str | Path | None = None,
         images_dir: str | Path | None = None,
+        images_root: str | Path | None = None,
+        sizes_cache: str | Path | None = None,
         normalize: bool = False,
         stats: Mapping[int | None, LatentStats] | None = None,
         stats_dir: str | Path | None = None,
@@ -279,9 +285,16 @@ class LatentWiderFace(Dataset):
             del index.files[key]
         matched = match_latents(records, index, self.log, latent_suffix=None if all_rates else latent_suffix)
 
-        csv_path = Path(sizes_csv) if sizes_csv is not None else find_sizes_csv(self.root)
-        images = Path(images_dir) if images_dir is not None else self.root / "images"
-        sizes = ImageSizes(sizes_csv=csv_path, images_dir=images if images.is_dir() else None)
+        if images_dir is not None:  # an explicit folder of this split's images
+            found = SplitSizes(ImageSizes(sizes_csv=sizes_csv, images_dir=images_dir), f"images {images_dir}")
+        else:
+            found = split_sizes(self.root, sizes_csv=sizes_csv, images_root=images_root, cache_dir=sizes_cache)
+            if label_frame is None and found.tree is not None and on_error == "raise":  # name every missing one
+                names = [record.name for record, _ in matched if record.num_boxes and not record.normalized]
+                problem = missing_error(found, names, self.label_path)
+                if problem:
+                    raise LabelFrameError(problem)
+        sizes = found.sizes
         self.label_frame = LabelFrame(sizes=sizes if sizes else None, policy=resize_policy, label_frame=label_frame)
 
         self.samples: list[LatentSample] = []

@@ -99,6 +99,8 @@ def build_dataset(cfg: Config, split: str, train: bool, **overrides: Any) -> Dat
             label_frame=d.label_frame,
             resize_policy=d.resize_policy,
             sizes_csv=d.sizes_csv,
+            images_root=d.images_root,
+            sizes_cache=d.cache_dir or _run_dir(cfg),
             normalize=d.normalize_latents,
             stats_dir=_run_dir(cfg),
             flip=d.latent_flip and train,

@@ -22,12 +22,13 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from nbsrc.data.image_sizes import split_sizes
 from nbsrc.data.label_frame import (
     ImageSizes,
     LabelFrame,
@@ -41,7 +42,6 @@ from nbsrc.data.layout import (
     basename_of,
     duplicated,
     find_labels,
-    find_sizes_csv,
     list_splits,
     read_split_labels,
     scan_latents,
@@ -55,6 +55,7 @@ __all__ = [
     "DefectLog",
     "ValidationReport",
     "check_boxes",
+    "check_label_frame",
     "check_latent_file",
     "read_labels_checked",
     "validate_dataset",
@@ -446,6 +447,8 @@ def validate_split(
     label_frame: int | None = None,
     resize_policy: str = "stretch",
     sizes_csv: str | Path | None = None,
+    images_root: str | Path | None = None,
+    sizes_cache: str | Path | None = None,
     check_values: bool = True,
     check_images: bool = True,
     log: DefectLog | None = None,
@@ -462,6 +465,8 @@ def validate_split(
         label_frame: labels already in this square frame (None: original pixels).
         resize_policy: ``stretch`` | ``letterbox``.
         sizes_csv: sizes CSV (default: ``image_sizes.csv`` in the split or the root when present).
+        images_root: WIDER FACE image tree for the original sizes (`nbsrc.data.image_sizes.split_sizes`).
+        sizes_cache: folder caching the sizes read from `images_root`.
         check_values: read every latent and check for NaN/Inf (slow on big data).
         check_images: check that each labelled image exists (when the split has ``images/``).
         log: defect log to add to (default: a new ``report`` log).
@@ -472,9 +477,9 @@ def validate_split(
     log = log or DefectLog("report", context=str(split_dir))
     label_path = Path(labels) if labels is not None else find_labels(split_dir)
     records = read_labels_checked(label_path, log)
-    csv_path = Path(sizes_csv) if sizes_csv is not None else find_sizes_csv(split_dir)
-    images_dir = split_dir / "images"
-    sizes = ImageSizes(sizes_csv=csv_path, images_dir=images_dir if images_dir.is_dir() else None)
+    found = split_sizes(split_dir, sizes_csv=sizes_csv, images_root=images_root, cache_dir=sizes_cache)
+    sizes = found.sizes if found.sizes is not None else ImageSizes()
+    images_dir = sizes.images_dir
     frame_report = frame_verdict(records, sizes if sizes else None, split=split_dir.name, label_file=str(label_path))
     frame = LabelFrame(sizes=sizes, policy=resize_policy, label_frame=label_frame)
     latent_dir = split_dir / "latent"
@@ -495,10 +500,10 @@ def validate_split(
                     "unknown_frame",
                     record.source,
                     f"original size of {record.name!r} unknown, so its labels cannot be mapped into the "
-                    f"{net[0]}x{net[1]} frame; give a sizes CSV (name,width,height), the images folder, or "
-                    f"label_frame={net[0]} if the labels are already in that frame",
+                    f"{net[0]}x{net[1]} frame ({found.source}); give the WIDER FACE images (images_root), a sizes "
+                    f"CSV (name,width,height), or label_frame={net[0]} if the labels are already in that frame",
                 )
-        if check_images and sizes.images_dir is not None:
+        if check_images and images_dir is not None:
             image_path = sizes.image_path(record.name)
             if image_path is None:
                 log.add_source(
@@ -591,3 +596,39 @@ def validate_dataset(
         if frame_report is not None:
             report.frames[name] = frame_report
     return report
+
+
+def check_label_frame(
+    root: str | Path,
+    splits: Iterable[str] | None = None,
+    *,
+    sizes_csv: str | Path | None = None,
+    images_root: str | Path | None = None,
+    sizes_cache: str | Path | None = None,
+    net_side: int = 640,
+    labels: Mapping[str, str | Path] | None = None,
+) -> dict[str, LabelFrameReport]:
+    """Report, per split, which frame the labels appear to be in.
+
+    Args:
+        root: dataset root holding split folders (``train/``, ``val/``), or one split folder.
+        splits: split folder names (default: every split folder found).
+        sizes_csv: original sizes (default: ``image_sizes.csv`` at the root or in the split, when present).
+        images_root: WIDER FACE image tree for the original sizes (`nbsrc.data.image_sizes.split_sizes`).
+        sizes_cache: folder caching sizes read from `images_root`.
+        net_side: side of the network frame (640 for 40x40 latents).
+        labels: split -> label file, overriding the discovery (`nbsrc.data.layout.find_labels`).
+    Returns:
+        split -> `LabelFrameReport` (its ``str`` is a short human summary).
+    """
+    root = Path(root)
+    reports = {}
+    for split, split_dir in list_splits(root, splits):
+        label_path = Path(labels[split]) if labels and split in labels else find_labels(split_dir)
+        records = read_split_labels(label_path)
+        sizes = split_sizes(split_dir, sizes_csv=sizes_csv, images_root=images_root, cache_dir=sizes_cache).sizes
+        reports[split] = frame_verdict(
+            records, sizes if sizes else None, net_side=net_side, split=split, label_file=str(label_path)
+        )
+        logger.info("label frame of %s: %s", split, reports[split].verdict)
+    return reports

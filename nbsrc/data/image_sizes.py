@@ -1,0 +1,423 @@
+"""Original image sizes of a split, from wherever they are: a sizes CSV, the split's own ``images/`` folder, or a
+WIDER FACE image tree attached beside the dataset.
+
+The label frame (`nbsrc.data.label_frame`) needs each image's original ``(width, height)`` to map WIDER labels
+(original pixels, e.g. 1024x683) into a latent's 640x640 frame. The ``retina-modify`` dataset carries latents and
+labels only, so the sizes come from a WIDER FACE copy, in any of its usual shapes::
+
+    IMAGES_ROOT/WIDER_<split>/images/<event>/<name>.jpg     (the official archives, Kaggle copies)
+    IMAGES_ROOT/<split>/images/<event>/<name>.jpg
+    IMAGES_ROOT/<event>/<name>.jpg  or  IMAGES_ROOT/<name>.jpg   (one flat folder, used for every split)
+
+``IMAGES_ROOT`` may also be a folder *holding* such trees a few levels down (a Kaggle input mount): the tree of
+each split is found by name (`find_split_trees`). Sizes are read from the file headers only (no pixel decoded),
+once: they are cached as a sizes CSV in the cache folder, reused on the next run and rebuilt when the tree
+changes (its file names or folder times). Two trees that hold different files for one split are an error naming
+both; an image the labels name but no tree holds is reported by name (`SplitSizes.missing`), never guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nbsrc.data.label_frame import (
+    IMAGE_EXTENSIONS,
+    SIZES_CSV_NAME,
+    ImageSizes,
+    read_image_size,
+    read_sizes_csv,
+    strip_image_extension,
+)
+from nbsrc.utils import atomic_write_text
+
+__all__ = [
+    "ImageTreeError",
+    "SplitSizes",
+    "find_sizes",
+    "find_split_trees",
+    "list_images",
+    "missing_error",
+    "split_sizes",
+    "tree_sizes",
+    "write_sizes_csv",
+]
+
+logger = logging.getLogger(__name__)
+
+SEARCH_DEPTH = 4  # folders below an images root searched for WIDER_<split>/images
+_SKIP_DIRS = {"latent", "latents", "ground_truth", "__pycache__"}  # never hold a WIDER image tree
+_MEMO: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}  # (tree, fingerprint) -> sizes, per process
+_SAID: set[tuple[str, str]] = set()  # (split folder, source) already logged in this process
+
+
+class ImageTreeError(ValueError):
+    """An images root that cannot give a split's sizes unambiguously (the message names the trees)."""
+
+
+# ---- finding the tree of a split ---------------------------------------------------------------------------
+def _split_aliases(split: str) -> set[str]:
+    names = {split.lower(), f"wider_{split.lower()}"}
+    if split.lower() in ("val", "valid", "validation"):
+        names |= {"val", "wider_val", "validation"}
+    return names
+
+
+def _holds_images(folder: Path, probe: int = 200) -> bool:
+    """Whether `folder` holds image files directly or in its subfolders (event folders); looks at a few entries."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)[:probe]
+    except OSError:
+        return False
+    for entry in entries:
+        if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            return True
+    for entry in entries:
+        if entry.is_dir() and not entry.name.startswith("."):
+            try:
+                with os.scandir(entry.path) as inner:
+                    for item in inner:
+                        if item.is_file() and os.path.splitext(item.name)[1].lower() in IMAGE_EXTENSIONS:
+                            return True
+            except OSError:
+                continue
+    return False
+
+
+def find_split_trees(images_root: str | Path, split: str, *, flat: bool = True) -> list[Path]:
+    """The image folders of `split` below `images_root` (see the module docstring for the shapes).
+
+    Args:
+        images_root: a WIDER FACE copy, a folder holding one or more copies (searched `SEARCH_DEPTH` levels
+            down, never into ``images/`` or ``latent/`` folders), or one flat folder of images.
+        split: the dataset's split folder name (``train``, ``val``).
+        flat: when no split-named tree exists, take `images_root` itself if it directly holds images or event
+            folders of images (off for a search through unrelated inputs).
+    Returns:
+        The folders holding the split's images (``.../WIDER_val/images``), shallowest first; empty when none.
+    """
+    root = Path(images_root)
+    aliases = _split_aliases(split)
+    if root.name.lower() in aliases:  # the split's own folder was given
+        return [root / "images"] if (root / "images").is_dir() else [root]
+    found: list[Path] = []
+    frontier = [root]
+    for _ in range(SEARCH_DEPTH):
+        children: list[Path] = []
+        for folder in frontier:
+            try:
+                subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError:
+                continue
+            for sub in subdirs:
+                if sub.name.lower() in aliases and (sub / "images").is_dir():
+                    found.append(sub / "images")
+                elif sub.name.lower() not in _SKIP_DIRS and sub.name != "images":
+                    children.append(sub)
+        if found:
+            return found
+        frontier = children
+    if flat and _holds_images(root / "images" if (root / "images").is_dir() else root):
+        other = [p for p in root.iterdir() if p.is_dir() and p.name.lower().startswith("wider_")]
+        if not other:  # a folder of WIDER_train/ only holds no images of val
+            return [root / "images" if (root / "images").is_dir() else root]
+    return []
+
+
+# ---- reading a tree's sizes, cached ------------------------------------------------------------------------
+def list_images(images_dir: str | Path) -> dict[str, str]:
+    """Every image below `images_dir`: relative name without extension -> relative path (``0--Parade/x`` ->
+    ``0--Parade/x.jpg``), hidden files and folders left out."""
+    images_dir = Path(images_dir)
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(images_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        relative_dir = os.path.relpath(dirpath, images_dir)
+        for filename in sorted(filenames):
+            if filename.startswith(".") or os.path.splitext(filename)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            relative = filename if relative_dir == "." else f"{relative_dir}/{filename}".replace(os.sep, "/")
+            out[strip_image_extension(relative)] = relative
+    return out
+
+
+def _fingerprint(images_dir: Path, listing: dict[str, str]) -> str:
+    """Changes when an image is added, removed or renamed, or a folder of the tree is modified."""
+    digest = hashlib.sha1()
+    for relative in sorted(listing.values()):
+        digest.update(relative.encode() + b"\n")
+    folders = {os.path.dirname(relative) for relative in listing.values()} | {""}
+    for folder in sorted(folders):
+        try:
+            digest.update(f"{folder}:{(images_dir / folder).stat().st_mtime_ns}\n".encode())
+        except OSError:
+            continue
+    return digest.hexdigest()
+
+
+def _cache_paths(cache_dir: Path, images_dir: Path) -> tuple[Path, Path]:
+    key = hashlib.sha1(str(images_dir.resolve()).encode()).hexdigest()[:16]
+    stem = cache_dir / "image-sizes" / f"{images_dir.resolve().parent.name or 'images'}-{key}"
+    return stem.with_suffix(".csv"), stem.with_suffix(".json")
+
+
+def _csv_text(sizes: dict[str, tuple[int, int]], listing: dict[str, str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["name", "width", "height"])
+    for name in sorted(sizes):
+        writer.writerow([listing.get(name, name), *sizes[name]])
+    return buffer.getvalue()
+
+
+def _read_headers(images_dir: Path, listing: dict[str, str]) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+    """Sizes from the headers of every listed image (threads: the reads wait on the disk, not the CPU)."""
+
+    def one(item: tuple[str, str]) -> tuple[str, tuple[int, int] | None, str]:
+        name, relative = item
+        try:
+            return name, read_image_size(images_dir / relative), ""
+        except (OSError, ValueError) as exc:
+            return name, None, str(exc)
+
+    sizes: dict[str, tuple[int, int]] = {}
+    unreadable: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for name, size, why in pool.map(one, sorted(listing.items()), chunksize=64):
+            if size is None:
+                unreadable[name] = why
+            else:
+                sizes[name] = size
+    return sizes, unreadable
+
+
+@dataclass
+class TreeSizes:
+    """The sizes of one image tree and where they came from."""
+
+    images_dir: Path
+    sizes: dict[str, tuple[int, int]]
+    unreadable: dict[str, str] = field(default_factory=dict)
+    cache_csv: Path | None = None
+    reused: bool = False
+
+
+def tree_sizes(images_dir: str | Path, cache_dir: str | Path | None = None) -> TreeSizes:
+    """Original sizes of every image below `images_dir`, read header-only once and cached.
+
+    The cache is ``<cache_dir>/image-sizes/<tree>-<hash>.csv`` (``name,width,height``) with a ``.json`` beside it
+    holding the tree's fingerprint; a later call reuses it while the fingerprint holds and rebuilds it when the
+    tree changed. Without `cache_dir` the sizes are kept for this process only.
+    """
+    images_dir = Path(images_dir)
+    listing = list_images(images_dir)
+    fingerprint = _fingerprint(images_dir, listing)
+    memo_key = (str(images_dir.resolve()), fingerprint)
+    csv_path = meta_path = None
+    if cache_dir is not None:
+        csv_path, meta_path = _cache_paths(Path(cache_dir), images_dir)
+    if memo_key in _MEMO:
+        return TreeSizes(images_dir, _MEMO[memo_key], cache_csv=csv_path, reused=True)
+    if csv_path is not None and meta_path is not None and csv_path.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("fingerprint") == fingerprint and meta.get("tree") == str(images_dir.resolve()):
+                sizes = read_sizes_csv(csv_path)
+                _MEMO[memo_key] = sizes
+                return TreeSizes(images_dir, sizes, dict(meta.get("unreadable", {})), csv_path, reused=True)
+        except (OSError, ValueError) as exc:
+            logger.warning("image sizes cache %s is unusable (%s); reading the image headers again", csv_path, exc)
+    sizes, unreadable = _read_headers(images_dir, listing)
+    if unreadable:
+        logger.warning(
+            "%s: %d image files gave no size (e.g. %s)", images_dir, len(unreadable), next(iter(unreadable.values()))
+        )
+    if csv_path is not None and meta_path is not None:
+        try:
+            atomic_write_text(csv_path, _csv_text(sizes, listing))
+            meta = {"tree": str(images_dir.resolve()), "fingerprint": fingerprint, "unreadable": unreadable}
+            atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
+        except OSError as exc:  # a read-only cache costs the next run a re-read, nothing else
+            logger.warning("cannot cache image sizes in %s (%s)", csv_path.parent, exc)
+            csv_path = None
+    _MEMO[memo_key] = sizes
+    return TreeSizes(images_dir, sizes, unreadable, csv_path, reused=False)
+
+
+def write_sizes_csv(images_dir: str | Path, out: str | Path) -> int:
+    """Write ``name,width,height`` of every image below `images_dir` to `out` (atomic); returns the count.
+
+    Raises:
+        FileNotFoundError: `images_dir` is not a folder.
+        ValueError: it holds no image.
+    """
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"images folder {images_dir} not found")
+    listing = list_images(images_dir)
+    if not listing:
+        raise ValueError(f"{images_dir}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found below it")
+    sizes, unreadable = _read_headers(images_dir, listing)
+    for name, why in sorted(unreadable.items()):
+        logger.warning("%s: no size (%s)", listing[name], why)
+    atomic_write_text(out, _csv_text(sizes, listing))
+    return len(sizes)
+
+
+# ---- the sizes of a split ----------------------------------------------------------------------------------
+@dataclass
+class SplitSizes:
+    """The original sizes a split's labels are mapped with.
+
+    Attributes:
+        sizes: the lookup (`ImageSizes`), or None when no source exists.
+        source: where they came from, for the one log line and for messages.
+        tree: the WIDER FACE image folder used, when sizes come from one.
+    """
+
+    sizes: ImageSizes | None
+    source: str
+    tree: Path | None = None
+
+    def missing(self, names: Iterable[str]) -> list[str]:
+        """The names (without extension) whose original size no source knows."""
+        if self.sizes is None:
+            return [strip_image_extension(n) for n in names]
+        return [strip_image_extension(n) for n in names if self.sizes.get(n) is None]
+
+
+def _merge_trees(trees: list[Path], split: str) -> list[Path]:
+    """One tree per set of files: copies (the same file names) collapse to the first; different trees that
+    hold a common image are an error naming both."""
+    kept: list[tuple[Path, dict[str, str]]] = []
+    for tree in trees:
+        listing = list_images(tree)
+        for other, other_listing in kept:
+            if set(listing) == set(other_listing):
+                logger.info("%s holds the same images as %s; using the latter", tree, other)
+                break
+            common = set(listing) & set(other_listing)
+            if common:
+                raise ImageTreeError(
+                    f"two image trees claim the images of split {split!r}: {other} and {tree} both hold "
+                    f"{sorted(common)[0]!r} (and {len(common) - 1} more) but differ in others; set images_root "
+                    "(data.images_root) to the one to use"
+                )
+        else:
+            kept.append((tree, listing))
+    return [tree for tree, _ in kept]
+
+
+def split_sizes(
+    split_dir: str | Path,
+    *,
+    sizes_csv: str | Path | None = None,
+    images_root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    search_flat: bool = True,
+) -> SplitSizes:
+    """`find_sizes` with one log line, the first time in a process, saying where the sizes of the split come from."""
+    found = find_sizes(
+        split_dir, sizes_csv=sizes_csv, images_root=images_root, cache_dir=cache_dir, search_flat=search_flat
+    )
+    key = (str(Path(split_dir).resolve()), found.source)
+    if key not in _SAID:
+        _SAID.add(key)
+        logger.info("original image sizes of %s: %s", Path(split_dir).name, found.source)
+    return found
+
+
+def missing_error(found: SplitSizes, names: list[str], label_file: str | Path | None) -> str | None:
+    """The message for labelled images whose size no source knows (None when every size is known): names them."""
+    missing = found.missing(names)
+    if not missing or found.sizes is None:
+        return None
+    shown = ", ".join(repr(n) for n in missing[:5]) + (f" and {len(missing) - 5:,} more" if len(missing) > 5 else "")
+    return (
+        f"{found.source}: no size for {len(missing):,} of the {len(names):,} images labelled in "
+        f"{label_file or 'the labels'}: {shown}. Attach the complete WIDER FACE images of this split "
+        "(images_root), give their sizes (sizes_csv), or set data.on_error=skip to leave these images out"
+    )
+
+
+def find_sizes(
+    split_dir: str | Path,
+    *,
+    sizes_csv: str | Path | None = None,
+    images_root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    search_flat: bool = True,
+) -> SplitSizes:
+    """Where the original sizes of one split come from, first hit wins:
+
+    1. `sizes_csv` (``data.sizes_csv``), else ``image_sizes.csv`` in the split folder or the dataset root;
+    2. the split's own ``images/`` folder (read lazily, header-only);
+    3. the WIDER FACE tree of this split below `images_root` (``data.images_root``; on Kaggle the input mount),
+       read header-only once and cached under `cache_dir`.
+
+    A CSV and a tree combine: the CSV's sizes win, the tree fills in the rest.
+
+    Raises:
+        FileNotFoundError: a given `sizes_csv` or `images_root` does not exist.
+        ImageTreeError: `images_root` was given and holds no images of this split, or two trees disagree.
+    """
+    split_dir = Path(split_dir)
+    split = split_dir.name
+    csv_path: Path | None = Path(sizes_csv) if sizes_csv is not None else None
+    if csv_path is not None and not csv_path.is_file():
+        raise FileNotFoundError(f"sizes CSV {csv_path} (data.sizes_csv) not found (expected columns name,width,height)")
+    if csv_path is None:
+        for folder in (split_dir, split_dir.parent):
+            if (folder / SIZES_CSV_NAME).is_file():
+                csv_path = folder / SIZES_CSV_NAME
+                break
+    own_images = split_dir / "images"
+    if own_images.is_dir():
+        sizes = ImageSizes(sizes_csv=csv_path, images_dir=own_images)
+        what = f"sizes CSV {csv_path} and images {own_images}" if csv_path else f"images {own_images}"
+        return SplitSizes(sizes, what, None)
+    tree_result: TreeSizes | None = None
+    if images_root is not None:
+        root = Path(images_root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"images_root {root} (data.images_root) is not a folder")
+        trees = _merge_trees(find_split_trees(root, split, flat=search_flat), split)
+        if trees:
+            results = [tree_sizes(tree, cache_dir) for tree in trees]
+            merged: dict[str, tuple[int, int]] = {}
+            for result in results:
+                merged.update(result.sizes)
+            tree_result = results[0] if len(results) == 1 else TreeSizes(trees[0], merged)
+            tree_result.sizes = merged
+            tree_result.images_dir = trees[0] if len(trees) == 1 else root
+        elif csv_path is None:
+            raise ImageTreeError(
+                f"images_root {root} holds no images of split {split!r}: expected {root}/WIDER_{split}/images/"
+                f"<event>/<name>.jpg, {root}/{split}/images/..., or a flat folder of images"
+            )
+    if csv_path is None and tree_result is None:
+        return SplitSizes(None, "no sizes CSV and no images", None)
+    table = dict(tree_result.sizes) if tree_result is not None else {}
+    sizes = ImageSizes(sizes=table, sizes_csv=csv_path)
+    if tree_result is not None:
+        sizes.unreadable.update(tree_result.unreadable)
+        cached = (
+            f"; sizes {'reused from' if tree_result.reused else 'cached in'} {tree_result.cache_csv}"
+            if tree_result.cache_csv is not None
+            else ""
+        )
+        what = f"WIDER FACE images {tree_result.images_dir} ({len(table):,} images{cached})"
+        if csv_path is not None:
+            what = f"sizes CSV {csv_path}, then {what}"
+        sizes.described = what
+        sizes.tree = tree_result.images_dir
+        return SplitSizes(sizes, what, tree_result.images_dir)
+    return SplitSizes(sizes, f"sizes CSV {csv_path}", None)
