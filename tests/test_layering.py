@@ -4,7 +4,7 @@ Levels, low to high; a module may import only from its own level or below:
 
 0. foundation: config, boxes, utils, frame, preprocess, latents, data.records
 1. anchors, matching
-2. model/*, loss, postprocess, checkpoint, detector, draw
+2. model/*, loss, postprocess, checkpoint, detector, draw, weights (the shipped weight files)
 3. data/* (which may import only the foundation)
 4. engine, optim, tracking, distributed, evaluation/*, stats, viz, paths
 5. nbrun, kaggle
@@ -42,6 +42,7 @@ LEVELS: list[tuple[int, str]] = [
     (2, "nbsrc.checkpoint"),
     (2, "nbsrc.detector"),
     (2, "nbsrc.draw"),
+    (2, "nbsrc.weights"),
     (3, "nbsrc.data"),
     (4, "nbsrc.engine"),
     (4, "nbsrc.optim"),
