@@ -17,7 +17,10 @@
 #
 # Predicts the validation split with a checkpoint (by default the one the training notebook recorded in the
 # run folder), writes WIDER result files in original-image pixels, and evaluates them with the official WIDER
-# FACE protocol: Easy / Medium / Hard AP and precision-recall curves. For latent models, the same model is
+# FACE protocol: Easy / Medium / Hard AP and precision-recall curves. The ground truth is `gt_dir` when given,
+# else the dataset's `<split>/ground_truth`, else a WIDER FACE `eval_tools/ground_truth` found among the inputs
+# or beside the dataset, else the official val files shipped with nbsrc. A split holding only part of the
+# ground truth's images is evaluated on those images, and the table says so. For latent models, the same model is
 # evaluated at every JPEG AI rate present (AP against bits per pixel, optionally next to an RGB model on the
 # same images); for face + person models, the 2-class table. A gallery marks true positives, misses and
 # false positives on validation images.
@@ -38,17 +41,20 @@ from IPython.display import display
 from nbsrc import nbrun, paths, viz
 from nbsrc.data.loaders import build_dataset
 from nbsrc.detector import Detector
-from nbsrc.evaluation import predict, rates, twoclass, widerface
+from nbsrc.evaluation import ground_truth, predict, rates, twoclass, widerface
 from nbsrc.utils import setup_logging
 
 setup_logging()
 
 # %% tags=["parameters"]
 dataset_root: Optional[str] = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
+images_root: Optional[str] = None  # WIDER FACE images (WIDER_<split>/images/...) for the original sizes (None: found among the inputs)
+sizes_csv: Optional[str] = None  # CSV name,width,height of the original images
+label_frame: Optional[int] = None  # 640 if the labels are already in the latents' 640 frame
 checkpoint: Optional[str] = None  # checkpoint to evaluate (None: the training notebook's, from run_dir or Kaggle input)
 preset: Optional[str] = None  # preset of a published state dict that carries no config (None: inferred)
 split: str = "val"  # split to predict and evaluate
-gt_dir: Optional[str] = None  # folder of the WIDER .mat files (None: <dataset>/<split>/ground_truth)
+gt_dir: Optional[str] = None  # folder of the WIDER val .mat files (None: the dataset's, found, or the shipped official)
 latent_suffix: str = "latent_75.npy"  # rate of the main evaluation (latent models)
 all_rates: bool = True  # latent models: AP at every rate present, as a table and a plot
 rgb_checkpoint: Optional[str] = None  # an RGB model evaluated on the same images, next to the rates
@@ -59,7 +65,7 @@ test_scale: str = "square"  # RGB input: square (data.image_size) | original (ow
 device: str = "auto"  # auto | cpu | cuda | cuda:N
 gallery: int = 6  # validation images in the gallery (2 when smoke)
 gallery_conf: float = 0.5  # score threshold of the detections drawn in the gallery
-smoke: bool = False  # seconds-long run on 4 images (AP over the full ground truth is then meaningless)
+smoke: bool = False  # seconds-long run on 4 images (evaluated as a subset of the ground truth)
 run_dir: Optional[str] = None  # run folder with the training notebook's checkpoint; receives predictions and plots
 
 # %%
@@ -71,11 +77,13 @@ weights = paths.resolve_checkpoint(checkpoint, run)
 if weights is None:
     raise FileNotFoundError(f"no checkpoint: pass checkpoint=..., or run 03_training with run_dir={run}")
 detector = Detector.from_checkpoint(weights, preset=preset, device=device)
-detector.cfg = detector.cfg.replace(max_images=4 if smoke else None, test_scale=test_scale)
+data = {"max_images": 4 if smoke else None, "images_root": images_root, "sizes_csv": sizes_csv}
+data.update({"label_frame": label_frame} if label_frame is not None else {})  # None: the checkpoint's
+detector.cfg = detector.cfg.replace(data=data, eval={"test_scale": test_scale, "gt_dir": gt_dir})
 latent = detector.input_kind == "latent"
-gt = Path(paths.resolve_optional_path(gt_dir, "gt_dir") or root / split / "ground_truth")
-missing = "empty" if smoke else "error"
-print(f"checkpoint: {weights} ({detector.cfg.preset}, {detector.input_kind})\nground truth: {gt}")
+gt = ground_truth.resolve_gt_dir(detector.cfg.eval.gt_dir, root, split)
+missing = "empty" if smoke else "error"  # 2-class labels list every image of the split
+print(f"checkpoint: {weights} ({detector.cfg.preset}, {detector.input_kind})\n{gt}")
 
 # %% [markdown]
 # ## Predict
@@ -93,11 +101,10 @@ print(runs[""].summary())
 # ## WIDER FACE Easy / Medium / Hard
 
 # %%
-result = widerface.evaluate_curves(pred_dir, gt, missing=missing)
-display(
-    viz.Table([{"setting": s, "AP": result.ap[s], "faces": result.num_faces[s]} for s in ("easy", "medium", "hard")])
-)
-print(widerface.format_table(result.ap), end="")
+result = widerface.evaluate_curves(pred_dir, gt.folder, images=runs[""].names)  # the split's images
+rows = [{"setting": s, "AP": result.ap[s], "faces": result.num_faces[s]} for s in ("easy", "medium", "hard")]
+display(viz.Table(rows, f"WIDER FACE {split}: {result.coverage}"))
+print(widerface.format_table(result), end="")
 curves = {s: (result.precision[s], result.recall[s]) for s in ("easy", "medium", "hard")}
 fig = viz.plot_pr_curves(curves, result.ap, save=plots / "pr_curves.png")
 
@@ -109,8 +116,10 @@ fig = viz.plot_pr_curves(curves, result.ap, save=plots / "pr_curves.png")
 rgb = paths.resolve_optional_path(rgb_checkpoint, "rgb_checkpoint")
 table = None
 if latent and all_rates:
-    table = rates.evaluate_rates(detector, root, out, split=split, gt_dir=gt, rgb_weight=rgb, plot=False, **kwargs)
-    display(viz.Table(table.to_dict(), "WIDER AP per rate"))
+    table = rates.evaluate_rates(
+        detector, root, out, split=split, gt_dir=gt.folder, rgb_weight=rgb, plot=False, **kwargs
+    )
+    display(viz.Table(table.to_dict(), f"WIDER AP per rate ({table.coverage})"))
     fig = viz.plot_ap_vs_rate(table.to_dict(), save=plots / "ap_vs_bpp.png")
 else:
     print("per-rate table: needs a latent model and all_rates=True")
@@ -140,6 +149,7 @@ fig = viz.detection_gallery(viz.detection_items(detector, samples, conf=gallery_
 
 # %%
 metrics = {"checkpoint": str(weights), **{s: result.ap[s] for s in ("easy", "medium", "hard")}}
+metrics.update(images=result.images_evaluated, images_in_gt=result.images_in_gt, ground_truth=gt.kind)
 if table is not None:
     metrics["rates"] = [{k: r[k] for k in ("model", "bpp", "easy", "medium", "hard")} for r in table.to_dict()]
 if two is not None:

@@ -43,9 +43,10 @@ def test_table_plot_and_files(demo_root, small_checkpoints, tmp_path):
         assert row.pred_dir == str(tmp_path / folder)
         files = sorted((tmp_path / folder).rglob("*.txt"))
         assert len(files) == 2 and all(len(read_result_file(f)[1]) <= 100 for f in files)
-        # Each row is the WIDER protocol on that folder, the images the model did not see counted as empty.
-        assert row.missing == 8 - 2
-        expected = evaluate(tmp_path / folder, gt_dir, missing="empty")
+        # Each row is the WIDER protocol on that folder, on the split's images only (2 of the 8: a subset).
+        assert (row.missing, row.images, row.images_in_gt) == (0, 2, 8)
+        names = [f.relative_to(tmp_path / folder).with_suffix("").as_posix() for f in files]
+        expected = evaluate(tmp_path / folder, gt_dir, images=names)
         for s in SETTINGS:
             value = getattr(row, s)
             assert (math.isnan(value) and math.isnan(expected[s])) or value == expected[s]
@@ -61,12 +62,17 @@ def test_table_plot_and_files(demo_root, small_checkpoints, tmp_path):
     ]
     parsed = list(csv.DictReader(io.StringIO((tmp_path / "rates.csv").read_text())))
     assert [p["bpp"] for p in parsed] == ["0.12", "1.0", ""]
+    assert [(p["images"], p["images_in_gt"]) for p in parsed] == [("2", "8")] * 3
     assert float(parsed[0]["hard"]) == pytest.approx(table.rows[0].hard, abs=1e-6)
     assert (tmp_path / "ap_vs_bpp.png").read_bytes()[:8] == PNG
     markdown = table.to_markdown().splitlines()
     assert markdown[0] == "| model | rate (bpp) | Easy | Medium | Hard |"
     assert markdown[2].startswith("| latent | 0.12 |") and markdown[3].startswith("| latent | 1.00 |")
     assert markdown[4].startswith("| rgb | RGB (640) |")
+    assert markdown[5:] == [
+        "2 of 8 images; not comparable with published full-set numbers",
+        f"ground truth: {gt_dir} (the dataset's val/ground_truth)",
+    ]
 
 
 def test_plot_of_a_known_table(tmp_path):

@@ -1,10 +1,17 @@
-"""``python -m nbsrc evaluate --pred DIR --gt DIR [--iou 0.5] [--json OUT] [--plot PR.png] [--allow-missing]``.
+"""``python -m nbsrc evaluate --pred DIR [--gt DIR | --dataset_root ROOT [--split val]] [--subset] [--iou 0.5]
+[--json OUT] [--plot PR.png] [--allow-missing]``.
 
-Prints the WIDER FACE val AP as the official evaluation does::
+Prints the WIDER FACE val AP as the official evaluation does, then the ground truth used::
 
     Easy   Val AP: 0.9482
     Medium Val AP: 0.9384
     Hard   Val AP: 0.8960
+    ground truth: .../wider_val_gt (the official WIDER FACE val files shipped with nbsrc)
+
+The ground truth is ``--gt``, else found (`nbsrc.evaluation.ground_truth`: the dataset's
+``<split>/ground_truth``, a folder among the Kaggle inputs or beside the dataset, the shipped official files).
+``--subset`` evaluates only the images of the prediction folder (a partial val split); the table then says how
+many of the ground truth's images that is.
 """
 
 from __future__ import annotations
@@ -21,7 +28,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pred", "-p", required=True, type=Path, help="result folder: <event>/<basename>.txt per image"
     )
     parser.add_argument(
-        "--gt", "-g", required=True, type=Path, help="folder of wider_face_val.mat and wider_{easy,medium,hard}_val.mat"
+        "--gt",
+        "-g",
+        type=Path,
+        default=None,
+        help="folder of wider_face_val.mat and wider_{easy,medium,hard}_val.mat (default: <dataset_root>/<split>/"
+        "ground_truth, a folder found among the Kaggle inputs or beside the dataset, else the shipped official files)",
+    )
+    parser.add_argument(
+        "--dataset_root", "--dataset-root", type=Path, default=None, help="dataset the predictions are of"
+    )
+    parser.add_argument("--split", default="val", help="split folder (default val)")
+    parser.add_argument(
+        "--subset",
+        action="store_true",
+        help="evaluate only the images of the prediction folder (listed in its predictions.json, else those with a "
+        "result file): a partial val split, not comparable with published full-set numbers",
     )
     parser.add_argument("--iou", type=float, default=0.5, help="IoU threshold (default 0.5, the protocol's)")
     parser.add_argument("--json", type=Path, default=None, help="write AP, counts and PR curves as JSON")
@@ -35,18 +57,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nbsrc.commands import check_output_file
+    from nbsrc.evaluation.ground_truth import resolve_gt_dir
+    from nbsrc.evaluation.results import predicted_images
     from nbsrc.evaluation.widerface import evaluate_curves, format_table, plot_pr_curves, save_json
 
     if not 0 < args.iou <= 1:
         raise ValueError(f"--iou must be in (0, 1], got {args.iou}")
     check_output_file(args.json, "--json")
     check_output_file(args.plot, "--plot")
+    gt = resolve_gt_dir(args.gt, args.dataset_root, args.split)
     result = evaluate_curves(
-        args.pred, args.gt, iou_thresh=args.iou, missing="empty" if args.allow_missing else "error"
+        args.pred,
+        gt.folder,
+        iou_thresh=args.iou,
+        missing="empty" if args.allow_missing else "error",
+        images=predicted_images(args.pred) if args.subset else None,
     )
-    sys.stdout.write(format_table(result.ap))
+    sys.stdout.write(format_table(result))
     if result.missing:
         sys.stdout.write(f"({len(result.missing)} image(s) without a result file counted as without detections)\n")
+    sys.stdout.write(f"{gt}\n")
     if args.json:
         save_json(result, args.json, curves=True)
         sys.stdout.write(f"wrote {args.json}\n")

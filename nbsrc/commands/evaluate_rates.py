@@ -1,8 +1,9 @@
 """``python -m nbsrc evaluate-rates --weight LATENT.pth --dataset_root ROOT [--rgb-weight RGB.pth] --out DIR``.
 
 Evaluates a latent model at every available JPEG AI rate (and an RGB model at the 640 protocol when given) and
-prints the table (rate in bpp = suffix / 100, Easy, Medium, Hard); writes ``rates.json``, ``rates.csv`` and
-``ap_vs_bpp.png`` to the output folder.
+prints the table (rate in bpp = suffix / 100, Easy, Medium, Hard), then the ground truth used (``--gt``, else
+found: see `nbsrc.evaluation.ground_truth`) and, for a split holding part of the ground truth's images, how many;
+writes ``rates.json``, ``rates.csv`` and ``ap_vs_bpp.png`` to the output folder.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset_root", "--dataset-root", required=True, type=Path, help="folder with the split")
     parser.add_argument("--split", default="val", help="split folder (default val)")
     parser.add_argument(
-        "--gt", type=Path, default=None, help="WIDER ground truth (default <root>/<split>/ground_truth)"
+        "--gt",
+        type=Path,
+        default=None,
+        help="WIDER ground truth (default: <root>/<split>/ground_truth, a folder found among the Kaggle inputs or "
+        "beside the dataset, else the shipped official files)",
     )
     parser.add_argument("--rates", type=int, nargs="+", default=None, help="rates to evaluate (default: all present)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")

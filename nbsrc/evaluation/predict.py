@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from nbsrc.evaluation.results import MANIFEST
+
 __all__ = [
     "MANIFEST",
     "PredictStats",
@@ -39,7 +41,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "predictions.json"  # in a prediction folder: what made its result files
 _FRAME_KEYS = ("image_size", "label_frame", "resize_policy", "sizes_csv", "normalize_latents")  # data keys that matter
 
 
@@ -57,6 +58,8 @@ class PredictStats:
         postprocess_ms: decode + NMS time per image (ms).
         write_ms: frame mapping + file writing per image (ms).
         unmapped: images left in the network frame (no frame map: labels were given in the 640 frame).
+        names: the dataset's image names (``"<event>/<basename>"``, as its labels give them): the images a WIDER
+            evaluation of the folder covers (``evaluate_curves(..., images=stats.names)``).
     """
 
     out_dir: Path
@@ -69,6 +72,7 @@ class PredictStats:
     write_ms: float = 0.0
     unmapped: int = 0
     extra: dict = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
 
     @property
     def postprocess_share(self) -> float:
@@ -265,7 +269,7 @@ def predict_dataset(
         batch_size = 1
     resume = _prepare_folder(out_dir, settings, names, resume)
     todo = [i for i, n in enumerate(names) if not (resume and result_path(out_dir, n).is_file())]
-    stats = PredictStats(out_dir=out_dir, images=len(names), skipped=len(names) - len(todo))
+    stats = PredictStats(out_dir=out_dir, images=len(names), skipped=len(names) - len(todo), names=names)
     if stats.skipped:
         logger.info("%s: %d of %d images already written, skipped", out_dir, stats.skipped, len(names))
     if not todo:

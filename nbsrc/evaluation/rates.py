@@ -5,6 +5,11 @@ model predicts the split into ``<out>/latent_<rate>/`` and the result is evaluat
 (`nbsrc.evaluation.widerface`); an RGB model runs at the 640 protocol (the image resized to the network frame
 with the config's policy, boxes mapped back) into ``<out>/rgb/``. The table (``rates.json``, ``rates.csv``) and
 a plot of AP against bits per pixel (``ap_vs_bpp.png``) are written to ``<out>``. Prediction is resumable.
+
+The ground truth is resolved by `nbsrc.evaluation.ground_truth.resolve_gt_dir` (given, the dataset's
+``<split>/ground_truth``, found among the inputs or beside the dataset, the shipped official files). Every row is
+evaluated on the images of the split (a subset evaluation when the split holds part of the ground truth's
+images; the table says so); an image without a latent at some rate counts there as an image without detections.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ class RateRow:
     medium: float
     hard: float
     pred_dir: str
-    missing: int = 0  # ground-truth images without a prediction (latent absent at this rate)
+    missing: int = 0  # images of the split without a prediction (latent absent at this rate)
+    images: int = 0  # images evaluated (the split's)
+    images_in_gt: int = 0  # images of the whole ground truth (more than `images`: a subset evaluation)
 
 
 @dataclass
@@ -45,6 +52,7 @@ class RatesTable:
     """AP per rate (and the RGB reference)."""
 
     rows: list[RateRow] = field(default_factory=list)
+    ground_truth: str = ""  # the ground truth used, in words (`nbsrc.evaluation.ground_truth.GroundTruthSource`)
 
     @property
     def latent_rows(self) -> list[RateRow]:
@@ -57,10 +65,26 @@ class RatesTable:
     def to_dict(self) -> list[dict]:
         return [asdict(r) for r in self.rows]
 
+    @property
+    def is_subset(self) -> bool:
+        """Whether the rows cover only part of the ground truth's images (every row covers the same images)."""
+        return bool(self.rows) and self.rows[0].images < self.rows[0].images_in_gt
+
+    @property
+    def coverage(self) -> str:
+        """``"12 of 3,226 images; not comparable with published full-set numbers"`` when the rows cover part of the
+        ground truth's images, ``"all 3,226 images"`` when they cover all, "" without rows."""
+        if not self.rows:
+            return ""
+        row = self.rows[0]
+        if self.is_subset:
+            return f"{row.images:,} of {row.images_in_gt:,} images; not comparable with published full-set numbers"
+        return f"all {row.images_in_gt:,} images"
+
     def to_csv(self) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["model", "rate", "bpp", "easy", "medium", "hard", "missing"])
+        writer.writerow(["model", "rate", "bpp", "easy", "medium", "hard", "missing", "images", "images_in_gt"])
         for r in self.rows:
             writer.writerow(
                 [
@@ -71,6 +95,8 @@ class RatesTable:
                     f"{r.medium:.6f}",
                     f"{r.hard:.6f}",
                     r.missing,
+                    r.images,
+                    r.images_in_gt,
                 ]
             )
         return buf.getvalue()
@@ -80,7 +106,8 @@ class RatesTable:
         for r in self.latent_rows + ([self.rgb_row] if self.rgb_row else []):
             rate = f"{r.bpp:.2f}" if r.bpp is not None else "RGB (640)"
             lines.append(f"| {r.model} | {rate} | {r.easy:.4f} | {r.medium:.4f} | {r.hard:.4f} |")
-        return "\n".join(lines) + "\n"
+        notes = [note for note in (self.coverage if self.is_subset else "", self.ground_truth) if note]
+        return "\n".join(lines) + "\n" + "".join(f"{note}\n" for note in notes)
 
 
 def plot_ap_vs_bpp(table: RatesTable, path: str | Path, title: str = "WIDER FACE val AP per JPEG AI rate") -> Path:
@@ -151,7 +178,7 @@ def evaluate_rates(
         dataset_root: dataset folder (``<root>/<split>/latent/<image>/latent_<rate>.npy``).
         out_dir: result folder (per-rate prediction folders, table and plot).
         split: split folder.
-        gt_dir: WIDER ground-truth folder (default ``<root>/<split>/ground_truth``).
+        gt_dir: WIDER ground-truth folder (None: resolved, see the module docstring).
         rgb_weight: RGB checkpoint path or `Detector` (None: latent only).
         rates: rates to evaluate (default: every rate present).
         preset, rgb_preset: presets of published state dicts.
@@ -163,15 +190,18 @@ def evaluate_rates(
     """
     from nbsrc.data.readers.wider_mat import read_wider_gt
     from nbsrc.detector import check_thresholds
+    from nbsrc.evaluation.ground_truth import resolve_gt_dir
     from nbsrc.evaluation.predict import available_rates, build_predict_dataset, predict_dataset
-    from nbsrc.evaluation.widerface import evaluate_curves
+    from nbsrc.evaluation.widerface import evaluate_curves, subset_ground_truth
     from nbsrc.utils import atomic_write_text
 
     dataset_root, out_dir = Path(dataset_root), Path(out_dir)
     check_thresholds(conf=conf, nms=nms)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a directory (expected the output folder)")
-    gt = read_wider_gt(Path(gt_dir) if gt_dir is not None else dataset_root / split / "ground_truth", attributes=False)
+    source = resolve_gt_dir(gt_dir, dataset_root, split)
+    logger.info("%s", source)
+    gt = read_wider_gt(source.folder, attributes=False)
     latent = _detector(latent_weight, preset, device)
     if latent.model.input_kind != "latent":
         raise ValueError(
@@ -198,10 +228,21 @@ def evaluate_rates(
     kwargs = dict(
         conf=conf, nms=nms, batch_size=batch_size, num_workers=num_workers, amp=amp, resume=resume, progress=progress
     )
-    table = RatesTable()
+    table = RatesTable(ground_truth=str(source))
+    # Every dataset first: the images of the split are those of any rate (and of the RGB model's dataset).
+    runs = [
+        ("latent", rate, latent, build_predict_dataset(latent.cfg, dataset_root, split, f"latent_{rate}.npy"))
+        for rate in chosen
+    ]
+    if rgb is not None:
+        runs.append(("rgb", None, rgb, build_predict_dataset(rgb.cfg, dataset_root, split)))
+    images = list(dict.fromkeys(str(name) for *_, dataset in runs for name in dataset.names))
+    subset_ground_truth(gt, images)  # images the ground truth does not know: an error before any prediction
 
-    def add(model: str, rate: int | None, folder: Path) -> None:
-        result = evaluate_curves(folder, gt, missing="empty")
+    for model, rate, detector, dataset in runs:
+        folder = out_dir / (f"latent_{rate}" if model == "latent" else "rgb")
+        predict_dataset(detector, dataset, folder, **kwargs)
+        result = evaluate_curves(folder, gt, missing="empty", images=images)
         ap = result.ap
         table.rows.append(
             RateRow(
@@ -213,26 +254,19 @@ def evaluate_rates(
                 ap["hard"],
                 str(folder),
                 len(result.missing),
+                result.images_evaluated,
+                result.images_in_gt,
             )
         )
         logger.info(
-            "%s%s: easy %.4f medium %.4f hard %.4f",
+            "%s%s: easy %.4f medium %.4f hard %.4f (%s)",
             model,
             "" if rate is None else f" rate {rate}",
             ap["easy"],
             ap["medium"],
             ap["hard"],
+            result.coverage,
         )
-
-    for rate in chosen:
-        folder = out_dir / f"latent_{rate}"
-        dataset = build_predict_dataset(latent.cfg, dataset_root, split, f"latent_{rate}.npy")
-        predict_dataset(latent, dataset, folder, **kwargs)
-        add("latent", rate, folder)
-    if rgb is not None:
-        folder = out_dir / "rgb"
-        predict_dataset(rgb, build_predict_dataset(rgb.cfg, dataset_root, split), folder, **kwargs)
-        add("rgb", None, folder)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     clean = [

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +32,11 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "MANIFEST",
     "ResultSet",
     "format_result_text",
     "parse_result_text",
+    "predicted_images",
     "read_result_file",
     "read_result_folder",
     "result_path",
@@ -44,6 +46,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+MANIFEST = "predictions.json"  # in a prediction folder: what made its result files (`nbsrc.evaluation.predict`)
 COLUMN_NAMES = {5: "x y w h score", 6: "x y w h score cls"}
 
 
@@ -278,6 +281,31 @@ def _list_result_files(pred_dir: Path) -> set[str]:
     return found
 
 
+def predicted_images(pred_dir: str | Path) -> list[str]:
+    """The images a prediction folder covers: the names its ``predictions.json`` lists (the split it was predicted
+    for, `nbsrc.evaluation.predict`), else those with a result file; ``"<event>/<basename>"``, sorted.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: an unreadable ``predictions.json``.
+    """
+    import json
+
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise FileNotFoundError(f"prediction folder {pred_dir} not found")
+    manifest = pred_dir / MANIFEST
+    if manifest.is_file():
+        try:
+            names = json.loads(manifest.read_text())["names"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{manifest}: not a prediction manifest with a 'names' list ({err})") from None
+        if not isinstance(names, list):
+            raise ValueError(f"{manifest}: 'names' is not a list")
+        return sorted({_strip_extension(str(n).rstrip("/")) for n in names})
+    return sorted(_list_result_files(pred_dir))
+
+
 def read_result_folder(
     pred_dir: str | Path,
     names: Sequence[str],
@@ -285,6 +313,8 @@ def read_result_folder(
     missing: str = "error",
     files_per_chunk: int = 64,
     workers: int | None = None,
+    ignore: Collection[str] = (),
+    missing_hint: str | None = None,
 ) -> ResultSet:
     """Read the result files of the images `names` from `pred_dir` (``<pred_dir>/<name>.txt``).
 
@@ -296,6 +326,9 @@ def read_result_folder(
             as images without detections, with a warning.
         files_per_chunk: files parsed per vectorized step (bounds memory).
         workers: reading / parsing threads (default 2).
+        ignore: names whose files are neither read nor reported as matching no image (images of the ground truth
+            left out of a subset evaluation).
+        missing_hint: what else to do about missing files, added to the ``missing="error"`` message.
     Returns:
         A `ResultSet`.
     Raises:
@@ -310,7 +343,7 @@ def read_result_folder(
     names = [str(n) for n in names]
     found = _list_result_files(pred_dir)
     wanted = set(names)
-    extra = sorted(found - wanted)
+    extra = sorted(found - wanted - set(ignore))
     if extra:
         shown = ", ".join(f"{pred_dir / e}.txt" for e in extra[:10])
         raise ValueError(
@@ -323,7 +356,8 @@ def read_result_folder(
         if missing == "error":
             raise FileNotFoundError(
                 f"{len(absent)} of {len(names)} images have no result file in {pred_dir}: {shown} "
-                f"(allow missing files to count them as images without detections)"
+                f"(allow missing files to count them as images without detections"
+                + (f", {missing_hint})" if missing_hint else ")")
             )
         logger.warning(
             "%d of %d images have no result file in %s; counted as empty: %s", len(absent), len(names), pred_dir, shown

@@ -18,6 +18,12 @@ The protocol (the official evaluation, every detail kept):
 6. precision = recalled / proposals, recall = recalled / kept faces; AP = all-point VOC integral of the
    precision envelope (`nbsrc.evaluation.detection_ap.voc_ap`).
 
+Subset evaluation: `evaluate_curves` with ``images`` evaluates a part of the ground truth's images (a partial val
+split, the demo's few images): the ground truth is cut to those images (`subset_ground_truth`), so the recall
+denominators count only their faces and the score normalization sees only their predictions. The result says
+so (`WiderResult.coverage`: ``"12 of 3,226 images; not comparable with published full-set numbers"``). With
+every image of the ground truth, the evaluation is the full protocol, unchanged.
+
 Implementation: one IoU pass for all images (chunked), then per setting a few array passes; the threshold
 sweep is a difference array over the 1,000 thresholds built from the points where each image's ``r`` moves
 (no loop per image or per threshold). Deviation: when every score is equal, the reference divides by zero and
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +51,7 @@ __all__ = [
     "evaluate_predictions",
     "format_table",
     "plot_pr_curves",
+    "subset_ground_truth",
     "thresholds",
 ]
 
@@ -70,6 +78,7 @@ class WiderResult:
         num_images: images evaluated.
         num_predictions: predictions read.
         missing: images without a result file (counted as empty).
+        images_in_gt: images of the whole ground truth (more than `num_images` in a subset evaluation).
     """
 
     ap: dict[str, float]
@@ -80,6 +89,31 @@ class WiderResult:
     num_images: int
     num_predictions: int
     missing: list[str] = field(default_factory=list)
+    images_in_gt: int | None = None  # None: num_images (the full ground truth)
+
+    def __post_init__(self) -> None:
+        if self.images_in_gt is None:
+            self.images_in_gt = self.num_images
+
+    @property
+    def images_evaluated(self) -> int:
+        """Images evaluated (`num_images`)."""
+        return self.num_images
+
+    @property
+    def is_subset(self) -> bool:
+        """Whether only part of the ground truth's images was evaluated."""
+        return self.num_images < self.images_in_gt
+
+    @property
+    def coverage(self) -> str:
+        """``"12 of 3,226 images; not comparable with published full-set numbers"`` for a subset, else
+        ``"all 3,226 images"``."""
+        if self.is_subset:
+            return (
+                f"{self.num_images:,} of {self.images_in_gt:,} images; not comparable with published full-set numbers"
+            )
+        return f"all {self.num_images:,} images"
 
     def to_dict(self, curves: bool = False) -> dict:
         """JSON-ready dict (NaN -> None); with `curves`, the PR curves too."""
@@ -93,6 +127,8 @@ class WiderResult:
             num_images=self.num_images,
             num_predictions=self.num_predictions,
             missing=list(self.missing),
+            images_evaluated=self.num_images,
+            images_in_gt=self.images_in_gt,
         )
         if curves:
             out["thresholds"] = self.thresholds.tolist()
@@ -145,6 +181,7 @@ def evaluate_predictions(
     counts: np.ndarray,
     iou_thresh: float = 0.5,
     missing: list[str] | None = None,
+    images_in_gt: int | None = None,
 ) -> WiderResult:
     """The protocol on in-memory predictions.
 
@@ -156,6 +193,8 @@ def evaluate_predictions(
         counts: ``int [I]`` predictions per image, in `gt.image_names()` order.
         iou_thresh: IoU threshold (0.5 in the protocol).
         missing: names reported as missing (bookkeeping only).
+        images_in_gt: images of the whole ground truth when `gt` is a subset of it (bookkeeping only; default:
+            `gt`'s own).
     Returns:
         A `WiderResult`.
     """
@@ -254,7 +293,50 @@ def evaluate_predictions(
         num_images=num_images,
         num_predictions=num_predictions,
         missing=list(missing or []),
+        images_in_gt=images_in_gt,
     )
+
+
+def subset_ground_truth(gt: WiderGroundTruth, images: Iterable[str]) -> WiderGroundTruth:
+    """The ground truth of `images` only, in the ground truth's order (events left without images dropped).
+
+    Args:
+        gt: the whole ground truth.
+        images: image names ``"<event>/<basename>"`` (an image extension is ignored; repeats are ignored).
+    Returns:
+        `gt` itself when `images` are all its images, else a new `WiderGroundTruth` (faces, attributes and
+        kept-face indices of those images, unchanged).
+    Raises:
+        ValueError: names the ground truth does not hold (the first ten listed, with their count).
+    """
+    from nbsrc.evaluation.results import _strip_extension
+
+    wanted = {_strip_extension(str(name).strip().replace("\\", "/").strip("/")) for name in images}
+    known = gt.image_names()
+    unknown = sorted(wanted.difference(known))
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise ValueError(
+            f"{len(unknown)} image(s) unknown to the ground truth ({gt.num_images:,} images): {shown}; expected "
+            "'<event>/<basename>' names of its images (is it the ground truth of this split?)"
+        )
+    if len(wanted) == len(known):
+        return gt
+    events, names, boxes = [], [], []
+    attributes = {key: [] for key in gt.attributes}
+    keep = {key: [] for key in gt.keep}
+    for e, event in enumerate(gt.events):
+        chosen = [j for j, name in enumerate(gt.names[e]) if f"{event}/{name}" in wanted]
+        if not chosen:
+            continue
+        events.append(event)
+        names.append([gt.names[e][j] for j in chosen])
+        boxes.append([gt.boxes[e][j] for j in chosen])
+        for key, per_event in gt.attributes.items():
+            attributes[key].append([per_event[e][j] for j in chosen])
+        for key, per_event in gt.keep.items():
+            keep[key].append([per_event[e][j] for j in chosen])
+    return WiderGroundTruth(events=events, names=names, boxes=boxes, attributes=attributes, keep=keep)
 
 
 def evaluate_curves(
@@ -262,6 +344,7 @@ def evaluate_curves(
     gt_dir: str | Path | WiderGroundTruth,
     iou_thresh: float = 0.5,
     missing: str = "error",
+    images: Iterable[str] | None = None,
 ) -> WiderResult:
     """Evaluate a result folder against WIDER ground truth; AP and PR curves per setting.
 
@@ -271,20 +354,42 @@ def evaluate_curves(
         iou_thresh: IoU threshold (0.5 in the protocol).
         missing: ``"error"`` (a missing result file raises, listing the images) or ``"empty"`` (counted as
             images without detections, with a warning).
+        images: the images to evaluate, ``"<event>/<basename>"`` (e.g. a split's names; extensions ignored).
+            None: every image of the ground truth (the full protocol). A part of them: a subset evaluation (see
+            the module docstring); result files of the other ground-truth images are then left unread.
     Returns:
-        A `WiderResult`.
+        A `WiderResult` (`WiderResult.coverage` says how many of the ground truth's images were evaluated).
+    Raises:
+        ValueError: `images` holds names the ground truth does not know (listed), a result file matches no
+            ground-truth image, a malformed result file.
+        FileNotFoundError: images without a result file (``missing="error"``).
     """
     from nbsrc.evaluation.results import read_result_folder
 
-    gt = gt_dir if isinstance(gt_dir, WiderGroundTruth) else read_wider_gt(gt_dir, attributes=False)
-    results = read_result_folder(pred_dir, gt.image_names(), columns=(5, 6), missing=missing)
+    gt_all = gt_dir if isinstance(gt_dir, WiderGroundTruth) else read_wider_gt(gt_dir, attributes=False)
+    gt = gt_all if images is None else subset_ground_truth(gt_all, images)
+    names = gt.image_names()
+    others = set(gt_all.image_names()).difference(names) if gt is not gt_all else ()
+    hint = None if images is not None else "or evaluate only the images of a partial split (CLI evaluate --subset)"
+    results = read_result_folder(pred_dir, names, columns=(5, 6), missing=missing, ignore=others, missing_hint=hint)
     rows, counts = results.rows, results.counts
     if rows.shape[1] == 6:  # class column: the face class (1) is evaluated
         face = rows[:, 5] == 1
         image = np.repeat(np.arange(len(counts)), counts)
         counts = np.bincount(image[face], minlength=len(counts))
         rows = rows[face]
-    return evaluate_predictions(gt, rows[:, :4], rows[:, 4], counts, iou_thresh=iou_thresh, missing=results.missing)
+    result = evaluate_predictions(
+        gt,
+        rows[:, :4],
+        rows[:, 4],
+        counts,
+        iou_thresh=iou_thresh,
+        missing=results.missing,
+        images_in_gt=gt_all.num_images,
+    )
+    if result.is_subset:
+        logger.info("WIDER evaluation on %s", result.coverage)
+    return result
 
 
 def evaluate(
@@ -292,17 +397,24 @@ def evaluate(
     gt_dir: str | Path | WiderGroundTruth,
     iou_thresh: float = 0.5,
     missing: str = "error",
+    images: Iterable[str] | None = None,
 ) -> dict[str, float]:
     """WIDER FACE AP of a result folder: ``{"easy": ap, "medium": ap, "hard": ap}`` (fractions in [0, 1]).
 
-    See `evaluate_curves` for the arguments; `evaluate_curves` also returns the PR curves.
+    See `evaluate_curves` for the arguments; `evaluate_curves` also returns the PR curves and the coverage.
     """
-    return dict(evaluate_curves(pred_dir, gt_dir, iou_thresh=iou_thresh, missing=missing).ap)
+    return dict(evaluate_curves(pred_dir, gt_dir, iou_thresh=iou_thresh, missing=missing, images=images).ap)
 
 
-def format_table(ap: dict[str, float]) -> str:
-    """The three lines the reference prints: ``Easy   Val AP: 0.9482`` ..."""
-    return "".join(f"{s.capitalize():<7}Val AP: {ap[s]:.4f}\n" for s in SETTINGS)
+def format_table(ap: dict[str, float] | WiderResult) -> str:
+    """The three lines the reference prints: ``Easy   Val AP: 0.9482`` ...; for a `WiderResult` of a subset a
+    fourth says so (``(12 of 3,226 images; not comparable with published full-set numbers)``)."""
+    result = ap if isinstance(ap, WiderResult) else None
+    values = result.ap if result is not None else ap
+    table = "".join(f"{s.capitalize():<7}Val AP: {values[s]:.4f}\n" for s in SETTINGS)
+    if result is not None and result.is_subset:
+        table += f"({result.coverage})\n"
+    return table
 
 
 def plot_pr_curves(result: WiderResult, path: str | Path, title: str = "WIDER FACE val") -> Path:

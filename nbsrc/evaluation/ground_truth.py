@@ -1,0 +1,225 @@
+"""Which WIDER FACE val ground truth an evaluation uses: one resolver for the notebooks and the commands.
+
+The ground truth is a folder holding the four official files (`GT_FILES`): ``wider_face_val.mat`` and
+``wider_{easy,medium,hard}_val.mat``. `resolve_gt_dir` looks, in this order, at
+
+1. the folder given (config ``eval.gt_dir``, the notebooks' ``gt_dir`` parameter, the commands' ``--gt``); it must
+   hold the four files;
+2. ``<dataset_root>/<split>/ground_truth`` (the demo dataset carries its own); when the folder exists it must hold
+   the four files;
+3. folders holding the four files among the Kaggle inputs (on Kaggle) and beside the dataset (the dataset root's
+   parent folder and a few levels below it), e.g. a WIDER FACE copy's ``eval_tools/ground_truth/``. Folders
+   named ``images`` or ``latent`` and hidden ones are not entered. Several folders found must hold identical
+   files; otherwise the choice is the user's (an error lists them);
+4. the official files shipped with nbsrc (`SHIPPED_GT_DIR`).
+
+It returns the folder and where it came from (`GroundTruthSource`); its ``str`` is the one line the notebooks
+and commands print: ``ground truth: <folder> (<where it came from>)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nbsrc import paths
+from nbsrc.data.readers.wider_mat import GT_FILES
+
+__all__ = [
+    "GT_FILES",
+    "SHIPPED_GT_DIR",
+    "GroundTruthSource",
+    "check_gt_folder",
+    "find_gt_folders",
+    "resolve_gt_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+SHIPPED_GT_DIR = Path(__file__).resolve().with_name("wider_val_gt")  # the official WIDER FACE val files
+SKIPPED_FOLDERS = ("images", "latent", "__pycache__", "node_modules")  # per-image trees hold no ground truth
+INPUT_DEPTH = 6  # <input>/datasets/<owner>/<slug>/<top>/eval_tools/ground_truth: 6 levels below the input mount
+BESIDE_DEPTH = 4  # <parent>/<sibling>/<top>/eval_tools/ground_truth: 4 levels below the dataset root's parent
+MAX_FOLDERS = 5000  # folders listed per search at most (bounds the time on large trees)
+HOW_TO_CHOOSE = "set gt_dir (config eval.gt_dir, the notebooks' gt_dir parameter, the commands' --gt)"
+
+
+@dataclass(frozen=True)
+class GroundTruthSource:
+    """A resolved ground-truth folder.
+
+    Attributes:
+        folder: the folder holding the four ``.mat`` files.
+        kind: ``given`` | ``dataset`` | ``found`` | ``shipped`` (the rule that chose it, see the module docstring).
+        description: where it came from, in words (``"gt_dir"``, ``"the dataset's val/ground_truth"``, ...).
+    """
+
+    folder: Path
+    kind: str
+    description: str
+
+    def __str__(self) -> str:
+        return f"ground truth: {self.folder} ({self.description})"
+
+
+def _missing_files(folder: Path) -> list[str]:
+    return [name for name in GT_FILES if not (folder / name).is_file()]
+
+
+def check_gt_folder(folder: str | Path, what: str = "ground-truth folder") -> Path:
+    """`folder` when it holds the four files.
+
+    Raises:
+        FileNotFoundError: the folder does not exist, or lacks some of the files (the folder and the missing files
+            named).
+    """
+    folder = Path(folder)
+    expected = f"expected a folder holding {', '.join(GT_FILES)}"
+    if not folder.exists():
+        raise FileNotFoundError(f"{what} {folder}: no such folder ({expected})")
+    if not folder.is_dir():
+        hint = f"; its folder {folder.parent}?" if folder.name in GT_FILES else ""
+        raise FileNotFoundError(f"{what} {folder}: not a folder ({expected}{hint})")
+    missing = _missing_files(folder)
+    if missing:
+        raise FileNotFoundError(f"{what} {folder} lacks {', '.join(missing)} ({expected})")
+    return folder
+
+
+def _is_shipped_copy(folder: Path) -> bool:
+    """A copy of nbsrc's own files (e.g. the package's source attached as a Kaggle input)."""
+    return folder.parts[-3:] == ("nbsrc", "evaluation", SHIPPED_GT_DIR.name)
+
+
+def find_gt_folders(root: str | Path, max_depth: int, max_folders: int = MAX_FOLDERS) -> list[Path]:
+    """Folders at most `max_depth` levels below `root` (itself included) holding the four files, sorted.
+
+    Not entered: hidden folders, folders named as in `SKIPPED_FOLDERS`, folders below a match. Copies of nbsrc's
+    own files are left out (they are the shipped files). At most `max_folders` folders are listed (a warning says
+    when the search stopped there).
+    """
+    root = Path(root)
+    found: list[Path] = []
+    frontier, listed = [root], 0
+    for depth in range(max_depth + 1):
+        deeper: list[Path] = []
+        for folder in frontier:
+            if listed >= max_folders:
+                logger.warning("ground-truth search below %s stopped after %d folders", root, max_folders)
+                return sorted(found)
+            listed += 1
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            files = {e.name for e in entries if not e.name.startswith(".") and e.is_file()}
+            if all(name in files for name in GT_FILES):
+                if not _is_shipped_copy(folder):
+                    found.append(folder)
+                continue
+            if depth == max_depth:
+                continue
+            for entry in entries:
+                if entry.name.startswith(".") or entry.name in SKIPPED_FOLDERS or not entry.is_dir():
+                    continue
+                deeper.append(Path(entry.path))
+        frontier = deeper
+    return sorted(found)
+
+
+def _digest(folder: Path) -> str:
+    """SHA-1 over the four files' bytes."""
+    digest = hashlib.sha1()
+    for name in GT_FILES:
+        digest.update(name.encode())
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _search(dataset_root: Path | None, input_root: Path | None) -> list[tuple[Path, str]]:
+    """(folder, where) of every folder found among the inputs and beside the dataset (rule 3)."""
+    found: dict[Path, str] = {}
+    if input_root is not None and input_root.is_dir():
+        for folder in find_gt_folders(input_root, INPUT_DEPTH):
+            found.setdefault(folder.resolve(), "found among the Kaggle inputs")
+    if dataset_root is not None:
+        parent = dataset_root.parent
+        if parent != dataset_root and parent.is_dir():
+            for folder in find_gt_folders(parent, BESIDE_DEPTH):
+                found.setdefault(folder.resolve(), "found beside the dataset")
+    return sorted(found.items())
+
+
+def resolve_gt_dir(
+    gt_dir: str | Path | None = None,
+    dataset_root: str | Path | None = None,
+    split: str = "val",
+    *,
+    search_inputs: bool | None = None,
+    input_root: str | Path | None = None,
+) -> GroundTruthSource:
+    """The WIDER val ground-truth folder to evaluate with (the order is in the module docstring).
+
+    Args:
+        gt_dir: an explicit folder (relative names are also looked up among the Kaggle inputs on Kaggle).
+        dataset_root: the dataset evaluated (None: no dataset rules; the inputs, then the shipped files).
+        split: its split folder.
+        search_inputs: search the Kaggle inputs (default: when on Kaggle).
+        input_root: the input mount searched (default `nbsrc.paths.kaggle_input`).
+    Returns:
+        A `GroundTruthSource` (its ``str`` is the line to print).
+    Raises:
+        FileNotFoundError: `gt_dir` or ``<dataset_root>/<split>/ground_truth`` lacks some of the four files (the
+            folder and the missing files named), or the shipped files are missing.
+        ValueError: several folders found among the inputs or beside the dataset hold different files (listed).
+    """
+    if gt_dir is not None and str(gt_dir) != "":
+        try:
+            folder = paths.resolve_optional_path(gt_dir, "gt_dir")
+        except FileNotFoundError:
+            folder = Path(gt_dir).expanduser()  # the check below names what is expected
+        source = GroundTruthSource(check_gt_folder(folder, "gt_dir"), "given", "gt_dir")
+        logger.debug("%s", source)
+        return source
+
+    root = Path(dataset_root).expanduser().resolve() if dataset_root is not None else None
+    if root is not None:
+        own = root / split / "ground_truth"
+        if own.is_dir():
+            source = GroundTruthSource(
+                check_gt_folder(own, "ground-truth folder"), "dataset", f"the dataset's {split}/ground_truth"
+            )
+            logger.debug("%s", source)
+            return source
+
+    if search_inputs is None:
+        search_inputs = paths.on_kaggle()
+    inputs = Path(input_root) if input_root is not None else (paths.kaggle_input() if search_inputs else None)
+    candidates = _search(root, inputs if search_inputs else None)
+    if candidates:
+        digests: dict[str, list[tuple[Path, str]]] = {}
+        for folder, where in candidates:
+            digests.setdefault(_digest(folder), []).append((folder, where))
+        if len(digests) > 1:
+            listed = "; ".join(f"{folder} ({where})" for folder, where in candidates)
+            raise ValueError(
+                f"{len(candidates)} WIDER ground-truth folders with different files were found: {listed}; "
+                f"{HOW_TO_CHOOSE} to the one to use"
+            )
+        folder, where = candidates[0]
+        if len(candidates) > 1:
+            where += f"; identical to {', '.join(str(f) for f, _ in candidates[1:])}"
+        source = GroundTruthSource(folder, "found", where)
+        logger.debug("%s", source)
+        return source
+
+    source = GroundTruthSource(
+        check_gt_folder(SHIPPED_GT_DIR, "shipped ground-truth folder"),
+        "shipped",
+        "the official WIDER FACE val files shipped with nbsrc",
+    )
+    logger.debug("%s", source)
+    return source
