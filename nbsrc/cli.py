@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate-rates": ("nbsrc.commands.evaluate_rates", "WIDER AP of a latent model at every JPEG AI rate"),
     "make-demo-data": ("nbsrc.commands.make_demo_data", "build the deterministic demo dataset"),
     "check-data": ("nbsrc.commands.check_data", "validate a dataset and report every defect with file and line"),
+    "image-sizes": ("nbsrc.commands.image_sizes", "write name,width,height of every image in a folder (headers only)"),
     "convert-openimages": ("nbsrc.commands.convert_openimages", "Open Images CSV -> 2-class label file"),
     "run-notebooks": ("nbsrc.commands.run_notebooks", "execute notebooks headless with papermill"),
     "kaggle-build": ("nbsrc.commands.kaggle_build", "write push-ready Kaggle kernels and the code dataset"),

@@ -474,11 +474,18 @@ def evaluate_ap(model: nn.Module, loader: Iterable[Mapping[str, Any]], *, device
 # ---- the whole run ----------------------------------------------------------------------------------
 def resolve_dataset_root_config(cfg: Config, info: DistInfo | None = None) -> Config:
     """`cfg` with ``data.dataset_root`` set: unchanged when given, else the demo dataset (built once; on Kaggle
-    the attached dataset). Rank 0 resolves (and builds) it, the other ranks receive its path."""
+    the attached dataset). Rank 0 resolves (and builds) it, the other ranks receive its path. On Kaggle an unset
+    ``data.images_root`` becomes the input mount (searched for a WIDER FACE image tree); an unset
+    ``data.cache_dir`` becomes the cache folder."""
     info = info or DistInfo()
+    from nbsrc.paths import cache_dir, resolve_dataset_root, resolve_images_root
+
+    if cfg.data.images_root is None and resolve_images_root(None) is not None:  # Kaggle: the attached inputs
+        cfg = cfg.replace(**{"data.images_root": str(resolve_images_root(None))})
+    if cfg.data.cache_dir is None:
+        cfg = cfg.replace(**{"data.cache_dir": str(cache_dir())})
     if cfg.data.dataset_root is not None:
         return cfg
-    from nbsrc.paths import resolve_dataset_root
 
     root = None
     if info.is_main:

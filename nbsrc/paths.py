@@ -43,6 +43,8 @@ __all__ = [
     "project_root",
     "resolve_checkpoint",
     "resolve_dataset_root",
+    "resolve_images_root",
+    "data_settings",
     "resolve_optional_path",
     "resolve_pretrained",
     "run_folder",
@@ -265,6 +267,39 @@ def _attached_datasets(root: Path) -> list[Path]:
         if _looks_like_dataset(inside):
             found.append(inside)
     return found
+
+
+def resolve_images_root(value: str | Path | None) -> Path | None:
+    """A notebook's ``images_root``: the WIDER FACE image tree giving the original image sizes.
+
+    A given folder must exist (a relative name on Kaggle may name an attached dataset); None on Kaggle searches
+    every attached input for ``WIDER_<split>/images`` (`nbsrc.data.image_sizes.find_split_trees`), so that a user
+    who attached a WIDER FACE copy sets nothing; None elsewhere stays None.
+    """
+    if value is not None and str(value) != "":
+        return resolve_optional_path(value, "images_root")
+    return kaggle_input() if on_kaggle() and kaggle_input().is_dir() else None
+
+
+def data_settings(
+    dataset_root: str | Path,
+    *,
+    images_root: str | Path | None = None,
+    sizes_csv: str | Path | None = None,
+    label_frame: int | None = None,
+) -> dict[str, Any]:
+    """Config overrides (``data.*``) for where a notebook's data is: the dataset, the original sizes (a sizes CSV,
+    a WIDER FACE image tree, or labels already in the ``label_frame`` square) and the cache for sizes read from
+    image headers. Every notebook passes its data-location parameters through this one function."""
+    csv_path = resolve_optional_path(sizes_csv, "sizes_csv")
+    images = resolve_images_root(images_root)
+    return {
+        "data.dataset_root": str(dataset_root),
+        "data.images_root": str(images) if images is not None else None,
+        "data.sizes_csv": str(csv_path) if csv_path is not None else None,
+        "data.label_frame": label_frame,
+        "data.cache_dir": str(cache_dir()),
+    }
 
 
 def resolve_optional_path(value: str | Path | None, what: str) -> Path | None:

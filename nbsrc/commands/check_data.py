@@ -31,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", default=None, help="label file or folder (default: found in each split)")
     parser.add_argument("--sizes_csv", "--sizes-csv", dest="sizes_csv", default=None, help="CSV name,width,height")
     parser.add_argument(
+        "--images_root",
+        "--images-root",
+        dest="images_root",
+        default=None,
+        help="WIDER FACE images for the original sizes (a folder holding WIDER_<split>/images; on Kaggle: found)",
+    )
+    parser.add_argument(
         "--label_frame",
         "--label-frame",
         dest="label_frame",
@@ -58,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nbsrc import paths
     from nbsrc.data.validate import validate_dataset
 
     if args.root is not None and args.dataset_root is not None and args.root != args.dataset_root:
@@ -65,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     root = args.root if args.root is not None else args.dataset_root
     if root is None:
         raise ValueError("no dataset root: give it as ROOT or --dataset_root ROOT")
+    images_root = paths.resolve_images_root(args.images_root)
     report = validate_dataset(
         root,
         args.split,
@@ -74,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         label_frame=args.label_frame,
         resize_policy=args.resize_policy,
         sizes_csv=args.sizes_csv,
+        images_root=images_root,
+        sizes_cache=paths.cache_dir(),
         check_values=not args.quick,
     )
     sys.stdout.write(report.to_text(max_per_kind=args.max_per_kind or None) + "\n")

@@ -71,25 +71,30 @@ def _split_aliases(split: str) -> set[str]:
     return names
 
 
-def _holds_images(folder: Path, probe: int = 200) -> bool:
-    """Whether `folder` holds image files directly or in its subfolders (event folders); looks at a few entries."""
+def _images_directly(folder: str | os.PathLike, probe: int = 50) -> bool:
+    """Whether `folder` holds image files itself (looks at its first `probe` entries)."""
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)[:probe]
+        with os.scandir(folder) as entries:
+            for count, entry in enumerate(entries):
+                if count >= probe:
+                    break
+                if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                    return True
     except OSError:
         return False
-    for entry in entries:
-        if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-            return True
-    for entry in entries:
-        if entry.is_dir() and not entry.name.startswith("."):
-            try:
-                with os.scandir(entry.path) as inner:
-                    for item in inner:
-                        if item.is_file() and os.path.splitext(item.name)[1].lower() in IMAGE_EXTENSIONS:
-                            return True
-            except OSError:
-                continue
     return False
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether `folder` is a flat folder of images: it holds images itself, or most of its subfolders do (the
+    WIDER event folders). A folder of unrelated mounts (Kaggle's inputs) is not one."""
+    if _images_directly(folder):
+        return True
+    try:
+        subdirs = [e.path for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")]
+    except OSError:
+        return False
+    return bool(subdirs) and 2 * sum(_images_directly(d) for d in subdirs[:100]) > len(subdirs[:100])
 
 
 def find_split_trees(images_root: str | Path, split: str, *, flat: bool = True) -> list[Path]:
@@ -406,7 +411,9 @@ def find_sizes(
     if csv_path is None and tree_result is None:
         return SplitSizes(None, "no sizes CSV and no images", None)
     table = dict(tree_result.sizes) if tree_result is not None else {}
-    sizes = ImageSizes(sizes=table, sizes_csv=csv_path)
+    if csv_path is not None and tree_result is not None:  # the CSV's sizes win, the tree fills in the rest
+        table.update(read_sizes_csv(csv_path))
+    sizes = ImageSizes(sizes=table, sizes_csv=csv_path if tree_result is None else None)
     if tree_result is not None:
         sizes.unreadable.update(tree_result.unreadable)
         cached = (

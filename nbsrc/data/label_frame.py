@@ -131,8 +131,10 @@ def read_sizes_csv(path: str | Path) -> dict[str, tuple[int, int]]:
 class ImageSizes:
     """Original image sizes by record name, from explicit values, a sizes CSV and/or an images folder.
 
-    Lookups try the full name (``event/basename``), then the basename. The images folder is searched at
-    ``<images_dir>/<name>.<ext>`` first, then by basename anywhere below it (indexed once, on first need).
+    Lookups try the full name (``event/basename``), then the basename: a bare name matches an entry of any folder
+    (when unique), a name with a folder only an entry without one (a flat CSV or folder), never an image of another
+    folder. The images folder is searched at ``<images_dir>/<name>.<ext>`` first, then by basename below it
+    (indexed once, on first need).
 
     Args:
         sizes: name -> (width, height), checked first.
@@ -157,6 +159,7 @@ class ImageSizes:
                 table.setdefault(key, value)
         self._table = table
         self._by_basename = _unique_basenames(table)
+        self._flat = {key: value for key, value in table.items() if "/" not in key}  # entries without a folder
         self._image_index: dict[str, Path] | None = None
         self._cache: dict[str, tuple[int, int] | None] = {}
         self.unreadable: dict[str, str] = {}  # name -> why its image file gave no size
@@ -191,14 +194,21 @@ class ImageSizes:
                 return candidate
         if self._image_index is None:
             self._image_index = index_images(self.images_dir)
-        return self._image_index.get(name) or self._image_index.get(name.rsplit("/", 1)[-1])
+        found = self._image_index.get(name)
+        if found is None:  # by basename: a bare name anywhere, a name with a folder only from a flat folder
+            found = self._image_index.get(name.rsplit("/", 1)[-1])
+            if found is not None and "/" in name and found.parent != self.images_dir:
+                return None  # another folder's image of the same basename is never taken for it
+        return found
 
     def get(self, name: str) -> tuple[int, int] | None:
         """``(width, height)`` of the original image `name`, or None when no source knows it."""
         name = strip_image_extension(name)
         if name in self._cache:
             return self._cache[name]
-        size = self._table.get(name) or self._by_basename.get(name.rsplit("/", 1)[-1])
+        size = self._table.get(name)
+        if size is None:  # by basename: a bare name from any entry, a name with a folder only from flat entries
+            size = (self._by_basename if "/" not in name else self._flat).get(name.rsplit("/", 1)[-1])
         if size is None:
             path = self.image_path(name)
             if path is not None:
@@ -449,13 +459,13 @@ def frame_verdict(
             report.verdict = "original"
             report.message = (
                 f"{1 - report.inside_network:.1%} of the boxes reach past {net_side} px, so the labels are not in the "
-                f"{net_side} frame; they are probably in original-image pixels. Give the original sizes (sizes CSV "
-                "or images folder) so that they can be mapped"
+                f"{net_side} frame; they are probably in original-image pixels. Give the original sizes so that they can be "
+                "mapped: the WIDER FACE images (images_root; on Kaggle, attach a WIDER FACE dataset) or a sizes CSV"
             )
         else:
             report.message = (
-                f"every box fits in {net_side}x{net_side} and no original size is known: give the sizes (sizes CSV "
-                f"or images folder) to tell original pixels from the {net_side} frame, or set {net_hint} if the "
+                f"every box fits in {net_side}x{net_side} and no original size is known: give the sizes (the WIDER FACE "
+                f"images as images_root, or a sizes CSV) to tell original pixels from the {net_side} frame, or set {net_hint} if the "
                 "labels are in that frame"
             )
         return report

@@ -290,7 +290,7 @@ class LatentWiderFace(Dataset):
         else:
             found = split_sizes(self.root, sizes_csv=sizes_csv, images_root=images_root, cache_dir=sizes_cache)
             if label_frame is None and found.tree is not None and on_error == "raise":  # name every missing one
-                names = [record.name for record, _ in matched if record.num_boxes and not record.normalized]
+                names = [record.name for record, _ in matched if not record.normalized]  # faceless ones too
                 problem = missing_error(found, names, self.label_path)
                 if problem:
                     raise LabelFrameError(problem)

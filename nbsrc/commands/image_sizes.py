@@ -1,0 +1,33 @@
+"""``python -m nbsrc image-sizes DIR --out image_sizes.csv``: the original sizes of every image below DIR.
+
+Sizes are read from the file headers only (no pixel is decoded). The CSV (``name,width,height``, names relative
+to DIR with their extension, e.g. ``0--Parade/0_Parade_marchingband_1_5.jpg``) is what ``data.sizes_csv`` and a
+notebook's ``sizes_csv`` take, so that labels in original pixels map into a latent's frame on a machine without
+the images. Give DIR as a split's image folder (``WIDER_val/images``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nbsrc.commands import check_output_file
+
+HELP = "write name,width,height of every image in a folder (headers only)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", type=Path, help="folder of images, searched recursively (e.g. WIDER_val/images)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("image_sizes.csv"), help="CSV to write (default image_sizes.csv)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from nbsrc.data.image_sizes import write_sizes_csv
+
+    check_output_file(args.out, "--out")
+    count = write_sizes_csv(args.images, args.out)
+    sys.stdout.write(f"{args.out}: sizes of {count:,} images below {args.images}\n")
+    return 0
