@@ -282,7 +282,7 @@ def resolve_images_root(value: str | Path | None) -> Path | None:
 
 
 def data_settings(
-    dataset_root: str | Path,
+    dataset_root: str | Path | None,
     *,
     images_root: str | Path | None = None,
     sizes_csv: str | Path | None = None,
@@ -294,7 +294,7 @@ def data_settings(
     csv_path = resolve_optional_path(sizes_csv, "sizes_csv")
     images = resolve_images_root(images_root)
     return {
-        "data.dataset_root": str(dataset_root),
+        "data.dataset_root": str(dataset_root) if dataset_root is not None else None,
         "data.images_root": str(images) if images is not None else None,
         "data.sizes_csv": str(csv_path) if csv_path is not None else None,
         "data.label_frame": label_frame,
