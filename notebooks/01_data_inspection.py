@@ -37,13 +37,16 @@ from IPython.display import display
 from nbsrc import nbrun, paths, stats, viz
 from nbsrc.config import get_preset
 from nbsrc.data.loaders import build_dataset
-from nbsrc.data.validate import validate_dataset
+from nbsrc.data.validate import validate_dataset, validation_settings
 from nbsrc.utils import setup_logging
 
 setup_logging()
 
 # %% tags=["parameters"]
 dataset_root: Optional[str] = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
+images_root: Optional[str] = None  # WIDER FACE images (WIDER_<split>/images/...) for the original sizes (None: found among the inputs)
+sizes_csv: Optional[str] = None  # CSV name,width,height of the original images
+label_frame: Optional[int] = None  # 640 if the labels are already in the latents' 640 frame
 splits: str = "train,val"  # splits to inspect, comma-separated
 preset: str = "latent-r50"  # preset giving the network frame, resize policy and latent settings
 latent_suffix: str = "latent_75.npy"  # rate shown in the gallery and checked by the validation
@@ -59,7 +62,8 @@ nbrun.check_given_parameters(globals())  # plain papermill / Kaggle values, chec
 run = paths.run_folder(run_dir)
 plots = run / "plots" / "01_data_inspection"
 root = paths.resolve_dataset_root(dataset_root, smoke=smoke)
-cfg = get_preset(preset, dataset_root=str(root), latent_suffix=latent_suffix, on_error="skip")
+data = paths.data_settings(root, images_root=images_root, sizes_csv=sizes_csv, label_frame=label_frame)
+cfg = get_preset(preset, **data, latent_suffix=latent_suffix, on_error="skip")
 split_names = [s.strip() for s in splits.split(",") if s.strip()]
 print(
     f"dataset: {root}\nsplits: {split_names}, network frame {cfg.data.image_size} px, policy {cfg.data.resize_policy}"
@@ -81,7 +85,7 @@ display(viz.Table(summary, "dataset summary"))
 # degenerate boxes, duplicated names, unparseable label lines, labels whose frame cannot be determined.
 
 # %%
-report = validate_dataset(root, split_names, latent_suffix=latent_suffix, check_values=check_values and not smoke)
+report = validate_dataset(root, split_names, **validation_settings(cfg), check_values=check_values and not smoke)
 display(
     viz.Table(
         [{"defect": k, "count": n} for k, n in sorted(report.counts().items())] or [{"defect": "none", "count": 0}]

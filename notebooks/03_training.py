@@ -45,6 +45,9 @@ setup_logging()
 
 # %% tags=["parameters"]
 dataset_root: Optional[str] = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
+images_root: Optional[str] = None  # WIDER FACE images (WIDER_<split>/images/...) for the original sizes (None: found among the inputs)
+sizes_csv: Optional[str] = None  # CSV name,width,height of the original images
+label_frame: Optional[int] = None  # 640 if the labels are already in the latents' 640 frame
 preset: str = "latent-r18"  # model preset: latent-mnet/r18/r34/r50 for latents; mnet-biubug6, r18-p2p6, ... for RGB
 epochs: int = 20  # training epochs
 batch_size: int = 8  # images per optimizer step (per GPU)
@@ -75,7 +78,8 @@ nbrun.check_given_parameters(globals())  # plain papermill / Kaggle values, chec
 run = paths.run_folder(run_dir)
 plots = run / "plots" / "03_training"
 root = paths.resolve_dataset_root(dataset_root, smoke=smoke)
-cfg = get_preset(preset, dataset_root=str(root), epochs=epochs, lr=lr, latent_suffix=latent_suffix, all_rates=all_rates)
+data = paths.data_settings(root, images_root=images_root, sizes_csv=sizes_csv, label_frame=label_frame)
+cfg = get_preset(preset, **data, epochs=epochs, lr=lr, latent_suffix=latent_suffix, all_rates=all_rates)
 cfg = cfg.replace(num_workers=num_workers, device=device, amp=amp, freeze_backbone=freeze_backbone, weight=weight)
 cfg = cfg.replace(max_images=max_images, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb, out=str(run / "train"))
 cfg = cfg.replace(keep_epochs=keep_epochs, resume=paths.resolve_resume(resume, run, run_name=run_name, preset=preset))

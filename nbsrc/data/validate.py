@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nbsrc.config import Config
 from nbsrc.data.image_sizes import split_sizes
 from nbsrc.data.label_frame import (
     ImageSizes,
@@ -60,6 +61,7 @@ __all__ = [
     "read_labels_checked",
     "validate_dataset",
     "validate_split",
+    "validation_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -568,6 +570,22 @@ def match_latents(
             path = next(iter(files.values()))
             log.add("latent_without_labels", path, 0, f"latent of {key!r}, which has no entry in the labels")
     return matched
+
+
+def validation_settings(cfg: Config) -> dict:
+    """`validate_split` keyword arguments from a config: the latents' rate, channels and stride, and where the
+    original sizes come from (``data.sizes_csv``, ``data.images_root``, ``data.label_frame``)."""
+    d, m = cfg.data, cfg.model
+    return {
+        "latent_suffix": d.latent_suffix,
+        "channels": m.latent_channels,
+        "latent_stride": m.latent_stride,
+        "label_frame": d.label_frame,
+        "resize_policy": d.resize_policy,
+        "sizes_csv": d.sizes_csv,
+        "images_root": d.images_root,
+        "sizes_cache": d.cache_dir,
+    }
 
 
 def validate_dataset(
