@@ -210,7 +210,7 @@ def resolve_dataset_root(
 ) -> Path:
     """Turn a notebook's ``dataset_root`` parameter into an existing dataset folder.
 
-    - an existing folder: itself;
+    - an existing folder: itself, or the folder holding ``train/`` / ``val/`` at most two levels inside it;
     - ``"demo"``: the demo dataset (built on demand);
     - None on Kaggle: the attached `slug` dataset, found by searching the input mount;
     - None elsewhere: the demo dataset (fewer images when `smoke`);
@@ -225,7 +225,7 @@ def resolve_dataset_root(
     if dataset_root is not None:
         path = Path(dataset_root).expanduser()
         if path.is_dir():
-            return path.resolve()
+            return _dataset_inside(path).resolve()  # an uploaded top folder inside is entered
         if on_kaggle() and not path.is_absolute():
             found = find_kaggle_dataset(str(dataset_root), input_root)
             if found is not None:

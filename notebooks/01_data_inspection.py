@@ -70,16 +70,6 @@ print(
 )
 
 # %% [markdown]
-# ## Summary per split and rate
-# Face sizes are sqrt(w·h) in the network frame; `latent_NN` columns count the images having that rate.
-
-# %%
-faces = {s: stats.load_faces(cfg, dataset_root=root, split=s, max_images=16 if smoke else None) for s in split_names}
-rates = {s: stats.rate_counts(root / s) for s in split_names}
-summary = stats.dataset_summary({s: f["per_image"] for s, f in faces.items()}, rates)
-display(viz.Table(summary, "dataset summary"))
-
-# %% [markdown]
 # ## Validation report
 # Every defect by kind: missing or unreadable latents, wrong shape or dtype, NaN/Inf, boxes outside the frame,
 # degenerate boxes, duplicated names, unparseable label lines, labels whose frame cannot be determined.
@@ -100,6 +90,16 @@ print(report.to_text(max_per_kind=5))
 # %%
 frame_keys = ("split", "verdict", "images", "boxes", "images_with_size", "inside_original", "inside_network", "message")
 display(viz.Table([{k: r.as_dict()[k] for k in frame_keys} for r in report.frames.values()], "label frame per split"))
+
+# %% [markdown]
+# ## Summary per split and rate
+# Face sizes are sqrt(w·h) in the network frame; `latent_NN` columns count the images having that rate.
+
+# %%
+faces = {s: stats.load_faces(cfg, dataset_root=root, split=s, max_images=16 if smoke else None) for s in split_names}
+rates = {s: stats.rate_counts(root / s) for s in split_names}
+summary = stats.dataset_summary({s: f["per_image"] for s, f in faces.items()}, rates)
+display(viz.Table(summary, "dataset summary"))
 
 # %% [markdown]
 # ## Latent statistics per rate
