@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
 
@@ -304,8 +306,41 @@ def _fmt_box(box: np.ndarray) -> str:
     return "(" + ", ".join(f"{v:g}" for v in np.round(box, 2)) + ")"
 
 
+NPY_MAGIC = b"\x93NUMPY"
+NPY_HEAD_BYTES = 256  # read at once: the whole header of a plain array (numpy pads it to 64 or 128 bytes)
+_NPY_DICT = re.compile(
+    r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': (?:False|True), 'shape': \(([\d, ]*)\), *\} *\n?"
+)
+_NPY_DTYPES: dict[str, np.dtype] = {}
+
+
+def _plain_npy_header(head: bytes) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """``(shape, dtype, data_offset)`` of a ``.npy`` file whose first bytes are `head`, for the header numpy
+    writes for plain arrays; None for anything else (then numpy's own reader decides)."""
+    if len(head) < 12 or not head.startswith(NPY_MAGIC) or head[6] not in (1, 2, 3):
+        return None
+    start = 10 if head[6] == 1 else 12
+    offset = start + int.from_bytes(head[8:start], "little")
+    if offset > len(head):
+        return None
+    match = _NPY_DICT.fullmatch(head[start:offset].decode("latin1"))
+    if match is None:
+        return None
+    descr, dims = match.groups()
+    dtype = _NPY_DTYPES.get(descr)
+    if dtype is None:
+        try:
+            dtype = _NPY_DTYPES.setdefault(descr, np.dtype(descr))
+        except TypeError:
+            return None
+    shape = tuple(int(d) for d in dims.split(",") if d.strip())
+    return shape, dtype, offset
+
+
 def read_npy_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype, int, int]:
     """``(shape, dtype, data_offset, file_size)`` of a ``.npy`` file without reading its data.
+
+    One read of the first bytes; headers other than numpy's plain-array form go through `numpy.lib.format`.
 
     Raises:
         ValueError: not a ``.npy`` file (bad magic or header).
@@ -313,13 +348,17 @@ def read_npy_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype, int, i
     from numpy.lib import format as npy_format
 
     with open(path, "rb") as fh:
+        plain = _plain_npy_header(fh.read(NPY_HEAD_BYTES))
+        if plain is not None:
+            return (*plain, os.fstat(fh.fileno()).st_size)
+        fh.seek(0)
         try:
             version = npy_format.read_magic(fh)
             if version == (1, 0):
                 shape, _, dtype = npy_format.read_array_header_1_0(fh)
             else:
                 shape, _, dtype = npy_format.read_array_header_2_0(fh)
-        except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        except (ValueError, OSError, EOFError, SyntaxError, TokenError) as exc:  # TokenError: a cut header
             raise ValueError(f"not a .npy file ({exc})") from None
         offset = fh.tell()
         size = os.fstat(fh.fileno()).st_size
@@ -378,13 +417,26 @@ def check_latent_file(
         )
         return None
     if values:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-        finite = np.isfinite(array)
-        if not finite.all():
-            bad = int(finite.size - finite.sum())
-            log.add("non_finite", path, 0, f"{bad} NaN/Inf values of {finite.size}")
+        count = int(np.prod(shape, dtype=np.int64))
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            array = np.frombuffer(fh.read(expected_bytes), dtype=dtype, count=count)  # (count,)
+        bad = count_non_finite(array)
+        if bad:
+            log.add("non_finite", path, 0, f"{bad} NaN/Inf values of {count}")
             return None
     return hw
+
+
+def count_non_finite(array: np.ndarray) -> int:
+    """Number of NaN/Inf values of a float array. Native float16 is tested on its bits (a value is finite when
+    its magnitude bits are below the all-ones exponent ``0x7C00``), ~10x faster than ``np.isfinite``."""
+    if array.dtype == np.float16 and array.dtype.isnative:
+        magnitude = np.bitwise_and(array.view(np.uint16), np.uint16(0x7FFF))
+        if not magnitude.size or magnitude.max() < 0x7C00:
+            return 0
+    finite = np.isfinite(array)
+    return int(finite.size - np.count_nonzero(finite))
 
 
 # ---- whole splits -----------------------------------------------------------------------------------------

@@ -116,7 +116,15 @@ def parse_numbers(
     Returns:
         The values, or a `LabelParseError` (returned, not raised, so callers choose raise or collect).
     """
-    tokens = line.replace(",", " ").split()
+    tokens = (line.replace(",", " ") if "," in line else line).split()
+    try:  # fast path: every token a finite number (the per-token loop below words the error otherwise)
+        values = list(map(float, tokens))
+    except ValueError:
+        values = None
+    if values is not None and all(map(math.isfinite, values)):
+        if len(values) not in counts:
+            return LabelParseError(path, number, f"expected {expected}, got {len(values)} values: {_shorten(line)!r}")
+        return values
     values = []
     for token in tokens:
         try:

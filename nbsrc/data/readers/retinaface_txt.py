@@ -112,18 +112,21 @@ def build_face_records(entries: Iterable[tuple[str, str, list[list[float]]]]) ->
     score = np.full(total, -1.0, np.float32)
     wider = np.full((total, len(WIDER_ATTRIBUTES)), -1, np.int64)
     has_wider = np.zeros(total, bool)
-    for i, row in enumerate(all_rows):
-        xywh[i] = row[:4]
-        if len(row) == 20:
-            points = np.asarray(row[4:19], np.float64).reshape(5, 3)  # (5, lx ly flag)
-            flags[i] = points[:, 2]
-            score[i] = row[19]
-            if row[4] >= 0:
-                landmarks[i] = points[:, :2]
-                valid[i] = True
-        elif len(row) == 10:
-            wider[i] = row[4:10]
-            has_wider[i] = True
+    lengths = np.fromiter(map(len, all_rows), np.int64, total)  # (T,)
+    for length in np.unique(lengths).tolist():  # one array per line layout (4, 10 or 20 values)
+        rows = np.flatnonzero(lengths == length)  # (k,)
+        values = np.array([all_rows[i] for i in rows.tolist()], np.float64).reshape(len(rows), length)  # (k, L)
+        xywh[rows] = values[:, :4]
+        if length == 20:
+            points = values[:, 4:19].reshape(-1, 5, 3)  # (k, 5, lx ly flag)
+            flags[rows] = points[:, :, 2]
+            score[rows] = values[:, 19]
+            has_points = points[:, 0, 0] >= 0  # (k,)
+            landmarks[rows[has_points]] = points[has_points, :, :2]
+            valid[rows[has_points]] = True
+        elif length == 10:
+            wider[rows] = values[:, 4:10]
+            has_wider[rows] = True
     xyxy = xywh_array_to_xyxy(xywh)  # (T, 4)
 
     records = []
