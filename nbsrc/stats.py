@@ -47,6 +47,7 @@ __all__ = [
     "rate_counts",
     "recall_by_size",
     "load_faces",
+    "wider_faces",
     "size_percentiles",
     "unmatched_summary",
     "shape_coverage",
@@ -154,9 +155,13 @@ def size_percentiles(hist: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+FACE_SOURCES = ("wider", "dataset")  # load_faces: the WIDER FACE val ground truth, or a dataset's labels
+
+
 def load_faces(
     cfg: Config,
     *,
+    faces: str | None = None,
     gt_dir: str | Path | None = None,
     dataset_root: str | Path | None = None,
     split: str = "val",
@@ -164,48 +169,46 @@ def load_faces(
 ) -> dict[str, Any]:
     """Faces (class face) for anchor statistics, in the network frame of `cfg` (``data.image_size`` square).
 
-    From a WIDER ``.mat`` ground-truth folder when `gt_dir` is given: degenerate boxes dropped, original sizes
-    from an ``image_sizes.csv`` next to it (in it, its parent or grandparent) when there is one, else WIDER's
-    1024 px width is assumed (the ``.mat`` files carry no sizes). Otherwise from the labels of `split` under
-    `dataset_root`, mapped exactly as the datasets map them (`nbsrc.data.label_frame.LabelFrame` with
-    ``cfg.data``: sizes CSV, images folder, ``label_frame``, ``resize_policy``).
+    Args:
+        cfg: the preset's config (``data.image_size``, ``data.resize_policy``; the data-location fields).
+        faces: ``"wider"``: the WIDER FACE val faces (`wider_faces`) of `gt_dir`, else ``cfg.eval.gt_dir``, else
+            the ground truth `nbsrc.evaluation.ground_truth.resolve_gt_dir` finds without a dataset (a folder among
+            the Kaggle inputs, else the official files shipped with nbsrc). ``"dataset"``: the labels of `split`
+            under `dataset_root` (else ``cfg.data.dataset_root``), mapped exactly as the datasets map them
+            (`nbsrc.data.label_frame.LabelFrame` with ``cfg.data``: sizes CSV, images, ``label_frame``,
+            ``resize_policy``). None: ``"wider"`` when `gt_dir` is given, else ``"dataset"``.
+        max_images: the first N images only.
 
     Returns:
         ``{"boxes": [N, 4] xyxy, "per_image": list of [n, 4], "images": int, "source": str}``.
 
     Raises:
+        ValueError: an unknown `faces`, or ``"dataset"`` without a dataset root.
         nbsrc.data.label_frame.LabelFrameError: dataset labels whose frame cannot be determined.
     """
     from nbsrc.data.image_sizes import split_sizes
-    from nbsrc.data.label_frame import ImageSizes, LabelFrame
+    from nbsrc.data.label_frame import LabelFrame
     from nbsrc.data.layout import find_labels, read_split_labels
-    from nbsrc.data.readers import drop_degenerate, read_labels
+    from nbsrc.data.readers import drop_degenerate
 
+    if faces is None:
+        faces = "wider" if gt_dir is not None else "dataset"
+    if faces not in FACE_SOURCES:
+        raise ValueError(f"faces must be one of {', '.join(FACE_SOURCES)}; got {faces!r}")
+    if faces == "wider":
+        return wider_faces(cfg, gt_dir=gt_dir, max_images=max_images)
+    dataset_root = dataset_root if dataset_root is not None else cfg.data.dataset_root
+    if dataset_root is None:
+        raise ValueError("load_faces(faces='dataset'): give dataset_root (or data.dataset_root)")
     net = (cfg.data.image_size, cfg.data.image_size)
-    if gt_dir is not None:
-        gt_dir = Path(gt_dir)
-        records = read_labels(gt_dir, format="wider_mat")
-        csv_path = next(
-            (
-                d / "image_sizes.csv"
-                for d in (gt_dir, gt_dir.parent, gt_dir.parent.parent)
-                if (d / "image_sizes.csv").is_file()
-            ),
-            None,
-        )
-        frame = LabelFrame(ImageSizes(sizes_csv=csv_path), cfg.data.resize_policy) if csv_path else None
-        source = f"WIDER ground truth {gt_dir}"
-    elif dataset_root is not None:
-        split_dir = Path(dataset_root) / split
-        label_file = find_labels(split_dir)
-        records = read_split_labels(label_file)
-        found = split_sizes(
-            split_dir, sizes_csv=cfg.data.sizes_csv, images_root=cfg.data.images_root, cache_dir=cfg.data.cache_dir
-        )
-        frame = LabelFrame(found.sizes, cfg.data.resize_policy, cfg.data.label_frame)
-        source = f"{Path(dataset_root).name}/{split} labels ({label_file.name})"
-    else:
-        raise ValueError("load_faces: give gt_dir (a WIDER .mat folder) or dataset_root")
+    split_dir = Path(dataset_root) / split
+    label_file = find_labels(split_dir)
+    records = read_split_labels(label_file)
+    found = split_sizes(
+        split_dir, sizes_csv=cfg.data.sizes_csv, images_root=cfg.data.images_root, cache_dir=cfg.data.cache_dir
+    )
+    frame = LabelFrame(found.sizes, cfg.data.resize_policy, cfg.data.label_frame)
+    source = f"{Path(dataset_root).name}/{split} labels ({label_file.name})"
     if max_images is not None:
         records = records[:max_images]
     dropped = 0
@@ -213,18 +216,88 @@ def load_faces(
     for record in records:
         record, count = drop_degenerate(record)
         dropped += count
-        faces = record.labels == FACE
-        if frame is not None:
-            boxes = frame.to_net(record, net)[0].boxes[faces]
-        else:
-            boxes = face_boxes_net([record], net_size=net, assume_width=WIDER_WIDTH)
+        boxes = frame.to_net(record, net)[0].boxes[record.labels == FACE]
         per_image.append(np.asarray(boxes, np.float32).reshape(-1, 4))  # (n, 4)
     if dropped:
         logger.info("%s: dropped %d degenerate boxes (w <= 0 or h <= 0)", source, dropped)
-    if frame is None:
-        logger.info("%s: original image sizes unknown, assuming WIDER's %d px width", source, WIDER_WIDTH)
     boxes = np.concatenate(per_image) if per_image else np.zeros((0, 4), np.float32)
     return {"boxes": boxes, "per_image": per_image, "images": len(per_image), "source": source}
+
+
+def _wider_sizes(cfg: Config, gt_folder: Path) -> tuple[Any, str]:
+    """Original sizes of the WIDER val images (`nbsrc.data.label_frame.ImageSizes` or None) and their source:
+    ``data.sizes_csv``, else an ``image_sizes.csv`` in the ground-truth folder, its parent or grandparent, and
+    the ``WIDER_val`` tree below ``data.images_root`` (`nbsrc.data.image_sizes.find_sizes`)."""
+    from nbsrc.data.image_sizes import ImageTreeError, find_sizes
+    from nbsrc.data.label_frame import SIZES_CSV_NAME
+
+    csv_path = cfg.data.sizes_csv
+    if csv_path is None:
+        near = (gt_folder, gt_folder.parent, gt_folder.parent.parent)
+        csv_path = next((d / SIZES_CSV_NAME for d in near if (d / SIZES_CSV_NAME).is_file()), None)
+    if csv_path is None and cfg.data.images_root is None:
+        return None, "no sizes CSV and no WIDER FACE images"
+    try:  # the WIDER val ground truth describes the val split's images
+        found = find_sizes(
+            gt_folder / "val", sizes_csv=csv_path, images_root=cfg.data.images_root, cache_dir=cfg.data.cache_dir
+        )
+    except ImageTreeError as err:
+        logger.warning("WIDER FACE val image sizes: %s", err)
+        return None, "no WIDER FACE val images"
+    return found.sizes, found.source
+
+
+def wider_faces(cfg: Config, *, gt_dir: str | Path | None = None, max_images: int | None = None) -> dict[str, Any]:
+    """The faces of the WIDER FACE val ground truth in the network frame of `cfg` (see `load_faces`).
+
+    Degenerate boxes (``w <= 0`` or ``h <= 0``) are dropped. An image's original size comes from `_wider_sizes`;
+    without one, WIDER's 1024 px width is assumed (the ``.mat`` files carry no sizes; exact for ``letterbox`` of
+    landscape images). The mapping is one array pass over all faces.
+    """
+    from nbsrc.data.readers.wider_mat import read_wider_gt
+    from nbsrc.evaluation.ground_truth import resolve_gt_dir
+
+    where = resolve_gt_dir(gt_dir if gt_dir is not None else cfg.eval.gt_dir)
+    gt = read_wider_gt(where.folder, attributes=False)
+    names = gt.image_names()[:max_images]
+    per_image_xywh = [b for per_event in gt.boxes for b in per_event][: len(names)]
+    counts = np.array([len(b) for b in per_image_xywh], np.int64)  # (I,)
+    xywh = np.concatenate(per_image_xywh).astype(np.float64).reshape(-1, 4) if names else np.zeros((0, 4))  # (F, 4)
+
+    side = cfg.data.image_size
+    sizes, sizes_source = _wider_sizes(cfg, where.folder)
+    assumed = (side / WIDER_WIDTH, side / WIDER_WIDTH, 0.0, 0.0)
+    coeffs = np.tile(np.asarray(assumed), (len(names), 1))  # (I, 4) sx, sy, px, py
+    known = 0
+    if sizes is not None:
+        for i, name in enumerate(names):
+            size = sizes.get(name)
+            if size is not None:
+                frame = FrameMap(tuple(size), (side, side), cfg.data.resize_policy)
+                coeffs[i] = (*frame.scale, *frame.pad)
+                known += 1
+    per_face = np.repeat(coeffs, counts, axis=0)  # (F, 4)
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # (F, 4)
+    net = (xyxy * per_face[:, [0, 1, 0, 1]] + per_face[:, [2, 3, 2, 3]]).astype(np.float32)  # (F, 4)
+    keep = (xywh[:, 2] > 0) & (xywh[:, 3] > 0)  # (F,)
+    image = np.repeat(np.arange(len(names)), counts)  # (F,)
+    kept_counts = np.bincount(image[keep], minlength=len(names))  # (I,)
+    per_image = np.split(net[keep], np.cumsum(kept_counts)[:-1]) if len(names) else []
+
+    source = f"WIDER FACE val ({where.description})"
+    dropped = int((~keep).sum())
+    if dropped:
+        logger.info("%s: dropped %d degenerate boxes (w <= 0 or h <= 0)", source, dropped)
+    if known < len(names):
+        logger.info(
+            "%s: original sizes of %s of %s images unknown (%s), assuming WIDER's %d px width",
+            source,
+            f"{len(names) - known:,}",
+            f"{len(names):,}",
+            sizes_source,
+            WIDER_WIDTH,
+        )
+    return {"boxes": net[keep], "per_image": per_image, "images": len(names), "source": source}
 
 
 # ---- anchors ------------------------------------------------------------------------------------

@@ -16,8 +16,10 @@
 # # 02 · Anchor statistics
 #
 # Do a preset's anchors fit the faces it has to find? Faces are measured in the **network frame** (the
-# 640×640 image a latent describes): on the real WIDER FACE val ground truth when its `.mat` folder is given
-# (`wider_gt_dir`), else on the dataset's own labels mapped into the frame. For every face the best IoU with
+# 640×640 image a latent describes): by default the real WIDER FACE val faces (`faces="wider"`: the ground truth
+# `gt_dir`, else one found among the inputs, else the official files shipped with nbsrc; original sizes from the
+# WIDER FACE images when found, else WIDER's 1024 px width), or the dataset's own labels mapped into the frame
+# (`faces="dataset"`). For every face the best IoU with
 # any anchor is computed exactly; a face whose best IoU stays below the forced-match threshold (0.2) can never
 # become a positive, and one below 0.35 only through forced matching. k-means on face shapes (IoU distance)
 # suggests alternative anchors, placed on the preset's levels and scored on the same grid.
@@ -42,8 +44,12 @@ setup_logging()
 
 # %% tags=["parameters"]
 dataset_root: Optional[str] = None  # dataset with train/ and val/ (None: the demo data; on Kaggle the attached one)
-wider_gt_dir: Optional[str] = None  # folder of the WIDER val .mat files: statistics on the real ground truth
-split: str = "val"  # dataset split whose labels are used when wider_gt_dir is not given
+images_root: Optional[str] = None  # WIDER FACE images (WIDER_<split>/images/...) for the original sizes (None: found among the inputs)
+sizes_csv: Optional[str] = None  # CSV name,width,height of the original images
+label_frame: Optional[int] = None  # 640 if the labels are already in the latents' 640 frame
+faces: str = "wider"  # wider: the WIDER FACE val faces | dataset: the labels of the dataset's split
+gt_dir: Optional[str] = None  # folder of the WIDER val .mat files (None: found among the inputs, else the shipped official)
+split: str = "val"  # dataset split whose labels are used with faces: dataset
 preset: str = "latent-r50"  # preset whose anchors are analysed
 compare: str = "mnet-biubug6,mnet-2cls,latent-r50"  # presets to compare (in this frame), comma-separated
 kmeans_k: str = "3,6,9"  # numbers of k-means anchor shapes to try, comma-separated
@@ -52,16 +58,15 @@ run_dir: Optional[str] = None  # run folder for plots and metrics (None: runs/no
 
 # %%
 nbrun.check_given_parameters(globals())  # plain papermill / Kaggle values, checked as the runner does
-cfg = get_preset(preset)
 run = paths.run_folder(run_dir)
 plots = run / "plots" / "02_anchor_statistics"
-gt_dir = paths.resolve_optional_path(wider_gt_dir, "wider_gt_dir")
-root = None if gt_dir is not None else paths.resolve_dataset_root(dataset_root, smoke=smoke)
-faces = stats.load_faces(cfg, gt_dir=gt_dir, dataset_root=root, split=split, max_images=40 if smoke else None)
-boxes = faces["boxes"]
-print(
-    f"{len(boxes):,} faces from {faces['images']:,} images of {faces['source']}, in the {cfg.data.image_size} px frame"
-)
+root = paths.resolve_dataset_root(dataset_root, smoke=smoke) if faces == "dataset" else None  # wider: no dataset
+data = paths.data_settings(root, images_root=images_root, sizes_csv=sizes_csv, label_frame=label_frame)
+cfg = get_preset(preset, **data, gt_dir=gt_dir)
+loaded = stats.load_faces(cfg, faces=faces, split=split, max_images=40 if smoke else None)
+boxes = loaded["boxes"]
+print(f"{len(boxes):,} faces from {loaded['images']:,} images of {loaded['source']}")
+print(f"network frame: {cfg.data.image_size} px, {cfg.data.resize_policy}")
 
 # %% [markdown]
 # ## Face sizes in the network frame
@@ -69,7 +74,7 @@ print(
 
 # %%
 hist = stats.size_histograms(boxes)
-fig = viz.plot_size_histograms(hist, title=faces["source"], save=plots / "face_sizes.png")
+fig = viz.plot_size_histograms(hist, title=loaded["source"], save=plots / "face_sizes.png")
 display(viz.Table(stats.size_percentiles(hist), "percentiles (px; aspect = w/h)"))
 
 # %% [markdown]

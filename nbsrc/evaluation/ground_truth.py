@@ -8,9 +8,10 @@ The ground truth is a folder holding the four official files (`GT_FILES`): ``wid
 2. ``<dataset_root>/<split>/ground_truth`` (the demo dataset carries its own); when the folder exists it must hold
    the four files;
 3. folders holding the four files among the Kaggle inputs (on Kaggle) and beside the dataset (the dataset root's
-   parent folder and a few levels below it), e.g. a WIDER FACE copy's ``eval_tools/ground_truth/``. Folders
-   named ``images`` or ``latent`` and hidden ones are not entered. Several folders found must hold identical
-   files; otherwise the choice is the user's (an error lists them);
+   parent folder, or the one above when the parent wraps the dataset alone, and a few levels below it), e.g. a
+   WIDER FACE copy's ``eval_tools/ground_truth/``. Folders named ``images`` or ``latent`` and hidden ones are not
+   entered. Several folders found must hold identical files; otherwise the choice is the user's (an error lists
+   them);
 4. the official files shipped with nbsrc (`SHIPPED_GT_DIR`).
 
 It returns the folder and where it came from (`GroundTruthSource`); its ``str`` is the one line the notebooks
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 SHIPPED_GT_DIR = Path(__file__).resolve().with_name("wider_val_gt")  # the official WIDER FACE val files
 SKIPPED_FOLDERS = ("images", "latent", "__pycache__", "node_modules")  # per-image trees hold no ground truth
 INPUT_DEPTH = 6  # <input>/datasets/<owner>/<slug>/<top>/eval_tools/ground_truth: 6 levels below the input mount
-BESIDE_DEPTH = 4  # <parent>/<sibling>/<top>/eval_tools/ground_truth: 4 levels below the dataset root's parent
+BESIDE_DEPTH = 4  # <parent>/<sibling>/<top>/eval_tools/ground_truth: 4 levels below the folder beside the dataset
 MAX_FOLDERS = 5000  # folders listed per search at most (bounds the time on large trees)
 HOW_TO_CHOOSE = "set gt_dir (config eval.gt_dir, the notebooks' gt_dir parameter, the commands' --gt)"
 
@@ -146,11 +147,26 @@ def _search(dataset_root: Path | None, input_root: Path | None) -> list[tuple[Pa
         for folder in find_gt_folders(input_root, INPUT_DEPTH):
             found.setdefault(folder.resolve(), "found among the Kaggle inputs")
     if dataset_root is not None:
-        parent = dataset_root.parent
-        if parent != dataset_root and parent.is_dir():
-            for folder in find_gt_folders(parent, BESIDE_DEPTH):
+        base = _beside(dataset_root)
+        if base is not None:
+            for folder in find_gt_folders(base, BESIDE_DEPTH):
                 found.setdefault(folder.resolve(), "found beside the dataset")
     return sorted(found.items())
+
+
+def _beside(dataset_root: Path) -> Path | None:
+    """The folder searched beside a dataset: its parent, or the parent's parent when the parent wraps the dataset
+    alone (an uploaded top folder, ``<input>/retina-modify/retina-modify``)."""
+    parent = dataset_root.parent
+    if parent == dataset_root or not parent.is_dir():
+        return None
+    try:
+        entries = [e.name for e in os.scandir(parent) if not e.name.startswith(".")]
+    except OSError:
+        return parent
+    if entries == [dataset_root.name] and parent.parent != parent:
+        return parent.parent
+    return parent
 
 
 def resolve_gt_dir(
