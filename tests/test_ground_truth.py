@@ -4,6 +4,7 @@ subset evaluation of a split holding part of the ground truth's images, and note
 from __future__ import annotations
 
 import ast
+import json
 import shutil
 from pathlib import Path
 
@@ -248,7 +249,7 @@ def test_cli_subset_and_ground_truth_line(official, tmp_path, capsys, not_on_kag
     assert out[3] == "(12 of 3,226 images; not comparable with published full-set numbers)"
     assert out[4] == f"ground truth: {SHIPPED_GT_DIR} (the official WIDER FACE val files shipped with nbsrc)"
     # A prediction manifest names the split's images: one of them without a file is missing, not left out.
-    (pred / MANIFEST).write_text('{"settings": {}, "names": ' + str([n + ".jpg" for n in names]).replace("'", '"') + "}")
+    (pred / MANIFEST).write_text(json.dumps({"settings": {}, "names": [n + ".jpg" for n in names]}))
     (pred / f"{names[3]}.txt").unlink()
     assert cli_main(["evaluate", "--pred", str(pred), "--subset"]) == 2
     assert f"1 of 12 images have no result file in {pred}: {names[3]}" in capsys.readouterr().err
