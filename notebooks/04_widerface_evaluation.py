@@ -77,12 +77,12 @@ weights = paths.resolve_checkpoint(checkpoint, run)
 if weights is None:
     raise FileNotFoundError(f"no checkpoint: pass checkpoint=..., or run 03_training with run_dir={run}")
 detector = Detector.from_checkpoint(weights, preset=preset, device=device)
-data = {"max_images": 4 if smoke else None, "images_root": images_root, "sizes_csv": sizes_csv}
-data.update({"label_frame": label_frame} if label_frame is not None else {})  # None: the checkpoint's
-detector.cfg = detector.cfg.replace(data=data, eval={"test_scale": test_scale, "gt_dir": gt_dir})
+trained = detector.cfg.data  # its dataset_root stays (prediction compares it with root); label_frame None: its
+frame = label_frame or trained.label_frame
+data = paths.data_settings(trained.dataset_root, images_root=images_root, sizes_csv=sizes_csv, label_frame=frame)
+detector.cfg = detector.cfg.replace(**data, max_images=4 if smoke else None, test_scale=test_scale, gt_dir=gt_dir)
 latent = detector.input_kind == "latent"
 gt = ground_truth.resolve_gt_dir(detector.cfg.eval.gt_dir, root, split)
-missing = "empty" if smoke else "error"  # 2-class labels list every image of the split
 print(f"checkpoint: {weights} ({detector.cfg.preset}, {detector.input_kind})\n{gt}")
 
 # %% [markdown]
@@ -117,7 +117,7 @@ rgb = paths.resolve_optional_path(rgb_checkpoint, "rgb_checkpoint")
 table = None
 if latent and all_rates:
     table = rates.evaluate_rates(
-        detector, root, out, split=split, gt_dir=gt.folder, rgb_weight=rgb, plot=False, **kwargs
+        detector, root, out, split=split, gt_dir=gt, rgb_weight=rgb, plot=False, **kwargs
     )
     display(viz.Table(table.to_dict(), f"WIDER AP per rate ({table.coverage})"))
     fig = viz.plot_ap_vs_rate(table.to_dict(), save=plots / "ap_vs_bpp.png")
@@ -129,6 +129,7 @@ else:
 
 # %%
 labels_2cls = paths.resolve_optional_path(twoclass_labels, "twoclass_labels") or root / split / "labels_2cls.txt"
+missing = "empty" if smoke else "error"  # the 2-class labels list every image of the split
 two = None
 if detector.cfg.model.num_classes > 2 and labels_2cls.is_file():
     sizes = root / "image_sizes.csv" if (root / "image_sizes.csv").is_file() else None

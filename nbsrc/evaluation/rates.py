@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nbsrc.evaluation.ground_truth import GroundTruthSource, resolve_gt_dir
+
 __all__ = ["RateRow", "RatesTable", "evaluate_rates", "plot_ap_vs_bpp"]
 
 logger = logging.getLogger(__name__)
@@ -156,7 +158,7 @@ def evaluate_rates(
     out_dir: str | Path,
     *,
     split: str = "val",
-    gt_dir: str | Path | None = None,
+    gt_dir: str | Path | GroundTruthSource | None = None,
     rgb_weight=None,
     rates: Sequence[int] | None = None,
     preset: str | None = None,
@@ -178,7 +180,8 @@ def evaluate_rates(
         dataset_root: dataset folder (``<root>/<split>/latent/<image>/latent_<rate>.npy``).
         out_dir: result folder (per-rate prediction folders, table and plot).
         split: split folder.
-        gt_dir: WIDER ground-truth folder (None: resolved, see the module docstring).
+        gt_dir: WIDER ground-truth folder, or one already resolved (`GroundTruthSource`); None: resolved, see the
+            module docstring.
         rgb_weight: RGB checkpoint path or `Detector` (None: latent only).
         rates: rates to evaluate (default: every rate present).
         preset, rgb_preset: presets of published state dicts.
@@ -190,7 +193,6 @@ def evaluate_rates(
     """
     from nbsrc.data.readers.wider_mat import read_wider_gt
     from nbsrc.detector import check_thresholds
-    from nbsrc.evaluation.ground_truth import resolve_gt_dir
     from nbsrc.evaluation.predict import available_rates, build_predict_dataset, predict_dataset
     from nbsrc.evaluation.widerface import evaluate_curves, subset_ground_truth
     from nbsrc.utils import atomic_write_text
@@ -199,7 +201,7 @@ def evaluate_rates(
     check_thresholds(conf=conf, nms=nms)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a directory (expected the output folder)")
-    source = resolve_gt_dir(gt_dir, dataset_root, split)
+    source = gt_dir if isinstance(gt_dir, GroundTruthSource) else resolve_gt_dir(gt_dir, dataset_root, split)
     logger.info("%s", source)
     gt = read_wider_gt(source.folder, attributes=False)
     latent = _detector(latent_weight, preset, device)

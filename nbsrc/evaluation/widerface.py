@@ -388,7 +388,7 @@ def evaluate_curves(
         images_in_gt=gt_all.num_images,
     )
     if result.is_subset:
-        logger.info("WIDER evaluation on %s", result.coverage)
+        logger.debug("WIDER evaluation on %s", result.coverage)
     return result
 
 
