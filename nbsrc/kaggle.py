@@ -122,6 +122,7 @@ def kernel_metadata(
     *,
     code_file: str,
     dataset: str | None = None,
+    wider: str | None = None,
     private: bool = True,
 ) -> dict[str, Any]:
     """``kernel-metadata.json`` content for a notebook kernel.
@@ -131,6 +132,8 @@ def kernel_metadata(
         owner: Kaggle user owning the kernel and the code dataset.
         code_file: notebook path relative to the metadata file.
         dataset: the latent dataset, ``OWNER/SLUG`` (default: `owner`'s ``retina-modify``).
+        wider: a WIDER FACE copy on Kaggle, ``OWNER/SLUG``, attached too: its images give the original sizes the
+            labels need (`nbsrc.paths.resolve_images_root`), its ``eval_tools`` the evaluation ground truth.
         private: kernel visibility.
 
     A GPU kernel asks for the T4 machine (``machine_shape``); a CPU kernel has no ``machine_shape``.
@@ -140,6 +143,8 @@ def kernel_metadata(
     spec = KERNELS[notebook]
     owner = _check_owner(owner)
     dataset = _check_dataset(dataset, owner)
+    if wider is not None and not _ID_RE.fullmatch(wider):
+        raise ValueError(f"WIDER FACE dataset {wider!r}: expected OWNER/SLUG")
     meta: dict[str, Any] = {
         "id": f"{owner}/{spec.slug}",
         "title": spec.title,
@@ -151,7 +156,7 @@ def kernel_metadata(
         "enable_tpu": False,
         "enable_internet": True,
         "machine_shape": MACHINE_SHAPE,
-        "dataset_sources": [dataset, f"{owner}/{CODE_DATASET_SLUG}"],
+        "dataset_sources": [dataset, *([wider] if wider else []), f"{owner}/{CODE_DATASET_SLUG}"],
         "competition_sources": [],
         "kernel_sources": [f"{owner}/{KERNELS[n].slug}" for n in spec.kernel_sources],
         "model_sources": [],
@@ -414,6 +419,7 @@ def build(
     out: str | Path = "kaggle/build",
     *,
     dataset: str | None = None,
+    wider: str | None = None,
     parameters: Mapping[str, Any] | None = None,
     notebooks: Sequence[str] | None = None,
     notebooks_dir: str | Path | None = None,
@@ -426,6 +432,7 @@ def build(
         out: build folder.
         dataset: the latent dataset ``OWNER/SLUG`` (default: `owner`'s ``retina-modify``); another slug is
             baked in as ``dataset_root`` unless `parameters` set it.
+        wider: a WIDER FACE copy ``OWNER/SLUG`` attached to every kernel (`kernel_metadata`).
         parameters: values baked into the notebooks (`nbsrc.nbrun.plan_parameters` semantics: top-level keys
             go to the notebooks declaring them; a notebook name holds its own).
         notebooks: a subset of notebooks (default: all with a kernel).
@@ -442,6 +449,7 @@ def build(
     out = Path(out)
     owner = _check_owner(owner)
     dataset = _check_dataset(dataset, owner)
+    kernel_metadata(next(iter(KERNELS)), owner, code_file="check.ipynb", dataset=dataset, wider=wider)  # checks
     parameters = dict(parameters or {})
     slug = dataset.split("/", 1)[1]
     if slug != paths.DATASET_SLUG and "dataset_root" not in parameters:
@@ -454,7 +462,10 @@ def build(
     for name, nb, params in plan:
         where = out / KERNELS[name].slug / f"{name}.ipynb"
         text = _notebook_text(prepare_notebook(nb, params), where)
-        kernels[name] = text, kernel_metadata(name, owner, code_file=where.name, dataset=dataset, private=private)
+        kernels[name] = (
+            text,
+            kernel_metadata(name, owner, code_file=where.name, dataset=dataset, wider=wider, private=private),
+        )
     folders = {name: out / KERNELS[name].slug for name in kernels}
     push, commands = _push_instructions(owner, out / CODE_DATASET_SLUG, folders)
 

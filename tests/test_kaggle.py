@@ -52,6 +52,24 @@ def test_kernel_metadata_fields():
         kaggle.kernel_metadata("99_nothing", "alice", code_file="x.ipynb")
 
 
+def test_a_wider_face_copy_is_attached_to_every_kernel(tmp_path):
+    for notebook in kaggle.KERNELS:
+        meta = kaggle.kernel_metadata(notebook, "alice", code_file="x.ipynb", wider="carol/wider-face")
+        assert meta["dataset_sources"] == [
+            "alice/retina-modify",
+            "carol/wider-face",
+            f"alice/{paths.CODE_DATASET_SLUG}",
+        ]
+    with pytest.raises(ValueError, match="WIDER FACE dataset 'wider face'"):
+        kaggle.kernel_metadata("01_data_inspection", "alice", code_file="x.ipynb", wider="wider face")
+    with pytest.raises(ValueError, match="OWNER/SLUG"):
+        kaggle.build("alice", tmp_path / "build", wider="no-owner")
+    assert not (tmp_path / "build").exists()
+    built = kaggle.build("alice", tmp_path / "build", wider="carol/wider-face", notebooks=["01_data_inspection"])
+    meta = json.loads((built["kernels"]["01_data_inspection"] / "kernel-metadata.json").read_text())
+    assert "carol/wider-face" in meta["dataset_sources"]
+
+
 def test_validation_finds_problems(tmp_path):
     notebook = tmp_path / "nb.ipynb"
     nb = nbformat.v4.new_notebook()

@@ -1,4 +1,5 @@
-"""``python -m nbsrc kaggle-build --owner USER [--dataset OWNER/SLUG] [--params FILE | -p K V] [--out DIR]``."""
+"""``python -m nbsrc kaggle-build --owner USER [--dataset OWNER/SLUG] [--wider OWNER/SLUG] [--params FILE | -p K V]
+[--out DIR]``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         help="the latent dataset as OWNER/SLUG (default: --owner's retina-modify); another SLUG becomes dataset_root",
+    )
+    parser.add_argument(
+        "--wider",
+        help="a WIDER FACE copy on Kaggle as OWNER/SLUG, attached to every kernel (original sizes, ground truth)",
     )
     parser.add_argument("--params", help="YAML file of notebook parameters to bake in")
     parser.add_argument(
@@ -40,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         args.owner,
         args.out,
         dataset=args.dataset,
+        wider=args.wider,
         parameters=params,
         notebooks=args.notebooks or None,
         private=not args.public,
