@@ -139,6 +139,12 @@ def test_found_among_the_kaggle_inputs(tmp_path, monkeypatch, official):
     assert resolve_gt_dir(None, root).kind == "dataset"
 
 
+def test_an_input_mount_given_is_searched(tmp_path, not_on_kaggle, official):
+    wider = other_gt(tmp_path / "input" / "wider-face" / "eval_tools" / "ground_truth", official)
+    assert resolve_gt_dir(None, None).kind == "shipped"  # not on Kaggle: no input mount
+    assert resolve_gt_dir(None, None, input_root=tmp_path / "input").folder == wider
+
+
 def test_identical_candidates_are_one(tmp_path, monkeypatch):
     inputs = tmp_path / "input"
     monkeypatch.setenv("NBSRC_KAGGLE_INPUT", str(inputs))

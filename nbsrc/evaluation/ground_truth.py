@@ -41,7 +41,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SHIPPED_GT_DIR = Path(__file__).resolve().with_name("wider_val_gt")  # the official WIDER FACE val files
-SKIPPED_FOLDERS = ("images", "latent", "__pycache__", "node_modules")  # per-image trees hold no ground truth
+SKIPPED_FOLDERS = ("images", "latent", "latents", "__pycache__", "node_modules")  # per-image trees hold no ground truth
 INPUT_DEPTH = 6  # <input>/datasets/<owner>/<slug>/<top>/eval_tools/ground_truth: 6 levels below the input mount
 BESIDE_DEPTH = 4  # <parent>/<sibling>/<top>/eval_tools/ground_truth: 4 levels below the folder beside the dataset
 MAX_FOLDERS = 5000  # folders listed per search at most (bounds the time on large trees)
@@ -183,7 +183,7 @@ def resolve_gt_dir(
         gt_dir: an explicit folder (relative names are also looked up among the Kaggle inputs on Kaggle).
         dataset_root: the dataset evaluated (None: no dataset rules; the inputs, then the shipped files).
         split: its split folder.
-        search_inputs: search the Kaggle inputs (default: when on Kaggle).
+        search_inputs: search the Kaggle inputs (default: when on Kaggle, or when `input_root` is given).
         input_root: the input mount searched (default `nbsrc.paths.kaggle_input`).
     Returns:
         A `GroundTruthSource` (its ``str`` is the line to print).
@@ -212,9 +212,9 @@ def resolve_gt_dir(
             return source
 
     if search_inputs is None:
-        search_inputs = paths.on_kaggle()
-    inputs = Path(input_root) if input_root is not None else (paths.kaggle_input() if search_inputs else None)
-    candidates = _search(root, inputs if search_inputs else None)
+        search_inputs = input_root is not None or paths.on_kaggle()
+    inputs = (Path(input_root) if input_root is not None else paths.kaggle_input()) if search_inputs else None
+    candidates = _search(root, inputs)
     if candidates:
         digests: dict[str, list[tuple[Path, str]]] = {}
         for folder, where in candidates:
