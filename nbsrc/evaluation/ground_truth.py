@@ -216,10 +216,7 @@ def resolve_gt_dir(
     inputs = (Path(input_root) if input_root is not None else paths.kaggle_input()) if search_inputs else None
     candidates = _search(root, inputs)
     if candidates:
-        digests: dict[str, list[tuple[Path, str]]] = {}
-        for folder, where in candidates:
-            digests.setdefault(_digest(folder), []).append((folder, where))
-        if len(digests) > 1:
+        if len({_digest(folder) for folder, _ in candidates}) > 1:
             listed = "; ".join(f"{folder} ({where})" for folder, where in candidates)
             raise ValueError(
                 f"{len(candidates)} WIDER ground-truth folders with different files were found: {listed}; "
