@@ -225,6 +225,8 @@ def test_images_unknown_to_the_ground_truth(official, tmp_path):
     message = str(info.value)
     assert message.startswith("14 image(s) unknown to the ground truth (3,226 images): 0--Parade/made_up_00, ")
     assert "made_up_09 ..." in message and "made_up_10" not in message
+    with pytest.raises(ValueError, match="no images to evaluate"):
+        evaluate_curves(tmp_path, official, images=[])
 
 
 def test_every_image_is_the_full_protocol(official, tmp_path):

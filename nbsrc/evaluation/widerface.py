@@ -307,11 +307,13 @@ def subset_ground_truth(gt: WiderGroundTruth, images: Iterable[str]) -> WiderGro
         `gt` itself when `images` are all its images, else a new `WiderGroundTruth` (faces, attributes and
         kept-face indices of those images, unchanged).
     Raises:
-        ValueError: names the ground truth does not hold (the first ten listed, with their count).
+        ValueError: names the ground truth does not hold (the first ten listed, with their count), or no names.
     """
     from nbsrc.evaluation.results import _strip_extension
 
     wanted = {_strip_extension(str(name).strip().replace("\\", "/").strip("/")) for name in images}
+    if not wanted:
+        raise ValueError("no images to evaluate: the image list is empty (a split without images?)")
     known = gt.image_names()
     unknown = sorted(wanted.difference(known))
     if unknown:
