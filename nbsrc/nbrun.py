@@ -430,7 +430,7 @@ def plan_parameters(
     return plan
 
 
-_PATH_PARAMETER_SUFFIXES = ("_root", "_dir", "_labels", "checkpoint", "weight", "pretrained", "resume")
+_PATH_PARAMETER_SUFFIXES = ("_root", "_dir", "_labels", "_csv", "checkpoint", "weight", "pretrained", "resume")
 _PRETRAINED_KEYWORDS = ("auto", "none", "imagenet")  # values of ``model.pretrained`` that are not paths
 
 

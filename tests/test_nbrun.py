@@ -203,9 +203,12 @@ def test_python3_kernel_is_the_running_interpreter():
 
 def test_relative_path_parameters_become_absolute(tmp_path):
     (tmp_path / "data").mkdir()
+    (tmp_path / "sizes.csv").write_text("name,width,height\n")
     params = {"dataset_root": "data", "gt_dir": "missing", "split": "data", "checkpoint": None, "epochs": 2}
+    params.update(images_root="data", sizes_csv="sizes.csv")
     fixed = nbrun.absolute_paths(params, cwd=tmp_path)  # notebooks run inside the run folder
-    assert fixed["dataset_root"] == str((tmp_path / "data").resolve())
+    assert fixed["dataset_root"] == fixed["images_root"] == str((tmp_path / "data").resolve())
+    assert fixed["sizes_csv"] == str((tmp_path / "sizes.csv").resolve())
     assert fixed["gt_dir"] == "missing" and fixed["split"] == "data"  # absent paths and non-path names stay
     assert fixed["checkpoint"] is None and fixed["epochs"] == 2
 
