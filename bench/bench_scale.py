@@ -6,8 +6,8 @@ Lays out once (reused by later runs; ``--rebuild`` starts over) under ``--root``
     <root>/retina-modify/{train,val}/latent/<basename>/latent_75.npy   float16 [256, 40, 40]
     <root>/retina-modify/{train,val}/labels.txt                         RetinaFace format, ORIGINAL pixels
     <root>/retina-modify/train/latent/labels.txt                        a stray copy, as in the real dataset
-    <root>/retina-modify/image_sizes.csv                                name,width,height of every original
-    <root>/WIDER_{train,val}/images/<event>/<basename>.jpg              with --images-tree: solid-colour JPEGs
+    <root>/image_sizes.csv                                              name,width,height of every original
+    <root>/widerface/WIDER_{train,val}/images/<event>/<basename>.jpg    with --images-tree: solid-colour JPEGs
 
 12,880 train + 3,226 val images (``--train`` / ``--val``), one rate, ~13 GB of latents: a few distinct random
 payloads written again and again (each file a complete ``.npy``; ``--link`` hardlinks them instead, which takes no
@@ -15,19 +15,22 @@ disk but leaves every read in the page cache). The val split is the real WIDER F
 (``--gt``: 3,226 images, 39,708 faces, its events and names); the train split cycles those images under new
 names (about 159,000 faces, WIDER train has 159,424). Original sizes are 1024 px wide with common WIDER heights
 (683, 768, 1024, ... taller when a box reaches lower), so the boxes are in original pixels as in the real
-labels. Faces at least 20 px on their short side get 5 landmarks.
+labels. Faces at least 20 px on their short side get 5 landmarks. As in the real dataset, the dataset folder holds
+no sizes: they come from the sizes CSV beside it (``--sizes csv``: ``data.sizes_csv``) or from the JPEG headers of
+the WIDER tree (``--sizes tree``: ``data.images_root``, read once and cached as a CSV in ``<root>/cache``).
 
 Then it measures, each in a fresh Python process:
 
-- indexing: ``build_dataset(cfg, split, train=...)`` of train and val with the ``latent-r50`` preset;
-- with ``--images-tree``: original sizes read from the JPEG headers of the WIDER tree (`ImageSizes`);
+- indexing: ``build_dataset(cfg, split, train=...)`` of train and val with the ``latent-r50`` preset (twice: with
+  ``--sizes tree`` the first process reads the JPEG headers, the second the cached sizes);
 - ``python -m nbsrc check-data --dataset_root ROOT`` (every latent read for NaN/Inf) and with ``--quick``;
 - notebooks 01 and 02 executed headless (``python -m nbsrc run-notebooks 01_data_inspection
-  02_anchor_statistics -p dataset_root ROOT --out ...``), seconds per notebook;
+  02_anchor_statistics -p dataset_root ROOT -p sizes_csv CSV -p faces dataset -p split train --out ...``: 02 on
+  the dataset's train faces, its heaviest input), seconds per notebook;
 - one epoch of the ``latent-r50`` training DataLoader (batch 32) with 2 and 4 workers, no model: images/s.
 
-    python bench/bench_scale.py [--root /tmp/nbsrc-scale] [--images-tree] [--only index,check,notebooks,loading]
-                                [--profile DIR] [--json OUT]
+    python bench/bench_scale.py [--root /tmp/nbsrc-scale] [--images-tree] [--sizes csv|tree]
+                                [--only index,check,notebooks,loading] [--profile DIR] [--json OUT]
 
 Targets on a 2-core machine: indexing <= 30 s, each notebook <= 5 min. Run it with ``nice -n 10`` on a shared
 machine. Latents just written sit in the page cache as far as memory allows; the loading rates are those of a warm
@@ -56,6 +59,7 @@ DEFAULT_ROOT = Path(tempfile.gettempdir()) / "nbsrc-scale"
 DEFAULT_GT = ROOT.parent / "shared" / "data" / "widerface_val_gt"
 DATASET = "retina-modify"
 MARKER = ".nbsrc-scale-complete"  # JSON of the build parameters, written last
+LAYOUT = 2  # bumped when the layout changes (an older build is replaced)
 IMAGES_MARKER = ".nbsrc-scale-images-complete"
 RATE_FILE = "latent_75.npy"
 LATENT_SHAPE = (256, 40, 40)
@@ -155,7 +159,7 @@ def build_dataset_tree(root: Path, *, train: int, val: int, gt_dir: Path, link: 
     from nbsrc.data.readers.wider_mat import read_wider_gt
     from nbsrc.utils import atomic_write_text
 
-    params = {"train": train, "val": val, "seed": seed, "link": link, "gt": str(gt_dir)}
+    params = {"train": train, "val": val, "seed": seed, "link": link, "gt": str(gt_dir), "layout": LAYOUT}
     dataset = root / DATASET
     marker = root / MARKER
     if marker.is_file() and json.loads(marker.read_text()) == params:
@@ -195,7 +199,7 @@ def build_dataset_tree(root: Path, *, train: int, val: int, gt_dir: Path, link: 
         sys.stdout.flush()
         _write_latents(split_dir, [n.rsplit("/", 1)[-1] for n in split_names], payloads, link)
     shutil.copyfile(dataset / "train" / "labels.txt", dataset / "train" / "latent" / "labels.txt")
-    atomic_write_text(dataset / "image_sizes.csv", "name,width,height\n" + "\n".join(sizes_rows) + "\n")
+    atomic_write_text(root / "image_sizes.csv", "name,width,height\n" + "\n".join(sizes_rows) + "\n")
     if not link:
         shutil.rmtree(payload_dir)
     marker.write_text(json.dumps(params))
@@ -208,12 +212,12 @@ def build_images_tree(root: Path, dataset: Path) -> dict[str, Path]:
     (same bytes for every image of a size). Returns split -> images folder."""
     import cv2
 
-    folders = {split: root / f"WIDER_{split}" / "images" for split in ("train", "val")}
+    folders = {split: root / "widerface" / f"WIDER_{split}" / "images" for split in ("train", "val")}
     marker = root / IMAGES_MARKER
     if marker.is_file():
         return folders
     sizes = {}
-    for line in (dataset / "image_sizes.csv").read_text().splitlines()[1:]:
+    for line in (root / "image_sizes.csv").read_text().splitlines()[1:]:
         name, width, height = line.rsplit(",", 2)
         sizes[name] = (int(width), int(height))
     encoded: dict[tuple[int, int], bytes] = {}
@@ -239,6 +243,16 @@ def build_images_tree(root: Path, dataset: Path) -> dict[str, Path]:
 
 
 # ---- probes: each runs in a fresh process and prints one JSON line -------------------------------------------
+def data_overrides(root: Path, sizes: str) -> dict[str, str]:
+    """``data.*`` overrides for the sizes source: the CSV beside the dataset, or the WIDER tree (cached sizes)."""
+    overrides = {"dataset_root": str(root / DATASET)}
+    if sizes == "csv":
+        overrides["sizes_csv"] = str(root / "image_sizes.csv")
+    else:
+        overrides.update(images_root=str(root / "widerface"), cache_dir=str(root / "cache"))
+    return overrides
+
+
 def _profiled(profile: Path | None, name: str, fn):
     if profile is None:
         return fn()
@@ -251,11 +265,11 @@ def _profiled(profile: Path | None, name: str, fn):
     return result
 
 
-def probe_index(dataset: Path, profile: Path | None) -> dict:
+def probe_index(root: Path, sizes: str, profile: Path | None) -> dict:
     from nbsrc.config import get_preset
     from nbsrc.data.loaders import build_dataset
 
-    cfg = get_preset(PRESET, dataset_root=str(dataset))
+    cfg = get_preset(PRESET, **data_overrides(root, sizes))
     out = {}
     for split, train in (("train", True), ("val", False)):
         t0 = time.perf_counter()
@@ -264,31 +278,14 @@ def probe_index(dataset: Path, profile: Path | None) -> dict:
     return out
 
 
-def probe_sizes(dataset: Path, images: dict[str, str], profile: Path | None) -> dict:
-    from nbsrc.data.label_frame import ImageSizes
-
-    out = {}
-    for split, folder in images.items():
-        names = [line[2:-4] for line in (dataset / split / "labels.txt").read_text().splitlines() if line[:2] == "# "]
-
-        def run(names=names, folder=folder) -> int:
-            sizes = ImageSizes(images_dir=folder)
-            return sum(sizes.get(name) is not None for name in names)
-
-        t0 = time.perf_counter()
-        found = _profiled(profile, f"sizes_{split}", run)
-        out[split] = {"s": time.perf_counter() - t0, "images": len(names), "found": found}
-    return out
-
-
-def probe_loading(dataset: Path, workers: int, batch_size: int, profile: Path | None) -> dict:
+def probe_loading(root: Path, sizes: str, workers: int, batch_size: int, profile: Path | None) -> dict:
     import torch
 
     from nbsrc.config import get_preset
     from nbsrc.data.loaders import _loader, build_dataset
 
     torch.set_num_threads(1)
-    cfg = get_preset(PRESET, dataset_root=str(dataset), num_workers=workers)
+    cfg = get_preset(PRESET, **data_overrides(root, sizes), num_workers=workers)
     train = build_dataset(cfg, cfg.data.train_split, train=True)
     loader = _loader(train, cfg, train=True, batch_size=batch_size, distributed=False)
 
@@ -309,12 +306,35 @@ def probe_loading(dataset: Path, workers: int, batch_size: int, profile: Path | 
 
 
 # ---- the driver -----------------------------------------------------------------------------------------------
+def evict_page_cache(folders: list[Path]) -> float:
+    """Drop the files below `folders` from the page cache (``POSIX_FADV_DONTNEED``; this process's files only, no
+    privilege needed), so that the next measurement reads them from the disk. Returns the seconds it took."""
+    t0 = time.perf_counter()
+    for folder in folders:
+        for dirpath, _, filenames in os.walk(folder):
+            for filename in filenames:
+                try:
+                    fd = os.open(os.path.join(dirpath, filename), os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+    return time.perf_counter() - t0
+
+
+def _environment(args: argparse.Namespace) -> dict[str, str]:
+    return {**os.environ, "NBSRC_CACHE": str(args.root / "cache")}
+
+
 def _run_probe(args: argparse.Namespace, probe: str, *extra: str) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--root", str(args.root), "--probe", probe, *extra]
+    command = [sys.executable, str(Path(__file__).resolve()), "--root", str(args.root), "--sizes", args.sizes]
+    command += ["--probe", probe, "--batch-size", str(args.batch_size), *extra]
     if args.profile is not None:
         command += ["--profile", str(args.profile)]
     t0 = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=_environment(args))
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"probe {probe} failed:\n{done.stderr[-4000:]}")
@@ -323,9 +343,9 @@ def _run_probe(args: argparse.Namespace, probe: str, *extra: str) -> dict:
     return result
 
 
-def _run_command(command: list[str], cwd: Path) -> tuple[int, float, str]:
+def _run_command(args: argparse.Namespace, command: list[str]) -> tuple[int, float, str]:
     t0 = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=_environment(args))
     return done.returncode, time.perf_counter() - t0, done.stdout + done.stderr
 
 
@@ -336,7 +356,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val", type=int, default=3226, help="val images (default 3,226)")
     parser.add_argument("--gt", type=Path, default=DEFAULT_GT, help="WIDER val ground-truth folder (.mat files)")
     parser.add_argument("--link", action="store_true", help="hardlink a few latent files instead of writing copies")
-    parser.add_argument("--images-tree", action="store_true", help="also write and time a WIDER JPEG tree")
+    parser.add_argument("--images-tree", action="store_true", help="also write a WIDER JPEG tree (for --sizes tree)")
+    parser.add_argument(
+        "--sizes",
+        choices=("csv", "tree"),
+        default="csv",
+        help="original sizes from the sizes CSV (data.sizes_csv, default) or the JPEG tree (data.images_root)",
+    )
+    parser.add_argument("--cold", action="store_true", help="drop the dataset from the page cache before each step")
     parser.add_argument("--rebuild", action="store_true", help="write the dataset again")
     parser.add_argument(
         "--only",
@@ -351,15 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-arg", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.root = args.root.resolve()
-    dataset = args.root / DATASET
 
     if args.probe is not None:  # inside a fresh process
         if args.probe == "index":
-            result = probe_index(dataset, args.profile)
-        elif args.probe == "sizes":
-            result = probe_sizes(dataset, json.loads(args.probe_arg), args.profile)
+            result = probe_index(args.root, args.sizes, args.profile)
         elif args.probe == "loading":
-            result = probe_loading(dataset, int(args.probe_arg), args.batch_size, args.profile)
+            result = probe_loading(args.root, args.sizes, int(args.probe_arg), args.batch_size, args.profile)
         else:
             raise SystemExit(f"unknown probe {args.probe!r}")
         sys.stdout.write(json.dumps(result) + "\n")
@@ -368,9 +392,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.rebuild and (args.root / MARKER).is_file():
         shutil.rmtree(args.root)
     dataset = build_dataset_tree(args.root, train=args.train, val=args.val, gt_dir=args.gt, link=args.link)
-    images = build_images_tree(args.root, dataset) if args.images_tree else None
+    if args.images_tree or args.sizes == "tree":
+        build_images_tree(args.root, dataset)
+    data = data_overrides(args.root, args.sizes)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    report: dict = {"cpu_count": os.cpu_count(), "load_average_start": os.getloadavg(), "dataset": str(dataset)}
+    report: dict = {
+        "cpu_count": os.cpu_count(),
+        "load_average_start": os.getloadavg(),
+        "dataset": str(dataset),
+        "sizes": args.sizes,
+        "cold": args.cold,
+    }
     rows: list[tuple[str, str, str]] = []
 
     def add(label: str, seconds: float, note: str = "", target: float | None = None) -> None:
@@ -379,8 +411,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"  {label}: {seconds:.1f} s {note}{verdict}\n")
         sys.stdout.flush()
 
+    def cold() -> None:
+        if args.cold:
+            report.setdefault("evict_s", []).append(evict_page_cache([args.root]))
+
     if "index" in only:
+        shutil.rmtree(args.root / "cache", ignore_errors=True)  # sizes read from the JPEG headers the first time
         for attempt in ("first", "again"):
+            cold()
             result = _run_probe(args, "index")
             report[f"index_{attempt}"] = result
             seconds = result["train"]["s"] + result["val"]["s"]
@@ -391,20 +429,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result['val']['s']:.1f} s / {result['val']['samples']:,}; process {result['process_s']:.1f} s",
                 TARGETS["index"],
             )
-        if images is not None:
-            result = _run_probe(args, "sizes", "--probe-arg", json.dumps({k: str(v) for k, v in images.items()}))
-            report["sizes_from_headers"] = result
-            found = result["train"]["found"] + result["val"]["found"]
-            add(
-                "original sizes from JPEG headers, train + val",
-                result["train"]["s"] + result["val"]["s"],
-                f"{found:,} of {result['train']['images'] + result['val']['images']:,} found",
-            )
 
+    sizes_option = ["--sizes_csv", data["sizes_csv"]] if args.sizes == "csv" else ["--images_root", data["images_root"]]
     if "check" in only:
         for label, extra in (("check-data (values read)", []), ("check-data --quick (headers only)", ["--quick"])):
+            cold()
             rc, seconds, output = _run_command(
-                [sys.executable, "-m", "nbsrc", "check-data", "--dataset_root", str(dataset), *extra], ROOT
+                args,
+                [sys.executable, "-m", "nbsrc", "check-data", "--dataset_root", str(dataset), *sizes_option, *extra],
             )
             tail = [line for line in output.splitlines() if line.startswith(("defects:", "no defects"))]
             report[label] = {"s": seconds, "rc": rc, "defects": tail[-1] if tail else output[-400:]}
@@ -412,20 +444,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if "notebooks" in only:
         with tempfile.TemporaryDirectory(prefix="bench_scale_nb_") as out:
-            command = [
-                sys.executable,
-                "-m",
-                "nbsrc",
-                "run-notebooks",
-                "01_data_inspection",
-                "02_anchor_statistics",
-                "-p",
-                "dataset_root",
-                str(dataset),
-                "--out",
-                out,
-            ]
-            rc, seconds, output = _run_command(command, ROOT)
+            sizes_param = ["-p", "sizes_csv", data["sizes_csv"]] if args.sizes == "csv" else []
+            if args.sizes == "tree":
+                sizes_param = ["-p", "images_root", data["images_root"]]
+            command = [sys.executable, "-m", "nbsrc", "run-notebooks", "01_data_inspection", "02_anchor_statistics"]
+            command += ["-p", "dataset_root", str(dataset), *sizes_param, "-p", "faces", "dataset"]
+            command += ["-p", "split", "train", "--out", out]
+            report["notebooks_command"] = " ".join(command)
+            cold()
+            rc, seconds, output = _run_command(args, command)
             summary_path = Path(out) / "summary.json"
             summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"notebooks": []}
             report["notebooks"] = {"rc": rc, "s": seconds, "summary": summary}
@@ -441,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "loading" in only:
         for workers in [int(w) for w in args.workers.split(",") if w.strip()]:
+            cold()
             result = _run_probe(args, "loading", "--probe-arg", str(workers))
             report[f"loading_{workers}"] = result
             add(
@@ -454,8 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["", "  ".join(h.ljust(w) for h, w in zip(("what", "s", "notes"), widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.append(
-        f"load average {report['load_average_start'][0]:.1f} -> {report['load_average_end'][0]:.1f} on "
-        f"{report['cpu_count']} CPUs"
+        f"sizes from the {'sizes CSV' if args.sizes == 'csv' else 'JPEG tree'}"
+        f"{', page cache dropped before each step' if args.cold else ''}; load average "
+        f"{report['load_average_start'][0]:.1f} -> {report['load_average_end'][0]:.1f} on {report['cpu_count']} CPUs"
     )
     sys.stdout.write("\n".join(lines) + "\n")
     if args.json is not None:
