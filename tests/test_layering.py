@@ -6,7 +6,7 @@ Levels, low to high; a module may import only from its own level or below:
 1. anchors, matching
 2. model/*, loss, postprocess, checkpoint, detector, draw, weights (the shipped weight files)
 3. data/* (which may import only the foundation)
-4. engine, optim, tracking, distributed, evaluation/*, stats, viz, paths
+4. engine, optim, tracking, distributed, evaluation/*, detect_sources, stats, viz, paths
 5. nbrun, kaggle
 6. cli, commands/*, __init__, __main__
 
@@ -49,6 +49,7 @@ LEVELS: list[tuple[int, str]] = [
     (4, "nbsrc.tracking"),
     (4, "nbsrc.distributed"),
     (4, "nbsrc.evaluation"),
+    (4, "nbsrc.detect_sources"),
     (4, "nbsrc.stats"),
     (4, "nbsrc.viz"),
     (4, "nbsrc.paths"),

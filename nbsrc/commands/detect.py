@@ -3,6 +3,10 @@
 Prints the detections as JSON (or writes them with ``--json``) and optionally saves a visualisation. Without
 ``--weight`` an image runs through the published RetinaFace MobileNet-0.25 detector shipped with the package
 (`nbsrc.detector.Detector.published`); a latent needs a latent checkpoint.
+
+``--source`` runs over a folder of images (recursively), a video file or one image (`nbsrc.detect_sources`):
+``--save`` is then the output folder / video / image of the annotated inputs and ``--json`` a JSON-lines file, one
+line per image or frame; the throughput and any unreadable files are reported at the end.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-m",
         dest="weight",
         default=None,
-        help="checkpoint: ours, or a published state dict (mobilenet0.25_Final.pth, 2-class .pth); default: the "
-        "published MobileNet-0.25 detector shipped with nbsrc (preset mnet-biubug6, RGB images)",
+        help="checkpoint: ours, or a published state dict (mobilenet0.25_Final.pth, 2-class .pth), or an .onnx file "
+        "written by 'nbsrc export' (run with onnxruntime); default: the published MobileNet-0.25 detector shipped "
+        "with nbsrc (preset mnet-biubug6, RGB images)",
     )
     parser.add_argument(
         "--preset",
@@ -49,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", type=Path, help="image file (any format OpenCV reads)")
     source.add_argument("--latent", type=Path, help="latent .npy, [C, h, w] or [1, C, h, w]")
+    source.add_argument(
+        "--source",
+        type=Path,
+        help="a folder of images (searched recursively), a video file (OpenCV) or one image: annotated outputs "
+        "with --save, one JSON line per image or frame with --json",
+    )
     parser.add_argument(
         "--conf", "--confidence_threshold", dest="conf", type=float, default=0.6, help="score threshold"
     )
@@ -61,8 +72,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="latent only: original image size; boxes are mapped to it (config resize policy)",
     )
-    parser.add_argument("--json", type=Path, default=None, help="write the detections here instead of stdout")
-    parser.add_argument("--save", type=Path, default=None, help="save a visualisation image (e.g. VIS.png)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="write the detections here instead of stdout (--source: a JSON-lines file, one line per image/frame)",
+    )
+    parser.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        help="save a visualisation image (e.g. VIS.png); --source: the output folder (same relative paths), video "
+        "file (.mp4, same fps and size) or image",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="--source: images of equal size per forward pass (default: the checkpoint's eval.batch_size; 1 gives "
+        "one-by-one results bit for bit, a batch equal up to float32 rounding)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
 
 
@@ -104,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     # Bad options stop here, before the checkpoint is read or anything is written.
     check_thresholds({"conf": "--conf", "nms": "--nms"}, conf=args.conf, nms=args.nms)
     check_output_file(args.json, "--json")
-    suffix = check_save_path(args.save) if args.save is not None else None
+    suffix = check_save_path(args.save) if args.save is not None and args.source is None else None
+    media = _open_source(args) if args.source is not None else None
     preset = NETWORK_ALIASES.get(args.preset, args.preset) if args.preset else None
     # Logging shares stdout with the JSON when no --json is given: keep stdout parseable then.
     log = logger.info if args.json is not None else logger.debug
@@ -124,7 +154,12 @@ def run(args: argparse.Namespace) -> int:
             preset,
             args.weight,
         )
-    detector = Detector.from_checkpoint(args.weight, preset=preset, device=args.device)
+    if Path(args.weight).suffix.lower() == ".onnx":  # an exported file, run with onnxruntime
+        detector = Detector.from_onnx(args.weight, preset=preset, device=args.device)
+    else:
+        detector = Detector.from_checkpoint(args.weight, preset=preset, device=args.device)
+    if media is not None:
+        return _run_source(args, detector, media)
     if args.image is not None:
         if detector.input_kind != "rgb":
             raise ValueError(f"{args.weight}: preset '{detector.cfg.preset}' takes latents; use --latent")
@@ -173,4 +208,37 @@ def run(args: argparse.Namespace) -> int:
         with atomic_path(args.save) as tmp:
             tmp.write_bytes(encoded.tobytes())
         log("visualisation saved to %s", args.save)
+    return 0
+
+
+def _open_source(args: argparse.Namespace):
+    """The `nbsrc.detect_sources.Source` of ``--source``, its options checked before the checkpoint is read."""
+    from nbsrc.detect_sources import check_source_save, open_source
+
+    if args.save is None and args.json is None:
+        raise ValueError("--source needs --save OUT (annotated output) and/or --json OUT.jsonl (detections)")
+    if args.orig_size is not None:
+        raise ValueError("--orig-size applies to --latent only")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    media = open_source(args.source, save=args.save)
+    if args.save is not None:
+        check_source_save(media, args.save)
+    return media
+
+
+def _run_source(args: argparse.Namespace, detector, media) -> int:
+    """``detect --source``: every image or frame of `media` (`nbsrc.detect_sources.detect_source`)."""
+    from nbsrc.detect_sources import detect_source
+
+    if detector.input_kind != "rgb":
+        raise ValueError(f"{args.weight}: preset '{detector.cfg.preset}' takes latents; --source takes images")
+    logger.info("%s: %s of %d %s", args.source, media.kind, len(media), "frames" if media.kind == "video" else "images")
+    detect_source(
+        detector, media, save=args.save, jsonl=args.json, conf=args.conf, nms=args.nms, batch_size=args.batch_size
+    )
+    if args.json is not None:
+        logger.info("detections written to %s", args.json)
+    if args.save is not None:
+        logger.info("annotated %s written to %s", "video" if media.kind == "video" else "images", args.save)
     return 0
