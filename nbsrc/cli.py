@@ -18,6 +18,7 @@ __all__ = ["COMMANDS", "describe_error", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("nbsrc.commands.demo", "build the demo dataset and run the four notebooks on it (the main job)"),
     "detect": ("nbsrc.commands.detect", "detect faces on one image or one latent"),
+    "export": ("nbsrc.commands.export", "export a checkpoint to ONNX or TorchScript (config inside the file)"),
     "train": ("nbsrc.commands.train", "train RetinaFace (latent or RGB) on a dataset"),
     "predict": ("nbsrc.commands.predict", "run a checkpoint over a dataset split and write WIDER result files"),
     "evaluate": ("nbsrc.commands.evaluate", "WIDER FACE Easy/Medium/Hard AP of a prediction folder"),

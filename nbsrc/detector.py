@@ -3,6 +3,8 @@
 ``Detector.from_checkpoint(path).detect(image_rgb_uint8)`` returns plain Python detections in original-image
 pixels; ``Detector.published()`` is the published RetinaFace MobileNet-0.25 face detector shipped with the package. RGB images run at their own size (as the published evaluation does); a latent runs in the network frame
 it describes (``h * latent_stride`` x ``w * latent_stride``), mapped back to an original image size when given.
+``Detector.from_onnx(path)`` runs a file written by ``python -m nbsrc export`` with onnxruntime instead of
+PyTorch (`nbsrc.export.OnnxRuntimeModel`), with the same results.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from nbsrc.latents import as_latent
 from nbsrc.postprocess import postprocess
 from nbsrc.preprocess import normalize_image
 
-__all__ = ["Detector", "check_thresholds"]
+__all__ = ["DetectionModel", "Detector", "check_thresholds"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,20 +56,37 @@ def check_thresholds(names: Mapping[str, str] | None = None, **values: Any) -> N
             raise ValueError(f"{name} {str(exc).rsplit(': ', 1)[-1]}, got {value!r}") from None
 
 
+class DetectionModel(Protocol):
+    """What `Detector` uses of its model (the backend): a `nbsrc.model.RetinaFace` (PyTorch), or an exported file
+    run elsewhere (`nbsrc.export.OnnxRuntimeModel`, onnxruntime). ``conf_scored`` (default False) says that the
+    ``conf`` output holds class probabilities already rather than logits."""
+
+    input_kind: str  # rgb | latent
+    in_channels: int
+    latent_stride: int
+
+    def image_size(self, x: Tensor) -> tuple[int, int]: ...
+
+    def anchors(self, x: Tensor) -> Tensor: ...
+
+    def __call__(self, x: Tensor) -> dict[str, Tensor | None]: ...
+
+
 class Detector:
     """Run a RetinaFace model on images or latents.
 
     Args:
-        model: a model built by `nbsrc.model.build_model` (moved to `device`, put in eval mode).
+        model: a model built by `nbsrc.model.build_model` (moved to `device`, put in eval mode), or another
+            `DetectionModel` backend (used as it is).
         cfg: its config (preprocessing, input kind, resize policy, eval settings).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
     """
 
-    def __init__(self, model: nn.Module, cfg: Config, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: nn.Module | DetectionModel, cfg: Config, device: str | torch.device = "cpu") -> None:
         from nbsrc.utils import select_device
 
         self.device = select_device(device) if isinstance(device, str) else torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval() if isinstance(model, nn.Module) else model
         self.cfg = cfg
 
     @classmethod
@@ -77,6 +96,28 @@ class Detector:
 
         model, cfg = load_model(path, preset=preset, device="cpu")
         return cls(model, cfg, device)
+
+    @classmethod
+    def from_onnx(
+        cls, path: str | Path, preset: str | None = None, device: str = "cpu", threads: int | None = None
+    ) -> Detector:
+        """Run an ONNX file written by ``python -m nbsrc export`` (`nbsrc.export`) with onnxruntime: the same
+        `detect` results as the PyTorch detector of the checkpoint it was exported from, its config read from
+        the file.
+
+        Args:
+            path: the ``.onnx`` file.
+            preset: when given, the preset the file must be of (raises `ValueError` otherwise).
+            device: ``cpu`` (default); ``cuda`` / ``cuda:N`` / ``auto`` need onnxruntime-gpu. Post-processing runs
+                on the CPU.
+            threads: onnxruntime intra-op threads (None: onnxruntime's default, one per physical core).
+        """
+        from nbsrc.export import OnnxRuntimeModel
+
+        model = OnnxRuntimeModel(path, threads=threads, device=device)
+        if preset is not None and preset != model.cfg.preset:
+            raise ValueError(f"{path}: this is an export of preset '{model.cfg.preset}', not '{preset}'")
+        return cls(model, model.cfg, "cpu")
 
     @classmethod
     def published(cls, device: str = "cpu") -> Detector:
@@ -124,8 +165,9 @@ class Detector:
         """`nbsrc.postprocess.postprocess` output for a prepared batch ``Tensor[B, C, H, W]``.
 
         Boxes and landmarks are network-frame pixels. Unset thresholds come from ``cfg.eval``; scores are
-        computed as ``cfg.loss.cls_loss`` trained them (`nbsrc.postprocess.class_scores`). Thresholds out of their
-        `EvalConfig` range raise `ValueError` (`check_thresholds`).
+        computed as ``cfg.loss.cls_loss`` trained them (`nbsrc.postprocess.class_scores`; an exported model's
+        ``conf`` holds them already). Thresholds out of their `EvalConfig` range raise `ValueError`
+        (`check_thresholds`).
         """
         check_thresholds(conf=conf, nms=nms, top_k=top_k, keep_top_k=keep_top_k)
         e = self.cfg.eval
@@ -140,7 +182,7 @@ class Detector:
             top_k=e.top_k if top_k is None else top_k,
             keep_top_k=e.keep_top_k if keep_top_k is None else keep_top_k,
             variances=self.cfg.anchors.variances,
-            cls_loss=self.cfg.loss.cls_loss,
+            cls_loss="probabilities" if getattr(self.model, "conf_scored", False) else self.cfg.loss.cls_loss,
         )
 
     # ---- user API -------------------------------------------------------------------------------------
@@ -184,7 +226,8 @@ class Detector:
         for indices in by_shape.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
-                batch = torch.stack([tensors[i] for i in chunk])  # (B, C, H, W)
+                # (B, C, H, W); one input is not copied
+                batch = torch.stack([tensors[i] for i in chunk]) if len(chunk) > 1 else tensors[chunk[0]][None]
                 height, width = self.model.image_size(batch)
                 predictions = self.predict_batch(batch, conf=conf, nms=nms)
                 for i, prediction in zip(chunk, predictions):

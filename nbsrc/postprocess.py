@@ -29,6 +29,7 @@ def class_scores(conf: Tensor, cls_loss: str = "ohem") -> Tensor:
         cls_loss: ``loss.cls_loss`` of the model's config (saved in every checkpoint): ``ohem`` (softmax CE, the
             published behaviour) scores with a softmax over all C columns; ``focal`` (independent sigmoids, the
             background logit is never trained) with a sigmoid of each foreground logit.
+            ``probabilities``: `conf` holds scores already (an exported model's ``conf`` output, `nbsrc.export`).
 
     Returns:
         ``Tensor[..., C-1]`` float32 scores of classes 1..C-1.
@@ -37,7 +38,9 @@ def class_scores(conf: Tensor, cls_loss: str = "ohem") -> Tensor:
         return torch.softmax(conf.float(), dim=-1)[..., 1:]  # (..., C-1)
     if cls_loss == "focal":
         return torch.sigmoid(conf[..., 1:].float())  # (..., C-1)
-    raise ValueError(f"cls_loss must be 'ohem' or 'focal', got {cls_loss!r}")
+    if cls_loss == "probabilities":
+        return conf[..., 1:].float()  # (..., C-1)
+    raise ValueError(f"cls_loss must be 'ohem', 'focal' or 'probabilities', got {cls_loss!r}")
 
 
 def empty_detections(device: torch.device | str = "cpu", landmarks: bool = True) -> dict[str, Tensor | None]:

@@ -4,7 +4,7 @@ Levels, low to high; a module may import only from its own level or below:
 
 0. foundation: config, boxes, utils, frame, preprocess, latents, data.records
 1. anchors, matching
-2. model/*, loss, postprocess, checkpoint, detector, draw, weights (the shipped weight files)
+2. model/*, loss, postprocess, checkpoint, detector, export, draw, weights (the shipped weight files)
 3. data/* (which may import only the foundation)
 4. engine, optim, tracking, distributed, evaluation/*, detect_sources, stats, viz, paths
 5. nbrun, kaggle
@@ -41,6 +41,7 @@ LEVELS: list[tuple[int, str]] = [
     (2, "nbsrc.postprocess"),
     (2, "nbsrc.checkpoint"),
     (2, "nbsrc.detector"),
+    (2, "nbsrc.export"),
     (2, "nbsrc.draw"),
     (2, "nbsrc.weights"),
     (3, "nbsrc.data"),
