@@ -19,7 +19,6 @@ from nbsrc.cli import main as cli_main
 from nbsrc.data.readers.retinaface_txt import read_retinaface_labels
 from nbsrc.data.readers.wider_mat import GT_FILES, WiderGroundTruth, read_wider_gt, write_wider_gt
 from nbsrc.evaluation.results import (
-    _parse_numbers,
     read_result_file,
     read_result_folder,
     result_path,
@@ -407,35 +406,6 @@ def test_writer_sorts_and_reads_back(tmp_path):
     np.testing.assert_allclose(rows[:, 4], [0.99, 0.5, 0.0213], rtol=1e-6)
     np.testing.assert_allclose(rows[1, :4], [10, 20, 20.5, 40.25])
     assert not list(tmp_path.rglob(".*tmp"))  # atomic: no temp file left
-
-
-def test_fast_parser_is_exact():
-    rng = np.random.default_rng(3)
-    tokens = [str(int(v)) for v in rng.integers(-5000, 5000, 3000)]
-    tokens += [f"{v:.{d}f}" for v, d in zip(rng.normal(0, 500, 3000), rng.integers(0, 9, 3000))]
-    tokens += [np.format_float_positional(np.float32(v)) for v in rng.random(3000)]
-    tokens += [repr(float(v))[:n] for v, n in zip(rng.random(3000), rng.integers(3, 17, 3000))]
-    tokens += ["-0", "-0.0", ".5", "-.25", "7.", "000123.4500", "99999999999999"]
-    order = rng.permutation(len(tokens))
-    text = "\n".join(" \t".join(tokens[i] for i in order[k : k + 5]) for k in range(0, len(order), 5)) + "\n"
-    values, line_tokens, _, ok = _parse_numbers(text.encode())
-    expected = np.array([float(t) for t in text.split()])
-    assert ok.all()
-    np.testing.assert_array_equal(values, expected)
-    assert np.array_equal(np.signbit(values), np.signbit(expected))
-    assert line_tokens.tolist() == [len(line.split()) for line in text.splitlines()]
-    _, _, _, ok = _parse_numbers(b"1-2 1..2 --1 . - 1234567890123456 1e5 nan +1 0x10 5\n")
-    assert ok.tolist() == [False] * 10 + [True]
-
-
-def test_exponent_and_crlf_files_take_the_slow_path(tmp_path):
-    names = ["0--A/a", "0--A/b"]
-    (tmp_path / "0--A").mkdir()
-    (tmp_path / "0--A" / "a.txt").write_bytes(b"a\r\n2\r\n1 2 3 4 1e-05\r\n5 6 7 8 0.5\r\n")
-    (tmp_path / "0--A" / "b.txt").write_bytes(b"b.jpg\n1\n1.5 2.5 3 4 .75")  # no final newline
-    result = read_result_folder(tmp_path, names)
-    np.testing.assert_array_equal(result.rows, [[1, 2, 3, 4, 1e-05], [5, 6, 7, 8, 0.5], [1.5, 2.5, 3, 4, 0.75]])
-    assert result.counts.tolist() == [2, 1]
 
 
 BAD_FILES = [
