@@ -230,6 +230,8 @@ def train_one_epoch(
         for batch in loader:
             if max_steps is not None and steps >= max_steps:
                 break
+            if batch is None:  # every image of the batch failed to load (data.on_error=skip; counted and logged)
+                continue
             data_time = time.perf_counter() - fetch_start
             batch = _move_batch(batch, device, channels_last)
             inputs = batch["inputs"]
@@ -385,6 +387,8 @@ def evaluate(
         for batch in loader:
             if max_batches is not None and batches >= max_batches:
                 break
+            if batch is None:  # every image of the batch failed to load (data.on_error=skip; counted and logged)
+                continue
             batch = _move_batch(batch, device, channels_last)
             inputs = batch["inputs"]
             image_size = base.image_size(inputs)
