@@ -200,6 +200,11 @@ def check_source_save(source: Source, save: str | Path) -> None:
                 if not parent.is_dir():
                     raise ValueError(f"--save {save}: {parent} is a file (expected a folder)")
                 break
+        source_root, save_root = os.path.realpath(source.path), os.path.realpath(save)
+        inputs = {os.path.join(source_root, f) for f in source.files}
+        clash = next((f for f in source.files if os.path.join(save_root, f) in inputs), None)
+        if clash is not None:
+            raise ValueError(f"--save {save}: the annotated {clash} would replace the input image {save / clash}")
         return
     if save.is_dir():
         raise ValueError(f"--save {save}: is a folder (expected a {source.kind} file path)")

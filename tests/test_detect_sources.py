@@ -221,6 +221,16 @@ def test_bad_sources(tmp_path, folder, capsys):
         open_source(empty)
 
 
+def test_outputs_never_replace_inputs(tmp_path, folder):
+    from nbsrc.detect_sources import check_source_save
+
+    _write(folder / "trip" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    # into <folder>/trip, the annotated a.png would be written over the input trip/a.png
+    with pytest.raises(ValueError, match=r"the annotated a.png would replace the input image .*trip/a.png"):
+        check_source_save(open_source(folder), folder / "trip")
+    check_source_save(open_source(folder), tmp_path / "elsewhere")
+
+
 def test_output_folder_inside_source_is_not_searched(tmp_path, folder):
     (folder / "annotated").mkdir()
     _write(folder / "annotated" / "a.png", np.zeros((8, 8, 3), np.uint8))
