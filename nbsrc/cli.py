@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m nbsrc {name}", description=help_)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    # INTERMIXED: the command's positional key=value overrides may stand anywhere among its options
+    args = (parser.parse_intermixed_args if getattr(module, "INTERMIXED", False) else parser.parse_args)(argv[1:])
     setup_logging(args.log_level.upper())
     try:
         return int(module.run(args) or 0)

@@ -39,6 +39,8 @@ NECKS = ("biubug6", "p2p6")
 BRIDGES = ("deconv", "bilinear", "nearest", "pixelshuffle")
 RATES = (12, 25, 50, 75, 100)  # JPEG AI rate points, bits per pixel x 100
 TEST_SCALES = ("square", "original", "mxnet")  # RGB prediction input sizes (see EvalConfig.test_scale)
+# data settings of a training run that must not shape prediction, and their prediction values (Config.for_prediction)
+TRAINING_ONLY_DATA = {"max_images": None, "latent_crop": None, "latent_flip": False, "augment": False}
 
 
 def _fail(key: str, message: str) -> None:
@@ -162,7 +164,8 @@ class DataConfig:
     augment: bool = True  # RetinaFace training augmentation for RGB data
     on_error: str = "raise"  # raise | skip (bad samples logged and counted, never dropped silently)
     num_workers: int = 2  # DataLoader workers
-    max_images: int | None = None  # use only the first N images of each split (smoke runs)
+    max_images: int | None = None  # use only the first N images of each split (smoke runs; training only)
+    check_values: bool = True  # NaN/Inf check of every latent when a split is indexed (cached by size + mtime)
 
     def __post_init__(self) -> None:
         _check(
@@ -325,6 +328,12 @@ class Config:
         return cls.from_dict(data)
 
     # ---- overrides -----------------------------------------------------------------------------
+    def for_prediction(self) -> Config:
+        """This config with the training-only data settings (`TRAINING_ONLY_DATA`: ``data.max_images``, crops,
+        flips, augmentation) reset, for predicting with a checkpoint's config: a cap on the images predicted is
+        then asked for explicitly (``data.max_images=N`` after this)."""
+        return self.replace(**{f"data.{key}": value for key, value in TRAINING_ONLY_DATA.items()})
+
     def replace(self, **overrides: Any) -> Config:
         """Copy with overrides. Keys are dotted (``train.lr``), bare when unique (``lr``), or group names
         with a mapping (``train={"lr": 0.01}``). String values are parsed as Python literals when the

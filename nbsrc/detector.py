@@ -91,11 +91,12 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, preset: str | None = None, device: str = "cpu") -> Detector:
-        """Load our checkpoint or a published state dict (preset inferred when None); see `nbsrc.checkpoint`."""
+        """Load our checkpoint or a published state dict (preset inferred when None); see `nbsrc.checkpoint`.
+        The config's training-only data settings are reset (`nbsrc.config.Config.for_prediction`)."""
         from nbsrc.checkpoint import load_model
 
         model, cfg = load_model(path, preset=preset, device="cpu")
-        return cls(model, cfg, device)
+        return cls(model, cfg.for_prediction(), device)
 
     @classmethod
     def from_onnx(

@@ -24,11 +24,14 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_table_plot_and_files(demo_root, small_checkpoints, tmp_path):
     latent, rgb = small_checkpoints
     gt_dir = demo_root / "val" / "ground_truth"
+    detectors = [Detector.from_checkpoint(latent), Detector.from_checkpoint(rgb)]
+    for detector in detectors:  # a cap is asked for explicitly (a checkpoint's training cap is not inherited)
+        detector.cfg = detector.cfg.replace(**{"data.max_images": 2})
     table = evaluate_rates(
-        Detector.from_checkpoint(latent),
+        detectors[0],
         demo_root,
         tmp_path,
-        rgb_weight=rgb,
+        rgb_weight=detectors[1],
         rates=[100, 12],
         device="cpu",
         batch_size=2,
@@ -90,7 +93,7 @@ def test_plot_of_a_known_table(tmp_path):
 def test_cli_every_available_rate(demo_root, small_checkpoints, tmp_path, capsys):
     latent, rgb = small_checkpoints
     base = ["evaluate-rates", "--weight", str(latent), "--dataset_root", str(demo_root), "--out", str(tmp_path)]
-    base += ["--device", "cpu", "--batch_size", "2", "--no-progress"]
+    base += ["--device", "cpu", "--batch_size", "2", "--no-progress", "--max_images", "2"]
     assert cli_main(base) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("| latent |")]

@@ -33,7 +33,7 @@ def latent_detector() -> Detector:
 def checkpoints(tmp_path_factory, latent_detector):
     folder = tmp_path_factory.mktemp("ckpt")
     latent = folder / "latent.pth"
-    # The command reads the first image of the split (data.max_images of the saved config).
+    # A training-time cap is saved with the config; prediction does not inherit it (--max_images asks for one).
     save_checkpoint(latent, model=latent_detector.model, config=latent_detector.cfg.replace(**{"data.max_images": 1}))
     torch.manual_seed(1)
     rgb_cfg = get_preset("mnet-biubug6").replace(**SMALL)
@@ -100,6 +100,8 @@ def test_predict_cli_all_rates(demo_root, checkpoints, tmp_path, capsys):
         "--no-progress",
         "--json",
         str(tmp_path / "s.json"),
+        "--max_images",
+        "1",
     ]
     assert cli_main(args) == 0
     for rate in (12, 25, 50, 75, 100):
@@ -108,11 +110,12 @@ def test_predict_cli_all_rates(demo_root, checkpoints, tmp_path, capsys):
     assert stats["latent_12"]["written"] == 1 and stats["latent_12"]["forward_ms_per_image"] > 0
     printed = capsys.readouterr().out
     assert "ms/image" in printed and "post-processing" in printed
+    assert printed.count("predicted 1 of 8 images (max_images=1)") == 5
     assert cli_main(args) == 0  # resumed: nothing left to do
     assert json.loads((tmp_path / "s.json").read_text())["latent_100"]["skipped"] == 1
     # One rate by its suffix: the same files as that rate's folder of the --all-rates run.
     single = args[: args.index("--all-rates")] + ["--latent_suffix", "latent_25.npy", "--out", str(tmp_path / "one")]
-    single += ["--device", "cpu", "--no-progress"]
+    single += ["--device", "cpu", "--no-progress", "--max_images", "1"]
     assert cli_main(single) == 0
     files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.txt"))
     assert files == sorted(p.relative_to(out / "latent_25") for p in (out / "latent_25").rglob("*.txt"))

@@ -38,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--max_images",
+        "--max-images",
+        type=int,
+        default=None,
+        help="predict only the first N labelled images (default: all; a checkpoint's training cap is not used)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,13 +57,26 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.weight, args.rgb_weight):
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} not found")
+    weight, rgb_weight = args.weight, args.rgb_weight
+    if args.max_images is not None:  # asked for explicitly: the detectors' configs carry the cap
+        from nbsrc.detector import Detector
+
+        if args.max_images < 1:
+            raise ValueError(f"--max_images must be >= 1, got {args.max_images}")
+        capped = []
+        for path, preset in ((weight, args.preset), (rgb_weight, args.rgb_preset)):
+            detector = Detector.from_checkpoint(path, preset=preset, device=args.device) if path is not None else None
+            if detector is not None:
+                detector.cfg = detector.cfg.replace(**{"data.max_images": args.max_images})
+            capped.append(detector)
+        weight, rgb_weight = capped
     table = evaluate_rates(
-        args.weight,
+        weight,
         args.dataset_root,
         args.out,
         split=args.split,
         gt_dir=args.gt,
-        rgb_weight=args.rgb_weight,
+        rgb_weight=rgb_weight,
         rates=args.rates,
         preset=args.preset,
         rgb_preset=args.rgb_preset,

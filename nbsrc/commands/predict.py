@@ -5,6 +5,11 @@ image pixels; ``<out>/latent_<rate>/...`` per rate with ``--all-rates``). Resuma
 Defaults are the published evaluation settings (confidence 0.02, NMS 0.4). ``--test_scale original`` (or the
 override ``eval.test_scale=original``) runs RGB images at their own size, ``mxnet`` at biubug6's short side 1600 /
 long side 2150; the default ``square`` resizes them to ``data.image_size`` (see `nbsrc.evaluation.predict`).
+
+Every labelled image of the split is predicted: a checkpoint trained with ``data.max_images`` (or crops, flips,
+augmentation) does not carry those into prediction. ``--max_images N`` (or ``data.max_images=N``) predicts the
+first N only, and the summary says "predicted N of M images". ``eval.*`` and ``data.*`` ``key=value`` overrides
+may stand anywhere among the options.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import sys
 from pathlib import Path
 
 HELP = "run a checkpoint over a dataset split and write WIDER result files"
+INTERMIXED = True  # key=value overrides anywhere among the options (`nbsrc.cli` parses with parse_intermixed_args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,8 +61,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " default: the checkpoint config's eval.test_scale (square)",
     )
     parser.add_argument(
-        "overrides", nargs="*", metavar="eval.key=value", help="eval config overrides, e.g. eval.test_scale=original"
+        "--max_images",
+        "--max-images",
+        type=int,
+        default=None,
+        help="predict only the first N labelled images (default: all; the checkpoint's training cap is not used)",
     )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="eval.* and data.* config overrides, e.g. eval.test_scale=original data.on_error=skip",
+    )
+
+
+# data settings that predict's own options decide
+_FLAG_KEYS = {"data.dataset_root": "--dataset_root", "data.all_rates": "--all-rates"}
+
+
+def prediction_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``key=value`` config overrides of a predict command line: its ``eval.*`` / ``data.*`` pairs, then
+    ``--test_scale`` and ``--max_images``.
+
+    Raises:
+        ValueError: a pair of another group, without ``=``, or for a setting a predict option decides.
+    """
+    pairs = list(args.overrides or [])
+    for pair in pairs:
+        key, sep, _ = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.startswith(("eval.", "data.")):
+            raise ValueError(
+                f"predict takes eval.* and data.* config overrides (key=value) only, got {pair!r}; the model and "
+                "its anchors come from the checkpoint"
+            )
+        if key in _FLAG_KEYS:
+            raise ValueError(f"override {pair!r}: give {_FLAG_KEYS[key]} instead")
+    if args.test_scale is not None:
+        pairs.append(f"eval.test_scale={args.test_scale}")
+    if args.max_images is not None:
+        if args.max_images < 1:
+            raise ValueError(f"--max_images must be >= 1, got {args.max_images}")
+        pairs.append(f"data.max_images={args.max_images}")
+    return pairs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,12 +124,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
     if not args.weight.is_file():
         raise FileNotFoundError(f"checkpoint {args.weight} not found")
+    pairs = prediction_overrides(args)
     detector = Detector.from_checkpoint(args.weight, preset=args.preset, device=args.device)
-    pairs = list(args.overrides)
-    if any(not pair.startswith("eval.") for pair in pairs):
-        raise ValueError(f"predict takes eval.* config overrides only, got {pairs}")
-    if args.test_scale is not None:
-        pairs.append(f"eval.test_scale={args.test_scale}")
     detector.cfg = detector.cfg.override_pairs(pairs)
     if (args.latent_suffix or args.all_rates) and detector.model.input_kind != "latent":
         raise ValueError(f"{args.weight}: --latent_suffix / --all-rates need a latent model, this one takes RGB images")

@@ -2,7 +2,8 @@
 
     python -m nbsrc train --preset latent-r50 --dataset_root ROOT --epochs 20 --batch_size 8 [key=value ...]
 
-Trailing ``key=value`` pairs override any config field (``lr=0.01``, ``train.schedule=cosine``). Without
+``key=value`` pairs, anywhere among the options, override any config field (``lr=0.01``,
+``train.schedule=cosine``). Without
 ``--dataset_root`` the demo dataset is built and used (on Kaggle: the attached dataset). ``--nproc N`` trains
 with N processes (one per GPU) through ``torchrun``; running this command under ``torchrun`` works as well.
 
@@ -33,6 +34,7 @@ from typing import Any
 from nbsrc.config import Config, get_preset, list_presets
 
 HELP = "train RetinaFace (latent or RGB) on a dataset"
+INTERMIXED = True  # key=value overrides anywhere among the options (`nbsrc.cli` parses with parse_intermixed_args)
 
 logger = logging.getLogger(__name__)
 
@@ -392,7 +394,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, int | None]:
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m nbsrc train")
     add_arguments(parser)
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def config_from_argv(argv: list[str]) -> tuple[Config, int | None]:

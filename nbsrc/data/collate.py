@@ -11,21 +11,30 @@ from torch.utils.data import default_collate
 __all__ = ["detection_collate"]
 
 
-def detection_collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def detection_collate(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     """Stack dataset samples (`nbsrc.data` sample dicts) into a batch.
+
+    Items that are None (a sample that failed when it was loaded under ``data.on_error=skip``; the dataset has
+    counted and logged it) are left out, so a batch may hold fewer than ``batch_size`` images; a batch whose every
+    item was left out is None, and the loops that read batches skip it.
 
     Args:
         samples: dicts with ``input [C, H, W]``, ``boxes [N, 4]`` xyxy network-frame pixels, ``labels [N]``,
-            ``landmarks [N, 5, 2]``, ``landmarks_valid [N]``, ``name``, ``rate``, ``frame``.
+            ``landmarks [N, 5, 2]``, ``landmarks_valid [N]``, ``name``, ``rate``, ``frame``; or None.
     Returns:
         ``inputs [B, C, H, W]``, ``boxes [B, M, 4]``, ``labels [B, M]`` (0 = padding), ``landmarks [B, M, 5, 2]``,
-        ``landmarks_valid [B, M]`` (False on padding), ``num_boxes [B]``, and the lists ``names``, ``rates``,
-        ``frames``. ``M`` is the largest N of the batch (0 when no image has a box).
+        ``landmarks_valid [B, M]`` (False on padding), ``num_boxes [B]``, the lists ``names``, ``rates``,
+        ``frames``, and ``left_out`` (items left out of this batch). ``M`` is the largest N of the batch (0 when no
+        image has a box). None when every item was left out.
     Raises:
         ValueError: an empty batch, or inputs of different shapes (the names are given).
     """
     if not samples:
         raise ValueError("detection_collate: empty batch")
+    given = len(samples)
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return None
     shapes = {tuple(s["input"].shape) for s in samples}
     if len(shapes) > 1:
         listing = ", ".join(f"{s['name']} {list(s['input'].shape)}" for s in samples)
@@ -56,4 +65,5 @@ def detection_collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "names": [s["name"] for s in samples],
         "rates": [s.get("rate") for s in samples],
         "frames": [s.get("frame") for s in samples],
+        "left_out": given - batch,
     }

@@ -16,7 +16,12 @@ data (or in a run folder when the data folder is read-only), and an opt-in horiz
 flipped latent is not the latent of the flipped image).
 
 Images with zero faces are samples; degenerate boxes are dropped and counted; faces without landmarks have
-``landmarks_valid = False``. Defects follow ``on_error`` (`nbsrc.data.validate`).
+``landmarks_valid = False``. Defects follow ``on_error`` (`nbsrc.data.validate`): every latent's header is read
+and, with ``check_values`` (default), its values checked for NaN/Inf when the split is indexed
+(`nbsrc.data.latent_values`, cached by file size and modification time), so a bad latent stops a run before it
+starts rather than after an epoch. A latent that still fails when it is loaded (changed or removed since) raises
+under ``raise``; under ``skip`` the item is None: `nbsrc.data.collate.detection_collate` leaves it out of its
+batch (which is then smaller), and it is counted and logged, never replaced by another sample.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch.utils.data import Dataset
 
 from nbsrc.data.image_sizes import SplitSizes, missing_error, split_sizes
 from nbsrc.data.label_frame import ImageSizes, LabelFrame, LabelFrameError
+from nbsrc.data.latent_values import find_non_finite
 from nbsrc.data.layout import basename_of, find_labels, parse_rate, scan_latents
 from nbsrc.data.records import ImageRecord
 from nbsrc.data.seeding import item_with_seed
@@ -227,6 +233,14 @@ class LatentWiderFace(Dataset):
             face-only model) are left out.
         on_error: ``raise`` | ``skip`` (`nbsrc.data.validate`).
         max_images: use only the first N labelled images.
+        check_values: read every latent once while indexing and treat NaN/Inf values as a ``non_finite``
+            defect (cached, see `nbsrc.data.latent_values`); False reads headers only (huge datasets).
+        values_cache: folder for that cache (``data.cache_dir``); the split folder and `stats_dir` are the
+            fallbacks.
+
+    Attributes:
+        labelled_images: images in the labels before `max_images` applied.
+        max_images: the cap applied (None: every image).
     """
 
     def __init__(
@@ -254,6 +268,8 @@ class LatentWiderFace(Dataset):
         num_classes: int = 2,
         on_error: str = "raise",
         max_images: int | None = None,
+        check_values: bool = True,
+        values_cache: str | Path | None = None,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -274,6 +290,8 @@ class LatentWiderFace(Dataset):
         else:
             self.label_path = None
             records = list(labels)
+        self.labelled_images = len(records)
+        self.max_images = max_images
         excluded: set[str] = set()
         if max_images is not None and len(records) > max_images:
             excluded = {basename_of(r.name) for r in records[max_images:]}
@@ -330,6 +348,8 @@ class LatentWiderFace(Dataset):
                         spatial=hw,
                     )
                 )
+        if check_values and self.samples:
+            self._check_values([values_cache, self.root, stats_dir])
         if dropped_classes:
             logger.info(
                 "%s: %d boxes of classes >= %d left out (not learned by this model)",
@@ -355,6 +375,23 @@ class LatentWiderFace(Dataset):
         )
 
     # ---- indexing -------------------------------------------------------------------------------------
+    def _check_values(self, cache_folders: Sequence[str | Path | None]) -> None:
+        """NaN/Inf check of every sample's latent (`find_non_finite`); bad ones are defects, their samples left
+        out (under ``skip``)."""
+        paths = list(dict.fromkeys(sample.path for sample in self.samples))
+        non_finite, unreadable = find_non_finite(paths, root=self.root, cache_folders=cache_folders)
+        if not non_finite and not unreadable:
+            return
+        bad = set()
+        for path in paths:  # in sample order: under raise the first bad file is named
+            if path in unreadable:
+                self.log.add("unreadable_latent", path, 0, f"unreadable .npy file: {unreadable[path]}")
+                bad.add(path)
+            elif path in non_finite:
+                self.log.add("non_finite", path, 0, f"{non_finite[path]} NaN/Inf values in the latent")
+                bad.add(path)
+        self.samples = [sample for sample in self.samples if sample.path not in bad]
+
     def _map(self, record: ImageRecord, net_size: tuple[int, int]) -> tuple[ImageRecord, FrameMap | None] | None:
         try:
             net_record, frame = self.label_frame.to_net(record, net_size)
@@ -431,21 +468,20 @@ class LatentWiderFace(Dataset):
         (`nbsrc.data.seeding.SeededSampler`)."""
         return item_with_seed(key, self._item)
 
-    def _item(self, index: int) -> dict:
+    def _item(self, index: int) -> dict | None:
         if not -len(self.samples) <= index < len(self.samples):
             raise IndexError(f"sample {index} out of range for {len(self.samples)} samples")
         index %= len(self.samples)
-        for attempt in range(len(self.samples)):
-            i = (index + attempt) % len(self.samples)
-            try:
-                latent = self.load_tensor(i)
-            except (ValueError, FileNotFoundError) as exc:
-                if self.on_error == "raise":
-                    raise
-                logger.warning("%s; left out, sample %d used instead", exc, (i + 1) % len(self.samples))
-                continue
-            return self._sample(i, latent)
-        raise ValueError(f"{self.root}: no readable latent in the dataset")
+        try:
+            latent = self.load_tensor(index)
+        except (ValueError, FileNotFoundError) as exc:
+            if self.on_error == "raise":
+                raise
+            path = self.samples[index].path
+            kind = "non_finite" if "NaN/Inf" in str(exc) else "unreadable_latent"
+            self.log.left_out_at_load(kind, path, str(exc).removeprefix(f"{path}: "), self.samples[index].name)
+            return None
+        return self._sample(index, latent)
 
     def _sample(self, index: int, latent: torch.Tensor) -> dict:
         sample = self.samples[index]
@@ -565,6 +601,9 @@ def _clip_to_frame(record: ImageRecord, net_size: tuple[int, int], log: DefectLo
 
     for i in np.flatnonzero(~keep):
         log.add_source(
-            "degenerate_box", record.source, f"face {i} of {record.name!r} has no area inside the frame", fatal=False
+            "degenerate_box",
+            record.box_source(i),
+            f"face {i} of {record.name!r} has no area inside the frame",
+            fatal=False,
         )
     return select_boxes(record, keep)

@@ -108,6 +108,8 @@ def build_dataset(cfg: Config, split: str, train: bool, **overrides: Any) -> Dat
             num_classes=m.num_classes,
             on_error=d.on_error,
             max_images=d.max_images,
+            check_values=d.check_values,
+            values_cache=d.cache_dir,
         )
         kwargs.update(overrides)
         return LatentWiderFace(root, **kwargs)

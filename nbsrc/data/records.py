@@ -30,6 +30,8 @@ class ImageRecord:
             (blur, expression, illumination, invalid, occlusion, pose: ``[N]``), RetinaFace landmark flags
             (``[N, 5]``) and scores (``[N]``).
         source: ``"path:line"`` of the header, for error messages.
+        box_lines: ``int64 [N]`` 1-based line of each box in the file of `source` when the reader knows it
+            (text label files), else None; `box_source` gives a box's ``"path:line"``.
     """
 
     name: str
@@ -41,6 +43,7 @@ class ImageRecord:
     normalized: bool = False
     attributes: dict[str, np.ndarray] = field(default_factory=dict)
     source: str = ""
+    box_lines: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -54,6 +57,8 @@ class ImageRecord:
         if self.labels is None:
             self.labels = np.full(n, FACE, np.int64)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(n)
+        if self.box_lines is not None:
+            self.box_lines = np.asarray(self.box_lines, dtype=np.int64).reshape(n)
 
     @property
     def num_boxes(self) -> int:
@@ -62,3 +67,12 @@ class ImageRecord:
     @property
     def basename(self) -> str:
         return self.name.rsplit("/", 1)[-1]
+
+    def box_source(self, index: int) -> str:
+        """``"path:line"`` of box `index` (its own line when known, else the record's `source`)."""
+        if self.box_lines is not None and self.source:
+            line = int(self.box_lines[index])
+            path, sep, header = self.source.rpartition(":")
+            if line > 0 and sep and header.isdigit():
+                return f"{path}:{line}"
+        return self.source

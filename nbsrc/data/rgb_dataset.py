@@ -15,6 +15,10 @@ found by `nbsrc.data.layout.find_labels` or given (RetinaFace ``label.txt``, per
 
 The input is `nbsrc.preprocess.normalize_image` with the model's channel order, mean and std (the biubug6
 presets: BGR minus (104, 117, 123)). Zero-face images are valid in every path.
+
+An image that cannot be read when it is loaded (removed or changed since the split was indexed) raises under
+``on_error=raise``; under ``skip`` the item is None, left out of its batch by `nbsrc.data.collate.detection_collate`,
+and counted and logged (`nbsrc.data.validate.DefectLog.left_out_at_load`), never replaced by another image.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ class WiderFaceRGB(Dataset):
         label_frame: labels are in a square frame of this side (None: original pixels).
         num_classes: boxes of class ``>= num_classes`` are left out.
         on_error: ``raise`` | ``skip`` (`nbsrc.data.validate`).
-        max_images: only the first N labelled images.
+        max_images: only the first N labelled images (``labelled_images`` keeps how many there are).
         test_scale: evaluation input size: ``square`` (`image_size`, with `resize_policy`) | ``original`` |
             ``mxnet`` (see `nbsrc.data.transforms.eval_resize_factor`); training mode ignores it.
     """
@@ -151,6 +155,8 @@ class WiderFaceRGB(Dataset):
         else:
             self.label_path = None
             records = list(labels)
+        self.labelled_images = len(records)
+        self.max_images = max_images
         if max_images is not None:
             records = records[:max_images]
         sizes = ImageSizes(images_dir=self.images_dir)
@@ -216,28 +222,25 @@ class WiderFaceRGB(Dataset):
         (`nbsrc.data.seeding.SeededSampler`)."""
         return item_with_seed(key, self._item)
 
-    def _item(self, index: int) -> dict:
+    def _item(self, index: int) -> dict | None:
         if not -len(self.samples) <= index < len(self.samples):
             raise IndexError(f"sample {index} out of range for {len(self.samples)} samples")
         index %= len(self.samples)
-        for attempt in range(len(self.samples)):
-            i = (index + attempt) % len(self.samples)
-            sample = self.samples[i]
-            try:
-                image = read_rgb(sample.path)
-            except (ValueError, FileNotFoundError) as exc:
-                if self.on_error == "raise":
-                    raise
-                logger.warning("%s; left out, another image used instead", exc)
-                continue
+        sample = self.samples[index]
+        try:
+            image = read_rgb(sample.path)
             if (image.shape[1], image.shape[0]) != sample.size:
-                message = f"{sample.path}: decoded {image.shape[1]}x{image.shape[0]}, header said {sample.size}"
-                if self.on_error == "raise":
-                    raise ValueError(message)
-                logger.warning("%s; left out", message)
-                continue
-            return self._transform(sample, image)
-        raise ValueError(f"{self.root}: no readable image in the dataset")
+                raise ValueError(
+                    f"{sample.path}: decoded {image.shape[1]}x{image.shape[0]}, the header said "
+                    f"{sample.size[0]}x{sample.size[1]} when the split was indexed"
+                )
+        except (ValueError, FileNotFoundError) as exc:
+            if self.on_error == "raise":
+                raise
+            kind = "missing_image" if isinstance(exc, FileNotFoundError) else "unreadable_image"
+            self.log.left_out_at_load(kind, sample.path, str(exc).removeprefix(f"{sample.path}: "), sample.name)
+            return None
+        return self._transform(sample, image)
 
     def _transform(self, sample: RGBSample, image: np.ndarray) -> dict:
         ann = sample.annotations

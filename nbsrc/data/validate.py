@@ -144,6 +144,7 @@ class DefectLog:
         self.on_error = on_error
         self.context = context
         self.defects: list[Defect] = []
+        self.at_load: Counter = Counter()  # kind -> items left out when they were loaded (`left_out_at_load`)
 
     def add(self, kind: str, path: str | Path, line: int, message: str, *, fatal: bool = True) -> Defect:
         """Record a defect; under ``raise`` a `fatal` one raises `DataError`."""
@@ -182,6 +183,22 @@ class DefectLog:
         lines = [", ".join(f"{n} {kind}" for kind, n in counts.items())]
         lines += [f"  e.g. [{kind}] {firsts[kind]}" for kind in counts]
         return "\n".join(lines)
+
+    def left_out_at_load(self, kind: str, path: str | Path, message: str, name: str) -> Defect:
+        """Record an item that failed when it was loaded (under ``skip``: the dataset returns None for it and the
+        collate function leaves it out of its batch) and log it with the count so far."""
+        defect = self.add(kind, path, 0, message, fatal=False)
+        self.at_load[kind] += 1
+        total = ", ".join(f"{n} {k}" for k, n in self.at_load.items())
+        prefix = f"{self.context}: " if self.context else ""
+        logger.warning(
+            "%s%s: %r left out of its batch (data.on_error=skip); left out when loaded so far in this process: %s",
+            prefix,
+            defect,
+            name,
+            total,
+        )
+        return defect
 
     def log_summary(self, log: logging.Logger | None = None) -> None:
         """Log the counts per kind (warning when something was left out)."""
@@ -265,7 +282,8 @@ def check_boxes(record: ImageRecord, log: DefectLog, frame_size: tuple[float, fl
             ``(1, 1)`` for normalized labels); None skips the extent check.
     Returns:
         The record without the bad boxes. Boxes overflowing by at most ``max(2 px, 1 %)`` are kept (datasets clip
-        them to the frame).
+        them to the frame). Defects name the box's own ``file:line`` (`ImageRecord.box_source`) when the reader
+        kept it, else the image's header line.
     """
     from nbsrc.data.readers import select_boxes
 
@@ -277,7 +295,7 @@ def check_boxes(record: ImageRecord, log: DefectLog, frame_size: tuple[float, fl
     for i in np.flatnonzero(degenerate):
         log.add_source(
             "degenerate_box",
-            record.source,
+            record.box_source(i),
             f"face {i} of {record.name!r}: degenerate box {_fmt_box(b[i])} (w={b[i, 2] - b[i, 0]:g}, "
             f"h={b[i, 3] - b[i, 1]:g}; expected w > 0 and h > 0)",
             fatal=False,
@@ -292,7 +310,7 @@ def check_boxes(record: ImageRecord, log: DefectLog, frame_size: tuple[float, fl
         for i in np.flatnonzero(outside):
             log.add_source(
                 "box_outside_frame",
-                record.source,
+                record.box_source(i),
                 f"face {i} of {record.name!r}: box {_fmt_box(b[i])} reaches outside the {unit} "
                 "(wrong label frame or image size?)",
             )

@@ -14,6 +14,11 @@ run into the same folder differs in any of these, the old result files are remov
 again, so a folder never mixes two models' or two settings' detections.
 
 Forward and post-processing are timed separately (ms per image), with CUDA synchronisation around each.
+
+Every labelled image of the split is predicted unless a cap is asked for (``data.max_images=N``; a checkpoint's
+training-time cap is reset when it is loaded, `nbsrc.config.Config.for_prediction`); a capped run says so in its
+summary ("predicted N of M images"). An image that fails to load under ``data.on_error=skip`` gets no result
+file: it is counted (`PredictStats.left_out`) and named in a warning.
 """
 
 from __future__ import annotations
@@ -60,6 +65,9 @@ class PredictStats:
         unmapped: images left in the network frame (no frame map: labels were given in the 640 frame).
         names: the dataset's image names (``"<event>/<basename>"``, as its labels give them): the images a WIDER
             evaluation of the folder covers (``evaluate_curves(..., images=stats.names)``).
+        labelled: images in the split's labels (more than `images` when `max_images` capped the dataset).
+        max_images: the cap asked for (``data.max_images``), or None.
+        left_out: names of the images that failed to load (``data.on_error=skip``): no result file was written.
     """
 
     out_dir: Path
@@ -73,6 +81,14 @@ class PredictStats:
     unmapped: int = 0
     extra: dict = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
+    labelled: int | None = None
+    max_images: int | None = None
+    left_out: list[str] = field(default_factory=list)
+
+    @property
+    def capped(self) -> bool:
+        """Whether ``max_images`` left images of the split out."""
+        return self.labelled is not None and self.labelled > self.images
 
     @property
     def postprocess_share(self) -> float:
@@ -81,10 +97,15 @@ class PredictStats:
         return self.postprocess_ms / total if total > 0 else 0.0
 
     def summary(self) -> str:
+        cap = (
+            f"predicted {self.images} of {self.labelled} images (max_images={self.max_images}); " if self.capped else ""
+        )
+        failed = f", {len(self.left_out)} left out (failed to load)" if self.left_out else ""
         return (
-            f"{self.out_dir}: {self.written} written, {self.skipped} skipped (existing), {self.detections} detections; "
-            f"forward {self.forward_ms:.2f} ms/image, post-processing {self.postprocess_ms:.2f} ms/image "
-            f"({100 * self.postprocess_share:.0f}% of model time), writing {self.write_ms:.2f} ms/image"
+            f"{self.out_dir}: {cap}{self.written} written, {self.skipped} skipped (existing){failed}, "
+            f"{self.detections} detections; forward {self.forward_ms:.2f} ms/image, post-processing "
+            f"{self.postprocess_ms:.2f} ms/image ({100 * self.postprocess_share:.0f}% of model time), writing "
+            f"{self.write_ms:.2f} ms/image"
         )
 
     def to_dict(self) -> dict:
@@ -99,6 +120,9 @@ class PredictStats:
             "write_ms_per_image": self.write_ms,
             "postprocess_share": self.postprocess_share,
             "unmapped": self.unmapped,
+            "labelled": self.labelled,
+            "max_images": self.max_images,
+            "left_out": list(self.left_out),
         }
 
 
@@ -270,6 +294,17 @@ def predict_dataset(
     resume = _prepare_folder(out_dir, settings, names, resume)
     todo = [i for i, n in enumerate(names) if not (resume and result_path(out_dir, n).is_file())]
     stats = PredictStats(out_dir=out_dir, images=len(names), skipped=len(names) - len(todo), names=names)
+    stats.labelled = getattr(dataset, "labelled_images", None)
+    stats.max_images = getattr(dataset, "max_images", None)
+    if stats.capped:
+        logger.warning(
+            "%s: predicting %d of the %d labelled images (max_images=%d): an evaluation of this folder covers "
+            "those only",
+            out_dir,
+            len(names),
+            stats.labelled,
+            stats.max_images,
+        )
     if stats.skipped:
         logger.info("%s: %d of %d images already written, skipped", out_dir, stats.skipped, len(names))
     if not todo:
@@ -288,6 +323,8 @@ def predict_dataset(
     model.eval()
     with torch.inference_mode():
         for batch in loader:
+            if batch is None:  # every image of the batch failed to load (data.on_error=skip; logged)
+                continue
             inputs = batch["inputs"].to(device, non_blocking=True)
             _sync(device)
             t0 = time.perf_counter()
@@ -324,8 +361,16 @@ def predict_dataset(
             post_s += t2 - t1
             write_s += t3 - t2
             stats.written += len(batch["names"])
-            bar.update(len(batch["names"]))
+            bar.update(len(batch["names"]) + batch.get("left_out", 0))
     bar.close()
+    stats.left_out = [names[i] for i in todo if not result_path(out_dir, names[i]).is_file()]
+    if stats.left_out:
+        logger.warning(
+            "%s: %d image(s) failed to load and have no result file (data.on_error=skip), e.g. %s",
+            out_dir,
+            len(stats.left_out),
+            ", ".join(stats.left_out[:5]),
+        )
     n = max(stats.written, 1)
     stats.forward_ms, stats.postprocess_ms, stats.write_ms = 1e3 * forward_s / n, 1e3 * post_s / n, 1e3 * write_s / n
     if stats.unmapped:
@@ -371,7 +416,8 @@ def build_predict_dataset(cfg, dataset_root: str | Path, split: str, latent_suff
     if cfg.model.input_kind == "latent" and cfg.data.normalize_latents:
         train_dir = Path(dataset_root) / cfg.data.train_split
         if train_dir.is_dir() and cfg.data.train_split != split:
-            train_set = build_dataset(cfg, cfg.data.train_split, train=False)
+            # statistics only: its latents are read for them (a bad one raises there), so no value check
+            train_set = build_dataset(cfg, cfg.data.train_split, train=False, check_values=False, max_images=None)
             if train_set.stats is not None:
                 extra["stats"] = train_set.stats
         else:

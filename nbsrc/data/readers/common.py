@@ -196,7 +196,8 @@ def format_float32(values: np.ndarray) -> list[str]:
 def select_boxes(record: ImageRecord, keep: np.ndarray) -> ImageRecord:
     """A copy of `record` with only the boxes where `keep` (``bool [N]`` or indices) selects.
 
-    Boxes, landmarks, validity, labels and every attribute whose first dimension is N are filtered alike.
+    Boxes, landmarks, validity, labels, the boxes' lines and every attribute whose first dimension is N are
+    filtered alike.
     """
     n = record.num_boxes
     attributes = {
@@ -210,6 +211,7 @@ def select_boxes(record: ImageRecord, keep: np.ndarray) -> ImageRecord:
         landmarks_valid=record.landmarks_valid[keep],
         labels=record.labels[keep],
         attributes=attributes,
+        box_lines=record.box_lines[keep] if record.box_lines is not None else None,
     )
 
 

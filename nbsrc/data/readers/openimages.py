@@ -192,25 +192,26 @@ def read_openimages_csv(path: str | Path, *, class_map: Mapping[str, int] | None
                     order.append(image_id)
                     per_image[image_id] = []
                     first_line[image_id] = number
-                per_image[image_id].append((label, coords, flags))
+                per_image[image_id].append((label, coords, flags, number))
         except csv.Error as exc:
             raise LabelParseError(path, reader.line_num, f"malformed CSV ({exc})") from None
 
     records = []
     for image_id in order:
         rows = per_image[image_id]
-        boxes = np.asarray([coords for _, coords, _ in rows], np.float64).reshape(-1, 4)  # (N, 4) xyxy
+        boxes = np.asarray([coords for _, coords, _, _ in rows], np.float64).reshape(-1, 4)  # (N, 4) xyxy
         attributes = {FLAG_COLUMNS[c]: np.full(len(rows), -1, np.int64) for c in FLAG_COLUMNS}
         for k, column in enumerate(flag_columns):
-            attributes[FLAG_COLUMNS[column]] = np.asarray([flags[k] for _, _, flags in rows], np.int64)
+            attributes[FLAG_COLUMNS[column]] = np.asarray([flags[k] for _, _, flags, _ in rows], np.int64)
         records.append(
             ImageRecord(
                 name=image_id,
                 boxes=boxes,
-                labels=np.asarray([label for label, _, _ in rows], np.int64),
+                labels=np.asarray([label for label, _, _, _ in rows], np.int64),
                 normalized=True,
                 attributes=attributes,
                 source=f"{path}:{first_line[image_id]}",
+                box_lines=np.asarray([line for _, _, _, line in rows], np.int64),
             )
         )
     unmapped = Counter({name: n for name, n in class_counts.items() if name not in class_map})

@@ -65,7 +65,8 @@ def read_per_image_labels(folder: str | Path, *, errors: list[LabelParseError] |
         errors: when given, unparseable lines are appended to it as `LabelParseError` and skipped; by default
             the first one is raised.
     Returns:
-        One record per file, sorted by name; ``source`` is ``"<file>:1"``. Degenerate boxes are kept.
+        One record per file, sorted by name; ``source`` is ``"<file>:1"``, ``box_lines`` each face's line.
+        Degenerate boxes are kept.
     Raises:
         FileNotFoundError: `folder` does not exist.
         LabelParseError: a ``ValueError`` naming ``file:line`` for a header line, a count other than 4, 10 or
@@ -78,7 +79,7 @@ def read_per_image_labels(folder: str | Path, *, errors: list[LabelParseError] |
     expected = describe_counts(PER_IMAGE_COUNTS)
     entries = []
     for path in files:
-        rows = []
+        rows, lines = [], []
         for number, line in iter_lines(read_text(path, "per-image label")):
             if line.startswith("#"):
                 handle_error(
@@ -93,8 +94,9 @@ def read_per_image_labels(folder: str | Path, *, errors: list[LabelParseError] |
                 handle_error(values, errors)
                 continue
             rows.append(values)
+            lines.append(number)
         name = path.relative_to(folder).with_suffix("").as_posix()
-        entries.append((name, f"{path}:1", rows))
+        entries.append((name, f"{path}:1", rows, lines))
     records = build_face_records(entries)
     logger.debug("%s: %d images, %d faces", folder, len(records), sum(r.num_boxes for r in records))
     return records

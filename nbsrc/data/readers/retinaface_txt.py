@@ -93,17 +93,18 @@ def parse_header(header: str, path: str | Path, number: int, expected: str) -> s
     return name
 
 
-def build_face_records(entries: Iterable[tuple[str, str, list[list[float]]]]) -> list[ImageRecord]:
+def build_face_records(entries: Iterable[tuple[str, str, list[list[float]], list[int]]]) -> list[ImageRecord]:
     """Records from parsed face lines (4, 10 or 20 numbers each, see `FACE_LINE_LAYOUTS`).
 
     Args:
-        entries: ``(name, source, rows)`` per image, ``rows`` the values of its face lines.
+        entries: ``(name, source, rows, lines)`` per image: ``rows`` the values of its face lines, ``lines``
+            their 1-based line numbers in the file of ``source``.
     Returns:
-        One `ImageRecord` per entry, boxes xyxy pixels, labels `FACE`; ``landmark_flags`` / ``score``
-        attributes always, the six WIDER attributes when a line of the image had them (-1 elsewhere).
+        One `ImageRecord` per entry, boxes xyxy pixels, labels `FACE`, ``box_lines``; ``landmark_flags`` /
+        ``score`` attributes always, the six WIDER attributes when a line of the image had them (-1 elsewhere).
     """
     entries = list(entries)
-    all_rows = [row for _, _, rows in entries for row in rows]
+    all_rows = [row for _, _, rows, _ in entries for row in rows]
     total = len(all_rows)
     xywh = np.zeros((total, 4), np.float64)
     landmarks = np.zeros((total, 5, 2), np.float32)
@@ -131,7 +132,7 @@ def build_face_records(entries: Iterable[tuple[str, str, list[list[float]]]]) ->
 
     records = []
     start = 0
-    for name, source, rows in entries:
+    for name, source, rows, lines in entries:
         stop = start + len(rows)
         attributes = {"landmark_flags": flags[start:stop].copy(), "score": score[start:stop].copy()}
         if has_wider[start:stop].any():
@@ -146,6 +147,7 @@ def build_face_records(entries: Iterable[tuple[str, str, list[list[float]]]]) ->
                 labels=np.full(stop - start, FACE, np.int64),
                 attributes=attributes,
                 source=source,
+                box_lines=np.asarray(lines, np.int64),
             )
         )
         start = stop
@@ -172,7 +174,7 @@ def read_retinaface_labels(path: str | Path, *, errors: list[LabelParseError] | 
     path = Path(path)
     text = read_text(path, "RetinaFace label.txt")
     expected = describe_counts(RETINAFACE_COUNTS)
-    entries: list[tuple[str, str, list[list[float]]]] = []
+    entries: list[tuple[str, str, list[list[float]], list[int]]] = []
     rejected = 0  # line of the last header when it was rejected: its face lines are reported, not given to another
     for number, line in iter_lines(text):
         if line.startswith("#"):
@@ -182,7 +184,7 @@ def read_retinaface_labels(path: str | Path, *, errors: list[LabelParseError] | 
                 rejected = number
                 continue
             rejected = 0
-            entries.append((name, f"{path}:{number}", []))
+            entries.append((name, f"{path}:{number}", [], []))
             continue
         values = parse_numbers(line, path, number, RETINAFACE_COUNTS, expected)
         if isinstance(values, LabelParseError):
@@ -195,7 +197,8 @@ def read_retinaface_labels(path: str | Path, *, errors: list[LabelParseError] | 
             handle_error(LabelParseError(path, number, "face line before any '# <event>/<file>.jpg' header"), errors)
             continue
         entries[-1][2].append(values)
-    repeated = {name: n for name, n in Counter(name for name, _, _ in entries).items() if n > 1}
+        entries[-1][3].append(number)
+    repeated = {name: n for name, n in Counter(name for name, _, _, _ in entries).items() if n > 1}
     if repeated:
         logger.warning(
             "%s: %d image name(s) appear under more than one header, e.g. %s", path, len(repeated), next(iter(repeated))

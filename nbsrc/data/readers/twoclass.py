@@ -113,6 +113,7 @@ def read_twoclass_labels(path: str | Path, *, errors: list[LabelParseError] | No
     order: list[str] = []
     sources: dict[str, list[str]] = {}
     rows: dict[str, list[list[float]]] = {}
+    row_lines: dict[str, list[int]] = {}  # 1-based line of each row
     current: str | None = None
     rejected = 0  # line of the last header when it was rejected
     for number, line in iter_lines(text):
@@ -126,6 +127,7 @@ def read_twoclass_labels(path: str | Path, *, errors: list[LabelParseError] | No
             if name not in rows:
                 order.append(name)
                 rows[name] = []
+                row_lines[name] = []
                 sources[name] = []
             sources[name].append(f"{path}:{number}")
             current = name
@@ -147,6 +149,7 @@ def read_twoclass_labels(path: str | Path, *, errors: list[LabelParseError] | No
             handle_error(LabelParseError(path, number, "object line before any '# <id>.jpg' header"), errors)
             continue
         rows[current].append(values)
+        row_lines[current].append(number)
 
     table = np.asarray([row for name in order for row in rows[name]], np.float64).reshape(-1, 5)  # (T, 5)
     xyxy = xywh_array_to_xyxy(table[:, 1:])  # (T, 4)
@@ -157,7 +160,12 @@ def read_twoclass_labels(path: str | Path, *, errors: list[LabelParseError] | No
         stop = start + len(rows[name])
         records.append(
             ImageRecord(
-                name=name, boxes=xyxy[start:stop], labels=labels[start:stop], normalized=True, source=sources[name][0]
+                name=name,
+                boxes=xyxy[start:stop],
+                labels=labels[start:stop],
+                normalized=True,
+                source=sources[name][0],
+                box_lines=np.asarray(row_lines[name], np.int64),
             )
         )
         start = stop

@@ -74,6 +74,7 @@ def read_wider_bbx_gt(path: str | Path, *, errors: list[LabelParseError] | None 
     lines = list(iter_lines(text))
     names: list[tuple[str, str, int]] = []  # (name, source, number of faces)
     rows: list[list[float]] = []
+    row_lines: list[int] = []  # 1-based line of each row
     i = 0
     while i < len(lines):
         number, line = lines[i]
@@ -151,6 +152,7 @@ def read_wider_bbx_gt(path: str | Path, *, errors: list[LabelParseError] | None 
                 )
                 continue
             rows.append(values)
+            row_lines.append(face_number)
             kept += 1
         if not rejected:
             names.append((name, source, kept))
@@ -169,6 +171,7 @@ def read_wider_bbx_gt(path: str | Path, *, errors: list[LabelParseError] | None 
                 labels=np.full(count, FACE, np.int64),
                 attributes={attr: attributes[start:stop, k].copy() for k, attr in enumerate(WIDER_ATTRIBUTES)},
                 source=source,
+                box_lines=np.asarray(row_lines[start:stop], np.int64),
             )
         )
         start = stop
