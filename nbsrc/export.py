@@ -223,8 +223,18 @@ def _onnx_export(module: ExportModule, sample: Tensor, names: list[str], latent:
     return buffer.getvalue()
 
 
+def _require(name: str, purpose: str) -> Any:
+    """Import `name` (onnx, onnxruntime), or raise `RuntimeError` saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise RuntimeError(f"{name} is not installed ({purpose}): pip install {name}") from None
+
+
 def _write_onnx(data: bytes, metadata: Mapping[str, str], out: Path) -> None:
-    import onnx
+    onnx = _require("onnx", "it writes ONNX files")
 
     from nbsrc.utils import atomic_path
 
@@ -240,7 +250,7 @@ def _write_onnx(data: bytes, metadata: Mapping[str, str], out: Path) -> None:
 
 
 def _onnx_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> Any:
-    import onnxruntime as ort
+    ort = _require("onnxruntime", "it runs ONNX files")
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -372,7 +382,7 @@ def anchors_for(metadata: Mapping[str, str], image_size: tuple[int, int]) -> Ten
 
 def _providers(device: str) -> list[str]:
     """onnxruntime execution providers for `device` (``cpu``, ``cuda``, ``cuda:N`` or ``auto``)."""
-    import onnxruntime as ort
+    ort = _require("onnxruntime", "it runs ONNX files")
 
     available = ort.get_available_providers()
     if device == "cpu":

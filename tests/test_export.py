@@ -5,6 +5,7 @@ PyTorch detector detects, ``detect --weight FILE.onnx`` works, and bad input get
 from __future__ import annotations
 
 import json
+import sys
 
 import cv2
 import numpy as np
@@ -282,3 +283,14 @@ def test_onnx_files_not_written_by_nbsrc_are_refused(tmp_path):
         Detector.from_onnx(junk)
     with pytest.raises(FileNotFoundError, match="missing.onnx: ONNX model file not found"):
         Detector.from_onnx(tmp_path / "missing.onnx")
+
+
+def test_missing_onnx_packages_are_named(tmp_path, monkeypatch, checkpoints):
+    path, model, cfg = checkpoints["2class-no-landmarks"]
+    exported = export_checkpoint(path, tmp_path / "m.onnx", size=(64, 64), check=False)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(RuntimeError, match=r"onnxruntime is not installed \(it runs ONNX files\): pip install"):
+        Detector.from_onnx(exported)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(RuntimeError, match="onnx is not installed"):
+        export_model(model, cfg, tmp_path / "n.onnx", check=False)
