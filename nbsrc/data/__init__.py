@@ -5,15 +5,17 @@ module                    contents
 ========================  ===================================================================
 `records`                 `ImageRecord`, the typed per-image labels every reader returns
 `readers`                 one reader per annotation format, `read_labels(path, format="auto")`
-`label_frame`             original pixels -> network frame (`LabelFrame`, `check_label_frame`)
+`label_frame`             original pixels -> network frame (`LabelFrame`, `ImageSizes`)
+`image_sizes`             original sizes of a split: sizes CSV, ``images/``, a WIDER FACE tree (cached)
 `layout`                  where labels, latents and images sit in a split folder
 `latent_dataset`          `LatentWiderFace`
 `rgb_dataset`             `WiderFaceRGB`
 `transforms`              the RetinaFace augmentation and the evaluation resize
 `collate`                 `detection_collate`
 `loaders`                 `build_dataset`, `build_dataloaders` (the only data code reading `Config`)
-`validate`                defects with file and line, ``on_error`` policy, `validate_dataset`
+`validate`                defects with file and line, ``on_error`` policy, `validate_dataset`, `check_label_frame`
 `demo`                    `make_demo_data`
+`published_layout`        the demo laid out as ``retina-modify`` beside a WIDER FACE copy
 ========================  ===================================================================
 
 Names are imported lazily so that ``import nbsrc.data.records`` stays light.
