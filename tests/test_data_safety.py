@@ -163,6 +163,25 @@ def test_a_latent_broken_after_indexing_is_left_out_of_its_batch(tmp_path, caplo
     assert dataset.log.at_load == {"non_finite": 2, "unreadable_latent": 1}
 
 
+def test_training_and_validation_pass_over_a_batch_left_out_entirely(tmp_path):
+    from nbsrc.engine import evaluate, train_one_epoch
+    from nbsrc.loss import build_loss
+
+    split = make_split(tmp_path)
+    dataset = LatentWiderFace(split, label_frame=FRAME, on_error="skip")
+    for name in NAMES[:2]:
+        latent_file(split, name).unlink()
+    batches = list(DataLoader(dataset, batch_size=2, collate_fn=detection_collate))
+    assert batches[0] is None and batches[1]["names"] == list(NAMES[2:])
+    torch.manual_seed(0)
+    cfg = get_preset("latent-mnet").replace(**TINY)
+    model, cpu = build_model(cfg), torch.device("cpu")
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    stats = train_one_epoch(model, build_loss(cfg), batches, optimizer, device=cpu, progress=False)
+    assert (stats["steps"], stats["images"]) == (1, 2)
+    assert evaluate(model, batches, device=cpu, progress=False)["images"] == 2
+
+
 def test_collate_leaves_out_none():
     sample = {
         "input": torch.zeros(256, SIDE, SIDE),
