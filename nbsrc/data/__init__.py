@@ -14,6 +14,7 @@ module                    contents
 `collate`                 `detection_collate`
 `loaders`                 `build_dataset`, `build_dataloaders` (the only data code reading `Config`)
 `validate`                defects with file and line, ``on_error`` policy, `validate_dataset`, `check_label_frame`
+`latent_values`           NaN/Inf check of latent files at indexing, cached by size and mtime
 `demo`                    `make_demo_data`
 `published_layout`        the demo laid out as ``retina-modify`` beside a WIDER FACE copy
 ========================  ===================================================================
