@@ -111,7 +111,7 @@ def time_cli(pred_dir: Path, gt_dir: str, repeat: int) -> tuple[list[float], lis
     for _ in range(repeat):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=os.environ.copy())
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         walls.append(time.perf_counter() - t0)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
