@@ -245,29 +245,45 @@ def launch(
     Raises:
         RuntimeError: a worker failed (its last output lines are shown).
     """
-    from nbsrc.engine import resolve_run_folder
+    from nbsrc.engine import claim_run_folder
+    from nbsrc.runs import INHERIT_ENV
 
-    cfg, run_dir = resolve_run_folder(cfg)  # as `fit` would: a resumed run continues in its checkpoint's folder
-    if method == "spawn":
-        if nprocs == "gpu":
-            nprocs = max(1, torch.cuda.device_count())  # counts devices without creating a CUDA context
-        spawn(fit_worker, int(nprocs), (cfg.to_dict(), start_epoch))
-        return run_dir
-    if method != "torchrun":
-        raise ValueError(f"method must be 'torchrun' or 'spawn', got {method!r}")
-    with tempfile.TemporaryDirectory(prefix="nbsrc-launch-") as tmp:
-        config_path = Path(tmp) / "config.json"
-        cfg.to_json(config_path)
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}"]
-        command += ["-m", "nbsrc", "train", "--config", str(config_path)]
-        if start_epoch is not None:
-            command += ["--resume_epoch", str(start_epoch)]
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", "1")
-        package_root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-        logger.info("launching: %s", " ".join(command))
-        code = _stream(command, env)
+    # as `fit` would (a resumed run continues in its checkpoint's folder); claimed here for the whole launch, and
+    # the workers follow this claim (its token is in their environment)
+    cfg, run_dir, held = claim_run_folder(cfg)
+    try:
+        if method == "spawn":
+            if nprocs == "gpu":
+                nprocs = max(1, torch.cuda.device_count())  # counts devices without creating a CUDA context
+            previous = os.environ.get(INHERIT_ENV)
+            os.environ.update(held.child_env())  # the spawned workers start with this environment
+            try:
+                spawn(fit_worker, int(nprocs), (cfg.to_dict(), start_epoch))
+            finally:
+                if previous is None:
+                    os.environ.pop(INHERIT_ENV, None)
+                else:
+                    os.environ[INHERIT_ENV] = previous
+            return run_dir
+        if method != "torchrun":
+            raise ValueError(f"method must be 'torchrun' or 'spawn', got {method!r}")
+        with tempfile.TemporaryDirectory(prefix="nbsrc-launch-") as tmp:
+            config_path = Path(tmp) / "config.json"
+            cfg.to_json(config_path)
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}"]
+            command += ["-m", "nbsrc", "train", "--config", str(config_path)]
+            if start_epoch is not None:
+                command += ["--resume_epoch", str(start_epoch)]
+            env = dict(os.environ)
+            env.setdefault("OMP_NUM_THREADS", "1")
+            env.update(held.child_env())
+            package_root = str(Path(__file__).resolve().parents[1])
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+            logger.info("launching: %s", " ".join(command))
+            code = _stream(command, env)
+    finally:
+        if held is not None:
+            held.release()
     if code != 0:
         raise RuntimeError(f"distributed training failed with exit code {code} (see the output above)")
     return run_dir

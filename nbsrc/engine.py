@@ -10,14 +10,23 @@ A run folder ``<train.out>/<run_name>/`` holds:
   same), ``best.pth`` (best validation AP when the validation split exists, else best training loss),
   ``weight_final.pth`` (weights of the last epoch).
 
+A run claims its folder for its whole life (``run.lock``, see `nbsrc.runs`): a second run into a folder in use,
+or a resume while the run still goes on, is refused, naming the holder; a new run's default name is taken with
+``mkdir``, so two runs started in the same second get two folders.
+
 Every file is written atomically, so killing a run loses at most the current epoch, and ``train.resume``
 restores model, optimizer, GradScaler, scheduler, epoch, step, the RNG states (torch, CUDA, NumPy, Python) and
 the data order (a function of seed and epoch): a resumed run gives the same weights as an uninterrupted one.
-Under ``torchrun`` the model is wrapped in DistributedDataParallel and only rank 0 writes files and logs.
+An epoch ends with its checkpoint, its metrics line, ``last.pth`` (the point a resume continues from: metrics
+written after it are dropped and the epoch is trained again), then ``best.pth`` (which a resume completes when a
+kill came first), so a kill at any point of it loses neither the best model nor a metrics line.
+Under ``torchrun`` the model is wrapped in DistributedDataParallel and only rank 0 claims the folder, writes files
+and logs.
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import logging
 import math
@@ -41,6 +50,7 @@ from nbsrc.evaluation.detection_ap import detection_ap
 from nbsrc.loss import build_loss, normalize_targets
 from nbsrc.optim import build_optimizer, build_scheduler
 from nbsrc.postprocess import postprocess
+from nbsrc.runs import RunClaim, RunFolderBusy, claim
 from nbsrc.tracking import Tracker, build_tracker
 from nbsrc.utils import (
     append_jsonl,
@@ -53,6 +63,7 @@ from nbsrc.utils import (
 )
 
 __all__ = [
+    "claim_run_folder",
     "evaluate",
     "evaluate_ap",
     "evaluate_loss",
@@ -502,25 +513,35 @@ def resolve_dataset_root_config(cfg: Config, info: DistInfo | None = None) -> Co
     return cfg.replace(**{"data.dataset_root": root})
 
 
+def _choose_run_folder(cfg: Config) -> tuple[Config, Path, bool]:
+    """``(cfg with train.run_name fixed, run folder, whether the name is a new default one)``."""
+    name = cfg.train.run_name
+    if name is None and cfg.train.resume is not None:
+        resume_dir = Path(cfg.train.resume).resolve().parent
+        if (resume_dir / "config.json").is_file():
+            if os.access(resume_dir, os.W_OK):
+                named = cfg.replace(**{"train.run_name": resume_dir.name, "train.out": str(resume_dir.parent)})
+                return named, resume_dir, False
+            name = resume_dir.name
+    fresh = name is None
+    if fresh:
+        name = make_run_name(cfg)
+    return cfg.replace(**{"train.run_name": name}), Path(cfg.train.out) / name, fresh
+
+
 def resolve_run_folder(cfg: Config) -> tuple[Config, Path]:
-    """The run's folder, and `cfg` with ``train.run_name`` fixed (the same on every rank).
+    """The run's folder, and `cfg` with ``train.run_name`` fixed (the same on every rank); nothing is created
+    (`claim_run_folder` does that when the run starts).
 
     ``train.run_name`` names a folder under ``train.out``. Without one, a resumed run continues in its
     checkpoint's folder when that folder is writable; when it is not (an earlier Kaggle version's output,
     attached read-only as an input), in a folder of the same name under ``train.out``, which `fit`
     starts with the earlier ``metrics.jsonl`` and ``best.pth``. A new run is named after its preset and start time.
     """
+    cfg, run_dir, fresh = _choose_run_folder(cfg)
     name = cfg.train.run_name
-    if name is None and cfg.train.resume is not None:
-        resume_dir = Path(cfg.train.resume).resolve().parent
-        if (resume_dir / "config.json").is_file():
-            if os.access(resume_dir, os.W_OK):
-                return cfg.replace(
-                    **{"train.run_name": resume_dir.name, "train.out": str(resume_dir.parent)}
-                ), resume_dir
-            name = resume_dir.name
-    if name is None:  # a fresh name: two runs started in the same second get different folders
-        base = name = make_run_name(cfg)
+    if fresh:  # the first free name: two runs started in the same second get different folders
+        base = name
         for index in range(2, 1000):
             if not (Path(cfg.train.out) / name).exists():
                 break
@@ -528,6 +549,51 @@ def resolve_run_folder(cfg: Config) -> tuple[Config, Path]:
     name = broadcast_object(name)
     cfg = cfg.replace(**{"train.run_name": name})
     return cfg, Path(cfg.train.out) / name
+
+
+def _claim_new_name(cfg: Config) -> tuple[Config, Path, RunClaim]:
+    """Claim the first free folder of a new run's default name (``NAME``, ``NAME-2``, ...), created by ``mkdir``."""
+    base = cfg.train.run_name
+    for index in range(1, 1000):
+        name = base if index == 1 else f"{base}-{index}"
+        folder = Path(cfg.train.out) / name
+        try:
+            return cfg.replace(**{"train.run_name": name}), folder, claim(folder, fresh=True)
+        except FileExistsError:  # another run took this name first (RunFolderBusy included)
+            if not folder.is_dir():
+                raise
+    raise FileExistsError(f"{cfg.train.out}: no free run folder name from {base} to {base}-999")
+
+
+def claim_run_folder(cfg: Config, info: DistInfo | None = None) -> tuple[Config, Path, RunClaim | None]:
+    """Choose the run's folder as `resolve_run_folder` does, and claim it for this run (`nbsrc.runs.claim`).
+
+    A new run's default name is claimed with ``mkdir`` (the next free ``-2``, ``-3``, ... when another run took it
+    first); a named or resumed run's folder is claimed through its lock. Under DDP rank 0 claims and the other ranks
+    receive its folder (their claim is None). The caller releases the claim when the run ends.
+
+    Raises:
+        RunFolderBusy: on every rank, when a live run holds the folder (the message names its PID and start time).
+    """
+    info = info or DistInfo()
+    held, error, outcome = None, None, None
+    if info.is_main:
+        try:
+            cfg, run_dir, fresh = _choose_run_folder(cfg)
+            if fresh:
+                cfg, run_dir, held = _claim_new_name(cfg)
+            else:
+                held = claim(run_dir)
+            outcome = ("ok", cfg.train.out, cfg.train.run_name)
+        except Exception as exc:  # told to the other ranks, which would otherwise wait for rank 0 forever
+            error, outcome = exc, ("error", isinstance(exc, RunFolderBusy), str(exc))
+    outcome = broadcast_object(outcome)
+    if error is not None:
+        raise error
+    if outcome[0] == "error":
+        raise (RunFolderBusy if outcome[1] else RuntimeError)(outcome[2])
+    cfg = cfg.replace(**{"train.out": outcome[1], "train.run_name": outcome[2]})
+    return cfg, Path(outcome[1]) / outcome[2], held
 
 
 def _earlier_checkpoints(run_dir: Path) -> list[str]:
@@ -562,6 +628,16 @@ def _continue_run_folder(run_dir: Path, resume: str | Path) -> None:
             with atomic_path(run_dir / name) as tmp:
                 shutil.copyfile(earlier / name, tmp)
             logger.info("continuing from %s", earlier / name)
+
+
+def _complete_best(run_dir: Path, resume: Path, history: Mapping[str, Any]) -> None:
+    """Finish the end of the epoch a run resumes after: when that epoch was the best so far, ``best.pth`` is its
+    checkpoint (a run killed after writing ``last.pth`` had not written ``best.pth`` yet)."""
+    best = run_dir / "best.pth"
+    if not history.get("best") or (best.is_file() and filecmp.cmp(resume, best, shallow=False)):
+        return
+    _copy_atomic(resume, best)
+    logger.info("%s: epoch %s, the best so far, from %s", best, history.get("epoch"), resume)
 
 
 def _trim_metrics(path: Path, step: int, epoch: int) -> None:
@@ -638,10 +714,8 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
     Raises:
         FloatingPointError: a non-finite loss (names the batch's images and the loss parts).
         FileNotFoundError / ValueError: bad dataset, checkpoint or configuration.
+        RunFolderBusy: another live run holds the run folder.
     """
-    from nbsrc.data.loaders import build_dataloaders
-    from nbsrc.model import build_model
-
     t = cfg.train
     device = torch.device(t.device) if t.device != "auto" else None
     if device is None:
@@ -653,7 +727,19 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
         device = torch.device("cuda", info.local_rank)
     device = select_device(str(device))  # a GPU this torch build cannot run stops here, with what to choose instead
     cfg = resolve_dataset_root_config(cfg, info)
-    cfg, run_dir = resolve_run_folder(cfg)
+    cfg, run_dir, held = claim_run_folder(cfg, info)
+    try:
+        return _fit_in(cfg, run_dir, info, device, start_epoch)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _fit_in(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device, start_epoch: int | None) -> Path:
+    """`fit` in its claimed run folder."""
+    from nbsrc.data.loaders import build_dataloaders
+    from nbsrc.model import build_model
+
     t = cfg.train
     metrics_path = run_dir / "metrics.jsonl"
     # a run continues in its own folder only: a new run, or one resumed into another run's folder, writes over nothing
@@ -742,6 +828,7 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
         logger.info("resumed from %s at epoch %d, step %d", t.resume, first_epoch, global_step)
         if info.is_main:
             _trim_metrics(metrics_path, global_step, first_epoch)
+            _complete_best(run_dir, Path(t.resume), history)
     elif start_epoch:
         first_epoch, global_step = int(start_epoch), int(start_epoch) * steps_per_epoch
         scheduler.last_epoch = global_step
@@ -844,12 +931,14 @@ def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
                     metrics=history,
                     **extra,
                 )
+                # the epoch's metrics line, then last.pth: a resume continues from last.pth, dropping the metrics
+                # written after it (and training that epoch again); best.pth comes last (a resume completes it)
+                append_jsonl(metrics_path, {**record, "time": time.time()})
                 _copy_atomic(epoch_path, run_dir / "last.pth")
                 if improved:
                     _copy_atomic(epoch_path, run_dir / "best.pth")
                 if t.keep_epochs is not None:
                     _prune_epoch_files(run_dir, keep=t.keep_epochs)
-                append_jsonl(metrics_path, {**record, "time": time.time()})
                 tracker.log({f"epoch/{k}": v for k, v in record.items() if k != "kind"}, step=global_step)
                 logger.info("epoch %d/%d: %s", epoch + 1, t.epochs, _epoch_line(record))
             barrier()

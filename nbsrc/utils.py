@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -128,21 +129,43 @@ def _umask() -> int:
     return mask
 
 
+# What torch.save's zip writer raises when the file system takes fewer bytes than it wrote (a full disk or quota).
+_SHORT_WRITE = ("unexpected pos", "file write failed")
+
+
+def _disk_full(path: Path) -> OSError:
+    return OSError(
+        errno.ENOSPC,
+        "not written: the disk is full (no space left on device, or quota used up); free some space",
+        str(path),
+    )
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is renamed onto `path`, on error removed.
 
-    Nothing partial is ever left at `path`.
+    Nothing partial is ever left at `path`. The temporary file is ``.<name>.<pid>-<random>.tmp``: a process killed
+    while writing leaves it behind, and `nbsrc.runs.remove_stale_temp_files` recognises it by that pattern and PID.
+    A full disk (``ENOSPC``, or torch's ``... unexpected pos`` short write) raises ``OSError(ENOSPC)`` naming `path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would make checkpoints private to their writer
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise _disk_full(path) from exc
+        raise
+    except RuntimeError as exc:
+        if any(sign in str(exc) for sign in _SHORT_WRITE):
+            raise _disk_full(path) from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -7,7 +7,8 @@ RGB models follow ``eval.test_scale``: ``square`` resizes to ``data.image_size``
 biubug6's ``test_widerface.py`` protocols (own size; short side 1600, long side at most 2150), run one image per
 batch with anchors for each image's size, and map back with a `nbsrc.frame.ScaleMap`.
 Files are written atomically to ``<out>/<event>/<basename>.txt`` (2-class models add a ``cls`` column), so a
-run that stops can be resumed: images whose file exists are skipped. ``<out>/predictions.json`` records what
+run that stops can be resumed: images whose file exists are skipped (and the temporary files of writes a kill
+cut short are removed). ``<out>/predictions.json`` records what
 made the files: a digest of the weights, the model and anchor settings, the frame-mapping data settings, the
 dataset folder and rate, the thresholds, the test scale (when not ``square``), and the image names. When a later
 run into the same folder differs in any of these, the old result files are removed and every image is predicted
@@ -258,11 +259,13 @@ def predict_dataset(
     from nbsrc.data.collate import detection_collate
     from nbsrc.evaluation.results import result_path, write_wider_results
     from nbsrc.postprocess import postprocess
+    from nbsrc.runs import remove_stale_temp_files
     from nbsrc.utils import tqdm_kwargs
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [str(n) for n in dataset.names]
+    remove_stale_temp_files(out_dir, {result_path(out_dir, n).parent for n in names})  # left by a killed run
     model, cfg, device = detector.model, detector.cfg, detector.device
     e = cfg.eval
     top_k = e.top_k if top_k is None else top_k
