@@ -235,11 +235,11 @@ def test_a_claimed_folder_is_refused_in_one_line_naming_its_holder(reference, de
 
     copy = tmp_path / "copy"
     shutil.copytree(reference[0], copy)
-    base = ["train", "--preset", "mnet-biubug6", "--dataset_root", str(demo_root), "--device", "cpu", "--no_wandb"]
-    base += ["model.pretrained=none", "model.out_channels=16"]
+    new = ["train", "--preset", "mnet-biubug6", "--dataset_root", str(demo_root), "--epochs", "1", "--no_wandb"]
+    new += ["--device", "cpu", "model.pretrained=none", "model.out_channels=16", "max_steps_per_epoch=1"]
     for argv, folder in (
-        (base + ["--out", str(tmp_path), "--run_name", "held"], tmp_path / "held"),  # a new run into it
-        (base + ["--resume", str(copy / "last.pth"), "--epochs", "4"], copy),  # a resume while the run goes on
+        (new + ["--out", str(tmp_path), "--run_name", "held"], tmp_path / "held"),  # a new run into it
+        (["train", "--resume", str(copy / "last.pth"), "--epochs", "4"], copy),  # a resume while the run goes on
     ):
         ready, done = _server().Event(), _server().Event()
         holder = _start(_hold, str(folder), ready, done)
