@@ -259,7 +259,8 @@ def _try_flock(fd: int) -> bool | None:
 def _read_fd(fd: int, attempts: int = 1) -> dict[str, Any] | None:
     """The lock record in `fd`; retried while the holder may be writing it."""
     for attempt in range(attempts):
-        holder = _parse(os.pread(fd, 1 << 16, 0).decode("utf-8", "replace"))
+        os.lseek(fd, 0, os.SEEK_SET)
+        holder = _parse(os.read(fd, 1 << 16).decode("utf-8", "replace"))
         if holder is not None or attempt + 1 == attempts:
             return holder
         time.sleep(0.05)
@@ -355,7 +356,8 @@ def _lock(folder: Path, created: list[Path]) -> RunClaim:
             record = _holder_record()
             data = (json.dumps(record) + "\n").encode()
             os.ftruncate(fd, 0)
-            os.pwrite(fd, data, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, data)
             os.fsync(fd)
             keep = True
             return RunClaim(folder, record, owner=True, fd=fd, created=created)
@@ -394,6 +396,9 @@ def remove_stale_temp_files(folder: str | Path, subfolders: Iterable[str | Path]
             try:
                 os.unlink(entry.path)
             except FileNotFoundError:
+                continue
+            except OSError as exc:  # e.g. a read-only folder: left, and said so
+                logger.warning("%s: could not remove this temporary file of an interrupted write (%s)", entry.path, exc)
                 continue
             removed.append(entry.name)
     if removed:

@@ -181,9 +181,14 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON object as a line (flushed, so a killed run keeps every finished line)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
+    try:
+        with path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise _disk_full(path) from exc
+        raise
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
