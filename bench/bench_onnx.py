@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -243,6 +244,16 @@ def match(reference: np.ndarray, ours: np.ndarray, min_iou: float = 0.9) -> dict
     return {"reference": len(reference), "ours": len(ours), "matched": matched, "min_iou": worst if matched else None}
 
 
+def cpu_busy_s() -> float | None:
+    """Seconds of CPU time spent by every process of the machine so far (Linux ``/proc/stat``), None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(fn, *args) -> tuple[float, object]:
     start = time.perf_counter()
     result = fn(*args)
@@ -286,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours_forward": lambda: ours.model(prepared),
     }
     times: dict[str, list[float]] = {name: [] for name in pipelines}
+    busy_start, own_start, wall_start = cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
     outputs = {}
     names = list(pipelines)
     for round_ in range(args.repeat + 2):  # the first two rounds warm up
@@ -293,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
             ms, outputs[name] = timed(pipelines[name])
             if round_ >= 2:
                 times[name].append(ms)
+
+    # other work on the machine meanwhile (CPU of every process minus ours), in cores: 0 on a quiet machine
+    busy_end = cpu_busy_s()
+    others = None
+    if busy_start is not None and busy_end is not None:
+        own = sum(os.times()[:2]) - own_start
+        others = max(0.0, (busy_end - busy_start - own) / (time.perf_counter() - wall_start))
 
     def faces(detections, threshold):
         return np.array([d["box"] for d in detections if d["score"] >= threshold], np.float32).reshape(-1, 4)
@@ -302,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "image": str(args.image) if args.image else "composite 1024x768 (scikit-image astronaut x3, camera)",
         "size": [int(image_bgr.shape[1]), int(image_bgr.shape[0])],
         "threads": args.threads,
+        "other_load_cores": None if others is None else round(others, 2),
         "repeat": args.repeat,
         "export_s": round(export_s / 1000, 2),
         "median_ms": {name: round(statistics.median(t), 1) for name, t in times.items()},
@@ -315,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     same = f["reference"] == f["ours"] == f["matched"] > 0
     lines = [
         f"image {result['image']} ({result['size'][0]}x{result['size'][1]}), {args.threads} threads, "
-        f"median of {args.repeat}; export {result['export_s']} s",
+        f"median of {args.repeat}; export {result['export_s']} s; other processes meanwhile: "
+        + ("unknown" if others is None else f"{others:.2f} cores busy on average"),
         "| pipeline | ms |",
         "|---|---:|",
         f"| reference: biubug6 detect.py steps, eager PyTorch (forward {median['reference_forward']:.1f}) "
