@@ -334,7 +334,7 @@ def _lock(folder: Path, created: list[Path]) -> RunClaim:
             locked = _try_flock(fd)
             if locked is not False and not _same_file(fd, path):
                 continue  # released (unlinked) by its holder meanwhile: open the new file
-            holder = _read_fd(fd, attempts=1 if locked else 20)
+            holder = _read_fd(fd, attempts=20 if locked is False else 1)  # a holder may be writing it
             if holder is not None and inherited and holder.get("token") == inherited:
                 return RunClaim(folder, holder, owner=False)  # a worker of the run that holds the folder
             alive = holder is not None and _holder_alive(holder, path)
