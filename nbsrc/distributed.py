@@ -143,6 +143,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether `flag` holds on any rank (itself when not distributed). Every rank must call it: it is how all
+    ranks agree to skip a training step whose batch one of them could not load, so no gradient reduction waits
+    for a rank that skipped. `device` is where the collective runs (CUDA under NCCL)."""
+    if not is_distributed():
+        return flag
+    box = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank `src`'s value of a picklable object, on every rank."""
     if not is_distributed():

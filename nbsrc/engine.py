@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from nbsrc.checkpoint import check_resumable, load_checkpoint, load_state_dict_strict, save_checkpoint, unwrap_model
 from nbsrc.config import Config
-from nbsrc.distributed import DistInfo, barrier, broadcast_object, init_distributed
+from nbsrc.distributed import DistInfo, any_rank, barrier, broadcast_object, init_distributed
 from nbsrc.evaluation.detection_ap import detection_ap
 from nbsrc.loss import build_loss, normalize_targets
 from nbsrc.optim import build_optimizer, build_scheduler
@@ -241,7 +241,9 @@ def train_one_epoch(
         for batch in loader:
             if max_steps is not None and steps >= max_steps:
                 break
-            if batch is None:  # every image of the batch failed to load (data.on_error=skip; counted and logged)
+            # every image of a batch failed to load (data.on_error=skip; counted and logged): under DDP all ranks
+            # skip that step together, or the others would wait for its gradients
+            if any_rank(batch is None, device):
                 continue
             data_time = time.perf_counter() - fetch_start
             batch = _move_batch(batch, device, channels_last)

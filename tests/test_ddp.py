@@ -174,3 +174,28 @@ def test_launch_continues_a_resumed_run_in_its_checkpoint_folder(tmp_path, monke
     cfg = get_preset("mnet-biubug6", **{"train.resume": str(run / "last.pth"), "train.out": "elsewhere"})
     assert distributed.launch(cfg, 2) == run
     assert (seen["out"], seen["run_name"]) == (str(run.parent), "myrun")
+
+
+def _any_rank_worker(out_dir: str) -> None:
+    """Rank 1 alone has an empty batch at step 1: both ranks learn it and skip that step together."""
+    from nbsrc.distributed import any_rank, cleanup
+
+    init_distributed("cpu")
+    rank = int(os.environ["RANK"])
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
+    batches = [torch.ones(2, 2), None if rank == 1 else torch.ones(2, 2), torch.ones(2, 2)]
+    steps = []
+    for step, batch in enumerate(batches):
+        if any_rank(batch is None):
+            continue
+        model(batch).sum().backward()  # a gradient all-reduce: hangs if the ranks' steps differ
+        steps.append(step)
+    torch.save({"steps": steps, "none": any_rank(False)}, os.path.join(out_dir, f"rank{rank}.pt"))
+    cleanup()
+
+
+def test_a_batch_one_rank_could_not_load_is_skipped_by_every_rank(tmp_path):
+    spawn(_any_rank_worker, 2, (str(tmp_path),))
+    for rank in (0, 1):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        assert result == {"steps": [0, 2], "none": False}
