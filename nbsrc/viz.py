@@ -584,6 +584,8 @@ def gallery_samples(dataset: Any, indices: Sequence[int], cfg: Any) -> list[dict
     out = []
     for index in indices:
         sample = dataset[index]
+        if sample is None:  # failed to load under data.on_error=skip (counted in the dataset's log)
+            continue
         height, width = sample["input"].shape[-2:]
         latent = cfg.model.input_kind == "latent"
         if latent:

@@ -72,6 +72,8 @@ def test_sizes_come_from_the_wider_tree_of_each_split(published, demo_root, tmp_
         for a, b in zip(got.samples, want.samples):
             np.testing.assert_array_equal(a.boxes, b.boxes)
             assert a.frame.orig_size == b.frame.orig_size
+            # the original image for galleries: the tree's copy of the split's own image
+            assert got.label_frame.sizes.image_path(a.name) == wider / f"WIDER_{split}" / "images" / f"{a.name}.jpg"
     said = [r.getMessage() for r in caplog.records if "original image sizes of" in r.getMessage()]
     assert any(f"{wider / 'WIDER_val' / 'images'}" in m for m in said)
     assert any(f"{wider / 'WIDER_train' / 'images'}" in m for m in said)  # train from train, val from val

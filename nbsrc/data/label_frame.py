@@ -184,20 +184,21 @@ class ImageSizes:
         return out
 
     def image_path(self, name: str) -> Path | None:
-        """The image file of `name` in the images folder, or None."""
-        if self.images_dir is None or not self.images_dir.is_dir():
+        """The image file of `name` in the images folder (or the image tree the sizes came from), or None."""
+        folder = self.images_dir if self.images_dir is not None else self.tree
+        if folder is None or not folder.is_dir():
             return None
         name = strip_image_extension(name)
         for ext in IMAGE_EXTENSIONS[:3]:
-            candidate = self.images_dir / f"{name}{ext}"
+            candidate = folder / f"{name}{ext}"
             if candidate.is_file():
                 return candidate
         if self._image_index is None:
-            self._image_index = index_images(self.images_dir)
+            self._image_index = index_images(folder)
         found = self._image_index.get(name)
         if found is None:  # by basename: a bare name anywhere, a name with a folder only from a flat folder
             found = self._image_index.get(name.rsplit("/", 1)[-1])
-            if found is not None and "/" in name and found.parent != self.images_dir:
+            if found is not None and "/" in name and found.parent != folder:
                 return None  # another folder's image of the same basename is never taken for it
         return found
 
