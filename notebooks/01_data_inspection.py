@@ -53,7 +53,7 @@ latent_suffix: str = "latent_75.npy"  # rate shown in the gallery and checked by
 gallery_split: str = "val"  # split the gallery samples come from
 samples: int = 6  # samples in the gallery
 stats_latents: int = 32  # latents per rate read for the statistics
-check_values: bool = True  # validation reads every latent for NaN/Inf (slow on the full dataset)
+check_values: bool = True  # every latent read once for NaN/Inf (cached; False: headers only on huge datasets)
 smoke: bool = False  # seconds-long run on a few images
 run_dir: Optional[str] = None  # run folder for plots and metrics (None: runs/notebooks)
 
@@ -63,7 +63,7 @@ run = paths.run_folder(run_dir)
 plots = run / "plots" / "01_data_inspection"
 root = paths.resolve_dataset_root(dataset_root, smoke=smoke)
 data = paths.data_settings(root, images_root=images_root, sizes_csv=sizes_csv, label_frame=label_frame)
-cfg = get_preset(preset, **data, latent_suffix=latent_suffix, on_error="skip")
+cfg = get_preset(preset, **data, latent_suffix=latent_suffix, on_error="skip", check_values=check_values and not smoke)
 split_names = [s.strip() for s in splits.split(",") if s.strip()]
 print(
     f"dataset: {root}\nsplits: {split_names}, network frame {cfg.data.image_size} px, policy {cfg.data.resize_policy}"
@@ -75,7 +75,7 @@ print(
 # degenerate boxes, duplicated names, unparseable label lines, labels whose frame cannot be determined.
 
 # %%
-report = validate_dataset(root, split_names, **validation_settings(cfg), check_values=check_values and not smoke)
+report = validate_dataset(root, split_names, **validation_settings(cfg), check_values=cfg.data.check_values)
 display(
     viz.Table(
         [{"defect": k, "count": n} for k, n in sorted(report.counts().items())] or [{"defect": "none", "count": 0}]
