@@ -165,7 +165,9 @@ class DataConfig:
     on_error: str = "raise"  # raise | skip (bad samples logged and counted, never dropped silently)
     num_workers: int = 2  # DataLoader workers
     max_images: int | None = None  # use only the first N images of each split (smoke runs; training only)
-    check_values: bool = True  # NaN/Inf check of every latent when a split is indexed (cached by size + mtime)
+    # NaN/Inf check of the latents when a split is indexed (cached by size + mtime): eval (the validation and
+    # evaluation splits; training latents are checked as they load, which reads them anyway) | all | none
+    check_values: str = "eval"
 
     def __post_init__(self) -> None:
         _check(
@@ -179,6 +181,7 @@ class DataConfig:
         _check(self.label_frame is None or self.label_frame > 0, "data.label_frame", "must be None or > 0")
         _choice(self.resize_policy, "data.resize_policy", ("stretch", "letterbox"))
         _choice(self.on_error, "data.on_error", ("raise", "skip"))
+        _choice(self.check_values, "data.check_values", ("eval", "all", "none"))
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _check(self.latent_crop is None or self.latent_crop >= 4, "data.latent_crop", "must be None or >= 4 cells")
         _check(self.max_images is None or self.max_images >= 1, "data.max_images", "must be None or >= 1")

@@ -63,7 +63,8 @@ run = paths.run_folder(run_dir)
 plots = run / "plots" / "01_data_inspection"
 root = paths.resolve_dataset_root(dataset_root, smoke=smoke)
 data = paths.data_settings(root, images_root=images_root, sizes_csv=sizes_csv, label_frame=label_frame)
-cfg = get_preset(preset, **data, latent_suffix=latent_suffix, on_error="skip", check_values=check_values and not smoke)
+values = "all" if check_values and not smoke else "none"
+cfg = get_preset(preset, **data, latent_suffix=latent_suffix, on_error="skip", check_values=values)
 split_names = [s.strip() for s in splits.split(",") if s.strip()]
 print(
     f"dataset: {root}\nsplits: {split_names}, network frame {cfg.data.image_size} px, policy {cfg.data.resize_policy}"
@@ -75,7 +76,7 @@ print(
 # degenerate boxes, duplicated names, unparseable label lines, labels whose frame cannot be determined.
 
 # %%
-report = validate_dataset(root, split_names, **validation_settings(cfg), check_values=cfg.data.check_values)
+report = validate_dataset(root, split_names, **validation_settings(cfg), check_values=values == "all")
 display(
     viz.Table(
         [{"defect": k, "count": n} for k, n in sorted(report.counts().items())] or [{"defect": "none", "count": 0}]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -318,3 +319,27 @@ def test_dataset_raise_names_the_box_line(tmp_path):
     labels.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=rf"^{labels}:4: face 0 of '{NAMES[1]}': box \(100, 20, 150, 90\) reaches"):
         LatentWiderFace(split, label_frame=FRAME)
+
+
+def test_which_splits_are_value_checked_when_indexed(tmp_path, monkeypatch):
+    """``data.check_values=eval`` (default): the validation split is checked when indexed; training latents are
+    checked as they load (they are read then anyway), with the same hint; ``all`` checks both up front."""
+    from nbsrc.data.loaders import build_dataset
+
+    split = make_split(tmp_path)
+    shutil.copytree(split, tmp_path / "train")
+    put_nan(latent_file(split, NAMES[2]))
+    put_nan(latent_file(tmp_path / "train", NAMES[2]))
+    cfg = get_preset("latent-r18", **TINY, **{"data.dataset_root": str(tmp_path), "data.cache_dir": str(tmp_path)})
+    reads = count_reads(monkeypatch)
+    train = build_dataset(cfg, "train", train=True)
+    assert len(train) == len(NAMES) and reads == []  # nothing read while indexing the training split
+    with pytest.raises(ValueError, match=r"NaN/Inf.*data.on_error=skip.*check-data"):
+        train[train.names.index(NAMES[2])]
+    with pytest.raises(DataError, match="NaN/Inf"):
+        build_dataset(cfg, "val", train=False)
+    with pytest.raises(DataError, match="NaN/Inf"):
+        build_dataset(cfg.replace(**{"data.check_values": "all"}), "train", train=True)
+    assert len(build_dataset(cfg.replace(**{"data.check_values": "none"}), "val", train=False)) == len(NAMES)
+    with pytest.raises(ValueError, match="data.check_values"):
+        get_preset("latent-r18", **{"data.check_values": "yes"})

@@ -17,9 +17,10 @@ flipped latent is not the latent of the flipped image).
 
 Images with zero faces are samples; degenerate boxes are dropped and counted; faces without landmarks have
 ``landmarks_valid = False``. Defects follow ``on_error`` (`nbsrc.data.validate`): every latent's header is read
-and, with ``check_values`` (default), its values checked for NaN/Inf when the split is indexed
-(`nbsrc.data.latent_values`, cached by file size and modification time), so a bad latent stops a run before it
-starts rather than after an epoch. A latent that still fails when it is loaded (changed or removed since) raises
+and, with ``check_values`` (``data.check_values``: the evaluation splits by default), its values checked for
+NaN/Inf when the split is indexed (`nbsrc.data.latent_values`, cached by file size and modification time), so a
+bad validation latent stops a run before it starts rather than after an epoch; training latents are checked as
+they load. A latent that still fails when it is loaded (changed or removed since) raises
 under ``raise``; under ``skip`` the item is None: `nbsrc.data.collate.detection_collate` leaves it out of its
 batch (which is then smaller), and it is counted and logged, never replaced by another sample.
 """
@@ -476,7 +477,10 @@ class LatentWiderFace(Dataset):
             latent = self.load_tensor(index)
         except (ValueError, FileNotFoundError) as exc:
             if self.on_error == "raise":
-                raise
+                raise type(exc)(
+                    f"{exc} (data.on_error=skip leaves such latents out, counted; `python -m nbsrc check-data` lists "
+                    "every defect of the dataset)"
+                ) from None
             path = self.samples[index].path
             kind = "non_finite" if "NaN/Inf" in str(exc) else "unreadable_latent"
             self.log.left_out_at_load(kind, path, str(exc).removeprefix(f"{path}: "), self.samples[index].name)

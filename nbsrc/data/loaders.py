@@ -108,7 +108,7 @@ def build_dataset(cfg: Config, split: str, train: bool, **overrides: Any) -> Dat
             num_classes=m.num_classes,
             on_error=d.on_error,
             max_images=d.max_images,
-            check_values=d.check_values,
+            check_values=d.check_values == "all" or (d.check_values == "eval" and not train),
             values_cache=d.cache_dir,
         )
         kwargs.update(overrides)
