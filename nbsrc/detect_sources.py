@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from nbsrc.data.label_frame import IMAGE_EXTENSIONS  # the image files searched in a folder (OpenCV reads them all)
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
@@ -54,8 +56,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Image files searched in a folder (OpenCV decodes and encodes them all).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv")
 VIDEO_WRITER_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v")  # containers the mp4v codec is written in
 DEFAULT_FPS = 25.0  # a video that declares no frame rate is written at this one

@@ -10,7 +10,6 @@ import threading
 import cv2
 import numpy as np
 import pytest
-import torch
 from skimage import data as skdata
 
 from nbsrc.cli import main
@@ -29,12 +28,7 @@ SIZE = 256  # the astronaut at 256x256: one face, about 46 px wide
 FACE = np.array([177, 56, 270, 176]) * SIZE / 512  # its box in the published detector's output, xyxy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

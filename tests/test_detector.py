@@ -26,12 +26,7 @@ TWO_CLASS = "weights/mobilenet0.25_2cls6anchors_130324_epoch_295.pth"
 ASTRONAUT_FACE = (177, 56, 270, 176)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

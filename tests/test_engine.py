@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAINING
 
 from nbsrc.checkpoint import load_checkpoint
 from nbsrc.cli import main as cli_main
@@ -20,24 +21,7 @@ from nbsrc.engine import fit, get_rng_state, set_rng_state, train_one_epoch
 from nbsrc.model import build_model
 from nbsrc.utils import read_jsonl, seed_everything
 
-TINY = {
-    "model.pretrained": "none",
-    "model.out_channels": 16,
-    "data.image_size": 128,
-    "train.batch_size": 2,
-    "train.max_steps_per_epoch": 2,
-    "train.lr": 0.01,
-    "train.warmup_epochs": 0.5,
-    "train.schedule": "step",
-    "train.gamma": 0.7,
-    "train.step_size": 1,
-    "train.device": "cpu",
-    "train.wandb": "disabled",
-    "train.progress": False,
-    "train.seed": 7,
-    "data.num_workers": 0,
-    "data.max_images": 4,
-}
+TINY = TINY_TRAINING
 
 
 def tiny_cfg(root, out, preset="mnet-biubug6", **overrides):

@@ -18,13 +18,7 @@ from nbsrc.postprocess import postprocess
 PRESETS = list_presets()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small convolutions on a shared 2-core machine run faster (and far steadier) on one thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LATENT = [p for p in PRESETS if p.startswith("latent-")]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAINING
 
 from nbsrc import runs
 from nbsrc.checkpoint import load_checkpoint, save_checkpoint
@@ -31,24 +32,7 @@ from nbsrc.config import Config, get_preset
 from nbsrc.distributed import DistInfo
 from nbsrc.utils import append_jsonl, atomic_path, atomic_write_text, read_jsonl
 
-TINY = {
-    "model.pretrained": "none",
-    "model.out_channels": 16,
-    "data.image_size": 128,
-    "train.batch_size": 2,
-    "train.max_steps_per_epoch": 2,
-    "train.lr": 0.01,
-    "train.warmup_epochs": 0.5,
-    "train.schedule": "step",
-    "train.gamma": 0.7,
-    "train.step_size": 1,
-    "train.device": "cpu",
-    "train.wandb": "disabled",
-    "train.progress": False,
-    "train.seed": 7,
-    "data.num_workers": 0,
-    "data.max_images": 4,
-}
+TINY = TINY_TRAINING
 EPOCHS = 3
 SCORES = {1: 0.1, 2: 0.3, 3: 0.2}  # validation score per epoch: epoch 2 is the best, and a later epoch follows it
 _SERVER = None

@@ -330,9 +330,7 @@ def split_sizes(
     search_flat: bool = True,
 ) -> SplitSizes:
     """`find_sizes` with one log line, the first time in a process, saying where the sizes of the split come from."""
-    found = find_sizes(
-        split_dir, sizes_csv=sizes_csv, images_root=images_root, cache_dir=cache_dir, search_flat=search_flat
-    )
+    found = find_sizes(split_dir, sizes_csv, images_root, cache_dir, search_flat)
     key = (str(Path(split_dir).resolve()), found.source)
     if key not in _SAID:
         _SAID.add(key)
@@ -353,15 +351,8 @@ def missing_error(found: SplitSizes, names: list[str], label_file: str | Path | 
     )
 
 
-def find_sizes(
-    split_dir: str | Path,
-    *,
-    sizes_csv: str | Path | None = None,
-    images_root: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    search_flat: bool = True,
-) -> SplitSizes:
-    """Where the original sizes of one split come from, first hit wins:
+def find_sizes(split_dir: str | Path, sizes_csv=None, images_root=None, cache_dir=None, search_flat=True) -> SplitSizes:
+    """Where the original sizes of one split come from (the arguments of `split_sizes`), first hit wins:
 
     1. `sizes_csv` (``data.sizes_csv``), else ``image_sizes.csv`` in the split folder or the dataset root;
     2. the split's own ``images/`` folder (read lazily, header-only);
