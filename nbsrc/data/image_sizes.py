@@ -33,6 +33,7 @@ from nbsrc.data.label_frame import (
     IMAGE_EXTENSIONS,
     SIZES_CSV_NAME,
     ImageSizes,
+    list_images,
     read_image_size,
     read_sizes_csv,
     strip_image_extension,
@@ -44,7 +45,6 @@ __all__ = [
     "SplitSizes",
     "find_sizes",
     "find_split_trees",
-    "list_images",
     "missing_error",
     "split_sizes",
     "tree_sizes",
@@ -138,22 +138,6 @@ def find_split_trees(images_root: str | Path, split: str, *, flat: bool = True) 
 
 
 # ---- reading a tree's sizes, cached ------------------------------------------------------------------------
-def list_images(images_dir: str | Path) -> dict[str, str]:
-    """Every image below `images_dir`: relative name without extension -> relative path (``0--Parade/x`` ->
-    ``0--Parade/x.jpg``), hidden files and folders left out."""
-    images_dir = Path(images_dir)
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(images_dir):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        relative_dir = os.path.relpath(dirpath, images_dir)
-        for filename in sorted(filenames):
-            if filename.startswith(".") or os.path.splitext(filename)[1].lower() not in IMAGE_EXTENSIONS:
-                continue
-            relative = filename if relative_dir == "." else f"{relative_dir}/{filename}".replace(os.sep, "/")
-            out[strip_image_extension(relative)] = relative
-    return out
-
-
 def _fingerprint(images_dir: Path, listing: dict[str, str]) -> str:
     """Changes when an image is added, removed or renamed, or a folder of the tree is modified."""
     digest = hashlib.sha1()

@@ -234,26 +234,36 @@ def _unique_basenames(table: Mapping[str, tuple[int, int]]) -> dict[str, tuple[i
     return by_base
 
 
+def list_images(images_dir: str | Path) -> dict[str, str]:
+    """Every image below `images_dir`: relative name without extension -> relative path (``0--Parade/x`` ->
+    ``0--Parade/x.jpg``), hidden files and folders left out."""
+    images_dir = Path(images_dir)
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(images_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        relative_dir = os.path.relpath(dirpath, images_dir)
+        for filename in sorted(filenames):
+            if filename.startswith(".") or os.path.splitext(filename)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            relative = filename if relative_dir == "." else f"{relative_dir}/{filename}".replace(os.sep, "/")
+            out[strip_image_extension(relative)] = relative
+    return out
+
+
 def index_images(images_dir: str | Path) -> dict[str, Path]:
     """Every image below `images_dir` by ``relative/name`` and by basename (both without extension); a basename
     that occurs in two folders is reachable only by its relative name."""
     images_dir = Path(images_dir)
     index: dict[str, Path] = {}
     base_count: dict[str, int] = {}
-    for dirpath, dirnames, filenames in os.walk(images_dir):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in sorted(filenames):
-            if os.path.splitext(filename)[1].lower() not in IMAGE_EXTENSIONS or filename.startswith("."):
-                continue
-            path = Path(dirpath) / filename
-            relative = strip_image_extension(path.relative_to(images_dir).as_posix())
-            index[relative] = path
-            base = relative.rsplit("/", 1)[-1]
-            base_count[base] = base_count.get(base, 0) + 1
-            if base_count[base] == 1:
-                index.setdefault(base, path)
-            elif index.get(base) is not None and base != relative:
-                index.pop(base, None)
+    for relative, file in list_images(images_dir).items():
+        index[relative] = images_dir / file
+        base = relative.rsplit("/", 1)[-1]
+        base_count[base] = base_count.get(base, 0) + 1
+        if base_count[base] == 1:
+            index.setdefault(base, images_dir / file)
+        elif index.get(base) is not None and base != relative:
+            index.pop(base, None)
     return index
 
 
