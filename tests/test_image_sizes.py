@@ -258,3 +258,18 @@ def test_image_sizes_command(published, tmp_path):
         timeout=120,
     )
     assert bad.returncode != 0 and "nothing" in bad.stderr and "not found" in bad.stderr
+
+
+def test_make_demo_data_lays_the_demo_out_as_published(tmp_path):
+    command = [sys.executable, "-m", "nbsrc", "make-demo-data", str(tmp_path / "demo"), "--images", "8"]
+    command += ["--published", str(tmp_path / "inputs")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    mount = tmp_path / "inputs" / "retina-modify"
+    dataset = mount / "retina-modify"  # the uploaded top folder, as on Kaggle
+    assert f"check-data {mount} --images_root" in done.stdout
+    assert {p.suffix for p in dataset.rglob("*") if p.is_file()} == {".npy", ".txt"}
+    assert len(list((tmp_path / "inputs" / "wider-face" / "WIDER_val" / "images").rglob("*.jpg"))) == 8
+    check = [sys.executable, "-m", "nbsrc", "check-data", str(mount), "--quick"]  # enters the top folder
+    check += ["--images_root", str(tmp_path / "inputs")]
+    assert subprocess.run(check, capture_output=True, text=True, cwd=tmp_path, timeout=300).returncode == 0

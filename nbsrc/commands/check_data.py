@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     root = args.root if args.root is not None else args.dataset_root
     if root is None:
         raise ValueError("no dataset root: give it as ROOT or --dataset_root ROOT")
+    root = paths.resolve_dataset_root(root)  # an uploaded top folder inside is entered
     images_root = paths.resolve_images_root(args.images_root)
     report = validate_dataset(
         root,

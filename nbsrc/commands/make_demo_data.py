@@ -1,5 +1,6 @@
-"""``python -m nbsrc make-demo-data OUT [--images N] [--val-images M] [--seed S]``: the demo dataset
-(`nbsrc.data.demo.make_demo_data`)."""
+"""``python -m nbsrc make-demo-data OUT [--images N] [--val-images M] [--seed S] [--published DIR]``: the demo
+dataset (`nbsrc.data.demo.make_demo_data`), and with ``--published`` the same laid out as users have the real one
+(`nbsrc.data.published_layout.split_as_published`)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="validation images (default max(8, images / 4))",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    parser.add_argument(
+        "--published",
+        type=Path,
+        default=None,
+        help="also lay it out as users have the real data: DIR/retina-modify (latents and labels only) beside "
+        "DIR/wider-face (WIDER_<split>/images, wider_face_split, eval_tools/ground_truth)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from nbsrc.commands import check_output_dir
     from nbsrc.data.demo import make_demo_data
+    from nbsrc.data.published_layout import split_as_published
 
     check_output_dir(args.out, "output folder")
+    check_output_dir(args.published, "--published")
     root = make_demo_data(Path(args.out), images=args.images, seed=args.seed, val_images=args.val_images)
     sys.stdout.write(f"demo dataset written to {root}\n")
+    if args.published is not None:
+        dataset, wider = split_as_published(root, args.published)
+        sys.stdout.write(
+            f"laid out as published: {dataset} (latents and labels) beside {wider}; try\n"
+            f"  python -m nbsrc check-data {dataset} --images_root {args.published}\n"
+        )
     return 0
