@@ -497,8 +497,9 @@ def resolve_dataset_root_config(cfg: Config, info: DistInfo | None = None) -> Co
     info = info or DistInfo()
     from nbsrc.paths import cache_dir, resolve_dataset_root, resolve_images_root
 
-    if cfg.data.images_root is None and resolve_images_root(None) is not None:  # Kaggle: the attached inputs
-        cfg = cfg.replace(**{"data.images_root": str(resolve_images_root(None))})
+    found = resolve_images_root(None) if cfg.data.images_root is None else None  # Kaggle: the attached inputs
+    if found is not None:
+        cfg = cfg.replace(**{"data.images_root": str(found)})
     if cfg.data.cache_dir is None:
         cfg = cfg.replace(**{"data.cache_dir": str(cache_dir())})
     if cfg.data.dataset_root is not None:

@@ -199,15 +199,18 @@ class TreeSizes:
     reused: bool = False
 
 
-def tree_sizes(images_dir: str | Path, cache_dir: str | Path | None = None) -> TreeSizes:
+def tree_sizes(
+    images_dir: str | Path, cache_dir: str | Path | None = None, listing: dict[str, str] | None = None
+) -> TreeSizes:
     """Original sizes of every image below `images_dir`, read header-only once and cached.
 
     The cache is ``<cache_dir>/image-sizes/<tree>-<hash>.csv`` (``name,width,height``) with a ``.json`` beside it
     holding the tree's fingerprint; a later call reuses it while the fingerprint holds and rebuilds it when the
-    tree changed. Without `cache_dir` the sizes are kept for this process only.
+    tree changed. Without `cache_dir` the sizes are kept for this process only. `listing` is the tree's
+    `list_images`, when the caller has it already.
     """
     images_dir = Path(images_dir)
-    listing = list_images(images_dir)
+    listing = list_images(images_dir) if listing is None else listing
     fingerprint = _fingerprint(images_dir, listing)
     memo_key = (str(images_dir.resolve()), fingerprint)
     csv_path = meta_path = None
@@ -283,7 +286,7 @@ class SplitSizes:
         return [strip_image_extension(n) for n in names if self.sizes.get(n) is None]
 
 
-def _merge_trees(trees: list[Path], split: str) -> list[Path]:
+def _merge_trees(trees: list[Path], split: str) -> list[tuple[Path, dict[str, str]]]:
     """One tree per set of files: copies (the same file names) collapse to the first; different trees that
     hold a common image are an error naming both."""
     kept: list[tuple[Path, dict[str, str]]] = []
@@ -302,7 +305,7 @@ def _merge_trees(trees: list[Path], split: str) -> list[Path]:
                 )
         else:
             kept.append((tree, listing))
-    return [tree for tree, _ in kept]
+    return kept  # (tree, its listing)
 
 
 def split_sizes(
@@ -369,15 +372,16 @@ def find_sizes(split_dir: str | Path, sizes_csv=None, images_root=None, cache_di
         root = Path(images_root)
         if not root.is_dir():
             raise FileNotFoundError(f"images_root {root} (data.images_root) is not a folder")
-        trees = _merge_trees(find_split_trees(root, split, flat=search_flat), split)
-        if trees:
-            results = [tree_sizes(tree, cache_dir) for tree in trees]
-            merged: dict[str, tuple[int, int]] = {}
-            for result in results:
-                merged.update(result.sizes)
-            tree_result = results[0] if len(results) == 1 else TreeSizes(trees[0], merged)
-            tree_result.sizes = merged
-            tree_result.images_dir = trees[0] if len(trees) == 1 else root
+        results = [
+            tree_sizes(t, cache_dir, listing)
+            for t, listing in _merge_trees(find_split_trees(root, split, flat=search_flat), split)
+        ]
+        if len(results) == 1:
+            tree_result = results[0]
+        elif results:  # disjoint trees of one split, read as one
+            merged = {name: size for result in results for name, size in result.sizes.items()}
+            unreadable = {name: why for result in results for name, why in result.unreadable.items()}
+            tree_result = TreeSizes(root, merged, unreadable, None, all(result.reused for result in results))
         elif csv_path is None:
             raise ImageTreeError(
                 f"images_root {root} holds no images of split {split!r}: expected {root}/WIDER_{split}/images/"
