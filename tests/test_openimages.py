@@ -12,11 +12,11 @@ from conftest import shared_path
 
 from nbsrc.cli import main
 from nbsrc.data.readers import read_labels
+from nbsrc.data.readers.common import drop_degenerate
 from nbsrc.data.readers.openimages import (
     clean_records,
     clip_boxes,
     convert_openimages,
-    drop_degenerate,
     drop_duplicates,
     read_openimages_csv,
 )

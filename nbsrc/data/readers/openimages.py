@@ -35,7 +35,6 @@ __all__ = [
     "clean_records",
     "clip_boxes",
     "convert_openimages",
-    "drop_degenerate",
     "drop_duplicates",
     "read_openimages_csv",
 ]
@@ -102,6 +101,10 @@ class OpenImagesLabels(list):
         return f"OpenImagesLabels({len(self)} images, {sum(r.num_boxes for r in self)} boxes, unmapped={dict(self.unmapped)})"
 
 
+# One face / person row of the CSV: (label, xyxy corners, flags in `FLAG_COLUMNS` order of the file, line).
+_Row = tuple[int, list[float], list[int], int]
+
+
 def read_openimages_csv(path: str | Path, *, class_map: Mapping[str, int] | None = None) -> OpenImagesLabels:
     """Read an Open Images box CSV into normalized 2-class records (nothing is cleaned here).
 
@@ -122,98 +125,30 @@ def read_openimages_csv(path: str | Path, *, class_map: Mapping[str, int] | None
     class_map = dict(CLASS_MAP if class_map is None else class_map)
     if not path.is_file():
         raise FileNotFoundError(f"Open Images CSV {path} not found")
-    order: list[str] = []
-    per_image: dict[str, list[tuple[int, list[float], list[int]]]] = {}
-    first_line: dict[str, int] = {}
+    per_image: dict[str, list[_Row]] = {}  # in order of first appearance
     class_counts: Counter[str] = Counter()
     seen_images: set[str] = set()
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
-        try:
-            columns = next(reader, [])
-        except csv.Error as exc:
-            raise LabelParseError(path, reader.line_num, f"malformed CSV header ({exc})") from None
-        class_column = "ClassName" if "ClassName" in columns else "LabelName" if "LabelName" in columns else None
-        missing = [c for c in ("ImageID", *COORD_COLUMNS) if c not in columns]
-        if missing or class_column is None:
-            raise ValueError(
-                f"{path}: missing column(s) {missing + ([] if class_column else ['ClassName or LabelName'])}; an Open "
-                f"Images box CSV needs ImageID, XMin, XMax, YMin, YMax and ClassName or LabelName (got {columns})"
-            )
+        columns, class_column = _read_header(reader, path)
         flag_columns = [c for c in FLAG_COLUMNS if c in columns]
         try:
             for fields in reader:
-                number = reader.line_num
                 if not fields:  # a blank line
                     continue
-                if len(fields) != len(columns):
-                    raise LabelParseError(
-                        path,
-                        number,
-                        f"expected {len(columns)} comma-separated fields (one per header column), found "
-                        f"{len(fields)}; a field holding a comma must be quoted",
-                    )
-                row = dict(zip(columns, fields))
-                image_id = (row.get("ImageID") or "").strip()
-                class_name = (row.get(class_column) or "").strip()
-                if class_column == "LabelName":
-                    class_name = LABEL_NAMES.get(class_name, class_name)
-                if not image_id or not class_name:
-                    raise LabelParseError(path, number, f"empty ImageID or {class_column}")
-                unsafe = unsafe_name_reason(image_id)
-                if unsafe:
-                    raise LabelParseError(
-                        path, number, f"ImageID {image_id!r} {unsafe}; expected an image id such as 'f00d696f4d0663e1'"
-                    )
+                number = reader.line_num
+                row = _row_fields(fields, columns, path, number)
+                image_id, class_name = _image_and_class(row, class_column, path, number)
                 seen_images.add(image_id)
                 class_counts[class_name] += 1
                 label = class_map.get(class_name)
-                if label is None:
-                    continue
-                coords = []
-                for column in COORD_COLUMNS:
-                    text = row.get(column)
-                    try:
-                        value = float(text)
-                    except (TypeError, ValueError):
-                        raise LabelParseError(
-                            path, number, f"{column} = {text!r} is not a number (expected a normalized coordinate)"
-                        ) from None
-                    if not math.isfinite(value):
-                        raise LabelParseError(path, number, f"{column} = {text!r} is not finite")
-                    coords.append(value)
-                flags = []
-                for column in flag_columns:
-                    try:
-                        flags.append(int(float(row[column])))
-                    except (TypeError, ValueError):
-                        flags.append(-1)
-                if image_id not in per_image:
-                    order.append(image_id)
-                    per_image[image_id] = []
-                    first_line[image_id] = number
-                per_image[image_id].append((label, coords, flags, number))
+                if label is not None:
+                    entry = (label, _coordinates(row, path, number), _flags(row, flag_columns), number)
+                    per_image.setdefault(image_id, []).append(entry)
         except csv.Error as exc:
             raise LabelParseError(path, reader.line_num, f"malformed CSV ({exc})") from None
 
-    records = []
-    for image_id in order:
-        rows = per_image[image_id]
-        boxes = np.asarray([coords for _, coords, _, _ in rows], np.float64).reshape(-1, 4)  # (N, 4) xyxy
-        attributes = {FLAG_COLUMNS[c]: np.full(len(rows), -1, np.int64) for c in FLAG_COLUMNS}
-        for k, column in enumerate(flag_columns):
-            attributes[FLAG_COLUMNS[column]] = np.asarray([flags[k] for _, _, flags, _ in rows], np.int64)
-        records.append(
-            ImageRecord(
-                name=image_id,
-                boxes=boxes,
-                labels=np.asarray([label for label, _, _, _ in rows], np.int64),
-                normalized=True,
-                attributes=attributes,
-                source=f"{path}:{first_line[image_id]}",
-                box_lines=np.asarray([line for _, _, _, line in rows], np.int64),
-            )
-        )
+    records = [_image_record(path, image_id, rows, flag_columns) for image_id, rows in per_image.items()]
     unmapped = Counter({name: n for name, n in class_counts.items() if name not in class_map})
     unmapped_images = len(seen_images) - len(per_image)
     if unmapped:
@@ -225,6 +160,95 @@ def read_openimages_csv(path: str | Path, *, class_map: Mapping[str, int] | None
             unmapped_images,
         )
     return OpenImagesLabels(records, class_counts, unmapped, unmapped_images)
+
+
+def _read_header(reader, path: Path) -> tuple[list[str], str]:
+    """The header's columns and the class column (``ClassName``, else ``LabelName``) of a CSV reader."""
+    try:
+        columns = next(reader, [])
+    except csv.Error as exc:
+        raise LabelParseError(path, reader.line_num, f"malformed CSV header ({exc})") from None
+    class_column = "ClassName" if "ClassName" in columns else "LabelName" if "LabelName" in columns else None
+    missing = [c for c in ("ImageID", *COORD_COLUMNS) if c not in columns]
+    if missing or class_column is None:
+        raise ValueError(
+            f"{path}: missing column(s) {missing + ([] if class_column else ['ClassName or LabelName'])}; an Open "
+            f"Images box CSV needs ImageID, XMin, XMax, YMin, YMax and ClassName or LabelName (got {columns})"
+        )
+    return columns, class_column
+
+
+def _row_fields(fields: list[str], columns: list[str], path: Path, number: int) -> dict[str, str]:
+    """Column -> field of one CSV row, which must have one field per header column."""
+    if len(fields) != len(columns):
+        raise LabelParseError(
+            path,
+            number,
+            f"expected {len(columns)} comma-separated fields (one per header column), found "
+            f"{len(fields)}; a field holding a comma must be quoted",
+        )
+    return dict(zip(columns, fields))
+
+
+def _image_and_class(row: Mapping[str, str], class_column: str, path: Path, number: int) -> tuple[str, str]:
+    """The row's ImageID (a safe relative name) and class name (a ``LabelName`` id read as its class name)."""
+    image_id = (row.get("ImageID") or "").strip()
+    class_name = (row.get(class_column) or "").strip()
+    if class_column == "LabelName":
+        class_name = LABEL_NAMES.get(class_name, class_name)
+    if not image_id or not class_name:
+        raise LabelParseError(path, number, f"empty ImageID or {class_column}")
+    unsafe = unsafe_name_reason(image_id)
+    if unsafe:
+        raise LabelParseError(
+            path, number, f"ImageID {image_id!r} {unsafe}; expected an image id such as 'f00d696f4d0663e1'"
+        )
+    return image_id, class_name
+
+
+def _coordinates(row: Mapping[str, str], path: Path, number: int) -> list[float]:
+    """The row's finite ``XMin YMin XMax YMax``."""
+    coords = []
+    for column in COORD_COLUMNS:
+        text = row.get(column)
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise LabelParseError(
+                path, number, f"{column} = {text!r} is not a number (expected a normalized coordinate)"
+            ) from None
+        if not math.isfinite(value):
+            raise LabelParseError(path, number, f"{column} = {text!r} is not finite")
+        coords.append(value)
+    return coords
+
+
+def _flags(row: Mapping[str, str], flag_columns: Sequence[str]) -> list[int]:
+    """The row's 0/1 flags of `flag_columns` (-1 for an empty or non-numeric field)."""
+    flags = []
+    for column in flag_columns:
+        try:
+            flags.append(int(float(row[column])))
+        except (TypeError, ValueError):
+            flags.append(-1)
+    return flags
+
+
+def _image_record(path: Path, image_id: str, rows: Sequence[_Row], flag_columns: Sequence[str]) -> ImageRecord:
+    """The record of one image from its face / person rows (flags absent from the file are -1)."""
+    boxes = np.asarray([coords for _, coords, _, _ in rows], np.float64).reshape(-1, 4)  # (N, 4) xyxy
+    attributes = {FLAG_COLUMNS[c]: np.full(len(rows), -1, np.int64) for c in FLAG_COLUMNS}
+    for k, column in enumerate(flag_columns):
+        attributes[FLAG_COLUMNS[column]] = np.asarray([flags[k] for _, _, flags, _ in rows], np.int64)  # (N,)
+    return ImageRecord(
+        name=image_id,
+        boxes=boxes,
+        labels=np.asarray([label for label, _, _, _ in rows], np.int64),
+        normalized=True,
+        attributes=attributes,
+        source=f"{path}:{rows[0][3]}",
+        box_lines=np.asarray([line for _, _, _, line in rows], np.int64),
+    )
 
 
 def clip_boxes(record: ImageRecord) -> tuple[ImageRecord, int]:

@@ -110,9 +110,8 @@ def read_twoclass_labels(path: str | Path, *, errors: list[LabelParseError] | No
     """
     path = Path(path)
     text = read_text(path, "2-class label")
-    order: list[str] = []
     sources: dict[str, list[str]] = {}
-    rows: dict[str, list[list[float]]] = {}
+    rows: dict[str, list[list[float]]] = {}  # in order of first appearance
     row_lines: dict[str, list[int]] = {}  # 1-based line of each row
     current: str | None = None
     rejected = 0  # line of the last header when it was rejected
@@ -125,7 +124,6 @@ def read_twoclass_labels(path: str | Path, *, errors: list[LabelParseError] | No
                 continue
             rejected = 0
             if name not in rows:
-                order.append(name)
                 rows[name] = []
                 row_lines[name] = []
                 sources[name] = []
@@ -151,13 +149,32 @@ def read_twoclass_labels(path: str | Path, *, errors: list[LabelParseError] | No
         rows[current].append(values)
         row_lines[current].append(number)
 
-    table = np.asarray([row for name in order for row in rows[name]], np.float64).reshape(-1, 5)  # (T, 5)
+    records = _records(rows, row_lines, sources)
+    duplicates = {name: where for name, where in sources.items() if len(where) > 1}
+    if duplicates:
+        first = next(iter(duplicates.items()))
+        logger.warning(
+            "%s: %d image header(s) repeated; their boxes were merged (e.g. %r at %s)",
+            path,
+            len(duplicates),
+            first[0],
+            ", ".join(first[1]),
+        )
+    logger.debug("%s: %d images, %d boxes", path, len(records), sum(len(r) for r in rows.values()))
+    return TwoClassLabels(records, duplicates)
+
+
+def _records(
+    rows: dict[str, list[list[float]]], row_lines: dict[str, list[int]], sources: dict[str, list[str]]
+) -> list[ImageRecord]:
+    """One normalized record per image of `rows` (``cls x y w h`` values, in order of first appearance)."""
+    table = np.asarray([row for per_image in rows.values() for row in per_image], np.float64).reshape(-1, 5)  # (T, 5)
     xyxy = xywh_array_to_xyxy(table[:, 1:])  # (T, 4)
-    labels = table[:, 0].astype(np.int64)
+    labels = table[:, 0].astype(np.int64)  # (T,)
     records = []
     start = 0
-    for name in order:
-        stop = start + len(rows[name])
+    for name, per_image in rows.items():
+        stop = start + len(per_image)
         records.append(
             ImageRecord(
                 name=name,
@@ -169,18 +186,7 @@ def read_twoclass_labels(path: str | Path, *, errors: list[LabelParseError] | No
             )
         )
         start = stop
-    duplicates = {name: where for name, where in sources.items() if len(where) > 1}
-    if duplicates:
-        first = next(iter(duplicates.items()))
-        logger.warning(
-            "%s: %d image header(s) repeated; their boxes were merged (e.g. %r at %s)",
-            path,
-            len(duplicates),
-            first[0],
-            ", ".join(first[1]),
-        )
-    logger.debug("%s: %d images, %d boxes", path, len(records), len(table))
-    return TwoClassLabels(records, duplicates)
+    return records
 
 
 def write_twoclass_labels(path: str | Path, records: Sequence[ImageRecord], *, extension: str = ".jpg") -> Path:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nbsrc.utils import atomic_path
+
 __all__ = [
     "ATTRIBUTE_NAMES",
     "GT_FILES",
@@ -165,17 +167,36 @@ def read_wider_gt(gt_dir: str | Path, attributes: bool = True) -> WiderGroundTru
         raise FileNotFoundError(
             f"ground-truth folder {gt_dir} lacks {', '.join(missing)} (expected the four files {list(GT_FILES)})"
         )
+    face_path = gt_dir / FACE_FILE
+    attr_vars = _attribute_variables(face_path) if attributes else ()
+    face = _load(face_path, ("event_list", "file_list", "face_bbx_list") + attr_vars)
+    events, names, boxes = _read_faces(face_path, face)
+    read_attributes = {
+        attr: _per_image_values(face_path, var, face[var]) for attr, var in zip(ATTRIBUTE_NAMES, attr_vars)
+    }
+    keep = {
+        setting: _read_kept(gt_dir / f"wider_{setting}_val.mat", face_path, events, names, boxes)
+        for setting in SETTINGS
+    }
+    return WiderGroundTruth(events=events, names=names, boxes=boxes, attributes=read_attributes, keep=keep)
 
+
+def _attribute_variables(face_path: Path) -> tuple[str, ...]:
+    """The six attribute variables when the face file holds them all, else none."""
     from scipy.io import whosmat
 
-    face_path = gt_dir / FACE_FILE
     attr_vars = tuple(f"{a}_label_list" for a in ATTRIBUTE_NAMES)
     try:
         present = {name for name, _, _ in whosmat(str(face_path))}
     except Exception as exc:  # scipy raises several types for corrupt files
         raise ValueError(f"{face_path}: not a readable MATLAB .mat file ({exc})") from exc
-    with_attributes = attributes and all(v in present for v in attr_vars)
-    face = _load(face_path, ("event_list", "file_list", "face_bbx_list") + (attr_vars if with_attributes else ()))
+    return attr_vars if all(v in present for v in attr_vars) else ()
+
+
+def _read_faces(
+    face_path: Path, face: dict[str, np.ndarray]
+) -> tuple[list[str], list[list[str]], list[list[np.ndarray]]]:
+    """Events, image names per event and ``[n, 4]`` xywh boxes per event and image of the face file."""
     events_cell = _cell_rows(face["event_list"], f"{face_path}: event_list")
     files_cell = _cell_rows(face["file_list"], f"{face_path}: file_list")
     boxes_cell = _cell_rows(face["face_bbx_list"], f"{face_path}: face_bbx_list")
@@ -184,7 +205,6 @@ def read_wider_gt(gt_dir: str | Path, attributes: bool = True) -> WiderGroundTru
             f"{face_path}: event_list, file_list and face_bbx_list have different lengths "
             f"({len(events_cell)}, {len(files_cell)}, {len(boxes_cell)})"
         )
-
     events: list[str] = []
     names: list[list[str]] = []
     boxes: list[list[np.ndarray]] = []
@@ -201,57 +221,70 @@ def read_wider_gt(gt_dir: str | Path, attributes: bool = True) -> WiderGroundTru
                 for j, f in enumerate(files)
             ]
         )
-        event_boxes = []
-        for j, b in enumerate(per_image):
-            array = np.asarray(b)
-            if array.size == 0:
-                array = np.zeros((0, 4), np.int32)
-            if array.ndim != 2 or array.shape[1] != 4:
-                raise ValueError(f"{where} face_bbx_list[{j}]: expected [n, 4] xywh, got shape {array.shape}")
-            event_boxes.append(array)
+        event_boxes = [_box_array(b, f"{where} face_bbx_list[{j}]") for j, b in enumerate(per_image)]
         _check_boxes(face_path, events[-1], names[-1], event_boxes)
         boxes.append(event_boxes)
+    return events, names, boxes
 
-    attributes: dict[str, list[list[np.ndarray]]] = {}
-    if with_attributes:
-        for attr, var in zip(ATTRIBUTE_NAMES, attr_vars):
-            cell = _cell_rows(face[var], f"{face_path}: {var}")
-            attributes[attr] = [
-                [np.asarray(v).reshape(-1) for v in _cell_rows(cell[i], f"{face_path}: {var}[{i}]")]  # (n,) each
-                for i in range(len(cell))
-            ]
 
-    keep: dict[str, list[list[np.ndarray]]] = {}
-    for setting in SETTINGS:
-        path = gt_dir / f"wider_{setting}_val.mat"
-        mat = _load(path, ("event_list", "gt_list"))
-        cell = _cell_rows(mat["gt_list"], f"{path}: gt_list")
-        setting_events = [_cell_str(v, f"{path}: event_list") for v in _cell_rows(mat["event_list"], str(path))]
-        if setting_events != events:
-            raise ValueError(f"{path}: event_list differs from {face_path}")
-        per_setting = []
-        for i, value in enumerate(cell):
-            images = _cell_rows(value, f"{path}: gt_list[{i}]")
-            if len(images) != len(names[i]):
-                raise ValueError(
-                    f"{path}: gt_list of event {events[i]} has {len(images)} images, {face_path} has {len(names[i])}"
-                )
-            event_keep = [np.asarray(k).reshape(-1).astype(np.int64) for k in images]  # (k,) each
-            if event_keep:  # bounds of every image's indices at once: 1 .. its number of faces
-                lengths = [len(k) for k in event_keep]
-                flat = np.concatenate(event_keep)  # (K,)
-                limit = np.repeat([len(b) for b in boxes[i]], lengths)  # (K,)
-                bad = np.flatnonzero((flat < 1) | (flat > limit))
-                if len(bad):
-                    j = int(np.searchsorted(np.cumsum(lengths), bad[0], side="right"))
-                    indices, n = event_keep[j], len(boxes[i][j])
-                    raise ValueError(
-                        f"{path}: gt_list of {events[i]}/{names[i][j]} holds indices outside 1..{n}: "
-                        f"{indices.min()}..{indices.max()}"
-                    )
-            per_setting.append(event_keep)
-        keep[setting] = per_setting
-    return WiderGroundTruth(events=events, names=names, boxes=boxes, attributes=attributes, keep=keep)
+def _box_array(value: object, where: str) -> np.ndarray:
+    """One image's boxes: ``[n, 4]`` xywh (``[0, 4]`` when the cell is empty)."""
+    array = np.asarray(value)
+    if array.size == 0:
+        array = np.zeros((0, 4), np.int32)
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise ValueError(f"{where}: expected [n, 4] xywh, got shape {array.shape}")
+    return array
+
+
+def _per_image_values(face_path: Path, var: str, value: object) -> list[list[np.ndarray]]:
+    """An attribute variable: per event and image an ``[n]`` array."""
+    cell = _cell_rows(value, f"{face_path}: {var}")
+    return [
+        [np.asarray(v).reshape(-1) for v in _cell_rows(cell[i], f"{face_path}: {var}[{i}]")]  # (n,) each
+        for i in range(len(cell))
+    ]
+
+
+def _read_kept(
+    path: Path, face_path: Path, events: list[str], names: list[list[str]], boxes: list[list[np.ndarray]]
+) -> list[list[np.ndarray]]:
+    """A setting file's ``gt_list``: per event and image the 1-based indices of the evaluated faces."""
+    mat = _load(path, ("event_list", "gt_list"))
+    cell = _cell_rows(mat["gt_list"], f"{path}: gt_list")
+    setting_events = [_cell_str(v, f"{path}: event_list") for v in _cell_rows(mat["event_list"], str(path))]
+    if setting_events != events:
+        raise ValueError(f"{path}: event_list differs from {face_path}")
+    per_setting = []
+    for i, value in enumerate(cell):
+        images = _cell_rows(value, f"{path}: gt_list[{i}]")
+        if len(images) != len(names[i]):
+            raise ValueError(
+                f"{path}: gt_list of event {events[i]} has {len(images)} images, {face_path} has {len(names[i])}"
+            )
+        event_keep = [np.asarray(k).reshape(-1).astype(np.int64) for k in images]  # (k,) each
+        _check_kept(path, f"{events[i]}/", names[i], boxes[i], event_keep)
+        per_setting.append(event_keep)
+    return per_setting
+
+
+def _check_kept(
+    path: Path, event_prefix: str, names: list[str], boxes: list[np.ndarray], event_keep: list[np.ndarray]
+) -> None:
+    """Raise unless every image's indices lie in 1 .. its number of faces (all images of an event at once)."""
+    if not event_keep:
+        return
+    lengths = [len(k) for k in event_keep]
+    flat = np.concatenate(event_keep)  # (K,)
+    limit = np.repeat([len(b) for b in boxes], lengths)  # (K,)
+    bad = np.flatnonzero((flat < 1) | (flat > limit))
+    if len(bad):
+        j = int(np.searchsorted(np.cumsum(lengths), bad[0], side="right"))
+        indices, n = event_keep[j], len(boxes[j])
+        raise ValueError(
+            f"{path}: gt_list of {event_prefix}{names[j]} holds indices outside 1..{n}: "
+            f"{indices.min()}..{indices.max()}"
+        )
 
 
 def _cell(items: list) -> np.ndarray:
@@ -281,8 +314,6 @@ def write_wider_gt(gt_dir: str | Path, gt: WiderGroundTruth) -> Path:
         The folder.
     """
     from scipy.io import savemat
-
-    from nbsrc.utils import atomic_path
 
     gt_dir = Path(gt_dir)
     missing = [s for s in SETTINGS if s not in gt.keep]
