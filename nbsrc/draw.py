@@ -1,4 +1,6 @@
-"""Drawing detections on an RGB image with OpenCV (boxes, scores, 5 landmarks), in the published colours.
+"""Drawing detections into the pixels of an RGB image with OpenCV (boxes, scores, 5 landmarks), in the published
+colours: the annotated images and videos that ``detect --save`` writes. Figures for the notebooks (boxes on
+matplotlib axes) are `nbsrc.viz`; this module needs no matplotlib, so detection starts without importing it.
 
 Colours are RGB: face boxes red, person boxes yellow; landmarks red, yellow, magenta, green, blue for points 0-4
 (the published BGR colours converted to RGB). Detections are the dicts of `nbsrc.detector.Detector.detect`.

@@ -9,19 +9,31 @@ energy map is drawn stretched over the network frame (``extent``) so that networ
 
 `Table` wraps a list of row dicts so that it renders as an HTML table in a notebook and as aligned text
 in a terminal, without pandas.
+
+Boxes here are drawn on matplotlib axes (any picture, energy maps stretched over the network frame, line
+styles per kind); `nbsrc.draw` burns detections into the pixels of an image that is written out (``detect
+--save``), without matplotlib.
 """
 
 from __future__ import annotations
 
 import html
+import io
+import json
 import logging
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from nbsrc.config import get_preset, list_presets
+from nbsrc.data.rgb_dataset import read_rgb
+from nbsrc.evaluation.detection_matching import match_detections
+from nbsrc.pictures import input_picture
 from nbsrc.utils import atomic_path
 
 __all__ = [
@@ -206,7 +218,7 @@ def sample_gallery(samples: Sequence[Mapping[str, Any]], *, ncols: int = 4, save
 
 
 def plot_latent_statistics(stats_by_rate: Mapping[Any, Mapping[str, Any]], *, save: str | Path | None = None) -> Any:
-    """Per rate: per-channel mean and std (sorted by std), and the value histogram (`nbsrc.stats.latent_statistics`)."""
+    """Per rate: per-channel mean and std (sorted by std), and the value histogram (`nbsrc.latent_stats.latent_statistics`)."""
     fig, axes = _figure(3, 1, 4.6, 3.2)
     for rate, stats in stats_by_rate.items():
         order = np.argsort(stats["std"])[::-1]
@@ -224,7 +236,7 @@ def plot_latent_statistics(stats_by_rate: Mapping[Any, Mapping[str, Any]], *, sa
 
 # ---- anchor statistics ---------------------------------------------------------------------------
 def plot_size_histograms(hist: Mapping[str, Any], *, title: str = "", save: str | Path | None = None) -> Any:
-    """Width, height and aspect (w/h) histograms on log axes (`nbsrc.stats.size_histograms`)."""
+    """Width, height and aspect (w/h) histograms on log axes (`nbsrc.face_stats.size_histograms`)."""
     fig, axes = _figure(3, 1, 4.2, 3.0)
     for ax, key, xlabel in zip(
         axes.flat, ("width", "height", "aspect"), ("face width (px)", "face height (px)", "aspect w/h")
@@ -288,7 +300,7 @@ def plot_best_iou(
 
 
 def plot_recall_by_size(rows_by_name: Mapping[str, Sequence[Mapping[str, Any]]], *, save=None) -> Any:
-    """Recall at each IoU threshold per face-size bin (`nbsrc.stats.recall_by_size`), one line per layout."""
+    """Recall at each IoU threshold per face-size bin (`nbsrc.anchor_stats.recall_by_size`), one line per layout."""
     fig, axes = _figure(2, 1, 4.6, 3.2)
     for name, rows in rows_by_name.items():
         rows = [r for r in rows if r["size (px)"] != "all"]
@@ -362,8 +374,6 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], *, save: str | Pa
 
 def read_metrics_tolerant(path: str | Path) -> list[dict[str, Any]]:
     """``metrics.jsonl`` records while a writer may be appending: a partial last line is left for later."""
-    import json
-
     path = Path(path)
     if not path.is_file():
         return []
@@ -394,8 +404,6 @@ class TrainingMonitor:
     """
 
     def __init__(self, metrics_path: str | Path, *, every: float = 20.0, save: str | Path | None = None) -> None:
-        import threading
-
         self.metrics_path = Path(metrics_path)
         self.every = every
         self.save = save
@@ -405,8 +413,6 @@ class TrainingMonitor:
         self._last_count = -1
 
     def _render(self, final: bool = False) -> bytes | None:
-        import io
-
         from matplotlib.figure import Figure
 
         records = read_metrics_tolerant(self.metrics_path)
@@ -438,8 +444,6 @@ class TrainingMonitor:
                 logger.debug("training monitor: %s", exc)
 
     def __enter__(self) -> TrainingMonitor:
-        import threading
-
         try:
             from IPython import get_ipython
             from IPython.display import Markdown, display
@@ -513,9 +517,9 @@ def detection_gallery(items: Sequence[Mapping[str, Any]], *, ncols: int = 3, sav
     """Detections against ground truth: true positives, false positives and misses drawn differently.
 
     Each item: ``picture`` (RGB image or 2-D energy map), optional ``frame`` (width, height) to stretch it
-    over, ``gt_boxes [G, 4]``, ``pred_boxes [P, 4]``, ``scores [P]``, ``match`` (`nbsrc.stats.match_detections`
-    output), optional ``landmarks [P, 5, 2]`` and ``title``. TP solid green, FP solid red, misses dashed
-    yellow, ignored faces dotted grey.
+    over, ``gt_boxes [G, 4]``, ``pred_boxes [P, 4]``, ``scores [P]``, ``match``
+    (`nbsrc.evaluation.detection_matching.match_detections` output), optional ``landmarks [P, 5, 2]`` and
+    ``title``. TP solid green, FP solid red, misses dashed yellow, ignored faces dotted grey.
     """
     if not items:
         raise ValueError("detection gallery: no items")
@@ -560,27 +564,15 @@ def detection_gallery(items: Sequence[Mapping[str, Any]], *, ncols: int = 3, sav
 
 # ---- helpers that turn nbsrc objects into plot inputs ---------------------------------------------
 def picture_of(sample_input: Any, cfg: Any) -> np.ndarray:
-    """What to draw for a dataset sample's ``input`` tensor: a latent's energy map (`nbsrc.stats.energy_map`),
-    or an RGB image recovered from the normalized input (``cfg.model`` mean / std / channel order)."""
-    from nbsrc.stats import energy_map
-
-    array = sample_input.detach().cpu().numpy() if hasattr(sample_input, "detach") else np.asarray(sample_input)
-    if cfg.model.input_kind == "latent":
-        return energy_map(array)
-    mean = np.asarray(cfg.model.pixel_mean, np.float32)[:, None, None]
-    std = np.asarray(cfg.model.pixel_std, np.float32)[:, None, None]
-    image = (array * std + mean).transpose(1, 2, 0)  # (H, W, 3)
-    if cfg.model.channel_order == "bgr":
-        image = image[:, :, ::-1]
-    return np.clip(image, 0, 255).astype(np.uint8)
+    """What to draw for a dataset sample's ``input`` tensor ``[C, H, W]``: a latent's energy map, or the RGB
+    image recovered from the normalized input (`nbsrc.pictures.input_picture` with ``cfg.model``)."""
+    return input_picture(sample_input, cfg.model)
 
 
 def gallery_samples(dataset: Any, indices: Sequence[int], cfg: Any) -> list[dict[str, Any]]:
     """Samples of a dataset ready for `sample_gallery`: the latent's energy map (latent datasets) next to the
     original RGB image when the split has one (ground truth mapped back with the sample's frame), or the network
     image (RGB datasets), with boxes and landmarks in the network frame."""
-    from nbsrc.data.rgb_dataset import read_rgb
-
     out = []
     for index in indices:
         sample = dataset[index]
@@ -631,10 +623,6 @@ def detection_items(
         iou_thresh: IoU for a detection to count as a true positive.
         max_detections: keep at most this many detections per image (the highest scores).
     """
-    import torch
-
-    from nbsrc.stats import match_detections
-
     if not samples:
         return []
     inputs = torch.stack([s["input"] for s in samples])  # (B, C, H, W)
@@ -679,8 +667,6 @@ def epoch_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def config_table(cfg: Any) -> Table:
     """The settings of `cfg` that differ from its preset (dotted keys), with the preset's value."""
-    from nbsrc.config import get_preset, list_presets
-
     current = cfg.to_dict()
     base = get_preset(cfg.preset).to_dict() if cfg.preset in list_presets() else {}
     rows = [{"key": "preset", "value": cfg.preset, "preset default": ""}]

@@ -34,7 +34,7 @@ from typing import Optional  # parameters' annotations: papermill reads Optional
 
 from IPython.display import display
 
-from nbsrc import nbrun, paths, stats, viz
+from nbsrc import face_stats, latent_stats, nbrun, paths, viz
 from nbsrc.config import get_preset
 from nbsrc.data.loaders import build_dataset
 from nbsrc.data.validate import validate_dataset, validation_settings
@@ -97,9 +97,9 @@ display(viz.Table([{k: r.as_dict()[k] for k in frame_keys} for r in report.frame
 # Face sizes are sqrt(w·h) in the network frame; `latent_NN` columns count the images having that rate.
 
 # %%
-faces = {s: stats.load_faces(cfg, dataset_root=root, split=s, max_images=16 if smoke else None) for s in split_names}
-rates = {s: stats.rate_counts(root / s) for s in split_names}
-summary = stats.dataset_summary({s: f["per_image"] for s, f in faces.items()}, rates)
+faces = {s: face_stats.load_faces(cfg, dataset_root=root, split=s, max_images=16 if smoke else None) for s in split_names}
+rates = {s: latent_stats.rate_counts(root / s) for s in split_names}
+summary = face_stats.dataset_summary({s: f["per_image"] for s, f in faces.items()}, rates)
 display(viz.Table(summary, "dataset summary"))
 
 # %% [markdown]
@@ -107,9 +107,9 @@ display(viz.Table(summary, "dataset summary"))
 # Per-channel mean and standard deviation (channels sorted by std) and the value histogram of each rate.
 
 # %%
-latent_stats = stats.latent_statistics_by_rate(root / gallery_split, max_files=4 if smoke else stats_latents)
-display(viz.Table(stats.latent_statistics_rows(latent_stats), f"latents of {gallery_split}"))
-fig = viz.plot_latent_statistics({f"latent_{r}": v for r, v in latent_stats.items()}, save=plots / "latent_stats.png")
+by_rate = latent_stats.latent_statistics_by_rate(root / gallery_split, max_files=4 if smoke else stats_latents)
+display(viz.Table(latent_stats.latent_statistics_rows(by_rate), f"latents of {gallery_split}"))
+fig = viz.plot_latent_statistics({f"latent_{r}": v for r, v in by_rate.items()}, save=plots / "latent_stats.png")
 
 # %% [markdown]
 # ## Samples with their ground truth

@@ -36,7 +36,7 @@ from typing import Optional  # parameters' annotations: papermill reads Optional
 
 from IPython.display import display
 
-from nbsrc import nbrun, paths, stats, viz
+from nbsrc import anchor_stats, face_stats, nbrun, paths, viz
 from nbsrc.config import get_preset
 from nbsrc.utils import setup_logging
 
@@ -63,7 +63,7 @@ plots = run / "plots" / "02_anchor_statistics"
 root = paths.resolve_dataset_root(dataset_root, smoke=smoke) if faces == "dataset" else None  # wider: no dataset
 data = paths.data_settings(root, images_root=images_root, sizes_csv=sizes_csv, label_frame=label_frame)
 cfg = get_preset(preset, **data, gt_dir=gt_dir)
-loaded = stats.load_faces(cfg, faces=faces, split=split, max_images=40 if smoke else None)
+loaded = face_stats.load_faces(cfg, faces=faces, split=split, max_images=40 if smoke else None)
 boxes = loaded["boxes"]
 print(f"{len(boxes):,} faces from {loaded['images']:,} images of {loaded['source']}")
 print(f"network frame: {cfg.data.image_size} px, {cfg.data.resize_policy}")
@@ -73,16 +73,16 @@ print(f"network frame: {cfg.data.image_size} px, {cfg.data.resize_policy}")
 # Width, height and aspect ratio (w/h) of every face after mapping into the frame the detector sees.
 
 # %%
-hist = stats.size_histograms(boxes)
+hist = face_stats.size_histograms(boxes)
 fig = viz.plot_size_histograms(hist, title=loaded["source"], save=plots / "face_sizes.png")
-display(viz.Table(stats.size_percentiles(hist), "percentiles (px; aspect = w/h)"))
+display(viz.Table(face_stats.size_percentiles(hist), "percentiles (px; aspect = w/h)"))
 
 # %% [markdown]
 # ## Anchors per level of the preset
 
 # %%
-layout = stats.anchor_layout(cfg)
-display(viz.Table(stats.anchor_table(layout), f"{layout.name} at {layout.image_size[1]}x{layout.image_size[0]}"))
+layout = anchor_stats.anchor_layout(cfg)
+display(viz.Table(anchor_stats.anchor_table(layout), f"{layout.name} at {layout.image_size[1]}x{layout.image_size[0]}"))
 fig = viz.plot_anchor_shapes(boxes[:, 2:] - boxes[:, :2], layout, save=plots / "anchor_shapes.png")
 
 # %% [markdown]
@@ -92,8 +92,8 @@ fig = viz.plot_anchor_shapes(boxes[:, 2:] - boxes[:, :2], layout, save=plots / "
 # never assigns to any anchor.
 
 # %%
-best = stats.best_anchor_iou(boxes, layout)
-by_size = stats.recall_by_size(boxes, best["iou"], force_iou=cfg.loss.force_iou)
+best = anchor_stats.best_anchor_iou(boxes, layout)
+by_size = anchor_stats.recall_by_size(boxes, best["iou"], force_iou=cfg.loss.force_iou)
 display(viz.Table(by_size, f"{layout.name}: best-anchor IoU by face size sqrt(w*h)"))
 fig = viz.plot_recall_by_size({layout.name: by_size}, save=plots / "recall_by_size.png")
 
@@ -101,7 +101,7 @@ fig = viz.plot_recall_by_size({layout.name: by_size}, save=plots / "recall_by_si
 # ## Faces no anchor can match
 
 # %%
-display(viz.Table(stats.unmatched_summary(boxes, best["iou"], cfg.loss.force_iou), "faces below the forced-match IoU"))
+display(viz.Table(anchor_stats.unmatched_summary(boxes, best["iou"], cfg.loss.force_iou), "faces below the forced-match IoU"))
 fig = viz.plot_anchor_shapes(
     boxes[:, 2:] - boxes[:, :2],
     layout,
@@ -115,7 +115,7 @@ fig = viz.plot_anchor_shapes(
 
 # %%
 presets = [p.strip() for p in compare.split(",") if p.strip()]
-comparison, best_by_preset = stats.compare_presets(
+comparison, best_by_preset = anchor_stats.compare_presets(
     presets, boxes, image_size=cfg.data.image_size, force_iou=cfg.loss.force_iou
 )
 display(viz.Table(comparison, "anchor coverage per preset"))
@@ -128,7 +128,7 @@ fig = viz.plot_best_iou(best_by_preset, save=plots / "best_iou_presets.png")
 
 # %%
 ks = [int(k) for k in kmeans_k.split(",") if k.strip()]
-suggestions = stats.suggest_anchors(boxes, layout, ks=ks)
+suggestions = anchor_stats.suggest_anchors(boxes, layout, ks=ks)
 display(viz.Table(suggestions, "anchor shapes: preset vs k-means"))
 
 # %%

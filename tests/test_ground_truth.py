@@ -267,17 +267,17 @@ def test_cli_subset_and_ground_truth_line(official, tmp_path, capsys, not_on_kag
 
 
 def test_notebook_02_studies_the_wider_faces_by_default(not_on_kaggle):
-    from nbsrc import stats
+    from nbsrc import face_stats
     from nbsrc.config import get_preset
 
     declared = nbrun.declared_parameters(nbrun.read_notebook(ROOT / "notebooks" / "02_anchor_statistics.py"))
     assert ast.literal_eval(declared["faces"].default) == "wider" and declared["gt_dir"].default == "None"
     assert "wider_gt_dir" not in declared
-    faces = stats.load_faces(get_preset("latent-r50"), faces="wider")
+    faces = face_stats.load_faces(get_preset("latent-r50"), faces="wider")
     assert (faces["images"], len(faces["boxes"])) == (3226, 39708 - 11)  # the degenerate boxes dropped
     assert faces["source"] == "WIDER FACE val (the official WIDER FACE val files shipped with nbsrc)"
     assert len(faces["per_image"]) == 3226 and sum(len(b) for b in faces["per_image"]) == len(faces["boxes"])
     sizes = faces["boxes"][:, 2:] - faces["boxes"][:, :2]
     assert (sizes > 0).all() and faces["boxes"][:, 2].max() <= 640 * 1.01  # 1024 px wide originals -> 640
     with pytest.raises(ValueError, match="faces must be one of wider, dataset; got 'both'"):
-        stats.load_faces(get_preset("latent-r50"), faces="both")
+        face_stats.load_faces(get_preset("latent-r50"), faces="both")
