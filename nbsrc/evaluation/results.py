@@ -26,6 +26,7 @@ about 0.1 s (``bench/bench_eval.py``).
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 from collections.abc import Collection, Sequence
@@ -35,15 +36,20 @@ from pathlib import Path
 
 import numpy as np
 
+from nbsrc.data.readers.common import unsafe_name_reason
+from nbsrc.utils import atomic_write_text
+
 __all__ = [
     "MANIFEST",
     "ResultSet",
     "format_result_text",
+    "list_result_files",
     "parse_result_text",
     "predicted_images",
     "read_result_file",
     "read_result_folder",
     "result_path",
+    "strip_image_extension",
     "write_wider_results",
 ]
 
@@ -60,19 +66,18 @@ def result_path(out_dir: str | Path, name: str) -> Path:
     Raises:
         ValueError: `name` is an absolute path or has a ``..`` component: its file would lie outside `out_dir`.
     """
-    from nbsrc.data.readers.common import unsafe_name_reason
-
     reason = unsafe_name_reason(str(name))
     if reason:
         raise ValueError(
             f"image name {name!r} {reason}: its result file would lie outside {out_dir}; expected a relative "
             "'<event>/<basename>' name"
         )
-    name = _strip_extension(str(name).rstrip("/"))
+    name = strip_image_extension(str(name).rstrip("/"))
     return Path(out_dir) / f"{name}.txt"
 
 
-def _strip_extension(name: str) -> str:
+def strip_image_extension(name: str) -> str:
+    """`name` without its image extension (`IMAGE_EXTENSIONS`, any case), if it has one."""
     lower = name.lower()
     for ext in IMAGE_EXTENSIONS:
         if lower.endswith(ext):
@@ -151,8 +156,6 @@ def write_wider_results(
     Returns:
         The file written.
     """
-    from nbsrc.utils import atomic_write_text
-
     path = result_path(out_dir, name)
     basename = path.stem
     atomic_write_text(path, format_result_text(basename, boxes_xyxy, scores, labels=labels, decimals=decimals))
@@ -166,7 +169,7 @@ def _check_name_line(name_line: str, path: str | Path, expected: str | None) -> 
     name = name_line.strip()
     if not name:
         raise ValueError(f"{path}:1: empty name line (expected the image name {expected or path.stem!r})")
-    base = _strip_extension(name.replace("\\", "/").rsplit("/", 1)[-1])
+    base = strip_image_extension(name.replace("\\", "/").rsplit("/", 1)[-1])
     expected = Path(path).stem if expected is None else expected
     if base != expected:
         raise ValueError(f"{path}:1: name line {name!r} does not match the image {expected!r} of this file")
@@ -271,7 +274,7 @@ class ResultSet:
         return np.concatenate(([0], np.cumsum(self.counts)))
 
 
-def _list_result_files(pred_dir: Path) -> set[str]:
+def list_result_files(pred_dir: Path) -> set[str]:
     """Relative names (without ``.txt``) of every result file under `pred_dir` (hidden temp files skipped)."""
     found: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(pred_dir):
@@ -293,8 +296,6 @@ def predicted_images(pred_dir: str | Path) -> list[str]:
         FileNotFoundError: the folder does not exist.
         ValueError: an unreadable ``predictions.json``.
     """
-    import json
-
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"prediction folder {pred_dir} not found")
@@ -306,8 +307,8 @@ def predicted_images(pred_dir: str | Path) -> list[str]:
             raise ValueError(f"{manifest}: not a prediction manifest with a 'names' list ({err})") from None
         if not isinstance(names, list):
             raise ValueError(f"{manifest}: 'names' is not a list")
-        return sorted({_strip_extension(str(n).rstrip("/")) for n in names})
-    return sorted(_list_result_files(pred_dir))
+        return sorted({strip_image_extension(str(n).rstrip("/")) for n in names})
+    return sorted(list_result_files(pred_dir))
 
 
 def read_result_folder(
@@ -346,9 +347,20 @@ def read_result_folder(
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"prediction folder {pred_dir} not found")
     names = [str(n) for n in names]
-    found = _list_result_files(pred_dir)
-    wanted = set(names)
-    extra = sorted(found - wanted - set(ignore))
+    absent = _absent_images(pred_dir, names, ignore, missing, missing_hint)
+    columns = tuple(sorted(set(columns)))
+    per_file = _read_files(pred_dir, names, set(absent), columns, files_per_chunk, workers)
+    rows, counts = _concatenate(pred_dir, names, per_file, columns[0])
+    return ResultSet(names=names, rows=rows, counts=counts, missing=absent)
+
+
+def _absent_images(
+    pred_dir: Path, names: list[str], ignore: Collection[str], missing: str, missing_hint: str | None
+) -> list[str]:
+    """The images of `names` without a result file (raising for ``missing="error"``, else with a warning); raises
+    for result files that match no image of `names` or `ignore`."""
+    found = list_result_files(pred_dir)
+    extra = sorted(found - set(names) - set(ignore))
     if extra:
         shown = ", ".join(f"{pred_dir / e}.txt" for e in extra[:10])
         raise ValueError(
@@ -367,13 +379,23 @@ def read_result_folder(
         logger.warning(
             "%d of %d images have no result file in %s; counted as empty: %s", len(absent), len(names), pred_dir, shown
         )
-    absent_set = set(absent)
+    return absent
 
-    columns = tuple(sorted(set(columns)))
+
+def _read_files(
+    pred_dir: Path,
+    names: list[str],
+    absent: set[str],
+    columns: tuple[int, ...],
+    files_per_chunk: int,
+    workers: int | None,
+) -> list[np.ndarray]:
+    """``float64 [n, C]`` rows of every image of `names` (``[0, columns[0]]`` for an absent one), read and parsed
+    in groups of `files_per_chunk` files by `workers` threads."""
     per_file: list[np.ndarray | None] = [None] * len(names)
     tasks: list[list[tuple[int, str]]] = [[]]
     for index, name in enumerate(names):
-        if name in absent_set:
+        if name in absent:
             per_file[index] = np.zeros((0, columns[0]))
             continue
         if len(tasks[-1]) >= files_per_chunk:
@@ -399,11 +421,17 @@ def read_result_folder(
     finally:
         if workers > 1:
             pool.shutdown(cancel_futures=True)
+    return per_file
 
-    width = next((rows.shape[1] for rows in per_file if rows is not None and len(rows)), columns[0])
+
+def _concatenate(
+    pred_dir: Path, names: list[str], per_file: list[np.ndarray], default_width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(float64 [R, C] rows of all files, int64 [I] rows per file)``; every file must have the width of the
+    first non-empty one (`default_width` when all are empty)."""
+    width = next((rows.shape[1] for rows in per_file if len(rows)), default_width)
     parts = []
     for index, rows in enumerate(per_file):
-        assert rows is not None
         if len(rows) and rows.shape[1] != width:
             raise ValueError(
                 f"{pred_dir / names[index]}.txt: {rows.shape[1]} values per line, but other files have {width}"
@@ -411,7 +439,7 @@ def read_result_folder(
         parts.append(rows.reshape(-1, width))  # (n, C)
     counts = np.array([len(p) for p in parts], np.int64)
     all_rows = np.concatenate(parts) if parts else np.zeros((0, width))
-    return ResultSet(names=names, rows=all_rows, counts=counts, missing=absent)
+    return all_rows, counts
 
 
 def _read_bytes(path: str | Path, block: int = 1 << 16) -> bytes:

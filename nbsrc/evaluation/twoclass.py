@@ -35,8 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nbsrc.data.readers.twoclass import read_twoclass_labels
 from nbsrc.data.records import CLASS_NAMES, FACE, PERSON
 from nbsrc.evaluation.detection_ap import PRCurve, detection_pr
+from nbsrc.evaluation.results import list_result_files, read_result_folder
+from nbsrc.utils import atomic_write_text
 
 __all__ = [
     "IOU_THRESHOLDS",
@@ -148,11 +151,9 @@ def _gt_per_class(records) -> tuple[list[str], dict[int, list[np.ndarray]]]:
 def _resolve_files(pred_dir: Path, names: Sequence[str]) -> list[str]:
     """Result-file names (relative to `pred_dir`, without ``.txt``) of the ground-truth images `names`: the name
     itself when that file exists (flat layout), else the unique ``<folder>/<name>`` file (WIDER layout)."""
-    from nbsrc.evaluation.results import _list_result_files
-
     if not pred_dir.is_dir():
         return list(names)
-    found = _list_result_files(pred_dir)
+    found = list_result_files(pred_dir)
     nested = [f for f in found if "/" in f]
     if not nested:
         return list(names)
@@ -242,13 +243,9 @@ def evaluate_twoclass(
     Returns:
         A `TwoClassResult`.
     """
-    from nbsrc.evaluation.results import read_result_folder
-
     if coords not in ("auto", "normalized", "pixels"):
         raise ValueError(f"coords must be 'auto', 'normalized' or 'pixels', got {coords!r}")
     if isinstance(gt, (str, Path)):
-        from nbsrc.data.readers.twoclass import read_twoclass_labels
-
         records = list(read_twoclass_labels(gt))
     else:
         records = list(gt)
@@ -315,7 +312,5 @@ def format_twoclass_table(result: TwoClassResult) -> str:
 
 
 def save_twoclass_json(result: TwoClassResult, path: str | Path) -> Path:
-    from nbsrc.utils import atomic_write_text
-
     atomic_write_text(path, json.dumps(result.to_dict(), indent=2) + "\n")
     return Path(path)

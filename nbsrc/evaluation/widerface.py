@@ -37,11 +37,14 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from nbsrc.data.readers.wider_mat import SETTINGS, WiderGroundTruth, read_wider_gt
 from nbsrc.evaluation.detection_ap import max_iou_match, voc_ap
+from nbsrc.evaluation.results import read_result_folder, strip_image_extension
+from nbsrc.utils import atomic_path, atomic_write_text
 
 __all__ = [
     "NUM_THRESHOLDS",
@@ -202,17 +205,7 @@ def evaluate_predictions(
         raise ValueError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
     gt_boxes, gt_offsets, kept = _gt_arrays(gt)
     num_images = len(gt_offsets) - 1
-    counts = np.asarray(counts, np.int64).reshape(-1)  # (I,)
-    if len(counts) != num_images:
-        raise ValueError(f"counts has {len(counts)} entries for {num_images} ground-truth images")
-    boxes = np.asarray(boxes_xywh, np.float64).reshape(-1, 4)  # (N, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)  # (N,)
-    if not len(boxes) == len(scores) == int(counts.sum()):
-        raise ValueError(f"{len(boxes)} boxes, {len(scores)} scores, counts sum to {int(counts.sum())}")
-    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
-        raise ValueError("predictions hold NaN or infinite boxes or scores")
-    if (boxes[:, 2:] < 0).any():
-        raise ValueError(f"{int((boxes[:, 2:] < 0).any(1).sum())} predictions have a negative width or height (xywh)")
+    boxes, scores, counts = _checked_predictions(boxes_xywh, scores, counts, num_images)
     num_predictions = len(scores)
     norm = normalize_scores(scores)
 
@@ -222,62 +215,19 @@ def evaluate_predictions(
     if (gt_counts == 0).any():
         keep = gt_counts[image] > 0
         boxes, norm, image = boxes[keep], norm[keep], image[keep]
-    n = len(norm)
-    xyxy = boxes.copy()
-    xyxy[:, 2:] += xyxy[:, :2]  # (N, 4)
-
-    # Matching (setting-independent): best face per prediction; the first hit of each face in file order.
-    best_iou, best_local = max_iou_match(xyxy, image, gt_boxes, gt_offsets, min_iou=iou_thresh, plus_one=True)
-    hit = (best_iou >= iou_thresh) & (best_local >= 0)
-    face = np.where(hit, gt_offsets[image] + best_local, 0)  # (N,) global face index (valid where hit)
-    first_hit = np.zeros(n, bool)
-    hit_index = np.flatnonzero(hit)
-    _, first = np.unique(face[hit_index], return_index=True)
-    first_hit[hit_index[first]] = True
-
-    # Threshold sweep (setting-independent): t_h = first threshold a prediction passes; per (image, t_h) group the
-    # last prediction r passing it; a running max over t gives r_t. Group ends are where r_t can change.
+    hit, face, first_hit = _match(boxes, image, gt_boxes, gt_offsets, iou_thresh)
     thr = thresholds()
-    t_pass = NUM_THRESHOLDS - np.searchsorted(thr[::-1], norm, side="right")  # (N,) in [0, 1000]
-    passes = t_pass < NUM_THRESHOLDS
-    key = image * (NUM_THRESHOLDS + 1) + t_pass  # (N,) image, then threshold bin
-    if len(key) < 2 or (key[1:] >= key[:-1]).all():
-        order = np.arange(n)  # files sorted by score (our writer, the published scripts): already in order
-    else:
-        order = np.argsort(key, kind="stable")  # stable: ties keep file order
-    order = order[passes[order]]
-    run_max = np.maximum.accumulate(order) if len(order) else order  # last passing prediction so far, per image
-    sorted_image, sorted_bin = image[order], t_pass[order]
-    group_end = np.ones(len(order), bool)
-    group_end[:-1] = (sorted_image[1:] != sorted_image[:-1]) | (sorted_bin[1:] != sorted_bin[:-1])
-    r_at = run_max[group_end]  # (E,) last passing prediction at each event
-    bin_at = sorted_bin[group_end]  # (E,)
-    image_at = sorted_image[group_end]  # (E,)
-    new_image = np.ones(len(r_at), bool)
-    new_image[1:] = image_at[1:] != image_at[:-1]
-    pred_start = np.concatenate(([0], np.cumsum(np.bincount(image, minlength=num_images))))[image]  # (N,)
+    sweep = _sweep(norm, image, num_images, thr)
 
     ap, precision, recall, num_faces = {}, {}, {}, {}
     for setting in SETTINGS:
-        kept_face = hit & kept[setting][face]
-        proposal = ~(hit & ~kept[setting][face])  # predictions on ignored faces are dropped
-        recalled = first_hit & kept_face
-        cum_prop = np.cumsum(proposal)  # (N,) global running counts ...
-        cum_rec = np.cumsum(recalled)
-        base_prop = np.where(pred_start > 0, cum_prop[pred_start - 1], 0)  # ... minus the image's start
-        base_rec = np.where(pred_start > 0, cum_rec[pred_start - 1], 0)
-        prop_at = (cum_prop - base_prop)[r_at].astype(np.float64)  # (E,)
-        rec_at = (cum_rec - base_rec)[r_at].astype(np.float64)
-        d_prop = np.diff(prop_at, prepend=0.0)
-        d_rec = np.diff(rec_at, prepend=0.0)
-        d_prop[new_image] = prop_at[new_image]
-        d_rec[new_image] = rec_at[new_image]
-        curve_prop = np.cumsum(np.bincount(bin_at, weights=d_prop, minlength=NUM_THRESHOLDS))  # (1000,)
-        curve_rec = np.cumsum(np.bincount(bin_at, weights=d_rec, minlength=NUM_THRESHOLDS))
+        kept_face = kept[setting][face]  # (N,) whether the matched face (where hit) is kept
+        proposal = ~(hit & ~kept_face)  # predictions on ignored faces are dropped
+        recalled = first_hit & kept_face  # first hits are hits
+        prec, rec = _curves(proposal, recalled, sweep)
         count_face = int(kept[setting].sum())
-        prec = np.divide(curve_rec, curve_prop, out=np.zeros(NUM_THRESHOLDS), where=curve_prop > 0)
         if count_face:
-            rec = curve_rec / count_face
+            rec = rec / count_face
             ap[setting] = voc_ap(rec, prec)
         else:
             logger.warning("setting %s keeps no face: AP undefined (NaN)", setting)
@@ -297,6 +247,104 @@ def evaluate_predictions(
     )
 
 
+def _checked_predictions(
+    boxes_xywh: np.ndarray, scores: np.ndarray, counts: np.ndarray, num_images: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(float64 [N, 4] xywh, float64 [N] scores, int64 [I] counts)``; raises for counts that do not match the
+    ground truth's images or the predictions, NaN or infinite values, a negative width or height."""
+    counts = np.asarray(counts, np.int64).reshape(-1)  # (I,)
+    if len(counts) != num_images:
+        raise ValueError(f"counts has {len(counts)} entries for {num_images} ground-truth images")
+    boxes = np.asarray(boxes_xywh, np.float64).reshape(-1, 4)  # (N, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)  # (N,)
+    if not len(boxes) == len(scores) == int(counts.sum()):
+        raise ValueError(f"{len(boxes)} boxes, {len(scores)} scores, counts sum to {int(counts.sum())}")
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        raise ValueError("predictions hold NaN or infinite boxes or scores")
+    if (boxes[:, 2:] < 0).any():
+        raise ValueError(f"{int((boxes[:, 2:] < 0).any(1).sum())} predictions have a negative width or height (xywh)")
+    return boxes, scores, counts
+
+
+def _match(
+    boxes: np.ndarray, image: np.ndarray, gt_boxes: np.ndarray, gt_offsets: np.ndarray, iou_thresh: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Matching (setting-independent): the best face of each prediction (xywh `boxes` of images `image`).
+
+    Returns:
+        ``(hit [N], face [N], first_hit [N])``: IoU >= `iou_thresh` with the best face, that face's global index
+        (valid where hit), whether the prediction is the first hit of its face in file order.
+    """
+    xyxy = boxes.copy()
+    xyxy[:, 2:] += xyxy[:, :2]  # (N, 4)
+    best_iou, best_local = max_iou_match(xyxy, image, gt_boxes, gt_offsets, min_iou=iou_thresh, plus_one=True)
+    hit = (best_iou >= iou_thresh) & (best_local >= 0)
+    face = np.where(hit, gt_offsets[image] + best_local, 0)  # (N,) global face index (valid where hit)
+    first_hit = np.zeros(len(boxes), bool)
+    hit_index = np.flatnonzero(hit)
+    _, first = np.unique(face[hit_index], return_index=True)
+    first_hit[hit_index[first]] = True
+    return hit, face, first_hit
+
+
+class _Sweep(NamedTuple):
+    """Where each image's last passing prediction ``r`` moves along the thresholds (setting-independent).
+
+    Attributes:
+        r_at: ``[E]`` the last passing prediction at each event.
+        bin_at: ``[E]`` the threshold index of each event.
+        new_image: ``[E]`` whether the event is its image's first.
+        pred_start: ``[N]`` index of the first prediction of each prediction's image.
+    """
+
+    r_at: np.ndarray
+    bin_at: np.ndarray
+    new_image: np.ndarray
+    pred_start: np.ndarray
+
+
+def _sweep(norm: np.ndarray, image: np.ndarray, num_images: int, thr: np.ndarray) -> _Sweep:
+    """The threshold sweep: t_h = first threshold a prediction passes; per (image, t_h) group the last prediction
+    r passing it; a running max over t gives r_t. Group ends are where r_t can change."""
+    t_pass = NUM_THRESHOLDS - np.searchsorted(thr[::-1], norm, side="right")  # (N,) in [0, 1000]
+    passes = t_pass < NUM_THRESHOLDS
+    key = image * (NUM_THRESHOLDS + 1) + t_pass  # (N,) image, then threshold bin
+    if len(key) < 2 or (key[1:] >= key[:-1]).all():
+        order = np.arange(len(norm))  # files sorted by score (our writer, the published scripts): already in order
+    else:
+        order = np.argsort(key, kind="stable")  # stable: ties keep file order
+    order = order[passes[order]]
+    run_max = np.maximum.accumulate(order) if len(order) else order  # last passing prediction so far, per image
+    sorted_image, sorted_bin = image[order], t_pass[order]
+    group_end = np.ones(len(order), bool)
+    group_end[:-1] = (sorted_image[1:] != sorted_image[:-1]) | (sorted_bin[1:] != sorted_bin[:-1])
+    image_at = sorted_image[group_end]  # (E,)
+    new_image = np.ones(len(image_at), bool)
+    new_image[1:] = image_at[1:] != image_at[:-1]
+    pred_start = np.concatenate(([0], np.cumsum(np.bincount(image, minlength=num_images))))[image]  # (N,)
+    return _Sweep(run_max[group_end], sorted_bin[group_end], new_image, pred_start)
+
+
+def _curves(proposal: np.ndarray, recalled: np.ndarray, sweep: _Sweep) -> tuple[np.ndarray, np.ndarray]:
+    """``(precision [1000], recalled faces [1000])`` per threshold from the per-prediction flags `proposal`
+    (counted) and `recalled` (recalls a kept face)."""
+    r_at, new_image, pred_start = sweep.r_at, sweep.new_image, sweep.pred_start
+    cum_prop = np.cumsum(proposal)  # (N,) global running counts ...
+    cum_rec = np.cumsum(recalled)
+    base_prop = np.where(pred_start > 0, cum_prop[pred_start - 1], 0)  # ... minus the image's start
+    base_rec = np.where(pred_start > 0, cum_rec[pred_start - 1], 0)
+    prop_at = (cum_prop - base_prop)[r_at].astype(np.float64)  # (E,)
+    rec_at = (cum_rec - base_rec)[r_at].astype(np.float64)
+    d_prop = np.diff(prop_at, prepend=0.0)
+    d_rec = np.diff(rec_at, prepend=0.0)
+    d_prop[new_image] = prop_at[new_image]
+    d_rec[new_image] = rec_at[new_image]
+    curve_prop = np.cumsum(np.bincount(sweep.bin_at, weights=d_prop, minlength=NUM_THRESHOLDS))  # (1000,)
+    curve_rec = np.cumsum(np.bincount(sweep.bin_at, weights=d_rec, minlength=NUM_THRESHOLDS))
+    prec = np.divide(curve_rec, curve_prop, out=np.zeros(NUM_THRESHOLDS), where=curve_prop > 0)
+    return prec, curve_rec
+
+
 def subset_ground_truth(gt: WiderGroundTruth, images: Iterable[str]) -> WiderGroundTruth:
     """The ground truth of `images` only, in the ground truth's order (events left without images dropped).
 
@@ -309,9 +357,7 @@ def subset_ground_truth(gt: WiderGroundTruth, images: Iterable[str]) -> WiderGro
     Raises:
         ValueError: names the ground truth does not hold (the first ten listed, with their count), or no names.
     """
-    from nbsrc.evaluation.results import _strip_extension
-
-    wanted = {_strip_extension(str(name).strip().replace("\\", "/").strip("/")) for name in images}
+    wanted = {strip_image_extension(str(name).strip().replace("\\", "/").strip("/")) for name in images}
     if not wanted:
         raise ValueError("no images to evaluate: the image list is empty (a split without images?)")
     known = gt.image_names()
@@ -366,8 +412,6 @@ def evaluate_curves(
             ground-truth image, a malformed result file.
         FileNotFoundError: images without a result file (``missing="error"``).
     """
-    from nbsrc.evaluation.results import read_result_folder
-
     gt_all = gt_dir if isinstance(gt_dir, WiderGroundTruth) else read_wider_gt(gt_dir, attributes=False)
     gt = gt_all if images is None else subset_ground_truth(gt_all, images)
     names = gt.image_names()
@@ -426,8 +470,6 @@ def plot_pr_curves(result: WiderResult, path: str | Path, title: str = "WIDER FA
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from nbsrc.utils import atomic_path
-
     path = Path(path)
     fig, ax = plt.subplots(figsize=(5, 4.5))
     for setting in SETTINGS:
@@ -446,7 +488,5 @@ def plot_pr_curves(result: WiderResult, path: str | Path, title: str = "WIDER FA
 
 def save_json(result: WiderResult, path: str | Path, curves: bool = False) -> Path:
     """Write `WiderResult.to_dict` as JSON, atomically."""
-    from nbsrc.utils import atomic_write_text
-
     atomic_write_text(path, json.dumps(result.to_dict(curves=curves), indent=2) + "\n")
     return Path(path)

@@ -21,7 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from nbsrc.data.readers.common import LabelParseError, drop_degenerate, select_boxes
+from nbsrc.data.readers.common import LabelParseError, drop_degenerate, select_boxes, xywh_array_to_xyxy
+from nbsrc.data.readers.openimages import read_openimages_csv
+from nbsrc.data.readers.per_image import list_label_files, read_per_image_labels
+from nbsrc.data.readers.retinaface_txt import read_retinaface_labels
+from nbsrc.data.readers.twoclass import read_twoclass_labels
+from nbsrc.data.readers.wider_bbx import read_wider_bbx_gt
+from nbsrc.data.readers.wider_mat import GT_FILES, read_wider_gt
 from nbsrc.data.records import FACE, ImageRecord
 
 __all__ = [
@@ -112,8 +118,6 @@ def detect_format(path: str | Path) -> str:
     if path.is_dir():
         if any(path.glob("wider_*_val.mat")) or any(path.glob("wider_face_*.mat")):
             return "wider_mat"
-        from nbsrc.data.readers.per_image import list_label_files
-
         if list_label_files(path):
             return "per_image"
         raise ValueError(
@@ -130,8 +134,6 @@ def detect_format(path: str | Path) -> str:
 def records_from_wider_gt(gt, source: str = "") -> list[ImageRecord]:
     """`nbsrc.data.readers.wider_mat.WiderGroundTruth` -> records (xyxy pixels, WIDER attributes, names
     ``<event>/<basename>``; the easy / medium / hard keep lists are not part of a record)."""
-    from nbsrc.data.readers.common import xywh_array_to_xyxy
-
     records = []
     for i, event in enumerate(gt.events):
         for j, name in enumerate(gt.names[i]):
@@ -169,28 +171,16 @@ def read_labels(path: str | Path, format: str = "auto", **kwargs) -> list[ImageR
     if name == "auto":
         name = detect_format(path)
     if name == "retinaface":
-        from nbsrc.data.readers.retinaface_txt import read_retinaface_labels
-
         return read_retinaface_labels(path, **kwargs)
     if name == "wider_bbx":
-        from nbsrc.data.readers.wider_bbx import read_wider_bbx_gt
-
         return read_wider_bbx_gt(path, **kwargs)
     if name == "per_image":
-        from nbsrc.data.readers.per_image import read_per_image_labels
-
         return read_per_image_labels(path, **kwargs)
     if name == "twoclass":
-        from nbsrc.data.readers.twoclass import read_twoclass_labels
-
         return read_twoclass_labels(path, **kwargs)
     if name == "openimages":
-        from nbsrc.data.readers.openimages import read_openimages_csv
-
         return read_openimages_csv(path, **kwargs)
     if name == "wider_mat":
-        from nbsrc.data.readers.wider_mat import GT_FILES, read_wider_gt
-
         folder = path if path.is_dir() else path.parent
         return records_from_wider_gt(read_wider_gt(folder, **kwargs), source=str(folder / GT_FILES[0]))
     raise ValueError(f"unknown label format {format!r} for {path}; expected 'auto' or one of {list(FORMATS)}")
