@@ -2,7 +2,7 @@
 
 Levels, low to high; a module may import only from its own level or below:
 
-0. foundation: config, boxes, utils, runs, frame, pictures, preprocess, latents, data.records
+0. foundation: config, boxes, utils, runs, frame, folder_search, pictures, preprocess, latents, data.records
 1. anchors, matching
 2. model/*, loss, postprocess, checkpoint, detector, export, draw, weights (the shipped weight files)
 3. data/* (which may import only the foundation)
@@ -33,6 +33,7 @@ LEVELS: list[tuple[int, str]] = [
     (0, "nbsrc.utils"),
     (0, "nbsrc.runs"),
     (0, "nbsrc.frame"),
+    (0, "nbsrc.folder_search"),
     (0, "nbsrc.pictures"),
     (0, "nbsrc.preprocess"),
     (0, "nbsrc.latents"),

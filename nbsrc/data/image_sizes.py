@@ -38,6 +38,7 @@ from nbsrc.data.label_frame import (
     read_sizes_csv,
     strip_image_extension,
 )
+from nbsrc.folder_search import find_folders
 from nbsrc.utils import atomic_write_text
 
 __all__ = [
@@ -54,7 +55,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SEARCH_DEPTH = 4  # folders below an images root searched for WIDER_<split>/images
-_SKIP_DIRS = {"latent", "latents", "ground_truth", "__pycache__"}  # never hold a WIDER image tree
+_SKIP_DIRS = ("images", "latent", "latents", "ground_truth", "__pycache__")  # never hold a WIDER image tree
 _MEMO: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}  # (tree, fingerprint) -> sizes, per process
 _SAID: set[tuple[str, str]] = set()  # (split folder, source) already logged in this process
 
@@ -113,23 +114,13 @@ def find_split_trees(images_root: str | Path, split: str, *, flat: bool = True) 
     aliases = _split_aliases(split)
     if root.name.lower() in aliases:  # the split's own folder was given
         return [root / "images"] if (root / "images").is_dir() else [root]
-    found: list[Path] = []
-    frontier = [root]
-    for _ in range(SEARCH_DEPTH):
-        children: list[Path] = []
-        for folder in frontier:
-            try:
-                subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-            except OSError:
-                continue
-            for sub in subdirs:
-                if sub.name.lower() in aliases and (sub / "images").is_dir():
-                    found.append(sub / "images")
-                elif sub.name.lower() not in _SKIP_DIRS and sub.name != "images":
-                    children.append(sub)
-        if found:
-            return found
-        frontier = children
+
+    def is_split_tree(folder: Path) -> bool:
+        return folder.name.lower() in aliases and (folder / "images").is_dir()
+
+    found = find_folders(root, is_split_tree, max_depth=SEARCH_DEPTH, skip=_SKIP_DIRS, shallowest=True)
+    if found:
+        return [folder / "images" for folder in found]
     if flat and _holds_images(root / "images" if (root / "images").is_dir() else root):
         other = [p for p in root.iterdir() if p.is_dir() and p.name.lower().startswith("wider_")]
         if not other:  # a folder of WIDER_train/ only holds no images of val

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from nbsrc import paths
 from nbsrc.data.readers.wider_mat import GT_FILES
+from nbsrc.folder_search import find_folders
 
 __all__ = [
     "GT_FILES",
@@ -95,6 +96,10 @@ def _is_shipped_copy(folder: Path) -> bool:
     return folder.parts[-3:] == ("nbsrc", "evaluation", SHIPPED_GT_DIR.name)
 
 
+def _holds_gt_files(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in GT_FILES)
+
+
 def find_gt_folders(root: str | Path, max_depth: int, max_folders: int = MAX_FOLDERS) -> list[Path]:
     """Folders at most `max_depth` levels below `root` (itself included) holding the four files, sorted.
 
@@ -102,33 +107,8 @@ def find_gt_folders(root: str | Path, max_depth: int, max_folders: int = MAX_FOL
     own files are left out (they are the shipped files). At most `max_folders` folders are listed (a warning says
     when the search stopped there).
     """
-    root = Path(root)
-    found: list[Path] = []
-    frontier, listed = [root], 0
-    for depth in range(max_depth + 1):
-        deeper: list[Path] = []
-        for folder in frontier:
-            if listed >= max_folders:
-                logger.warning("ground-truth search below %s stopped after %d folders", root, max_folders)
-                return sorted(found)
-            listed += 1
-            try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError:
-                continue
-            files = {e.name for e in entries if not e.name.startswith(".") and e.is_file()}
-            if all(name in files for name in GT_FILES):
-                if not _is_shipped_copy(folder):
-                    found.append(folder)
-                continue
-            if depth == max_depth:
-                continue
-            for entry in entries:
-                if entry.name.startswith(".") or entry.name in SKIPPED_FOLDERS or not entry.is_dir():
-                    continue
-                deeper.append(Path(entry.path))
-        frontier = deeper
-    return sorted(found)
+    found = find_folders(root, _holds_gt_files, max_depth=max_depth, skip=SKIPPED_FOLDERS, max_folders=max_folders)
+    return sorted(folder for folder in found if not _is_shipped_copy(folder))
 
 
 def _digest(folder: Path) -> str:
