@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import datetime
 import difflib
+import functools
 import json
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from nbsrc.utils import atomic_write_text
 
 __all__ = [
     "AnchorConfig",
@@ -29,16 +34,31 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "TrainConfig",
+    "coerce_value",
     "get_preset",
     "list_presets",
     "register_preset",
 ]
 
-BACKBONES = ("mobilenet0.25", "resnet18", "resnet34", "resnet50")
-NECKS = ("biubug6", "p2p6")
-BRIDGES = ("deconv", "bilinear", "nearest", "pixelshuffle")
+# the settings that take one of a few names: `Literal` field types, checked where a config is built (`_check_choices`)
+Backbone = Literal["mobilenet0.25", "resnet18", "resnet34", "resnet50"]
+Neck = Literal["biubug6", "p2p6"]
+InputKind = Literal["rgb", "latent"]
+Bridge = Literal["deconv", "bilinear", "nearest", "pixelshuffle"]
+ChannelOrder = Literal["bgr", "rgb"]
+AnchorStyle = Literal["min_sizes", "octave"]
+ClsLoss = Literal["ohem", "focal"]
+ResizePolicy = Literal["stretch", "letterbox"]
+OnError = Literal["raise", "skip"]
+CheckValues = Literal["eval", "all", "none"]
+Optimizer = Literal["sgd", "adamw"]
+Schedule = Literal["step", "multistep", "cosine", "constant"]
+Amp = Literal["auto", "fp16", "bf16", "off"]
+Wandb = Literal["online", "offline", "disabled"]
+TestScale = Literal["square", "original", "mxnet"]
+
 RATES = (12, 25, 50, 75, 100)  # JPEG AI rate points, bits per pixel x 100
-TEST_SCALES = ("square", "original", "mxnet")  # RGB prediction input sizes (see EvalConfig.test_scale)
+TEST_SCALES: tuple[str, ...] = typing.get_args(TestScale)  # RGB prediction input sizes (see EvalConfig.test_scale)
 # data settings of a training run that must not shape prediction, and their prediction values (Config.for_prediction)
 TRAINING_ONLY_DATA = {"max_images": None, "latent_crop": None, "latent_flip": False, "augment": False}
 
@@ -52,32 +72,36 @@ def _check(cond: bool, key: str, message: str) -> None:
         _fail(key, message)
 
 
-def _choice(value: Any, key: str, choices: tuple) -> None:
-    _check(value in choices, key, f"expected one of {list(choices)}, got {value!r}")
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_choices(group: Any, prefix: str) -> None:
+    """Every `Literal` field of the dataclass `group` holds one of its names (`coerce_value` raises naming the key)."""
+    for name, hint in _hints(type(group)).items():
+        if typing.get_origin(hint) is Literal:
+            coerce_value(getattr(group, name), hint, f"{prefix}.{name}")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "mobilenet0.25"  # mobilenet0.25 | resnet18 | resnet34 | resnet50
-    neck: str = "biubug6"  # biubug6: FPN P3-P5 + one SSH per level; p2p6: FPN P2-P6 + one shared SSH
-    input_kind: str = "rgb"  # rgb: images [B,3,H,W]; latent: JPEG AI latents [B,C,h,w] through a bridge
+    backbone: Backbone = "mobilenet0.25"  # mobilenet0.25 | resnet18 | resnet34 | resnet50
+    neck: Neck = "biubug6"  # biubug6: FPN P3-P5 + one SSH per level; p2p6: FPN P2-P6 + one shared SSH
+    input_kind: InputKind = "rgb"  # rgb: images [B,3,H,W]; latent: JPEG AI latents [B,C,h,w] through a bridge
     out_channels: int = 64  # width of FPN, SSH and heads
     num_classes: int = 2  # classifier outputs including background: 2 = (bg, face), 3 = (bg, face, person)
     landmarks: bool = True  # landmark head (5 points); the 2-class design has none
-    bridge: str = "deconv"  # latent -> stride-4 input of the backbone: deconv | bilinear | nearest | pixelshuffle
+    bridge: Bridge = "deconv"  # latent -> stride-4 input of the backbone: deconv | bilinear | nearest | pixelshuffle
     latent_channels: int = 256  # channels of the latent tensor
     latent_stride: int = 16  # image pixels per latent cell: a 40x40 latent describes a 640x640 image
     pretrained: str = "auto"  # auto (try ImageNet, warn and start from scratch) | none | imagenet (required) | path
-    channel_order: str = "bgr"  # channel order of RGB-path network input: bgr (biubug6) | rgb
+    channel_order: ChannelOrder = "bgr"  # channel order of RGB-path network input: bgr (biubug6) | rgb
     pixel_mean: tuple[float, float, float] = (104.0, 117.0, 123.0)  # subtracted from 0..255 pixels, in channel_order
     pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)  # then divided, in channel_order
 
     def __post_init__(self) -> None:
-        _choice(self.backbone, "model.backbone", BACKBONES)
-        _choice(self.neck, "model.neck", NECKS)
-        _choice(self.input_kind, "model.input_kind", ("rgb", "latent"))
-        _choice(self.bridge, "model.bridge", BRIDGES)
-        _choice(self.channel_order, "model.channel_order", ("bgr", "rgb"))
+        _check_choices(self, "model")
         _check(
             self.out_channels >= 8 and self.out_channels % 4 == 0, "model.out_channels", "must be a multiple of 4, >= 8"
         )
@@ -93,7 +117,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AnchorConfig:
-    style: str = "min_sizes"  # min_sizes: level sizes x ratios (biubug6) | octave: base*2^k x scales x ratios
+    style: AnchorStyle = "min_sizes"  # min_sizes: level sizes x ratios (biubug6) | octave: base*2^k x scales x ratios
     min_sizes: tuple[tuple[float, ...], ...] = ((16, 32), (64, 128), (256, 512))  # per level, pixels (min_sizes)
     aspect_ratios: tuple[float, ...] = (1.0,)  # h/w of each anchor; area kept (w = s/sqrt(r), h = s*sqrt(r))
     base_size: float = 8.0  # octave: level k anchors are base_size * 2^k * scale
@@ -102,7 +126,7 @@ class AnchorConfig:
     variances: tuple[float, float] = (0.1, 0.2)  # box coding variances (centre, size)
 
     def __post_init__(self) -> None:
-        _choice(self.style, "anchors.style", ("min_sizes", "octave"))
+        _check_choices(self, "anchors")
         _check(
             len(self.min_sizes) >= 1 and all(len(s) >= 1 for s in self.min_sizes), "anchors.min_sizes", "empty level"
         )
@@ -119,7 +143,7 @@ class AnchorConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    cls_loss: str = "ohem"  # ohem: softmax CE + hard-negative mining | focal: sigmoid focal loss, no mining
+    cls_loss: ClsLoss = "ohem"  # ohem: softmax CE + hard-negative mining | focal: sigmoid focal loss, no mining
     pos_iou: float = 0.35  # anchors with IoU >= this to a GT are positives
     force_iou: float = 0.2  # each GT takes its best anchor when that IoU >= this
     neg_pos_ratio: float = 7.0  # mined negatives per positive (per image)
@@ -132,7 +156,7 @@ class LossConfig:
     match_chunk: int = 65536  # anchors per IoU chunk in matching (bounds memory)
 
     def __post_init__(self) -> None:
-        _choice(self.cls_loss, "loss.cls_loss", ("ohem", "focal"))
+        _check_choices(self, "loss")
         _check(0 < self.pos_iou <= 1, "loss.pos_iou", f"must be in (0, 1], got {self.pos_iou}")
         _check(0 <= self.force_iou <= 1, "loss.force_iou", f"must be in [0, 1], got {self.force_iou}")
         _check(self.neg_pos_ratio >= 0, "loss.neg_pos_ratio", "must be >= 0")
@@ -154,7 +178,7 @@ class DataConfig:
     all_rates: bool = False  # every image contributes one sample per available rate
     image_size: int = 640  # network input side for RGB (and the image side a latent describes)
     label_frame: int | None = None  # None: labels in original-image pixels; 640: labels already in the 640 frame
-    resize_policy: str = "stretch"  # how originals became the network frame: stretch | letterbox
+    resize_policy: ResizePolicy = "stretch"  # how originals became the network frame: stretch | letterbox
     sizes_csv: str | None = None  # CSV name,width,height of the original images (for the label frame)
     images_root: str | None = None  # WIDER FACE image tree giving the original sizes (WIDER_<split>/images, ...)
     cache_dir: str | None = None  # where original sizes read from images_root are cached (None: the run folder)
@@ -162,14 +186,15 @@ class DataConfig:
     latent_flip: bool = False  # horizontal flip of latents (not equivalent to encoding a flipped image)
     latent_crop: int | None = None  # train on random square crops of this many latent cells (None: whole latents)
     augment: bool = True  # RetinaFace training augmentation for RGB data
-    on_error: str = "raise"  # raise | skip (bad samples logged and counted, never dropped silently)
+    on_error: OnError = "raise"  # raise | skip (bad samples logged and counted, never dropped silently)
     num_workers: int = 2  # DataLoader workers
     max_images: int | None = None  # use only the first N images of each split (smoke runs; training only)
     # NaN/Inf check of the latents when a split is indexed (cached by size + mtime): eval (the validation and
     # evaluation splits; training latents are checked as they load, which reads them anyway) | all | none
-    check_values: str = "eval"
+    check_values: CheckValues = "eval"
 
     def __post_init__(self) -> None:
+        _check_choices(self, "data")
         _check(
             self.latent_suffix.endswith(".npy"), "data.latent_suffix", f"must end with .npy, got {self.latent_suffix!r}"
         )
@@ -179,9 +204,6 @@ class DataConfig:
             f"must be a multiple of 8, >= 32, got {self.image_size}",
         )
         _check(self.label_frame is None or self.label_frame > 0, "data.label_frame", "must be None or > 0")
-        _choice(self.resize_policy, "data.resize_policy", ("stretch", "letterbox"))
-        _choice(self.on_error, "data.on_error", ("raise", "skip"))
-        _choice(self.check_values, "data.check_values", ("eval", "all", "none"))
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _check(self.latent_crop is None or self.latent_crop >= 4, "data.latent_crop", "must be None or >= 4 cells")
         _check(self.max_images is None or self.max_images >= 1, "data.max_images", "must be None or >= 1")
@@ -191,16 +213,16 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 20  # training epochs
     batch_size: int = 8  # images per step (per process under DDP)
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: Optimizer = "sgd"  # sgd | adamw
     lr: float = 1e-3  # peak learning rate
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # weight decay
-    schedule: str = "step"  # step (x gamma every step_size epochs) | multistep (at milestones) | cosine | constant
+    schedule: Schedule = "step"  # step (x gamma every step_size epochs) | multistep (at milestones) | cosine | constant
     step_size: int = 5  # epochs between decays (step)
     gamma: float = 0.7  # decay factor (step, multistep)
     milestones: tuple[int, ...] = (190, 220)  # epochs of decay (multistep)
     warmup_epochs: float = 1.0  # linear warm-up length in epochs (0 = none)
-    amp: str = "auto"  # auto (fp16 on CUDA w/o bf16, bf16 where supported) | fp16 | bf16 | off
+    amp: Amp = "auto"  # auto (fp16 on CUDA w/o bf16, bf16 where supported) | fp16 | bf16 | off
     channels_last: bool = True  # channels_last memory format on CUDA
     compile: bool = False  # torch.compile the model
     grad_clip: float = 10.0  # max gradient norm (0 = off)
@@ -211,7 +233,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out: str = "runs"  # parent folder of run folders
     run_name: str | None = None  # run folder name (default: preset + timestamp)
-    wandb: str = "disabled"  # online | offline | disabled
+    wandb: Wandb = "disabled"  # online | offline | disabled
     wandb_project: str = "retinaface-latent"  # W&B project
     eval_every: int = 1  # validate every N epochs
     progress: bool = True  # tqdm progress bars (auto-throttled when not a terminal)
@@ -219,24 +241,21 @@ class TrainConfig:
     keep_epochs: int | None = None  # keep only the newest N epoch_XXX.pth files (None: all; last/best stay)
 
     def __post_init__(self) -> None:
+        _check_choices(self, "train")
         _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
-        _choice(self.optimizer, "train.optimizer", ("sgd", "adamw"))
         _check(self.lr > 0 and math.isfinite(self.lr), "train.lr", f"must be > 0, got {self.lr}")
         _check(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        _choice(self.schedule, "train.schedule", ("step", "multistep", "cosine", "constant"))
         _check(self.step_size >= 1, "train.step_size", "must be >= 1")
         _check(0 < self.gamma <= 1, "train.gamma", "must be in (0, 1]")
         _check(self.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
-        _choice(self.amp, "train.amp", ("auto", "fp16", "bf16", "off"))
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
         _check(
             self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
             "train.device",
             f"expected auto | cpu | cuda | cuda:N, got {self.device!r}",
         )
-        _choice(self.wandb, "train.wandb", ("online", "offline", "disabled"))
         _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", ">= 1")
         _check(self.keep_epochs is None or self.keep_epochs >= 0, "train.keep_epochs", "must be None or >= 0")
@@ -252,17 +271,17 @@ class EvalConfig:
     batch_size: int = 8  # images per inference batch
     # RGB prediction input size (nbsrc.data.transforms.test_scale_factor); latent models keep their latent frame
     # and ignore it with a warning. Non-square protocols predict one image per batch.
-    test_scale: str = "square"  # square: data.image_size | original: own size | mxnet: short 1600, long <= 2150
+    test_scale: TestScale = "square"  # square: data.image_size | original: own size | mxnet: short 1600, long <= 2150
     gt_dir: str | None = None  # WIDER val ground truth (.mat files); None: found (nbsrc.evaluation.ground_truth)
 
     def __post_init__(self) -> None:
+        _check_choices(self, "eval")
         _check(0 <= self.conf_thresh <= 1, "eval.conf_thresh", "must be in [0, 1]")
         _check(0 < self.nms_thresh <= 1, "eval.nms_thresh", "must be in (0, 1]")
         _check(self.top_k >= 1, "eval.top_k", "must be >= 1")
         _check(self.keep_top_k >= 1, "eval.keep_top_k", "must be >= 1")
         _check(0 < self.iou_thresh <= 1, "eval.iou_thresh", "must be in (0, 1]")
         _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
-        _choice(self.test_scale, "eval.test_scale", TEST_SCALES)
 
 
 _GROUPS: dict[str, type] = {
@@ -299,8 +318,6 @@ class Config:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            from nbsrc.utils import atomic_write_text
-
             atomic_write_text(Path(path), text + "\n")
         return text
 
@@ -312,7 +329,7 @@ class Config:
         _reject_unknown(data.keys(), ["preset", *_GROUPS], "")
         kwargs: dict[str, Any] = {}
         if "preset" in data:
-            kwargs["preset"] = _coerce(data["preset"], str, "preset")
+            kwargs["preset"] = coerce_value(data["preset"], str, "preset")
         for group, group_cls in _GROUPS.items():
             if group in data:
                 values = data[group]
@@ -355,7 +372,7 @@ class Config:
                 per_group[group][name] = value
         kwargs: dict[str, Any] = {}
         if "preset" in top:
-            kwargs["preset"] = _coerce(top["preset"], str, "preset")
+            kwargs["preset"] = coerce_value(top["preset"], str, "preset")
         for group, values in per_group.items():
             if values:
                 current = dataclasses.asdict(getattr(self, group))
@@ -415,70 +432,109 @@ def _build_group(group_cls: type, values: Mapping[str, Any], group: str) -> Any:
     names = [f.name for f in dataclasses.fields(group_cls)]
     _reject_unknown(values.keys(), names, f"{group}.")
     hints = typing.get_type_hints(group_cls)
-    coerced = {k: _coerce(v, hints[k], f"{group}.{k}") for k, v in values.items()}
+    coerced = {k: coerce_value(v, hints[k], f"{group}.{k}") for k, v in values.items()}
     return group_cls(**coerced)
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Coerce `value` to the annotated type `hint`, or raise ValueError naming `key`."""
+_INT_TEXT = re.compile(r"[+-]?\d+")
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # YAML 1.1 reads 1e-3 as text
+_NONE_TEXT = ("None", "null")
+_BOOL_TEXT = {"true": True, "false": False, "yes": True, "no": False}
+
+
+def coerce_value(value: Any, hint: Any, key: str) -> Any:
+    """`value` as the annotated type `hint` (bool, int, float, str, a `Literal`, a tuple, an optional or a union
+    of these; other hints pass the value through), or `ValueError` naming `key`.
+
+    Text is read as what the type needs (``"5"`` an int, ``"1e-3"`` a float, ``"true"`` / ``"yes"`` a bool,
+    ``"(1, 2)"`` a tuple, ``"None"`` / ``"null"`` none where the hint allows it); an integral float is an int,
+    an int a float, numbers, paths and dates the text of a string."""
     origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value in ("None", "null") and type(None) in args):
-            if type(None) in args:
-                return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ValueError as exc:
-                errors.append(str(exc))
-        raise ValueError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
-    if isinstance(value, str) and hint is not str:
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            if hint is bool and value.lower() in ("true", "false", "yes", "no"):
-                value = value.lower() in ("true", "yes")
-            else:
-                _fail(key, f"expected {_type_name(hint)}, got {value!r}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            _fail(key, f"expected a sequence ({_type_name(hint)}), got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
-        if len(value) != len(args):
-            _fail(key, f"expected {len(args)} values, got {len(value)}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        _fail(key, f"expected a bool, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            _fail(key, f"expected an int, got {value!r}")
-        return int(value)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(key, f"expected a number, got {value!r}")
-        if not math.isfinite(float(value)):
-            _fail(key, f"expected a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if isinstance(value, os.PathLike):  # paths are stored as their text
-            value = os.fspath(value)
-        if not isinstance(value, str):
-            _fail(key, f"expected a string, got {value!r}")
+        return _coerce_union(value, typing.get_args(hint), key)
+    if origin is Literal:
+        _check(value in typing.get_args(hint), key, f"expected one of {list(typing.get_args(hint))}, got {value!r}")
         return value
+    if origin is tuple:
+        return _coerce_tuple(value, typing.get_args(hint), key)
+    coerce = _SCALARS.get(hint)
+    return value if coerce is None else coerce(value, key)
+
+
+def _coerce_union(value: Any, args: tuple, key: str) -> Any:
+    if type(None) in args and (value is None or (isinstance(value, str) and value in _NONE_TEXT)):
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return coerce_value(value, arg, key)
+        except ValueError as exc:
+            errors.append(str(exc))
+    raise ValueError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+
+
+def _coerce_tuple(value: Any, args: tuple, key: str) -> tuple:
+    if isinstance(value, str):
+        value = _literal(value, key, "a sequence")
+    if not isinstance(value, (list, tuple)):
+        _fail(key, f"expected a sequence, got {value!r}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(coerce_value(v, args[0], key) for v in value)
+    _check(len(value) == len(args), key, f"expected {len(args)} values, got {len(value)}")
+    return tuple(coerce_value(v, a, key) for v, a in zip(value, args))
+
+
+def _literal(text: str, key: str, what: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        _fail(key, f"expected {what}, got {text!r}")
+
+
+def _coerce_bool(value: Any, key: str) -> bool:
+    if isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
+        return _BOOL_TEXT[value.strip().lower()]
+    if isinstance(value, str):
+        value = _literal(value, key, "a bool")
+    if isinstance(value, bool):
+        return value
+    _check(isinstance(value, int) and value in (0, 1), key, f"expected a bool, got {value!r}")
+    return bool(value)
+
+
+def _coerce_int(value: Any, key: str) -> int:
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+        return int(value)
+    ok = not isinstance(value, (bool, str)) and isinstance(value, (int, float)) and int(value) == value
+    _check(ok, key, f"expected an int, got {value!r}")
+    return int(value)
+
+
+def _coerce_float(value: Any, key: str) -> float:
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        value = float(value)
+    _check(not isinstance(value, bool) and isinstance(value, (int, float)), key, f"expected a number, got {value!r}")
+    _check(math.isfinite(float(value)), key, f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _coerce_str(value: Any, key: str) -> str:
+    if isinstance(value, (os.PathLike, datetime.date, datetime.time)):  # paths and dates: their text
+        return os.fspath(value) if isinstance(value, os.PathLike) else value.isoformat()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    _check(isinstance(value, str), key, f"expected a string, got {value!r}")
     return value
 
 
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", str(hint))
+_SCALARS: dict[Any, Callable[[Any, str], Any]] = {
+    bool: _coerce_bool,
+    int: _coerce_int,
+    float: _coerce_float,
+    str: _coerce_str,
+}
 
 
 # ---- presets -------------------------------------------------------------------------------------

@@ -25,21 +25,26 @@ parameters for that notebook only, each of which it must declare (ignored when t
 
 from __future__ import annotations
 
+import ast
 import contextlib
-import datetime
 import difflib
+import functools
+import io
 import json
 import logging
+import operator
 import os
-import re
 import tempfile
 import time
+import tokenize
+import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nbsrc import paths
+from nbsrc.config import coerce_value, get_preset
 from nbsrc.utils import atomic_write_text
 
 __all__ = [
@@ -55,6 +60,7 @@ __all__ = [
     "list_notebooks",
     "load_params_file",
     "merge_parameters",
+    "parameter_annotations",
     "parameters_cell",
     "parse_param_pairs",
     "parse_parameters_cell",
@@ -168,10 +174,6 @@ def parse_parameters_cell(source: str, where: str = "parameters cell") -> dict[s
         ValueError: a statement that is not an annotated assignment of a literal (str, int, float, bool, None),
             or a parameter without a trailing comment; the message names `where` and the line.
     """
-    import ast
-    import io
-    import tokenize
-
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
@@ -248,77 +250,43 @@ def parse_param_pairs(pairs: Sequence[Sequence[str]]) -> dict[str, Any]:
     return params
 
 
-_INT_LITERAL = re.compile(r"[+-]?\d+")
-_FLOAT_LITERAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_ANNOTATION_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "None": type(None)}
 
 
-def _number_from_string(value: str, allowed: set[str]) -> int | float | None:
-    """`value` as an int (an integral literal, for ``int``) or a float (``1e-3``, for ``float``); else None.
-
-    YAML 1.1 reads exponent notation without a dot (``1e-3``) as a string."""
-    text = value.strip()
-    if "int" in allowed and _INT_LITERAL.fullmatch(text):
-        return int(text)
-    if "float" in allowed and _FLOAT_LITERAL.fullmatch(text):
-        return float(text)
-    return None
-
-
-def _coerce(notebook: str, param: NotebookParameter, value: Any) -> Any:
-    """Check `value` against the declared annotation; ints become floats, numbers strings and numeric strings
-    numbers where declared."""
-    annotation = param.type_name.replace(" ", "")
-    if annotation.startswith("Optional[") and annotation.endswith("]"):
-        annotation = annotation[len("Optional[") : -1] + "|None"
-    allowed = set(annotation.split("|"))
-    known = {"bool", "int", "float", "str"}
-    if not allowed & known:  # no or unusual annotation: pass through
-        return value
-    expected = f"{param.type_name} (default {param.default}; None, null or ~ for none)"
-    if isinstance(value, (datetime.date, datetime.time)) and "str" in allowed:
-        value = value.isoformat()  # YAML reads 2024-01-01 as a date; a run name means the text
-    if value == "None" and "None" in allowed:
-        value = None  # papermill's -p spelling of None
-    if value is None:
-        if "None" in allowed:
-            return None
-        raise ValueError(f"notebook {notebook}: parameter {param.name!r} expects {expected}, got None")
-    if isinstance(value, bool):
-        if "bool" in allowed:
-            return value
-    elif isinstance(value, int):
-        if "int" in allowed:
-            return value
-        if "float" in allowed:
-            return float(value)
-        if "str" in allowed:
-            return str(value)
-    elif isinstance(value, float):
-        if "float" in allowed:
-            return value
-        if "int" in allowed and value.is_integer():
-            return int(value)
-        if "str" in allowed:
-            return str(value)
-    elif isinstance(value, str):
-        if "str" in allowed:
-            return value
-        number = _number_from_string(value, allowed)
-        if number is not None:
-            return number
-    raise ValueError(
-        f"notebook {notebook}: parameter {param.name!r} expects {expected}, got {type(value).__name__} {value!r}"
-    )
+def _annotation_hint(type_name: str) -> Any:
+    """The type a parameters cell's annotation names (``int``, ``Optional[str]``, ``float | None``); `Any` for
+    an unusual annotation (its values pass unchecked)."""
+    text = type_name.replace(" ", "")
+    if text.startswith("Optional[") and text.endswith("]"):
+        text = text[len("Optional[") : -1] + "|None"
+    parts = text.split("|")
+    if not all(part in _ANNOTATION_TYPES for part in parts):
+        return Any
+    kinds = tuple(_ANNOTATION_TYPES[part] for part in parts)
+    return functools.reduce(operator.or_, kinds)  # int | None
 
 
 def _annotation_name(hint: Any) -> str:
-    """``bool`` -> "bool", ``Optional[str]`` -> "Optional[str]" (the spelling of a parameters cell)."""
-    import typing
-
+    """``bool`` -> "bool", ``Optional[str]`` -> "Optional[str]" (the spelling of a parameters cell); an annotation
+    kept as text (``from __future__ import annotations``) is that text."""
+    if isinstance(hint, str):
+        return hint
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) is typing.Union and len(args) == 1 and len(typing.get_args(hint)) == 2:
         return f"Optional[{_annotation_name(args[0])}]"
     return getattr(hint, "__name__", str(hint))
+
+
+def _checked_value(notebook: str, param: NotebookParameter, hint: Any, value: Any) -> Any:
+    """`value` converted to the parameter's type (`nbsrc.config.coerce_value`: ints become floats, numbers
+    strings and numeric strings numbers where declared), or `ValueError` naming the parameter."""
+    try:
+        return coerce_value(value, hint, param.name)
+    except ValueError:
+        expected = f"{param.type_name} (default {param.default}; None, null or ~ for none)"
+        raise ValueError(
+            f"notebook {notebook}: parameter {param.name!r} expects {expected}, got {type(value).__name__} {value!r}"
+        ) from None
 
 
 def check_given_parameters(namespace: dict[str, Any], notebook: str = "this notebook") -> None:
@@ -330,17 +298,18 @@ def check_given_parameters(namespace: dict[str, Any], notebook: str = "this note
     Raises:
         ValueError: a value of the wrong type, naming the parameter and what it expects.
     """
+    for name, hint in parameter_annotations(namespace).items():
+        if name in namespace:
+            param = NotebookParameter(name, _annotation_name(hint), "", "")
+            namespace[name] = _checked_value(notebook, param, _annotation_hint(param.type_name), namespace[name])
+
+
+def parameter_annotations(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The annotations of a notebook's namespace: its parameters cell's names and types."""
     annotations = namespace.get("__annotations__")
     if annotations is None and callable(namespace.get("__annotate__")):  # Python >= 3.14 evaluates them lazily
         annotations = namespace["__annotate__"](1)  # annotationlib.Format.VALUE
-    for name, hint in dict(annotations or {}).items():
-        if name not in namespace:
-            continue
-        param = NotebookParameter(name, _annotation_name(hint), "", "")
-        value = namespace[name]
-        if isinstance(value, str) and param.type_name == "bool" and value.lower() in ("true", "false"):
-            value = value.lower() == "true"
-        namespace[name] = _coerce(notebook, param, value)
+    return dict(annotations or {})
 
 
 def check_parameters(notebook: str, declared: Mapping[str, NotebookParameter], params: Mapping[str, Any]) -> dict:
@@ -359,7 +328,7 @@ def check_parameters(notebook: str, declared: Mapping[str, NotebookParameter], p
                 + (f"; did you mean {hint[0]!r}?" if hint else "")
                 + f" (declared: {', '.join(declared) or 'none'})"
             )
-        checked[key] = _coerce(notebook, declared[key], value)
+        checked[key] = _checked_value(notebook, declared[key], _annotation_hint(declared[key].type_name), value)
     return checked
 
 
@@ -456,10 +425,6 @@ def resolve_auto_pretrained(params: Mapping[str, Any], declared: Mapping[str, No
     ImageNet MobileNet file when the auto search (`nbsrc.paths.resolve_pretrained`) run from the working
     directory finds one for the backbone of the ``preset`` and ``overrides`` parameters; a notebook would
     search ``./weights`` inside the run folder. Otherwise `params` unchanged."""
-    import ast
-
-    from nbsrc.config import get_preset
-
     if "pretrained" not in declared or "preset" not in declared:
         return dict(params)
     values: dict[str, Any] = {}
@@ -625,6 +590,72 @@ def _with_earlier_entries(path: Path, entries: list[dict[str, Any]]) -> list[dic
     return sorted(entries + kept, key=lambda entry: entry["name"])
 
 
+def _execute(
+    nb: Any, params: Mapping[str, Any], output: Path, options: Mapping[str, Any]
+) -> tuple[Any, Exception | None]:
+    """Execute `nb` with papermill into `output` (working directory: its folder); returns the executed notebook
+    (None when nothing was written) and the error a cell raised, a timeout or a dead kernel (None: it ran)."""
+    import nbformat
+    import papermill
+
+    executed = None
+    error: Exception | None = None
+    with tempfile.TemporaryDirectory() as tmp, _kernel_environment():
+        source = Path(tmp) / output.name
+        nbformat.write(nb, source)
+        try:
+            executed = papermill.execute_notebook(
+                str(source),
+                str(output),
+                parameters=dict(params),
+                km=kernel_manager(options["kernel_name"]),
+                progress_bar=False,
+                cwd=str(output.parent),
+                start_timeout=120,
+                **options,
+            )
+        except Exception as exc:  # a cell raised (PapermillExecutionError), timed out, or the kernel died
+            error = exc
+    if executed is None and output.is_file():
+        executed = nbformat.read(output, as_version=4)
+    return executed, error
+
+
+def _failure(name: str, executed: Any, error: Exception, output: Path) -> NotebookExecutionError:
+    """The error of a failed notebook, naming its cell in the source notebook."""
+    from papermill.exceptions import PapermillExecutionError
+
+    index = _failed_cell(executed) if executed is not None else None
+    ename, evalue = _error_of(executed, index) if executed is not None else ("", "")
+    if isinstance(error, PapermillExecutionError):
+        ename, evalue = error.ename, error.evalue
+    cell_index, cell_line = _source_cell(executed, index) if executed is not None else (None, "")
+    return NotebookExecutionError(
+        name,
+        cell_index,
+        ename or type(error).__name__,
+        evalue or str(error),
+        output if output.is_file() else None,
+        cell_line,
+    )
+
+
+def _finish_entry(entry: dict[str, Any], failure: NotebookExecutionError | None) -> None:
+    """Mark a summary entry ok or failed (with the failure's cell and error)."""
+    if failure is None:
+        entry["status"] = "ok"
+        logger.info("notebook %s finished in %.1f s", entry["name"], entry["duration_s"])
+        return
+    entry["status"] = "failed"
+    entry["error"] = {
+        "cell_index": failure.cell_index,
+        "cell": failure.cell_line,
+        "ename": failure.ename,
+        "evalue": failure.evalue,
+    }
+    logger.error("%s", failure)
+
+
 def run_notebooks(
     names: Sequence[str] | None = None,
     parameters: Mapping[str, Any] | None = None,
@@ -653,10 +684,6 @@ def run_notebooks(
         ValueError: an undeclared parameter or a wrongly typed value (nothing has run then).
         NotebookExecutionError: a notebook failed; the summary marks it and skips the ones after it.
     """
-    import nbformat
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     run_dir = Path(out).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     sources = select_notebooks(names, list_notebooks(notebooks_dir))
@@ -667,6 +694,7 @@ def run_notebooks(
     summary: dict[str, Any] = {"run_dir": str(run_dir), "status": "running", "notebooks": []}
     started = time.perf_counter()
     failure: NotebookExecutionError | None = None
+    options = {"kernel_name": kernel_name, "execution_timeout": cell_timeout, "log_output": log_output}
     for name, nb, params in plan:
         entry: dict[str, Any] = {"name": name, "parameters": params}
         summary["notebooks"].append(entry)
@@ -677,61 +705,17 @@ def run_notebooks(
         _remove_metrics(run_dir, name)  # only what this execution saves is reported
         logger.info("running notebook %s -> %s", name, output)
         t0 = time.perf_counter()
-        executed = None
-        error: Exception | None = None
-        with tempfile.TemporaryDirectory() as tmp, _kernel_environment():
-            source = Path(tmp) / f"{name}.ipynb"
-            nbformat.write(nb, source)
-            try:
-                executed = papermill.execute_notebook(
-                    str(source),
-                    str(output),
-                    parameters=params,
-                    kernel_name=kernel_name,
-                    km=kernel_manager(kernel_name),
-                    progress_bar=False,
-                    log_output=log_output,
-                    cwd=str(run_dir),
-                    execution_timeout=cell_timeout,
-                    start_timeout=120,
-                )
-            except Exception as exc:  # a cell raised (PapermillExecutionError), timed out, or the kernel died
-                error = exc
+        executed, error = _execute(nb, params, output, options)
         entry["duration_s"] = round(time.perf_counter() - t0, 2)
         entry["output"] = str(output)
-        if executed is None and output.is_file():
-            executed = nbformat.read(output, as_version=4)
         if error is not None:
-            index = _failed_cell(executed) if executed is not None else None
-            ename, evalue = _error_of(executed, index) if executed is not None else ("", "")
-            if isinstance(error, PapermillExecutionError):
-                ename, evalue = error.ename, error.evalue
-            cell_index, cell_line = _source_cell(executed, index) if executed is not None else (None, "")
-            failure = NotebookExecutionError(
-                name,
-                cell_index,
-                ename or type(error).__name__,
-                evalue or str(error),
-                output if output.is_file() else None,
-                cell_line,
-            )
+            failure = _failure(name, executed, error, output)
         if executed is not None:
             entry["images"] = _image_count(executed)
             if html:
                 entry["html"] = str(_export_html(executed, run_dir / f"{name}.html"))
         entry["metrics"] = paths.load_metrics(run_dir, name) or {}
-        if failure is not None:
-            entry["status"] = "failed"
-            entry["error"] = {
-                "cell_index": failure.cell_index,
-                "cell": failure.cell_line,
-                "ename": failure.ename,
-                "evalue": failure.evalue,
-            }
-            logger.error("%s", failure)
-        else:
-            entry["status"] = "ok"
-            logger.info("notebook %s finished in %.1f s", name, entry["duration_s"])
+        _finish_entry(entry, failure)
     summary["status"] = "failed" if failure is not None else "ok"
     summary["duration_s"] = round(time.perf_counter() - started, 2)
     summary["notebooks"] = _with_earlier_entries(run_dir / "summary.json", summary["notebooks"])
