@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from nbsrc.data.label_frame import IMAGE_EXTENSIONS  # the image files searched in a folder (OpenCV reads them all)
+from nbsrc.data.image_sizes import IMAGE_EXTENSIONS  # the image files searched in a folder (OpenCV reads them all)
 
 __all__ = [
     "IMAGE_EXTENSIONS",

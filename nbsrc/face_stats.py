@@ -16,8 +16,8 @@ import numpy as np
 from torch import Tensor
 
 from nbsrc.config import Config
-from nbsrc.data.image_sizes import ImageTreeError, find_sizes, split_sizes
-from nbsrc.data.label_frame import SIZES_CSV_NAME, LabelFrame
+from nbsrc.data.image_sizes import SIZES_CSV_NAME, ImageTreeError, find_sizes, split_sizes
+from nbsrc.data.label_frame import LabelFrame
 from nbsrc.data.layout import find_labels, read_split_labels
 from nbsrc.data.readers import drop_degenerate
 from nbsrc.data.readers.wider_mat import read_wider_gt

@@ -15,7 +15,7 @@ import nbsrc.data.latent_dataset as latent_module
 from nbsrc.config import get_preset
 from nbsrc.data.collate import detection_collate
 from nbsrc.data.demo import DEMO_RATES
-from nbsrc.data.label_frame import read_sizes_csv
+from nbsrc.data.image_sizes import read_sizes_csv
 from nbsrc.data.latent_dataset import LatentWiderFace
 from nbsrc.data.loaders import build_dataloaders, build_dataset
 from nbsrc.data.readers import read_labels

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from nbsrc.data.demo import DEMO_RATES, EASY_MIN_HEIGHT, MEDIUM_MIN_HEIGHT, QUANT_STEPS, make_demo_data
-from nbsrc.data.label_frame import read_image_size, read_sizes_csv
+from nbsrc.data.image_sizes import read_image_size, read_sizes_csv
 from nbsrc.data.readers import read_labels
 from nbsrc.data.readers.twoclass import read_twoclass_labels
 from nbsrc.data.readers.wider_mat import GT_FILES, read_wider_gt

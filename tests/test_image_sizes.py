@@ -18,8 +18,8 @@ from PIL import Image
 from nbsrc import paths
 from nbsrc.config import get_preset
 from nbsrc.data import image_sizes
-from nbsrc.data.image_sizes import ImageTreeError, find_split_trees, split_sizes, tree_sizes
-from nbsrc.data.label_frame import LabelFrameError, read_sizes_csv
+from nbsrc.data.image_sizes import ImageTreeError, find_split_trees, read_sizes_csv, split_sizes, tree_sizes
+from nbsrc.data.label_frame import LabelFrameError
 from nbsrc.data.loaders import build_dataset
 from nbsrc.data.published_layout import split_as_published
 from nbsrc.data.validate import check_label_frame, validate_dataset

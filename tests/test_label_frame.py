@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 
 from nbsrc.data.demo import StandInEncoder, encode_original
-from nbsrc.data.label_frame import (
-    ImageSizes,
-    LabelFrame,
-    LabelFrameError,
-    read_image_size,
-    read_sizes_csv,
-)
+from nbsrc.data.image_sizes import ImageSizes, read_image_size, read_sizes_csv
+from nbsrc.data.label_frame import LabelFrame, LabelFrameError
 from nbsrc.data.latent_dataset import LatentWiderFace
 from nbsrc.data.readers import read_labels
 from nbsrc.data.readers.retinaface_txt import write_retinaface_labels

@@ -16,12 +16,12 @@ from nbsrc.checkpoint import save_checkpoint
 from nbsrc.cli import main as cli_main
 from nbsrc.config import Config, get_preset
 from nbsrc.data.rgb_dataset import read_rgb
-from nbsrc.data.transforms import eval_resize_factor
 from nbsrc.detector import Detector
 from nbsrc.evaluation.predict import MANIFEST, build_predict_dataset, predict_dataset
 from nbsrc.evaluation.results import read_result_file, result_path
 from nbsrc.frame import ScaleMap
 from nbsrc.model import build_model
+from nbsrc.preprocess import eval_resize_factor
 
 
 def _biubug6_resize(height: int, width: int) -> float:

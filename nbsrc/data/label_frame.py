@@ -8,263 +8,38 @@ frame (``data.resize_policy``: ``stretch``, the default, or ``letterbox``). Box 
 Where the original size of an image comes from, first hit wins:
 
 1. the record itself (``ImageRecord.image_size``, e.g. from a format that carries it);
-2. a sizes CSV ``name,width,height`` (``data.sizes_csv``; the demo dataset ships ``image_sizes.csv``);
-3. the image file in an ``images/`` folder, read header-only (PIL opens lazily; no pixel is decoded).
+2. `nbsrc.data.image_sizes.ImageSizes`: a sizes CSV ``name,width,height`` (``data.sizes_csv``; the demo dataset
+   ships ``image_sizes.csv``) or the image files (read header-only).
 
 ``data.label_frame=640`` says the labels are already in a 640x640 frame (they are then only rescaled to the
 network frame when that differs). When none of these determines the frame, `LabelFrameError` says exactly what
 to provide: the mapping never guesses.
 
-`nbsrc.data.validate.check_label_frame` reports, per split, which frame the labels appear to be in (box extents against original
-sizes and against the network frame), for the data-inspection notebook.
+`frame_verdict` reports, per split, which frame the labels appear to be in (box extents against original sizes
+and against the network frame), for `nbsrc.data.validate.check_label_frame` and the data-inspection notebook.
 """
 
 from __future__ import annotations
 
-import csv
-import logging
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 
+from nbsrc.data.image_sizes import SIZES_CSV_NAME, ImageSizes, strip_image_extension
 from nbsrc.data.records import ImageRecord
 from nbsrc.frame import FrameMap
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
-    "ImageSizes",
     "LabelFrame",
     "LabelFrameError",
     "LabelFrameReport",
-    "read_image_size",
-    "read_sizes_csv",
-    "strip_image_extension",
+    "frame_verdict",
 ]
-
-logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-SIZES_CSV_NAME = "image_sizes.csv"  # looked up at the dataset root and in the split folder
 
 
 class LabelFrameError(ValueError):
     """The network frame of an image's labels cannot be determined (the message says what to provide)."""
-
-
-def strip_image_extension(name: str) -> str:
-    """``"0--Parade/x.jpg"`` -> ``"0--Parade/x"`` (only known image extensions are removed)."""
-    name = name.strip().replace("\\", "/").lstrip("/")
-    stem, dot, ext = name.rpartition(".")
-    if dot and f".{ext.lower()}" in IMAGE_EXTENSIONS:
-        return stem
-    return name
-
-
-def read_image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` of an image file from its header only (PIL opens lazily; pixels are not decoded).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not a readable image.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} not found")
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable image ({exc})") from None
-    return int(width), int(height)
-
-
-def read_sizes_csv(path: str | Path) -> dict[str, tuple[int, int]]:
-    """Read a sizes CSV with the header ``name,width,height``.
-
-    Names may carry an image extension and an event folder (``0--Parade/x.jpg``); keys are the names without
-    the extension. Each image is also reachable by its basename when that is unique (see `ImageSizes`).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: a bad header, a line without three fields, a size that is not a positive integer, or a name
-            given twice with different sizes (``file:line`` in the message).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sizes CSV {path} not found (expected columns name,width,height)")
-    sizes: dict[str, tuple[int, int]] = {}
-    seen_at: dict[str, int] = {}
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        rows = csv.reader(fh)
-        header = next(rows, None)
-        if header is None or [h.strip().lower() for h in header[:3]] != ["name", "width", "height"]:
-            raise ValueError(f"{path}:1: expected the header 'name,width,height', got {header!r}")
-        for number, row in enumerate(rows, 2):
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if len(row) < 3:
-                raise ValueError(f"{path}:{number}: expected 'name,width,height', got {','.join(row)!r}")
-            name = strip_image_extension(row[0])
-            try:
-                width, height = int(row[1]), int(row[2])
-            except ValueError:
-                raise ValueError(
-                    f"{path}:{number}: width and height must be integers, got {row[1]!r}, {row[2]!r}"
-                ) from None
-            if width <= 0 or height <= 0:
-                raise ValueError(f"{path}:{number}: width and height must be > 0, got {width}x{height}")
-            if name in sizes and sizes[name] != (width, height):
-                raise ValueError(
-                    f"{path}:{number}: {name!r} listed again with size {width}x{height} "
-                    f"(line {seen_at[name]} says {sizes[name][0]}x{sizes[name][1]})"
-                )
-            sizes[name] = (width, height)
-            seen_at[name] = number
-    return sizes
-
-
-class ImageSizes:
-    """Original image sizes by record name, from explicit values, a sizes CSV and/or an images folder.
-
-    Lookups try the full name (``event/basename``), then the basename: a bare name matches an entry of any folder
-    (when unique), a name with a folder only an entry without one (a flat CSV or folder), never an image of another
-    folder. The images folder is searched at ``<images_dir>/<name>.<ext>`` first, then by basename below it
-    (indexed once, on first need).
-
-    Args:
-        sizes: name -> (width, height), checked first.
-        sizes_csv: a CSV ``name,width,height`` (`read_sizes_csv`).
-        images_dir: a folder of images (``<event>/<basename>.jpg`` or flat); sizes are read header-only.
-    """
-
-    def __init__(
-        self,
-        *,
-        sizes: Mapping[str, tuple[int, int]] | None = None,
-        sizes_csv: str | Path | None = None,
-        images_dir: str | Path | None = None,
-    ) -> None:
-        self.sizes_csv = Path(sizes_csv) if sizes_csv is not None else None
-        self.images_dir = Path(images_dir) if images_dir is not None else None
-        table: dict[str, tuple[int, int]] = {}
-        if sizes:
-            table.update({strip_image_extension(k): (int(v[0]), int(v[1])) for k, v in sizes.items()})
-        if self.sizes_csv is not None:
-            for key, value in read_sizes_csv(self.sizes_csv).items():
-                table.setdefault(key, value)
-        self._table = table
-        self._by_basename = _unique_basenames(table)
-        self._flat = {key: value for key, value in table.items() if "/" not in key}  # entries without a folder
-        self._image_index: dict[str, Path] | None = None
-        self._cache: dict[str, tuple[int, int] | None] = {}
-        self.unreadable: dict[str, str] = {}  # name -> why its image file gave no size
-        self.described: str | None = None  # where the sizes come from, when a caller knows better (an image tree)
-        self.tree: Path | None = None  # the image tree the table was read from (for messages)
-
-    def __bool__(self) -> bool:
-        return bool(self._table) or self.images_dir is not None
-
-    @property
-    def sources(self) -> list[str]:
-        """Human description of where sizes come from (for messages)."""
-        if self.described:
-            return [self.described]
-        out = []
-        if self.sizes_csv is not None:
-            out.append(f"sizes CSV {self.sizes_csv}")
-        if self.images_dir is not None:
-            out.append(f"images folder {self.images_dir}")
-        if self._table and self.sizes_csv is None:
-            out.append(f"{len(self._table)} given sizes")
-        return out
-
-    def image_path(self, name: str) -> Path | None:
-        """The image file of `name` in the images folder (or the image tree the sizes came from), or None."""
-        folder = self.images_dir if self.images_dir is not None else self.tree
-        if folder is None or not folder.is_dir():
-            return None
-        name = strip_image_extension(name)
-        for ext in IMAGE_EXTENSIONS[:3]:
-            candidate = folder / f"{name}{ext}"
-            if candidate.is_file():
-                return candidate
-        if self._image_index is None:
-            self._image_index = index_images(folder)
-        found = self._image_index.get(name)
-        if found is None:  # by basename: a bare name anywhere, a name with a folder only from a flat folder
-            found = self._image_index.get(name.rsplit("/", 1)[-1])
-            if found is not None and "/" in name and found.parent != folder:
-                return None  # another folder's image of the same basename is never taken for it
-        return found
-
-    def get(self, name: str) -> tuple[int, int] | None:
-        """``(width, height)`` of the original image `name`, or None when no source knows it."""
-        name = strip_image_extension(name)
-        if name in self._cache:
-            return self._cache[name]
-        size = self._table.get(name)
-        if size is None:  # by basename: a bare name from any entry, a name with a folder only from flat entries
-            size = (self._by_basename if "/" not in name else self._flat).get(name.rsplit("/", 1)[-1])
-        if size is None:
-            path = self.image_path(name)
-            if path is not None:
-                try:
-                    size = read_image_size(path)
-                except ValueError as exc:  # reported by validation as unreadable_image; here the size is unknown
-                    self.unreadable[name] = str(exc)
-        self._cache[name] = size
-        return size
-
-
-def _unique_basenames(table: Mapping[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
-    by_base: dict[str, tuple[int, int]] = {}
-    ambiguous: set[str] = set()
-    for key, value in table.items():
-        base = key.rsplit("/", 1)[-1]
-        if base in by_base and by_base[base] != value:
-            ambiguous.add(base)
-        by_base.setdefault(base, value)
-    for base in ambiguous:
-        del by_base[base]
-    return by_base
-
-
-def list_images(images_dir: str | Path) -> dict[str, str]:
-    """Every image below `images_dir`: relative name without extension -> relative path (``0--Parade/x`` ->
-    ``0--Parade/x.jpg``), hidden files and folders left out."""
-    images_dir = Path(images_dir)
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(images_dir):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        relative_dir = os.path.relpath(dirpath, images_dir)
-        for filename in sorted(filenames):
-            if filename.startswith(".") or os.path.splitext(filename)[1].lower() not in IMAGE_EXTENSIONS:
-                continue
-            relative = filename if relative_dir == "." else f"{relative_dir}/{filename}".replace(os.sep, "/")
-            out[strip_image_extension(relative)] = relative
-    return out
-
-
-def index_images(images_dir: str | Path) -> dict[str, Path]:
-    """Every image below `images_dir` by ``relative/name`` and by basename (both without extension); a basename
-    that occurs in two folders is reachable only by its relative name."""
-    images_dir = Path(images_dir)
-    index: dict[str, Path] = {}
-    base_count: dict[str, int] = {}
-    for relative, file in list_images(images_dir).items():
-        index[relative] = images_dir / file
-        base = relative.rsplit("/", 1)[-1]
-        base_count[base] = base_count.get(base, 0) + 1
-        if base_count[base] == 1:
-            index.setdefault(base, images_dir / file)
-        elif index.get(base) is not None and base != relative:
-            index.pop(base, None)
-    return index
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nbsrc.data.image_sizes import SplitSizes, missing_error, split_sizes
-from nbsrc.data.label_frame import ImageSizes, LabelFrame, LabelFrameError
+from nbsrc.data.image_sizes import ImageSizes, SplitSizes, missing_error, split_sizes
+from nbsrc.data.label_frame import LabelFrame, LabelFrameError
 from nbsrc.data.latent_values import find_non_finite
 from nbsrc.data.layout import basename_of, find_labels, parse_rate, scan_latents
 from nbsrc.data.records import ImageRecord

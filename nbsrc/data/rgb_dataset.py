@@ -34,21 +34,14 @@ import torch
 from torch.utils.data import Dataset
 
 from nbsrc.config import TEST_SCALES
-from nbsrc.data.label_frame import ImageSizes, read_image_size
+from nbsrc.data.image_sizes import ImageSizes, read_image_size
 from nbsrc.data.layout import find_labels
 from nbsrc.data.records import ImageRecord
 from nbsrc.data.seeding import item_with_seed
-from nbsrc.data.transforms import (
-    Annotations,
-    eval_resize_factor,
-    eval_transform,
-    resize_to_frame,
-    scale_transform,
-    train_transform,
-)
+from nbsrc.data.transforms import Annotations, eval_transform, scale_transform, train_transform
 from nbsrc.data.validate import DefectLog, check_boxes, read_labels_checked
 from nbsrc.frame import FrameMap
-from nbsrc.preprocess import normalize_image
+from nbsrc.preprocess import eval_resize_factor, normalize_image, resize_to_frame
 
 __all__ = ["WiderFaceRGB", "read_rgb"]
 

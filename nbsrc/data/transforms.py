@@ -1,4 +1,4 @@
-"""RGB transforms: the standard RetinaFace training augmentation and the evaluation resize.
+"""RGB transforms of an image and its annotations: the RetinaFace training augmentation and the evaluation resize.
 
 Training (`train_transform`, the order of the published ``preproc``):
 
@@ -11,12 +11,10 @@ Training (`train_transform`, the order of the published ``preproc``):
 4. `mirror` (p = 0.5): ``x -> W - x``, and the left/right landmark pairs swapped (0 <-> 1 eyes, 3 <-> 4 mouth).
 5. resize to ``image_size`` squared with a random interpolation.
 
-Evaluation (`eval_transform`): resize to the square network frame with the resize policy (`nbsrc.frame`),
-returning the `FrameMap` that maps predictions back to original pixels. The other test-scale protocols of
-biubug6's ``test_widerface.py`` (``eval.test_scale``): `eval_resize_factor` gives its ``resize`` (original: 1;
-mxnet: ``1600 / min(h, w)``, or ``2150 / max(h, w)`` when ``round(resize * max(h, w)) > 2150``) and
-`scale_transform` resizes by it as it does (float32 pixels, ``cv2.resize(fx=fy=resize, INTER_LINEAR)``, nothing
-at 1), returning the `ScaleMap` that maps back by dividing by the factor.
+Evaluation: the image resized into the network input (`nbsrc.preprocess`) and its annotations mapped alike.
+`eval_transform` resizes to the square network frame with the resize policy, returning the `FrameMap` that maps
+predictions back to original pixels; `scale_transform` resizes by a test-scale factor
+(`nbsrc.preprocess.eval_resize_factor`), returning the `ScaleMap` that maps back by dividing by the factor.
 
 Boxes are ``[N, 4]`` xyxy pixels and landmarks ``[N, 5, 2]`` (`nbsrc.boxes`); invalid landmarks stay zero.
 Images are ``uint8 [H, W, 3]`` RGB.
@@ -29,21 +27,17 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from nbsrc.config import TEST_SCALES
 from nbsrc.frame import FrameMap, ScaleMap
+from nbsrc.preprocess import resize_by_factor, resize_to_frame
 
 __all__ = [
     "CROP_SCALES",
-    "MXNET_MAX_SIZE",
-    "MXNET_TARGET_SIZE",
     "Annotations",
-    "eval_resize_factor",
     "eval_transform",
     "mirror",
     "pad_to_square",
     "photometric_distort",
     "random_crop",
-    "resize_to_frame",
     "scale_transform",
     "train_transform",
 ]
@@ -52,8 +46,6 @@ CROP_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
 CROP_TRIES = 250
 INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_LANCZOS4)
 MIRROR_ORDER = np.array([1, 0, 2, 4, 3])  # landmark order after a horizontal flip
-MXNET_TARGET_SIZE = 1600  # test_scale mxnet: short side (biubug6 test_widerface.py target_size)
-MXNET_MAX_SIZE = 2150  # test_scale mxnet: cap of the long side (max_size)
 
 
 @dataclass
@@ -189,39 +181,6 @@ def train_transform(
     return image, Annotations(boxes, ann.labels, landmarks, ann.landmarks_valid).zero_invalid()
 
 
-def resize_to_frame(
-    image: np.ndarray,
-    frame: FrameMap,
-    fill_rgb: tuple[float, float, float] = (0.0, 0.0, 0.0),
-    interpolation: int | None = None,
-) -> np.ndarray:
-    """Resize `image` into the network frame of `frame` exactly as `FrameMap.to_net` maps coordinates.
-
-    ``stretch`` uses `cv2.resize` (area interpolation when shrinking); ``letterbox`` an affine warp with the
-    map's scale and (fractional) padding, the border filled with `fill_rgb`.
-    """
-    net_w, net_h = frame.net_size
-    height, width = image.shape[:2]
-    if (width, height) != tuple(frame.orig_size):
-        raise ValueError(
-            f"image is {width}x{height} but the frame map expects {frame.orig_size[0]}x{frame.orig_size[1]}"
-        )
-    sx, sy = frame.scale
-    if interpolation is None:
-        interpolation = cv2.INTER_AREA if sx < 1 and sy < 1 else cv2.INTER_LINEAR
-    if frame.policy == "stretch":
-        return cv2.resize(image, (net_w, net_h), interpolation=interpolation)
-    px, py = frame.pad
-    # pixel centres: (i + 0.5) * s + pad = j + 0.5  ->  j = i * s + (pad + 0.5 * s - 0.5)
-    matrix = np.array([[sx, 0.0, px + 0.5 * sx - 0.5], [0.0, sy, py + 0.5 * sy - 0.5]], np.float64)
-    if interpolation == cv2.INTER_AREA:
-        interpolation = cv2.INTER_LINEAR
-    border = tuple(float(v) for v in fill_rgb)
-    return cv2.warpAffine(
-        image, matrix, (net_w, net_h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=border
-    )
-
-
 def eval_transform(
     image: np.ndarray,
     ann: Annotations,
@@ -242,38 +201,19 @@ def eval_transform(
     return out, Annotations(boxes, ann.labels, landmarks, ann.landmarks_valid).zero_invalid(), frame
 
 
-def eval_resize_factor(height: int, width: int, test_scale: str) -> float:
-    """biubug6 ``test_widerface.py``'s ``resize`` for an image of ``height x width`` (see the module docstring).
-
-    Raises:
-        ValueError: `test_scale` is not ``original`` or ``mxnet`` (``square`` resizes to a frame, not by a factor).
-    """
-    if test_scale not in TEST_SCALES or test_scale == "square":
-        raise ValueError(f"test_scale must be 'original' or 'mxnet' for a resize factor, got {test_scale!r}")
-    if test_scale == "original":
-        return 1.0
-    resize = float(MXNET_TARGET_SIZE) / float(min(height, width))
-    if np.round(resize * max(height, width)) > MXNET_MAX_SIZE:
-        resize = float(MXNET_MAX_SIZE) / float(max(height, width))
-    return resize
-
-
 def scale_transform(image: np.ndarray, ann: Annotations, factor: float) -> tuple[np.ndarray, Annotations, ScaleMap]:
     """Resize by `factor` as biubug6's ``test_widerface.py`` does; annotations scaled alike.
 
     Args:
         image: ``uint8 [H, W, 3]`` RGB.
         ann: annotations in its pixels.
-        factor: `eval_resize_factor`.
+        factor: `nbsrc.preprocess.eval_resize_factor`.
     Returns:
-        ``(image, annotations, frame)``: the image unchanged at factor 1, else ``float32 [round(H * f), round(W * f),
-        3]`` (0..255, not rounded back to uint8, as biubug6 resizes its float image); ``frame.to_original`` maps
-        network-frame predictions back.
+        ``(image, annotations, frame)``: the image as `nbsrc.preprocess.resize_by_factor` makes it (``float32``
+        unless the factor is 1); ``frame.to_original`` maps network-frame predictions back.
     """
     height, width = image.shape[:2]
-    out = image
-    if factor != 1.0:
-        out = cv2.resize(image.astype(np.float32), None, None, fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR)
+    out = resize_by_factor(image, factor)
     frame = ScaleMap((width, height), (out.shape[1], out.shape[0]), factor)
     boxes = frame.to_net(ann.boxes) if len(ann.boxes) else ann.boxes.astype(np.float32)
     landmarks = frame.to_net(ann.landmarks) if len(ann.boxes) else ann.landmarks.astype(np.float32)

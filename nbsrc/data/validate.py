@@ -31,15 +31,8 @@ from tokenize import TokenError
 import numpy as np
 
 from nbsrc.config import Config
-from nbsrc.data.image_sizes import split_sizes
-from nbsrc.data.label_frame import (
-    ImageSizes,
-    LabelFrame,
-    LabelFrameError,
-    LabelFrameReport,
-    frame_verdict,
-    read_image_size,
-)
+from nbsrc.data.image_sizes import ImageSizes, read_image_size, split_sizes
+from nbsrc.data.label_frame import LabelFrame, LabelFrameError, LabelFrameReport, frame_verdict
 from nbsrc.data.layout import (
     LatentIndex,
     basename_of,
