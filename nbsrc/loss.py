@@ -19,6 +19,7 @@ negative-only images teach something; 0 is the published behaviour (such images 
 from __future__ import annotations
 
 import logging
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,13 +29,15 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from nbsrc.boxes import encode_boxes, encode_landmarks
-from nbsrc.matching import AnchorMatch, match_anchors
+from nbsrc.config import ClsLoss
+from nbsrc.matching import AnchorMatch, check_box_values, match_anchors
 
 __all__ = ["MultiBoxLoss", "build_loss", "normalize_targets", "select_top_per_row"]
 
 logger = logging.getLogger(__name__)
 
 FACE = 1  # class id of a face (the only class with landmarks)
+TARGET_KEYS = ("boxes", "labels", "landmarks", "landmarks_valid")  # padded targets; the first two always needed
 
 
 class MultiBoxLoss(nn.Module):
@@ -74,7 +77,7 @@ class MultiBoxLoss(nn.Module):
         loc_weight: float = 2.0,
         cls_weight: float = 1.0,
         landm_weight: float = 1.0,
-        cls_loss: str = "ohem",
+        cls_loss: ClsLoss = "ohem",
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         variances: tuple[float, float] = (0.1, 0.2),
@@ -83,12 +86,14 @@ class MultiBoxLoss(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
-        if cls_loss not in ("ohem", "focal"):
-            raise ValueError(f"cls_loss must be 'ohem' or 'focal', got {cls_loss!r}")
+        if cls_loss not in typing.get_args(ClsLoss):
+            raise ValueError(f"cls_loss must be one of {list(typing.get_args(ClsLoss))}, got {cls_loss!r}")
         if not 0 < pos_iou <= 1 or not 0 <= force_iou <= 1:
             raise ValueError(f"pos_iou must be in (0, 1] and force_iou in [0, 1], got {pos_iou}, {force_iou}")
         if neg_pos_ratio < 0 or empty_negatives < 0:
             raise ValueError(f"neg_pos_ratio and empty_negatives must be >= 0, got {neg_pos_ratio}, {empty_negatives}")
+        if match_chunk < 1:
+            raise ValueError(f"match_chunk must be >= 1, got {match_chunk}")
         self.num_classes = num_classes
         self.landmarks = landmarks
         self.pos_iou = pos_iou
@@ -135,8 +140,14 @@ class MultiBoxLoss(nn.Module):
         boxes = targets["boxes"].to(device=device, dtype=torch.float32)  # (B, M, 4)
         labels = targets["labels"].to(device=device, dtype=torch.long)  # (B, M)
         anchors = anchors.to(device)
-        match = match_anchors(
-            anchors, boxes, labels, pos_iou=self.pos_iou, force_iou=self.force_iou, chunk=self.match_chunk
+        match = match_anchors(  # the targets were checked (`_check`)
+            anchors,
+            boxes,
+            labels,
+            pos_iou=self.pos_iou,
+            force_iou=self.force_iou,
+            chunk=self.match_chunk,
+            validate=False,
         )
         pos_b, pos_a = match.positive_index  # (P,)
         num_pos = torch.bincount(pos_b, minlength=B)  # (B,)
@@ -200,6 +211,8 @@ class MultiBoxLoss(nn.Module):
         return F.cross_entropy(conf[rows_b, rows_a], target, reduction="sum")
 
     def _check(self, outputs: Mapping, anchors: Tensor, targets: Mapping) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Shapes of the outputs, anchors and targets (metadata only); the targets' values where they are on the
+        CPU (`_check_values`)."""
         for key in ("loc", "conf"):
             if key not in outputs or outputs[key] is None:
                 raise ValueError(f"outputs must contain '{key}', got keys {sorted(outputs)}")
@@ -214,32 +227,39 @@ class MultiBoxLoss(nn.Module):
         needs_landm = self.landmarks and landm is not None
         if needs_landm and landm.shape != (B, A, 10):
             raise ValueError(f"outputs['landm'] must be Tensor[{B}, {A}, 10], got {tuple(landm.shape)}")
-        required = ("boxes", "labels", "landmarks", "landmarks_valid") if needs_landm else ("boxes", "labels")
-        for key in required:
-            if key not in targets:
-                raise ValueError(f"targets must contain '{key}', got keys {sorted(targets)}")
-        boxes, labels = targets["boxes"], targets["labels"]
-        if boxes.dim() != 3 or boxes.shape[0] != B or boxes.shape[2] != 4:
-            raise ValueError(f"targets['boxes'] must be Tensor[{B}, M, 4], got {tuple(boxes.shape)}")
-        M = boxes.shape[1]
-        if labels.shape != (B, M):
-            raise ValueError(f"targets['labels'] must be Tensor[{B}, {M}], got {tuple(labels.shape)}")
-        if needs_landm:
-            if targets["landmarks"].shape != (B, M, 5, 2):
-                raise ValueError(
-                    f"targets['landmarks'] must be Tensor[{B}, {M}, 5, 2], got {tuple(targets['landmarks'].shape)}"
-                )
-            if targets["landmarks_valid"].shape != (B, M):
-                raise ValueError(
-                    f"targets['landmarks_valid'] must be Tensor[{B}, {M}], "
-                    f"got {tuple(targets['landmarks_valid'].shape)}"
-                )
+        _check_targets(targets, "targets", TARGET_KEYS if needs_landm else TARGET_KEYS[:2], B)
+        if targets["labels"].device.type == "cpu":
+            self._check_values(targets["boxes"], targets["labels"])
+        return loc, conf, landm
+
+    def _check_values(self, boxes: Tensor, labels: Tensor) -> None:
+        """Labels in ``[0, num_classes)`` and real boxes finite xyxy (`nbsrc.matching.check_box_values`).
+
+        Run on CPU targets only: on an accelerator reading values waits for the device at every step. The
+        datasets guarantee both (classes the model does not have and degenerate boxes are left out)."""
         if labels.numel() and (int(labels.max()) >= self.num_classes or int(labels.min()) < 0):
             raise ValueError(
                 f"targets['labels'] must be in [0, {self.num_classes - 1}] (0 = padding) for num_classes="
                 f"{self.num_classes}, got values in [{int(labels.min())}, {int(labels.max())}]"
             )
-        return loc, conf, landm
+        check_box_values(boxes, labels)
+
+
+def _check_targets(targets: Mapping[str, Any], name: str, keys: tuple[str, ...], batch: int | None = None) -> None:
+    """Raise `ValueError` unless `targets` holds `keys` with the padded shapes ``boxes [B, M, 4]``,
+    ``labels [B, M]``, ``landmarks [B, M, 5, 2]``, ``landmarks_valid [B, M]`` (B = `batch` when given)."""
+    for key in keys:
+        if key not in targets:
+            raise ValueError(f"{name} must contain '{key}', got keys {sorted(targets)}")
+    boxes = targets["boxes"]
+    if boxes.dim() != 3 or boxes.shape[2] != 4 or boxes.shape[0] != (batch if batch is not None else boxes.shape[0]):
+        raise ValueError(f"{name}['boxes'] must be Tensor[{batch or 'B'}, M, 4], got {tuple(boxes.shape)}")
+    B, M = boxes.shape[:2]
+    expected = {"labels": (B, M), "landmarks": (B, M, 5, 2), "landmarks_valid": (B, M)}
+    for key in keys[1:]:
+        if targets[key].shape != expected[key]:
+            dims = ", ".join(str(d) for d in expected[key])
+            raise ValueError(f"{name}['{key}'] must be Tensor[{dims}], got {tuple(targets[key].shape)}")
 
 
 def select_top_per_row(key: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
@@ -298,21 +318,11 @@ def normalize_targets(
         ``{"boxes", "labels", "landmarks", "landmarks_valid"}`` with float32 coordinates in [0, 1],
         int64 labels and bool validity.
     """
-    for key in ("boxes", "labels", "landmarks", "landmarks_valid"):
-        if key not in batch:
-            raise ValueError(f"batch must contain '{key}', got keys {sorted(batch)}")
+    _check_targets(batch, "batch", TARGET_KEYS)
     height, width = (int(v) for v in image_size_hw)
     if height <= 0 or width <= 0:
         raise ValueError(f"image_size_hw must be positive (H, W), got {tuple(image_size_hw)}")
     boxes, landmarks = batch["boxes"], batch["landmarks"]
-    if boxes.dim() != 3 or boxes.shape[2] != 4:
-        raise ValueError(f"batch['boxes'] must be Tensor[B, M, 4], got {tuple(boxes.shape)}")
-    B, M = boxes.shape[:2]
-    if landmarks.shape != (B, M, 5, 2):
-        raise ValueError(f"batch['landmarks'] must be Tensor[{B}, {M}, 5, 2], got {tuple(landmarks.shape)}")
-    for key in ("labels", "landmarks_valid"):
-        if batch[key].shape != (B, M):
-            raise ValueError(f"batch['{key}'] must be Tensor[{B}, {M}], got {tuple(batch[key].shape)}")
     device = boxes.device if device is None else torch.device(device)
     scale = torch.tensor([width, height], dtype=torch.float32, device=device)  # (2,)
     return {

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from nbsrc.boxes import cxcywh_to_xyxy
 
-__all__ = ["UNMATCHED", "AnchorMatch", "match_anchors", "pairwise_iou"]
+__all__ = ["UNMATCHED", "AnchorMatch", "check_box_values", "match_anchors", "pairwise_iou"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ def match_anchors(
     force_iou: float = 0.2,
     chunk: int = 65536,
     method: str = "auto",
+    validate: bool = True,
 ) -> AnchorMatch:
     """Match anchors to padded ground truth for a whole batch (rule in the module docstring).
 
@@ -119,6 +120,8 @@ def match_anchors(
         force_iou: each GT is forced onto its best anchor when that IoU is at least this.
         chunk: memory bound: anchors per dense IoU block; ``64 * chunk`` IoU values at most at once.
         method: ``auto`` (sparse when possible), ``sparse`` or ``dense``. All give identical results.
+        validate: check the arguments (shapes, method, chunk, and the real boxes' values: on an accelerator a
+            wait for the device). False for a caller that checked them already (`nbsrc.loss.MultiBoxLoss`).
 
     Returns:
         An `AnchorMatch` on the inputs' device.
@@ -126,7 +129,8 @@ def match_anchors(
     Raises:
         ValueError: on bad shapes, non-finite or inverted boxes, or an unknown method.
     """
-    _check_inputs(anchors, boxes, labels, method, chunk)
+    if validate:
+        _check_inputs(anchors, boxes, labels, method, chunk)
     B, M = labels.shape
     A = anchors.shape[0]
     device = anchors.device
@@ -185,6 +189,17 @@ def _check_inputs(anchors: Tensor, boxes: Tensor, labels: Tensor, method: str, c
         raise ValueError(f"boxes must be Tensor[B, M, 4], got {tuple(boxes.shape)}")
     if labels.shape != boxes.shape[:2]:
         raise ValueError(f"labels must be Tensor[B, M] = {tuple(boxes.shape[:2])}, got {tuple(labels.shape)}")
+    check_box_values(boxes, labels)
+
+
+def check_box_values(boxes: Tensor, labels: Tensor) -> None:
+    """Raise `ValueError` naming the first real box (label > 0) that is not finite xyxy with ``x1 <= x2`` and
+    ``y1 <= y2``; padding rows are not inspected. Reads the values: on an accelerator it waits for the device.
+
+    Args:
+        boxes: ``Tensor[B, M, 4]`` xyxy.
+        labels: ``Tensor[B, M]``, 0 for padding.
+    """
     if boxes.numel() == 0:
         return
     real = labels > 0  # (B, M)
