@@ -32,14 +32,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
 from nbsrc.data.image_sizes import IMAGE_EXTENSIONS  # the image files searched in a folder (OpenCV reads them all)
+from nbsrc.draw import draw_detections
+from nbsrc.utils import atomic_path, tqdm_kwargs
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -78,8 +82,6 @@ def decode_image(path: str | Path) -> np.ndarray:
         OSError: the file cannot be read.
         ValueError: it is empty or not an image OpenCV decodes (the message says which).
     """
-    import cv2
-
     data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: any path encoding
     if data.size == 0:
         raise ValueError("empty file")
@@ -148,8 +150,6 @@ def open_source(path: str | Path, save: str | Path | None = None) -> Source:
         ValueError: a folder without images, a file that is neither an image (by extension) nor a video OpenCV
             opens, a video without frames.
     """
-    import cv2
-
     path = Path(path)
     expected = "expected a folder of images, a video file or an image"
     if not path.exists():
@@ -187,8 +187,6 @@ def check_source_save(source: Source, save: str | Path) -> None:
     """Raise `ValueError` naming ``--save`` when `save` cannot take `source`'s annotated output (checked before any
     work): a folder for a folder (not the source folder itself), a video file for a video, an image file for an
     image."""
-    import cv2
-
     save = Path(save)
     if source.kind == "folder":
         if save.exists() and not save.is_dir():
@@ -237,8 +235,6 @@ class _Item:
 
 def _read_items(source: Source) -> Iterator[_Item]:
     """Decoded inputs of `source`, in order (a folder's unreadable files as items without pixels)."""
-    import cv2
-
     if source.kind != "video":
         root = source.path if source.kind == "folder" else source.path.parent
         for index, relative in enumerate(source.files):
@@ -351,8 +347,6 @@ class _Writer:
 def _atomic_video_path(path: Path) -> Iterator[Path]:
     """`nbsrc.utils.atomic_path` for a video: the temporary file keeps `path`'s suffix, by which OpenCV's writer
     chooses the container."""
-    from nbsrc.utils import atomic_path
-
     with atomic_path(path) as tmp:
         video_tmp = tmp.with_name(tmp.name + path.suffix)
         try:
@@ -374,11 +368,6 @@ class _Outputs:
         self.video_size = (0, 0)
 
     def __call__(self, item: _Item) -> None:
-        import cv2
-
-        from nbsrc.draw import draw_detections
-        from nbsrc.utils import atomic_path
-
         height, width = item.image.shape[:2]
         if self.jsonl is not None:
             record = {"source": item.key, "width": width, "height": height, "faces": item.faces}
@@ -404,8 +393,6 @@ class _Outputs:
             tmp.write_bytes(encoded.tobytes())
 
     def _open_video(self, width: int, height: int) -> None:
-        import cv2
-
         assert self.video_path is not None
         self.video = cv2.VideoWriter(
             str(self.video_path), cv2.VideoWriter_fourcc(*"mp4v"), self.source.fps, (width, height)
@@ -489,10 +476,6 @@ def detect_source(
     Returns:
         `SourceStats` (its `SourceStats.summary` lines are also logged).
     """
-    from tqdm import tqdm
-
-    from nbsrc.utils import tqdm_kwargs
-
     if batch_size is None:
         batch_size = int(getattr(getattr(getattr(detector, "cfg", None), "eval", None), "batch_size", 8))
     if batch_size < 1:
@@ -541,10 +524,6 @@ def detect_source(
 @contextmanager
 def _output_files(source: Source, save: Path | None, jsonl: str | Path | None) -> Iterator[_Outputs]:
     """The run's outputs; the JSON-lines file and the video appear at their paths only when the run succeeds."""
-    from contextlib import ExitStack
-
-    from nbsrc.utils import atomic_path
-
     with ExitStack() as stack:
         handle = None
         if jsonl is not None:

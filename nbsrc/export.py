@@ -24,6 +24,7 @@ The config travels inside the file: ONNX ``metadata_props`` and TorchScript ``_e
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import io
 import json
@@ -37,7 +38,9 @@ import torch
 from torch import Tensor, nn
 
 from nbsrc.anchors import AnchorGenerator
+from nbsrc.checkpoint import load_model
 from nbsrc.config import Config
+from nbsrc.utils import atomic_path
 
 __all__ = [
     "CONFIG_KEY",
@@ -225,8 +228,6 @@ def _onnx_export(module: ExportModule, sample: Tensor, names: list[str], latent:
 
 def _require(name: str, purpose: str) -> Any:
     """Import `name` (onnx, onnxruntime), or raise `RuntimeError` saying how to install it."""
-    import importlib
-
     try:
         return importlib.import_module(name)
     except ImportError:
@@ -235,9 +236,6 @@ def _require(name: str, purpose: str) -> Any:
 
 def _write_onnx(data: bytes, metadata: Mapping[str, str], out: Path) -> None:
     onnx = _require("onnx", "it writes ONNX files")
-
-    from nbsrc.utils import atomic_path
-
     proto = onnx.load_from_string(data)
     del proto.metadata_props[:]
     for key, value in metadata.items():
@@ -304,8 +302,6 @@ def export_model(
                 _compare(str(out), x, session.run(names, {INPUT_NAME: x.numpy()}), module(x), names) for x in samples
             )
     else:
-        from nbsrc.utils import atomic_path
-
         with _quiet_jit():
             traced = torch.jit.trace(module, (samples[0],), check_trace=False)
             with atomic_path(out) as tmp:
@@ -330,8 +326,6 @@ def export_checkpoint(
 ) -> Path:
     """`export_model` of a checkpoint: ours, or a published state dict (preset inferred when None), loaded as
     `nbsrc.checkpoint.load_model` loads it. The format and output path are checked before the weights are read."""
-    from nbsrc.checkpoint import load_model
-
     out = Path(out)
     fmt = format_of(out, fmt)
     _check_out(out)

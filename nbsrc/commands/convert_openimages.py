@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nbsrc.commands import check_output_file
+from nbsrc.data.readers.openimages import ConversionReport, convert_openimages
+
 HELP = "Open Images CSV -> 2-class label file"
 
 _CLASS_NAMES = {1: "face", 2: "person"}
@@ -24,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-degenerate", action="store_true", help="keep boxes with width or height <= 0")
 
 
-def format_report(report, csv_path: str, out_path: str) -> str:
+def format_report(report: ConversionReport, csv_path: str, out_path: str) -> str:
     """A few lines for the terminal summarising a `ConversionReport`."""
     per_class = ", ".join(f"{n} {_CLASS_NAMES.get(c, f'class {c}')}" for c, n in report.boxes.items()) or "none"
     lines = [
@@ -40,9 +43,6 @@ def format_report(report, csv_path: str, out_path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbsrc.commands import check_output_file
-    from nbsrc.data.readers.openimages import convert_openimages
-
     if args.dedup_iou is not None and not 0.0 < args.dedup_iou <= 1.0:
         raise ValueError(f"--dedup-iou must be in (0, 1], got {args.dedup_iou}")
     check_output_file(args.out, "output file")

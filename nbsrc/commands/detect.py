@@ -17,7 +17,16 @@ import logging
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
+
+from nbsrc.commands import check_output_file
+from nbsrc.detect_sources import check_source_save, detect_source, open_source
+from nbsrc.detector import Detector, check_thresholds
+from nbsrc.draw import draw_detections
+from nbsrc.latents import load_latent
+from nbsrc.utils import atomic_path, atomic_write_text
+from nbsrc.weights import PUBLISHED_DETECTOR, PUBLISHED_PRESET
 
 HELP = "detect faces on one image or one latent"
 
@@ -97,8 +106,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_image_rgb(path: Path) -> np.ndarray:
     """``[H, W, 3]`` uint8 RGB of an image file; raises naming the file when it is missing or unreadable."""
-    import cv2
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found")
@@ -112,10 +119,6 @@ def read_image_rgb(path: Path) -> np.ndarray:
 def check_save_path(path: Path) -> str:
     """The image suffix `path` is written with (``.png`` when it has none); raises `ValueError` naming `path` when
     OpenCV has no writer for it or it cannot become a file (checked before any work)."""
-    import cv2
-
-    from nbsrc.commands import check_output_file
-
     check_output_file(path, "--save")
     suffix = path.suffix or ".png"
     if not cv2.haveImageWriter(f"image{suffix}"):
@@ -124,23 +127,49 @@ def check_save_path(path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbsrc.commands import check_output_file
-    from nbsrc.detector import Detector, check_thresholds
-    from nbsrc.draw import draw_detections
-    from nbsrc.latents import load_latent
-    from nbsrc.utils import atomic_path, atomic_write_text
-
     # Bad options stop here, before the checkpoint is read or anything is written.
     check_thresholds({"conf": "--conf", "nms": "--nms"}, conf=args.conf, nms=args.nms)
     check_output_file(args.json, "--json")
     suffix = check_save_path(args.save) if args.save is not None and args.source is None else None
     media = _open_source(args) if args.source is not None else None
-    preset = NETWORK_ALIASES.get(args.preset, args.preset) if args.preset else None
     # Logging shares stdout with the JSON when no --json is given: keep stdout parseable then.
     log = logger.info if args.json is not None else logger.debug
-    if args.weight is None:
-        from nbsrc.weights import PUBLISHED_DETECTOR, PUBLISHED_PRESET
+    detector = _load_detector(args, log)
+    if media is not None:
+        return _run_source(args, detector, media)
+    item, source = _read_input(args, detector)
+    detections = detector.detect(
+        item, conf=args.conf, nms=args.nms, orig_size=tuple(args.orig_size) if args.orig_size else None
+    )
+    log("%s: %d detections (conf > %.2f)", source, len(detections), args.conf)
+    report = {
+        "input": str(source),
+        "weight": str(args.weight),
+        "preset": detector.cfg.preset,
+        "detections": [
+            {**d, "box": [round(v, 2) for v in d["box"]], "score": round(d["score"], 5)} for d in detections
+        ],
+    }
+    text = json.dumps(report, indent=2) + "\n"
+    # encoded before anything is written: a failure leaves no output behind
+    encoded = _encode_visualisation(args, detector, item, detections, suffix) if args.save is not None else None
+    if args.json is not None:
+        atomic_write_text(args.json, text)
+        logger.info("detections written to %s", args.json)
+    else:
+        sys.stdout.write(text)
+    if encoded is not None:
+        with atomic_path(args.save) as tmp:
+            tmp.write_bytes(encoded.tobytes())
+        log("visualisation saved to %s", args.save)
+    return 0
 
+
+def _load_detector(args: argparse.Namespace, log) -> Detector:
+    """The detector of ``--weight`` (an .onnx file runs with onnxruntime); without it the published detector, whose
+    file and preset are then set on `args` (``args.weight``) and logged with `log`."""
+    preset = NETWORK_ALIASES.get(args.preset, args.preset) if args.preset else None
+    if args.weight is None:
         if args.latent is not None:
             raise ValueError(
                 "--latent needs --weight (a latent checkpoint); without --weight detect runs the "
@@ -155,66 +184,44 @@ def run(args: argparse.Namespace) -> int:
             args.weight,
         )
     if Path(args.weight).suffix.lower() == ".onnx":  # an exported file, run with onnxruntime
-        detector = Detector.from_onnx(args.weight, preset=preset, device=args.device)
-    else:
-        detector = Detector.from_checkpoint(args.weight, preset=preset, device=args.device)
-    if media is not None:
-        return _run_source(args, detector, media)
+        return Detector.from_onnx(args.weight, preset=preset, device=args.device)
+    return Detector.from_checkpoint(args.weight, preset=preset, device=args.device)
+
+
+def _read_input(args: argparse.Namespace, detector: Detector) -> tuple[np.ndarray, Path]:
+    """``(image [H, W, 3] RGB or latent [C, h, w], its path)`` of ``--image`` / ``--latent``, which must be what
+    the detector takes."""
     if args.image is not None:
         if detector.input_kind != "rgb":
             raise ValueError(f"{args.weight}: preset '{detector.cfg.preset}' takes latents; use --latent")
         if args.orig_size is not None:
             raise ValueError("--orig-size applies to --latent only")
-        item = read_image_rgb(args.image)
-        source = args.image
-    else:
-        if detector.input_kind != "latent":
-            raise ValueError(f"{args.weight}: preset '{detector.cfg.preset}' takes RGB images; use --image")
-        item = load_latent(args.latent, detector.model.in_channels)
-        source = args.latent
-    detections = detector.detect(
-        item, conf=args.conf, nms=args.nms, orig_size=tuple(args.orig_size) if args.orig_size else None
-    )
-    log("%s: %d detections (conf > %.2f)", source, len(detections), args.conf)
-    report = {
-        "input": str(source),
-        "weight": str(args.weight),
-        "preset": detector.cfg.preset,
-        "detections": [
-            {**d, "box": [round(v, 2) for v in d["box"]], "score": round(d["score"], 5)} for d in detections
-        ],
-    }
-    text = json.dumps(report, indent=2) + "\n"
-    encoded = None
-    if args.save is not None:  # encoded before anything is written: a failure leaves no output behind
-        if args.image is not None:
-            canvas = item
-        else:
-            stride = detector.model.latent_stride
-            width, height = args.orig_size or (item.shape[-1] * stride, item.shape[-2] * stride)
-            canvas = np.full((height, width, 3), 127, dtype=np.uint8)
-        import cv2
+        return read_image_rgb(args.image), args.image
+    if detector.input_kind != "latent":
+        raise ValueError(f"{args.weight}: preset '{detector.cfg.preset}' takes RGB images; use --image")
+    return load_latent(args.latent, detector.model.in_channels), args.latent
 
-        vis = draw_detections(canvas, detections)
-        ok, encoded = cv2.imencode(suffix, np.ascontiguousarray(vis[:, :, ::-1]))
-        if not ok:
-            raise ValueError(f"{args.save}: cannot encode an image with suffix {suffix!r}")
-    if args.json is not None:
-        atomic_write_text(args.json, text)
-        logger.info("detections written to %s", args.json)
+
+def _encode_visualisation(
+    args: argparse.Namespace, detector: Detector, item: np.ndarray, detections: list[dict], suffix: str
+) -> np.ndarray:
+    """The ``--save`` image encoded with `suffix`: the detections drawn on the image, or for a latent on a grey
+    canvas of the original size (``--orig-size``, else the latent's frame)."""
+    if args.image is not None:
+        canvas = item
     else:
-        sys.stdout.write(text)
-    if encoded is not None:
-        with atomic_path(args.save) as tmp:
-            tmp.write_bytes(encoded.tobytes())
-        log("visualisation saved to %s", args.save)
-    return 0
+        stride = detector.model.latent_stride
+        width, height = args.orig_size or (item.shape[-1] * stride, item.shape[-2] * stride)
+        canvas = np.full((height, width, 3), 127, dtype=np.uint8)  # (H, W, 3)
+    vis = draw_detections(canvas, detections)
+    ok, encoded = cv2.imencode(suffix, np.ascontiguousarray(vis[:, :, ::-1]))
+    if not ok:
+        raise ValueError(f"{args.save}: cannot encode an image with suffix {suffix!r}")
+    return encoded
 
 
 def _open_source(args: argparse.Namespace):
     """The `nbsrc.detect_sources.Source` of ``--source``, its options checked before the checkpoint is read."""
-    from nbsrc.detect_sources import check_source_save, open_source
-
     if args.save is None and args.json is None:
         raise ValueError("--source needs --save OUT (annotated output) and/or --json OUT.jsonl (detections)")
     if args.orig_size is not None:
@@ -229,8 +236,6 @@ def _open_source(args: argparse.Namespace):
 
 def _run_source(args: argparse.Namespace, detector, media) -> int:
     """``detect --source``: every image or frame of `media` (`nbsrc.detect_sources.detect_source`)."""
-    from nbsrc.detect_sources import detect_source
-
     if detector.input_kind != "rgb":
         raise ValueError(f"{args.weight}: preset '{detector.cfg.preset}' takes latents; --source takes images")
     logger.info("%s: %s of %d %s", args.source, media.kind, len(media), "frames" if media.kind == "video" else "images")

@@ -20,6 +20,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from nbsrc.commands import check_output_file
+from nbsrc.evaluation.ground_truth import resolve_gt_dir
+from nbsrc.evaluation.results import predicted_images
+from nbsrc.evaluation.widerface import evaluate_curves, format_table, plot_pr_curves, save_json
+
 HELP = "WIDER FACE Easy/Medium/Hard AP of a prediction folder"
 
 
@@ -56,11 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbsrc.commands import check_output_file
-    from nbsrc.evaluation.ground_truth import resolve_gt_dir
-    from nbsrc.evaluation.results import predicted_images
-    from nbsrc.evaluation.widerface import evaluate_curves, format_table, plot_pr_curves, save_json
-
     if not 0 < args.iou <= 1:
         raise ValueError(f"--iou must be in (0, 1], got {args.iou}")
     check_output_file(args.json, "--json")

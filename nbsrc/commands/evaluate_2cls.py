@@ -15,6 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from nbsrc.commands import check_output_file
+from nbsrc.evaluation.twoclass import evaluate_twoclass, format_twoclass_table, save_twoclass_json
+
 HELP = "face/person AP and mAP of 2-class predictions"
 
 
@@ -46,9 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbsrc.commands import check_output_file
-    from nbsrc.evaluation.twoclass import evaluate_twoclass, format_twoclass_table, save_twoclass_json
-
     for t in args.iou:
         if not 0 < t <= 1:
             raise ValueError(f"--iou values must be in (0, 1], got {t}")

@@ -12,6 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from nbsrc.commands import check_output_dir
+from nbsrc.detector import Detector, check_thresholds
+from nbsrc.evaluation.rates import evaluate_rates
+
 HELP = "WIDER AP of a latent model at every JPEG AI rate"
 
 
@@ -48,10 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbsrc.commands import check_output_dir
-    from nbsrc.detector import check_thresholds
-    from nbsrc.evaluation.rates import evaluate_rates
-
     check_thresholds({"conf": "--conf", "nms": "--nms"}, conf=args.conf, nms=args.nms)
     check_output_dir(args.out, "--out")
     for path in (args.weight, args.rgb_weight):
@@ -59,8 +59,6 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"checkpoint {path} not found")
     weight, rgb_weight = args.weight, args.rgb_weight
     if args.max_images is not None:  # asked for explicitly: the detectors' configs carry the cap
-        from nbsrc.detector import Detector
-
         if args.max_images < 1:
             raise ValueError(f"--max_images must be >= 1, got {args.max_images}")
         capped = []

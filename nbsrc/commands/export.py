@@ -13,6 +13,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from nbsrc.commands import check_output_file
+from nbsrc.export import FORMATS, export_checkpoint, format_of
+from nbsrc.weights import PUBLISHED_DETECTOR, PUBLISHED_PRESET
+
 HELP = "export a checkpoint to ONNX or TorchScript (config inside the file)"
 
 logger = logging.getLogger(__name__)
@@ -53,9 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbsrc.commands import check_output_file
-    from nbsrc.export import FORMATS, export_checkpoint, format_of
-
     # Bad options stop here, before the checkpoint is read.
     if args.fmt is not None and args.fmt not in FORMATS:
         raise ValueError(f"--format {args.fmt}: unknown export format (expected one of {', '.join(FORMATS)})")
@@ -65,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--size {args.size[0]} {args.size[1]}: expected two sizes >= 1")
     weight, preset = args.weight, args.preset
     if weight is None:
-        from nbsrc.weights import PUBLISHED_DETECTOR, PUBLISHED_PRESET
-
         if preset not in (None, PUBLISHED_PRESET):
             raise ValueError(f"--preset {preset} needs --weight (without it: the published {PUBLISHED_PRESET})")
         weight, preset = PUBLISHED_DETECTOR, PUBLISHED_PRESET

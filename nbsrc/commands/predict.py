@@ -19,6 +19,11 @@ import json
 import sys
 from pathlib import Path
 
+from nbsrc.commands import check_output_dir, check_output_file
+from nbsrc.detector import Detector, check_thresholds
+from nbsrc.evaluation.predict import predict_split
+from nbsrc.utils import atomic_write_text
+
 HELP = "run a checkpoint over a dataset split and write WIDER result files"
 INTERMIXED = True  # key=value overrides anywhere among the options (`nbsrc.cli` parses with parse_intermixed_args)
 
@@ -107,10 +112,6 @@ def prediction_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbsrc.commands import check_output_dir, check_output_file
-    from nbsrc.detector import Detector, check_thresholds
-    from nbsrc.evaluation.predict import predict_split
-
     check_thresholds(
         {"conf": "--conf", "nms": "--nms", "top_k": "--top_k", "keep_top_k": "--keep_top_k"},
         conf=args.conf,
@@ -149,7 +150,5 @@ def run(args: argparse.Namespace) -> int:
     for stats in results.values():
         sys.stdout.write(stats.summary() + "\n")
     if args.json:
-        from nbsrc.utils import atomic_write_text
-
         atomic_write_text(args.json, json.dumps({k or "all": v.to_dict() for k, v in results.items()}, indent=2) + "\n")
     return 0

@@ -33,8 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm  # plain bars: readable in notebooks and papermill logs alike
 
-from nbsrc.evaluation.results import MANIFEST
+from nbsrc.data.collate import detection_collate
+from nbsrc.data.layout import scan_latents
+from nbsrc.data.loaders import build_dataset
+from nbsrc.evaluation.results import MANIFEST, result_path, write_wider_results
+from nbsrc.postprocess import postprocess
+from nbsrc.runs import remove_stale_temp_files
+from nbsrc.utils import atomic_write_text, tqdm_kwargs
 
 __all__ = [
     "MANIFEST",
@@ -178,9 +186,6 @@ def _prepare_folder(out_dir: Path, settings: dict, names: list[str], resume: boo
     A folder made with other settings (or with ``resume=False``) loses the result files its manifest lists. A
     folder without a manifest keeps its files, but none of them is trusted: every image is predicted again.
     """
-    from nbsrc.evaluation.results import result_path
-    from nbsrc.utils import atomic_write_text
-
     manifest_path = out_dir / MANIFEST
     old = _read_manifest(manifest_path)
     settings = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
@@ -253,41 +258,21 @@ def predict_dataset(
     Returns:
         `PredictStats`.
     """
-    from torch.utils.data import DataLoader, Subset
-    from tqdm import tqdm  # plain bars: readable in notebooks and papermill logs alike
-
-    from nbsrc.data.collate import detection_collate
-    from nbsrc.evaluation.results import result_path, write_wider_results
-    from nbsrc.postprocess import postprocess
-    from nbsrc.runs import remove_stale_temp_files
-    from nbsrc.utils import tqdm_kwargs
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [str(n) for n in dataset.names]
     remove_stale_temp_files(out_dir, {result_path(out_dir, n).parent for n in names})  # left by a killed run
     model, cfg, device = detector.model, detector.cfg, detector.device
-    e = cfg.eval
-    top_k = e.top_k if top_k is None else top_k
-    keep_top_k = e.keep_top_k if keep_top_k is None else keep_top_k
-    two_class = getattr(model, "num_classes", 2) > 2
-    use_amp = amp and device.type == "cuda"
-    config = cfg.to_dict()
-    settings = {
-        "weights": weights_digest(model),
-        "model": config["model"],
-        "anchors": config["anchors"],
-        "data": {k: config["data"][k] for k in _FRAME_KEYS},
-        "dataset": _dataset_digest(dataset),
-        "conf": conf,
-        "nms": nms,
-        "top_k": top_k,
-        "keep_top_k": keep_top_k,
-        "amp": use_amp,
-        "decimals": decimals,
+    post = {  # `nbsrc.postprocess.postprocess` arguments
+        "conf_thresh": conf,
+        "nms_thresh": nms,
+        "top_k": cfg.eval.top_k if top_k is None else top_k,
+        "keep_top_k": cfg.eval.keep_top_k if keep_top_k is None else keep_top_k,
+        "variances": cfg.anchors.variances,
+        "cls_loss": cfg.loss.cls_loss,
     }
-    if cfg.loss.cls_loss != "ohem":  # softmax-scored folders stay resumable; older softmax-scored focal ones do not
-        settings["cls_loss"] = cfg.loss.cls_loss
+    use_amp = amp and device.type == "cuda"
+    settings = _settings(model, cfg, dataset, post, use_amp, decimals)
     test_scale = getattr(dataset, "test_scale", "square")
     if test_scale != "square":  # square folders (made before test_scale existed) stay resumable
         settings["test_scale"] = test_scale
@@ -296,7 +281,64 @@ def predict_dataset(
         batch_size = 1
     resume = _prepare_folder(out_dir, settings, names, resume)
     todo = [i for i, n in enumerate(names) if not (resume and result_path(out_dir, n).is_file())]
-    stats = PredictStats(out_dir=out_dir, images=len(names), skipped=len(names) - len(todo), names=names)
+    stats = _start_stats(out_dir, dataset, names, len(todo))
+    if not todo:
+        return stats
+
+    loader = DataLoader(
+        Subset(dataset, todo),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=detection_collate,
+        pin_memory=device.type == "cuda",
+    )
+    class_column = getattr(model, "num_classes", 2) > 2  # 2-class models
+    forward_s = post_s = write_s = 0.0
+    bar = tqdm(total=len(todo), desc=f"predict {out_dir.name}", unit="img", **tqdm_kwargs(progress))
+    model.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            if batch is None:  # every image of the batch failed to load (data.on_error=skip; logged)
+                continue
+            detections, forward, postprocessing = _detect_batch(model, device, batch["inputs"], use_amp, post)
+            t0 = time.perf_counter()
+            _write_batch(stats, batch, detections, class_column, decimals)
+            forward_s += forward
+            post_s += postprocessing
+            write_s += time.perf_counter() - t0
+            stats.written += len(batch["names"])
+            bar.update(len(batch["names"]) + batch.get("left_out", 0))
+    bar.close()
+    _finish_stats(stats, [names[i] for i in todo], forward_s, post_s, write_s)
+    return stats
+
+
+def _settings(model: torch.nn.Module, cfg, dataset, post: dict, use_amp: bool, decimals: int) -> dict:
+    """What makes a folder's predictions (``predictions.json``): the weights, the model and anchor settings, the
+    frame-mapping data settings, the dataset, the thresholds (`post`), AMP and the decimals."""
+    config = cfg.to_dict()
+    settings = {
+        "weights": weights_digest(model),
+        "model": config["model"],
+        "anchors": config["anchors"],
+        "data": {k: config["data"][k] for k in _FRAME_KEYS},
+        "dataset": _dataset_digest(dataset),
+        "conf": post["conf_thresh"],
+        "nms": post["nms_thresh"],
+        "top_k": post["top_k"],
+        "keep_top_k": post["keep_top_k"],
+        "amp": use_amp,
+        "decimals": decimals,
+    }
+    if cfg.loss.cls_loss != "ohem":  # softmax-scored folders stay resumable; older softmax-scored focal ones do not
+        settings["cls_loss"] = cfg.loss.cls_loss
+    return settings
+
+
+def _start_stats(out_dir: Path, dataset, names: list[str], todo: int) -> PredictStats:
+    """The `PredictStats` of a run that predicts `todo` of the images `names`; a cap and skipped images logged."""
+    stats = PredictStats(out_dir=out_dir, images=len(names), skipped=len(names) - todo, names=names)
     stats.labelled = getattr(dataset, "labelled_images", None)
     stats.max_images = getattr(dataset, "max_images", None)
     if stats.capped:
@@ -310,63 +352,47 @@ def predict_dataset(
         )
     if stats.skipped:
         logger.info("%s: %d of %d images already written, skipped", out_dir, stats.skipped, len(names))
-    if not todo:
-        return stats
+    return stats
 
-    loader = DataLoader(
-        Subset(dataset, todo),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=detection_collate,
-        pin_memory=device.type == "cuda",
-    )
-    forward_s = post_s = write_s = 0.0
-    bar = tqdm(total=len(todo), desc=f"predict {out_dir.name}", unit="img", **tqdm_kwargs(progress))
-    model.eval()
-    with torch.inference_mode():
-        for batch in loader:
-            if batch is None:  # every image of the batch failed to load (data.on_error=skip; logged)
-                continue
-            inputs = batch["inputs"].to(device, non_blocking=True)
-            _sync(device)
-            t0 = time.perf_counter()
-            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-                outputs = model(inputs)
-            _sync(device)
-            t1 = time.perf_counter()
-            outputs = {k: (v.float() if v is not None else None) for k, v in outputs.items()}
-            detections = postprocess(
-                outputs,
-                model.anchors(inputs),
-                model.image_size(inputs),
-                conf_thresh=conf,
-                nms_thresh=nms,
-                top_k=top_k,
-                keep_top_k=keep_top_k,
-                variances=cfg.anchors.variances,
-                cls_loss=cfg.loss.cls_loss,
-            )
-            _sync(device)
-            t2 = time.perf_counter()
-            for name, frame, det in zip(batch["names"], batch["frames"], detections):
-                boxes = det["boxes"].float().cpu().numpy().reshape(-1, 4)  # (N, 4) network frame
-                if frame is not None:
-                    boxes = frame.to_original(boxes) if len(boxes) else boxes
-                else:
-                    stats.unmapped += 1
-                scores = det["scores"].float().cpu().numpy()
-                labels = det["labels"].cpu().numpy() if two_class else None
-                write_wider_results(out_dir, name, boxes, scores, labels=labels, decimals=decimals)
-                stats.detections += len(scores)
-            t3 = time.perf_counter()
-            forward_s += t1 - t0
-            post_s += t2 - t1
-            write_s += t3 - t2
-            stats.written += len(batch["names"])
-            bar.update(len(batch["names"]) + batch.get("left_out", 0))
-    bar.close()
-    stats.left_out = [names[i] for i in todo if not result_path(out_dir, names[i]).is_file()]
+
+def _detect_batch(
+    model: torch.nn.Module, device: torch.device, inputs: torch.Tensor, use_amp: bool, post: dict
+) -> tuple[list[dict], float, float]:
+    """Forward and post-processing (`post`: `nbsrc.postprocess.postprocess` arguments) of one batch:
+    ``(detections per image in the network frame, forward seconds, post-processing seconds)``."""
+    inputs = inputs.to(device, non_blocking=True)
+    _sync(device)
+    t0 = time.perf_counter()
+    with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+        outputs = model(inputs)
+    _sync(device)
+    t1 = time.perf_counter()
+    outputs = {k: (v.float() if v is not None else None) for k, v in outputs.items()}
+    detections = postprocess(outputs, model.anchors(inputs), model.image_size(inputs), **post)
+    _sync(device)
+    t2 = time.perf_counter()
+    return detections, t1 - t0, t2 - t1
+
+
+def _write_batch(stats: PredictStats, batch: dict, detections: list[dict], class_column: bool, decimals: int) -> None:
+    """One result file per image of `batch`, boxes mapped to original-image pixels (with the labels as a class
+    column when `class_column`); detections and images without a frame map counted in `stats`."""
+    for name, frame, det in zip(batch["names"], batch["frames"], detections):
+        boxes = det["boxes"].float().cpu().numpy().reshape(-1, 4)  # (N, 4) network frame
+        if frame is not None:
+            boxes = frame.to_original(boxes) if len(boxes) else boxes
+        else:
+            stats.unmapped += 1
+        scores = det["scores"].float().cpu().numpy()  # (N,)
+        labels = det["labels"].cpu().numpy() if class_column else None  # (N,)
+        write_wider_results(stats.out_dir, name, boxes, scores, labels=labels, decimals=decimals)
+        stats.detections += len(scores)
+
+
+def _finish_stats(stats: PredictStats, todo: list[str], forward_s: float, post_s: float, write_s: float) -> None:
+    """Images of `todo` left without a result file, times per image; warnings and the summary logged."""
+    out_dir = stats.out_dir
+    stats.left_out = [name for name in todo if not result_path(out_dir, name).is_file()]
     if stats.left_out:
         logger.warning(
             "%s: %d image(s) failed to load and have no result file (data.on_error=skip), e.g. %s",
@@ -384,13 +410,10 @@ def predict_dataset(
             stats.unmapped,
         )
     logger.info("%s", stats.summary())
-    return stats
 
 
 def available_rates(dataset_root: str | Path, split: str = "val") -> list[int]:
     """JPEG AI rates (``latent_<rate>.npy`` suffixes) present in ``<root>/<split>/latent``, ascending."""
-    from nbsrc.data.layout import scan_latents
-
     index = scan_latents(Path(dataset_root) / split / "latent", suffix=None)
     return [r for r in index.rates if r is not None]
 
@@ -398,8 +421,6 @@ def available_rates(dataset_root: str | Path, split: str = "val") -> list[int]:
 def build_predict_dataset(cfg, dataset_root: str | Path, split: str, latent_suffix: str | None = None):
     """The evaluation-mode dataset of `split` for a model config (latent normalization statistics from the
     training split when the model uses them and it exists; RGB input sized by ``cfg.eval.test_scale``)."""
-    from nbsrc.data.loaders import build_dataset
-
     overrides = {"data.dataset_root": str(dataset_root), "data.all_rates": False, "data.augment": False}
     trained_on = cfg.data.dataset_root
     if trained_on is None or Path(trained_on).resolve() != Path(dataset_root).resolve():

@@ -24,7 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from nbsrc.data.readers.wider_mat import read_wider_gt
+from nbsrc.detector import Detector, check_thresholds
 from nbsrc.evaluation.ground_truth import GroundTruthSource, resolve_gt_dir
+from nbsrc.evaluation.predict import available_rates, build_predict_dataset, predict_dataset
+from nbsrc.evaluation.widerface import evaluate_curves, subset_ground_truth
+from nbsrc.utils import atomic_path, atomic_write_text
 
 __all__ = ["RateRow", "RatesTable", "evaluate_rates", "plot_ap_vs_bpp"]
 
@@ -119,8 +124,6 @@ def plot_ap_vs_bpp(table: RatesTable, path: str | Path, title: str = "WIDER FACE
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from nbsrc.utils import atomic_path
-
     path = Path(path)
     rows = table.latent_rows
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -145,8 +148,6 @@ def _name(weight) -> str:
 
 
 def _detector(weight, preset: str | None, device: str):
-    from nbsrc.detector import Detector
-
     if isinstance(weight, Detector):
         return weight
     return Detector.from_checkpoint(weight, preset=preset, device=device)
@@ -191,12 +192,6 @@ def evaluate_rates(
     Returns:
         The `RatesTable` (also written as ``rates.json`` and ``rates.csv``).
     """
-    from nbsrc.data.readers.wider_mat import read_wider_gt
-    from nbsrc.detector import check_thresholds
-    from nbsrc.evaluation.predict import available_rates, build_predict_dataset, predict_dataset
-    from nbsrc.evaluation.widerface import evaluate_curves, subset_ground_truth
-    from nbsrc.utils import atomic_write_text
-
     dataset_root, out_dir = Path(dataset_root), Path(out_dir)
     check_thresholds(conf=conf, nms=nms)
     if out_dir.exists() and not out_dir.is_dir():
