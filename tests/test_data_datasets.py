@@ -24,6 +24,7 @@ from nbsrc.data.records import ImageRecord
 from nbsrc.data.rgb_dataset import WiderFaceRGB
 from nbsrc.data.transforms import Annotations, mirror, train_transform
 from nbsrc.frame import FrameMap
+from nbsrc.latents import load_latent
 
 # landmark fractions of a face box, left/right symmetric: eyes, nose, mouth corners (image-left first)
 FRACTIONS = np.array([[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.35, 0.8], [0.65, 0.8]], np.float32)
@@ -202,7 +203,7 @@ def test_latent_files_read_exactly(tmp_path, monkeypatch, dtype, fortran, plain)
     calls = []
     real_load = np.load
     monkeypatch.setattr(np, "load", lambda *a, **k: calls.append(k.get("mmap_mode")) or real_load(*a, **k))
-    got = latent_module.read_latent(path)
+    got = load_latent(path)
     assert got.dtype == torch.float32 and got.shape == (256, 6, 5)
     np.testing.assert_array_equal(got.numpy(), values[0].astype(np.float32))
     assert calls == ([] if plain else ["r"])  # the others are memory-mapped, never read whole by numpy
@@ -212,7 +213,7 @@ def test_latent_of_integers_is_refused(tmp_path):
     path = tmp_path / "latent_50.npy"
     np.save(path, np.zeros((256, 4, 4), np.int16))
     with pytest.raises(ValueError, match=rf"^{path}: expected float16 or float32 values, got dtype int16"):
-        latent_module.read_latent(path)
+        load_latent(path)
 
 
 # ---- normalization statistics ----------------------------------------------------------------------------------
@@ -548,7 +549,7 @@ def test_latent_whose_header_promises_more_than_the_file_holds(tmp_path):
         ValueError,
         match=rf"^{path}: unreadable or truncated \.npy file \(16384 data bytes, the header promises {promised}\)",
     ):
-        latent_module.read_latent(path)
+        load_latent(path)
 
 
 def test_label_files_given_in_the_config_are_used(demo_root, tmp_path):

@@ -28,12 +28,12 @@ from nbsrc.commands.train import config_from_argv
 from nbsrc.config import get_preset
 from nbsrc.data import latent_values
 from nbsrc.data.collate import detection_collate
+from nbsrc.data.defects import DataError, DefectLog, check_boxes
 from nbsrc.data.latent_dataset import LatentWiderFace
 from nbsrc.data.readers import read_labels
 from nbsrc.data.readers.retinaface_txt import write_retinaface_labels
 from nbsrc.data.records import ImageRecord
 from nbsrc.data.rgb_dataset import WiderFaceRGB
-from nbsrc.data.validate import DataError, DefectLog, check_boxes
 from nbsrc.detector import Detector
 from nbsrc.evaluation.predict import build_predict_dataset, predict_dataset
 from nbsrc.model import build_model

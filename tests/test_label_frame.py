@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from nbsrc.data.defects import DataError
 from nbsrc.data.demo import StandInEncoder, encode_original
 from nbsrc.data.image_sizes import ImageSizes, read_image_size, read_sizes_csv
 from nbsrc.data.label_frame import LabelFrame, LabelFrameError
@@ -18,7 +19,7 @@ from nbsrc.data.readers import read_labels
 from nbsrc.data.readers.retinaface_txt import write_retinaface_labels
 from nbsrc.data.records import ImageRecord
 from nbsrc.data.rgb_dataset import WiderFaceRGB, read_rgb
-from nbsrc.data.validate import DataError, check_label_frame
+from nbsrc.data.validate import check_label_frame
 from nbsrc.frame import FrameMap
 
 

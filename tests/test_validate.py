@@ -1,4 +1,4 @@
-"""Data validation: every defect kind of `nbsrc.data.validate.KINDS` is built as a broken file and gives a clear
+"""Data validation: every defect kind of `nbsrc.data.defects.KINDS` is built as a broken file and gives a clear
 error (file, line or key, what was expected) under ``on_error="raise"``, is reported and counted under ``"skip"``,
 and shows up in ``python -m nbsrc check-data``."""
 
@@ -13,12 +13,14 @@ import cv2
 import numpy as np
 import pytest
 
+from nbsrc.data.defects import KINDS, DataError, DefectLog
 from nbsrc.data.label_frame import LabelFrameError
-from nbsrc.data.latent_dataset import LatentWiderFace, read_latent
+from nbsrc.data.latent_dataset import LatentWiderFace
 from nbsrc.data.readers.retinaface_txt import write_retinaface_labels
 from nbsrc.data.records import ImageRecord
 from nbsrc.data.rgb_dataset import WiderFaceRGB
-from nbsrc.data.validate import KINDS, DataError, DefectLog, validate_dataset
+from nbsrc.data.validate import validate_dataset
+from nbsrc.latents import load_latent
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (320, 240)  # original images (width, height)
@@ -167,7 +169,7 @@ def test_unreadable_or_truncated_latent(tmp_path, caplog, how):
     dataset = assert_skip_reports(split, "unreadable_latent", caplog)
     assert NAMES[0] not in dataset.names
     with pytest.raises(ValueError, match=rf"^{path}: unreadable or truncated \.npy file"):
-        read_latent(path)
+        load_latent(path)
     assert_reported(split, "unreadable_latent", str(path))
 
 
@@ -223,7 +225,7 @@ def test_latent_with_nan_or_inf(tmp_path, caplog):
     dataset = assert_skip_reports(split, "non_finite", caplog)
     assert NAMES[1] not in dataset.names  # left out, counted, never replaced
     with pytest.raises(ValueError, match=rf"^{path}: 2 NaN/Inf values in the latent"):
-        read_latent(path)
+        load_latent(path)
     assert_reported(split, "non_finite", f"{path}: 2 NaN/Inf values")
 
 

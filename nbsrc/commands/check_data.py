@@ -1,5 +1,6 @@
 """``python -m nbsrc check-data ROOT`` (or ``--dataset_root ROOT``): validate a dataset and report every defect
-with file and line (`nbsrc.data.validate`), plus which frame the labels appear to be in (`nbsrc.data.label_frame`).
+with file and line (`nbsrc.data.validate`, `nbsrc.data.defects`), plus which frame the labels appear to be in
+(`nbsrc.data.label_frame`).
 
 Exit status 0 when nothing would stop training (dropped degenerate boxes and merged 2-class headers are only
 reported), 1 otherwise.
@@ -9,6 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from nbsrc import paths
+from nbsrc.data.demo import resolve_dataset_root
+from nbsrc.data.validate import validate_dataset
 
 HELP = "validate a dataset and report every defect with file and line"
 
@@ -65,15 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbsrc import paths
-    from nbsrc.data.validate import validate_dataset
-
     if args.root is not None and args.dataset_root is not None and args.root != args.dataset_root:
         raise ValueError(f"two dataset roots given: ROOT {args.root!r} and --dataset_root {args.dataset_root!r}")
     root = args.root if args.root is not None else args.dataset_root
     if root is None:
         raise ValueError("no dataset root: give it as ROOT or --dataset_root ROOT")
-    root = paths.resolve_dataset_root(root)  # an uploaded top folder inside is entered
+    root = resolve_dataset_root(root)  # an uploaded top folder inside is entered
     images_root = paths.resolve_images_root(args.images_root)
     report = validate_dataset(
         root,

@@ -1,12 +1,13 @@
 """`LatentWiderFace`: JPEG AI latents of WIDER FACE with labels mapped into the latent's frame.
 
-Layouts (`nbsrc.data.layout`): nested ``<split>/latent/<image>/latent_{12,25,50,75,100}.npy`` with
+The split is indexed once (`nbsrc.data.split_index.index_split`: labels, latent files, original sizes). Layouts
+(`nbsrc.data.layout`): nested ``<split>/latent/<image>/latent_{12,25,50,75,100}.npy`` with
 ``<split>/labels.txt`` (or ``<split>/latent/labels.txt``), and flat ``<split>/latent/<image>.npy`` with
 ``<split>/labelstxt/``. One rate is read (``latent_suffix``, default ``latent_75.npy``) or every rate
 (``all_rates``: each image gives one sample per rate, same boxes).
 
-Latents are ``[1, 256, h, w]`` or ``[256, h, w]``, float16 or float32, read straight into a tensor (`read_latent`)
-and returned as ``float32 [256, h, w]``. They describe an image of
+Latents are ``[1, 256, h, w]`` or ``[256, h, w]``, float16 or float32, read straight into a tensor
+(`nbsrc.latents.load_latent`) and returned as ``float32 [256, h, w]``. They describe an image of
 ``(w * 16, h * 16)`` pixels (640x640 for 40x40): boxes and landmarks are mapped there from original pixels by
 `nbsrc.data.label_frame.LabelFrame` (original sizes from a sizes CSV, the images folder or the record), or taken
 as they are with ``label_frame=640``.
@@ -16,7 +17,7 @@ data (or in a run folder when the data folder is read-only), and an opt-in horiz
 flipped latent is not the latent of the flipped image).
 
 Images with zero faces are samples; degenerate boxes are dropped and counted; faces without landmarks have
-``landmarks_valid = False``. Defects follow ``on_error`` (`nbsrc.data.validate`): every latent's header is read
+``landmarks_valid = False``. Defects follow ``on_error`` (`nbsrc.data.defects`): every latent's header is read
 and, with ``check_values`` (``data.check_values``: the evaluation splits by default), its values checked for
 NaN/Inf when the split is indexed (`nbsrc.data.latent_values`, cached by file size and modification time), so a
 bad validation latent stops a run before it starts rather than after an epoch; training latents are checked as
@@ -29,42 +30,32 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nbsrc.data.image_sizes import ImageSizes, SplitSizes, missing_error, split_sizes
-from nbsrc.data.label_frame import LabelFrame, LabelFrameError
+from nbsrc.data.defects import DefectLog, check_boxes, check_latent_file
+from nbsrc.data.image_sizes import missing_error
+from nbsrc.data.label_frame import LabelFrameError
 from nbsrc.data.latent_values import find_non_finite
-from nbsrc.data.layout import basename_of, find_labels, parse_rate, scan_latents
+from nbsrc.data.layout import parse_rate
+from nbsrc.data.readers import select_boxes
 from nbsrc.data.records import ImageRecord
 from nbsrc.data.seeding import item_with_seed
-from nbsrc.data.validate import (
-    DefectLog,
-    check_boxes,
-    check_duplicate_basenames,
-    check_latent_file,
-    frame_extent,
-    match_latents,
-    read_labels_checked,
-)
+from nbsrc.data.split_index import SizeSources, SplitIndex, frame_extent, index_split, keep_classes
 from nbsrc.frame import FrameMap
-from nbsrc.latents import check_latent, open_latent, read_plain_npy
+from nbsrc.latents import CONVERT_CHUNK, load_latent
 from nbsrc.utils import atomic_path
 
-__all__ = ["LatentStats", "LatentWiderFace", "compute_latent_stats", "latent_stats", "read_latent"]
+__all__ = ["LatentStats", "LatentWiderFace", "compute_latent_stats", "latent_stats"]
 
 logger = logging.getLogger(__name__)
 
 MIRROR_ORDER = np.array([1, 0, 2, 4, 3])  # landmark order after a horizontal flip
-# elements converted per call: small enough for torch to stay on the calling thread (DataLoader workers are the
-# parallelism; intra-op threads fighting over busy cores made a 40x40 latent ~10x slower to read)
-CONVERT_CHUNK = 16384
 STATS_MAX_FILES = 500  # latents read (evenly spread over the split) to estimate the channel statistics
 
 
@@ -138,7 +129,7 @@ def compute_latent_stats(
     squares = np.zeros(channels, np.float64)
     count = 0
     for path in chosen:
-        latent = read_latent(path, channels).numpy().astype(np.float64)  # (C, h, w)
+        latent = load_latent(path, channels).numpy().astype(np.float64)  # (C, h, w)
         total += latent.sum(axis=(1, 2))
         squares += np.square(latent).sum(axis=(1, 2))
         count += latent.shape[1] * latent.shape[2]
@@ -232,7 +223,7 @@ class LatentWiderFace(Dataset):
             whose centre lies inside, and shifts and clips their boxes and landmarks into the crop's frame.
         num_classes: classifier outputs including background; boxes of class ``>= num_classes`` (persons for a
             face-only model) are left out.
-        on_error: ``raise`` | ``skip`` (`nbsrc.data.validate`).
+        on_error: ``raise`` | ``skip`` (`nbsrc.data.defects`).
         max_images: use only the first N labelled images.
         check_values: read every latent once while indexing and treat NaN/Inf values as a ``non_finite``
             defect (cached, see `nbsrc.data.latent_values`); False reads headers only (huge datasets).
@@ -275,80 +266,37 @@ class LatentWiderFace(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"split folder {self.root} not found")
+        if crop is not None and crop < 1:
+            raise ValueError(f"crop must be None or >= 1 latent cells, got {crop}")
         self.channels = channels
         self.latent_stride = latent_stride
         self.flip = flip
         self.flip_prob = flip_prob
-        if crop is not None and crop < 1:
-            raise ValueError(f"crop must be None or >= 1 latent cells, got {crop}")
         self.crop = crop
         self.on_error = on_error
         self.log = DefectLog(on_error, context=f"latents of {self.root}")
-
-        if labels is None or isinstance(labels, (str, Path)):
-            self.label_path = Path(labels) if labels is not None else find_labels(self.root, twoclass=num_classes > 2)
-            records = read_labels_checked(self.label_path, self.log)
-        else:
-            self.label_path = None
-            records = list(labels)
-        self.labelled_images = len(records)
+        index = index_split(
+            self.root,
+            self.log,
+            labels=labels,
+            twoclass=num_classes > 2,
+            max_images=max_images,
+            latents="required",
+            latent_suffix=None if all_rates else latent_suffix,
+            sizes=SizeSources(
+                sizes_csv=sizes_csv, images_dir=images_dir, images_root=images_root, cache_dir=sizes_cache
+            ),
+            label_frame=label_frame,
+            resize_policy=resize_policy,
+        )
+        if images_dir is None and label_frame is None and on_error == "raise":
+            _require_sizes(index)
+        self.label_path = index.label_path
+        self.labelled_images = index.labelled_images
         self.max_images = max_images
-        excluded: set[str] = set()
-        if max_images is not None and len(records) > max_images:
-            excluded = {basename_of(r.name) for r in records[max_images:]}
-            records = records[:max_images]
-        index = scan_latents(self.root / "latent", suffix=None if all_rates else latent_suffix)
-        self.layout = index.layout
-        records = check_duplicate_basenames(records, self.log)
-        for key in [k for k in index.files if k in excluded or k.removeprefix("latent_") in excluded]:
-            del index.files[key]
-        matched = match_latents(records, index, self.log, latent_suffix=None if all_rates else latent_suffix)
-
-        if images_dir is not None:  # an explicit folder of this split's images
-            found = SplitSizes(ImageSizes(sizes_csv=sizes_csv, images_dir=images_dir), f"images {images_dir}")
-        else:
-            found = split_sizes(self.root, sizes_csv=sizes_csv, images_root=images_root, cache_dir=sizes_cache)
-            if label_frame is None and found.tree is not None and on_error == "raise":  # name every missing one
-                names = [record.name for record, _ in matched if not record.normalized]  # faceless ones too
-                problem = missing_error(found, names, self.label_path)
-                if problem:
-                    raise LabelFrameError(problem)
-        sizes = found.sizes
-        self.label_frame = LabelFrame(sizes=sizes if sizes else None, policy=resize_policy, label_frame=label_frame)
-
-        self.samples: list[LatentSample] = []
-        dropped_classes = 0
-        for record, files in matched:
-            if record.num_boxes and (record.labels >= num_classes).any():
-                from nbsrc.data.readers import select_boxes
-
-                keep = record.labels < num_classes
-                dropped_classes += int((~keep).sum())
-                record = select_boxes(record, keep)
-            record = check_boxes(record, self.log, frame_extent(record, self.label_frame))
-            mapped: dict[tuple[int, int], tuple[ImageRecord, FrameMap | None] | None] = {}
-            for rate, path in sorted(files.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
-                hw = check_latent_file(path, self.log, channels=channels, spatial=spatial)
-                if hw is None:
-                    continue
-                if hw not in mapped:
-                    mapped[hw] = self._map(record, (hw[1] * latent_stride, hw[0] * latent_stride))
-                if mapped[hw] is None:
-                    break
-                net_record, frame = mapped[hw]
-                self.samples.append(
-                    LatentSample(
-                        name=record.name,
-                        path=path,
-                        rate=rate if rate is not None else parse_rate(path.name),
-                        boxes=net_record.boxes,
-                        labels=net_record.labels,
-                        landmarks=net_record.landmarks,
-                        landmarks_valid=net_record.landmarks_valid,
-                        frame=frame,
-                        spatial=hw,
-                    )
-                )
+        self.layout = index.latents.layout
+        self.label_frame = index.frame
+        self.samples, dropped_classes = self._index_samples(index, num_classes, spatial)
         if check_values and self.samples:
             self._check_values([values_cache, self.root, stats_dir])
         if dropped_classes:
@@ -376,6 +324,51 @@ class LatentWiderFace(Dataset):
         )
 
     # ---- indexing -------------------------------------------------------------------------------------
+    def _index_samples(
+        self, index: SplitIndex, num_classes: int, spatial: tuple[int, int] | None
+    ) -> tuple[list[LatentSample], int]:
+        """The samples of every record having latents (classes ``>= num_classes`` left out, boxes checked), and
+        how many boxes the class filter left out."""
+        samples: list[LatentSample] = []
+        dropped = 0
+        for record, files in index.matched:
+            record, left_out = keep_classes(record, num_classes)
+            dropped += left_out
+            record = check_boxes(record, self.log, frame_extent(record, self.label_frame))
+            samples += self._record_samples(record, files, spatial)
+        return samples, dropped
+
+    def _record_samples(
+        self, record: ImageRecord, files: Mapping[int | None, Path], spatial: tuple[int, int] | None
+    ) -> list[LatentSample]:
+        """One sample per good latent file of `record` (each rate), its labels mapped into that latent's frame;
+        none once the labels cannot be mapped."""
+        samples = []
+        mapped: dict[tuple[int, int], tuple[ImageRecord, FrameMap | None] | None] = {}
+        for rate, path in sorted(files.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+            hw = check_latent_file(path, self.log, channels=self.channels, spatial=spatial)
+            if hw is None:
+                continue
+            if hw not in mapped:
+                mapped[hw] = self._map(record, (hw[1] * self.latent_stride, hw[0] * self.latent_stride))
+            if mapped[hw] is None:
+                break
+            net_record, frame = mapped[hw]
+            samples.append(
+                LatentSample(
+                    name=record.name,
+                    path=path,
+                    rate=rate if rate is not None else parse_rate(path.name),
+                    boxes=net_record.boxes,
+                    labels=net_record.labels,
+                    landmarks=net_record.landmarks,
+                    landmarks_valid=net_record.landmarks_valid,
+                    frame=frame,
+                    spatial=hw,
+                )
+            )
+        return samples
+
     def _check_values(self, cache_folders: Sequence[str | Path | None]) -> None:
         """NaN/Inf check of every sample's latent (`find_non_finite`); bad ones are defects, their samples left
         out (under ``skip``)."""
@@ -436,7 +429,7 @@ class LatentWiderFace(Dataset):
             ValueError: unreadable / truncated file, wrong shape or dtype, NaN/Inf values (the file is named).
         """
         sample = self.samples[index]
-        latent = read_latent(sample.path, self.channels, spatial=sample.spatial)
+        latent = load_latent(sample.path, self.channels, spatial=sample.spatial)
         if self.stats is not None:
             mean, std = self._stats_tensors(sample.rate)
             rows = latent.view(latent.shape[0], -1)  # (C, h*w)
@@ -515,45 +508,18 @@ class LatentWiderFace(Dataset):
         }
 
 
-def read_latent(path: str | Path, channels: int = 256, *, spatial: tuple[int, int] | None = None) -> torch.Tensor:
-    """Read a ``.npy`` latent as a new ``float32 [C, h, w]`` tensor.
+def _require_sizes(index: SplitIndex) -> None:
+    """Name every labelled image whose original size the image tree of `index` lacks, at once.
 
-    The checks of `nbsrc.latents.as_latent` (`check_latent`: shape ``[C, h, w]`` / ``[1, C, h, w]``, float16/32/64;
-    finite values), made fast: plain float16 / float32 files are read straight into memory (`read_plain_npy`; other
-    files are memory-mapped with ``np.load``); torch converts float16 -> float32
-    (numpy's conversion is several times slower) in chunks that stay on the calling thread; finiteness is tested on
-    the sum (the full test only when the sum is not finite).
-
-    Args:
-        path: the ``.npy`` file.
-        channels: expected ``C``.
-        spatial: expected ``(h, w)`` (the size seen when the dataset was indexed), or None.
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: unreadable or truncated file, wrong shape or dtype, NaN/Inf values.
+        LabelFrameError: some are missing.
     """
-    path = Path(path)
-    plain = read_plain_npy(path)  # a new array, or None: memory-mapped instead
-    array = check_latent(plain if plain is not None else open_latent(path), channels, str(path))  # (C, h, w)
-    if spatial is not None and tuple(array.shape[1:]) != tuple(spatial):
-        raise ValueError(
-            f"{path}: latent is {array.shape[1]}x{array.shape[2]}, expected {spatial[0]}x{spatial[1]} (the size seen "
-            "when the dataset was indexed)"
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a read-only memory map: it is copied right away
-        source = torch.from_numpy(array).reshape(-1)  # (C*h*w,)
-    if plain is not None and source.dtype == torch.float32:
-        flat = source  # already a new float32 tensor
-    else:
-        flat = torch.empty(source.numel(), dtype=torch.float32)
-        for start in range(0, source.numel(), CONVERT_CHUNK):
-            flat[start : start + CONVERT_CHUNK].copy_(source[start : start + CONVERT_CHUNK])
-    if not bool(torch.isfinite(flat.sum())):  # one pass; the full test only when it fails
-        bad = int((~torch.isfinite(flat)).sum())
-        if bad:
-            raise ValueError(f"{path}: {bad} NaN/Inf values in the latent")
-    return flat.view(array.shape)  # (C, h, w)
+    if index.sizes.tree is None:
+        return
+    names = [record.name for record, _ in index.matched if not record.normalized]  # faceless ones too
+    problem = missing_error(index.sizes, names, index.label_path)
+    if problem:
+        raise LabelFrameError(problem)
 
 
 def _random_latent_crop(
@@ -589,8 +555,6 @@ def _random() -> float:
 def _clip_to_frame(record: ImageRecord, net_size: tuple[int, int], log: DefectLog) -> ImageRecord:
     """Clip boxes to the network frame (they were checked against their image with a small tolerance);
     boxes left without area are dropped as degenerate."""
-    from dataclasses import replace
-
     if record.num_boxes == 0:
         return record
     w, h = net_size
@@ -601,8 +565,6 @@ def _clip_to_frame(record: ImageRecord, net_size: tuple[int, int], log: DefectLo
     record = replace(record, boxes=boxes)
     if keep.all():
         return record
-    from nbsrc.data.readers import select_boxes
-
     for i in np.flatnonzero(~keep):
         log.add_source(
             "degenerate_box",

@@ -1,7 +1,7 @@
 """NaN/Inf check of latent files when a dataset is indexed, cached by file size and modification time.
 
 `find_non_finite` reads every latent once (threads: the reads are I/O bound; the test runs on the memory-mapped
-data, `nbsrc.data.validate.count_non_finite`) and returns the files holding NaN/Inf values. What it found is kept
+data, `nbsrc.latents.count_file_non_finite`) and returns the files holding NaN/Inf values. What it found is kept
 in a small JSON cache (`ValueCache`): a file whose path, size and modification time are unchanged is not read
 again, so a second run over the same data pays only a ``stat`` per file.
 
@@ -19,35 +19,16 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
-from nbsrc.data.validate import count_non_finite, read_npy_header
+from nbsrc.latents import count_file_non_finite
 from nbsrc.utils import atomic_write_text
 
-__all__ = ["CACHE_NAME", "ValueCache", "count_file_non_finite", "find_non_finite"]
+__all__ = ["CACHE_NAME", "ValueCache", "find_non_finite"]
 
 logger = logging.getLogger(__name__)
 
 CACHE_NAME = "latent_values.json"
 CACHE_VERSION = 1
 READ_THREADS = 8  # concurrent reads: enough to keep a disk or a network mount busy
-
-
-def count_file_non_finite(path: str | Path) -> int:
-    """Number of NaN/Inf values of a ``.npy`` latent (its header already checked), read memory-mapped.
-
-    Raises:
-        OSError / ValueError: the file cannot be read (gone, or not a ``.npy`` file any more).
-    """
-    shape, dtype, offset, _ = read_npy_header(path)
-    count = int(np.prod(shape, dtype=np.int64))
-    if count == 0:
-        return 0
-    data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))  # (count,) flat view of the file
-    try:
-        return count_non_finite(data)
-    finally:
-        del data  # closes the map
 
 
 def _stamp(path: Path) -> tuple[int, int]:

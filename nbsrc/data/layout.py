@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nbsrc.data.readers import detect_format, read_labels
 from nbsrc.data.records import ImageRecord
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "LatentIndex",
     "TWOCLASS_CANDIDATES",
     "find_labels",
-    "find_sizes_csv",
     "list_splits",
     "parse_rate",
     "read_split_labels",
@@ -116,22 +116,11 @@ def find_labels(split_dir: str | Path, *, twoclass: bool = False) -> Path:
     )
 
 
-def find_sizes_csv(split_dir: str | Path, name: str = "image_sizes.csv") -> Path | None:
-    """``image_sizes.csv`` in the split folder or its parent (the dataset root), or None."""
-    split_dir = Path(split_dir)
-    for folder in (split_dir, split_dir.parent):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
 def read_split_labels(path: str | Path, *, errors: list | None = None) -> list[ImageRecord]:
     """Read a label file or folder of any supported format (`nbsrc.data.readers.read_labels`).
 
     `errors` (a list) collects unparseable lines instead of raising, for the formats that support it.
     """
-    from nbsrc.data.readers import detect_format, read_labels
-
     path = Path(path)
     fmt = detect_format(path)
     if errors is not None and fmt in ("retinaface", "wider_bbx", "per_image", "twoclass"):
@@ -192,20 +181,7 @@ def scan_latents(latent_dir: str | Path, *, suffix: str | None = "latent_75.npy"
     for entry in sorted(flat, key=lambda e: e.name):
         index.files[entry.name[:-4]] = {None: Path(entry.path)}
     for entry in sorted(subdirs, key=lambda e: e.name):
-        folder = Path(entry.path)
-        if suffix is not None:
-            path = folder / suffix
-            if path.is_file():
-                index.files[entry.name] = {parse_rate(suffix): path}
-            elif any(name.endswith(".npy") for name in os.listdir(folder)):
-                index.missing_rate.append(entry.name)
-            continue
-        per_image: dict[int | None, Path] = {}
-        for name in sorted(os.listdir(folder)):
-            if name.endswith(".npy") and not name.startswith("."):
-                per_image[parse_rate(name)] = folder / name
-        if per_image:
-            index.files[entry.name] = per_image
+        _scan_image_folder(index, Path(entry.path), suffix)
     if subdirs and (index.files or index.missing_rate):
         index.layout = "nested" if not flat else "mixed"
     elif flat:
@@ -213,14 +189,19 @@ def scan_latents(latent_dir: str | Path, *, suffix: str | None = "latent_75.npy"
     return index
 
 
-def basename_of(name: str) -> str:
-    """``"0--Parade/0_Parade_x"`` -> ``"0_Parade_x"``."""
-    return name.rsplit("/", 1)[-1]
-
-
-def duplicated(names: Sequence[str]) -> dict[str, int]:
-    """Names occurring more than once, with their counts."""
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    return {name: n for name, n in counts.items() if n > 1}
+def _scan_image_folder(index: LatentIndex, folder: Path, suffix: str | None) -> None:
+    """Add the rate files of one image folder (``<latent>/<image>/``) to `index`: the `suffix` file, or with
+    None every ``*.npy``; a folder holding latents but not the `suffix` one goes to ``missing_rate``."""
+    if suffix is not None:
+        path = folder / suffix
+        if path.is_file():
+            index.files[folder.name] = {parse_rate(suffix): path}
+        elif any(name.endswith(".npy") for name in os.listdir(folder)):
+            index.missing_rate.append(folder.name)
+        return
+    per_image: dict[int | None, Path] = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".npy") and not name.startswith("."):
+            per_image[parse_rate(name)] = folder / name
+    if per_image:
+        index.files[folder.name] = per_image

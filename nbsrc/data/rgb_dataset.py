@@ -1,8 +1,8 @@
 """`WiderFaceRGB`: images + labels of any supported format, with the RetinaFace augmentation.
 
-Images live in ``<split>/images/<event>/<basename>.jpg`` (or flat ``<split>/images/<name>.jpg``); labels are
-found by `nbsrc.data.layout.find_labels` or given (RetinaFace ``label.txt``, per-image files, the official
-``bbx_gt`` text, the 2-class file, ...). Normalized labels (the 2-class format) are scaled by the image size;
+Images live in ``<split>/images/<event>/<basename>.jpg`` (or flat ``<split>/images/<name>.jpg``); the split is
+indexed by `nbsrc.data.split_index.index_split`, its labels found by `nbsrc.data.layout.find_labels` or given
+(RetinaFace ``label.txt``, per-image files, the official ``bbx_gt`` text, the 2-class file, ...). Normalized labels (the 2-class format) are scaled by the image size;
 ``label_frame`` labels (a square frame of the image) are mapped back to the image with the resize policy.
 
 - ``train=True`` with ``augment``: `nbsrc.data.transforms.train_transform` (square crop keeping a whole face,
@@ -18,7 +18,7 @@ presets: BGR minus (104, 117, 123)). Zero-face images are valid in every path.
 
 An image that cannot be read when it is loaded (removed or changed since the split was indexed) raises under
 ``on_error=raise``; under ``skip`` the item is None, left out of its batch by `nbsrc.data.collate.detection_collate`,
-and counted and logged (`nbsrc.data.validate.DefectLog.left_out_at_load`), never replaced by another image.
+and counted and logged (`nbsrc.data.defects.DefectLog.left_out_at_load`), never replaced by another image.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ import torch
 from torch.utils.data import Dataset
 
 from nbsrc.config import TEST_SCALES
-from nbsrc.data.image_sizes import ImageSizes, read_image_size
-from nbsrc.data.layout import find_labels
+from nbsrc.data.defects import DefectLog, check_boxes, check_image
+from nbsrc.data.image_sizes import ImageSizes
 from nbsrc.data.records import ImageRecord
 from nbsrc.data.seeding import item_with_seed
+from nbsrc.data.split_index import SizeSources, index_split, keep_classes
 from nbsrc.data.transforms import Annotations, eval_transform, scale_transform, train_transform
-from nbsrc.data.validate import DefectLog, check_boxes, read_labels_checked
 from nbsrc.frame import FrameMap
 from nbsrc.preprocess import eval_resize_factor, normalize_image, resize_to_frame
 
@@ -66,6 +66,16 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def _latent_hint(split: Path) -> str:
+    """What to do when an RGB model is given a split of latents (empty when the split has none)."""
+    if not (split / "latent").is_dir():
+        return ""
+    return (
+        f"; {split / 'latent'} holds latents: train on them with a latent preset "
+        "(model.input_kind=latent; train --use_latent or --preset latent-r50)"
+    )
+
+
 @dataclass(frozen=True)
 class RGBSample:
     name: str
@@ -88,7 +98,7 @@ class WiderFaceRGB(Dataset):
         resize_policy: ``stretch`` | ``letterbox`` for the evaluation resize (and `label_frame` labels).
         label_frame: labels are in a square frame of this side (None: original pixels).
         num_classes: boxes of class ``>= num_classes`` are left out.
-        on_error: ``raise`` | ``skip`` (`nbsrc.data.validate`).
+        on_error: ``raise`` | ``skip`` (`nbsrc.data.defects`).
         max_images: only the first N labelled images (``labelled_images`` keeps how many there are).
         test_scale: evaluation input size: ``square`` (`image_size`, with `resize_policy`) | ``original`` |
             ``mxnet`` (see `nbsrc.data.transforms.eval_resize_factor`); training mode ignores it.
@@ -121,14 +131,9 @@ class WiderFaceRGB(Dataset):
             raise FileNotFoundError(f"split folder {self.root} not found")
         self.images_dir = Path(images_dir) if images_dir is not None else self.root / "images"
         if not self.images_dir.is_dir():
-            hint = ""
-            if (self.root / "latent").is_dir():  # a latent dataset read by an RGB model
-                hint = (
-                    f"; {self.root / 'latent'} holds latents: train on them with a latent preset "
-                    "(model.input_kind=latent; train --use_latent or --preset latent-r50)"
-                )
             raise FileNotFoundError(
-                f"image folder {self.images_dir} not found (expected <split>/images/<event>/<name>.jpg){hint}"
+                f"image folder {self.images_dir} not found (expected <split>/images/<event>/<name>.jpg)"
+                + _latent_hint(self.root)
             )
         self.image_size = int(image_size)
         self.train = train
@@ -141,45 +146,24 @@ class WiderFaceRGB(Dataset):
         means = self.pixel_mean[::-1] if channel_order == "bgr" else self.pixel_mean
         self.fill_rgb = tuple(float(v) for v in means)  # padding becomes 0 after normalization
         self.log = DefectLog(on_error, context=f"images of {self.root}")
-
-        if labels is None or isinstance(labels, (str, Path)):
-            self.label_path = Path(labels) if labels is not None else find_labels(self.root, twoclass=num_classes > 2)
-            records = read_labels_checked(self.label_path, self.log)
-        else:
-            self.label_path = None
-            records = list(labels)
-        self.labelled_images = len(records)
+        index = index_split(
+            self.root,
+            self.log,
+            labels=labels,
+            twoclass=num_classes > 2,
+            max_images=max_images,
+            sizes=SizeSources(images_dir=self.images_dir),
+            label_frame=label_frame,
+            resize_policy=resize_policy,
+        )
+        self.label_path = index.label_path
+        self.labelled_images = index.labelled_images
         self.max_images = max_images
-        if max_images is not None:
-            records = records[:max_images]
-        sizes = ImageSizes(images_dir=self.images_dir)
         self.samples: list[RGBSample] = []
-        for record in records:
-            path = sizes.image_path(record.name)
-            if path is None:
-                self.log.add_source(
-                    "missing_image",
-                    record.source,
-                    f"no image file for {record.name!r} (expected {self.images_dir / record.name}.jpg)",
-                )
-                continue
-            try:
-                size = read_image_size(path)
-            except ValueError as exc:
-                self.log.add("unreadable_image", path, 0, str(exc).split(": ", 1)[-1])
-                continue
-            record = self._to_original(record, size, label_frame)
-            if record.num_boxes and (record.labels >= num_classes).any():
-                from nbsrc.data.readers import select_boxes
-
-                record = select_boxes(record, record.labels < num_classes)
-            record = check_boxes(record, self.log, size)
-            boxes = record.boxes.copy()
-            boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, size[0])
-            boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, size[1])
-            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            ann = Annotations(boxes, record.labels, record.landmarks, record.landmarks_valid).select(keep)
-            self.samples.append(RGBSample(record.name, path, size, ann.zero_invalid()))
+        for record in index.records:
+            sample = self._index_sample(record, index.sizes.sizes, label_frame, num_classes)
+            if sample is not None:
+                self.samples.append(sample)
         self.log.log_summary(logger)
         logger.info(
             "%s: %d images, %d boxes (%s)",
@@ -188,6 +172,25 @@ class WiderFaceRGB(Dataset):
             sum(len(s.annotations.boxes) for s in self.samples),
             "augmented" if train and augment else "resized",
         )
+
+    def _index_sample(
+        self, record: ImageRecord, sizes: ImageSizes, label_frame: int | None, num_classes: int
+    ) -> RGBSample | None:
+        """The sample of `record`: its image checked (None after a defect), its labels in original pixels, classes
+        ``>= num_classes`` left out, boxes checked and clipped to the image."""
+        found = check_image(record, sizes, self.log)
+        if found is None:
+            return None
+        path, size = found
+        record = self._to_original(record, size, label_frame)
+        record, _ = keep_classes(record, num_classes)
+        record = check_boxes(record, self.log, size)
+        boxes = record.boxes.copy()
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, size[0])
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, size[1])
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        ann = Annotations(boxes, record.labels, record.landmarks, record.landmarks_valid).select(keep)
+        return RGBSample(record.name, path, size, ann.zero_invalid())
 
     def _to_original(self, record: ImageRecord, size: tuple[int, int], label_frame: int | None) -> ImageRecord:
         """Labels in original-image pixels (from normalized or `label_frame` labels)."""
