@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.presets and not args.synthetic and args.dataset_root is None:
-        from nbsrc.paths import demo_dataset
+        from nbsrc.data.demo import demo_dataset
 
         args.dataset_root = str(demo_dataset(images=args.demo_images))
     results: dict = {"device": str(device), "threads": torch.get_num_threads(), "presets": []}

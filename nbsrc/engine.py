@@ -495,7 +495,8 @@ def resolve_dataset_root_config(cfg: Config, info: DistInfo | None = None) -> Co
     ``data.images_root`` becomes the input mount (searched for a WIDER FACE image tree); an unset
     ``data.cache_dir`` becomes the cache folder."""
     info = info or DistInfo()
-    from nbsrc.paths import cache_dir, resolve_dataset_root, resolve_images_root
+    from nbsrc.data.demo import resolve_dataset_root
+    from nbsrc.paths import cache_dir, resolve_images_root
 
     found = resolve_images_root(None) if cfg.data.images_root is None else None  # Kaggle: the attached inputs
     if found is not None:

@@ -45,6 +45,7 @@ from typing import Any
 
 from nbsrc import paths
 from nbsrc.config import coerce_value, get_preset
+from nbsrc.pretrained import resolve_pretrained
 from nbsrc.utils import atomic_write_text
 
 __all__ = [
@@ -422,7 +423,7 @@ def absolute_paths(params: Mapping[str, Any], cwd: str | Path | None = None) -> 
 
 def resolve_auto_pretrained(params: Mapping[str, Any], declared: Mapping[str, NotebookParameter]) -> dict[str, Any]:
     """`params` with ``pretrained='auto'`` (given or the declared default) replaced by the absolute path of the
-    ImageNet MobileNet file when the auto search (`nbsrc.paths.resolve_pretrained`) run from the working
+    ImageNet MobileNet file when the auto search (`nbsrc.pretrained.resolve_pretrained`) run from the working
     directory finds one for the backbone of the ``preset`` and ``overrides`` parameters; a notebook would
     search ``./weights`` inside the run folder. Otherwise `params` unchanged."""
     if "pretrained" not in declared or "preset" not in declared:
@@ -441,7 +442,7 @@ def resolve_auto_pretrained(params: Mapping[str, Any], declared: Mapping[str, No
         cfg = get_preset(values["preset"]).override_pairs(str(values.get("overrides") or "").split())
     except (ValueError, TypeError):  # the notebook reports it
         return dict(params)
-    found = paths.resolve_pretrained("auto", cfg.model.backbone)
+    found = resolve_pretrained("auto", cfg.model.backbone)
     if found == "auto":
         return dict(params)
     logger.info("pretrained='auto' resolved to %s (searched from %s)", found, Path.cwd())

@@ -3,8 +3,9 @@
 This is the only module that knows about Kaggle. On Kaggle (``KAGGLE_KERNEL_RUN_TYPE`` is set) datasets are
 found by searching the read-only input mount, where an attached dataset appears either as
 ``<input>/<slug>`` or as ``<input>/datasets/<owner>/<slug>``, and outputs go under the writable working
-folder (kept as kernel output). Locally, ``dataset_root=None`` means the demo dataset, built on demand
-under a cache folder, and outputs go under ``runs/`` of the source checkout (or of the working directory).
+folder (kept as kernel output). Locally, ``dataset_root=None`` means the demo dataset (`find_dataset_root` says
+so; `nbsrc.data.demo.resolve_dataset_root` builds it on demand under `cache_dir`), and outputs go under ``runs/``
+of the source checkout (or of the working directory).
 
 Notebooks pass artifacts through their run folder, never through globals:
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ __all__ = [
     "DATASET_SLUG",
     "CODE_DATASET_SLUG",
     "cache_dir",
-    "demo_dataset",
+    "find_dataset_root",
     "find_kaggle_dataset",
     "find_kaggle_file",
     "kaggle_input",
@@ -42,11 +42,9 @@ __all__ = [
     "on_kaggle",
     "project_root",
     "resolve_checkpoint",
-    "resolve_dataset_root",
     "resolve_images_root",
     "data_settings",
     "resolve_optional_path",
-    "resolve_pretrained",
     "run_folder",
     "save_artifact",
     "save_metrics",
@@ -62,10 +60,6 @@ DATASET_SLUG = "retina-modify"  # the JPEG AI latent WIDER FACE dataset
 CODE_DATASET_SLUG = "nbsrc-code"  # the dataset carrying this package's source on Kaggle
 TRAINING_KERNEL_SLUG = "nbsrc-03-training"  # the training notebook's kernel: its output holds the checkpoints
 DEMO = "demo"  # dataset_root value that always means the demo dataset
-DEMO_IMAGES = 48  # images per split of the on-demand demo dataset
-SMOKE_DEMO_IMAGES = 8  # images per split of the on-demand demo dataset in smoke runs
-
-_DEMO_MARKER = ".nbsrc-demo-complete"
 _SPLIT_NAMES = ("train", "val")
 
 
@@ -177,51 +171,22 @@ def _kaggle_listing(root: Path) -> str:
     return f"{root} holds {entries + nested or 'nothing'}"
 
 
-def demo_dataset(images: int = DEMO_IMAGES, seed: int = 0, root: str | Path | None = None) -> Path:
-    """The demo dataset (see `nbsrc.data.demo`), built once under `root` (default: the cache folder).
-
-    A completed build leaves a marker file; an interrupted build is rebuilt from scratch.
-    """
-    from nbsrc.data.demo import make_demo_data
-
-    folder = (Path(root) if root is not None else cache_dir() / f"demo-{images}img-seed{seed}").resolve()
-    if (folder / _DEMO_MARKER).is_file():
-        return folder
-    tmp = folder.with_name(folder.name + ".building")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    logger.info("building the demo dataset (%d images per split, seed %d) in %s", images, seed, folder)
-    make_demo_data(tmp, images=images, seed=seed)
-    (tmp / _DEMO_MARKER).write_text("ok\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    return folder
-
-
-def resolve_dataset_root(
-    dataset_root: str | Path | None,
-    *,
-    slug: str = DATASET_SLUG,
-    smoke: bool = False,
-    demo_images: int | None = None,
-    input_root: str | Path | None = None,
-) -> Path:
-    """Turn a notebook's ``dataset_root`` parameter into an existing dataset folder.
+def find_dataset_root(
+    dataset_root: str | Path | None, *, slug: str = DATASET_SLUG, input_root: str | Path | None = None
+) -> Path | None:
+    """The dataset folder a notebook's ``dataset_root`` parameter names, or None where it means the demo dataset.
 
     - an existing folder: itself, or the folder holding ``train/`` / ``val/`` at most two levels inside it;
-    - ``"demo"``: the demo dataset (built on demand);
+    - ``"demo"``: None (the demo dataset);
     - None on Kaggle: the attached `slug` dataset, found by searching the input mount;
-    - None elsewhere: the demo dataset (fewer images when `smoke`);
+    - None elsewhere: None (the demo dataset);
     - a name like ``retina-modify`` or ``owner/retina-modify`` on Kaggle: that attached dataset.
 
     Raises:
         FileNotFoundError: the folder does not exist, or the dataset is not attached, naming what was searched.
     """
-    images = demo_images or (SMOKE_DEMO_IMAGES if smoke else DEMO_IMAGES)
     if dataset_root is not None and str(dataset_root) == DEMO:
-        return demo_dataset(images)
+        return None
     if dataset_root is not None:
         path = Path(dataset_root).expanduser()
         if path.is_dir():
@@ -231,25 +196,25 @@ def resolve_dataset_root(
             if found is not None:
                 return _dataset_inside(found)
         raise FileNotFoundError(f"dataset_root {str(dataset_root)!r}: no such folder (expected train/ and val/ inside)")
-    if on_kaggle():
-        found = find_kaggle_dataset(slug, input_root)
-        if found is not None:
-            return _dataset_inside(found)
-        root = Path(input_root) if input_root is not None else kaggle_input()
-        attached = _attached_datasets(root)
-        if len(attached) == 1:
-            logger.info("dataset %r is not attached; using the attached dataset %s", slug, attached[0])
-            return attached[0]
-        what = (
-            f"several attached datasets hold train/ or val/ ({', '.join(map(str, attached))})"
-            if attached
-            else (f"dataset {slug!r} is not attached: {_kaggle_listing(root)}")
-        )
-        raise FileNotFoundError(
-            f"{what}; attach the dataset to the notebook, or set dataset_root to its name, to a folder or to "
-            f"{DEMO!r} for the demo dataset"
-        )
-    return demo_dataset(images)
+    if not on_kaggle():
+        return None
+    found = find_kaggle_dataset(slug, input_root)
+    if found is not None:
+        return _dataset_inside(found)
+    root = Path(input_root) if input_root is not None else kaggle_input()
+    attached = _attached_datasets(root)
+    if len(attached) == 1:
+        logger.info("dataset %r is not attached; using the attached dataset %s", slug, attached[0])
+        return attached[0]
+    what = (
+        f"several attached datasets hold train/ or val/ ({', '.join(map(str, attached))})"
+        if attached
+        else (f"dataset {slug!r} is not attached: {_kaggle_listing(root)}")
+    )
+    raise FileNotFoundError(
+        f"{what}; attach the dataset to the notebook, or set dataset_root to its name, to a folder or to "
+        f"{DEMO!r} for the demo dataset"
+    )
 
 
 def _attached_datasets(root: Path) -> list[Path]:
@@ -318,40 +283,6 @@ def resolve_optional_path(value: str | Path | None, what: str) -> Path | None:
         if matches:
             return matches[0]
     raise FileNotFoundError(f"{what} {str(value)!r}: no such file or folder")
-
-
-def resolve_pretrained(value: str, backbone: str, input_root: str | Path | None = None) -> str:
-    """``model.pretrained`` for a notebook: ``auto`` becomes the path of an ImageNet backbone file found
-    locally or, on Kaggle, in an attached dataset (so a kernel without internet still starts from ImageNet):
-    for MobileNet x0.25 ``mobilenetV1X0.25_pretrain.tar`` (``./weights``, the torch hub cache, the inputs), else
-    the copy shipped with the package (`nbsrc.weights.IMAGENET_MOBILENET`), so MobileNet always resolves;
-    for a ResNet torchvision's ``resnetNN-<hash>.pth`` in the inputs (the hub cache is read at build time).
-    Every other value, and ``auto`` with nothing found, is returned as given."""
-    if value != "auto":
-        return value
-    if backbone == "mobilenet0.25":
-        from nbsrc.model.build import MOBILENET_FILE, find_mobilenet_file
-
-        try:
-            return str(find_mobilenet_file(shipped=False).resolve())
-        except RuntimeError:
-            pass
-        pattern = MOBILENET_FILE
-    elif backbone.startswith("resnet"):
-        pattern = f"{backbone}-*.pth"  # torchvision's file names: resnet50-0676ba61.pth
-    else:
-        return value
-    if on_kaggle() or input_root is not None:
-        matches = find_kaggle_file(pattern, input_root)
-        if matches:
-            logger.info("ImageNet %s weights: %s", backbone, matches[0])
-            return str(matches[0])
-    if backbone == "mobilenet0.25":
-        from nbsrc.weights import IMAGENET_MOBILENET
-
-        if IMAGENET_MOBILENET.is_file():  # missing only from a broken install: build_model then says so
-            return str(IMAGENET_MOBILENET)
-    return value
 
 
 def _newest(files: list[Path]) -> Path:

@@ -222,14 +222,14 @@ def test_refuses_a_folder_that_is_not_a_demo_dataset(tmp_path, capsys):
 
 def test_rebuild_replaces_the_demo_dataset_whole(tmp_path, monkeypatch):
     import nbsrc.data.demo as demo
-    from nbsrc import paths
     from nbsrc.data.validate import validate_dataset
 
-    assert demo.DEMO_MARKER == paths._DEMO_MARKER
     empty = tmp_path / "demo"
     empty.mkdir()  # an empty folder is fine
     root = make_demo_data(empty, images=3, val_images=2)
     assert (root / demo.DEMO_MARKER).is_file() and len(list((root / "train" / "latent").iterdir())) == 3
+    assert demo.demo_dataset(1, root=root) == root.resolve()  # a marked demo dataset is reused as it is
+    assert len(list((root / "train" / "latent").iterdir())) == 3
     make_demo_data(root, images=1, val_images=1)
     assert len(list((root / "train" / "latent").iterdir())) == 1  # no stale latents of the first build
     assert validate_dataset(root).ok

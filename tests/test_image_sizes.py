@@ -18,6 +18,7 @@ from PIL import Image
 from nbsrc import paths
 from nbsrc.config import get_preset
 from nbsrc.data import image_sizes
+from nbsrc.data.demo import resolve_dataset_root
 from nbsrc.data.image_sizes import ImageTreeError, find_split_trees, read_sizes_csv, split_sizes, tree_sizes
 from nbsrc.data.label_frame import LabelFrameError
 from nbsrc.data.loaders import build_dataset
@@ -226,7 +227,7 @@ def test_on_kaggle_the_attached_wider_copy_is_found_without_a_parameter(publishe
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
     monkeypatch.setenv(paths.INPUT_ENV, str(wider.parent))
     monkeypatch.setenv(paths.WORKING_ENV, str(tmp_path / "working"))
-    root = paths.resolve_dataset_root(None)
+    root = resolve_dataset_root(None)
     assert root == dataset  # the nested top folder
     settings = paths.data_settings(root)
     assert settings["data.images_root"] == str(wider.parent)

@@ -2,13 +2,13 @@
 
 Levels, low to high; a module may import only from its own level or below:
 
-0. foundation: config, boxes, utils, runs, frame, folder_search, pictures, preprocess, latents, data.records
+0. foundation: config, boxes, utils, runs, frame, folder_search, paths, pictures, preprocess, latents, data.records
 1. anchors, matching
-2. model/*, loss, postprocess, checkpoint, detector, export, draw, weights (the shipped weight files)
+2. model/*, loss, postprocess, checkpoint, detector, export, draw, weights (the shipped weight files), pretrained
 3. data/* (which may import only the foundation)
 4. engine, optim, tracking, distributed, evaluation/*, detect_sources, face_stats, anchor_stats, latent_stats,
-   viz, paths
-5. nbrun, kaggle
+   viz
+5. nbrun, kaggle, notebook (a notebook's parameters and config)
 6. cli, commands/*, __init__, __main__
 
 Plus: matplotlib only in viz and evaluation/*; papermill, nbconvert and jupytext only in nbrun and kaggle (and
@@ -34,6 +34,7 @@ LEVELS: list[tuple[int, str]] = [
     (0, "nbsrc.runs"),
     (0, "nbsrc.frame"),
     (0, "nbsrc.folder_search"),
+    (0, "nbsrc.paths"),
     (0, "nbsrc.pictures"),
     (0, "nbsrc.preprocess"),
     (0, "nbsrc.latents"),
@@ -48,6 +49,7 @@ LEVELS: list[tuple[int, str]] = [
     (2, "nbsrc.export"),
     (2, "nbsrc.draw"),
     (2, "nbsrc.weights"),
+    (2, "nbsrc.pretrained"),
     (3, "nbsrc.data"),
     (4, "nbsrc.engine"),
     (4, "nbsrc.optim"),
@@ -59,9 +61,9 @@ LEVELS: list[tuple[int, str]] = [
     (4, "nbsrc.anchor_stats"),
     (4, "nbsrc.latent_stats"),
     (4, "nbsrc.viz"),
-    (4, "nbsrc.paths"),
     (5, "nbsrc.nbrun"),
     (5, "nbsrc.kaggle"),
+    (5, "nbsrc.notebook"),
     (6, "nbsrc.cli"),
     (6, "nbsrc.commands"),
     (6, "nbsrc.__main__"),

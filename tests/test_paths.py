@@ -13,7 +13,9 @@ from conftest import shared_path
 
 from nbsrc import paths
 from nbsrc.config import get_preset
+from nbsrc.data.demo import resolve_dataset_root
 from nbsrc.model import build_model
+from nbsrc.pretrained import resolve_pretrained
 
 PRETRAIN = "weights/mobilenetV1X0.25_pretrain.tar"
 
@@ -21,13 +23,13 @@ PRETRAIN = "weights/mobilenetV1X0.25_pretrain.tar"
 def test_auto_ends_at_the_shipped_backbone_when_the_file_is_nowhere(no_pretrained_files):
     from nbsrc.weights import IMAGENET_MOBILENET
 
-    assert paths.resolve_pretrained("auto", "mobilenet0.25") == str(IMAGENET_MOBILENET)
+    assert resolve_pretrained("auto", "mobilenet0.25") == str(IMAGENET_MOBILENET)
 
 
 def test_auto_finds_the_file_in_dot_weights(no_pretrained_files):
     (no_pretrained_files / "weights").mkdir()
     shutil.copyfile(shared_path(PRETRAIN), no_pretrained_files / PRETRAIN)
-    assert paths.resolve_pretrained("auto", "mobilenet0.25") == str((no_pretrained_files / PRETRAIN).resolve())
+    assert resolve_pretrained("auto", "mobilenet0.25") == str((no_pretrained_files / PRETRAIN).resolve())
 
 
 def test_on_kaggle_auto_finds_an_attached_weights_dataset(no_pretrained_files, monkeypatch):
@@ -35,7 +37,7 @@ def test_on_kaggle_auto_finds_an_attached_weights_dataset(no_pretrained_files, m
     attached = no_pretrained_files / "input" / "datasets" / "alice" / "retinaface-weights"
     attached.mkdir(parents=True)
     shutil.copyfile(shared_path(PRETRAIN), attached / "mobilenetV1X0.25_pretrain.tar")
-    found = paths.resolve_pretrained("auto", "mobilenet0.25", input_root=no_pretrained_files / "input")
+    found = resolve_pretrained("auto", "mobilenet0.25", input_root=no_pretrained_files / "input")
     assert found == str(attached / "mobilenetV1X0.25_pretrain.tar")
     # the resolved value loads into the latent MobileNet's kept blocks
     model = build_model(get_preset("latent-mnet", **{"model.pretrained": found}))
@@ -51,8 +53,8 @@ def test_on_kaggle_auto_finds_an_attached_torchvision_resnet_file(no_pretrained_
     attached = no_pretrained_files / "input" / "resnet-weights" / "imagenet"
     attached.mkdir(parents=True)
     torch.save(torchvision.models.resnet18().state_dict(), attached / "resnet18-f37072fd.pth")
-    assert paths.resolve_pretrained("auto", "resnet34", input_root=no_pretrained_files / "input") == "auto"
-    found = paths.resolve_pretrained("auto", "resnet18", input_root=no_pretrained_files / "input")
+    assert resolve_pretrained("auto", "resnet34", input_root=no_pretrained_files / "input") == "auto"
+    found = resolve_pretrained("auto", "resnet18", input_root=no_pretrained_files / "input")
     assert found == str(attached / "resnet18-f37072fd.pth")
     model = build_model(get_preset("latent-r18", **{"model.pretrained": found}))
     assert model.pretrained_source == found
@@ -68,7 +70,7 @@ def test_on_kaggle_auto_finds_an_attached_torchvision_resnet_file(no_pretrained_
 def test_other_values_and_backbones_pass_through(no_pretrained_files, value, backbone):
     (no_pretrained_files / "weights").mkdir()
     shutil.copyfile(shared_path(PRETRAIN), no_pretrained_files / PRETRAIN)
-    assert paths.resolve_pretrained(value, backbone) == value
+    assert resolve_pretrained(value, backbone) == value
 
 
 def _touch(path, mtime):
@@ -138,10 +140,10 @@ def test_on_kaggle_a_dataset_under_another_name_is_found_by_its_contents(tmp_pat
     latents = root / "datasets" / "bob" / "wider-latents" / "retina-modify"  # an uploaded top folder
     (latents / "train").mkdir(parents=True)
     (latents / "val").mkdir()
-    assert paths.resolve_dataset_root(None, input_root=root) == latents
-    assert paths.resolve_dataset_root("wider-latents", input_root=root) == latents
+    assert resolve_dataset_root(None, input_root=root) == latents
+    assert resolve_dataset_root("wider-latents", input_root=root) == latents
     (root / "other" / "val").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="several attached datasets.*set dataset_root to its name"):
-        paths.resolve_dataset_root(None, input_root=root)
+        resolve_dataset_root(None, input_root=root)
     with pytest.raises(FileNotFoundError, match="'retina-modify' is not attached"):
-        paths.resolve_dataset_root(None, input_root=tmp_path / "empty")
+        resolve_dataset_root(None, input_root=tmp_path / "empty")

@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT, shared_path
 from skimage import data as skdata
 
-from nbsrc import kaggle, paths
+from nbsrc import kaggle
 from nbsrc.checkpoint import infer_preset, read_state_dict
 from nbsrc.cli import main
 from nbsrc.config import get_preset
@@ -23,6 +23,7 @@ from nbsrc.detector import Detector
 from nbsrc.model import build_model
 from nbsrc.model.backbones import MobileNetV1
 from nbsrc.model.build import MOBILENET_FILE, find_mobilenet_file
+from nbsrc.pretrained import resolve_pretrained
 from nbsrc.weights import IMAGENET_MOBILENET, PUBLISHED_DETECTOR, PUBLISHED_PRESET, convert_imagenet_mobilenet
 
 ORIGINAL_BACKBONE = "weights/mobilenetV1X0.25_pretrain.tar"
@@ -115,18 +116,18 @@ def test_the_files_are_package_data_and_go_into_the_kaggle_code_dataset(tmp_path
 # ---- pretrained=auto ----------------------------------------------------------------------------------------
 def test_auto_resolves_to_the_shipped_backbone_when_nothing_else_is_found(nothing_else, monkeypatch):
     assert torch.hub.get_dir() == str(nothing_else / "torch_home" / "hub")
-    assert paths.resolve_pretrained("auto", "mobilenet0.25") == str(IMAGENET_MOBILENET)
+    assert resolve_pretrained("auto", "mobilenet0.25") == str(IMAGENET_MOBILENET)
     assert find_mobilenet_file() == IMAGENET_MOBILENET
     with pytest.raises(RuntimeError, match="neither in .* nor in ./weights"):
         find_mobilenet_file(shipped=False)
     # on Kaggle with nothing attached, too
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
     (nothing_else / "input").mkdir()
-    assert paths.resolve_pretrained("auto", "mobilenet0.25", input_root=nothing_else / "input") == str(
+    assert resolve_pretrained("auto", "mobilenet0.25", input_root=nothing_else / "input") == str(
         IMAGENET_MOBILENET
     )
-    assert paths.resolve_pretrained("auto", "resnet18") == "auto"  # ResNets: unchanged
-    assert paths.resolve_pretrained("none", "mobilenet0.25") == "none"
+    assert resolve_pretrained("auto", "resnet18") == "auto"  # ResNets: unchanged
+    assert resolve_pretrained("none", "mobilenet0.25") == "none"
 
 
 def test_a_local_file_comes_before_the_shipped_one(nothing_else):
@@ -134,7 +135,7 @@ def test_a_local_file_comes_before_the_shipped_one(nothing_else):
     for folder in (nothing_else / "weights", hub):
         folder.mkdir(parents=True)
         shutil.copyfile(IMAGENET_MOBILENET, folder / MOBILENET_FILE)  # a plain state dict under the tar's name
-        found = paths.resolve_pretrained("auto", "mobilenet0.25")
+        found = resolve_pretrained("auto", "mobilenet0.25")
         assert found == str((hub if folder == hub else folder) / MOBILENET_FILE)
     model = build_model(get_preset("latent-mnet"))
     assert model.pretrained_source == str(hub / MOBILENET_FILE)  # build_model searches the hub cache first

@@ -22,6 +22,13 @@ import sys
 import time
 from pathlib import Path
 
+from nbsrc import nbrun
+from nbsrc.commands.run_notebooks import format_summary
+from nbsrc.config import get_preset
+from nbsrc.data.demo import demo_dataset
+from nbsrc.pretrained import resolve_pretrained
+from nbsrc.weights import IMAGENET_MOBILENET
+
 HELP = "build the demo dataset and run the four notebooks on it (the main job)"
 
 logger = logging.getLogger(__name__)
@@ -81,15 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def choose_training(args: argparse.Namespace) -> tuple[str, str, int, int, float, dict]:
     """``(preset, pretrained, epochs, batch size, peak lr, config settings)`` of the demo's training run.
 
-    A MobileNet preset gets an absolute backbone path (``--pretrained``, else `nbsrc.paths.resolve_pretrained`,
+    A MobileNet preset gets an absolute backbone path (``--pretrained``, else `nbsrc.pretrained.resolve_pretrained`,
     which ends at the shipped ImageNet file) or ``none``; a ResNet preset gets ``auto`` (torchvision's weights
     from the hub cache, else random init) or ``none``. Raises `FileNotFoundError` for a ``--pretrained`` file
     that does not exist and `ValueError` for an unknown preset.
     """
-    from nbsrc import paths
-    from nbsrc.config import get_preset
-    from nbsrc.weights import IMAGENET_MOBILENET
-
     preset = args.preset or DEMO_PRESET
     backbone = get_preset(preset).model.backbone
     pretrained = args.pretrained
@@ -102,7 +105,7 @@ def choose_training(args: argparse.Namespace) -> tuple[str, str, int, int, float
         weights = f"with torchvision's ImageNet {backbone} if it is in the torch hub cache, else from scratch"
     else:
         if pretrained is None:
-            pretrained = paths.resolve_pretrained("auto", backbone)
+            pretrained = resolve_pretrained("auto", backbone)
         pretrained = str(Path(pretrained).resolve())  # absolute: the notebooks run in the run folder
         shipped = " (the ImageNet copy shipped with nbsrc)" if Path(pretrained) == IMAGENET_MOBILENET else ""
         weights = f"from the backbone {pretrained}{shipped}"
@@ -134,12 +137,9 @@ def demo_parameters(args: argparse.Namespace, dataset_root: Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbsrc import nbrun, paths
-    from nbsrc.commands.run_notebooks import format_summary
-
     started = time.perf_counter()
     out = Path(args.out).resolve()  # notebooks run with the run folder as working directory
-    dataset_root = paths.demo_dataset(args.images, seed=0, root=out / "data")
+    dataset_root = demo_dataset(args.images, seed=0, root=out / "data")
     sys.stdout.write(f"demo dataset: {dataset_root} ({time.perf_counter() - started:.0f} s)\n")
     summary = nbrun.run_notebooks(None, demo_parameters(args, dataset_root), out, log_output=args.log_output)
     sys.stdout.write(format_summary(summary))

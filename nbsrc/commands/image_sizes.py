@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from nbsrc.commands import check_output_file
+from nbsrc.data.image_sizes import write_sizes_csv
 
 HELP = "write name,width,height of every image in a folder (headers only)"
 
@@ -25,8 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbsrc.data.image_sizes import write_sizes_csv
-
     check_output_file(args.out, "--out")
     count = write_sizes_csv(args.images, args.out)
     sys.stdout.write(f"{args.out}: sizes of {count:,} images below {args.images}\n")

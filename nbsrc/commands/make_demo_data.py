@@ -8,6 +8,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from nbsrc.commands import check_output_dir
+from nbsrc.data.demo import make_demo_data
+from nbsrc.data.published_layout import split_as_published
+
 HELP = "build the deterministic demo dataset"
 
 
@@ -33,10 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbsrc.commands import check_output_dir
-    from nbsrc.data.demo import make_demo_data
-    from nbsrc.data.published_layout import split_as_published
-
     check_output_dir(args.out, "output folder")
     check_output_dir(args.published, "--published")
     root = make_demo_data(Path(args.out), images=args.images, seed=args.seed, val_images=args.val_images)

@@ -47,23 +47,32 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from nbsrc import paths
+from nbsrc.data.readers.retinaface_txt import write_retinaface_labels
+from nbsrc.data.readers.twoclass import write_twoclass_labels
+from nbsrc.data.readers.wider_mat import WiderGroundTruth, write_wider_gt
 from nbsrc.data.records import FACE, PERSON, ImageRecord
-from nbsrc.utils import atomic_path, atomic_write_text
 
 __all__ = [
     "DEMO_EVENTS",
+    "DEMO_IMAGES",
     "DEMO_MARKER",
     "DEMO_RATES",
+    "SMOKE_DEMO_IMAGES",
     "ORIGINAL_SIZES",
     "StandInEncoder",
+    "demo_dataset",
     "demo_difficulty",
     "make_demo_data",
+    "resolve_dataset_root",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEMO_RATES = (12, 25, 50, 75, 100)
-DEMO_MARKER = ".nbsrc-demo-complete"  # written last: the folder is a complete demo dataset (`nbsrc.paths` too)
+DEMO_MARKER = ".nbsrc-demo-complete"  # written last: the folder is a complete demo dataset
+DEMO_IMAGES = 48  # training images of the on-demand demo dataset (`demo_dataset`)
+SMOKE_DEMO_IMAGES = 8  # training images of the on-demand demo dataset in smoke runs
 DEMO_EVENTS = (
     "0--Parade",
     "2--Demonstration",
@@ -353,14 +362,13 @@ def make_scene(rng: np.random.Generator) -> Scene:
 
 # ---- writing ---------------------------------------------------------------------------------------------
 def _write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, array, allow_pickle=False)
 
 
 def _jpeg_roundtrip(image: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -392,9 +400,6 @@ def _event_of(index: int) -> tuple[str, str]:
 def _write_split(
     root: Path, split: str, seeds: list[np.random.SeedSequence], first_index: int, sizes: list[tuple[str, int, int]]
 ) -> list[ImageRecord]:
-    from nbsrc.data.readers.retinaface_txt import write_retinaface_labels
-    from nbsrc.data.readers.twoclass import write_twoclass_labels
-
     split_dir = root / split
     encoder = _encoder()
     records, twoclass = [], []
@@ -440,8 +445,6 @@ def _write_split(
 
 
 def _write_ground_truth(gt_dir: Path, records: list[ImageRecord]) -> None:
-    from nbsrc.data.readers.wider_mat import WiderGroundTruth, write_wider_gt
-
     events: list[str] = []
     names: list[list[str]] = []
     boxes: list[list[np.ndarray]] = []
@@ -478,7 +481,7 @@ def _fix_mat_header(path: Path) -> None:
     if not data.startswith(b"MATLAB 5.0 MAT-file"):
         return
     text = b"MATLAB 5.0 MAT-file, nbsrc demo ground truth".ljust(MAT_HEADER_TEXT, b" ")
-    _write_bytes(path, text + data[MAT_HEADER_TEXT:])
+    path.write_bytes(text + data[MAT_HEADER_TEXT:])
 
 
 def make_demo_data(root: str | Path, images: int = 160, seed: int = 0, val_images: int | None = None) -> Path:
@@ -514,12 +517,12 @@ def make_demo_data(root: str | Path, images: int = 160, seed: int = 0, val_image
     start = time.perf_counter()
     tag = f"{os.getpid()}-{time.monotonic_ns()}"
     building = root.with_name(f".{root.name}.building-{tag}")
+    building.mkdir()
     try:
         faces = _build(building, images, seed, val_images)
         _swap_in(building, root, root.with_name(f".{root.name}.old-{tag}"))
     finally:
-        if building.exists():
-            shutil.rmtree(building, ignore_errors=True)
+        shutil.rmtree(building, ignore_errors=True)
     logger.info(
         "demo dataset in %s: %d train + %d val images, %d faces (%.1f s)",
         root,
@@ -532,32 +535,54 @@ def make_demo_data(root: str | Path, images: int = 160, seed: int = 0, val_image
 
 
 def _swap_in(built: Path, root: Path, old: Path) -> None:
-    """Put the complete build `built` at `root`.
-
-    A missing `root` is the renamed build; an empty one receives the build's entries (the marker last), so the
-    folder itself (perhaps the working directory) stays; an earlier demo dataset is renamed to `old`, replaced by
-    the build and then deleted, so none of its files survive.
-    """
+    """Put the complete build `built` at `root`: a missing `root` is the renamed build; an empty one receives the
+    build's entries, the marker last (the folder itself, perhaps the working directory, stays); an earlier demo
+    dataset is moved to `old` and deleted once the build has taken its place, so none of its files survive."""
     if not root.exists():
         built.rename(root)
-    elif not any(root.iterdir()):
-        entries = sorted(built.iterdir(), key=lambda p: p.name == DEMO_MARKER)  # the marker last
-        for entry in entries:
+        return
+    if not any(root.iterdir()):
+        for entry in sorted(built.iterdir(), key=lambda p: p.name == DEMO_MARKER):
             entry.rename(root / entry.name)
-        built.rmdir()
-    else:
-        root.rename(old)
-        try:
-            built.rename(root)
-        except BaseException:
-            old.rename(root)
-            raise
-        shutil.rmtree(old)
+        return
+    root.rename(old)
+    built.rename(root)
+    shutil.rmtree(old)
+
+
+def demo_dataset(images: int = DEMO_IMAGES, seed: int = 0, root: str | Path | None = None) -> Path:
+    """The demo dataset of `images` training images, built once under `root` (default: a folder of
+    `nbsrc.paths.cache_dir` named after `images` and `seed`) and reused while it holds `DEMO_MARKER`."""
+    folder = (Path(root) if root is not None else paths.cache_dir() / f"demo-{images}img-seed{seed}").resolve()
+    if not (folder / DEMO_MARKER).is_file():
+        logger.info("building the demo dataset (%d images per split, seed %d) in %s", images, seed, folder)
+        make_demo_data(folder, images=images, seed=seed)
+    return folder
+
+
+def resolve_dataset_root(
+    dataset_root: str | Path | None,
+    *,
+    slug: str = paths.DATASET_SLUG,
+    smoke: bool = False,
+    demo_images: int | None = None,
+    input_root: str | Path | None = None,
+) -> Path:
+    """Turn a notebook's ``dataset_root`` parameter into an existing dataset folder: the folder or attached
+    dataset it names (`nbsrc.paths.find_dataset_root`), else the demo dataset (``"demo"``, or None off Kaggle;
+    `demo_images` images, default `DEMO_IMAGES`, `SMOKE_DEMO_IMAGES` when `smoke`), built on demand.
+
+    Raises:
+        FileNotFoundError: the folder does not exist, or the dataset is not attached, naming what was searched.
+    """
+    found = paths.find_dataset_root(dataset_root, slug=slug, input_root=input_root)
+    if found is not None:
+        return found
+    return demo_dataset(demo_images or (SMOKE_DEMO_IMAGES if smoke else DEMO_IMAGES))
 
 
 def _build(root: Path, images: int, seed: int, val_images: int) -> int:
-    """Write the whole demo dataset into the new folder `root`, `DEMO_MARKER` last; returns the number of faces."""
-    root.mkdir()
+    """Write the whole demo dataset into the empty folder `root`, `DEMO_MARKER` last; returns the number of faces."""
     seeds = np.random.SeedSequence(seed).spawn(images + val_images)
     sizes: list[tuple[str, int, int]] = []
     train = _write_split(root, "train", seeds[:images], 0, sizes)
@@ -567,10 +592,9 @@ def _build(root: Path, images: int, seed: int, val_images: int) -> int:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["name", "width", "height"])
     writer.writerows(sizes)
-    atomic_write_text(root / "image_sizes.csv", buffer.getvalue())
+    (root / "image_sizes.csv").write_text(buffer.getvalue())
     faces = sum(r.num_boxes for r in train + val)
-    atomic_write_text(
-        root / "README.txt",
+    (root / "README.txt").write_text(
         f"nbsrc demo dataset (seed {seed}): {images} train + {val_images} val images, {faces} faces.\n"
         "Layout and content: see the docstring of nbsrc/data/demo.py. The latents come from a fixed stand-in\n"
         "encoder that exercises the pipeline; they are not JPEG AI latents. Labels are in original-image pixels;\n"
