@@ -36,6 +36,7 @@ from IPython.display import display
 
 from nbsrc import face_stats, latent_stats, nbrun, paths, viz
 from nbsrc.config import get_preset
+from nbsrc.data.demo import resolve_dataset_root
 from nbsrc.data.loaders import build_dataset
 from nbsrc.data.validate import validate_dataset, validation_settings
 from nbsrc.utils import setup_logging
@@ -61,7 +62,7 @@ run_dir: Optional[str] = None  # run folder for plots and metrics (None: runs/no
 nbrun.check_given_parameters(globals())  # plain papermill / Kaggle values, checked as the runner does
 run = paths.run_folder(run_dir)
 plots = run / "plots" / "01_data_inspection"
-root = paths.resolve_dataset_root(dataset_root, smoke=smoke)
+root = resolve_dataset_root(dataset_root, smoke=smoke)
 data = paths.data_settings(root, images_root=images_root, sizes_csv=sizes_csv, label_frame=label_frame)
 values = "all" if check_values and not smoke else "none"
 cfg = get_preset(preset, **data, latent_suffix=latent_suffix, on_error="skip", check_values=values)

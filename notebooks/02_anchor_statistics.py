@@ -38,6 +38,7 @@ from IPython.display import display
 
 from nbsrc import anchor_stats, face_stats, nbrun, paths, viz
 from nbsrc.config import get_preset
+from nbsrc.data.demo import resolve_dataset_root
 from nbsrc.utils import setup_logging
 
 setup_logging()
@@ -60,7 +61,7 @@ run_dir: Optional[str] = None  # run folder for plots and metrics (None: runs/no
 nbrun.check_given_parameters(globals())  # plain papermill / Kaggle values, checked as the runner does
 run = paths.run_folder(run_dir)
 plots = run / "plots" / "02_anchor_statistics"
-root = paths.resolve_dataset_root(dataset_root, smoke=smoke) if faces == "dataset" else None  # wider: no dataset
+root = resolve_dataset_root(dataset_root, smoke=smoke) if faces == "dataset" else None  # wider: no dataset
 data = paths.data_settings(root, images_root=images_root, sizes_csv=sizes_csv, label_frame=label_frame)
 cfg = get_preset(preset, **data, gt_dir=gt_dir)
 loaded = face_stats.load_faces(cfg, faces=faces, split=split, max_images=40 if smoke else None)

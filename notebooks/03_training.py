@@ -36,9 +36,11 @@ from IPython.display import display
 
 from nbsrc import distributed, nbrun, paths, viz
 from nbsrc.config import get_preset
+from nbsrc.data.demo import resolve_dataset_root
 from nbsrc.data.loaders import build_dataset
 from nbsrc.detector import Detector
 from nbsrc.engine import resolve_run_folder
+from nbsrc.pretrained import resolve_pretrained
 from nbsrc.utils import read_jsonl, setup_logging
 
 setup_logging()
@@ -77,14 +79,14 @@ overrides: str = ""  # further config settings: space-separated key-equals-value
 nbrun.check_given_parameters(globals())  # plain papermill / Kaggle values, checked as the runner does
 run = paths.run_folder(run_dir)
 plots = run / "plots" / "03_training"
-root = paths.resolve_dataset_root(dataset_root, smoke=smoke)
+root = resolve_dataset_root(dataset_root, smoke=smoke)
 data = paths.data_settings(root, images_root=images_root, sizes_csv=sizes_csv, label_frame=label_frame)
 cfg = get_preset(preset, **data, epochs=epochs, lr=lr, latent_suffix=latent_suffix, all_rates=all_rates)
 cfg = cfg.replace(num_workers=num_workers, device=device, amp=amp, freeze_backbone=freeze_backbone, weight=weight)
 cfg = cfg.replace(max_images=max_images, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb, out=str(run / "train"))
 cfg = cfg.replace(keep_epochs=keep_epochs, resume=paths.resolve_resume(resume, run, run_name=run_name, preset=preset))
 cfg = cfg.replace(**{"train.batch_size": batch_size, "model.pretrained": pretrained}).override_pairs(overrides.split())
-cfg = cfg.replace(**{"model.pretrained": paths.resolve_pretrained(cfg.model.pretrained, cfg.model.backbone)})
+cfg = cfg.replace(**{"model.pretrained": resolve_pretrained(cfg.model.pretrained, cfg.model.backbone)})
 if smoke:
     cfg = cfg.replace(
         epochs=1, max_steps_per_epoch=2, max_images=4, num_workers=0, out_channels=16, **{"train.batch_size": 2}
