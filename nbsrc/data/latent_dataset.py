@@ -439,10 +439,6 @@ class LatentWiderFace(Dataset):
                 rows[start:stop].sub_(mean[start:stop]).div_(std[start:stop])
         return latent
 
-    def load(self, index: int) -> np.ndarray:
-        """`load_tensor` as a ``float32 [C, h, w]`` numpy array."""
-        return self.load_tensor(index).numpy()
-
     def _stats_tensors(self, rate: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         cached = self._stats_cache.get(rate)
         if cached is None:
