@@ -91,13 +91,14 @@ class SplitIndex:
     def labelled_images(self) -> int:
         return len(self.labelled)
 
-    def frame_report(self, net_side: int = 640) -> LabelFrameReport:
-        """Which frame the labels appear to be in (`nbsrc.data.label_frame.frame_verdict` of every record)."""
+    def frame_report(self, net_side: int = 640, split: str | None = None) -> LabelFrameReport:
+        """Which frame the labels appear to be in (`nbsrc.data.label_frame.frame_verdict` of every record), for
+        the split named `split` (default: the folder's name)."""
         return frame_verdict(
             self.labelled,
             self.sizes.sizes or None,
             net_side=net_side,
-            split=self.folder.name,
+            split=self.folder.name if split is None else split,
             label_file=str(self.label_path),
         )
 

@@ -253,6 +253,6 @@ def check_label_frame(
     for split, split_dir in list_splits(root, splits):
         log = DefectLog("raise", context=f"{split} split")
         index = index_split(split_dir, log, labels=labels.get(split) if labels else None, sizes=sources)
-        reports[split] = index.frame_report(net_side)
+        reports[split] = index.frame_report(net_side, split)
         logger.info("label frame of %s: %s", split, reports[split].verdict)
     return reports
