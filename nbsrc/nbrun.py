@@ -28,23 +28,20 @@ from __future__ import annotations
 import ast
 import contextlib
 import difflib
-import functools
 import io
 import json
 import logging
-import operator
 import os
 import tempfile
 import time
 import tokenize
-import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nbsrc import paths
-from nbsrc.config import coerce_value, get_preset
+from nbsrc.config import get_preset
+from nbsrc.notebook import NotebookParameter, check_value
 from nbsrc.pretrained import resolve_pretrained
 from nbsrc.utils import atomic_write_text
 
@@ -52,8 +49,6 @@ __all__ = [
     "KERNEL_NAME",
     "absolute_paths",
     "NotebookExecutionError",
-    "NotebookParameter",
-    "check_given_parameters",
     "check_parameters",
     "declared_parameters",
     "default_notebooks_dir",
@@ -61,7 +56,6 @@ __all__ = [
     "list_notebooks",
     "load_params_file",
     "merge_parameters",
-    "parameter_annotations",
     "parameters_cell",
     "parse_param_pairs",
     "parse_parameters_cell",
@@ -103,16 +97,6 @@ class NotebookExecutionError(RuntimeError):
             where += f" ({cell_line!r})"
         saved = f"; executed notebook with the traceback: {output}" if output is not None else ""
         super().__init__(f"notebook {notebook} failed at {where}: {ename}: {evalue}{saved}")
-
-
-@dataclass(frozen=True)
-class NotebookParameter:
-    """One entry of a notebook's ``parameters`` cell."""
-
-    name: str
-    type_name: str  # annotation as written, e.g. "int", "Optional[str]" (papermill's parser reads no "str | None")
-    default: str  # default as written
-    help: str  # the trailing comment
 
 
 # ---- finding and reading notebooks ----------------------------------------------------------------
@@ -251,68 +235,6 @@ def parse_param_pairs(pairs: Sequence[Sequence[str]]) -> dict[str, Any]:
     return params
 
 
-_ANNOTATION_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "None": type(None)}
-
-
-def _annotation_hint(type_name: str) -> Any:
-    """The type a parameters cell's annotation names (``int``, ``Optional[str]``, ``float | None``); `Any` for
-    an unusual annotation (its values pass unchecked)."""
-    text = type_name.replace(" ", "")
-    if text.startswith("Optional[") and text.endswith("]"):
-        text = text[len("Optional[") : -1] + "|None"
-    parts = text.split("|")
-    if not all(part in _ANNOTATION_TYPES for part in parts):
-        return Any
-    kinds = tuple(_ANNOTATION_TYPES[part] for part in parts)
-    return functools.reduce(operator.or_, kinds)  # int | None
-
-
-def _annotation_name(hint: Any) -> str:
-    """``bool`` -> "bool", ``Optional[str]`` -> "Optional[str]" (the spelling of a parameters cell); an annotation
-    kept as text (``from __future__ import annotations``) is that text."""
-    if isinstance(hint, str):
-        return hint
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is typing.Union and len(args) == 1 and len(typing.get_args(hint)) == 2:
-        return f"Optional[{_annotation_name(args[0])}]"
-    return getattr(hint, "__name__", str(hint))
-
-
-def _checked_value(notebook: str, param: NotebookParameter, hint: Any, value: Any) -> Any:
-    """`value` converted to the parameter's type (`nbsrc.config.coerce_value`: ints become floats, numbers
-    strings and numeric strings numbers where declared), or `ValueError` naming the parameter."""
-    try:
-        return coerce_value(value, hint, param.name)
-    except ValueError:
-        expected = f"{param.type_name} (default {param.default}; None, null or ~ for none)"
-        raise ValueError(
-            f"notebook {notebook}: parameter {param.name!r} expects {expected}, got {type(value).__name__} {value!r}"
-        ) from None
-
-
-def check_given_parameters(namespace: dict[str, Any], notebook: str = "this notebook") -> None:
-    """Check, in place, the values a notebook was given against its parameters cell's annotations (kept in the
-    namespace's ``__annotations__``), converting them as the runner does. Plain ``papermill -p`` passes
-    ``smoke false`` as the text "false", which would read as true; this makes it False, and rejects what cannot
-    be converted (``-p epochs many``) with the parameter's name instead of failing cells later.
-
-    Raises:
-        ValueError: a value of the wrong type, naming the parameter and what it expects.
-    """
-    for name, hint in parameter_annotations(namespace).items():
-        if name in namespace:
-            param = NotebookParameter(name, _annotation_name(hint), "", "")
-            namespace[name] = _checked_value(notebook, param, _annotation_hint(param.type_name), namespace[name])
-
-
-def parameter_annotations(namespace: Mapping[str, Any]) -> dict[str, Any]:
-    """The annotations of a notebook's namespace: its parameters cell's names and types."""
-    annotations = namespace.get("__annotations__")
-    if annotations is None and callable(namespace.get("__annotate__")):  # Python >= 3.14 evaluates them lazily
-        annotations = namespace["__annotate__"](1)  # annotationlib.Format.VALUE
-    return dict(annotations or {})
-
-
 def check_parameters(notebook: str, declared: Mapping[str, NotebookParameter], params: Mapping[str, Any]) -> dict:
     """`params` checked against what `notebook` declares.
 
@@ -329,7 +251,7 @@ def check_parameters(notebook: str, declared: Mapping[str, NotebookParameter], p
                 + (f"; did you mean {hint[0]!r}?" if hint else "")
                 + f" (declared: {', '.join(declared) or 'none'})"
             )
-        checked[key] = _checked_value(notebook, declared[key], _annotation_hint(declared[key].type_name), value)
+        checked[key] = check_value(notebook, declared[key], value)
     return checked
 
 

@@ -30,13 +30,12 @@ from glob import glob
 sys.path[:0] = [p[:-6] for d in ("*", "*/*", "*/*/*", "*/*/*/*") for p in glob(f"{os.environ.get('NBSRC_KAGGLE_INPUT') or '/kaggle/input'}/{d}/nbsrc")][:1]
 
 # %%
+from pathlib import Path
 from typing import Optional  # parameters' annotations: papermill reads Optional[str], not str | None
 
 from IPython.display import display
 
-from nbsrc import face_stats, latent_stats, nbrun, paths, viz
-from nbsrc.config import get_preset
-from nbsrc.data.demo import resolve_dataset_root
+from nbsrc import face_stats, latent_stats, notebook_config, paths, viz
 from nbsrc.data.loaders import build_dataset
 from nbsrc.data.validate import validate_dataset, validation_settings
 from nbsrc.utils import setup_logging
@@ -59,13 +58,12 @@ smoke: bool = False  # seconds-long run on a few images
 run_dir: Optional[str] = None  # run folder for plots and metrics (None: runs/notebooks)
 
 # %%
-nbrun.check_given_parameters(globals())  # plain papermill / Kaggle values, checked as the runner does
+cfg = notebook_config(globals())  # the parameters checked (as the runner does) and made the config
+values = "all" if check_values and not smoke else "none"
+cfg = cfg.replace(on_error="skip", check_values=values)  # every bad sample reported, none raised
 run = paths.run_folder(run_dir)
 plots = run / "plots" / "01_data_inspection"
-root = resolve_dataset_root(dataset_root, smoke=smoke)
-data = paths.data_settings(root, images_root=images_root, sizes_csv=sizes_csv, label_frame=label_frame)
-values = "all" if check_values and not smoke else "none"
-cfg = get_preset(preset, **data, latent_suffix=latent_suffix, on_error="skip", check_values=values)
+root = Path(cfg.data.dataset_root)
 split_names = [s.strip() for s in splits.split(",") if s.strip()]
 print(
     f"dataset: {root}\nsplits: {split_names}, network frame {cfg.data.image_size} px, policy {cfg.data.resize_policy}"

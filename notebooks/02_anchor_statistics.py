@@ -36,9 +36,7 @@ from typing import Optional  # parameters' annotations: papermill reads Optional
 
 from IPython.display import display
 
-from nbsrc import anchor_stats, face_stats, nbrun, paths, viz
-from nbsrc.config import get_preset
-from nbsrc.data.demo import resolve_dataset_root
+from nbsrc import anchor_stats, face_stats, notebook_config, paths, viz
 from nbsrc.utils import setup_logging
 
 setup_logging()
@@ -58,12 +56,9 @@ smoke: bool = False  # seconds-long run on a few images
 run_dir: Optional[str] = None  # run folder for plots and metrics (None: runs/notebooks)
 
 # %%
-nbrun.check_given_parameters(globals())  # plain papermill / Kaggle values, checked as the runner does
+cfg = notebook_config(globals())  # the parameters checked (as the runner does) and made the config
 run = paths.run_folder(run_dir)
 plots = run / "plots" / "02_anchor_statistics"
-root = resolve_dataset_root(dataset_root, smoke=smoke) if faces == "dataset" else None  # wider: no dataset
-data = paths.data_settings(root, images_root=images_root, sizes_csv=sizes_csv, label_frame=label_frame)
-cfg = get_preset(preset, **data, gt_dir=gt_dir)
 loaded = face_stats.load_faces(cfg, faces=faces, split=split, max_images=40 if smoke else None)
 boxes = loaded["boxes"]
 print(f"{len(boxes):,} faces from {loaded['images']:,} images of {loaded['source']}")

@@ -34,13 +34,10 @@ from typing import Optional  # parameters' annotations: papermill reads Optional
 
 from IPython.display import display
 
-from nbsrc import distributed, nbrun, paths, viz
-from nbsrc.config import get_preset
-from nbsrc.data.demo import resolve_dataset_root
+from nbsrc import distributed, notebook_config, paths, viz
 from nbsrc.data.loaders import build_dataset
 from nbsrc.detector import Detector
 from nbsrc.engine import resolve_run_folder
-from nbsrc.pretrained import resolve_pretrained
 from nbsrc.utils import read_jsonl, setup_logging
 
 setup_logging()
@@ -76,24 +73,16 @@ run_dir: Optional[str] = None  # run folder for the training run, plots and metr
 overrides: str = ""  # further config settings: space-separated key-equals-value pairs, as on the train command line
 
 # %%
-nbrun.check_given_parameters(globals())  # plain papermill / Kaggle values, checked as the runner does
+cfg = notebook_config(globals())  # the parameters checked (as the runner does) and made the training config
 run = paths.run_folder(run_dir)
 plots = run / "plots" / "03_training"
-root = resolve_dataset_root(dataset_root, smoke=smoke)
-data = paths.data_settings(root, images_root=images_root, sizes_csv=sizes_csv, label_frame=label_frame)
-cfg = get_preset(preset, **data, epochs=epochs, lr=lr, latent_suffix=latent_suffix, all_rates=all_rates)
-cfg = cfg.replace(num_workers=num_workers, device=device, amp=amp, freeze_backbone=freeze_backbone, weight=weight)
-cfg = cfg.replace(max_images=max_images, max_steps_per_epoch=max_steps_per_epoch, wandb=wandb, out=str(run / "train"))
-cfg = cfg.replace(keep_epochs=keep_epochs, resume=paths.resolve_resume(resume, run, run_name=run_name, preset=preset))
-cfg = cfg.replace(**{"train.batch_size": batch_size, "model.pretrained": pretrained}).override_pairs(overrides.split())
-cfg = cfg.replace(**{"model.pretrained": resolve_pretrained(cfg.model.pretrained, cfg.model.backbone)})
 if smoke:
     cfg = cfg.replace(
         epochs=1, max_steps_per_epoch=2, max_images=4, num_workers=0, out_channels=16, **{"train.batch_size": 2}
     )
 
 # %%
-cfg, train_dir = resolve_run_folder(cfg.replace(run_name=run_name))  # a resumed run keeps its name
+cfg, train_dir = resolve_run_folder(cfg)  # a resumed run keeps its name
 processes = distributed.training_processes(cfg.train.device, gpus)
 display(viz.config_table(cfg))
 
@@ -125,7 +114,7 @@ display(viz.Table(viz.epoch_rows(epochs_done), "per epoch"))
 
 # %%
 detector = Detector.from_checkpoint(checkpoint, device=device)
-val_cfg = detector.cfg.replace(dataset_root=str(root), max_images=max_images)
+val_cfg = detector.cfg.replace(dataset_root=cfg.data.dataset_root, max_images=max_images)
 val_set = build_dataset(val_cfg, val_cfg.data.val_split, train=False)
 samples = [val_set[i] for i in range(min(2 if smoke else gallery, len(val_set)))]
 items = viz.detection_items(detector, samples, conf=conf_thresh)

@@ -38,7 +38,7 @@ from typing import Optional  # parameters' annotations: papermill reads Optional
 
 from IPython.display import display
 
-from nbsrc import nbrun, paths, viz
+from nbsrc import notebook_config, paths, viz
 from nbsrc.data.demo import resolve_dataset_root
 from nbsrc.data.loaders import build_dataset
 from nbsrc.detector import Detector
@@ -70,18 +70,13 @@ smoke: bool = False  # seconds-long run on 4 images (evaluated as a subset of th
 run_dir: Optional[str] = None  # run folder with the training notebook's checkpoint; receives predictions and plots
 
 # %%
-nbrun.check_given_parameters(globals())  # plain papermill / Kaggle values, checked as the runner does
+cfg = notebook_config(globals())  # the parameters checked (as the runner does); the checkpoint's config with them
 run = paths.run_folder(run_dir)
 plots, out = run / "plots" / "04_widerface_evaluation", run / "predictions"
 root = resolve_dataset_root(dataset_root, smoke=smoke)
 weights = paths.resolve_checkpoint(checkpoint, run)
-if weights is None:
-    raise FileNotFoundError(f"no checkpoint: pass checkpoint=..., or run 03_training with run_dir={run}")
 detector = Detector.from_checkpoint(weights, preset=preset, device=device)
-trained = detector.cfg.data  # its dataset_root stays (prediction compares it with root); label_frame None: its
-frame = label_frame or trained.label_frame
-data = paths.data_settings(trained.dataset_root, images_root=images_root, sizes_csv=sizes_csv, label_frame=frame)
-detector.cfg = detector.cfg.replace(**data, max_images=4 if smoke else None, test_scale=test_scale, gt_dir=gt_dir)
+detector.cfg = cfg.replace(max_images=4 if smoke else None)
 latent = detector.input_kind == "latent"
 gt = ground_truth.resolve_gt_dir(detector.cfg.eval.gt_dir, root, split)
 print(f"checkpoint: {weights} ({detector.cfg.preset}, {detector.input_kind})\n{gt}")

@@ -12,6 +12,7 @@ import nbformat
 import pytest
 
 from nbsrc import nbrun
+from nbsrc.notebook import NotebookParameter, check_given_parameters
 
 HEADER = """\
 # ---
@@ -115,9 +116,9 @@ def test_parameter_parsing_and_coercion():
         "root": None,
     }
     declared = {
-        "lr": nbrun.NotebookParameter("lr", "float", "0.1", ""),
-        "name": nbrun.NotebookParameter("name", "str | None", "None", ""),
-        "epochs": nbrun.NotebookParameter("epochs", "int", "1", ""),
+        "lr": NotebookParameter("lr", "float", "0.1", ""),
+        "name": NotebookParameter("name", "str | None", "None", ""),
+        "epochs": NotebookParameter("epochs", "int", "1", ""),
     }
     checked = nbrun.check_parameters("nb", declared, {"lr": 1, "name": 2024, "epochs": 3.0})
     assert checked == {"lr": 1.0, "name": "2024", "epochs": 3}
@@ -127,8 +128,8 @@ def test_parameter_parsing_and_coercion():
     with pytest.raises(ValueError, match="'lr' expects float"):
         nbrun.check_parameters("nb", declared, {"lr": None})
     optional = {
-        "keep": nbrun.NotebookParameter("keep", "Optional[int]", "3", ""),
-        "root": nbrun.NotebookParameter("root", "Optional[str]", "None", ""),
+        "keep": NotebookParameter("keep", "Optional[int]", "3", ""),
+        "root": NotebookParameter("root", "Optional[str]", "None", ""),
     }
     assert nbrun.check_parameters("nb", optional, {"keep": None, "root": None}) == {"keep": None, "root": None}
     assert nbrun.check_parameters("nb", optional, {"keep": "5", "root": 7}) == {"keep": 5, "root": "7"}
@@ -219,10 +220,10 @@ def test_numbers_in_exponent_notation_are_accepted(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("lr: 1e-3\n")
     declared = {
-        "lr": nbrun.NotebookParameter("lr", "float", "0.001", ""),
-        "wd": nbrun.NotebookParameter("wd", "float | None", "None", ""),
-        "epochs": nbrun.NotebookParameter("epochs", "int", "1", ""),
-        "name": nbrun.NotebookParameter("name", "str | None", "None", ""),
+        "lr": NotebookParameter("lr", "float", "0.001", ""),
+        "wd": NotebookParameter("wd", "float | None", "None", ""),
+        "epochs": NotebookParameter("epochs", "int", "1", ""),
+        "name": NotebookParameter("name", "str | None", "None", ""),
     }
     checked = nbrun.check_parameters("nb", declared, {**pairs, **nbrun.load_params_file(path)})
     assert checked == {"lr": 0.001, "wd": 0.0005, "epochs": 12}
@@ -259,9 +260,9 @@ def mobilenet_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_auto_pretrained_is_searched_from_the_working_directory(mobilenet_in_cwd):
     declared = {
-        "preset": nbrun.NotebookParameter("preset", "str", '"latent-mnet"', ""),
-        "pretrained": nbrun.NotebookParameter("pretrained", "str", '"auto"', ""),
-        "overrides": nbrun.NotebookParameter("overrides", "str", '""', ""),
+        "preset": NotebookParameter("preset", "str", '"latent-mnet"', ""),
+        "pretrained": NotebookParameter("pretrained", "str", '"auto"', ""),
+        "overrides": NotebookParameter("overrides", "str", '""', ""),
     }
     found = str(mobilenet_in_cwd)
     assert nbrun.resolve_auto_pretrained({}, declared) == {"pretrained": found}  # the declared default 'auto'
@@ -340,10 +341,10 @@ def test_command_line_values_win_over_a_notebooks_own_section():
 
 def test_papermills_none_and_yaml_dates_are_read_as_meant():
     declared = {
-        "keep": nbrun.NotebookParameter("keep", "Optional[int]", "3", ""),
-        "checkpoint": nbrun.NotebookParameter("checkpoint", "Optional[str]", "None", ""),
-        "run_name": nbrun.NotebookParameter("run_name", "Optional[str]", "None", ""),
-        "preset": nbrun.NotebookParameter("preset", "str", "'x'", ""),
+        "keep": NotebookParameter("keep", "Optional[int]", "3", ""),
+        "checkpoint": NotebookParameter("checkpoint", "Optional[str]", "None", ""),
+        "run_name": NotebookParameter("run_name", "Optional[str]", "None", ""),
+        "preset": NotebookParameter("preset", "str", "'x'", ""),
     }
     values = nbrun.parse_param_pairs([["keep", "None"], ["checkpoint", "None"], ["run_name", "2024-01-01"]])
     assert nbrun.check_parameters("nb", declared, values) == {
@@ -362,8 +363,8 @@ def test_notebooks_check_what_plain_papermill_injects(name):
     namespace: dict = {}
     exec("from typing import Optional\n" + cell.source, namespace)
     exec('smoke = "false"\nrun_dir = "None"\ndataset_root = "/data/x"\n', namespace)  # papermill's injected cell
-    nbrun.check_given_parameters(namespace, name)
+    check_given_parameters(namespace, name)
     assert (namespace["smoke"], namespace["run_dir"], namespace["dataset_root"]) == (False, None, "/data/x")
     exec('smoke = "maybe"\n', namespace)
     with pytest.raises(ValueError, match="'smoke' expects bool"):
-        nbrun.check_given_parameters(namespace, name)
+        check_given_parameters(namespace, name)

@@ -6,12 +6,14 @@ the stem and ``layer1`` in an RGB network. Four variants are selectable by ``mod
 
 from __future__ import annotations
 
+import typing
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BRIDGE_VARIANTS", "make_bridge"]
+from nbsrc.config import Bridge
 
-BRIDGE_VARIANTS = ("deconv", "bilinear", "nearest", "pixelshuffle")
+__all__ = ["make_bridge"]
 
 
 class _Interpolate(nn.Module):
@@ -25,7 +27,7 @@ class _Interpolate(nn.Module):
         return F.interpolate(x, scale_factor=self.scale, mode=self.mode)
 
 
-def make_bridge(variant: str, in_channels: int, out_channels: int) -> nn.Sequential:
+def make_bridge(variant: Bridge, in_channels: int, out_channels: int) -> nn.Sequential:
     """Lift a latent ``[B, in, h, w]`` to ``[B, out, 4h, 4w]`` (the input of ResNet stage 2).
 
     - ``deconv``: conv3x3 in->512 + BN + ReLU, ConvTranspose2d(k4, s2, p1) 512->512 + BN + ReLU,
@@ -71,4 +73,4 @@ def make_bridge(variant: str, in_channels: int, out_channels: int) -> nn.Sequent
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
-    raise ValueError(f"unknown bridge {variant!r}; expected one of {list(BRIDGE_VARIANTS)}")
+    raise ValueError(f"unknown bridge {variant!r}; expected one of {list(typing.get_args(Bridge))}")

@@ -7,10 +7,13 @@ checkpoints: ``body``, ``fpn``, ``ssh1..sshL`` (one SSH per level) or ``ssh`` (o
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import Tensor, nn
 
 from nbsrc.anchors import AnchorGenerator
+from nbsrc.config import InputKind
 
 __all__ = ["RetinaFace"]
 
@@ -46,13 +49,13 @@ class RetinaFace(nn.Module):
         landmark_head: nn.ModuleList | None,
         anchor_generator: AnchorGenerator,
         num_classes: int,
-        input_kind: str = "rgb",
+        input_kind: InputKind = "rgb",
         in_channels: int = 3,
         latent_stride: int = 1,
     ) -> None:
         super().__init__()
-        if input_kind not in ("rgb", "latent"):
-            raise ValueError(f"input_kind must be 'rgb' or 'latent', got {input_kind!r}")
+        if input_kind not in typing.get_args(InputKind):
+            raise ValueError(f"input_kind must be one of {list(typing.get_args(InputKind))}, got {input_kind!r}")
         strides = list(fpn.strides)
         if list(anchor_generator.strides) != strides:
             raise ValueError(f"anchor strides {anchor_generator.strides} differ from the feature strides {strides}")
@@ -125,7 +128,8 @@ class RetinaFace(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------------
     def check_input(self, x: Tensor) -> None:
-        """Raise `ValueError` (expected vs got) unless `x` is a float ``[B, in_channels, H, W]`` tensor."""
+        """Raise `ValueError` (expected vs got) unless `x` is a float ``[B, in_channels, H, W]`` tensor: the one
+        check of the input, on its metadata only (type, shape, dtype: no wait for the device)."""
         what = "latent [B, C, h, w]" if self.input_kind == "latent" else "image batch [B, 3, H, W]"
         if not isinstance(x, Tensor):
             raise ValueError(f"expected a {what} tensor, got {type(x).__name__}")
