@@ -118,7 +118,7 @@ def traced_peak_mb(dataset) -> float:
     return peak / 2**20
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=300, help="generated latent images (default 300)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
@@ -126,59 +126,68 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo", type=Path, default=None, help="an existing demo dataset root (default: build one)")
     parser.add_argument("--demo-images", type=int, default=48, help="train images of the built demo (default 48)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(1)
+    return parser.parse_args(argv)
 
-    rows: list[tuple[str, str, str, str]] = []
-    report: dict = {"cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
 
-    def add(label: str, result: dict) -> None:
-        report[label] = result
+class Report:
+    """The numbers of a run (``report``, JSON-ready) and the rows of its table."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str]] = []
+        self.report: dict = {"cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
+
+    def add(self, label: str, result: dict) -> None:
+        self.report[label] = result
         per_cpu = f"{result['per_cpu_s']:.0f}" if "per_cpu_s" in result else "-"
         per_worker = f"{result['per_worker_s']:.0f}" if "per_worker_s" in result else "-"
-        rows.append((label, f"{result['per_s']:.0f}", per_cpu, per_worker))
+        self.rows.append((label, f"{result['per_s']:.0f}", per_cpu, per_worker))
         sys.stdout.write(f"  {label}: {result['per_s']:.0f} samples/s\n")
         sys.stdout.flush()
 
-    with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
-        tmp = Path(tmp)
-        for dtype in (np.float16, np.float32):
-            name = np.dtype(dtype).name
-            sys.stdout.write(f"generating {args.images} images x {len(RATES)} rates of [1, 256, 40, 40] {name}...\n")
-            split = make_latent_split(tmp / name / "train", args.images, dtype)
-            dataset = LatentWiderFace(split, label_frame=640)
-            add(f"latent {name}, 1 process", single_process(dataset, args.repeat))
-            add(f"latent {name}, {args.workers} workers", with_workers(dataset, args.workers, args.repeat))
-            if dtype == np.float32:
-                report["traced_peak_mb_latent_pass"] = traced_peak_mb(dataset)
-                heavy = LatentWiderFace(split, label_frame=640, all_rates=True, normalize=True, flip=True)
-                add(f"latent {name} all rates+norm+flip, 1 process", single_process(heavy, 1))
 
-        demo = args.demo
-        if demo is None:
-            sys.stdout.write(f"building a demo dataset with {args.demo_images} train images...\n")
-            t0 = time.perf_counter()
-            demo = make_demo_data(tmp / "demo", images=args.demo_images, seed=0)
-            report["demo_build_s"] = time.perf_counter() - t0
-        train = LatentWiderFace(demo / "train")
-        add(
-            f"demo train latents ({len(train)}), {args.workers} workers", with_workers(train, args.workers, args.repeat)
-        )
-        rgb_eval = WiderFaceRGB(demo / "train", train=False, max_images=32)
-        add("RGB 640 eval resize, 1 process", single_process(rgb_eval, 1))
-        rgb_train = WiderFaceRGB(demo / "train", train=True, max_images=32)
-        add("RGB 640 train augmentation, 1 process", single_process(rgb_train, 1))
-        add(f"RGB 640 train augmentation, {args.workers} workers", with_workers(rgb_train, args.workers, 1, 8))
+def bench_latents(tmp: Path, args: argparse.Namespace, out: Report) -> None:
+    """Generated float16 and float32 latent splits: one process and `args.workers` workers."""
+    for dtype in (np.float16, np.float32):
+        name = np.dtype(dtype).name
+        sys.stdout.write(f"generating {args.images} images x {len(RATES)} rates of [1, 256, 40, 40] {name}...\n")
+        split = make_latent_split(tmp / name / "train", args.images, dtype)
+        dataset = LatentWiderFace(split, label_frame=640)
+        out.add(f"latent {name}, 1 process", single_process(dataset, args.repeat))
+        out.add(f"latent {name}, {args.workers} workers", with_workers(dataset, args.workers, args.repeat))
+        if dtype == np.float32:
+            out.report["traced_peak_mb_latent_pass"] = traced_peak_mb(dataset)
+            heavy = LatentWiderFace(split, label_frame=640, all_rates=True, normalize=True, flip=True)
+            out.add(f"latent {name} all rates+norm+flip, 1 process", single_process(heavy, 1))
 
-    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report["peak_rss_children_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    widths = [max(len(r[i]) for r in rows + [("what", "samples/s", "per CPU s", "per worker")]) for i in range(4)]
+
+def bench_demo(tmp: Path, args: argparse.Namespace, out: Report) -> None:
+    """The demo dataset (``--demo`` or one built): its latents, and its RGB images resized and augmented."""
+    demo = args.demo
+    if demo is None:
+        sys.stdout.write(f"building a demo dataset with {args.demo_images} train images...\n")
+        t0 = time.perf_counter()
+        demo = make_demo_data(tmp / "demo", images=args.demo_images, seed=0)
+        out.report["demo_build_s"] = time.perf_counter() - t0
+    train = LatentWiderFace(demo / "train")
+    out.add(
+        f"demo train latents ({len(train)}), {args.workers} workers", with_workers(train, args.workers, args.repeat)
+    )
+    rgb_eval = WiderFaceRGB(demo / "train", train=False, max_images=32)
+    out.add("RGB 640 eval resize, 1 process", single_process(rgb_eval, 1))
+    rgb_train = WiderFaceRGB(demo / "train", train=True, max_images=32)
+    out.add("RGB 640 train augmentation, 1 process", single_process(rgb_train, 1))
+    out.add(f"RGB 640 train augmentation, {args.workers} workers", with_workers(rgb_train, args.workers, 1, 8))
+
+
+def summary(out: Report, workers: int) -> str:
+    """The table, the load, the peak memory and the throughput contract's verdict."""
+    report, rows = out.report, out.rows
     header = ("what", "samples/s", "per CPU s", "per worker")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
     lines = ["", "  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     f32 = report["latent float32, 1 process"]
-    f32_workers = report[f"latent float32, {args.workers} workers"]
+    f32_workers = report[f"latent float32, {workers} workers"]
     best = max(f32["per_cpu_s"], f32_workers["per_worker_s"])
     lines += [
         "",
@@ -189,9 +198,22 @@ def main(argv: list[str] | None = None) -> int:
         f"contract: [256, 40, 40] float32 latents >= {CONTRACT_SAMPLES_PER_S:.0f} samples/s per worker: "
         f"{best:.0f} -> {'PASS' if best >= CONTRACT_SAMPLES_PER_S else 'FAIL'}",
     ]
-    sys.stdout.write("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    out = Report()
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+        bench_latents(Path(tmp), args, out)
+        bench_demo(Path(tmp), args, out)
+    out.report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.report["peak_rss_children_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    sys.stdout.write(summary(out, args.workers))
     if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
+        args.json.write_text(json.dumps(out.report, indent=2, default=float) + "\n")
     return 0
 
 

@@ -29,6 +29,7 @@ post-processing (decode + NMS) in ms per image and the post-processing share, pe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -37,7 +38,6 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +91,7 @@ def bbox_overlaps_compiled(boxes: np.ndarray, query_boxes: np.ndarray) -> np.nda
     return overlaps
 
 
-@contextmanager
+@contextlib.contextmanager
 def published_script():
     """`wider_oracle.evaluation` as the published script runs: its overlaps compiled (`bbox_overlaps_compiled`)."""
     import wider_oracle
@@ -163,7 +163,7 @@ def bench_predict(args) -> int:
     return 0
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gt", default=str(ROOT.parent / "shared" / "data" / "widerface_val_gt"))
     parser.add_argument("--per-image", type=int, default=70, help="predictions per image at most (default 70)")
@@ -178,96 +178,121 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=24, help="--predict: demo images per split")
     parser.add_argument("--batch-size", type=int, default=8, help="--predict: images per forward pass")
     parser.add_argument("--device", default="auto", help="--predict: auto | cpu | cuda")
-    args = parser.parse_args()
-    if args.predict:
-        return bench_predict(args)
+    return parser.parse_args()
 
-    gt = read_wider_gt(args.gt)
-    tmp = None
-    if args.pred:
-        pred_dir = Path(args.pred)
-    else:
-        tmp = tempfile.TemporaryDirectory()
-        pred_dir = Path(tmp.name)
-    if not any(pred_dir.glob("*/*.txt")):
-        t0 = time.perf_counter()
-        n = make_predictions(gt, pred_dir, args.per_image)
-        sys.stdout.write(f"wrote {n} predictions for {gt.num_images} images in {time.perf_counter() - t0:.1f} s\n")
 
+def median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def bench_ours(pred_dir: Path, gt, gt_dir: str, repeat: int) -> tuple[dict, dict[str, list[float]]]:
+    """Our evaluation timed: the CLI in a fresh process, in this process end to end, the reading alone, with the
+    ground truth already read; and its peak memory. Returns the report and the timings (seconds)."""
     names = gt.image_names()
     evaluate(pred_dir, gt)  # warm-up (imports, allocator, page cache)
-    cli_wall, cli_cpu = time_cli(pred_dir, args.gt, args.repeat)
-    end_to_end, reading, preloaded = [], [], []
-    for _ in range(args.repeat):
+    times: dict[str, list[float]] = {"end_to_end": [], "reading": [], "preloaded": []}
+    times["cli_wall"], times["cli_cpu"] = time_cli(pred_dir, gt_dir, repeat)
+    for _ in range(repeat):
         t0 = time.perf_counter()
-        ours = evaluate(pred_dir, args.gt)
-        end_to_end.append(time.perf_counter() - t0)
+        ours = evaluate(pred_dir, gt_dir)
+        times["end_to_end"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         read_result_folder(pred_dir, names, columns=(5, 6))
-        reading.append(time.perf_counter() - t0)
+        times["reading"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         evaluate(pred_dir, gt)
-        preloaded.append(time.perf_counter() - t0)
+        times["preloaded"].append(time.perf_counter() - t0)
     tracemalloc.start()
-    evaluate(pred_dir, args.gt)
+    evaluate(pred_dir, gt_dir)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-
-    med = lambda values: float(np.median(values))  # noqa: E731
     report = {
         "images": gt.num_images,
         "predictions": evaluate_curves(pred_dir, gt).num_predictions,
         "cpus": os.cpu_count(),
         "ap": ours,
-        "cli_wall_s": med(cli_wall),
-        "cli_cpu_s": med(cli_cpu),
-        "ours_end_to_end_s": med(end_to_end),
-        "ours_reading_s": med(reading),
-        "ours_gt_preloaded_s": med(preloaded),
+        "cli_wall_s": median(times["cli_wall"]),
+        "cli_cpu_s": median(times["cli_cpu"]),
+        "ours_end_to_end_s": median(times["end_to_end"]),
+        "ours_reading_s": median(times["reading"]),
+        "ours_gt_preloaded_s": median(times["preloaded"]),
         "peak_memory_mb": peak / 2**20,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # process so far (Linux: KiB)
     }
+    return report, times
+
+
+def write_ours(report: dict, times: dict[str, list[float]]) -> None:
+    images = report["images"]
     sys.stdout.write(
-        f"{report['predictions']} predictions on {gt.num_images} images ({os.cpu_count()} CPUs)\n"
+        f"{report['predictions']} predictions on {images} images ({os.cpu_count()} CPUs)\n"
         f"python -m nbsrc evaluate --pred DIR --gt GT (fresh process): median {report['cli_wall_s']:.3f} s wall "
-        f"(min {min(cli_wall):.3f}), {report['cli_cpu_s']:.3f} s CPU\n"
-        f"ours in process, end to end (read .mat + {gt.num_images} files + evaluate): median "
-        f"{report['ours_end_to_end_s']:.3f} s (min {min(end_to_end):.3f})\n"
-        f"  of which reading the result files: median {report['ours_reading_s']:.3f} s (min {min(reading):.3f})\n"
-        f"ours, ground truth already read: median {report['ours_gt_preloaded_s']:.3f} s (min {min(preloaded):.3f})\n"
+        f"(min {min(times['cli_wall']):.3f}), {report['cli_cpu_s']:.3f} s CPU\n"
+        f"ours in process, end to end (read .mat + {images} files + evaluate): median "
+        f"{report['ours_end_to_end_s']:.3f} s (min {min(times['end_to_end']):.3f})\n"
+        f"  of which reading the result files: median {report['ours_reading_s']:.3f} s "
+        f"(min {min(times['reading']):.3f})\n"
+        f"ours, ground truth already read: median {report['ours_gt_preloaded_s']:.3f} s "
+        f"(min {min(times['preloaded']):.3f})\n"
         f"peak memory of one evaluation (tracemalloc, NumPy included): {report['peak_memory_mb']:.1f} MiB; "
         f"peak RSS of the process so far: {report['peak_rss_mb']:.0f} MiB\n"
-        f"AP ours: {json.dumps(ours)}\n"
+        f"AP ours: {json.dumps(report['ap'])}\n"
     )
-    if not args.no_reference:
-        with published_script() as reference:
-            t0 = time.perf_counter()
-            published = reference(str(pred_dir), args.gt)
-            report["reference_s"] = time.perf_counter() - t0
-        report["reference"] = "published widerface_evaluate/evaluation.py (reading + evaluation, compiled overlaps)"
-        report["reference_ap"] = published
-        report["speedup_vs_cli"] = report["reference_s"] / report["cli_wall_s"]
-        report["reference_max_abs_diff"] = max(abs(published[s] - ours[s]) for s in ours)
-        sys.stdout.write(
-            f"reference, the published evaluation.py (its reading and evaluation, overlaps as compiled): "
-            f"{report['reference_s']:.1f} s -> {report['speedup_vs_cli']:.0f}x the CLI's wall time; "
-            f"max |dAP| = {report['reference_max_abs_diff']:.2e}\n"
-        )
-    if args.oracle:
-        import wider_oracle
 
+
+def bench_reference(pred_dir: Path, gt_dir: str, report: dict) -> None:
+    """The published evaluation script, once (time and AP difference added to `report`)."""
+    ours = report["ap"]
+    with published_script() as reference:
         t0 = time.perf_counter()
-        oracle = wider_oracle.evaluation(str(pred_dir), args.gt)
-        report["oracle_s"] = time.perf_counter() - t0
-        report["oracle_max_abs_diff"] = max(abs(oracle[s] - ours[s]) for s in ours)
-        sys.stdout.write(
-            f"test oracle (pure-Python overlaps): {report['oracle_s']:.1f} s; "
-            f"max |dAP| = {report['oracle_max_abs_diff']:.2e}\n"
-        )
+        published = reference(str(pred_dir), gt_dir)
+        report["reference_s"] = time.perf_counter() - t0
+    report["reference"] = "published widerface_evaluate/evaluation.py (reading + evaluation, compiled overlaps)"
+    report["reference_ap"] = published
+    report["speedup_vs_cli"] = report["reference_s"] / report["cli_wall_s"]
+    report["reference_max_abs_diff"] = max(abs(published[s] - ours[s]) for s in ours)
+    sys.stdout.write(
+        f"reference, the published evaluation.py (its reading and evaluation, overlaps as compiled): "
+        f"{report['reference_s']:.1f} s -> {report['speedup_vs_cli']:.0f}x the CLI's wall time; "
+        f"max |dAP| = {report['reference_max_abs_diff']:.2e}\n"
+    )
+
+
+def bench_oracle(pred_dir: Path, gt_dir: str, report: dict) -> None:
+    """The test oracle (pure-Python overlaps), once (time and AP difference added to `report`)."""
+    import wider_oracle
+
+    ours = report["ap"]
+    t0 = time.perf_counter()
+    oracle = wider_oracle.evaluation(str(pred_dir), gt_dir)
+    report["oracle_s"] = time.perf_counter() - t0
+    report["oracle_max_abs_diff"] = max(abs(oracle[s] - ours[s]) for s in ours)
+    sys.stdout.write(
+        f"test oracle (pure-Python overlaps): {report['oracle_s']:.1f} s; "
+        f"max |dAP| = {report['oracle_max_abs_diff']:.2e}\n"
+    )
+
+
+def main() -> int:
+    args = parse_args()
+    if args.predict:
+        return bench_predict(args)
+
+    gt = read_wider_gt(args.gt)
+    with contextlib.ExitStack() as stack:
+        pred_dir = Path(args.pred) if args.pred else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if not any(pred_dir.glob("*/*.txt")):
+            t0 = time.perf_counter()
+            n = make_predictions(gt, pred_dir, args.per_image)
+            sys.stdout.write(f"wrote {n} predictions for {gt.num_images} images in {time.perf_counter() - t0:.1f} s\n")
+        report, times = bench_ours(pred_dir, gt, args.gt, args.repeat)
+        write_ours(report, times)
+        if not args.no_reference:
+            bench_reference(pred_dir, args.gt, report)
+        if args.oracle:
+            bench_oracle(pred_dir, args.gt, report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    if tmp is not None:
-        tmp.cleanup()
     return 0
 
 

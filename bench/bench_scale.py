@@ -349,7 +349,7 @@ def _run_command(args: argparse.Namespace, command: list[str]) -> tuple[int, flo
     return done.returncode, time.perf_counter() - t0, done.stdout + done.stderr
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"bench folder (default {DEFAULT_ROOT})")
     parser.add_argument("--train", type=int, default=12880, help="train images (default 12,880)")
@@ -378,51 +378,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-arg", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.root = args.root.resolve()
+    return args
 
-    if args.probe is not None:  # inside a fresh process
-        if args.probe == "index":
-            result = probe_index(args.root, args.sizes, args.profile)
-        elif args.probe == "loading":
-            result = probe_loading(args.root, args.sizes, int(args.probe_arg), args.batch_size, args.profile)
-        else:
-            raise SystemExit(f"unknown probe {args.probe!r}")
-        sys.stdout.write(json.dumps(result) + "\n")
-        return 0
 
-    if args.rebuild and (args.root / MARKER).is_file():
-        shutil.rmtree(args.root)
-    dataset = build_dataset_tree(args.root, train=args.train, val=args.val, gt_dir=args.gt, link=args.link)
-    if args.images_tree or args.sizes == "tree":
-        build_images_tree(args.root, dataset)
-    data = data_overrides(args.root, args.sizes)
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
-    report: dict = {
-        "cpu_count": os.cpu_count(),
-        "load_average_start": os.getloadavg(),
-        "dataset": str(dataset),
-        "sizes": args.sizes,
-        "cold": args.cold,
-    }
-    rows: list[tuple[str, str, str]] = []
+def run_probe(args: argparse.Namespace) -> int:
+    """Inside a fresh process: one probe, its result as a JSON line."""
+    if args.probe == "index":
+        result = probe_index(args.root, args.sizes, args.profile)
+    elif args.probe == "loading":
+        result = probe_loading(args.root, args.sizes, int(args.probe_arg), args.batch_size, args.profile)
+    else:
+        raise SystemExit(f"unknown probe {args.probe!r}")
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
 
-    def add(label: str, seconds: float, note: str = "", target: float | None = None) -> None:
+
+class Measurements:
+    """The measurements of one run on `dataset`: the numbers (``report``, JSON-ready) and the table rows."""
+
+    def __init__(self, args: argparse.Namespace, dataset: Path) -> None:
+        self.args, self.dataset = args, dataset
+        self.data = data_overrides(args.root, args.sizes)
+        self.report: dict = {
+            "cpu_count": os.cpu_count(),
+            "load_average_start": os.getloadavg(),
+            "dataset": str(dataset),
+            "sizes": args.sizes,
+            "cold": args.cold,
+        }
+        self.rows: list[tuple[str, str, str]] = []
+
+    def add(self, label: str, seconds: float, note: str = "", target: float | None = None) -> None:
         verdict = "" if target is None else f"  target <= {target:.0f} s: {'PASS' if seconds <= target else 'FAIL'}"
-        rows.append((label, f"{seconds:.1f}", note + verdict))
+        self.rows.append((label, f"{seconds:.1f}", note + verdict))
         sys.stdout.write(f"  {label}: {seconds:.1f} s {note}{verdict}\n")
         sys.stdout.flush()
 
-    def cold() -> None:
-        if args.cold:
-            report.setdefault("evict_s", []).append(evict_page_cache([args.root]))
+    def cold(self) -> None:
+        if self.args.cold:
+            self.report.setdefault("evict_s", []).append(evict_page_cache([self.args.root]))
 
-    if "index" in only:
-        shutil.rmtree(args.root / "cache", ignore_errors=True)  # sizes read from the JPEG headers the first time
+    def index(self) -> None:
+        shutil.rmtree(self.args.root / "cache", ignore_errors=True)  # sizes read from the JPEG headers the first time
         for attempt in ("first", "again"):
-            cold()
-            result = _run_probe(args, "index")
-            report[f"index_{attempt}"] = result
+            self.cold()
+            result = _run_probe(self.args, "index")
+            self.report[f"index_{attempt}"] = result
             seconds = result["train"]["s"] + result["val"]["s"]
-            add(
+            self.add(
                 f"indexing train + val ({attempt} process)",
                 seconds,
                 f"train {result['train']['s']:.1f} s / {result['train']['samples']:,} samples, val "
@@ -430,65 +433,88 @@ def main(argv: list[str] | None = None) -> int:
                 TARGETS["index"],
             )
 
-    sizes_option = ["--sizes_csv", data["sizes_csv"]] if args.sizes == "csv" else ["--images_root", data["images_root"]]
-    if "check" in only:
+    def check(self) -> None:
+        data = self.data
+        sizes = (
+            ["--sizes_csv", data["sizes_csv"]] if self.args.sizes == "csv" else ["--images_root", data["images_root"]]
+        )
         for label, extra in (("check-data (values read)", []), ("check-data --quick (headers only)", ["--quick"])):
-            cold()
+            self.cold()
             rc, seconds, output = _run_command(
-                args,
-                [sys.executable, "-m", "nbsrc", "check-data", "--dataset_root", str(dataset), *sizes_option, *extra],
+                self.args,
+                [sys.executable, "-m", "nbsrc", "check-data", "--dataset_root", str(self.dataset), *sizes, *extra],
             )
             tail = [line for line in output.splitlines() if line.startswith(("defects:", "no defects"))]
-            report[label] = {"s": seconds, "rc": rc, "defects": tail[-1] if tail else output[-400:]}
-            add(label, seconds, f"exit {rc}, {tail[-1] if tail else 'no summary line'}")
+            self.report[label] = {"s": seconds, "rc": rc, "defects": tail[-1] if tail else output[-400:]}
+            self.add(label, seconds, f"exit {rc}, {tail[-1] if tail else 'no summary line'}")
 
-    if "notebooks" in only:
+    def notebooks(self) -> None:
         with tempfile.TemporaryDirectory(prefix="bench_scale_nb_") as out:
-            sizes_param = ["-p", "sizes_csv", data["sizes_csv"]] if args.sizes == "csv" else []
-            if args.sizes == "tree":
-                sizes_param = ["-p", "images_root", data["images_root"]]
+            sizes_param = ["-p", "sizes_csv", self.data["sizes_csv"]] if self.args.sizes == "csv" else []
+            if self.args.sizes == "tree":
+                sizes_param = ["-p", "images_root", self.data["images_root"]]
             command = [sys.executable, "-m", "nbsrc", "run-notebooks", "01_data_inspection", "02_anchor_statistics"]
-            command += ["-p", "dataset_root", str(dataset), *sizes_param, "-p", "faces", "dataset"]
+            command += ["-p", "dataset_root", str(self.dataset), *sizes_param, "-p", "faces", "dataset"]
             command += ["-p", "split", "train", "--out", out]
-            report["notebooks_command"] = " ".join(command)
-            cold()
-            rc, seconds, output = _run_command(args, command)
+            self.report["notebooks_command"] = " ".join(command)
+            self.cold()
+            rc, seconds, output = _run_command(self.args, command)
             summary_path = Path(out) / "summary.json"
             summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"notebooks": []}
-            report["notebooks"] = {"rc": rc, "s": seconds, "summary": summary}
+            self.report["notebooks"] = {"rc": rc, "s": seconds, "summary": summary}
             if rc != 0:
                 sys.stdout.write(output[-4000:] + "\n")
             for entry in summary["notebooks"]:
-                add(
+                self.add(
                     f"notebook {entry['name']}",
                     float(entry.get("duration_s", float("nan"))),
                     entry["status"],
                     TARGETS["notebook"],
                 )
 
-    if "loading" in only:
-        for workers in [int(w) for w in args.workers.split(",") if w.strip()]:
-            cold()
-            result = _run_probe(args, "loading", "--probe-arg", str(workers))
-            report[f"loading_{workers}"] = result
-            add(
-                f"one epoch of {PRESET} training batches of {args.batch_size}, {workers} workers",
+    def loading(self) -> None:
+        for workers in [int(w) for w in self.args.workers.split(",") if w.strip()]:
+            self.cold()
+            result = _run_probe(self.args, "loading", "--probe-arg", str(workers))
+            self.report[f"loading_{workers}"] = result
+            self.add(
+                f"one epoch of {PRESET} training batches of {self.args.batch_size}, {workers} workers",
                 result["s"],
                 f"{result['images']:,} images, {result['per_s']:.0f} images/s (first batch {result['first_batch_s']:.1f} s)",
             )
 
-    report["load_average_end"] = os.getloadavg()
-    widths = [max(len(r[i]) for r in rows + [("what", "s", "")]) for i in range(3)]
-    lines = ["", "  ".join(h.ljust(w) for h, w in zip(("what", "s", "notes"), widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    lines.append(
-        f"sizes from the {'sizes CSV' if args.sizes == 'csv' else 'JPEG tree'}"
-        f"{', page cache dropped before each step' if args.cold else ''}; load average "
-        f"{report['load_average_start'][0]:.1f} -> {report['load_average_end'][0]:.1f} on {report['cpu_count']} CPUs"
-    )
-    sys.stdout.write("\n".join(lines) + "\n")
+    def table(self) -> str:
+        rows, report = self.rows, self.report
+        widths = [max(len(r[i]) for r in rows + [("what", "s", "")]) for i in range(3)]
+        lines = ["", "  ".join(h.ljust(w) for h, w in zip(("what", "s", "notes"), widths))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+        lines.append(
+            f"sizes from the {'sizes CSV' if self.args.sizes == 'csv' else 'JPEG tree'}"
+            f"{', page cache dropped before each step' if self.args.cold else ''}; load average "
+            f"{report['load_average_start'][0]:.1f} -> {report['load_average_end'][0]:.1f} on {report['cpu_count']} CPUs"
+        )
+        return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.probe is not None:  # inside a fresh process
+        return run_probe(args)
+
+    if args.rebuild and (args.root / MARKER).is_file():
+        shutil.rmtree(args.root)
+    dataset = build_dataset_tree(args.root, train=args.train, val=args.val, gt_dir=args.gt, link=args.link)
+    if args.images_tree or args.sizes == "tree":
+        build_images_tree(args.root, dataset)
+    run = Measurements(args, dataset)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    for name in ("index", "check", "notebooks", "loading"):
+        if name in only:
+            getattr(run, name)()
+    run.report["load_average_end"] = os.getloadavg()
+    sys.stdout.write(run.table())
     if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
+        args.json.write_text(json.dumps(run.report, indent=2, default=float) + "\n")
     return 0
 
 
