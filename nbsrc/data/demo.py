@@ -46,6 +46,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from skimage import data as skimage_data
 
 from nbsrc import paths
 from nbsrc.data.readers.retinaface_txt import write_retinaface_labels
@@ -170,9 +171,7 @@ class StandInEncoder:
 
 @lru_cache(maxsize=1)
 def _calibration_image() -> np.ndarray:
-    from skimage import data
-
-    return cv2.resize(data.coffee(), (NET_SIDE, NET_SIDE), interpolation=cv2.INTER_AREA)
+    return cv2.resize(skimage_data.coffee(), (NET_SIDE, NET_SIDE), interpolation=cv2.INTER_AREA)
 
 
 # ---- scene material -----------------------------------------------------------------------------------------
@@ -195,27 +194,23 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _face_crops() -> tuple[FaceCrop, ...]:
-    from skimage import data
-
-    lfw = data.lfw_subset()[:100]  # the first 100 of the 200 crops are faces
+    lfw = skimage_data.lfw_subset()[:100]  # the first 100 of the 200 crops are faces
     crops = []
     for face in lfw:
         grey = np.clip(face * 255.0, 0, 255).astype(np.uint8)
         crops.append(FaceCrop(_to_rgb(grey), np.asarray(LFW_LANDMARKS, np.float32)))
     x1, y1, x2, y2 = ASTRONAUT_BOX
-    crops.append(FaceCrop(_to_rgb(data.astronaut()[y1:y2, x1:x2]), np.asarray(ASTRONAUT_LANDMARKS, np.float32)))
+    crops.append(FaceCrop(_to_rgb(skimage_data.astronaut()[y1:y2, x1:x2]), np.asarray(ASTRONAUT_LANDMARKS, np.float32)))
     x1, y1, x2, y2 = CAMERA_BOX
-    crops.append(FaceCrop(_to_rgb(data.camera()[y1:y2, x1:x2]), np.asarray(CAMERA_LANDMARKS, np.float32)))
+    crops.append(FaceCrop(_to_rgb(skimage_data.camera()[y1:y2, x1:x2]), np.asarray(CAMERA_LANDMARKS, np.float32)))
     return tuple(crops)
 
 
 @lru_cache(maxsize=1)
 def _backgrounds() -> tuple[np.ndarray, ...]:
-    from skimage import data
-
     out = []
     for name in BACKGROUNDS:
-        image = getattr(data, name)()
+        image = getattr(skimage_data, name)()
         if isinstance(image, tuple):
             image = image[0]
         out.append(_to_rgb(image))
