@@ -11,6 +11,9 @@ Two resize policies produce the network frame from an original image of ``(orig_
 `ScaleMap` is the uniform scale of the non-square RGB test protocols (``eval.test_scale`` original / mxnet):
 ``net = orig * factor``, mapped back as ``net / factor`` exactly as biubug6's ``test_widerface.py`` divides by
 ``resize`` (the resized image's size, ``round(orig * factor)``, is not used to map back).
+
+The pixels follow the same maps in `nbsrc.preprocess` (`resize_to_frame`, `resize_by_factor`), a dataset's labels
+in `nbsrc.data.label_frame.LabelFrame` (which also knows where original sizes come from).
 """
 
 from __future__ import annotations
