@@ -201,7 +201,7 @@ def load_faces(
 
 
 def _wider_sizes(cfg: Config, gt_folder: Path) -> tuple[Any, str]:
-    """Original sizes of the WIDER val images (`nbsrc.data.label_frame.ImageSizes` or None) and their source:
+    """Original sizes of the WIDER val images (`nbsrc.data.image_sizes.ImageSizes` or None) and their source:
     ``data.sizes_csv``, else an ``image_sizes.csv`` in the ground-truth folder, its parent or grandparent, and
     the ``WIDER_val`` tree below ``data.images_root`` (`nbsrc.data.image_sizes.find_sizes`)."""
     csv_path = cfg.data.sizes_csv

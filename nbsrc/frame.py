@@ -13,7 +13,7 @@ Two resize policies produce the network frame from an original image of ``(orig_
 ``resize`` (the resized image's size, ``round(orig * factor)``, is not used to map back).
 
 The pixels follow the same maps in `nbsrc.preprocess` (`resize_to_frame`, `resize_by_factor`), a dataset's labels
-in `nbsrc.data.label_frame.LabelFrame` (which also knows where original sizes come from).
+in `nbsrc.data.label_frame.LabelFrame` (with the original sizes of `nbsrc.data.image_sizes`).
 """
 
 from __future__ import annotations

@@ -30,13 +30,13 @@ def dataset_root(cfg: Config) -> Path:
 
     Raises:
         ValueError: it is not set (the engine and notebooks resolve the demo dataset first, see
-            `nbsrc.paths.resolve_dataset_root`).
+            `nbsrc.data.demo.resolve_dataset_root`).
         FileNotFoundError: the folder does not exist.
     """
     if cfg.data.dataset_root is None:
         raise ValueError(
             "data.dataset_root is not set: give the dataset folder (train/ and val/ inside), or resolve the demo "
-            "dataset with nbsrc.paths.resolve_dataset_root(None)"
+            "dataset with nbsrc.data.demo.resolve_dataset_root(None)"
         )
     root = Path(cfg.data.dataset_root)
     if not root.is_dir():
