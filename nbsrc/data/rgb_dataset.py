@@ -101,7 +101,7 @@ class WiderFaceRGB(Dataset):
         on_error: ``raise`` | ``skip`` (`nbsrc.data.defects`).
         max_images: only the first N labelled images (``labelled_images`` keeps how many there are).
         test_scale: evaluation input size: ``square`` (`image_size`, with `resize_policy`) | ``original`` |
-            ``mxnet`` (see `nbsrc.data.transforms.eval_resize_factor`); training mode ignores it.
+            ``mxnet`` (see `nbsrc.preprocess.eval_resize_factor`); training mode ignores it.
     """
 
     def __init__(
