@@ -5,6 +5,7 @@ command being run, so ``--help`` is instant."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import os
@@ -52,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = argv[0]
     if name not in COMMANDS:
-        import difflib
-
         hint = difflib.get_close_matches(name, list(COMMANDS), n=1)
         top.error(f"unknown command {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
     module_name, help_ = COMMANDS[name]

@@ -25,6 +25,7 @@ The committed ``kaggle/<kernel>/kernel-metadata.json`` files are the same metada
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -208,10 +209,24 @@ def validate_kernel_metadata(path: str | Path) -> dict[str, Any]:
         ValueError: naming the file and every problem found.
     """
     path = Path(path)
+    meta = _read_json(path)
+    problems = _field_problems(meta)
+    if not problems:
+        problems = _value_problems(meta) + _source_problems(meta) + _code_file_problems(path.parent, meta["code_file"])
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return meta
+
+
+def _read_json(path: Path) -> Any:
     try:
-        meta = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not readable JSON ({exc})") from None
+
+
+def _field_problems(meta: Mapping[str, Any]) -> list[str]:
+    """Missing, mistyped and unknown fields (a CPU kernel has no ``machine_shape``)."""
     problems = []
     for key, kind in _KERNEL_FIELDS.items():
         if key == "machine_shape" and key not in meta and meta.get("enable_gpu") is False:
@@ -223,53 +238,63 @@ def validate_kernel_metadata(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(meta) - set(_KERNEL_FIELDS) - {"id_no", "docker_image", "keywords"})
     if unknown:
         problems.append(f"unknown fields {unknown}")
-    if not problems:
-        if not _ID_RE.fullmatch(meta["id"]):
-            problems.append(f"id {meta['id']!r} is not OWNER/SLUG")
-        elif meta["id"].split("/", 1)[1] != slugify(meta["title"]):
-            problems.append(f"id slug {meta['id']!r} does not match the title's slug {slugify(meta['title'])!r}")
-        expected_values: list[tuple[str, Any]] = [("language", "python"), ("kernel_type", "notebook")]
-        expected_values.append(("enable_internet", True))
-        spec = next((k for k in KERNELS.values() if k.slug == meta["id"].split("/", 1)[1]), None)
-        if spec is not None:
-            expected_values.append(("enable_gpu", spec.gpu))
-        if meta["enable_gpu"]:
-            expected_values.append(("machine_shape", MACHINE_SHAPE))  # without it an API push may get a P100
-        for key, expected in expected_values:
-            if meta[key] != expected:
-                problems.append(f"{key!r} must be {expected!r}, got {meta[key]!r}")
-        for key in ("dataset_sources", "kernel_sources"):
-            bad = [s for s in meta[key] if not isinstance(s, str) or not _ID_RE.fullmatch(s)]
-            if bad:
-                problems.append(f"{key!r} entries must be OWNER/SLUG strings, got {bad}")
-        if not any(not s.endswith("/" + CODE_DATASET_SLUG) for s in meta["dataset_sources"]):
-            problems.append(f"dataset_sources lacks the latent dataset (e.g. OWNER/{paths.DATASET_SLUG})")
-        if not any(s.endswith("/" + CODE_DATASET_SLUG) for s in meta["dataset_sources"]):
-            problems.append(f"dataset_sources lacks the {CODE_DATASET_SLUG} code dataset")
-        code = path.parent / meta["code_file"]
-        if not code.is_file():
-            problems.append(f"code_file {meta['code_file']!r} does not exist ({code})")
-        elif code.suffix != ".ipynb":
-            problems.append(f"code_file {meta['code_file']!r} must be an .ipynb notebook")
-        else:
-            size = code.stat().st_size
-            if size >= MAX_KERNEL_BYTES:
-                problems.append(f"code_file {code} is {size:,} bytes; Kaggle needs < {MAX_KERNEL_BYTES:,}")
-            kernelspec = json.loads(code.read_text()).get("metadata", {}).get("kernelspec", {})
-            if kernelspec.get("name") != nbrun.KERNEL_NAME:
-                problems.append(f"code_file {code} has no {nbrun.KERNEL_NAME!r} kernelspec (papermill needs one)")
-    if problems:
-        raise ValueError(f"{path}: " + "; ".join(problems))
-    return meta
+    return problems
+
+
+def _value_problems(meta: Mapping[str, Any]) -> list[str]:
+    """The id against the title; language, kind, internet, and the GPU (on the T4 machine) as the notebook needs."""
+    problems = []
+    if not _ID_RE.fullmatch(meta["id"]):
+        problems.append(f"id {meta['id']!r} is not OWNER/SLUG")
+    elif meta["id"].split("/", 1)[1] != slugify(meta["title"]):
+        problems.append(f"id slug {meta['id']!r} does not match the title's slug {slugify(meta['title'])!r}")
+    expected_values: list[tuple[str, Any]] = [("language", "python"), ("kernel_type", "notebook")]
+    expected_values.append(("enable_internet", True))
+    spec = next((k for k in KERNELS.values() if k.slug == meta["id"].split("/", 1)[1]), None)
+    if spec is not None:
+        expected_values.append(("enable_gpu", spec.gpu))
+    if meta["enable_gpu"]:
+        expected_values.append(("machine_shape", MACHINE_SHAPE))  # without it an API push may get a P100
+    return problems + [
+        f"{key!r} must be {expected!r}, got {meta[key]!r}" for key, expected in expected_values if meta[key] != expected
+    ]
+
+
+def _source_problems(meta: Mapping[str, Any]) -> list[str]:
+    """Sources are ``OWNER/SLUG`` strings; the datasets hold a data dataset and the code dataset."""
+    problems = []
+    for key in ("dataset_sources", "kernel_sources"):
+        bad = [s for s in meta[key] if not isinstance(s, str) or not _ID_RE.fullmatch(s)]
+        if bad:
+            problems.append(f"{key!r} entries must be OWNER/SLUG strings, got {bad}")
+    if not any(not s.endswith("/" + CODE_DATASET_SLUG) for s in meta["dataset_sources"]):
+        problems.append(f"dataset_sources lacks the latent dataset (e.g. OWNER/{paths.DATASET_SLUG})")
+    if not any(s.endswith("/" + CODE_DATASET_SLUG) for s in meta["dataset_sources"]):
+        problems.append(f"dataset_sources lacks the {CODE_DATASET_SLUG} code dataset")
+    return problems
+
+
+def _code_file_problems(folder: Path, code_file: str) -> list[str]:
+    """The notebook exists, is an ``.ipynb`` under Kaggle's size limit and has the kernelspec papermill needs."""
+    code = folder / code_file
+    if not code.is_file():
+        return [f"code_file {code_file!r} does not exist ({code})"]
+    if code.suffix != ".ipynb":
+        return [f"code_file {code_file!r} must be an .ipynb notebook"]
+    problems = []
+    size = code.stat().st_size
+    if size >= MAX_KERNEL_BYTES:
+        problems.append(f"code_file {code} is {size:,} bytes; Kaggle needs < {MAX_KERNEL_BYTES:,}")
+    kernelspec = json.loads(code.read_text()).get("metadata", {}).get("kernelspec", {})
+    if kernelspec.get("name") != nbrun.KERNEL_NAME:
+        problems.append(f"code_file {code} has no {nbrun.KERNEL_NAME!r} kernelspec (papermill needs one)")
+    return problems
 
 
 def validate_dataset_metadata(path: str | Path) -> dict[str, Any]:
     """Check a ``dataset-metadata.json`` (title >= 6 characters, ``owner/slug`` id, licenses)."""
     path = Path(path)
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not readable JSON ({exc})") from None
+    meta = _read_json(path)
     problems = []
     if not isinstance(meta.get("title"), str) or not 6 <= len(meta["title"]) <= 50:
         problems.append("'title' must be a string of 6-50 characters")
@@ -326,10 +351,7 @@ def _copy_code(folder: Path) -> None:
     without internet starts from them), plus the checkout's ``pyproject.toml``, requirements and README."""
     root = paths.project_root()
     package = Path(__file__).resolve().parent
-    target = folder / "nbsrc"
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    shutil.copytree(package, folder / "nbsrc", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
     if root is not None:
         for name in ("pyproject.toml", "requirements.txt", "README.md"):
             if (root / name).is_file():
@@ -473,30 +495,34 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".kaggle-build-", dir=out))
     try:
-        code_folder = staging / CODE_DATASET_SLUG
-        code_folder.mkdir()
-        _copy_code(code_folder)
-        atomic_write_text(code_folder / "dataset-metadata.json", json.dumps(code_meta, indent=2) + "\n")
-        validate_dataset_metadata(code_folder / "dataset-metadata.json")
-        for name, (text, meta) in kernels.items():
-            folder = staging / KERNELS[name].slug
-            folder.mkdir()
-            atomic_write_text(folder / meta["code_file"], text)
-            atomic_write_text(folder / "kernel-metadata.json", json.dumps(meta, indent=2) + "\n")
-            validate_kernel_metadata(folder / "kernel-metadata.json")
-        atomic_write_text(staging / "PUSH.md", push)
+        _stage(staging, code_meta, kernels, push)
         _install(staging, out, [CODE_DATASET_SLUG, *(folder.name for folder in folders.values()), "PUSH.md"])
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        for folder in missing:
-            try:
+        for folder in missing:  # created for this build: removed again when empty
+            with contextlib.suppress(OSError):
                 folder.rmdir()
-            except OSError:
-                break
         raise
     shutil.rmtree(staging, ignore_errors=True)
     logger.info("Kaggle build written to %s", out)
     return {"kernels": folders, "code_dataset": out / CODE_DATASET_SLUG, "push": out / "PUSH.md", "commands": commands}
+
+
+def _stage(staging: Path, code_meta: Mapping[str, Any], kernels: Mapping[str, tuple[str, dict]], push: str) -> None:
+    """Write and validate the code dataset, the kernel folders and PUSH.md in `staging` (plain writes: nothing
+    reads the staging folder before `_install` moves its finished folders in)."""
+    code_folder = staging / CODE_DATASET_SLUG
+    code_folder.mkdir()
+    _copy_code(code_folder)
+    (code_folder / "dataset-metadata.json").write_text(json.dumps(code_meta, indent=2) + "\n")
+    validate_dataset_metadata(code_folder / "dataset-metadata.json")
+    for name, (text, meta) in kernels.items():
+        folder = staging / KERNELS[name].slug
+        folder.mkdir()
+        (folder / meta["code_file"]).write_text(text)
+        (folder / "kernel-metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+        validate_kernel_metadata(folder / "kernel-metadata.json")
+    (staging / "PUSH.md").write_text(push)
 
 
 def write_committed_metadata(

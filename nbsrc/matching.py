@@ -342,7 +342,6 @@ def _candidate_pairs(index: _AnchorIndex, gt_boxes: Tensor, lowest: float, chunk
     reach ``t * max(area) / oh`` (tighter columns). Bounds use t lowered by 1e-5 relative and are widened
     by 1e-6 (normalized units); the exact float32 IoU then decides.
     """
-    device = gt_boxes.device
     threshold = lowest  # the exact IoU test below uses it as is
     lowest = lowest * (1 - 1e-5)  # the pruning bounds use a lower one: float32 IoU rounding is far smaller
     g = gt_boxes.double()
@@ -377,6 +376,15 @@ def _candidate_pairs(index: _AnchorIndex, gt_boxes: Tensor, lowest: float, chunk
     pos_hi = torch.searchsorted(index.anchor_key, _composite(row, gcx[row_g] + row_rx), side="right")  # (Q,)
     counts = (pos_hi - pos_lo).clamp(min=0)  # (Q,)
 
+    return _exact_pairs(index, gt_boxes, row_g, pos_lo, counts, threshold, chunk)
+
+
+def _exact_pairs(
+    index: _AnchorIndex, gt_boxes: Tensor, row_g: Tensor, pos_lo: Tensor, counts: Tensor, threshold: float, chunk: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The candidates of each (GT, row) window, ``counts[q]`` anchors from sorted position ``pos_lo[q]`` for GT
+    ``row_g[q]``, whose exact float32 IoU is >= `threshold`, computed ``64 * chunk`` at most at once."""
+    device = gt_boxes.device
     block = _BLOCK_FACTOR * chunk
     ends = torch.cumsum(counts, 0)  # (Q,)
     out_g, out_a, out_iou = [], [], []

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nbsrc import kaggle, nbrun
+from nbsrc.commands import check_output_dir
+
 HELP = "write push-ready Kaggle kernels and the code dataset"
 
 
@@ -35,9 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbsrc import kaggle, nbrun
-    from nbsrc.commands import check_output_dir
-
     check_output_dir(args.out, "--out")
     params = nbrun.load_params_file(args.params) if args.params else {}
     params = nbrun.merge_parameters(params, nbrun.parse_param_pairs(args.param))  # -p wins, in sections too

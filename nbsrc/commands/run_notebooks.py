@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+
+from nbsrc import nbrun
 
 HELP = "execute notebooks headless with papermill"
 
@@ -50,8 +53,6 @@ def format_summary(summary: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nbsrc import nbrun
-
     params = nbrun.load_params_file(args.params) if args.params else {}
     params = nbrun.merge_parameters(params, nbrun.parse_param_pairs(args.param))  # -p wins, in sections too
     try:
@@ -67,8 +68,6 @@ def run(args: argparse.Namespace) -> int:
     except nbrun.NotebookExecutionError:
         summary_path = Path(args.out) / "summary.json"
         if summary_path.is_file():
-            import json
-
             sys.stdout.write(format_summary(json.loads(summary_path.read_text())))
         raise
     sys.stdout.write(format_summary(summary))
