@@ -20,11 +20,10 @@ import shutil
 from pathlib import Path
 
 from nbsrc.data.layout import find_labels, read_split_labels
+from nbsrc.data.readers.wider_mat import GT_FILES
 from nbsrc.utils import atomic_write_text
 
 __all__ = ["split_as_published"]
-
-GT_FILES = ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat", "wider_hard_val.mat")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

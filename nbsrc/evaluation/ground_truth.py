@@ -1,7 +1,7 @@
 """Which WIDER FACE val ground truth an evaluation uses: one resolver for the notebooks and the commands.
 
-The ground truth is a folder holding the four official files (`GT_FILES`): ``wider_face_val.mat`` and
-``wider_{easy,medium,hard}_val.mat``. `resolve_gt_dir` looks, in this order, at
+The ground truth is a folder holding the four official files (`nbsrc.data.readers.wider_mat.GT_FILES`):
+``wider_face_val.mat`` and ``wider_{easy,medium,hard}_val.mat``. `resolve_gt_dir` looks, in this order, at
 
 1. the folder given (config ``eval.gt_dir``, the notebooks' ``gt_dir`` parameter, the commands' ``--gt``); it must
    hold the four files;
@@ -31,7 +31,6 @@ from nbsrc.data.readers.wider_mat import GT_FILES
 from nbsrc.folder_search import find_folders
 
 __all__ = [
-    "GT_FILES",
     "SHIPPED_GT_DIR",
     "GroundTruthSource",
     "check_gt_folder",
