@@ -1,4 +1,4 @@
-"""Breadth-first search of a folder tree for the folders that hold something (an image tree, ground-truth files).
+"""Breadth-first search of a folder tree for the folders that hold something (a dataset, an image tree, ground truth).
 
 `find_folders` visits `root` and the folders below it level by level, in name order, and returns those a test
 accepts. It never enters hidden folders, folders with a skipped name (per-image trees that are large and hold

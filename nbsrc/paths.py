@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nbsrc.folder_search import find_folders
 from nbsrc.utils import atomic_write_text
 
 __all__ = [
@@ -120,13 +121,8 @@ def _looks_like_dataset(path: Path) -> bool:
 
 def _dataset_inside(mount: Path, max_depth: int = 2) -> Path:
     """The folder holding ``train/`` or ``val/`` at or below a mount (Kaggle keeps an uploaded top folder)."""
-    frontier = [mount]
-    for _ in range(max_depth + 1):
-        for folder in frontier:
-            if _looks_like_dataset(folder):
-                return folder
-        frontier = [child for folder in frontier for child in sorted(folder.iterdir()) if child.is_dir()]
-    return mount
+    found = find_folders(mount, _looks_like_dataset, max_depth=max_depth, shallowest=True)
+    return found[0] if found else mount
 
 
 def find_kaggle_dataset(slug: str, input_root: str | Path | None = None) -> Path | None:
