@@ -18,6 +18,7 @@ from nbsrc.detect_sources import (
     _detect_in_order,
     _Item,
     _Reader,
+    check_source_save,
     detect_source,
     face_record,
     open_source,
@@ -216,8 +217,6 @@ def test_bad_sources(tmp_path, folder, capsys):
 
 
 def test_outputs_never_replace_inputs(tmp_path, folder):
-    from nbsrc.detect_sources import check_source_save
-
     _write(folder / "trip" / "a.png", np.zeros((8, 8, 3), np.uint8))
     # into <folder>/trip, the annotated a.png would be written over the input trip/a.png
     with pytest.raises(ValueError, match=r"the annotated a.png would replace the input image .*trip/a.png"):

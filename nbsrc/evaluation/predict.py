@@ -88,7 +88,6 @@ class PredictStats:
     postprocess_ms: float = 0.0
     write_ms: float = 0.0
     unmapped: int = 0
-    extra: dict = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
     labelled: int | None = None
     max_images: int | None = None

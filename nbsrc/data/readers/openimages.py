@@ -73,9 +73,10 @@ FLAG_COLUMNS = {
 class OpenImagesLabels(list):
     """The face / person records of an Open Images CSV (a ``list[ImageRecord]``) and what the CSV held.
 
+    The list holds one record per image with at least one face / person row, in order of first appearance;
+    normalized xyxy boxes, labels 1 face / 2 person.
+
     Attributes:
-        records: the records (the list itself), one per image with at least one face / person row, in order
-            of first appearance; normalized xyxy boxes, labels 1 face / 2 person.
         class_counts: rows per Open Images class name, all classes.
         unmapped: rows per class name that maps to neither face nor person (not in the records).
         unmapped_images: images whose rows are all of unmapped classes (no record).
@@ -92,10 +93,6 @@ class OpenImagesLabels(list):
         self.class_counts = Counter(class_counts or {})
         self.unmapped = Counter(unmapped or {})
         self.unmapped_images = int(unmapped_images)
-
-    @property
-    def records(self) -> list[ImageRecord]:
-        return list(self)
 
     def __repr__(self) -> str:
         return f"OpenImagesLabels({len(self)} images, {sum(r.num_boxes for r in self)} boxes, unmapped={dict(self.unmapped)})"

@@ -74,7 +74,6 @@ class TwoClassLabels(list):
     """The records of a 2-class file (a ``list[ImageRecord]``) plus the headers that were repeated.
 
     Attributes:
-        records: the records (the list itself).
         duplicates: image name -> sources (``"file:line"``) of all its headers, for every name whose header
             appears more than once; those images' boxes were merged in file order.
     """
@@ -82,10 +81,6 @@ class TwoClassLabels(list):
     def __init__(self, records: Sequence[ImageRecord] = (), duplicates: dict[str, list[str]] | None = None) -> None:
         super().__init__(records)
         self.duplicates: dict[str, list[str]] = dict(duplicates or {})
-
-    @property
-    def records(self) -> list[ImageRecord]:
-        return list(self)
 
     def __repr__(self) -> str:
         return f"TwoClassLabels({len(self)} images, {len(self.duplicates)} duplicated headers)"
