@@ -144,6 +144,7 @@ def xywh_array_to_xyxy(xywh: np.ndarray) -> np.ndarray:
 
     ``x2 = x + w`` (`nbsrc.boxes.xywh_to_xyxy`) is computed in float64 and rounded once to float32.
     """
+    # torch and nbsrc.boxes (which imports it) load on first use: importing the readers stays free of torch
     import torch
 
     from nbsrc.boxes import xywh_to_xyxy
