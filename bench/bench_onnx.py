@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbsrc.checkpoint import load_model
 from nbsrc.detector import Detector
 from nbsrc.export import export_checkpoint
+from nbsrc.model.loading import load_model
 from nbsrc.weights import PUBLISHED_DETECTOR, PUBLISHED_PRESET
 
 CONF, TOP_K, NMS, KEEP_TOP_K, VIS_THRES = 0.02, 5000, 0.4, 750, 0.6  # biubug6 detect.py defaults

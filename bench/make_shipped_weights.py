@@ -1,7 +1,7 @@
 """Rebuild the package's shipped weights from the original files (`nbsrc.weights`).
 
 - ``nbsrc/weights/mobilenetV1X0.25_imagenet.pth``: the backbone tensors of biubug6's
-  ``mobilenetV1X0.25_pretrain.tar`` as a plain state dict (`nbsrc.weights.convert_imagenet_mobilenet`);
+  ``mobilenetV1X0.25_pretrain.tar`` as a plain state dict (`nbsrc.model.build.convert_imagenet_mobilenet`);
 - ``nbsrc/weights/mobilenet0.25_Final.pth``: the published detector, copied byte for byte.
 
 The output is byte-identical from run to run; the script prints each file's size and SHA-256.
@@ -17,7 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from nbsrc.weights import IMAGENET_MOBILENET, PUBLISHED_DETECTOR, convert_imagenet_mobilenet
+from nbsrc.model.build import convert_imagenet_mobilenet
+from nbsrc.weights import IMAGENET_MOBILENET, PUBLISHED_DETECTOR
 
 ROOT = Path(__file__).resolve().parents[1]
 

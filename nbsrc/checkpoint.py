@@ -1,37 +1,40 @@
-"""Checkpoints: ours (model + config + training state) and the published biubug6 / 2-class state dicts.
+"""Checkpoint files: ours (model + config + training state) and the published biubug6 / 2-class state dicts.
 
 Our checkpoint is ``dict(format="nbsrc", model=state_dict, config=Config.to_dict(), epoch, optimizer, scaler,
 scheduler, metrics, **extra)``, written atomically. `load_checkpoint` reads it, a bare state dict (the published
 ``mobilenet0.25_Final.pth`` in the pre-1.6 pickle format, the 2-class zip files, a ``Resnet50_Final.pth`` saved
 from DataParallel), or a ``{"state_dict": ...}`` file, and always returns the same dict shape with clean keys
-(``module.`` and ``_orig_mod.`` prefixes removed). `load_model` infers the preset of a published file from its
-key and shape schema and loads strictly.
+(``module.`` and ``_orig_mod.`` prefixes removed). The RNG states a checkpoint stores (`get_rng_state`), and the
+files a resumed run carries over from its checkpoint's folder (`continue_run_folder`, `complete_best`), are here too.
+Building a model from a checkpoint is `nbsrc.model.loading`.
 """
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import pickle
-import struct
+import random
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nbsrc.config import Config, get_preset, list_presets
-from nbsrc.utils import atomic_path
+from nbsrc.config import Config
+from nbsrc.utils import atomic_copy, atomic_path
 
 __all__ = [
     "check_resumable",
-    "infer_preset",
+    "complete_best",
+    "continue_run_folder",
+    "get_rng_state",
     "load_checkpoint",
-    "load_model",
-    "load_state_dict_strict",
     "read_state_dict",
     "save_checkpoint",
+    "set_rng_state",
     "strip_prefixes",
     "unwrap_model",
 ]
@@ -110,27 +113,6 @@ def save_checkpoint(
     return path
 
 
-# What unpickling a file that is not a checkpoint (text, a truncated, corrupted or foreign file) raises: the pickle
-# machinery reports garbage as whatever its first wrong step hits (a memo KeyError, a short struct, a bad opcode, an
-# unknown global, a huge length, ...).
-_UNREADABLE = (
-    RuntimeError,
-    EOFError,
-    OSError,
-    ValueError,
-    KeyError,
-    IndexError,
-    TypeError,
-    AttributeError,
-    ImportError,
-    AssertionError,
-    OverflowError,
-    MemoryError,
-    struct.error,
-    pickle.UnpicklingError,
-)
-
-
 def _unreadable(path: Path, exc: BaseException) -> ValueError:
     if isinstance(exc, EOFError):
         detail = "the file ends early: empty or truncated"
@@ -145,16 +127,18 @@ def _torch_load(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Our own checkpoints may hold NumPy RNG state, which the safe unpickler rejects; a local file
-        # the user points at is trusted like any other training artefact.
-        logger.debug("%s: safe unpickling failed, loading with weights_only=False", path)
-    except _UNREADABLE as exc:
-        raise _unreadable(path, exc) from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except _UNREADABLE as exc:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # Objects beyond tensors and plain containers (an older checkpoint's NumPy RNG state, a training
+            # script's extra entries) need the full unpickler; a local file the user points at is trusted like any
+            # other training artefact.
+            logger.debug("%s: safe unpickling failed, loading with weights_only=False", path)
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        # A file that is not a checkpoint (text, a truncated, corrupted or foreign file) fails wherever the pickle
+        # machinery's first wrong step lands: a memo KeyError, a short struct, a bad opcode, an unknown global,
+        # an undecodable string, a huge length (MemoryError), a zip record torch rejects (RuntimeError), ...
         raise _unreadable(path, exc) from None
 
 
@@ -226,117 +210,48 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return load_checkpoint(path)["model"]
 
 
-def _describe(keys: list[str]) -> str:
-    more = f" ... (+{len(keys) - _LIST_MAX} more)" if len(keys) > _LIST_MAX else ""
-    return ", ".join(keys[:_LIST_MAX]) + more
+# ---- resuming ------------------------------------------------------------------------------------
+def get_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch and CUDA RNG states, in types that load with ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def state_dict_mismatches(model: nn.Module, state_dict: Mapping[str, Tensor]) -> tuple[list, list, list]:
-    """``(missing, unexpected, shape mismatches)`` of `state_dict` against `model`."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
-    ]
-    return missing, unexpected, shapes
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what `get_rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys.numpy(), dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = list(state["cuda"])[: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda_states)
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "checkpoint") -> None:
-    """Load every tensor strictly, or raise `ValueError` listing missing / unexpected keys and shape mismatches.
-
-    ``module.`` / ``_orig_mod.`` prefixes are stripped first; when the keys fit another preset, the message says so.
-    """
-    state_dict = strip_prefixes(state_dict)
-    target = unwrap_model(model)
-    missing, unexpected, shapes = state_dict_mismatches(target, state_dict)
-    if missing or unexpected or shapes:
-        lines = [f"{source}: the checkpoint does not fit the model"]
-        guess = infer_preset(state_dict)
-        if guess is not None:
-            lines[0] += f" (it is a checkpoint of preset '{guess}')"
-        elif is_classifier_state_dict(state_dict):
-            lines[0] += f": it holds {_CLASSIFIER}"
-        if missing:
-            lines.append(f"  {len(missing)} missing keys: {_describe(missing)}")
-        if unexpected:
-            lines.append(f"  {len(unexpected)} unexpected keys: {_describe(unexpected)}")
-        if shapes:
-            lines.append(f"  {len(shapes)} shape mismatches: {_describe(shapes)}")
-        raise ValueError("\n".join(lines))
-    target.load_state_dict(dict(state_dict), strict=True)
+def continue_run_folder(run_dir: Path, resume: str | Path) -> None:
+    """Start a resumed run's folder with what its checkpoint's folder holds of the run so far: the metrics and the
+    best checkpoint (which a later epoch may not beat). Files the run folder has already are kept, so a run that
+    continues in its checkpoint's own folder copies nothing."""
+    earlier = Path(resume).resolve().parent
+    for name in ("metrics.jsonl", "best.pth"):
+        if (earlier / name).is_file() and not (run_dir / name).exists():
+            atomic_copy(earlier / name, run_dir / name)
+            logger.info("continuing from %s", earlier / name)
 
 
-_CLASSIFIER = (
-    "an ImageNet classifier (a backbone and its fc layer, no detection heads), the file to start training from: "
-    "pass it as model.pretrained (--pretrained), not as detector weights"
-)
-
-
-def is_classifier_state_dict(state_dict: Mapping[str, Tensor]) -> bool:
-    """True for an ImageNet classification network (``fc.weight`` and no detection head): the MobileNet pretrain
-    tar, torchvision's ResNet files."""
-    keys = set(strip_prefixes(state_dict))
-    return "fc.weight" in keys and not any(k.split(".")[0] in ("ClassHead", "BboxHead", "LandmarkHead") for k in keys)
-
-
-@cache
-def _preset_schema(name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """Key and shape schema of a preset's model, built on the meta device (no memory, no init cost)."""
-    from nbsrc.model import build_model
-
-    with torch.device("meta"):
-        model = build_model(get_preset(name, **{"model.pretrained": "none"}))
-    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
-
-
-def infer_preset(state_dict: Mapping[str, Tensor]) -> str | None:
-    """The preset whose model has exactly these keys and shapes (order ignored), or None."""
-    schema = {(k, tuple(v.shape)) for k, v in strip_prefixes(state_dict).items()}
-    for name in list_presets():
-        if set(_preset_schema(name)) == schema:
-            return name
-    return None
-
-
-def load_model(
-    path: str | Path, preset: str | None = None, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, Config]:
-    """Build the model a checkpoint describes and load it strictly; returns ``(model in eval mode, config)``.
-
-    The config comes from our checkpoint; for a published state dict from `preset`, or, when None, from the
-    preset whose key / shape schema the file matches. A checkpoint of another preset than `preset` raises
-    `ValueError` naming both.
-    """
-    from nbsrc.model import build_model
-
-    path = Path(path)
-    checkpoint = load_checkpoint(path)
-    state_dict = checkpoint["model"]
-    if checkpoint.get("config") is not None:
-        try:
-            cfg = Config.from_dict(checkpoint["config"])
-        except ValueError as exc:
-            raise ValueError(f"{path}: stored config is invalid: {exc}") from None
-        if preset is not None and preset != cfg.preset:
-            raise ValueError(f"{path}: this is a checkpoint of preset '{cfg.preset}', not '{preset}'")
-    else:
-        guess = infer_preset(state_dict)
-        if preset is None:
-            if guess is None and is_classifier_state_dict(state_dict):
-                raise ValueError(f"{path}: {_CLASSIFIER}")
-            if guess is None:
-                raise ValueError(
-                    f"{path}: a bare state dict that fits no preset ({len(state_dict)} tensors, first keys "
-                    f"{list(state_dict)[:3]}); pass the preset explicitly (presets: {', '.join(list_presets())})"
-                )
-            preset = guess
-            logger.debug("%s: published state dict recognised as preset '%s'", path, preset)
-        elif guess is not None and guess != preset:
-            raise ValueError(f"{path}: this is a checkpoint of preset '{guess}', not '{preset}'")
-        cfg = get_preset(preset)
-    model = build_model(cfg.replace(**{"model.pretrained": "none"}))
-    load_state_dict_strict(model, state_dict, str(path))
-    return model.to(device).eval(), cfg
+def complete_best(run_dir: Path, resume: Path, history: Mapping[str, Any]) -> None:
+    """Finish the end of the epoch a run resumes after: when that epoch was the best so far, ``best.pth`` is its
+    checkpoint (a run killed after writing ``last.pth`` had not written ``best.pth`` yet)."""
+    best = run_dir / "best.pth"
+    if not history.get("best") or (best.is_file() and filecmp.cmp(resume, best, shallow=False)):
+        return
+    atomic_copy(resume, best)
+    logger.info("%s: epoch %s, the best so far, from %s", best, history.get("epoch"), resume)

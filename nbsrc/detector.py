@@ -19,10 +19,14 @@ import torch
 from torch import Tensor, nn
 
 from nbsrc.config import Config, EvalConfig
+from nbsrc.export import OnnxRuntimeModel
 from nbsrc.frame import FrameMap
 from nbsrc.latents import as_latent
+from nbsrc.model.loading import load_model
 from nbsrc.postprocess import postprocess
 from nbsrc.preprocess import normalize_image
+from nbsrc.utils import select_device
+from nbsrc.weights import PUBLISHED_DETECTOR, PUBLISHED_PRESET
 
 __all__ = ["DetectionModel", "Detector", "check_thresholds"]
 
@@ -83,18 +87,15 @@ class Detector:
     """
 
     def __init__(self, model: nn.Module | DetectionModel, cfg: Config, device: str | torch.device = "cpu") -> None:
-        from nbsrc.utils import select_device
-
         self.device = select_device(device) if isinstance(device, str) else torch.device(device)
         self.model = model.to(self.device).eval() if isinstance(model, nn.Module) else model
         self.cfg = cfg
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, preset: str | None = None, device: str = "cpu") -> Detector:
-        """Load our checkpoint or a published state dict (preset inferred when None); see `nbsrc.checkpoint`.
-        The config's training-only data settings are reset (`nbsrc.config.Config.for_prediction`)."""
-        from nbsrc.checkpoint import load_model
-
+        """Load our checkpoint or a published state dict (preset inferred when None; see
+        `nbsrc.model.loading.load_model`). The config's training-only data settings are reset
+        (`nbsrc.config.Config.for_prediction`)."""
         model, cfg = load_model(path, preset=preset, device="cpu")
         return cls(model, cfg.for_prediction(), device)
 
@@ -113,8 +114,6 @@ class Detector:
                 on the CPU.
             threads: onnxruntime intra-op threads (None: onnxruntime's default, one per physical core).
         """
-        from nbsrc.export import OnnxRuntimeModel
-
         model = OnnxRuntimeModel(path, threads=threads, device=device)
         if preset is not None and preset != model.cfg.preset:
             raise ValueError(f"{path}: this is an export of preset '{model.cfg.preset}', not '{preset}'")
@@ -125,8 +124,6 @@ class Detector:
         """The published RetinaFace MobileNet-0.25 face detector (``mobilenet0.25_Final.pth``, preset
         ``mnet-biubug6``; WIDER val AP 90.70 / 88.16 / 73.82), from the copy shipped in `nbsrc.weights`: RGB
         images, no download."""
-        from nbsrc.weights import PUBLISHED_DETECTOR, PUBLISHED_PRESET
-
         return cls.from_checkpoint(PUBLISHED_DETECTOR, preset=PUBLISHED_PRESET, device=device)
 
     @property

@@ -38,8 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from nbsrc.anchors import AnchorGenerator
-from nbsrc.checkpoint import load_model
 from nbsrc.config import Config
+from nbsrc.model.loading import load_model
 from nbsrc.utils import atomic_path
 
 __all__ = [
@@ -325,7 +325,7 @@ def export_checkpoint(
     check: bool = True,
 ) -> Path:
     """`export_model` of a checkpoint: ours, or a published state dict (preset inferred when None), loaded as
-    `nbsrc.checkpoint.load_model` loads it. The format and output path are checked before the weights are read."""
+    `nbsrc.model.loading.load_model` loads it. The format and output path are checked before the weights are read."""
     out = Path(out)
     fmt = format_of(out, fmt)
     _check_out(out)

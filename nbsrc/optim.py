@@ -2,8 +2,8 @@
 
 The schedule is one per-step multiplier of the peak learning rate (`LRSchedule`), driven by a
 `torch.optim.lr_scheduler.LambdaLR` that the trainer steps after every optimizer step, so warm-up and decay
-are smooth across epochs and a resumed run continues at exactly the step it stopped at (the scheduler's
-state holds the step, the multiplier's state holds its settings).
+are smooth across epochs; a resumed run rebuilds it at the step it stopped at (`build_scheduler` with ``step``)
+and continues with exactly the rates an uninterrupted run uses.
 
 Schedules (``epoch`` = completed epochs, ``t`` = fractional epochs):
 
@@ -140,9 +140,19 @@ def make_optimizer(
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> torch.optim.lr_scheduler.LambdaLR:
-    """A `LambdaLR` applying `schedule` per optimizer step (call ``.step()`` after each ``optimizer.step()``)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule)
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: LRSchedule, step: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A `LambdaLR` applying `schedule` per optimizer step (call ``.step()`` after each ``optimizer.step()``),
+    standing at `step` (optimizer steps already taken): the optimizer's rate is then the peak rate times
+    ``schedule(step)``.
+
+    The peak rate is each group's ``initial_lr`` when the optimizer carries one (a state loaded from a checkpoint),
+    else its current rate (a fresh optimizer).
+    """
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule, last_epoch=step - 1)
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -154,9 +164,10 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_scheduler(
-    cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+    cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int, step: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The per-step schedule of ``cfg.train`` (warm-up + step / multistep / cosine / constant)."""
+    """The per-step schedule of ``cfg.train`` (warm-up + step / multistep / cosine / constant), standing at `step`
+    (see `make_scheduler`)."""
     t = cfg.train
     schedule = LRSchedule(
         schedule=t.schedule,
@@ -167,4 +178,4 @@ def build_scheduler(
         milestones=t.milestones,
         warmup_epochs=t.warmup_epochs,
     )
-    return make_scheduler(optimizer, schedule)
+    return make_scheduler(optimizer, schedule, step)

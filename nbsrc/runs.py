@@ -1,4 +1,11 @@
-"""Run folders: claimed by one run at a time, and cleared of what a killed writer leaves behind.
+"""Run folders: chosen and named, claimed by one run at a time, kept from overwriting an earlier run, and cleared
+of what a killed writer leaves behind.
+
+A run's folder is ``<train.out>/<train.run_name>`` (`resolve_run_folder`): a new run is named after its preset and
+start time (`make_run_name`); a resumed run without a name continues in its checkpoint's folder, or, when that one is
+read-only, in a folder of the same name under ``train.out``. `claim_run_folder` chooses and claims it as a run starts
+(under DDP rank 0 claims and the other ranks follow), and `refuse_earlier_run` stops a run that would write over the
+checkpoints of another.
 
 A training run claims its folder when it chooses it (`claim`): a fresh folder is created with ``mkdir`` (never
 an existing one), and every run, new or resumed, then holds ``<folder>/run.lock`` for its whole life: an
@@ -8,7 +15,7 @@ taken over: on this host, its holder's process is gone (checked with the process
 that a reused PID does not count as the holder); on another host (a shared drive), the file has not been
 refreshed for `STALE_AFTER_S` seconds (a live holder refreshes it every `HEARTBEAT_S` seconds).
 
-Processes that a holder starts to do its work (the ``torchrun`` workers of `nbsrc.distributed.launch`) follow its
+Processes that a holder starts to do its work (the ``torchrun`` workers of `nbsrc.launch.launch`) follow its
 claim instead of claiming again: the holder hands them its token in the environment variable `INHERIT_ENV`.
 
 `remove_stale_temp_files` deletes what `nbsrc.utils.atomic_path` leaves when its process is killed mid-write
@@ -30,6 +37,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from nbsrc.config import Config
+from nbsrc.distributed import DistInfo, broadcast_object
+from nbsrc.utils import atomic_write_text, read_jsonl
+
 __all__ = [
     "HEARTBEAT_S",
     "INHERIT_ENV",
@@ -38,10 +49,17 @@ __all__ = [
     "RunClaim",
     "RunFolderBusy",
     "claim",
+    "claim_run_folder",
     "describe_holder",
+    "earlier_checkpoints",
     "live_holder",
+    "make_run_name",
     "process_alive",
+    "prune_epoch_files",
+    "refuse_earlier_run",
     "remove_stale_temp_files",
+    "resolve_run_folder",
+    "trim_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -410,3 +428,139 @@ def remove_stale_temp_files(folder: str | Path, subfolders: Iterable[str | Path]
             ", ..." if len(removed) > 3 else "",
         )
     return len(removed)
+
+
+# ---- choosing a run's folder -----------------------------------------------------------------------------------
+def make_run_name(cfg: Config) -> str:
+    """Default run folder name: ``<preset>-<YYYYmmdd-HHMMSS>``."""
+    return f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _choose_run_folder(cfg: Config) -> tuple[Config, Path, bool]:
+    """``(cfg with train.run_name fixed, run folder, whether the name is a new default one)``."""
+    name = cfg.train.run_name
+    if name is None and cfg.train.resume is not None:
+        resume_dir = Path(cfg.train.resume).resolve().parent
+        if (resume_dir / "config.json").is_file():
+            if os.access(resume_dir, os.W_OK):
+                named = cfg.replace(**{"train.run_name": resume_dir.name, "train.out": str(resume_dir.parent)})
+                return named, resume_dir, False
+            name = resume_dir.name
+    fresh = name is None
+    if fresh:
+        name = make_run_name(cfg)
+    return cfg.replace(**{"train.run_name": name}), Path(cfg.train.out) / name, fresh
+
+
+def resolve_run_folder(cfg: Config) -> tuple[Config, Path]:
+    """The run's folder, and `cfg` with ``train.run_name`` fixed (the same on every rank); nothing is created
+    (`claim_run_folder` does that when the run starts).
+
+    ``train.run_name`` names a folder under ``train.out``. Without one, a resumed run continues in its
+    checkpoint's folder when that folder is writable; when it is not (an earlier Kaggle version's output,
+    attached read-only as an input), in a folder of the same name under ``train.out``, which the run starts with
+    the earlier ``metrics.jsonl`` and ``best.pth``. A new run is named after its preset and start time.
+    """
+    cfg, run_dir, fresh = _choose_run_folder(cfg)
+    name = cfg.train.run_name
+    if fresh:  # the first free name: two runs started in the same second get different folders
+        base = name
+        for index in range(2, 1000):
+            if not (Path(cfg.train.out) / name).exists():
+                break
+            name = f"{base}-{index}"
+    name = broadcast_object(name)
+    cfg = cfg.replace(**{"train.run_name": name})
+    return cfg, Path(cfg.train.out) / name
+
+
+def _claim_new_name(cfg: Config) -> tuple[Config, Path, RunClaim]:
+    """Claim the first free folder of a new run's default name (``NAME``, ``NAME-2``, ...), created by ``mkdir``."""
+    base = cfg.train.run_name
+    for index in range(1, 1000):
+        name = base if index == 1 else f"{base}-{index}"
+        folder = Path(cfg.train.out) / name
+        try:
+            return cfg.replace(**{"train.run_name": name}), folder, claim(folder, fresh=True)
+        except FileExistsError:  # another run took this name first (RunFolderBusy included)
+            if not folder.is_dir():
+                raise
+    raise FileExistsError(f"{cfg.train.out}: no free run folder name from {base} to {base}-999")
+
+
+def claim_run_folder(cfg: Config, info: DistInfo | None = None) -> tuple[Config, Path, RunClaim | None]:
+    """Choose the run's folder as `resolve_run_folder` does, and claim it for this run (`claim`).
+
+    A new run's default name is claimed with ``mkdir`` (the next free ``-2``, ``-3``, ... when another run took it
+    first); a named or resumed run's folder is claimed through its lock. Under DDP rank 0 claims and the other ranks
+    receive its folder (their claim is None). The caller releases the claim when the run ends.
+
+    Raises:
+        RunFolderBusy: on every rank, when a live run holds the folder (the message names its PID and start time).
+    """
+    info = info or DistInfo()
+    held, error, outcome = None, None, None
+    if info.is_main:
+        try:
+            cfg, run_dir, fresh = _choose_run_folder(cfg)
+            if fresh:
+                cfg, run_dir, held = _claim_new_name(cfg)
+            else:
+                held = claim(run_dir)
+            outcome = ("ok", cfg.train.out, cfg.train.run_name)
+        except Exception as exc:  # told to the other ranks, which would otherwise wait for rank 0 forever
+            error, outcome = exc, ("error", isinstance(exc, RunFolderBusy), str(exc))
+    outcome = broadcast_object(outcome)
+    if error is not None:
+        raise error
+    if outcome[0] == "error":
+        raise (RunFolderBusy if outcome[1] else RuntimeError)(outcome[2])
+    cfg = cfg.replace(**{"train.out": outcome[1], "train.run_name": outcome[2]})
+    return cfg, Path(outcome[1]) / outcome[2], held
+
+
+# ---- what a run folder holds -------------------------------------------------------------------------------------
+def earlier_checkpoints(run_dir: Path) -> list[str]:
+    """The checkpoints of an earlier run that `run_dir` holds: a new run never writes over them. A folder left by
+    a start that failed before its first epoch (config.json, metrics) holds none."""
+    if not run_dir.is_dir():
+        return []
+    names = ("last.pth", "weight_final.pth")
+    return sorted(p.name for p in run_dir.iterdir() if p.name in names or p.match("epoch_*.pth"))
+
+
+def refuse_earlier_run(run_dir: Path, resume: str | Path | None, info: DistInfo | None = None) -> None:
+    """Raise `FileExistsError` (on every rank) when `run_dir` holds an earlier run's checkpoints and this run is not
+    that run continuing: a new run, or one resumed from another folder, writes over nothing."""
+    info = info or DistInfo()
+    continuing = resume is not None and Path(resume).resolve().parent == run_dir.resolve()
+    earlier = broadcast_object(earlier_checkpoints(run_dir) if info.is_main and not continuing else [])
+    if earlier:
+        listed = ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+        latest = "last.pth" if "last.pth" in earlier else earlier[-1]
+        raise FileExistsError(
+            f"{run_dir}: holds an earlier run ({listed}); continue it with train.resume={run_dir / latest} "
+            "(--resume), or choose another train.run_name (--run_name)"
+        )
+
+
+def trim_metrics(path: Path, step: int, epoch: int) -> None:
+    """Drop the records of ``metrics.jsonl`` written after the checkpoint a run resumes from (at `step`, after
+    `epoch` epochs): the killed epoch's steps and lines."""
+    if not path.is_file():
+        return
+    kept = [
+        r
+        for r in read_jsonl(path)
+        if (r.get("kind") == "step" and r.get("step", 0) <= step)
+        or (r.get("kind") == "epoch" and r.get("epoch", 0) <= epoch)
+        or r.get("kind") not in ("step", "epoch")
+    ]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def prune_epoch_files(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` ``epoch_XXX.pth`` files (``last.pth`` and ``best.pth`` are copies)."""
+    files = sorted(run_dir.glob("epoch_[0-9][0-9][0-9]*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+    for path in files[: max(0, len(files) - keep)]:
+        path.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from nbsrc.config import Config
+from nbsrc.paths import on_kaggle
 
 __all__ = ["MODES", "Tracker", "build_tracker", "find_wandb_key", "init_tracker"]
 
@@ -50,8 +51,6 @@ def _netrc_has_key() -> bool:
 
 def _kaggle_secret(label: str) -> str | None:
     """The value of a Kaggle notebook secret, or None when not on Kaggle or the secret is not attached."""
-    from nbsrc.paths import on_kaggle
-
     if not on_kaggle():
         return None
     try:

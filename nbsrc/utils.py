@@ -7,8 +7,9 @@ import json
 import logging
 import os
 import random
+import secrets
+import shutil
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "append_jsonl",
+    "atomic_copy",
     "atomic_path",
     "atomic_write_text",
     "read_jsonl",
@@ -115,18 +117,22 @@ def select_device(device: str = "auto"):
     return chosen
 
 
-def _umask() -> int:
-    """The process's file-creation mask (read without changing it where Linux reports it)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def _new_temp_file(path: Path) -> Path:
+    """Create an empty ``.<name>.<pid>-<random>.tmp`` next to `path` with the mode any new file gets (0o666 less
+    the umask, where `tempfile.mkstemp` would make it private to its writer). The random part does not draw from
+    the seeded `random` module."""
+    for _ in range(100):
+        token = "".join(secrets.choice(_TEMP_CHARS) for _ in range(8))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{token}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{path.parent}: no free temporary file name for {path.name}")
 
 
 # What torch.save's zip writer raises when the file system takes fewer bytes than it wrote (a full disk or quota).
@@ -151,10 +157,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would make checkpoints private to their writer
+    tmp_path = _new_temp_file(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -169,6 +172,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def atomic_copy(source: str | Path, destination: str | Path) -> None:
+    """Copy `source` to `destination` atomically (temp file + rename)."""
+    with atomic_path(destination) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

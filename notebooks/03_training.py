@@ -34,10 +34,10 @@ from typing import Optional  # parameters' annotations: papermill reads Optional
 
 from IPython.display import display
 
-from nbsrc import distributed, notebook_config, paths, viz
+from nbsrc import launch, notebook_config, paths, viz
 from nbsrc.data.loaders import build_dataset
 from nbsrc.detector import Detector
-from nbsrc.engine import resolve_run_folder
+from nbsrc.runs import resolve_run_folder
 from nbsrc.utils import read_jsonl, setup_logging
 
 setup_logging()
@@ -83,7 +83,7 @@ if smoke:
 
 # %%
 cfg, train_dir = resolve_run_folder(cfg)  # a resumed run keeps its name
-processes = distributed.training_processes(cfg.train.device, gpus)
+processes = launch.training_processes(cfg.train.device, gpus)
 display(viz.config_table(cfg))
 
 # %% [markdown]
@@ -94,7 +94,7 @@ display(viz.config_table(cfg))
 # %%
 metrics_file = train_dir / "metrics.jsonl"
 with viz.TrainingMonitor(metrics_file, every=10, save=plots / "training_live.png"):
-    train_dir = distributed.train(cfg, processes)
+    train_dir = launch.train(cfg, processes)
 checkpoint = train_dir / "best.pth" if (train_dir / "best.pth").is_file() else train_dir / "weight_final.pth"
 paths.save_artifact(run, "checkpoint", checkpoint)
 print(f"run folder: {train_dir}\ncheckpoint: {checkpoint}")

@@ -10,15 +10,10 @@ import pytest
 import torch
 from conftest import shared_path
 
-from nbsrc.checkpoint import (
-    infer_preset,
-    load_checkpoint,
-    load_model,
-    load_state_dict_strict,
-    save_checkpoint,
-)
+from nbsrc.checkpoint import load_checkpoint, save_checkpoint
 from nbsrc.config import get_preset
 from nbsrc.model import build, build_model
+from nbsrc.model.loading import infer_preset, load_model, load_state_dict_strict
 
 MNET = "weights/mobilenet0.25_Final.pth"
 TWO_CLASS = "weights/mobilenet0.25_2cls6anchors_130324_epoch_295.pth"

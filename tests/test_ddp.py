@@ -4,13 +4,46 @@ replicas end with identical parameters, and only rank 0 writes the run folder.""
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
+from typing import Any
 
 import torch
+import torch.multiprocessing as mp
 
 from nbsrc.checkpoint import load_checkpoint
 from nbsrc.config import Config, get_preset
-from nbsrc.distributed import DistInfo, init_distributed, spawn
+from nbsrc.distributed import DistInfo, init_distributed
 from nbsrc.utils import read_jsonl
+
+
+def _free_port() -> int:
+    """A free TCP port on localhost (for ``MASTER_PORT``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _spawn_entry(local_rank: int, fn: Callable[..., Any], nprocs: int, port: int, args: tuple) -> None:
+    os.environ.update(
+        {
+            "RANK": str(local_rank),
+            "LOCAL_RANK": str(local_rank),
+            "WORLD_SIZE": str(nprocs),
+            "LOCAL_WORLD_SIZE": str(nprocs),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    fn(*args)
+
+
+def spawn(fn: Callable[..., Any], nprocs: int, args: tuple = ()) -> None:
+    """Run ``fn(*args)`` in `nprocs` fresh processes with the ``torchrun`` environment set (`fn` must be
+    importable; the ``spawn`` start method inherits nothing of this process's CUDA state)."""
+    mp.start_processes(
+        _spawn_entry, args=(fn, nprocs, _free_port(), tuple(args)), nprocs=nprocs, join=True, start_method="spawn"
+    )
 
 
 def _worker(config: dict, out_dir: str) -> None:
@@ -19,21 +52,18 @@ def _worker(config: dict, out_dir: str) -> None:
     import nbsrc.engine as engine
 
     built = []
-    real_build_model = None
+    real_build_model = engine.build_model
 
     def capture(cfg):
         model = real_build_model(cfg)
         built.append(model)
         return model
 
-    import nbsrc.model
-
-    real_build_model = nbsrc.model.build_model
-    nbsrc.model.build_model = capture  # fit imports build_model from nbsrc.model when it runs
+    engine.build_model = capture
     try:
         engine.fit(Config.from_dict(config))
     finally:
-        nbsrc.model.build_model = real_build_model
+        engine.build_model = real_build_model
     rank = int(os.environ["RANK"])
     params = {k: v.detach().clone() for k, v in built[0].named_parameters()}
     torch.save({"params": params, "world_size": int(os.environ["WORLD_SIZE"])}, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -121,18 +151,18 @@ def test_resumed_two_process_run_equals_the_uninterrupted_one(demo_root, tmp_pat
 
 
 def test_a_notebook_trains_on_every_visible_gpu(monkeypatch):
-    from nbsrc import distributed
+    from nbsrc import launch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # Kaggle T4 x2
-    assert distributed.training_processes("auto") == distributed.training_processes("cuda", 0) == 2
-    assert distributed.training_processes("auto", gpus=1) == 1
-    assert distributed.training_processes("auto", gpus=4) == 2
-    assert distributed.training_processes("cuda:1") == distributed.training_processes("cpu") == 1
+    assert launch.training_processes("auto") == launch.training_processes("cuda", 0) == 2
+    assert launch.training_processes("auto", gpus=1) == 1
+    assert launch.training_processes("auto", gpus=4) == 2
+    assert launch.training_processes("cuda:1") == launch.training_processes("cpu") == 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert distributed.training_processes("auto") == 1
+    assert launch.training_processes("auto") == 1
     try:
-        distributed.training_processes("auto", gpus=-1)
+        launch.training_processes("auto", gpus=-1)
     except ValueError as exc:
         assert "gpus" in str(exc)
     else:
@@ -142,10 +172,10 @@ def test_a_notebook_trains_on_every_visible_gpu(monkeypatch):
 def test_notebook_launcher_trains_in_torchrun_processes(demo_root, tmp_path, capfd):
     """What notebook 03 runs with two GPUs: a ``torchrun`` child of two processes (here gloo on the CPU) whose
     log streams into the cell; the run folder is the one named before the launch."""
-    from nbsrc import distributed
+    from nbsrc import launch
 
     cfg = _cfg("latent-r18", demo_root, tmp_path, **{"train.run_name": "launched", "train.max_steps_per_epoch": 1})
-    run = distributed.train(cfg, processes=2)
+    run = launch.train(cfg, processes=2)
     assert run == tmp_path / "runs" / "launched"
     for name in ("config.json", "metrics.jsonl", "last.pth", "weight_final.pth"):
         assert (run / name).is_file(), name
@@ -157,7 +187,7 @@ def test_notebook_launcher_trains_in_torchrun_processes(demo_root, tmp_path, cap
 def test_launch_continues_a_resumed_run_in_its_checkpoint_folder(tmp_path, monkeypatch):
     import json
 
-    from nbsrc import distributed
+    from nbsrc import launch
 
     run = tmp_path / "runs" / "myrun"
     run.mkdir(parents=True)
@@ -169,10 +199,10 @@ def test_launch_continues_a_resumed_run_in_its_checkpoint_folder(tmp_path, monke
         seen.update(json.loads(open(command[command.index("--config") + 1]).read())["train"])
         return 0
 
-    monkeypatch.setattr(distributed, "_stream", fake_torchrun)
+    monkeypatch.setattr(launch, "_stream", fake_torchrun)
     monkeypatch.chdir(tmp_path)
     cfg = get_preset("mnet-biubug6", **{"train.resume": str(run / "last.pth"), "train.out": "elsewhere"})
-    assert distributed.launch(cfg, 2) == run
+    assert launch.launch(cfg, 2) == run
     assert (seen["out"], seen["run_name"]) == (str(run.parent), "myrun")
 
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import TINY_TRAINING
 
-from nbsrc.checkpoint import load_checkpoint
+from nbsrc.checkpoint import get_rng_state, load_checkpoint, set_rng_state
 from nbsrc.cli import main as cli_main
 from nbsrc.commands.train import config_from_argv
 from nbsrc.config import get_preset
-from nbsrc.engine import fit, get_rng_state, set_rng_state, train_one_epoch
+from nbsrc.engine import fit, train_one_epoch
 from nbsrc.model import build_model
 from nbsrc.utils import read_jsonl, seed_everything
 
@@ -86,6 +86,10 @@ def test_resume_gives_the_same_weights(uninterrupted, demo_root, tmp_path):
     assert [r["epoch"] for r in split] == [1, 2]
     assert split[1]["train_loss"] == full[1]["train_loss"]
     assert load_checkpoint(resumed / "last.pth")["step"] == 4
+    # the resumed run's schedule continues at its step: the same learning rates as the uninterrupted run's
+    full_lrs = [(r["step"], r["lr"]) for r in read_jsonl(uninterrupted / "metrics.jsonl") if r["kind"] == "step"]
+    split_lrs = [(r["step"], r["lr"]) for r in read_jsonl(resumed / "metrics.jsonl") if r["kind"] == "step"]
+    assert split_lrs == full_lrs and [step for step, _ in full_lrs] == [2, 4]
 
 
 def test_a_run_resumed_from_a_read_only_folder_continues_in_the_output_folder(
@@ -93,12 +97,12 @@ def test_a_run_resumed_from_a_read_only_folder_continues_in_the_output_folder(
 ):
     # Kaggle: the version stopped at the time limit is attached read-only under /kaggle/input; the next version
     # continues in /kaggle/working under the same name, with the earlier metrics, and ends where 2 epochs end
-    import nbsrc.engine as engine
+    import nbsrc.runs as runs
 
     first = fit(tiny_cfg(demo_root, tmp_path / "input", **{"train.epochs": 1, "train.run_name": "split"}))
     before = sorted(p.name for p in first.iterdir())
-    real_access = engine.os.access
-    monkeypatch.setattr(engine.os, "access", lambda p, mode: False if Path(p) == first else real_access(p, mode))
+    real_access = runs.os.access
+    monkeypatch.setattr(runs.os, "access", lambda p, mode: False if Path(p) == first else real_access(p, mode))
     resumed = fit(
         tiny_cfg(demo_root, tmp_path / "working", **{"train.epochs": 2, "train.resume": str(first / "last.pth")})
     )
@@ -346,7 +350,7 @@ def _resumable_run(folder, cfg):
 
 
 def test_cli_resume_continues_in_the_checkpoint_folder_from_anywhere(tmp_path, monkeypatch):
-    from nbsrc.engine import resolve_run_folder
+    from nbsrc.runs import resolve_run_folder
 
     monkeypatch.chdir(tmp_path)
     cfg = tiny_cfg(tmp_path, "runs", **{"train.run_name": "rc"})  # train.out relative, as by default
@@ -409,12 +413,12 @@ def test_bare_amp_keeps_the_following_override():
 
 
 def test_cli_reports_a_non_finite_loss_in_one_line(monkeypatch, capsys):
-    import nbsrc.engine as engine
+    import nbsrc.commands.train as train_command
 
     def diverge(cfg, start_epoch=None):
         raise FloatingPointError("non-finite loss at epoch 1, step 2 (images a, b): loss=nan loss_cls=nan")
 
-    monkeypatch.setattr(engine, "fit", diverge)
+    monkeypatch.setattr(train_command, "fit", diverge)
     assert cli_main(["train", "--preset", "mnet-biubug6", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: non-finite loss at epoch 1, step 2") and "Traceback" not in err
@@ -519,13 +523,13 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(un
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
-    from nbsrc import engine
+    from nbsrc import runs
 
-    monkeypatch.setattr(engine, "make_run_name", lambda cfg: "latent-r18-20261202-113818")
+    monkeypatch.setattr(runs, "make_run_name", lambda cfg: "latent-r18-20261202-113818")
     cfg = get_preset("latent-r18", **{"train.out": str(tmp_path)})
     names = []
     for _ in range(3):
-        named, folder = engine.resolve_run_folder(cfg)
+        named, folder = runs.resolve_run_folder(cfg)
         folder.mkdir()
         names.append(named.train.run_name)
     assert names == ["latent-r18-20261202-113818", "latent-r18-20261202-113818-2", "latent-r18-20261202-113818-3"]

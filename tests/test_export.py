@@ -14,7 +14,7 @@ import torch
 from conftest import shared_path
 from skimage import data as skdata
 
-from nbsrc.checkpoint import load_model, save_checkpoint
+from nbsrc.checkpoint import save_checkpoint
 from nbsrc.cli import main
 from nbsrc.config import get_preset
 from nbsrc.detector import Detector
@@ -27,6 +27,7 @@ from nbsrc.export import (
     read_metadata,
 )
 from nbsrc.model import build_model
+from nbsrc.model.loading import load_model
 from nbsrc.preprocess import normalize_image
 from nbsrc.weights import PUBLISHED_DETECTOR
 

@@ -2,13 +2,14 @@
 
 Levels, low to high; a module may import only from its own level or below:
 
-0. foundation: config, boxes, utils, runs, frame, folder_search, paths, pictures, preprocess, latents, data.records
+0. foundation: config, boxes, utils, distributed (the process group), runs, frame, folder_search, paths, pictures,
+   preprocess, latents, data.records
 1. anchors, matching
 2. model/*, loss, postprocess, checkpoint, detector, export, draw, weights (the shipped weight files), pretrained
 3. data/* (which may import only the foundation)
-4. engine, optim, tracking, distributed, evaluation/*, detect_sources, face_stats, anchor_stats, latent_stats,
+4. engine, optim, tracking, evaluation/*, detect_sources, face_stats, anchor_stats, latent_stats,
    viz
-5. nbrun, kaggle, notebook (a notebook's parameters and config)
+5. nbrun, kaggle, notebook (a notebook's parameters and config), launch (training from a notebook)
 6. cli, commands/*, __init__, __main__
 
 Plus: matplotlib only in viz and evaluation/*; papermill, nbconvert and jupytext only in nbrun and kaggle (and
@@ -31,6 +32,7 @@ LEVELS: list[tuple[int, str]] = [
     (0, "nbsrc.config"),
     (0, "nbsrc.boxes"),
     (0, "nbsrc.utils"),
+    (0, "nbsrc.distributed"),
     (0, "nbsrc.runs"),
     (0, "nbsrc.frame"),
     (0, "nbsrc.folder_search"),
@@ -54,7 +56,6 @@ LEVELS: list[tuple[int, str]] = [
     (4, "nbsrc.engine"),
     (4, "nbsrc.optim"),
     (4, "nbsrc.tracking"),
-    (4, "nbsrc.distributed"),
     (4, "nbsrc.evaluation"),
     (4, "nbsrc.detect_sources"),
     (4, "nbsrc.face_stats"),
@@ -63,6 +64,7 @@ LEVELS: list[tuple[int, str]] = [
     (4, "nbsrc.viz"),
     (5, "nbsrc.nbrun"),
     (5, "nbsrc.kaggle"),
+    (5, "nbsrc.launch"),
     (5, "nbsrc.notebook"),
     (6, "nbsrc.cli"),
     (6, "nbsrc.commands"),
@@ -169,3 +171,54 @@ def test_only_paths_names_kaggle_mounts():
             if index != 2 and pattern.search(cell):
                 offenders.append(f"{path.relative_to(ROOT)} cell {index - 1}")
     assert not offenders, f"Kaggle paths outside nbsrc/paths.py: {offenders}"
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Which nbsrc modules each nbsrc module imports (imports inside functions included).
+
+    ``from nbsrc.a import name`` depends on ``nbsrc.a.name`` when that is a module, else on ``nbsrc.a``; an imported
+    name resolves to the longest module name it starts with. ``import nbsrc.a.b`` depends on ``nbsrc.a.b`` only.
+    """
+    modules = {module_name(p) for p in SOURCES}
+
+    def resolve(target: str) -> str:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        return target
+
+    graph: dict[str, set[str]] = {}
+    for path in SOURCES:
+        own = module_name(path)
+        by_line: dict[int, list[str]] = {}
+        for line, target in imports_of(path):
+            if target == "nbsrc" or target.startswith("nbsrc."):
+                by_line.setdefault(line, []).append(target)
+        targets = set()
+        for names in by_line.values():
+            # a ``from`` statement lists its module, then each name: the names say what it depends on
+            targets |= {t for t in names if not any(n.startswith(t + ".") for n in names)}
+        graph[own] = {resolve(t) for t in targets} - {own, ""}
+    return graph
+
+
+def test_no_import_cycles():
+    graph = _module_graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[str] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                cycle = path[path.index(target) :] + [target]
+                cycles.append(" -> ".join(cycle))
+            elif target not in state:
+                visit(target, path)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+    assert not cycles, "import cycles inside nbsrc:\n" + "\n".join(cycles)

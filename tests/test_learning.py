@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import shared_path
 
-from nbsrc.checkpoint import load_model
-from nbsrc.config import get_preset
+from nbsrc.config import EvalConfig, get_preset
 from nbsrc.data.loaders import build_dataloaders
 from nbsrc.engine import evaluate_ap, fit
 from nbsrc.model import build_model
+from nbsrc.model.loading import load_model
 
 pytestmark = pytest.mark.learning
 logger = logging.getLogger(__name__)
@@ -23,16 +23,8 @@ logger = logging.getLogger(__name__)
 
 def _val_ap(model, cfg) -> float:
     _, val_loader = build_dataloaders(cfg)
-    result = evaluate_ap(
-        model,
-        val_loader,
-        device=torch.device("cpu"),
-        num_classes=cfg.model.num_classes,
-        conf_thresh=cfg.eval.conf_thresh,
-        nms_thresh=cfg.eval.nms_thresh,
-        iou_thresh=0.5,
-        progress=False,
-    )
+    eval_cfg = EvalConfig(conf_thresh=cfg.eval.conf_thresh, nms_thresh=cfg.eval.nms_thresh, iou_thresh=0.5)
+    result = evaluate_ap(model, val_loader, eval_cfg, device=torch.device("cpu"), progress=False)
     return float(result["ap_face"])
 
 

@@ -63,7 +63,7 @@ def _arm(point: str, epoch: int) -> None:
     from nbsrc import utils
 
     ending = {"epoch": 0}
-    real_save, real_append, real_copy = engine.save_checkpoint, engine.append_jsonl, engine._copy_atomic
+    real_save, real_append, real_copy = engine.save_checkpoint, engine.append_jsonl, engine.atomic_copy
 
     def save_checkpoint(path, **kwargs):
         result = real_save(path, **kwargs)
@@ -87,7 +87,7 @@ def _arm(point: str, epoch: int) -> None:
         if point == destination.name and ending["epoch"] == epoch:
             _die()
 
-    engine.save_checkpoint, engine.append_jsonl, engine._copy_atomic = save_checkpoint, append_jsonl, copy_atomic
+    engine.save_checkpoint, engine.append_jsonl, engine.atomic_copy = save_checkpoint, append_jsonl, copy_atomic
 
 
 def _train(config: dict, result: str, kill: tuple[str, int] | None = None, start=None, fixed_name=None) -> None:
@@ -99,7 +99,7 @@ def _train(config: dict, result: str, kill: tuple[str, int] | None = None, start
     if kill is not None:
         _arm(*kill)
     if fixed_name is not None:  # every run starts "in the same second"
-        engine.make_run_name = lambda cfg: fixed_name
+        runs.make_run_name = lambda cfg: fixed_name
     if start is not None:
         start.wait()
     try:
@@ -248,23 +248,21 @@ def test_a_claimed_folder_is_refused_in_one_line_naming_its_holder(reference, de
 
 
 def test_only_rank_zero_claims_and_the_other_ranks_follow(tmp_path, monkeypatch):
-    import nbsrc.engine as engine
-
     cfg = get_preset("mnet-biubug6", **{"train.out": str(tmp_path), "train.run_name": "ddp"})
-    monkeypatch.setattr(engine, "broadcast_object", lambda obj: ("ok", str(tmp_path), "ddp"))  # rank 0's answer
-    named, folder, held = engine.claim_run_folder(cfg, DistInfo(rank=1, world_size=2))
+    monkeypatch.setattr(runs, "broadcast_object", lambda obj: ("ok", str(tmp_path), "ddp"))  # rank 0's answer
+    named, folder, held = runs.claim_run_folder(cfg, DistInfo(rank=1, world_size=2))
     assert (named.train.run_name, folder, held) == ("ddp", tmp_path / "ddp", None)
     assert not folder.exists()  # rank 1 created and locked nothing
     refusal = "x: in use by another run (PID 12, started 2026-12-04 10:00:00)"
-    monkeypatch.setattr(engine, "broadcast_object", lambda obj: ("error", True, refusal))
+    monkeypatch.setattr(runs, "broadcast_object", lambda obj: ("error", True, refusal))
     with pytest.raises(runs.RunFolderBusy, match=re.escape(refusal)):
-        engine.claim_run_folder(cfg, DistInfo(rank=1, world_size=2))
+        runs.claim_run_folder(cfg, DistInfo(rank=1, world_size=2))
     # rank 0 tells the other ranks what stopped it, rather than leaving them waiting
     told = []
-    monkeypatch.setattr(engine, "broadcast_object", lambda obj: told.append(obj) or obj)
+    monkeypatch.setattr(runs, "broadcast_object", lambda obj: told.append(obj) or obj)
     with runs.claim(tmp_path / "ddp"):
         with pytest.raises(runs.RunFolderBusy):
-            engine.claim_run_folder(cfg, DistInfo(rank=0, world_size=2))
+            runs.claim_run_folder(cfg, DistInfo(rank=0, world_size=2))
     assert told[0][:2] == ("error", True) and f"PID {os.getpid()}" in told[0][2]
 
 
@@ -386,12 +384,12 @@ def test_a_full_disk_names_the_file(tmp_path, monkeypatch, capsys):
         append_jsonl(tmp_path / "run" / "metrics.jsonl", {"kind": "epoch"})
     monkeypatch.undo()
 
-    import nbsrc.engine as engine
+    import nbsrc.commands.train as train_command
 
     def fit(cfg, start_epoch=None):
         save_checkpoint(tmp_path / "run" / "epoch_001.pth", model=layer, config=cfg)
 
-    monkeypatch.setattr(engine, "fit", fit)
+    monkeypatch.setattr(train_command, "fit", fit)
     monkeypatch.setattr(checkpoint.torch, "save", short_write)
     assert cli_main(["train", "--preset", "mnet-biubug6", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()

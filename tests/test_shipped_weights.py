@@ -16,15 +16,16 @@ from conftest import ROOT, shared_path
 from skimage import data as skdata
 
 from nbsrc import kaggle
-from nbsrc.checkpoint import infer_preset, read_state_dict
+from nbsrc.checkpoint import read_state_dict
 from nbsrc.cli import main
 from nbsrc.config import get_preset
 from nbsrc.detector import Detector
 from nbsrc.model import build_model
 from nbsrc.model.backbones import MobileNetV1
-from nbsrc.model.build import MOBILENET_FILE, find_mobilenet_file
+from nbsrc.model.build import MOBILENET_FILE, convert_imagenet_mobilenet, find_mobilenet_file
+from nbsrc.model.loading import infer_preset
 from nbsrc.pretrained import resolve_pretrained
-from nbsrc.weights import IMAGENET_MOBILENET, PUBLISHED_DETECTOR, PUBLISHED_PRESET, convert_imagenet_mobilenet
+from nbsrc.weights import IMAGENET_MOBILENET, PUBLISHED_DETECTOR, PUBLISHED_PRESET
 
 ORIGINAL_BACKBONE = "weights/mobilenetV1X0.25_pretrain.tar"
 ORIGINAL_DETECTOR = "weights/mobilenet0.25_Final.pth"
@@ -123,9 +124,7 @@ def test_auto_resolves_to_the_shipped_backbone_when_nothing_else_is_found(nothin
     # on Kaggle with nothing attached, too
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
     (nothing_else / "input").mkdir()
-    assert resolve_pretrained("auto", "mobilenet0.25", input_root=nothing_else / "input") == str(
-        IMAGENET_MOBILENET
-    )
+    assert resolve_pretrained("auto", "mobilenet0.25", input_root=nothing_else / "input") == str(IMAGENET_MOBILENET)
     assert resolve_pretrained("auto", "resnet18") == "auto"  # ResNets: unchanged
     assert resolve_pretrained("none", "mobilenet0.25") == "none"
 

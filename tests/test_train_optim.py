@@ -97,6 +97,37 @@ def test_scheduler_is_per_step_and_resumes_exactly():
         assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
 
 
+@pytest.mark.parametrize("stop", [1, 3, 5, 13])
+def test_a_scheduler_rebuilt_at_a_step_gives_the_uninterrupted_rates(stop):
+    # warm-up over 1.5 epochs, then cosine: a resume stops inside the warm-up, at its end and in the decay
+    cfg = get_preset("latent-r18", **{"train.lr": 0.01, "train.warmup_epochs": 1.5, "train.schedule": "cosine"})
+    cfg = cfg.replace(**{"train.epochs": 5})
+    net = nn.Linear(3, 2)
+    opt = build_optimizer(cfg, net)
+    sched = build_scheduler(cfg, opt, steps_per_epoch=4)
+    rates, states = [], {}
+    for step in range(20):
+        states[step] = opt.state_dict()
+        rates.append(opt.param_groups[0]["lr"])  # the rate step `step` uses
+        opt.step()
+        sched.step()
+
+    resumed_opt = build_optimizer(cfg, nn.Linear(3, 2))
+    resumed_opt.load_state_dict(states[stop])  # as a checkpoint saved after `stop` steps holds it
+    resumed = build_scheduler(cfg, resumed_opt, steps_per_epoch=4, step=stop)
+    again = []
+    for _ in range(stop, 20):
+        again.append(resumed_opt.param_groups[0]["lr"])
+        resumed_opt.step()
+        resumed.step()
+    assert again == rates[stop:]  # exactly
+
+    # weights counted as trained for `stop` steps (a fresh optimizer): the schedule starts there
+    fresh = build_optimizer(cfg, nn.Linear(3, 2))
+    build_scheduler(cfg, fresh, steps_per_epoch=4, step=stop)
+    assert fresh.param_groups[0]["lr"] == rates[stop]
+
+
 def test_make_scheduler_sets_the_first_rate():
     net = nn.Linear(2, 2)
     opt = torch.optim.SGD(net.parameters(), lr=1.0)

@@ -25,13 +25,24 @@ checkpoint, wherever the command runs from, unless ``--run_name`` (``train.run_n
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from nbsrc.checkpoint import load_checkpoint
 from nbsrc.config import Config, get_preset, list_presets
+from nbsrc.data.loaders import build_dataloaders
+from nbsrc.engine import fit, resolve_dataset_root_config
+from nbsrc.launch import launch
+from nbsrc.model import build_model
+from nbsrc.model.loading import load_start_weights
 
 HELP = "train RetinaFace (latent or RGB) on a dataset"
 INTERMIXED = True  # key=value overrides anywhere among the options (`nbsrc.cli` parses with parse_intermixed_args)
@@ -255,7 +266,7 @@ def _latent_only_data(data: dict[str, Any], pairs: list[str]) -> bool:
 
 
 def _resumed_run_name(resume: str, out_given: bool) -> str | None:
-    """``train.run_name`` of a resumed run the user did not name: None, so that `nbsrc.engine.resolve_run_folder`
+    """``train.run_name`` of a resumed run the user did not name: None, so that `nbsrc.runs.resolve_run_folder`
     continues in the checkpoint's folder; with ``--out`` given, the checkpoint folder's name under it."""
     folder = Path(resume).expanduser().resolve().parent
     if out_given and (folder / "config.json").is_file():
@@ -267,9 +278,6 @@ def _read_config(path: str) -> Config:
     """The `Config` of a config JSON holding every group (a run folder's ``config.json``); raises `ValueError`
     naming the file and the missing groups, since a missing group would silently take the defaults of another
     preset than the one the file names."""
-    import dataclasses
-    import json
-
     try:
         cfg = Config.from_json(path)
     except ValueError as exc:
@@ -294,13 +302,6 @@ def check_checkpoints(cfg: Config) -> None:
     Raises:
         FileNotFoundError / ValueError: naming the checkpoint and what does not fit.
     """
-    import warnings
-
-    import torch
-
-    from nbsrc.engine import load_start_weights
-    from nbsrc.model import build_model
-
     with torch.device("meta"):  # keys and shapes only: no memory, no init cost
         model = build_model(cfg.replace(**{"model.pretrained": "none"}))
     with warnings.catch_warnings():  # loading into meta tensors is a no-op, which torch warns about per tensor
@@ -309,47 +310,45 @@ def check_checkpoints(cfg: Config) -> None:
 
 
 def _checkpoint(path: str, cache: dict[str, dict]) -> dict:
-    from nbsrc.checkpoint import load_checkpoint
-
     if path not in cache:
         cache[path] = load_checkpoint(path)
     return cache[path]
 
 
-def build_config(args: argparse.Namespace) -> tuple[Config, int | None]:
-    """The run's `Config` and the start epoch (``--resume_epoch`` for initial weights) from parsed arguments."""
-    pairs = list(args.overrides or [])
-    amp_value = args.amp
-    if amp_value is not None and "=" in amp_value:  # a bare --amp, then an override that argparse gave to --amp
-        pairs.insert(0, amp_value)
-        amp_value = "auto"
-    overrides: dict[str, Any] = _data_overrides(args)
-    preset = _preset_from_args(args, _latent_only_data(overrides, pairs))
-    checkpoints: dict[str, dict] = {}
+def _start_weights(args: argparse.Namespace, checkpoints: dict[str, dict]) -> tuple[str | None, str | None]:
+    """``(train.resume, train.weight)`` the flags give: ``--resume_net`` resumes from our checkpoint with training
+    state and initialises from anything else."""
     if args.resume_net and (args.resume or args.weight):
         raise ValueError("--resume_net cannot be combined with --resume or --weight")
-    resume_net_resumes = (
-        bool(args.resume_net) and _checkpoint(args.resume_net, checkpoints).get("optimizer") is not None
-    )
-    resume = args.resume or (args.resume_net if resume_net_resumes else None)
-    weight = args.weight or (args.resume_net if args.resume_net and not resume_net_resumes else None)
+    resumes = bool(args.resume_net) and _checkpoint(args.resume_net, checkpoints).get("optimizer") is not None
+    resume = args.resume or (args.resume_net if resumes else None)
+    weight = args.weight or (args.resume_net if args.resume_net and not resumes else None)
+    return resume, weight
+
+
+def _base_config(
+    args: argparse.Namespace, preset: str | None, resume: str | None, weight: str | None, checkpoints: dict
+) -> Config:
+    """The config the flags start from: ``--config``, else the preset, else the settings the ``--resume`` (or
+    ``--weight``) checkpoint was trained with, else ``latent-r50``."""
     if args.config:
         cfg = _read_config(args.config)
         if preset is not None and preset != cfg.preset:
             cfg = get_preset(preset)
             logger.warning("--config %s is ignored in favour of preset %s", args.config, preset)
-    elif preset is None and (resume or weight) and _checkpoint(resume or weight, checkpoints).get("config"):
-        # continue (or fine-tune) with the settings the checkpoint was trained with
-        cfg = Config.from_dict(_checkpoint(resume or weight, checkpoints)["config"])
+        return cfg
+    start = resume or weight
+    if preset is None and start and _checkpoint(start, checkpoints).get("config"):
+        # continue (or fine-tune, as a run of its own) with the settings the checkpoint was trained with
+        cfg = Config.from_dict(_checkpoint(start, checkpoints)["config"])
         cfg = cfg.replace(**{"train.resume": None, "train.weight": None})
-        if not resume:
-            cfg = cfg.replace(**{"train.run_name": None})
-    else:
-        cfg = get_preset(preset or "latent-r50")
-    if resume and args.run_name is None and _override(pairs, "train.run_name") is None:
-        # continue in the checkpoint's folder, not in <its train.out>/<its run_name> seen from here
-        out_given = args.out is not None or _override(pairs, "train.out") is not None
-        cfg = cfg.replace(**{"train.run_name": _resumed_run_name(resume, out_given)})
+        return cfg if resume else cfg.replace(**{"train.run_name": None})
+    return get_preset(preset or "latent-r50")
+
+
+def _flag_overrides(args: argparse.Namespace, amp_value: str | None) -> dict[str, Any]:
+    """Config keys the option flags set (the value-taking options, --device, --amp, --freeze, --no_wandb,
+    --latent_suffix)."""
     simple = {
         "train.epochs": args.epochs,
         "train.batch_size": args.batch_size,
@@ -360,13 +359,11 @@ def build_config(args: argparse.Namespace) -> tuple[Config, int | None]:
         "data.image_size": args.image_size,
         "train.seed": args.seed,
         "data.num_workers": args.workers,
-        "train.weight": weight,
-        "train.resume": resume,
         "train.wandb": args.wandb,
         "train.run_name": args.run_name,
         "train.out": args.out,
     }
-    overrides.update({k: v for k, v in simple.items() if v is not None})
+    overrides = {k: v for k, v in simple.items() if v is not None}
     if args.device is not None:
         overrides["train.device"] = _device(args.device)
     if amp_value is not None:
@@ -382,6 +379,27 @@ def build_config(args: argparse.Namespace) -> tuple[Config, int | None]:
         overrides["train.wandb"] = "disabled"
     if args.latent_suffix:
         overrides["data.latent_suffix"] = _latent_suffix(args.latent_suffix)
+    return overrides
+
+
+def build_config(args: argparse.Namespace) -> tuple[Config, int | None]:
+    """The run's `Config` and the start epoch (``--resume_epoch`` for initial weights) from parsed arguments."""
+    pairs = list(args.overrides or [])
+    amp_value = args.amp
+    if amp_value is not None and "=" in amp_value:  # a bare --amp, then an override that argparse gave to --amp
+        pairs.insert(0, amp_value)
+        amp_value = "auto"
+    overrides: dict[str, Any] = _data_overrides(args)
+    preset = _preset_from_args(args, _latent_only_data(overrides, pairs))
+    checkpoints: dict[str, dict] = {}
+    resume, weight = _start_weights(args, checkpoints)
+    cfg = _base_config(args, preset, resume, weight, checkpoints)
+    if resume and args.run_name is None and _override(pairs, "train.run_name") is None:
+        # continue in the checkpoint's folder, not in <its train.out>/<its run_name> seen from here
+        out_given = args.out is not None or _override(pairs, "train.out") is not None
+        cfg = cfg.replace(**{"train.run_name": _resumed_run_name(resume, out_given)})
+    overrides.update({k: v for k, v in {"train.weight": weight, "train.resume": resume}.items() if v is not None})
+    overrides.update(_flag_overrides(args, amp_value))
     for flag in ("tuning", "download", "startfm"):
         if getattr(args, flag):
             logger.warning("--%s has no effect here (kept for compatibility with older training scripts)", flag)
@@ -406,9 +424,6 @@ def run(args: argparse.Namespace) -> int:
     cfg, start_epoch = build_config(args)
     if args.check_only:
         check_checkpoints(cfg)  # as fit does before it writes anything
-        from nbsrc.data.loaders import build_dataloaders
-        from nbsrc.engine import resolve_dataset_root_config
-
         cfg = resolve_dataset_root_config(cfg)
         train_loader, val_loader = build_dataloaders(cfg)
         sys.stdout.write(cfg.to_json() + "\n")
@@ -419,12 +434,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.nproc > 1 and not under_torchrun:
-        from nbsrc.distributed import launch
-
         run_dir = launch(cfg, args.nproc, start_epoch=start_epoch)
     else:
-        from nbsrc.engine import fit
-
         run_dir = fit(cfg, start_epoch=start_epoch)
     if int(os.environ.get("RANK", "0")) == 0:
         sys.stdout.write(f"run folder: {run_dir}\n")

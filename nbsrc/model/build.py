@@ -17,6 +17,7 @@ with ``module.`` prefixes, in the layout of the backbone - e.g. ``mobilenetV1X0.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
@@ -27,13 +28,23 @@ import torch
 from torch import nn
 
 from nbsrc.anchors import AnchorGenerator
+from nbsrc.checkpoint import read_state_dict
 from nbsrc.config import Config
 from nbsrc.model.backbones import LatentBackbone, MobileNetV1, ResNetBackbone
 from nbsrc.model.heads import init_focal_prior, make_heads
 from nbsrc.model.necks import FPN, SSH
 from nbsrc.model.retinaface import RetinaFace
+from nbsrc.utils import atomic_path
+from nbsrc.weights import IMAGENET_MOBILENET
 
-__all__ = ["MOBILENET_FILE", "build_backbone", "build_model", "find_mobilenet_file", "load_backbone_weights"]
+__all__ = [
+    "MOBILENET_FILE",
+    "build_backbone",
+    "build_model",
+    "convert_imagenet_mobilenet",
+    "find_mobilenet_file",
+    "load_backbone_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -176,16 +187,12 @@ def _load_pretrained(model: RetinaFace, cfg: Config) -> str | None:
         path = Path(mode)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: pretrained backbone file not found (model.pretrained)")
-        from nbsrc.checkpoint import read_state_dict
-
         count = load_backbone_weights(model.backbone, read_state_dict(path), str(path))
         logger.info("backbone %s: %d pretrained tensors from %s%s", name, count, path, _shipped_note(path))
         return str(path)
     try:
         if name == "mobilenet0.25":
             path = find_mobilenet_file()
-            from nbsrc.checkpoint import read_state_dict
-
             state_dict, source = read_state_dict(path), str(path)
         else:
             state_dict, source = _torchvision_state_dict(name), f"torchvision {name} ImageNet"
@@ -201,8 +208,6 @@ def _load_pretrained(model: RetinaFace, cfg: Config) -> str | None:
 
 def _shipped_note(path: str | Path) -> str:
     """`` (the copy shipped with nbsrc)`` when `path` is the packaged ImageNet MobileNet file, else nothing."""
-    from nbsrc.weights import IMAGENET_MOBILENET
-
     try:
         return " (the copy shipped with nbsrc)" if Path(path).resolve() == IMAGENET_MOBILENET else ""
     except OSError:
@@ -213,8 +218,6 @@ def find_mobilenet_file(shipped: bool = True) -> Path:
     """biubug6's ImageNet MobileNetV1 x0.25 backbone file: ``mobilenetV1X0.25_pretrain.tar`` in the torch hub cache
     or in ``./weights``, else (when `shipped`) the plain state dict shipped with the package
     (`nbsrc.weights.IMAGENET_MOBILENET`). Raises `RuntimeError` naming the places searched when none is there."""
-    from nbsrc.weights import IMAGENET_MOBILENET
-
     candidates = [Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_FILE, Path("weights") / MOBILENET_FILE]
     if shipped:
         candidates.append(IMAGENET_MOBILENET)
@@ -226,3 +229,36 @@ def find_mobilenet_file(shipped: bool = True) -> Path:
         + (f", and the shipped {IMAGENET_MOBILENET} is missing (a broken install?)" if shipped else "")
         + " (torchvision has no MobileNetV1 x0.25; pass the file's path as model.pretrained)"
     )
+
+
+def convert_imagenet_mobilenet(source: str | Path, target: str | Path = IMAGENET_MOBILENET) -> Path:
+    """Write the backbone tensors of biubug6's ``mobilenetV1X0.25_pretrain.tar`` as a plain state dict.
+
+    Keeps exactly the tensors of `MobileNetV1` (``stage1.*`` .. ``stage3.*``), without the ``module.`` prefix and
+    without the ImageNet classifier (``fc.*``), the optimizer state or the training bookkeeping; each tensor is
+    copied unchanged (``torch.save`` of a ``dict[str, Tensor]``, written atomically). The same source gives the
+    same tensors every time.
+
+    Args:
+        source: the original checkpoint (``{"state_dict": {"module.stage1.0.0.weight": ...}, ...}``).
+        target: where to write (default: the shipped file, `IMAGENET_MOBILENET`).
+
+    Raises:
+        ValueError: `source` lacks a backbone tensor or has one of the wrong shape (names them).
+    """
+    state_dict = read_state_dict(source)  # ``module.`` prefixes removed
+    wanted = MobileNetV1().state_dict()
+    missing = [k for k in wanted if k not in state_dict]
+    bad_shape = [k for k in wanted if k in state_dict and state_dict[k].shape != wanted[k].shape]
+    if missing or bad_shape:
+        raise ValueError(
+            f"{source}: not biubug6's MobileNetV1 x0.25 checkpoint: {len(missing)} missing tensors {missing[:5]}, "
+            f"{len(bad_shape)} of another shape {bad_shape[:5]}"
+        )
+    plain = {k: state_dict[k].clone() for k in wanted}  # clone: each tensor saved with its own storage only
+    buffer = io.BytesIO()  # saved to memory: the archive's inner folder name does not depend on a temp file name
+    torch.save(plain, buffer)
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return target
