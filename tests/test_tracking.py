@@ -142,3 +142,36 @@ def test_missing_wandb_means_one_warning_and_no_tracking(no_key, monkeypatch, ca
     assert len(warnings) == 1 and "not installed" in warnings[0], warnings
     _exercise(tracker, no_key)  # every call is a no-op
     assert not (no_key / "wandb").exists()
+
+
+class _Capture(Tracker):
+    """An enabled tracker that keeps what it is asked to log."""
+
+    def __init__(self) -> None:
+        super().__init__(run=object(), mode="offline")
+        self.logged: list[dict] = []
+
+    def log_detections(self, key, images, detections, ground_truth=None, *, captions=None, step=None, max_images=8):
+        self.logged.append({"key": key, "images": images, "detections": detections, "captions": captions})
+
+
+@pytest.mark.parametrize("preset", ["mnet-biubug6", "latent-r18"])
+def test_validation_previews_show_the_input_with_its_confident_detections(preset):
+    import torch
+
+    from nbsrc import engine
+    from nbsrc.config import get_preset
+    from nbsrc.pictures import preview_picture
+
+    cfg = get_preset(preset)
+    shape = (3, 64, 80) if cfg.model.input_kind == "rgb" else (cfg.model.latent_channels, 4, 5)
+    x = torch.randn(shape) * 30
+    found = {"boxes": np.array([[4.0, 5.0, 30.0, 40.0], [1, 1, 9, 9]]), "scores": np.array([0.9, 0.2])}
+    sample = {"input": x, "detections": {**found, "labels": np.array([1, 1])}, "gt_boxes": np.zeros((0, 4))}
+    tracker = _Capture()
+    engine._log_previews(tracker, cfg, [{**sample, "name": "0--Parade/a"}], step=3, latent_stride=16)
+    (logged,) = tracker.logged
+    assert logged["key"] == "val/detections" and logged["captions"] == ["0--Parade/a"]
+    np.testing.assert_array_equal(logged["images"][0], preview_picture(x, cfg.model, latent_stride=16))
+    assert logged["images"][0].shape == (64, 80, 3) and logged["images"][0].dtype == np.uint8
+    assert logged["detections"][0]["scores"].tolist() == [0.9]  # only detections scoring 0.5 or more
