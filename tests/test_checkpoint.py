@@ -251,14 +251,6 @@ def test_training_state_with_numpy_rng_round_trips(tmp_path):
     assert torch.equal(loaded["torch"], rng["torch"])
 
 
-def test_package_exports():
-    import nbsrc
-
-    assert nbsrc.build_model is build_model
-    assert nbsrc.load_checkpoint is load_checkpoint and nbsrc.save_checkpoint is save_checkpoint
-    assert nbsrc.Detector.__name__ == "Detector"
-
-
 def test_an_imagenet_backbone_file_given_as_detector_weights_says_what_it_is():
     from nbsrc.detector import Detector
 
