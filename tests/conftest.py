@@ -74,6 +74,16 @@ def small_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     return folder / "latent.pth", folder / "rgb.pth"
 
 
+def focal_model():
+    """(model, config): a seeded, untrained mnet-biubug6 trained with focal loss."""
+    from nbsrc.config import get_preset
+    from nbsrc.model import build_model
+
+    torch.manual_seed(0)
+    cfg = get_preset("mnet-biubug6", **{"model.pretrained": "none", "loss.cls_loss": "focal"})
+    return build_model(cfg), cfg
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Small convolutions on a shared 2-core machine run faster (and far steadier) on one thread."""
@@ -101,3 +111,10 @@ TINY_TRAINING = {  # a tiny training run on the demo data: 2 steps of 2 images p
     "data.num_workers": 0,
     "data.max_images": 4,
 }
+
+
+def tiny_training_config(root, out, preset: str = "mnet-biubug6", **overrides):
+    """`preset` with `TINY_TRAINING` on the dataset at `root`, writing runs under `out`, then `overrides`."""
+    from nbsrc.config import get_preset
+
+    return get_preset(preset, **{**TINY_TRAINING, "data.dataset_root": str(root), "train.out": str(out), **overrides})

@@ -12,8 +12,10 @@ from conftest import shared_path
 
 from nbsrc.checkpoint import load_checkpoint, save_checkpoint
 from nbsrc.config import get_preset
+from nbsrc.detector import Detector
 from nbsrc.model import build, build_model
 from nbsrc.model.loading import infer_preset, load_model, load_state_dict_strict
+from nbsrc.utils import atomic_write_text
 
 MNET = "weights/mobilenet0.25_Final.pth"
 TWO_CLASS = "weights/mobilenet0.25_2cls6anchors_130324_epoch_295.pth"
@@ -69,8 +71,6 @@ def test_save_is_atomic_on_failure(tmp_path):
 
 def test_atomically_written_files_get_the_umask_mode_like_any_other_file(tmp_path):
     import os
-
-    from nbsrc.utils import atomic_write_text
 
     previous = os.umask(0o027)
     try:
@@ -252,8 +252,6 @@ def test_training_state_with_numpy_rng_round_trips(tmp_path):
 
 
 def test_an_imagenet_backbone_file_given_as_detector_weights_says_what_it_is():
-    from nbsrc.detector import Detector
-
     pretrain = shared_path("weights/mobilenetV1X0.25_pretrain.tar")
     for preset in (None, "mnet-biubug6"):
         with pytest.raises(ValueError, match="ImageNet classifier.*pass it as model.pretrained"):

@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from nbsrc import kaggle, nbrun
 from nbsrc.checkpoint import check_resumable, load_checkpoint
 from nbsrc.cli import describe_error
 from nbsrc.cli import main as cli_main
 from nbsrc.config import get_preset
+from nbsrc.data.demo import make_demo_data
 from nbsrc.detector import Detector, check_thresholds
+from nbsrc.evaluation.rates import evaluate_rates
 
 
 def _error_line(capsys) -> str:
@@ -140,8 +143,6 @@ def test_config_json_without_model_group(tmp_path, capsys):
 
 # ---- 3. parameter sections of notebooks that are not selected ---------------------------------------------
 def test_sections_of_unselected_notebooks_are_ignored():
-    from nbsrc import nbrun
-
     available = nbrun.list_notebooks()
     one = nbrun.select_notebooks(["01_data_inspection"], available)
     two = nbrun.select_notebooks(["01", "02"], available)
@@ -159,8 +160,6 @@ def test_sections_of_unselected_notebooks_are_ignored():
 
 
 def test_kaggle_build_with_a_section_of_another_notebook(tmp_path):
-    from nbsrc import kaggle
-
     result = kaggle.build("me", tmp_path / "build", parameters={"03_training": {"epochs": 1}}, notebooks=["01"])
     assert list(result["kernels"]) == ["01_data_inspection"]
 
@@ -198,8 +197,6 @@ def test_thresholds_out_of_range(small_checkpoints, tmp_path, capsys):
 
 # ---- 5. evaluate-rates checks the RGB model before predicting anything -----------------------------------
 def test_evaluate_rates_checks_rgb_model_first(small_checkpoints, demo_root, tmp_path):
-    from nbsrc.evaluation.rates import evaluate_rates
-
     latent, _ = small_checkpoints
     out = tmp_path / "rates"
     with pytest.raises(ValueError, match=r"rgb_weight .*latent\.pth must be an RGB model, got a latent model"):
@@ -209,8 +206,6 @@ def test_evaluate_rates_checks_rgb_model_first(small_checkpoints, demo_root, tmp
 
 # ---- 7. check-data takes the root positionally or as --dataset_root ---------------------------------------
 def test_check_data_dataset_root_alias(tmp_path, capsys):
-    from nbsrc.data.demo import make_demo_data
-
     root = make_demo_data(tmp_path / "demo", images=2, val_images=1, seed=0)
     assert cli_main(["check-data", "--dataset_root", str(root), "--quick"]) == 0
     by_option = capsys.readouterr().out

@@ -30,12 +30,15 @@ from nbsrc.data import latent_values
 from nbsrc.data.collate import detection_collate
 from nbsrc.data.defects import DataError, DefectLog, check_boxes
 from nbsrc.data.latent_dataset import LatentWiderFace
+from nbsrc.data.loaders import build_dataset
 from nbsrc.data.readers import read_labels
 from nbsrc.data.readers.retinaface_txt import write_retinaface_labels
 from nbsrc.data.records import ImageRecord
 from nbsrc.data.rgb_dataset import WiderFaceRGB
 from nbsrc.detector import Detector
+from nbsrc.engine import evaluate, train_one_epoch
 from nbsrc.evaluation.predict import build_predict_dataset, predict_dataset
+from nbsrc.loss import build_loss
 from nbsrc.model import build_model
 
 NAMES = ("0--Parade/0_Parade_a", "0--Parade/0_Parade_b", "12--Group/12_Group_c", "12--Group/12_Group_d")
@@ -165,9 +168,6 @@ def test_a_latent_broken_after_indexing_is_left_out_of_its_batch(tmp_path, caplo
 
 
 def test_training_and_validation_pass_over_a_batch_left_out_entirely(tmp_path):
-    from nbsrc.engine import evaluate, train_one_epoch
-    from nbsrc.loss import build_loss
-
     split = make_split(tmp_path)
     dataset = LatentWiderFace(split, label_frame=FRAME, on_error="skip")
     for name in NAMES[:2]:
@@ -324,8 +324,6 @@ def test_dataset_raise_names_the_box_line(tmp_path):
 def test_which_splits_are_value_checked_when_indexed(tmp_path, monkeypatch):
     """``data.check_values=eval`` (default): the validation split is checked when indexed; training latents are
     checked as they load (they are read then anyway), with the same hint; ``all`` checks both up front."""
-    from nbsrc.data.loaders import build_dataset
-
     split = make_split(tmp_path)
     shutil.copytree(split, tmp_path / "train")
     put_nan(latent_file(split, NAMES[2]))

@@ -11,9 +11,10 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from nbsrc import distributed, engine, launch
 from nbsrc.checkpoint import load_checkpoint
 from nbsrc.config import Config, get_preset
-from nbsrc.distributed import DistInfo, init_distributed
+from nbsrc.distributed import DistInfo, any_rank, cleanup, init_distributed
 from nbsrc.utils import read_jsonl
 
 
@@ -49,7 +50,6 @@ def spawn(fn: Callable[..., Any], nprocs: int, args: tuple = ()) -> None:
 def _worker(config: dict, out_dir: str) -> None:
     """One process: fit, then save this replica's parameters (captured from the model `fit` builds)."""
     torch.set_num_threads(1)
-    import nbsrc.engine as engine
 
     built = []
     real_build_model = engine.build_model
@@ -67,7 +67,6 @@ def _worker(config: dict, out_dir: str) -> None:
     rank = int(os.environ["RANK"])
     params = {k: v.detach().clone() for k, v in built[0].named_parameters()}
     torch.save({"params": params, "world_size": int(os.environ["WORLD_SIZE"])}, os.path.join(out_dir, f"rank{rank}.pt"))
-    from nbsrc.distributed import cleanup
 
     cleanup()
 
@@ -80,8 +79,6 @@ def test_single_process_needs_no_process_group(monkeypatch):
 
 def test_process_group_waits_out_a_long_rank0_validation(monkeypatch):
     import datetime
-
-    import nbsrc.distributed as distributed
 
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -151,8 +148,6 @@ def test_resumed_two_process_run_equals_the_uninterrupted_one(demo_root, tmp_pat
 
 
 def test_a_notebook_trains_on_every_visible_gpu(monkeypatch):
-    from nbsrc import launch
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # Kaggle T4 x2
     assert launch.training_processes("auto") == launch.training_processes("cuda", 0) == 2
@@ -172,8 +167,6 @@ def test_a_notebook_trains_on_every_visible_gpu(monkeypatch):
 def test_notebook_launcher_trains_in_torchrun_processes(demo_root, tmp_path, capfd):
     """What notebook 03 runs with two GPUs: a ``torchrun`` child of two processes (here gloo on the CPU) whose
     log streams into the cell; the run folder is the one named before the launch."""
-    from nbsrc import launch
-
     cfg = _cfg("latent-r18", demo_root, tmp_path, **{"train.run_name": "launched", "train.max_steps_per_epoch": 1})
     run = launch.train(cfg, processes=2)
     assert run == tmp_path / "runs" / "launched"
@@ -186,8 +179,6 @@ def test_notebook_launcher_trains_in_torchrun_processes(demo_root, tmp_path, cap
 
 def test_launch_continues_a_resumed_run_in_its_checkpoint_folder(tmp_path, monkeypatch):
     import json
-
-    from nbsrc import launch
 
     run = tmp_path / "runs" / "myrun"
     run.mkdir(parents=True)
@@ -208,8 +199,6 @@ def test_launch_continues_a_resumed_run_in_its_checkpoint_folder(tmp_path, monke
 
 def _any_rank_worker(out_dir: str) -> None:
     """Rank 1 alone has an empty batch at step 1: both ranks learn it and skip that step together."""
-    from nbsrc.distributed import any_rank, cleanup
-
     init_distributed("cpu")
     rank = int(os.environ["RANK"])
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))

@@ -13,12 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nbsrc.cli import main
+from nbsrc.data import demo
 from nbsrc.data.demo import DEMO_RATES, EASY_MIN_HEIGHT, MEDIUM_MIN_HEIGHT, QUANT_STEPS, make_demo_data
 from nbsrc.data.image_sizes import read_image_size, read_sizes_csv
 from nbsrc.data.readers import read_labels
 from nbsrc.data.readers.twoclass import read_twoclass_labels
 from nbsrc.data.readers.wider_mat import GT_FILES, read_wider_gt
 from nbsrc.data.records import FACE, PERSON
+from nbsrc.data.validate import validate_dataset
 from nbsrc.frame import FrameMap
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,8 +202,6 @@ def test_default_build_with_the_cli_takes_under_a_minute(tmp_path):
 
 def test_refuses_a_folder_that_is_not_a_demo_dataset(tmp_path, capsys):
     """Someone's own data is never overwritten: a clear error, every file as it was."""
-    from nbsrc.cli import main
-
     real = tmp_path / "real"
     (real / "train").mkdir(parents=True)
     (real / "train" / "labels.txt").write_text("# mine/a.jpg\n")
@@ -221,9 +222,6 @@ def test_refuses_a_folder_that_is_not_a_demo_dataset(tmp_path, capsys):
 
 
 def test_rebuild_replaces_the_demo_dataset_whole(tmp_path, monkeypatch):
-    import nbsrc.data.demo as demo
-    from nbsrc.data.validate import validate_dataset
-
     empty = tmp_path / "demo"
     empty.mkdir()  # an empty folder is fine
     root = make_demo_data(empty, images=3, val_images=2)

@@ -1,5 +1,5 @@
-"""Detector acceptance with the published weights, numerical equality with the published network, bad inputs,
-and the ``detect`` command."""
+"""Detector acceptance with the published weights, numerical equality with the published network, sigmoid
+scores for a focal-loss model, bad inputs, and the ``detect`` command."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import shared_path
+from conftest import focal_model, shared_path
 from skimage import data as skdata
 
 from nbsrc.checkpoint import save_checkpoint
@@ -163,6 +163,21 @@ def test_detect_batch_matches_detect(mnet, astronaut):
     assert same(batch[1], mnet.detect(crop, conf=0.5))
     predictions = mnet.predict_batch(mnet.prepare(astronaut)[None])
     assert predictions[0]["scores"][0] > 0.9 and len(predictions[0]["scores"]) >= 1  # eval thresholds (0.02)
+
+
+def test_detector_scores_a_focal_model_with_sigmoid():
+    model, cfg = focal_model()
+    with torch.no_grad():
+        head = model.ClassHead[0].conv1x1
+        head.bias.view(-1, 2)[:, 0] = 5.0  # an untrained background logit must not matter
+        head.bias.view(-1, 2)[:, 1] = 0.5
+    detector = Detector(model, cfg)
+    x = torch.randn(1, 3, 64, 64)
+    detections = detector.predict_batch(x, conf=0.05)[0]
+    with torch.no_grad():
+        face = torch.sigmoid(model(x)["conf"][0, :, 1])  # (A,)
+    assert len(detections["scores"]) > 0
+    assert torch.allclose(detections["scores"][0], face.max())
 
 
 # ---- bad inputs ----------------------------------------------------------------------------------------

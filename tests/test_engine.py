@@ -1,6 +1,7 @@
 """The trainer on the demo dataset, on the CPU: a resumed run equals an uninterrupted one, the run folder holds
 every promised file, freezing really freezes the latent model's pruned ResNet, a non-finite loss stops the run
-naming the batch, and the ancestors' command-line spellings map onto the config."""
+naming the batch, validation scores detections as the class loss does (sigmoid for focal loss), and the
+ancestors' command-line spellings map onto the config."""
 
 from __future__ import annotations
 
@@ -11,21 +12,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAINING
+from conftest import focal_model, tiny_training_config
 
-from nbsrc.checkpoint import get_rng_state, load_checkpoint, set_rng_state
+import nbsrc.commands.train as train_command
+import nbsrc.engine as engine
+import nbsrc.model.build as model_build
+import nbsrc.postprocess as postprocess_module
+import nbsrc.runs as runs
+from nbsrc.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from nbsrc.cli import main as cli_main
 from nbsrc.commands.train import config_from_argv
 from nbsrc.config import get_preset
-from nbsrc.engine import fit, train_one_epoch
+from nbsrc.data.loaders import build_dataloaders
+from nbsrc.engine import evaluate, fit, train_one_epoch
+from nbsrc.loss import build_loss
 from nbsrc.model import build_model
-from nbsrc.utils import read_jsonl, seed_everything
-
-TINY = TINY_TRAINING
-
-
-def tiny_cfg(root, out, preset="mnet-biubug6", **overrides):
-    return get_preset(preset, **{**TINY, "data.dataset_root": str(root), "train.out": str(out), **overrides})
+from nbsrc.utils import cuda_arch_supported, read_jsonl, seed_everything, select_device
 
 
 def _state(path):
@@ -41,7 +43,7 @@ def _assert_same_state(a, b):
 @pytest.fixture(scope="module")
 def uninterrupted(demo_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    return fit(tiny_cfg(demo_root, out, **{"train.epochs": 2, "train.run_name": "full"}))
+    return fit(tiny_training_config(demo_root, out, **{"train.epochs": 2, "train.run_name": "full"}))
 
 
 def test_run_folder_contents(uninterrupted):
@@ -76,9 +78,11 @@ def test_run_folder_contents(uninterrupted):
 
 
 def test_resume_gives_the_same_weights(uninterrupted, demo_root, tmp_path):
-    first = fit(tiny_cfg(demo_root, tmp_path, **{"train.epochs": 1, "train.run_name": "split"}))
+    first = fit(tiny_training_config(demo_root, tmp_path, **{"train.epochs": 1, "train.run_name": "split"}))
     assert (first / "last.pth").is_file() and not (first / "epoch_002.pth").exists()
-    resumed = fit(tiny_cfg(demo_root, tmp_path, **{"train.epochs": 2, "train.resume": str(first / "last.pth")}))
+    resumed = fit(
+        tiny_training_config(demo_root, tmp_path, **{"train.epochs": 2, "train.resume": str(first / "last.pth")})
+    )
     assert resumed == first  # the run folder is reused
     _assert_same_state(_state(uninterrupted / "weight_final.pth"), _state(resumed / "weight_final.pth"))
     full = [r for r in read_jsonl(uninterrupted / "metrics.jsonl") if r["kind"] == "epoch"]
@@ -97,14 +101,14 @@ def test_a_run_resumed_from_a_read_only_folder_continues_in_the_output_folder(
 ):
     # Kaggle: the version stopped at the time limit is attached read-only under /kaggle/input; the next version
     # continues in /kaggle/working under the same name, with the earlier metrics, and ends where 2 epochs end
-    import nbsrc.runs as runs
-
-    first = fit(tiny_cfg(demo_root, tmp_path / "input", **{"train.epochs": 1, "train.run_name": "split"}))
+    first = fit(tiny_training_config(demo_root, tmp_path / "input", **{"train.epochs": 1, "train.run_name": "split"}))
     before = sorted(p.name for p in first.iterdir())
     real_access = runs.os.access
     monkeypatch.setattr(runs.os, "access", lambda p, mode: False if Path(p) == first else real_access(p, mode))
     resumed = fit(
-        tiny_cfg(demo_root, tmp_path / "working", **{"train.epochs": 2, "train.resume": str(first / "last.pth")})
+        tiny_training_config(
+            demo_root, tmp_path / "working", **{"train.epochs": 2, "train.resume": str(first / "last.pth")}
+        )
     )
     assert resumed == tmp_path / "working" / "split"
     assert sorted(p.name for p in first.iterdir()) == before  # nothing written next to the checkpoint
@@ -117,9 +121,11 @@ def test_worker_processes_and_resuming_change_nothing(uninterrupted, demo_root, 
     # Augmentation is seeded per sample from (seed, epoch, index): persistent workers, which live across
     # epochs, and a resumed run draw what the single-process uninterrupted run drew.
     workers = {"data.num_workers": 1}
-    first = fit(tiny_cfg(demo_root, tmp_path, **workers, **{"train.epochs": 1, "train.run_name": "w1"}))
+    first = fit(tiny_training_config(demo_root, tmp_path, **workers, **{"train.epochs": 1, "train.run_name": "w1"}))
     resumed = fit(
-        tiny_cfg(demo_root, tmp_path, **workers, **{"train.epochs": 2, "train.resume": str(first / "last.pth")})
+        tiny_training_config(
+            demo_root, tmp_path, **workers, **{"train.epochs": 2, "train.resume": str(first / "last.pth")}
+        )
     )
     _assert_same_state(_state(uninterrupted / "weight_final.pth"), _state(resumed / "weight_final.pth"))
 
@@ -127,7 +133,7 @@ def test_worker_processes_and_resuming_change_nothing(uninterrupted, demo_root, 
 def test_freeze_backbone_freezes_the_pruned_resnet(demo_root, tmp_path):
     latent = {"train.epochs": 1, "train.freeze_backbone": True, "train.run_name": "f", "data.image_size": 640}
     latent.update({"model.bridge": "nearest", "train.max_steps_per_epoch": 1, "data.max_images": 2})
-    cfg = tiny_cfg(demo_root, tmp_path, "latent-r18", **latent)
+    cfg = tiny_training_config(demo_root, tmp_path, "latent-r18", **latent)
     model = build_model(cfg)
     model.freeze_backbone(True)
     trunk = [model.backbone.layer2, model.backbone.layer3, model.backbone.layer4]
@@ -162,16 +168,13 @@ class _NanAfter(torch.nn.Module):
 
 
 def test_non_finite_loss_stops_with_the_batch_names(demo_root, tmp_path, monkeypatch):
-    import nbsrc.engine as engine
-
     real_build_loss = engine.build_loss
     monkeypatch.setattr(engine, "build_loss", lambda cfg: _NanAfter(real_build_loss(cfg)))
-    cfg = tiny_cfg(demo_root, tmp_path, **{"train.epochs": 1, "train.run_name": "nan"})
+    cfg = tiny_training_config(demo_root, tmp_path, **{"train.epochs": 1, "train.run_name": "nan"})
     with pytest.raises(FloatingPointError) as info:
         fit(cfg)
     message = str(info.value)
     assert "step 2" in message and "loss_cls" in message and "nan" in message
-    from nbsrc.data.loaders import build_dataloaders
 
     names = set(build_dataloaders(cfg)[0].dataset.names)
     assert any(name in message for name in names), message
@@ -181,7 +184,6 @@ def test_non_finite_loss_stops_with_the_batch_names(demo_root, tmp_path, monkeyp
 def test_train_one_epoch_on_synthetic_batches_and_rng_roundtrip():
     cfg = get_preset("mnet-biubug6", **{"model.pretrained": "none", "data.image_size": 64})
     model = build_model(cfg)
-    from nbsrc.loss import build_loss
 
     batch = {
         "inputs": torch.randn(2, 3, 64, 64),
@@ -307,8 +309,10 @@ def test_cli_trains_and_resumes_with_published_spellings(demo_root, tmp_path, ca
 def test_compiled_training_computes_the_eager_loss_and_saves_plain_checkpoints(demo_root, tmp_path):
     # one step each: its loss depends only on the (seeded) initial weights and the first batch
     one_step = {"train.epochs": 1, "train.max_steps_per_epoch": 1}
-    eager = fit(tiny_cfg(demo_root, tmp_path, **one_step, **{"train.run_name": "eager"}))
-    compiled = fit(tiny_cfg(demo_root, tmp_path, **one_step, **{"train.run_name": "compiled", "train.compile": True}))
+    eager = fit(tiny_training_config(demo_root, tmp_path, **one_step, **{"train.run_name": "eager"}))
+    compiled = fit(
+        tiny_training_config(demo_root, tmp_path, **one_step, **{"train.run_name": "compiled", "train.compile": True})
+    )
     losses = [
         [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "step"] for run in (eager, compiled)
     ]
@@ -317,21 +321,21 @@ def test_compiled_training_computes_the_eager_loss_and_saves_plain_checkpoints(d
     assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-4)
     a, b = _state(eager / "weight_final.pth"), _state(compiled / "weight_final.pth")
     assert a.keys() == b.keys()  # no "_orig_mod." prefix: the checkpoint loads into a plain model
-    build_model(tiny_cfg(demo_root, tmp_path)).load_state_dict(b, strict=True)
+    build_model(tiny_training_config(demo_root, tmp_path)).load_state_dict(b, strict=True)
     seed_everything(7)  # train.seed: the initial weights of both runs
-    initial = build_model(tiny_cfg(demo_root, tmp_path)).state_dict()
+    initial = build_model(tiny_training_config(demo_root, tmp_path)).state_dict()
     moved = [k for k in b if b[k].is_floating_point() and not torch.equal(b[k], initial[k])]
     assert len(moved) > len(b) // 2  # the compiled backward and optimizer step updated the weights
 
 
 def test_an_fp16_run_resumes_a_checkpoint_saved_without_fp16(demo_root, tmp_path, monkeypatch):
     # a bf16 or float32 run saves an empty GradScaler state; resumed where amp means fp16 (a T4), it continues
-    import nbsrc.engine as engine
-
-    first = fit(tiny_cfg(demo_root, tmp_path, **{"train.epochs": 1, "train.run_name": "fp32"}))
+    first = fit(tiny_training_config(demo_root, tmp_path, **{"train.epochs": 1, "train.run_name": "fp32"}))
     assert load_checkpoint(first / "last.pth")["scaler"] == {}
     monkeypatch.setattr(engine, "resolve_amp", lambda amp, device: torch.float16)
-    resumed = fit(tiny_cfg(demo_root, tmp_path, **{"train.epochs": 2, "train.resume": str(first / "last.pth")}))
+    resumed = fit(
+        tiny_training_config(demo_root, tmp_path, **{"train.epochs": 2, "train.resume": str(first / "last.pth")})
+    )
     scaler = load_checkpoint(resumed / "last.pth")["scaler"]
     assert scaler and scaler["scale"] > 0  # the fp16 run's scaler state is saved from then on
 
@@ -342,7 +346,6 @@ def _resumable_run(folder, cfg):
     folder.mkdir(parents=True)
     cfg.to_json(folder / "config.json")
     layer = torch.nn.Linear(2, 2)
-    from nbsrc.checkpoint import save_checkpoint
 
     return save_checkpoint(
         folder / "last.pth", model=layer, config=cfg, epoch=1, optimizer=torch.optim.SGD(layer.parameters(), lr=0.1)
@@ -350,17 +353,15 @@ def _resumable_run(folder, cfg):
 
 
 def test_cli_resume_continues_in_the_checkpoint_folder_from_anywhere(tmp_path, monkeypatch):
-    from nbsrc.runs import resolve_run_folder
-
     monkeypatch.chdir(tmp_path)
-    cfg = tiny_cfg(tmp_path, "runs", **{"train.run_name": "rc"})  # train.out relative, as by default
+    cfg = tiny_training_config(tmp_path, "runs", **{"train.run_name": "rc"})  # train.out relative, as by default
     _resumable_run(tmp_path / "runs" / "rc", cfg)
     shutil.copytree(tmp_path / "runs" / "rc", tmp_path / "runs" / "copy")
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")
 
     def folder(argv):
-        return resolve_run_folder(config_from_argv(argv)[0])[1].resolve()
+        return runs.resolve_run_folder(config_from_argv(argv)[0])[1].resolve()
 
     assert folder(["--resume", "../runs/rc/last.pth"]) == tmp_path / "runs" / "rc"
     assert folder(["--resume_net", "../runs/rc/last.pth"]) == tmp_path / "runs" / "rc"
@@ -413,8 +414,6 @@ def test_bare_amp_keeps_the_following_override():
 
 
 def test_cli_reports_a_non_finite_loss_in_one_line(monkeypatch, capsys):
-    import nbsrc.commands.train as train_command
-
     def diverge(cfg, start_epoch=None):
         raise FloatingPointError("non-finite loss at epoch 1, step 2 (images a, b): loss=nan loss_cls=nan")
 
@@ -427,29 +426,34 @@ def test_cli_reports_a_non_finite_loss_in_one_line(monkeypatch, capsys):
 def test_pretrained_warnings_with_full_weights_and_a_frozen_random_backbone(
     demo_root, tmp_path, no_pretrained_files, monkeypatch, caplog
 ):
-    import nbsrc.model.build as build
-    from nbsrc.checkpoint import save_checkpoint
-
-    monkeypatch.setattr(build, "_WARNED", set())  # the "no pretrained" warning is once per process
+    monkeypatch.setattr(model_build, "_WARNED", set())  # the "no pretrained" warning is once per process
     one_step = {"train.epochs": 1, "train.max_steps_per_epoch": 1, "data.max_images": 2, "model.pretrained": "auto"}
     weight = save_checkpoint(
-        tmp_path / "w.pth", model=build_model(tiny_cfg(demo_root, tmp_path)), config=tiny_cfg(demo_root, tmp_path)
+        tmp_path / "w.pth",
+        model=build_model(tiny_training_config(demo_root, tmp_path)),
+        config=tiny_training_config(demo_root, tmp_path),
     )
     with caplog.at_level(logging.WARNING, logger="nbsrc"):
-        fit(tiny_cfg(demo_root, tmp_path, **one_step, **{"train.weight": str(weight), "train.freeze_backbone": True}))
+        fit(
+            tiny_training_config(
+                demo_root, tmp_path, **one_step, **{"train.weight": str(weight), "train.freeze_backbone": True}
+            )
+        )
     assert "random init" not in caplog.text and "stays random" not in caplog.text  # full weights are loaded
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="nbsrc"):  # auto: the shipped ImageNet MobileNet, nothing to say
-        fit(tiny_cfg(demo_root, tmp_path, **one_step, **{"train.freeze_backbone": True}))
+        fit(tiny_training_config(demo_root, tmp_path, **one_step, **{"train.freeze_backbone": True}))
     assert "random init" not in caplog.text and "stays random" not in caplog.text
     with caplog.at_level(logging.WARNING, logger="nbsrc"):
-        fit(tiny_cfg(demo_root, tmp_path, **{**one_step, "model.pretrained": "none", "train.freeze_backbone": True}))
+        fit(
+            tiny_training_config(
+                demo_root, tmp_path, **{**one_step, "model.pretrained": "none", "train.freeze_backbone": True}
+            )
+        )
     assert "random init" in caplog.text and "frozen backbone stays random" in caplog.text
 
 
 def test_a_gpu_this_torch_cannot_run_is_refused_with_what_to_choose(monkeypatch):
-    from nbsrc.utils import cuda_arch_supported, select_device
-
     built = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
     assert cuda_arch_supported((7, 5), built) and cuda_arch_supported((8, 9), built)  # T4; L4 runs sm_86
     assert cuda_arch_supported((12, 1), built) and not cuda_arch_supported((6, 0), built)  # P100: no sm_6x
@@ -469,7 +473,9 @@ def test_a_gpu_this_torch_cannot_run_is_refused_with_what_to_choose(monkeypatch)
 
 def test_a_new_run_never_writes_over_an_earlier_one(uninterrupted, demo_root):
     before = {p.name: p.read_bytes() for p in uninterrupted.iterdir() if p.is_file()}
-    again = tiny_cfg(demo_root, uninterrupted.parent, **{"train.epochs": 1, "train.run_name": uninterrupted.name})
+    again = tiny_training_config(
+        demo_root, uninterrupted.parent, **{"train.epochs": 1, "train.run_name": uninterrupted.name}
+    )
     with pytest.raises(
         FileExistsError,
         match=r"holds an earlier run \(epoch_001.pth, epoch_002.pth, last.pth, weight_final.pth\).*train.resume=.*last.pth",
@@ -477,10 +483,10 @@ def test_a_new_run_never_writes_over_an_earlier_one(uninterrupted, demo_root):
         fit(again)
     assert {p.name: p.read_bytes() for p in uninterrupted.iterdir() if p.is_file()} == before
     # nor does a run resumed from another folder into this one
-    other = fit(tiny_cfg(demo_root, uninterrupted.parent, **{"train.epochs": 1, "train.run_name": "other"}))
+    other = fit(tiny_training_config(demo_root, uninterrupted.parent, **{"train.epochs": 1, "train.run_name": "other"}))
     into = {"train.epochs": 2, "train.resume": str(other / "last.pth"), "train.run_name": uninterrupted.name}
     with pytest.raises(FileExistsError, match="holds an earlier run"):
-        fit(tiny_cfg(demo_root, uninterrupted.parent, **into))
+        fit(tiny_training_config(demo_root, uninterrupted.parent, **into))
     assert {p.name: p.read_bytes() for p in uninterrupted.iterdir() if p.is_file()} == before
 
 
@@ -489,12 +495,12 @@ def test_a_start_that_failed_before_its_first_checkpoint_can_be_retried(demo_roo
     failed = tmp_path / "retry"
     with pytest.raises(FileNotFoundError):
         fit(
-            tiny_cfg(
+            tiny_training_config(
                 demo_root, tmp_path, **{"train.run_name": "retry", "data.train_labels": str(tmp_path / "typo.txt")}
             )
         )
     assert (failed / "config.json").is_file() and not list(failed.glob("*.pth"))
-    run = fit(tiny_cfg(demo_root, tmp_path, **{"train.epochs": 1, "train.run_name": "retry"}))
+    run = fit(tiny_training_config(demo_root, tmp_path, **{"train.epochs": 1, "train.run_name": "retry"}))
     assert run == failed and (run / "last.pth").is_file()
 
 
@@ -503,7 +509,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(un
     wider = {"model.out_channels": 32, "train.epochs": 2}
     with pytest.raises(ValueError, match="does not fit the model"):
         fit(
-            tiny_cfg(
+            tiny_training_config(
                 demo_root, tmp_path, **wider, **{"train.run_name": "w", "train.weight": str(uninterrupted / "best.pth")}
             )
         )
@@ -512,19 +518,17 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(un
     shutil.copytree(uninterrupted, copy)
     config = (copy / "config.json").read_bytes()
     with pytest.raises(ValueError, match="does not fit the model"):
-        fit(tiny_cfg(demo_root, tmp_path, **wider, **{"train.resume": str(copy / "last.pth")}))
+        fit(tiny_training_config(demo_root, tmp_path, **wider, **{"train.resume": str(copy / "last.pth")}))
     assert (copy / "config.json").read_bytes() == config
     # a checkpoint with training state but no epoch count
     state = load_checkpoint(copy / "last.pth")
     torch.save({**state, "epoch": None}, copy / "noepoch.pth")
     with pytest.raises(ValueError, match="noepoch.pth: cannot resume: key .epoch."):
-        fit(tiny_cfg(demo_root, tmp_path, **{"train.resume": str(copy / "noepoch.pth")}))
+        fit(tiny_training_config(demo_root, tmp_path, **{"train.resume": str(copy / "noepoch.pth")}))
     assert (copy / "config.json").read_bytes() == config
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
-    from nbsrc import runs
-
     monkeypatch.setattr(runs, "make_run_name", lambda cfg: "latent-r18-20261202-113818")
     cfg = get_preset("latent-r18", **{"train.out": str(tmp_path)})
     names = []
@@ -554,3 +558,57 @@ def test_cli_label_files_outside_the_dataset_are_used_as_given(tmp_path):
         0
     ].data
     assert (data.dataset_root, data.train_split) == (str(root), "train")
+
+
+# ---- validation scores detections as the class loss does -------------------------------------------------------------
+def _spy_class_scores(monkeypatch) -> list[str]:
+    """The cls_loss of every `class_scores` call from now on."""
+    seen: list[str] = []
+    real = postprocess_module.class_scores
+
+    def spy(conf, cls_loss="ohem"):
+        seen.append(cls_loss)
+        return real(conf, cls_loss)
+
+    monkeypatch.setattr(postprocess_module, "class_scores", spy)
+    return seen
+
+
+def test_validation_ap_scores_like_the_loss(monkeypatch):
+    model, _ = focal_model()
+    seen = _spy_class_scores(monkeypatch)
+    batch = {
+        "inputs": torch.randn(1, 3, 64, 64),
+        "boxes": torch.tensor([[[8.0, 8.0, 40.0, 44.0]]]),
+        "labels": torch.tensor([[1]]),
+        "num_boxes": torch.tensor([1]),
+        "names": ["a/one"],
+    }
+    result = evaluate(model, [batch], device=torch.device("cpu"), cls_loss="focal", progress=False)
+    assert seen == ["focal"] and "ap_face" in result
+
+
+def test_fit_validates_a_focal_run_with_sigmoid_scores(demo_root, tmp_path, monkeypatch):
+    cfg = get_preset(
+        "mnet-biubug6",
+        **{
+            "loss.cls_loss": "focal",
+            "model.pretrained": "none",
+            "model.out_channels": 16,
+            "data.image_size": 128,
+            "data.dataset_root": str(demo_root),
+            "data.num_workers": 0,
+            "data.max_images": 4,
+            "train.out": str(tmp_path),
+            "train.run_name": "focal",
+            "train.epochs": 1,
+            "train.max_steps_per_epoch": 1,
+            "train.batch_size": 2,
+            "train.device": "cpu",
+            "train.wandb": "disabled",
+            "train.progress": False,
+        },
+    )
+    seen = _spy_class_scores(monkeypatch)
+    fit(cfg)
+    assert seen and set(seen) == {"focal"}

@@ -13,8 +13,9 @@ import pytest
 import wider_oracle
 from conftest import shared_path
 
-from nbsrc import nbrun
+from nbsrc import face_stats, nbrun
 from nbsrc.cli import main as cli_main
+from nbsrc.config import get_preset
 from nbsrc.data.readers.wider_mat import GT_FILES, read_wider_gt, write_wider_gt
 from nbsrc.evaluation.ground_truth import SHIPPED_GT_DIR, resolve_gt_dir
 from nbsrc.evaluation.results import MANIFEST
@@ -267,9 +268,6 @@ def test_cli_subset_and_ground_truth_line(official, tmp_path, capsys, not_on_kag
 
 
 def test_notebook_02_studies_the_wider_faces_by_default(not_on_kaggle):
-    from nbsrc import face_stats
-    from nbsrc.config import get_preset
-
     declared = nbrun.declared_parameters(nbrun.read_notebook(ROOT / "notebooks" / "02_anchor_statistics.py"))
     assert ast.literal_eval(declared["faces"].default) == "wider" and declared["gt_dir"].default == "None"
     assert "wider_gt_dir" not in declared

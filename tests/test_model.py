@@ -1,5 +1,6 @@
-"""Model family: every preset runs forward and backward, head outputs line up with anchors one for one, and the
-published key schemas (biubug6 mobilenet / resnet50, 2-class) are reproduced exactly."""
+"""Model family: every preset runs forward and backward, head outputs line up with anchors one for one, the
+published key schemas (biubug6 mobilenet / resnet50, 2-class) are reproduced exactly, and a fresh focal-loss model
+starts at the prior."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import math
 
 import pytest
 import torch
+from conftest import focal_model, shared_path
 from torch import nn
 
 from nbsrc.config import get_preset, list_presets
 from nbsrc.model import RetinaFace, build_model, flatten_head
 from nbsrc.model.bridge import make_bridge
+from nbsrc.model.heads import FOCAL_PRIOR
 from nbsrc.model.necks import FPN, SSH
 from nbsrc.postprocess import postprocess
 
 PRESETS = list_presets()
+PRIOR_BIAS = -math.log((1 - FOCAL_PRIOR) / FOCAL_PRIOR)  # -4.595
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -330,8 +334,6 @@ def test_r50_key_layout_matches_published_schema():
 
 
 def test_mnet_schema_equals_published_file():
-    from conftest import shared_path
-
     published = torch.load(shared_path("weights/mobilenet0.25_Final.pth"), map_location="cpu", weights_only=True)
     ours = _meta("mnet-biubug6").state_dict()
     assert list(published) == list(ours)
@@ -383,3 +385,16 @@ def test_freeze_backbone_rgb():
     model.freeze_backbone()
     assert not any(p.requires_grad for p in model.body.parameters())
     assert all(p.requires_grad for p in model.ClassHead.parameters())
+
+
+def test_fresh_focal_model_starts_at_the_prior():
+    model, _ = focal_model()
+    with torch.no_grad():
+        conf = model(torch.randn(2, 3, 64, 64))["conf"]  # (B, A, 2)
+    face = torch.sigmoid(conf[..., 1])
+    assert abs(float(face.mean()) - FOCAL_PRIOR) < 2e-3 and float(face.max()) < 0.02
+    for head in model.ClassHead:
+        bias = head.conv1x1.bias.view(-1, 2)  # (K, C)
+        assert torch.all(bias[:, 0] == 0) and torch.allclose(bias[:, 1], torch.tensor(PRIOR_BIAS))
+    plain = build_model(get_preset("mnet-biubug6", **{"model.pretrained": "none"}))
+    assert not torch.allclose(plain.ClassHead[0].conv1x1.bias.view(-1, 2)[:, 1], torch.tensor(PRIOR_BIAS))

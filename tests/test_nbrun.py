@@ -11,8 +11,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nbsrc import nbrun
+from nbsrc import nbrun, paths
+from nbsrc.model.build import MOBILENET_FILE
 from nbsrc.notebook import NotebookParameter, check_given_parameters
+from nbsrc.weights import IMAGENET_MOBILENET
 
 HEADER = """\
 # ---
@@ -247,8 +249,6 @@ def test_pretrained_path_becomes_absolute_but_keywords_stay(tmp_path):
 @pytest.fixture()
 def mobilenet_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory whose ``weights/`` holds the ImageNet MobileNet file (and an empty torch hub cache)."""
-    from nbsrc.model.build import MOBILENET_FILE
-
     cwd = tmp_path / "cwd"
     (cwd / "weights").mkdir(parents=True)
     (cwd / "weights" / MOBILENET_FILE).write_bytes(b"")
@@ -279,8 +279,6 @@ def test_auto_pretrained_is_searched_from_the_working_directory(mobilenet_in_cwd
         assert nbrun.resolve_auto_pretrained(params, declared) == params
     assert nbrun.resolve_auto_pretrained({}, {"preset": declared["preset"]}) == {}  # no pretrained parameter
     mobilenet_in_cwd.unlink()
-    from nbsrc.weights import IMAGENET_MOBILENET
-
     # nothing found from here: the copy shipped with the package
     assert nbrun.resolve_auto_pretrained({}, declared) == {"pretrained": str(IMAGENET_MOBILENET)}
 
@@ -312,8 +310,6 @@ def test_run_passes_auto_pretrained_found_from_the_working_directory(mobilenet_i
 
 
 def test_failed_notebook_reports_no_stale_metrics(notebooks_dir, tmp_path):
-    from nbsrc import paths
-
     out = tmp_path / "run"
     (out / "value.txt").parent.mkdir(parents=True)
     (out / "value.txt").write_text("6")

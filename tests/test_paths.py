@@ -11,18 +11,17 @@ import pytest
 import torch
 from conftest import shared_path
 
-from nbsrc import paths
+from nbsrc import kaggle, paths
 from nbsrc.config import get_preset
 from nbsrc.data.demo import resolve_dataset_root
 from nbsrc.model import build_model
 from nbsrc.pretrained import resolve_pretrained
+from nbsrc.weights import IMAGENET_MOBILENET
 
 PRETRAIN = "weights/mobilenetV1X0.25_pretrain.tar"
 
 
 def test_auto_ends_at_the_shipped_backbone_when_the_file_is_nowhere(no_pretrained_files):
-    from nbsrc.weights import IMAGENET_MOBILENET
-
     assert resolve_pretrained("auto", "mobilenet0.25") == str(IMAGENET_MOBILENET)
 
 
@@ -82,8 +81,6 @@ def _touch(path, mtime):
 
 @pytest.mark.parametrize("mount", ["nbsrc-03-training", "notebooks/alice/nbsrc-03-training"])
 def test_on_kaggle_the_training_kernels_latest_checkpoint_is_found(tmp_path, monkeypatch, mount):
-    from nbsrc import kaggle
-
     assert kaggle.KERNELS["03_training"].slug == paths.TRAINING_KERNEL_SLUG
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
     monkeypatch.setattr(paths, "KAGGLE_INPUT", tmp_path)

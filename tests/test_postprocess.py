@@ -1,4 +1,6 @@
-"""Post-processing: decoding to pixels, thresholds, per-class NMS, top-k limits, empty results."""
+"""Post-processing: decoding to pixels, thresholds, per-class NMS, top-k limits, empty results; scores follow
+the class loss: softmax over (background, face[, person]) for softmax CE (the published, bit-for-bit unchanged
+path), sigmoid of the foreground logits for focal loss (whose background logit is never trained)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,10 @@ import math
 
 import pytest
 import torch
+from torchvision.ops import nms
 
-from nbsrc.boxes import encode_boxes, encode_landmarks
-from nbsrc.postprocess import postprocess
+from nbsrc.boxes import decode_boxes, encode_boxes, encode_landmarks
+from nbsrc.postprocess import class_scores, postprocess
 
 H, W = 100, 200
 ANCHORS = torch.tensor(
@@ -37,6 +40,16 @@ def _outputs(conf: torch.Tensor, landmarks: bool = True) -> dict:
 def _run(outputs, **kw):
     args = {"conf_thresh": 0.5, "nms_thresh": 0.4, "top_k": 100, "keep_top_k": 100, **kw}
     return postprocess(outputs, ANCHORS, (H, W), **args)
+
+
+def _score_all(conf: torch.Tensor, **kw) -> list[dict]:
+    """Every detection of the apart-lying anchors 0, 2 and 3 (no score threshold)."""
+    args = {"conf_thresh": 0.0, "nms_thresh": 0.4, "top_k": 100, "keep_top_k": 100, **kw}
+    return postprocess(_outputs(conf), ANCHORS[[0, 2, 3]], (H, W), **args)
+
+
+# background logits far above the face logits: softmax scores small, sigmoid(face) scores large
+FOCAL_CONF = torch.tensor([[[3.0, 1.0], [4.0, 0.5], [2.5, -0.25]]])  # (1, 3, 2)
 
 
 def test_no_detections_is_normal():
@@ -106,10 +119,6 @@ def test_bad_shapes_raise():
 
 def _full_nms_reference(outputs, anchors, size, conf_thresh, nms_thresh, top_k, keep_top_k):
     """The straightforward post-processing: NMS over every candidate of every (image, class), then keep-top-k."""
-    from torchvision.ops import nms
-
-    from nbsrc.boxes import decode_boxes
-
     height, width = size
     boxes = decode_boxes(outputs["loc"], anchors) * torch.tensor([width, height] * 2)  # (B, A, 4)
     scores = torch.softmax(outputs["conf"], dim=-1)[..., 1:]  # (B, A, C-1)
@@ -191,3 +200,35 @@ def test_threaded_nms_works_in_a_forked_child(monkeypatch):
         if child.is_alive():
             child.kill()
     assert got == parent and len(parent[0]) > 10
+
+
+def test_class_scores_per_loss():
+    conf = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(0))  # (B, A, C) 3-class
+    assert torch.equal(class_scores(conf), torch.softmax(conf, dim=-1)[..., 1:])
+    assert torch.equal(class_scores(conf, "ohem"), class_scores(conf))
+    assert torch.equal(class_scores(conf, "focal"), torch.sigmoid(conf[..., 1:]))
+    assert class_scores(conf.half(), "focal").dtype == torch.float32
+    with pytest.raises(ValueError, match="cls_loss"):
+        class_scores(conf, "softmax")
+
+
+def test_postprocess_focal_scores_are_sigmoid_of_the_face_logit():
+    result = _score_all(FOCAL_CONF, cls_loss="focal")[0]
+    expected = torch.sigmoid(FOCAL_CONF[0, :, 1]).sort(descending=True).values  # (3,)
+    assert torch.equal(result["scores"], expected)
+    assert not torch.allclose(result["scores"], torch.softmax(FOCAL_CONF[0], -1)[:, 1].sort(descending=True).values)
+    # the background logit plays no part
+    shifted = FOCAL_CONF.clone()
+    shifted[..., 0] = -10.0
+    assert torch.equal(_score_all(shifted, cls_loss="focal")[0]["scores"], result["scores"])
+
+
+def test_published_softmax_path_is_unchanged():
+    conf = torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(1))  # (B, A, 2)
+    default = _score_all(conf)
+    explicit = _score_all(conf, cls_loss="ohem")
+    reference = torch.softmax(conf.float(), dim=-1)[..., 1]  # (B, A) the published score
+    for b in range(2):
+        assert torch.equal(default[b]["scores"], explicit[b]["scores"])
+        assert torch.equal(default[b]["boxes"], explicit[b]["boxes"])
+        assert torch.equal(default[b]["scores"], reference[b].sort(descending=True).values)

@@ -23,23 +23,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAINING
+from conftest import tiny_training_config
 
-from nbsrc import runs
+import nbsrc.commands.train as train_command
+from nbsrc import checkpoint, engine, runs, utils
 from nbsrc.checkpoint import load_checkpoint, save_checkpoint
 from nbsrc.cli import main as cli_main
 from nbsrc.config import Config, get_preset
+from nbsrc.detector import Detector
 from nbsrc.distributed import DistInfo
+from nbsrc.evaluation.predict import build_predict_dataset, predict_dataset
+from nbsrc.evaluation.results import result_path
+from nbsrc.model import build_model
 from nbsrc.utils import append_jsonl, atomic_path, atomic_write_text, read_jsonl
 
-TINY = TINY_TRAINING
 EPOCHS = 3
 SCORES = {1: 0.1, 2: 0.3, 3: 0.2}  # validation score per epoch: epoch 2 is the best, and a later epoch follows it
 _SERVER = None
-
-
-def _cfg(root, out, **overrides) -> Config:
-    return get_preset("mnet-biubug6", **{**TINY, "data.dataset_root": str(root), "train.out": str(out), **overrides})
 
 
 def _server() -> multiprocessing.context.BaseContext:
@@ -59,9 +59,6 @@ def _die() -> None:
 def _arm(point: str, epoch: int) -> None:
     """SIGKILL this process at `point` of the end of epoch `epoch`: right after the epoch's checkpoint, its metrics
     line, ``last.pth`` or ``best.pth`` is written, or in the middle of writing ``last.pth``."""
-    import nbsrc.engine as engine
-    from nbsrc import utils
-
     ending = {"epoch": 0}
     real_save, real_append, real_copy = engine.save_checkpoint, engine.append_jsonl, engine.atomic_copy
 
@@ -93,7 +90,6 @@ def _arm(point: str, epoch: int) -> None:
 def _train(config: dict, result: str, kill: tuple[str, int] | None = None, start=None, fixed_name=None) -> None:
     """One training process: `fit` (after `start`, a barrier shared with another process), its outcome to `result`."""
     torch.set_num_threads(1)
-    import nbsrc.engine as engine
 
     engine._score = lambda record, key: SCORES.get(record["epoch"], 0.0)  # the same best epoch on any machine
     if kill is not None:
@@ -150,7 +146,9 @@ def _leftovers(folder: Path) -> list[str]:
 def reference(demo_root, tmp_path_factory):
     """An uninterrupted run of `EPOCHS` epochs and the epoch that is its best (by `SCORES`)."""
     out = tmp_path_factory.mktemp("reference")
-    outcome = _run(_cfg(demo_root, out, **{"train.epochs": EPOCHS, "train.run_name": "full"}), out / "result.json")
+    outcome = _run(
+        tiny_training_config(demo_root, out, **{"train.epochs": EPOCHS, "train.run_name": "full"}), out / "result.json"
+    )
     assert outcome["exitcode"] == 0, outcome
     run = Path(outcome["run"])
     epochs = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"]
@@ -167,7 +165,9 @@ def test_two_runs_started_together_into_one_folder(demo_root, tmp_path):
     processes = [
         _start(
             _train,
-            _cfg(demo_root, tmp_path, **{"train.run_name": "same", "train.seed": seed, "train.epochs": 1}).to_dict(),
+            tiny_training_config(
+                demo_root, tmp_path, **{"train.run_name": "same", "train.seed": seed, "train.epochs": 1}
+            ).to_dict(),
             str(result),
             start=start,
         )
@@ -196,7 +196,7 @@ def test_runs_started_in_the_same_second_get_two_folders(demo_root, tmp_path):
     processes = [
         _start(
             _train,
-            _cfg(demo_root, tmp_path / "runs", **{"train.seed": seed, "train.epochs": 1}).to_dict(),
+            tiny_training_config(demo_root, tmp_path / "runs", **{"train.seed": seed, "train.epochs": 1}).to_dict(),
             str(result),
             start=start,
             fixed_name="mnet-biubug6-20261204-120000",
@@ -331,7 +331,7 @@ def test_a_kill_at_the_end_of_an_epoch_loses_neither_the_best_model_nor_a_metric
     reference, demo_root, tmp_path, point
 ):
     full, best_epoch = reference
-    cfg = _cfg(demo_root, tmp_path, **{"train.epochs": EPOCHS, "train.run_name": "killed"})
+    cfg = tiny_training_config(demo_root, tmp_path, **{"train.epochs": EPOCHS, "train.run_name": "killed"})
     killed = _run(cfg, tmp_path / "killed.json", kill=(point, best_epoch))
     assert killed["exitcode"] == -signal.SIGKILL, killed
     run = tmp_path / "killed"
@@ -339,7 +339,9 @@ def test_a_kill_at_the_end_of_an_epoch_loses_neither_the_best_model_nor_a_metric
         assert any(p.name.startswith(".last.pth.") and p.name.endswith(".tmp") for p in run.iterdir())
     assert (run / runs.LOCK_NAME).exists()  # the killed run's lock, stale now
 
-    resume = _cfg(demo_root, tmp_path, **{"train.epochs": EPOCHS, "train.resume": str(run / "last.pth")})
+    resume = tiny_training_config(
+        demo_root, tmp_path, **{"train.epochs": EPOCHS, "train.resume": str(run / "last.pth")}
+    )
     resumed = _run(resume, tmp_path / "resumed.json")
     assert resumed["exitcode"] == 0, resumed
     assert Path(resumed["run"]) == run
@@ -355,8 +357,6 @@ def test_a_kill_at_the_end_of_an_epoch_loses_neither_the_best_model_nor_a_metric
 
 # ---- 3. a full disk, and temporary files left by kills --------------------------------------------------------------
 def test_a_full_disk_names_the_file(tmp_path, monkeypatch, capsys):
-    import nbsrc.checkpoint as checkpoint
-
     layer = torch.nn.Linear(2, 2)
     cfg = get_preset("mnet-biubug6")
 
@@ -383,8 +383,6 @@ def test_a_full_disk_names_the_file(tmp_path, monkeypatch, capsys):
     with pytest.raises(OSError, match=r"disk is full.*metrics\.jsonl"):
         append_jsonl(tmp_path / "run" / "metrics.jsonl", {"kind": "epoch"})
     monkeypatch.undo()
-
-    import nbsrc.commands.train as train_command
 
     def fit(cfg, start_epoch=None):
         save_checkpoint(tmp_path / "run" / "epoch_001.pth", model=layer, config=cfg)
@@ -431,11 +429,6 @@ def test_only_stale_temporary_files_of_the_writer_are_removed(tmp_path):
 
 
 def test_predict_removes_the_temporary_files_a_killed_prediction_left(demo_root, tmp_path):
-    from nbsrc.detector import Detector
-    from nbsrc.evaluation.predict import build_predict_dataset, predict_dataset
-    from nbsrc.evaluation.results import result_path
-    from nbsrc.model import build_model
-
     cfg = get_preset("mnet-biubug6", **{"model.pretrained": "none", "model.out_channels": 8, "data.max_images": 2})
     cfg = cfg.replace(**{"data.image_size": 128, "eval.keep_top_k": 100})
     dataset = build_predict_dataset(cfg, demo_root, "val")

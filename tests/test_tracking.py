@@ -12,8 +12,11 @@ import types
 
 import numpy as np
 import pytest
+import torch
 
-from nbsrc import tracking
+from nbsrc import engine, tracking
+from nbsrc.config import get_preset
+from nbsrc.pictures import preview_picture
 from nbsrc.tracking import Tracker, find_wandb_key, init_tracker
 
 
@@ -157,12 +160,6 @@ class _Capture(Tracker):
 
 @pytest.mark.parametrize("preset", ["mnet-biubug6", "latent-r18"])
 def test_validation_previews_show_the_input_with_its_confident_detections(preset):
-    import torch
-
-    from nbsrc import engine
-    from nbsrc.config import get_preset
-    from nbsrc.pictures import preview_picture
-
     cfg = get_preset(preset)
     shape = (3, 64, 80) if cfg.model.input_kind == "rgb" else (cfg.model.latent_channels, 4, 5)
     x = torch.randn(shape) * 30
