@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import shared_path
-from test_engine import tiny_cfg
+from conftest import shared_path, tiny_training_config
 
 from nbsrc.detector import Detector
 from nbsrc.engine import fit
@@ -24,7 +23,7 @@ pytestmark = [
 
 @pytest.mark.parametrize(("preset", "amp"), [("mnet-biubug6", "fp16"), ("latent-r18", "fp16"), ("latent-r18", "auto")])
 def test_mixed_precision_training_on_cuda(demo_root, tmp_path, preset, amp):
-    cfg = tiny_cfg(
+    cfg = tiny_training_config(
         demo_root,
         tmp_path,
         preset,

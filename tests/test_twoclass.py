@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import shared_path
-from test_eval_detection_ap import reference_ap
+from test_detection_ap import reference_ap
 
 from nbsrc.cli import main as cli_main
 from nbsrc.data.readers.twoclass import read_twoclass_labels
