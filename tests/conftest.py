@@ -1,5 +1,5 @@
-"""Shared fixtures. ``../shared`` holds real ground truth and published weights: tests that need it skip
-with a clear reason when it is absent, and fail instead when ``REQUIRE_SHARED=1`` (as in CI)."""
+"""Shared fixtures and config builders. ``../shared`` holds real ground truth and published weights: tests that
+need it skip with a clear reason when it is absent, and fail instead when ``REQUIRE_SHARED=1`` (as in CI)."""
 
 from __future__ import annotations
 
