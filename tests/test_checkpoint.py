@@ -4,8 +4,12 @@ preset inference and mismatch errors, and pretrained backbone weights (file path
 from __future__ import annotations
 
 import logging
+import os
+import random
+import time
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 from conftest import shared_path
@@ -70,8 +74,6 @@ def test_save_is_atomic_on_failure(tmp_path):
 
 
 def test_atomically_written_files_get_the_umask_mode_like_any_other_file(tmp_path):
-    import os
-
     previous = os.umask(0o027)
     try:
         save_checkpoint(tmp_path / "c.pth", model=torch.nn.Linear(2, 2), config=get_preset("mnet-biubug6"))
@@ -232,18 +234,12 @@ def test_auto_uses_torchvision_weights_from_the_hub_cache(offline_hub):
 
 
 def test_real_probe_returns_quickly():
-    import time
-
     start = time.monotonic()
     build._reachable("unreachable.invalid", timeout=1.0)
     assert time.monotonic() - start < 2.5
 
 
 def test_training_state_with_numpy_rng_round_trips(tmp_path):
-    import random
-
-    import numpy as np
-
     rng = {"numpy": np.random.get_state(), "python": random.getstate(), "torch": torch.get_rng_state()}
     path = save_checkpoint(tmp_path / "r.pth", model=_model("mnet-biubug6"), config=get_preset("mnet-biubug6"), rng=rng)
     loaded = load_checkpoint(path)["rng"]

@@ -3,6 +3,8 @@ replicas end with identical parameters, and only rank 0 writes the run folder.""
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import socket
 from collections.abc import Callable
@@ -78,8 +80,6 @@ def test_single_process_needs_no_process_group(monkeypatch):
 
 
 def test_process_group_waits_out_a_long_rank0_validation(monkeypatch):
-    import datetime
-
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
@@ -178,8 +178,6 @@ def test_notebook_launcher_trains_in_torchrun_processes(demo_root, tmp_path, cap
 
 
 def test_launch_continues_a_resumed_run_in_its_checkpoint_folder(tmp_path, monkeypatch):
-    import json
-
     run = tmp_path / "runs" / "myrun"
     run.mkdir(parents=True)
     get_preset("mnet-biubug6").to_json(run / "config.json")

@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -217,8 +218,6 @@ def test_runs_started_in_the_same_second_get_two_folders(demo_root, tmp_path):
 
 
 def test_a_claimed_folder_is_refused_in_one_line_naming_its_holder(reference, demo_root, tmp_path, capsys):
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(reference[0], copy)
     new = ["train", "--preset", "mnet-biubug6", "--dataset_root", str(demo_root), "--epochs", "1", "--no_wandb"]

@@ -6,6 +6,7 @@ without wandb installed a run warns once and tracks nothing."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import types
@@ -107,8 +108,6 @@ def test_kaggle_secret_provides_the_key(no_key, monkeypatch):
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
     _fake_secrets(monkeypatch, lambda label: "k" * 40 if label == "WANDB_API_KEY" else None)
     assert find_wandb_key() == "kaggle"
-    import os
-
     assert os.environ["WANDB_API_KEY"] == "k" * 40
 
 
