@@ -1,20 +1,17 @@
 """A notebook's parameters: their declaration, their checking, and the `Config` they describe.
 
-Every notebook's first cell after its ``parameters`` cell is ``cfg = notebook_config(globals())``: the values given
-(by papermill, the runner or a Kaggle build) are checked and converted in place against the cell's annotations,
-and the config is built from them:
+The first cell after a notebook's ``parameters`` cell checks the values given (by papermill, the runner or a Kaggle
+build) in place against the cell's annotations and builds the config from them:
 
-- a notebook with a ``checkpoint`` parameter evaluates a trained model: the checkpoint's config (for prediction,
-  `nbsrc.config.Config.for_prediction`) keeps its dataset and takes this notebook's original-size sources and
-  `EVALUATION_KEYS`;
-- any other notebook starts from its ``preset``, with the dataset found from ``dataset_root``
-  (`nbsrc.data.demo.resolve_dataset_root`; none when ``faces`` reads WIDER FACE's own labels), the parameters
-  named in `PRESET_KEYS`, ``train.out`` = ``<run folder>/train``, then ``resume`` (`nbsrc.paths.resolve_resume`),
-  ``overrides`` (``key=value`` pairs), ``run_name`` and ``pretrained='auto'`` resolved
-  (`nbsrc.pretrained.resolve_pretrained`), each when the notebook declares it.
+- ``cfg = notebook_config(globals())`` starts from the ``preset``, with the dataset found from ``dataset_root``
+  (none when ``faces`` reads WIDER FACE's own labels), the parameters named in `PRESET_KEYS`, ``train.out`` =
+  ``<run folder>/train``, then ``resume``, ``overrides`` (``key=value`` pairs), ``run_name`` and
+  ``pretrained='auto'`` resolved, each when the notebook declares it;
+- ``detector, weights = notebook_detector(globals())`` (a notebook with a ``checkpoint`` parameter) reads the
+  checkpoint once: its model, with its config for prediction, which keeps its dataset and takes this notebook's
+  original-size sources and `EVALUATION_KEYS`.
 
-Data locations go through `nbsrc.paths.data_settings` in both cases. The torch and OpenCV parts (checkpoint,
-demo dataset, pretrained search) are imported when called, so that ``import nbsrc`` stays light.
+Torch and OpenCV are imported when called, so that ``import nbsrc`` stays light.
 """
 
 from __future__ import annotations
@@ -25,10 +22,13 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbsrc import paths
 from nbsrc.config import Config, coerce_value, get_preset
+
+if TYPE_CHECKING:
+    from nbsrc.detector import Detector
 
 __all__ = [
     "EVALUATION_KEYS",
@@ -39,6 +39,7 @@ __all__ = [
     "check_given_parameters",
     "check_value",
     "notebook_config",
+    "notebook_detector",
     "parameter_annotations",
 ]
 
@@ -142,20 +143,34 @@ def check_given_parameters(namespace: dict[str, Any], notebook: str = "this note
 
 
 # ---- the config ---------------------------------------------------------------------------------
+def _given(namespace: dict[str, Any]) -> dict[str, Any]:
+    check_given_parameters(namespace)
+    return {name: namespace[name] for name in parameter_annotations(namespace) if name in namespace}
+
+
 def notebook_config(namespace: dict[str, Any]) -> Config:
-    """Check the parameters a notebook was given (`check_given_parameters`, in place) and return the config they
-    describe (see the module docstring).
+    """Check the parameters a notebook was given (in place) and return the config they describe.
 
     Raises:
         ValueError: a parameter of the wrong type, or a config setting out of range (naming the key).
         FileNotFoundError: no dataset, or no checkpoint to evaluate.
     """
-    check_given_parameters(namespace)
-    given = {name: namespace[name] for name in parameter_annotations(namespace) if name in namespace}
-    run = paths.run_folder(given.get("run_dir"))
+    given = _given(namespace)
     if "checkpoint" in given:
-        return _evaluation_config(given, run)
-    return _preset_config(given, run)
+        return _evaluation_detector(given, device="cpu")[0].cfg
+    return _preset_config(given, paths.run_folder(given.get("run_dir")))
+
+
+def notebook_detector(namespace: dict[str, Any]) -> tuple[Detector, Path]:
+    """Check the parameters of a notebook evaluating a checkpoint (in place); return the checkpoint's
+    `nbsrc.detector.Detector` on the ``device`` parameter, with the config they describe, and its path.
+
+    Raises:
+        ValueError: a parameter of the wrong type, or a config setting out of range (naming the key).
+        FileNotFoundError: no checkpoint to evaluate.
+    """
+    given = _given(namespace)
+    return _evaluation_detector(given, device=given.get("device", "cpu"))
 
 
 def _data_settings(dataset_root: str | Path | None, given: Mapping[str, Any], label_frame: int | None) -> dict:
@@ -185,15 +200,16 @@ def _preset_config(given: Mapping[str, Any], run: Path) -> Config:
     return cfg
 
 
-def _evaluation_config(given: Mapping[str, Any], run: Path) -> Config:
-    from nbsrc.model.loading import load_model  # torch
+def _evaluation_detector(given: Mapping[str, Any], device: str) -> tuple[Detector, Path]:
+    from nbsrc.detector import Detector  # torch
 
+    run = paths.run_folder(given.get("run_dir"))
     weights = paths.resolve_checkpoint(given["checkpoint"], run)
     if weights is None:
         raise FileNotFoundError(f"no checkpoint: pass checkpoint=..., or run 03_training with run_dir={run}")
-    _, cfg = load_model(weights, preset=given.get("preset"))
-    cfg = cfg.for_prediction()
-    trained = cfg.data  # its dataset_root stays (prediction compares it with the one predicted)
+    detector = Detector.from_checkpoint(weights, preset=given.get("preset"), device=device)
+    trained = detector.cfg.data  # its dataset_root stays (prediction compares it with the one predicted)
     label_frame = given.get("label_frame") or trained.label_frame
     settings = {key: given[name] for name, key in EVALUATION_KEYS.items() if name in given}
-    return cfg.replace(**_data_settings(trained.dataset_root, given, label_frame), **settings)
+    detector.cfg = detector.cfg.replace(**_data_settings(trained.dataset_root, given, label_frame), **settings)
+    return detector, weights

@@ -38,11 +38,11 @@ from typing import Optional  # parameters' annotations: papermill reads Optional
 
 from IPython.display import display
 
-from nbsrc import notebook_config, paths, viz
+from nbsrc import paths, viz
 from nbsrc.data.demo import resolve_dataset_root
 from nbsrc.data.loaders import build_dataset
-from nbsrc.detector import Detector
 from nbsrc.evaluation import ground_truth, predict, rates, twoclass, widerface
+from nbsrc.notebook import notebook_detector
 from nbsrc.utils import setup_logging
 
 setup_logging()
@@ -70,13 +70,11 @@ smoke: bool = False  # seconds-long run on 4 images (evaluated as a subset of th
 run_dir: Optional[str] = None  # run folder with the training notebook's checkpoint; receives predictions and plots
 
 # %%
-cfg = notebook_config(globals())  # the parameters checked (as the runner does); the checkpoint's config with them
+detector, weights = notebook_detector(globals())  # the parameters checked (as the runner does); the checkpoint's model
+detector.cfg = detector.cfg.replace(max_images=4 if smoke else None)
 run = paths.run_folder(run_dir)
 plots, out = run / "plots" / "04_widerface_evaluation", run / "predictions"
 root = resolve_dataset_root(dataset_root, smoke=smoke)
-weights = paths.resolve_checkpoint(checkpoint, run)
-detector = Detector.from_checkpoint(weights, preset=preset, device=device)
-detector.cfg = cfg.replace(max_images=4 if smoke else None)
 latent = detector.input_kind == "latent"
 gt = ground_truth.resolve_gt_dir(detector.cfg.eval.gt_dir, root, split)
 print(f"checkpoint: {weights} ({detector.cfg.preset}, {detector.input_kind})\n{gt}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pytest
+import torch
 from jupytext.compare import compare_notebooks
 
 from nbsrc import nbrun
@@ -87,6 +88,28 @@ def test_pair_in_sync_without_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, f"{ipynb.name} carries outputs"
     # Same cells, sources and metadata: raises on the first difference.
     compare_notebooks(jupytext.read(ipynb), jupytext.read(path), fmt="py:percent")
+
+
+def test_evaluation_notebook_reads_its_checkpoint_once(small_checkpoints, demo_root, tmp_path, monkeypatch):
+    cells = jupytext.read(ROOT / "notebooks" / "04_widerface_evaluation.py").cells
+    monkeypatch.setattr("nbsrc.utils.setup_logging", lambda *args, **kwargs: None)
+    namespace: dict = {}
+    for cell in cells[2:4]:  # imports, parameters
+        exec(cell.source, namespace)
+    checkpoint = small_checkpoints[1]
+    injected = {"checkpoint": str(checkpoint), "dataset_root": str(demo_root), "run_dir": str(tmp_path)}
+    namespace.update(injected, device="cpu", smoke=True)  # papermill's injected cell
+    real_load, loaded = torch.load, []
+
+    def load(path, *args, **kwargs):
+        loaded.append(path)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    exec(cells[4].source, namespace)  # the first cell after the parameters: the detector
+    assert loaded == [checkpoint]
+    assert namespace["weights"] == checkpoint
+    assert namespace["detector"].cfg.data.max_images == 4
 
 
 @pytest.mark.notebooks
