@@ -1,8 +1,7 @@
 """Faces for statistics: the faces of a dataset or of the WIDER FACE val ground truth in the network frame,
-their width / height / size / aspect histograms, and one summary row per split.
+their size histograms, and one summary row per split.
 
-Boxes are ``[N, 4]`` xyxy in network-frame pixels (see `nbsrc.boxes`); everything is vectorized with numpy.
-"Face size" is ``sqrt(w * h)`` in network-frame pixels.
+Boxes are ``[N, 4]`` xyxy in network-frame pixels; "face size" is ``sqrt(w * h)`` in network-frame pixels.
 """
 
 from __future__ import annotations
@@ -16,12 +15,12 @@ import numpy as np
 from torch import Tensor
 
 from nbsrc.config import Config
-from nbsrc.data.image_sizes import SIZES_CSV_NAME, ImageTreeError, find_sizes, split_sizes
-from nbsrc.data.label_frame import LabelFrame
-from nbsrc.data.layout import find_labels, read_split_labels
+from nbsrc.data.defects import DefectLog
+from nbsrc.data.image_sizes import SIZES_CSV_NAME, ImageTreeError, find_sizes
 from nbsrc.data.readers import drop_degenerate
 from nbsrc.data.readers.wider_mat import read_wider_gt
 from nbsrc.data.records import FACE
+from nbsrc.data.split_index import SizeSources, index_split
 from nbsrc.evaluation.ground_truth import resolve_gt_dir
 from nbsrc.frame import FrameMap
 
@@ -52,24 +51,12 @@ def face_boxes_net(
     assume_width: int | None = None,
     labels: Sequence[int] | None = (1,),
 ) -> np.ndarray:
-    """All faces of `records` in the network frame: ``float32 [N, 4]`` xyxy pixels.
+    """All faces (classes `labels`, None: all) of `records` in the network frame: ``float32 [N, 4]`` xyxy pixels.
 
-    The original size of an image comes from ``record.image_size``, else `image_sizes[name]`. Records with
-    ``normalized`` boxes are scaled by `net_size`; `label_frame` means labels are already in a square frame
-    of that side. When the size is unknown and `assume_width` is given (WIDER images are 1024 px wide), boxes
-    are scaled by ``net_w / assume_width`` on both axes (exact for the letterbox policy of landscape images).
-
-    Args:
-        records: ``ImageRecord`` list.
-        net_size: (width, height) of the network frame.
-        policy: resize policy (`nbsrc.frame.FrameMap`).
-        label_frame: side of the square frame the labels are already in (None: original pixels).
-        image_sizes: name -> (width, height) of originals.
-        assume_width: width to assume when an image's size is unknown (None: raise).
-        labels: class ids to keep (None: all).
-
-    Raises:
-        ValueError: an image's original size is unknown and nothing was assumed (names the record).
+    `net_size` is (width, height). The original size comes from ``record.image_size``, else `image_sizes[name]`;
+    ``normalized`` boxes are scaled by `net_size`; `label_frame`: labels already in a square of that side. An
+    unknown size with `assume_width` scales by ``net_w / assume_width`` (exact for letterboxed landscape images),
+    without it raises ValueError naming the record.
     """
     out = []
     for record in records:
@@ -148,24 +135,16 @@ def load_faces(
     split: str = "val",
     max_images: int | None = None,
 ) -> dict[str, Any]:
-    """Faces (class face) for anchor statistics, in the network frame of `cfg` (``data.image_size`` square).
+    """Faces (class face) of the first `max_images` images, in the network frame of `cfg` (``data.image_size``).
 
-    Args:
-        cfg: the preset's config (``data.image_size``, ``data.resize_policy``; the data-location fields).
-        faces: ``"wider"``: the WIDER FACE val faces (`wider_faces`) of `gt_dir`, else ``cfg.eval.gt_dir``, else
-            the ground truth `nbsrc.evaluation.ground_truth.resolve_gt_dir` finds without a dataset (a folder among
-            the Kaggle inputs, else the official files shipped with nbsrc). ``"dataset"``: the labels of `split`
-            under `dataset_root` (else ``cfg.data.dataset_root``), mapped exactly as the datasets map them
-            (`nbsrc.data.label_frame.LabelFrame` with ``cfg.data``: sizes CSV, images, ``label_frame``,
-            ``resize_policy``). None: ``"wider"`` when `gt_dir` is given, else ``"dataset"``.
-        max_images: the first N images only.
+    `faces`: ``"wider"``: the WIDER FACE val faces (`wider_faces`) of `gt_dir`, else ``cfg.eval.gt_dir``, else
+    what `nbsrc.evaluation.ground_truth.resolve_gt_dir` finds. ``"dataset"``: the labels of `split` under
+    `dataset_root` (else ``cfg.data.dataset_root``), indexed and mapped as the datasets do
+    (`nbsrc.data.split_index.index_split`). None: ``"wider"`` when `gt_dir` is given, else ``"dataset"``.
 
-    Returns:
-        ``{"boxes": [N, 4] xyxy, "per_image": list of [n, 4], "images": int, "source": str}``.
-
-    Raises:
-        ValueError: an unknown `faces`, or ``"dataset"`` without a dataset root.
-        nbsrc.data.label_frame.LabelFrameError: dataset labels whose frame cannot be determined.
+    Returns ``{"boxes": [N, 4] xyxy, "per_image": list of [n, 4], "images": int, "source": str}``. Raises
+    ValueError for an unknown `faces` or no dataset root, `nbsrc.data.label_frame.LabelFrameError` for labels
+    whose frame cannot be determined.
     """
     if faces is None:
         faces = "wider" if gt_dir is not None else "dataset"
@@ -177,22 +156,25 @@ def load_faces(
     if dataset_root is None:
         raise ValueError("load_faces(faces='dataset'): give dataset_root (or data.dataset_root)")
     net = (cfg.data.image_size, cfg.data.image_size)
-    split_dir = Path(dataset_root) / split
-    label_file = find_labels(split_dir)
-    records = read_split_labels(label_file)
-    found = split_sizes(
-        split_dir, sizes_csv=cfg.data.sizes_csv, images_root=cfg.data.images_root, cache_dir=cfg.data.cache_dir
+    log = DefectLog(cfg.data.on_error, context=f"{Path(dataset_root).name}/{split} labels")
+    sizes = SizeSources(sizes_csv=cfg.data.sizes_csv, images_root=cfg.data.images_root, cache_dir=cfg.data.cache_dir)
+    index = index_split(
+        Path(dataset_root) / split,
+        log,
+        max_images=max_images,
+        latents="ignored",
+        sizes=sizes,
+        label_frame=cfg.data.label_frame,
+        resize_policy=cfg.data.resize_policy,
     )
-    frame = LabelFrame(found.sizes, cfg.data.resize_policy, cfg.data.label_frame)
-    source = f"{Path(dataset_root).name}/{split} labels ({label_file.name})"
-    if max_images is not None:
-        records = records[:max_images]
+    log.log_summary(logger)
+    source = f"{log.context} ({index.label_path.name})"
     dropped = 0
     per_image = []
-    for record in records:
+    for record in index.records:
         record, count = drop_degenerate(record)
         dropped += count
-        boxes = frame.to_net(record, net)[0].boxes[record.labels == FACE]
+        boxes = index.frame.to_net(record, net)[0].boxes[record.labels == FACE]
         per_image.append(np.asarray(boxes, np.float32).reshape(-1, 4))  # (n, 4)
     if dropped:
         logger.info("%s: dropped %d degenerate boxes (w <= 0 or h <= 0)", source, dropped)
@@ -201,9 +183,8 @@ def load_faces(
 
 
 def _wider_sizes(cfg: Config, gt_folder: Path) -> tuple[Any, str]:
-    """Original sizes of the WIDER val images (`nbsrc.data.image_sizes.ImageSizes` or None) and their source:
-    ``data.sizes_csv``, else an ``image_sizes.csv`` in the ground-truth folder, its parent or grandparent, and
-    the ``WIDER_val`` tree below ``data.images_root`` (`nbsrc.data.image_sizes.find_sizes`)."""
+    """Original sizes of the WIDER val images (`ImageSizes` or None) and their source: ``data.sizes_csv``, else an
+    ``image_sizes.csv`` in or up to two folders above `gt_folder`, and the ``WIDER_val`` tree of ``data.images_root``."""
     csv_path = cfg.data.sizes_csv
     if csv_path is None:
         near = (gt_folder, gt_folder.parent, gt_folder.parent.parent)
@@ -221,12 +202,8 @@ def _wider_sizes(cfg: Config, gt_folder: Path) -> tuple[Any, str]:
 
 
 def wider_faces(cfg: Config, *, gt_dir: str | Path | None = None, max_images: int | None = None) -> dict[str, Any]:
-    """The faces of the WIDER FACE val ground truth in the network frame of `cfg` (see `load_faces`).
-
-    Degenerate boxes (``w <= 0`` or ``h <= 0``) are dropped. An image's original size comes from `_wider_sizes`;
-    without one, WIDER's 1024 px width is assumed (the ``.mat`` files carry no sizes; exact for ``letterbox`` of
-    landscape images). The mapping is one array pass over all faces.
-    """
+    """The faces of the WIDER FACE val ground truth in the network frame of `cfg` (see `load_faces`), degenerate
+    boxes dropped. Images of unknown size (the ``.mat`` files carry none) are assumed `WIDER_WIDTH` wide."""
     where = resolve_gt_dir(gt_dir if gt_dir is not None else cfg.eval.gt_dir)
     gt = read_wider_gt(where.folder, attributes=False)
     names = gt.image_names()[:max_images]
@@ -274,13 +251,8 @@ def wider_faces(cfg: Config, *, gt_dir: str | Path | None = None, max_images: in
 def dataset_summary(
     boxes_per_split: Mapping[str, Sequence[np.ndarray]], rates_per_split: Mapping[str, Mapping[int, int]] | None = None
 ) -> list[dict[str, Any]]:
-    """One row per split: images, faces, faces per image, images without faces, face size percentiles
-    (network pixels), faces under 16 px, and how many images have each latent rate.
-
-    Args:
-        boxes_per_split: split -> per-image ``[N, 4]`` network-frame boxes.
-        rates_per_split: split -> {rate: images with that latent}.
-    """
+    """One row per split of `boxes_per_split` (split -> per-image ``[N, 4]`` network-frame boxes): images, faces,
+    face sizes (network pixels), and the images of each latent rate (`rates_per_split`: split -> {rate: images})."""
     rows = []
     for split, per_image in boxes_per_split.items():
         counts = np.array([len(b) for b in per_image])
@@ -292,9 +264,9 @@ def dataset_summary(
         row: dict[str, Any] = {
             "split": split,
             "images": len(per_image),
-            "faces": int(counts.sum()) if len(counts) else 0,
+            "faces": int(counts.sum()),
             "faces/image": float(counts.mean()) if len(counts) else 0.0,
-            "images without faces": int((counts == 0).sum()) if len(counts) else 0,
+            "images without faces": int((counts == 0).sum()),
             "median size (px)": float(np.median(size)) if len(size) else float("nan"),
             "p5-p95 size (px)": f"{np.percentile(size, 5):.1f}-{np.percentile(size, 95):.1f}" if len(size) else "",
             "faces < 16 px": int((size < 16).sum()),
