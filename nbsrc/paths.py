@@ -1,18 +1,11 @@
 """Where things are: datasets, run folders, checkpoints, and the artifacts notebooks hand to each other.
 
-This is the only module that knows about Kaggle. On Kaggle (``KAGGLE_KERNEL_RUN_TYPE`` is set) datasets are
-found by searching the read-only input mount, where an attached dataset appears either as
-``<input>/<slug>`` or as ``<input>/datasets/<owner>/<slug>``, and outputs go under the writable working
-folder (kept as kernel output). Locally, ``dataset_root=None`` means the demo dataset (`find_dataset_root` says
-so; `nbsrc.data.demo.resolve_dataset_root` builds it on demand under `cache_dir`), and outputs go under ``runs/``
-of the source checkout (or of the working directory).
+The only module that knows about Kaggle: there (``KAGGLE_KERNEL_RUN_TYPE`` set) datasets are searched in the
+read-only input mount (``<input>/<slug>`` or ``<input>/datasets/<owner>/<slug>``) and outputs go under the working
+folder. Locally ``dataset_root=None`` means the demo dataset and outputs go under ``runs/`` of the checkout.
 
-Notebooks pass artifacts through their run folder, never through globals:
-
-- ``<run_dir>/metrics/<notebook>.json``: the key numbers of a notebook (`save_metrics`), read by the runner
-  into ``summary.json``;
-- ``<run_dir>/artifacts.json``: named paths (``checkpoint``, ``predictions``, ...) one notebook writes
-  (`save_artifact`) and a later one reads (`load_artifact`, `resolve_checkpoint`).
+Notebooks pass artifacts through their run folder: ``<run_dir>/metrics/<notebook>.json`` (`save_metrics`, read
+by the runner) and ``<run_dir>/artifacts.json`` (named paths: `save_artifact`, `load_artifact`).
 """
 
 from __future__ import annotations
@@ -101,14 +94,8 @@ def cache_dir() -> Path:
 
 
 def run_folder(run_dir: str | Path | None, default_name: str = "notebooks") -> Path:
-    """The run folder a notebook writes into (created).
-
-    Args:
-        run_dir: explicit folder (the runner passes one), or None for ``runs/<default_name>`` locally and
-            ``<working>/<default_name>`` on Kaggle.
-        default_name: folder name used when `run_dir` is None; notebooks share ``notebooks`` so that an
-            interactive session passes artifacts from one notebook to the next.
-    """
+    """The run folder a notebook writes into (created): `run_dir`, else ``runs/<default_name>`` (Kaggle: under the
+    working folder); notebooks share ``notebooks`` so that an interactive session passes artifacts along."""
     path = Path(run_dir) if run_dir is not None else _runs_root() / default_name
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
@@ -126,15 +113,8 @@ def _dataset_inside(mount: Path, max_depth: int = 2) -> Path:
 
 
 def find_kaggle_dataset(slug: str, input_root: str | Path | None = None) -> Path | None:
-    """Mount of an attached dataset: ``<input>/<slug>`` or ``<input>/datasets/<owner>/<slug>``.
-
-    Args:
-        slug: dataset slug, optionally ``owner/slug`` (the owner then has to match in the nested layout).
-        input_root: the input mount (default: Kaggle's).
-
-    Returns:
-        The mount folder, or None when the dataset is not attached.
-    """
+    """Mount of an attached dataset ``slug`` or ``owner/slug``: ``<input>/<slug>`` or
+    ``<input>/datasets/<owner>/<slug>`` (the owner must match when given); None when not attached."""
     root = Path(input_root) if input_root is not None else kaggle_input()
     owner, _, name = slug.rpartition("/")
     candidates = [root / name]
@@ -147,10 +127,8 @@ def find_kaggle_dataset(slug: str, input_root: str | Path | None = None) -> Path
 
 
 def find_kaggle_file(pattern: str, input_root: str | Path | None = None, max_depth: int = 5) -> list[Path]:
-    """Files matching a glob `pattern` (e.g. ``"best.pth"``) at most `max_depth` folders below the input mount.
-
-    Returns the matches at the shallowest depth that has any (so large datasets are not walked needlessly).
-    """
+    """Files matching a glob `pattern` (``"best.pth"``) at most `max_depth` folders below the input mount, at the
+    shallowest depth that has any (large datasets are not walked needlessly)."""
     root = Path(input_root) if input_root is not None else kaggle_input()
     for depth in range(max_depth + 1):
         found = sorted(root.glob("/".join(["*"] * depth + [pattern])))
@@ -181,12 +159,12 @@ def find_dataset_root(
     Raises:
         FileNotFoundError: the folder does not exist, or the dataset is not attached, naming what was searched.
     """
-    if dataset_root is not None and str(dataset_root) == DEMO:
+    if str(dataset_root) == DEMO:
         return None
     if dataset_root is not None:
         path = Path(dataset_root).expanduser()
         if path.is_dir():
-            return _dataset_inside(path).resolve()  # an uploaded top folder inside is entered
+            return _dataset_inside(path).resolve()
         if on_kaggle() and not path.is_absolute():
             found = find_kaggle_dataset(str(dataset_root), input_root)
             if found is not None:
@@ -231,12 +209,8 @@ def _attached_datasets(root: Path) -> list[Path]:
 
 
 def resolve_images_root(value: str | Path | None) -> Path | None:
-    """A notebook's ``images_root``: the WIDER FACE image tree giving the original image sizes.
-
-    A given folder must exist (a relative name on Kaggle may name an attached dataset); None on Kaggle searches
-    every attached input for ``WIDER_<split>/images`` (`nbsrc.data.image_sizes.find_split_trees`), so that a user
-    who attached a WIDER FACE copy sets nothing; None elsewhere stays None.
-    """
+    """A notebook's ``images_root`` (the WIDER FACE image tree giving original sizes): a given path must exist
+    (`resolve_optional_path`); None on Kaggle is the whole input mount (searched for ``WIDER_<split>/images``)."""
     if value is not None and str(value) != "":
         return resolve_optional_path(value, "images_root")
     return kaggle_input() if on_kaggle() and kaggle_input().is_dir() else None
@@ -249,9 +223,8 @@ def data_settings(
     sizes_csv: str | Path | None = None,
     label_frame: int | None = None,
 ) -> dict[str, Any]:
-    """Config overrides (``data.*``) for where a notebook's data is: the dataset, the original sizes (a sizes CSV,
-    a WIDER FACE image tree, or labels already in the ``label_frame`` square) and the cache for sizes read from
-    image headers. Every notebook passes its data-location parameters through this one function."""
+    """Config overrides (``data.*``) for where a notebook's data is: the dataset, the original sizes (sizes CSV,
+    image tree or ``label_frame``) and the size cache. Every notebook's data-location parameters pass through it."""
     csv_path = resolve_optional_path(sizes_csv, "sizes_csv")
     images = resolve_images_root(images_root)
     return {
