@@ -1,26 +1,17 @@
-"""WIDER result files: one text file per image, ``<out_dir>/<event>/<basename>.txt``.
-
-Format (the one the WIDER evaluation reads)::
+"""WIDER result files: one text file per image, ``<out_dir>/<event>/<basename>.txt``::
 
     <basename>
     <count>
-    x y w h score
-    ...
+    x y w h score [cls]
 
-``x y w h`` is the box in original-image pixels (top-left corner and size, see `nbsrc.boxes`); values are ints
-or floats. `write_wider_results` always writes the boxes sorted by descending score, since the protocol reads
-them in file order. A 6th column ``cls`` (1 face, 2 person) marks 2-class files (`nbsrc.evaluation.twoclass`).
+``x y w h`` is the box in original-image pixels (top-left corner and size, see `nbsrc.boxes`), written sorted by
+descending score (the protocol reads them in file order). The optional ``cls`` column (1 face, 2 person) marks
+2-class files (`nbsrc.evaluation.twoclass`).
 
-Reading is strict: a name line that does not match the file, a count that is not a non-negative integer or
-differs from the number of box lines, a line with the wrong number of values, a value that is not a number,
-a NaN or infinite value, a negative width or height: each raises `ValueError` naming the file and the line.
-
-`read_result_folder` reads thousands of files at once: their box lines go through NumPy's text reader in one call
-per group of files (exact: every value equals Python's ``float`` of its text), their shapes, counts and values are
-checked as whole arrays; a file the fast path cannot take (a malformed one, or one with characters outside plain
-decimal numbers and blanks) is re-read line by line by `parse_result_text`, which either raises the precise error
-(file and line) or returns the values. On the full WIDER val set (3,226 files, about 226,000 boxes) reading takes
-about 0.1 s (``bench/bench_eval.py``).
+Reading is strict: a wrong name line or count, a line with the wrong number of values, a value that is not a
+finite number, a negative width or height each raise `ValueError` naming the file and the line.
+`read_result_folder` parses groups of files with one NumPy text-reader call (exact: each value equals Python's
+``float`` of its text); a file the fast path cannot take is re-read line by line by `parse_result_text`.
 """
 
 from __future__ import annotations
@@ -61,11 +52,8 @@ COLUMN_NAMES = {5: "x y w h score", 6: "x y w h score cls"}
 
 
 def result_path(out_dir: str | Path, name: str) -> Path:
-    """``<out_dir>/<event>/<basename>.txt`` for ``name = "<event>/<basename>"`` (or ``<out_dir>/<name>.txt``).
-
-    Raises:
-        ValueError: `name` is an absolute path or has a ``..`` component: its file would lie outside `out_dir`.
-    """
+    """``<out_dir>/<event>/<basename>.txt`` for ``name = "<event>/<basename>"``; `ValueError` for an absolute
+    name or one with a ``..`` component (its file would lie outside `out_dir`)."""
     reason = unsafe_name_reason(str(name))
     if reason:
         raise ValueError(
@@ -85,6 +73,10 @@ def strip_image_extension(name: str) -> str:
     return name
 
 
+def _numpy(values, dtype=None) -> np.ndarray:
+    return np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype)
+
+
 def _fmt(value: float, decimals: int) -> str:
     text = f"{value:.{decimals}f}"
     return "0" + text[2:] if text.startswith("-0") and float(text) == 0 else text
@@ -97,19 +89,14 @@ def format_result_text(
     labels: np.ndarray | None = None,
     decimals: int = 2,
 ) -> str:
-    """The text of one result file (see the module docstring), boxes sorted by descending score.
+    """The text of one result file, boxes sorted by descending score.
 
-    Args:
-        basename: image name without folder and extension (the first line).
-        boxes_xyxy: ``[N, 4]`` xyxy in original-image pixels (or [0, 1] for normalized 2-class files).
-        scores: ``[N]`` scores.
-        labels: ``[N]`` class ids; when given, a 6th ``cls`` column is written.
-        decimals: decimals of the coordinates (scores keep their float32 precision).
+    `boxes_xyxy` ``[N, 4]`` xyxy in original-image pixels (or [0, 1] for normalized 2-class files), `scores`
+    ``[N]``, optional `labels` ``[N]`` class ids (written as a ``cls`` column). `decimals` applies to the
+    coordinates; scores keep their float32 precision.
     """
-    boxes = np.asarray(boxes_xyxy.detach().cpu() if hasattr(boxes_xyxy, "detach") else boxes_xyxy, np.float64)
-    boxes = boxes.reshape(-1, 4)  # (N, 4)
-    scores = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, np.float64)
-    scores = scores.reshape(-1)  # (N,)
+    boxes = _numpy(boxes_xyxy, np.float64).reshape(-1, 4)  # (N, 4)
+    scores = _numpy(scores, np.float64).reshape(-1)  # (N,)
     if len(scores) != len(boxes):
         raise ValueError(f"{basename}: {len(boxes)} boxes but {len(scores)} scores")
     if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
@@ -119,8 +106,7 @@ def format_result_text(
         bad = int(np.flatnonzero((sizes < 0).any(1))[0])
         raise ValueError(f"{basename}: box {bad} {boxes[bad].tolist()} has x2 < x1 or y2 < y1 (xyxy expected)")
     if labels is not None:
-        labels = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels)
-        labels = labels.reshape(-1)  # (N,)
+        labels = _numpy(labels).reshape(-1)  # (N,)
         if len(labels) != len(boxes):
             raise ValueError(f"{basename}: {len(boxes)} boxes but {len(labels)} labels")
     order = np.argsort(-scores, kind="stable")
@@ -144,21 +130,12 @@ def write_wider_results(
     labels: np.ndarray | None = None,
     decimals: int = 2,
 ) -> Path:
-    """Write one image's detections as a WIDER result file, atomically, sorted by descending score.
+    """Write one image's detections (see `format_result_text`) atomically to `result_path`; returns the file.
 
-    Args:
-        out_dir: result folder.
-        name: ``"<event>/<basename>"`` (an image extension is dropped).
-        boxes_xyxy: ``[N, 4]`` xyxy in original-image pixels.
-        scores: ``[N]`` scores.
-        labels: optional ``[N]`` class ids, written as a 6th column (2-class files).
-        decimals: decimals of the coordinates.
-    Returns:
-        The file written.
+    `name` is ``"<event>/<basename>"`` (an image extension is dropped).
     """
     path = result_path(out_dir, name)
-    basename = path.stem
-    atomic_write_text(path, format_result_text(basename, boxes_xyxy, scores, labels=labels, decimals=decimals))
+    atomic_write_text(path, format_result_text(path.stem, boxes_xyxy, scores, labels=labels, decimals=decimals))
     return path
 
 
@@ -191,13 +168,11 @@ def parse_result_text(
 ) -> np.ndarray:
     """Parse one result file line by line (the reference parser; every error names file and line).
 
-    Args:
-        text: file content.
-        path: file path, for messages (its stem is the expected image name unless `expected_name`).
-        columns: accepted numbers of values per line (5: ``x y w h score``, 6: ``... cls``).
-        expected_name: image basename the name line must match.
+    `path` is named in messages; its stem is the expected image name unless `expected_name` is given. `columns`
+    are the accepted numbers of values per line (5: ``x y w h score``, 6: ``... cls``).
+
     Returns:
-        ``float64 [N, C]`` rows in file order (C = the column count of the file; ``[0, min(columns)]`` when empty).
+        ``float64 [N, C]`` rows in file order (``[0, min(columns)]`` when empty).
     """
     path = Path(path)
     lines = text.split("\n")
@@ -255,19 +230,12 @@ def _decode(data: bytes, path: Path) -> str:
 
 @dataclass
 class ResultSet:
-    """All result files of a folder, in the order of the requested names.
+    """All result files of a folder, in the order of the requested names."""
 
-    Attributes:
-        names: the image names (``"<event>/<basename>"``) in request order.
-        rows: ``float64 [R, C]`` rows of all files concatenated (``x y w h score [cls]``).
-        counts: ``int64 [I]`` rows per image.
-        missing: names without a file (read as empty when allowed).
-    """
-
-    names: list[str]
-    rows: np.ndarray
-    counts: np.ndarray
-    missing: list[str]
+    names: list[str]  # "<event>/<basename>"
+    rows: np.ndarray  # float64 [R, C] rows of all files concatenated: x y w h score [cls]
+    counts: np.ndarray  # int64 [I] rows per image
+    missing: list[str]  # names without a file (read as empty when allowed)
 
     @property
     def offsets(self) -> np.ndarray:
@@ -289,13 +257,8 @@ def list_result_files(pred_dir: Path) -> set[str]:
 
 
 def predicted_images(pred_dir: str | Path) -> list[str]:
-    """The images a prediction folder covers: the names its ``predictions.json`` lists (the split it was predicted
-    for, `nbsrc.evaluation.predict`), else those with a result file; ``"<event>/<basename>"``, sorted.
-
-    Raises:
-        FileNotFoundError: the folder does not exist.
-        ValueError: an unreadable ``predictions.json``.
-    """
+    """The images a prediction folder covers, ``"<event>/<basename>"`` sorted: the names its ``predictions.json``
+    lists (`nbsrc.evaluation.predict`), else those with a result file."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"prediction folder {pred_dir} not found")
@@ -321,24 +284,18 @@ def read_result_folder(
     ignore: Collection[str] = (),
     missing_hint: str | None = None,
 ) -> ResultSet:
-    """Read the result files of the images `names` from `pred_dir` (``<pred_dir>/<name>.txt``).
+    """Read ``<pred_dir>/<name>.txt`` of every image of `names` (``"<event>/<basename>"``), in that order.
 
     Args:
-        pred_dir: result folder.
-        names: image names ``"<event>/<basename>"``; their order is the order of the output.
         columns: accepted values per line (5, or 6 with a class column); one count for the whole folder.
         missing: ``"error"`` raises `FileNotFoundError` listing the images without a file; ``"empty"`` reads them
             as images without detections, with a warning.
-        files_per_chunk: files parsed in one go (bounds memory; a malformed file makes its group be re-read file by
-            file, so that the first bad file in name order is reported).
+        files_per_chunk: files parsed in one go (bounds memory).
         workers: reading / parsing threads (default 2: one reads files while the other parses).
-        ignore: names whose files are neither read nor reported as matching no image (images of the ground truth
-            left out of a subset evaluation).
-        missing_hint: what else to do about missing files, added to the ``missing="error"`` message.
-    Returns:
-        A `ResultSet`.
+        ignore: names whose files are neither read nor reported as matching no image (ground-truth images left
+            out of a subset evaluation).
+        missing_hint: added to the ``missing="error"`` message.
     Raises:
-        FileNotFoundError: folder missing, or images without a file (``missing="error"``).
         ValueError: a malformed file (file and line named), or result files that match no image.
     """
     if missing not in ("error", "empty"):
@@ -357,8 +314,7 @@ def read_result_folder(
 def _absent_images(
     pred_dir: Path, names: list[str], ignore: Collection[str], missing: str, missing_hint: str | None
 ) -> list[str]:
-    """The images of `names` without a result file (raising for ``missing="error"``, else with a warning); raises
-    for result files that match no image of `names` or `ignore`."""
+    """The images of `names` without a result file; raises for result files that match no image."""
     found = list_result_files(pred_dir)
     extra = sorted(found - set(names) - set(ignore))
     if extra:
@@ -390,8 +346,7 @@ def _read_files(
     files_per_chunk: int,
     workers: int | None,
 ) -> list[np.ndarray]:
-    """``float64 [n, C]`` rows of every image of `names` (``[0, columns[0]]`` for an absent one), read and parsed
-    in groups of `files_per_chunk` files by `workers` threads."""
+    """``float64 [n, C]`` rows of every image of `names` (``[0, columns[0]]`` for an absent one)."""
     per_file: list[np.ndarray | None] = [None] * len(names)
     tasks: list[list[tuple[int, str]]] = [[]]
     for index, name in enumerate(names):
@@ -427,8 +382,7 @@ def _read_files(
 def _concatenate(
     pred_dir: Path, names: list[str], per_file: list[np.ndarray], default_width: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(float64 [R, C] rows of all files, int64 [I] rows per file)``; every file must have the width of the
-    first non-empty one (`default_width` when all are empty)."""
+    """``(float64 [R, C] rows of all files, int64 [I] rows per file)``; all files must have one width."""
     width = next((rows.shape[1] for rows in per_file if len(rows)), default_width)
     parts = []
     for index, rows in enumerate(per_file):
@@ -458,7 +412,7 @@ def _read_bytes(path: str | Path, block: int = 1 << 16) -> bytes:
         os.close(fd)
 
 
-def _slow_parse(path: Path, data: bytes, allowed: tuple[int, ...]) -> np.ndarray:
+def _slow_parse(path: Path, data: bytes, allowed: tuple[int, ...]) -> np.ndarray:  # replaced in tests
     return parse_result_text(_decode(data, path), path, columns=allowed, expected_name=path.stem)
 
 
@@ -471,12 +425,9 @@ def _fast_rows(bodies: Sequence[bytes], rows_expected: int, allowed: tuple[int, 
     """``float64 [R, C]`` of the box lines of `bodies` (file bodies, each ending with a newline) parsed at once, or
     None when any of them needs the line-by-line parser.
 
-    The values are exact: NumPy's text reader converts each token with the function Python's ``float`` uses
-    (``PyOS_string_to_double``), and it raises on a token ``float`` rejects or on a line whose number of values
-    differs from the first. None is returned for: a byte outside `_FAST_BYTES` (``nan``, ``inf``, underscores,
-    commas, non-ASCII, ...; ``float`` may accept some, the line-by-line parser decides), a token or a line NumPy
-    rejects, a width not in `allowed`, a row count other than `rows_expected` (the non-blank lines counted per
-    file), a NaN or infinite value (an overflowing ``1e999``), a negative width or height, a fractional class.
+    Exact: NumPy's text reader converts tokens with the function Python's ``float`` uses. None for anything the
+    line-by-line parser must judge: a byte outside `_FAST_BYTES`, a token or line NumPy rejects, a width not in
+    `allowed`, a row count other than `rows_expected`, a non-finite value, a negative size, a fractional class.
     """
     buf = b"".join(bodies)
     if buf.translate(None, _FAST_BYTES) or (b"\r" in buf and buf.count(b"\r") != buf.count(b"\r\n")):
@@ -507,27 +458,23 @@ def _box_lines(body: bytes, declared: int) -> int:
 def _first_line_width(bodies: Sequence[bytes]) -> int | None:
     """Number of values on the first non-blank line of `bodies` (None when there is none)."""
     for body in bodies:
-        if body.strip():
-            for line in body.split(b"\n"):
-                if line.strip():
-                    return len(line.split())
+        for line in body.split(b"\n"):
+            if line.strip():
+                return len(line.split())
     return None
 
 
 def _parse_chunk(
     chunk: list[tuple[int, str, bytes]], pred_dir: Path, columns: tuple[int, ...]
 ) -> list[tuple[int, np.ndarray]]:
-    """Parse a group of files (``(index, name, bytes)``, in name order): the box lines of all of them at once
-    (`_fast_rows`); a file whose name or count line is not right, or whose box lines do not match its count, goes to
-    the line-by-line parser (`parse_result_text`), which raises the precise error or returns the values. When the
-    group's box lines cannot be taken at once, each file is tried alone, in order, so that the first bad file in
-    name order is the one reported.
+    """Parse a group of files (``(index, name, bytes)``, in name order), all box lines at once (`_fast_rows`).
 
-    Every file's lines must hold the number of values of the group's first box line (one of `columns`): a file
-    with another number is reported at its first line.
+    A file whose name or count line is wrong, or whose box lines do not match its count, goes to
+    `parse_result_text` for the precise error. When the group cannot be taken at once, each file is tried alone,
+    in order, so that the first bad file in name order is reported. All files must have the width of the group's
+    first box line.
     """
     bodies: list[bytes] = []
-    declared: list[int] = []
     lines: list[int] = []
     slow = [False] * len(chunk)
     for k, (_, name, data) in enumerate(chunk):
@@ -547,27 +494,22 @@ def _parse_chunk(
         except (ValueError, UnicodeDecodeError):
             slow[k] = True  # the line-by-line parser raises the precise error
         bodies.append(body)
-        declared.append(count)
         lines.append(_box_lines(body, count))
+        slow[k] = slow[k] or lines[k] != count
 
     width = _first_line_width(bodies)
     allowed = columns if width is None else ((width,) if width in columns else columns[:1])
-    for k in range(len(chunk)):
-        if lines[k] != declared[k]:
-            slow[k] = True
     fast = [k for k in range(len(chunk)) if not slow[k]]
     rows = _fast_rows([bodies[k] for k in fast], sum(lines[k] for k in fast), allowed) if fast else None
 
-    pieces: dict[int, np.ndarray | None] = {}
+    pieces: dict[int, np.ndarray] = {}
     if rows is not None:
         ends = np.cumsum([lines[k] for k in fast]).tolist()
         pieces = {k: rows[end - lines[k] : end] for k, end in zip(fast, ends)}
-    else:  # one file at a time: the first bad one (in name order) is reported
-        pieces = {k: None for k in fast}
     out: list[tuple[int, np.ndarray]] = []
     for k, (index, name, data) in enumerate(chunk):
         piece = pieces.get(k)
-        if piece is None and rows is None and not slow[k]:
+        if piece is None and rows is None and not slow[k]:  # one file at a time: the first bad one is reported
             piece = _fast_rows([bodies[k]], lines[k], allowed)
         if piece is None:
             piece = _slow_parse(pred_dir / f"{name}.txt", data, allowed)
