@@ -1,24 +1,15 @@
 """Face detection over a folder of images, a video file or one image (``python -m nbsrc detect --source``).
 
-`open_source` says what a path is (a folder searched recursively for images, a video OpenCV reads, one image);
-`detect_source` runs a `nbsrc.detector.Detector` over it:
+`open_source` says what a path is; `detect_source` runs a `nbsrc.detector.Detector` over it. A reader thread
+decodes ahead of the model; images of equal size run as one batch (at most ``batch_size``, gathered by a short
+look-ahead; equal to one-by-one results up to float32 rounding, bit for bit at ``batch_size=1``); a writer thread
+writes, in input order, the annotated images (same relative paths) or video (same fps and size, ``mp4v``) and
+one JSON line per image or frame, with the faces as ``detect --image`` prints them (`face_record`)::
 
-- a reader thread decodes the next inputs into a bounded prefetch queue while the model runs;
-- images of equal size run as one batch (`Detector.detect_batch`, at most ``batch_size``; a short look-ahead
-  gathers equal sizes in a folder of mixed sizes), every image at its own size as `Detector.detect` runs it. A
-  batch gives the one-by-one results up to float32 rounding (the convolutions sum in another order);
-  ``batch_size=1`` gives them bit for bit;
-- a writer thread draws the detections (`nbsrc.draw.draw_detections`) and writes, in input order, the annotated
-  images (the same relative paths under the output folder) or the annotated video (same fps and size, ``mp4v``),
-  and one JSON line per image or frame::
+    {"source": "sub/a.jpg" (or the frame index), "width": 640, "height": 480, "faces": [<face>, ...]}
 
-      {"source": "sub/a.jpg" (or the frame index), "width": 640, "height": 480, "faces": [<face>, ...]}
-
-  with the faces as ``detect --image`` prints them (`face_record`).
-
-Files that cannot be read or decoded are skipped and reported with their count (`SourceStats.unreadable`), never
-silently; files without an image extension in a folder are left out and reported too (`SourceStats.ignored`).
-Every output file is written atomically.
+Unreadable files and files without an image extension are skipped and reported (`SourceStats`). Every output
+file is written atomically.
 """
 
 from __future__ import annotations
@@ -47,7 +38,6 @@ from nbsrc.utils import atomic_path, tqdm_kwargs
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "VIDEO_EXTENSIONS",
     "VIDEO_WRITER_EXTENSIONS",
     "Source",
     "SourceStats",
@@ -60,7 +50,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv")
 VIDEO_WRITER_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v")  # containers the mp4v codec is written in
 DEFAULT_FPS = 25.0  # a video that declares no frame rate is written at this one
 _SHOWN = 20  # names listed in a summary line
@@ -76,12 +65,8 @@ def face_record(detection: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def decode_image(path: str | Path) -> np.ndarray:
-    """``[H, W, 3]`` uint8 RGB of an image file (EXIF orientation applied, grey and alpha images made RGB).
-
-    Raises:
-        OSError: the file cannot be read.
-        ValueError: it is empty or not an image OpenCV decodes (the message says which).
-    """
+    """``[H, W, 3]`` uint8 RGB of an image file (EXIF orientation applied, grey and alpha made RGB); OSError when
+    it cannot be read, ValueError when it is empty or not an image OpenCV decodes."""
     data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: any path encoding
     if data.size == 0:
         raise ValueError("empty file")
@@ -96,25 +81,14 @@ def decode_image(path: str | Path) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Source:
-    """What ``--source`` names.
-
-    Attributes:
-        kind: ``"folder"``, ``"video"`` or ``"image"``.
-        path: the path given.
-        files: folder: image files relative to `path` (``/``-separated, sorted); image: its file name.
-        ignored: folder: files left out for their extension (relative paths).
-        frames: video: the frame count the file declares (0 when unknown).
-        fps: video: frames per second (`DEFAULT_FPS` when the file declares none).
-        size: video: ``(width, height)`` of its frames.
-    """
+    """What ``--source`` names: a ``"folder"``, ``"video"`` or ``"image"`` at `path`."""
 
     kind: str
     path: Path
-    files: tuple[str, ...] = ()
-    ignored: tuple[str, ...] = ()
-    frames: int = 0
-    fps: float = 0.0
-    size: tuple[int, int] = (0, 0)
+    files: tuple[str, ...] = ()  # folder: image files relative to `path` (``/``-separated, sorted); image: its name
+    ignored: tuple[str, ...] = ()  # folder: files left out for their extension
+    frames: int = 0  # video: the frame count the file declares (0: unknown)
+    fps: float = 0.0  # video: frames per second (`DEFAULT_FPS` when the file declares none)
 
     def __len__(self) -> int:
         """Images or frames expected (a video's declared count may be off by a few)."""
@@ -139,17 +113,9 @@ def _walk_images(root: Path, skip: Path | None) -> tuple[list[str], list[str]]:
 
 
 def open_source(path: str | Path, save: str | Path | None = None) -> Source:
-    """Say what `path` is: a folder of images (searched recursively), a video file or one image.
-
-    Args:
-        path: the folder or file.
-        save: the output path; an output folder inside the source folder is not searched (a second run does
-            not detect on the first one's output).
-    Raises:
-        FileNotFoundError: `path` does not exist.
-        ValueError: a folder without images, a file that is neither an image (by extension) nor a video OpenCV
-            opens, a video without frames.
-    """
+    """Say what `path` is: a folder of images (searched recursively, leaving out the output folder `save`), a
+    video file or one image. FileNotFoundError when it does not exist, ValueError for a folder without images or
+    a file that is neither an image (by extension) nor a video OpenCV opens."""
     path = Path(path)
     expected = "expected a folder of images, a video file or an image"
     if not path.exists():
@@ -174,13 +140,12 @@ def open_source(path: str | Path, save: str | Path | None = None) -> Source:
             )
         frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-        size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
     finally:
         capture.release()
     if not (math.isfinite(fps) and fps > 0):
         logger.warning("%s declares no frame rate: the annotated video is written at %g fps", path, DEFAULT_FPS)
         fps = DEFAULT_FPS
-    return Source("video", path, frames=max(frames, 0), fps=fps, size=size)
+    return Source("video", path, frames=max(frames, 0), fps=fps)
 
 
 def check_source_save(source: Source, save: str | Path) -> None:
@@ -411,23 +376,14 @@ class _Outputs:
 
 @dataclass
 class SourceStats:
-    """What `detect_source` did.
-
-    Attributes:
-        source: the source run over.
-        items: images or frames detected on.
-        faces: detections written.
-        unreadable: ``(relative path, reason)`` of the files skipped.
-        ignored: files left out of a folder for their extension.
-        seconds: wall time from the first read to the last write.
-    """
+    """What `detect_source` did."""
 
     source: Source
-    items: int = 0
-    faces: int = 0
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    items: int = 0  # images or frames detected on
+    faces: int = 0  # detections written
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason) of the files skipped
+    ignored: list[str] = field(default_factory=list)  # files left out of a folder for their extension
+    seconds: float = 0.0  # from the first read to the last write
 
     @property
     def images_per_s(self) -> float:
@@ -460,21 +416,11 @@ def detect_source(
     prefetch: int = 16,
     progress: bool = True,
 ) -> SourceStats:
-    """Detect faces on every image or frame of `source`; write the annotated output and the JSON lines.
+    """Detect faces on every image or frame of `source` (`open_source`) with an RGB `nbsrc.detector.Detector`.
 
-    Args:
-        detector: an RGB `nbsrc.detector.Detector` (anything with its ``detect_batch``).
-        source: from `open_source`.
-        save: annotated output: a folder (folder source), a video file (video), an image file (image); None: none.
-        jsonl: JSON-lines file, one line per image or frame (see the module docstring); None: none.
-        conf: score threshold.
-        nms: NMS IoU threshold.
-        batch_size: images of equal size per forward pass (default: the detector's ``eval.batch_size``); 1 runs
-            every image alone, bit for bit as `Detector.detect`.
-        prefetch: images decoded ahead of the model.
-        progress: show a progress bar.
-    Returns:
-        `SourceStats` (its `SourceStats.summary` lines are also logged).
+    Writes the annotated output to `save` (a folder, video or image file, as the source) and the JSON lines to
+    `jsonl` (each when given). `batch_size`: images of equal size per forward pass (default: the detector's
+    ``eval.batch_size``); `prefetch`: images decoded ahead. Returns `SourceStats`, whose summary is also logged.
     """
     if batch_size is None:
         batch_size = int(getattr(getattr(getattr(detector, "cfg", None), "eval", None), "batch_size", 8))
