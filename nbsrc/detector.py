@@ -1,10 +1,8 @@
 """`Detector`: a trained model plus its config, turned into a small detection API.
 
 ``Detector.from_checkpoint(path).detect(image_rgb_uint8)`` returns plain Python detections in original-image
-pixels; ``Detector.published()`` is the published RetinaFace MobileNet-0.25 face detector shipped with the package. RGB images run at their own size (as the published evaluation does); a latent runs in the network frame
-it describes (``h * latent_stride`` x ``w * latent_stride``), mapped back to an original image size when given.
-``Detector.from_onnx(path)`` runs a file written by ``python -m nbsrc export`` with onnxruntime instead of
-PyTorch (`nbsrc.export.OnnxRuntimeModel`), with the same results.
+pixels. RGB images run at their own size; a latent runs in the network frame it describes (``h * latent_stride`` x
+``w * latent_stride``), mapped back to an original image size when given.
 """
 
 from __future__ import annotations
@@ -37,13 +35,8 @@ _THRESHOLD_FIELDS = {"conf": "conf_thresh", "nms": "nms_thresh", "top_k": "top_k
 
 
 def check_thresholds(names: Mapping[str, str] | None = None, **values: Any) -> None:
-    """Raise `ValueError` unless every given post-processing argument is in its `EvalConfig` range.
-
-    Args:
-        names: how to name each argument in the message (e.g. ``{"conf": "--conf"}``); default its own name.
-        **values: ``conf`` (in [0, 1]), ``nms`` (in (0, 1]), ``top_k`` and ``keep_top_k`` (integers >= 1);
-            None values are skipped. NaN fails every range.
-    """
+    """Raise `ValueError` unless each of ``conf``, ``nms``, ``top_k``, ``keep_top_k`` given (not None) is in its
+    `EvalConfig` range; `names` says how the message names each (e.g. ``{"conf": "--conf"}``)."""
     names = names or {}
     for key, value in values.items():
         if value is None:
@@ -61,9 +54,8 @@ def check_thresholds(names: Mapping[str, str] | None = None, **values: Any) -> N
 
 
 class DetectionModel(Protocol):
-    """What `Detector` uses of its model (the backend): a `nbsrc.model.RetinaFace` (PyTorch), or an exported file
-    run elsewhere (`nbsrc.export.OnnxRuntimeModel`, onnxruntime). ``conf_scored`` (default False) says that the
-    ``conf`` output holds class probabilities already rather than logits."""
+    """What `Detector` uses of its model: a `nbsrc.model.RetinaFace`, or `nbsrc.export.OnnxRuntimeModel`, whose
+    ``conf_scored`` (default False) says that ``conf`` holds class probabilities rather than logits."""
 
     input_kind: str  # rgb | latent
     in_channels: int
@@ -77,14 +69,8 @@ class DetectionModel(Protocol):
 
 
 class Detector:
-    """Run a RetinaFace model on images or latents.
-
-    Args:
-        model: a model built by `nbsrc.model.build_model` (moved to `device`, put in eval mode), or another
-            `DetectionModel` backend (used as it is).
-        cfg: its config (preprocessing, input kind, resize policy, eval settings).
-        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
-    """
+    """Run a RetinaFace model (moved to `device` and put in eval mode; another `DetectionModel` is used as it is)
+    with its config on images or latents. `device`: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
 
     def __init__(self, model: nn.Module | DetectionModel, cfg: Config, device: str | torch.device = "cpu") -> None:
         self.device = select_device(device) if isinstance(device, str) else torch.device(device)
@@ -93,9 +79,8 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, preset: str | None = None, device: str = "cpu") -> Detector:
-        """Load our checkpoint or a published state dict (preset inferred when None; see
-        `nbsrc.model.loading.load_model`). The config's training-only data settings are reset
-        (`nbsrc.config.Config.for_prediction`)."""
+        """Our checkpoint or a published state dict (`nbsrc.model.loading.load_model`), with its config for
+        prediction (`nbsrc.config.Config.for_prediction`)."""
         model, cfg = load_model(path, preset=preset, device="cpu")
         return cls(model, cfg.for_prediction(), device)
 
@@ -103,17 +88,9 @@ class Detector:
     def from_onnx(
         cls, path: str | Path, preset: str | None = None, device: str = "cpu", threads: int | None = None
     ) -> Detector:
-        """Run an ONNX file written by ``python -m nbsrc export`` (`nbsrc.export`) with onnxruntime: the same
-        `detect` results as the PyTorch detector of the checkpoint it was exported from, its config read from
-        the file.
-
-        Args:
-            path: the ``.onnx`` file.
-            preset: when given, the preset the file must be of (raises `ValueError` otherwise).
-            device: ``cpu`` (default); ``cuda`` / ``cuda:N`` / ``auto`` need onnxruntime-gpu. Post-processing runs
-                on the CPU.
-            threads: onnxruntime intra-op threads (None: onnxruntime's default, one per physical core).
-        """
+        """An ONNX file written by ``python -m nbsrc export``, run with onnxruntime (a GPU `device` needs
+        onnxruntime-gpu; post-processing runs on the CPU): the same `detect` results as the checkpoint it was
+        exported from. A `preset` given must be the file's."""
         model = OnnxRuntimeModel(path, threads=threads, device=device)
         if preset is not None and preset != model.cfg.preset:
             raise ValueError(f"{path}: this is an export of preset '{model.cfg.preset}', not '{preset}'")
@@ -121,9 +98,8 @@ class Detector:
 
     @classmethod
     def published(cls, device: str = "cpu") -> Detector:
-        """The published RetinaFace MobileNet-0.25 face detector (``mobilenet0.25_Final.pth``, preset
-        ``mnet-biubug6``; WIDER val AP 90.70 / 88.16 / 73.82), from the copy shipped in `nbsrc.weights`: RGB
-        images, no download."""
+        """The published RetinaFace MobileNet-0.25 detector (``mnet-biubug6``; WIDER val AP 90.70 / 88.16 / 73.82)
+        shipped in `nbsrc.weights`."""
         return cls.from_checkpoint(PUBLISHED_DETECTOR, preset=PUBLISHED_PRESET, device=device)
 
     @property
@@ -132,10 +108,8 @@ class Detector:
 
     # ---- inputs ---------------------------------------------------------------------------------------
     def prepare(self, item: Any, source: str = "input") -> Tensor:
-        """One image ``[H, W, 3]`` uint8 RGB or one latent (``[C, h, w]`` / ``[1, C, h, w]``) -> ``Tensor[C, H, W]``.
-
-        Raises `ValueError` naming `source` and what was expected.
-        """
+        """One image ``[H, W, 3]`` uint8 RGB or one latent (``[C, h, w]`` / ``[1, C, h, w]``) -> ``Tensor[C, H, W]``;
+        a `ValueError` names `source` and what was expected."""
         if isinstance(item, Tensor):
             item = item.detach().cpu().numpy()
         if not isinstance(item, np.ndarray):
@@ -160,12 +134,8 @@ class Detector:
         top_k: int | None = None,
         keep_top_k: int | None = None,
     ) -> list[dict[str, Tensor | None]]:
-        """`nbsrc.postprocess.postprocess` output for a prepared batch ``Tensor[B, C, H, W]``.
-
-        Boxes and landmarks are network-frame pixels. Unset thresholds come from ``cfg.eval``; scores are
-        computed as ``cfg.loss.cls_loss`` trained them (`nbsrc.postprocess.class_scores`; an exported model's
-        ``conf`` holds them already). Thresholds out of their `EvalConfig` range raise `ValueError`
-        (`check_thresholds`).
+        """`nbsrc.postprocess.postprocess` output for a prepared batch ``Tensor[B, C, H, W]``: boxes and landmarks in
+        network-frame pixels, scores as ``cfg.loss.cls_loss`` trained them. Unset thresholds come from ``cfg.eval``.
         """
         check_thresholds(conf=conf, nms=nms, top_k=top_k, keep_top_k=keep_top_k)
         e = self.cfg.eval
@@ -187,18 +157,11 @@ class Detector:
     def detect(
         self, item: Any, conf: float = 0.5, nms: float = 0.4, orig_size: tuple[int, int] | None = None
     ) -> list[dict[str, Any]]:
-        """Detections of one image or latent.
+        """Detections of one ``[H, W, 3]`` uint8 RGB image or latent, by descending score:
+        ``[{"box": (x1, y1, x2, y2), "score": float, "label": int, "landmarks": [[x, y]] * 5 | None}]``.
 
-        Args:
-            item: ``[H, W, 3]`` uint8 RGB image (RGB models) or latent array (latent models).
-            conf: score threshold, in [0, 1].
-            nms: NMS IoU threshold, in (0, 1].
-            orig_size: latent models only: ``(width, height)`` of the original image; boxes are mapped from the
-                network frame with the config's resize policy. None keeps the network frame.
-
-        Returns:
-            ``[{"box": (x1, y1, x2, y2), "score": float, "label": int, "landmarks": [[x, y]] * 5 | None}]``,
-            by descending score.
+        `orig_size` (latent models only): ``(width, height)`` of the original image, to which boxes are mapped from
+        the network frame with the config's resize policy; None keeps the network frame.
         """
         return self.detect_batch([item], conf=conf, nms=nms, orig_sizes=[orig_size])[0]
 

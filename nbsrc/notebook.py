@@ -81,8 +81,7 @@ _ANNOTATION_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "None
 
 
 def annotation_type(type_name: str) -> Any:
-    """The type a parameters cell's annotation names (``int``, ``Optional[str]``, ``float | None``); `Any` for
-    an unusual annotation (its values pass unchecked)."""
+    """The type an annotation such as ``Optional[str]`` names; `Any` (unchecked) for an unusual one."""
     text = type_name.replace(" ", "")
     if text.startswith("Optional[") and text.endswith("]"):
         text = text[len("Optional[") : -1] + "|None"
@@ -93,8 +92,7 @@ def annotation_type(type_name: str) -> Any:
 
 
 def annotation_name(hint: Any) -> str:
-    """``bool`` -> "bool", ``Optional[str]`` -> "Optional[str]" (the spelling of a parameters cell); an annotation
-    kept as text (``from __future__ import annotations``) is that text."""
+    """``Optional[str]`` -> "Optional[str]", as a parameters cell spells it; a text annotation stays as it is."""
     if isinstance(hint, str):
         return hint
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -104,12 +102,8 @@ def annotation_name(hint: Any) -> str:
 
 
 def check_value(notebook: str, param: NotebookParameter, value: Any) -> Any:
-    """`value` converted to the parameter's declared type (`nbsrc.config.coerce_value`: ints become floats,
-    numbers strings and numeric strings numbers where declared; "None" is none where allowed).
-
-    Raises:
-        ValueError: naming the notebook, the parameter and what it expects.
-    """
+    """`value` converted to the parameter's declared type (`nbsrc.config.coerce_value`); a `ValueError` names the
+    notebook, the parameter and what it expects."""
     try:
         return coerce_value(value, annotation_type(param.type_name), param.name)
     except ValueError:
@@ -120,56 +114,41 @@ def check_value(notebook: str, param: NotebookParameter, value: Any) -> Any:
 
 
 def parameter_annotations(namespace: Mapping[str, Any]) -> dict[str, Any]:
-    """The annotations of a notebook's namespace: its parameters cell's names and types."""
+    """A notebook namespace's annotations: its parameters cell's names and types."""
     annotations = namespace.get("__annotations__")
     if annotations is None and callable(namespace.get("__annotate__")):  # Python >= 3.14 evaluates them lazily
         annotations = namespace["__annotate__"](1)  # annotationlib.Format.VALUE
     return dict(annotations or {})
 
 
-def check_given_parameters(namespace: dict[str, Any], notebook: str = "this notebook") -> None:
-    """Check, in place, the values a notebook was given against its parameters cell's annotations (kept in the
-    namespace's ``__annotations__``), converting them as the runner does. Plain ``papermill -p`` passes
-    ``smoke false`` as the text "false", which would read as true; this makes it False, and rejects what cannot
-    be converted (``-p epochs many``) with the parameter's name instead of failing cells later.
-
-    Raises:
-        ValueError: a value of the wrong type, naming the parameter and what it expects.
-    """
+def check_given_parameters(namespace: dict[str, Any], notebook: str = "this notebook") -> dict[str, Any]:
+    """Convert, in place, the values a notebook was given to its parameters cell's annotations, as the runner does,
+    and return them. Plain ``papermill -p smoke false`` passes the text "false", which would read as true; a value
+    that cannot be converted (``-p epochs many``) raises `ValueError` naming the parameter."""
+    given = {}
     for name, hint in parameter_annotations(namespace).items():
         if name in namespace:
             param = NotebookParameter(name, annotation_name(hint), "", "")
-            namespace[name] = check_value(notebook, param, namespace[name])
+            namespace[name] = given[name] = check_value(notebook, param, namespace[name])
+    return given
 
 
 # ---- the config ---------------------------------------------------------------------------------
-def _given(namespace: dict[str, Any]) -> dict[str, Any]:
-    check_given_parameters(namespace)
-    return {name: namespace[name] for name in parameter_annotations(namespace) if name in namespace}
-
 
 def notebook_config(namespace: dict[str, Any]) -> Config:
-    """Check the parameters a notebook was given (in place) and return the config they describe.
-
-    Raises:
-        ValueError: a parameter of the wrong type, or a config setting out of range (naming the key).
-        FileNotFoundError: no dataset, or no checkpoint to evaluate.
-    """
-    given = _given(namespace)
+    """Check the parameters a notebook was given (in place) and return the config they describe: a `ValueError`
+    names a parameter of the wrong type or a setting out of range, a `FileNotFoundError` a missing dataset or
+    checkpoint."""
+    given = check_given_parameters(namespace)
     if "checkpoint" in given:
         return _evaluation_detector(given, device="cpu")[0].cfg
     return _preset_config(given, paths.run_folder(given.get("run_dir")))
 
 
 def notebook_detector(namespace: dict[str, Any]) -> tuple[Detector, Path]:
-    """Check the parameters of a notebook evaluating a checkpoint (in place); return the checkpoint's
-    `nbsrc.detector.Detector` on the ``device`` parameter, with the config they describe, and its path.
-
-    Raises:
-        ValueError: a parameter of the wrong type, or a config setting out of range (naming the key).
-        FileNotFoundError: no checkpoint to evaluate.
-    """
-    given = _given(namespace)
+    """`notebook_config` for a notebook evaluating a checkpoint: the checkpoint's `nbsrc.detector.Detector` on the
+    ``device`` parameter, with that config, and the checkpoint's path."""
+    given = check_given_parameters(namespace)
     return _evaluation_detector(given, device=given.get("device", "cpu"))
 
 

@@ -1,18 +1,11 @@
-"""Plots, galleries and tables for the notebooks (matplotlib; works under any backend, Agg included).
+"""Plots, galleries and tables for the notebooks (matplotlib, any backend).
 
-Every plotting function returns the `matplotlib.figure.Figure` it made; pass ``save=path`` to also write a
-PNG (atomically). In a notebook the inline backend shows the figure when the cell ends, so a cell should
-assign the result (``fig = viz.plot_...``) rather than end with it (which would show it twice).
+Every plotting function returns its `matplotlib.figure.Figure`; ``save=path`` also writes a PNG. A notebook cell
+should assign it (``fig = viz.plot_...``): ending with it would show it twice.
 
-Boxes are ``[N, 4]`` xyxy in the frame of the picture they are drawn on (see `nbsrc.boxes`); a latent's
-energy map is drawn stretched over the network frame (``extent``) so that network-frame boxes line up with it.
-
-`Table` wraps a list of row dicts so that it renders as an HTML table in a notebook and as aligned text
-in a terminal, without pandas.
-
-Boxes here are drawn on matplotlib axes (any picture, energy maps stretched over the network frame, line
-styles per kind); `nbsrc.draw` burns detections into the pixels of an image that is written out (``detect
---save``), without matplotlib.
+Boxes are ``[N, 4]`` xyxy in the frame of the picture they are drawn on; a latent's energy map is stretched over
+the network frame (``extent``) so that network-frame boxes line up with it. `nbsrc.draw` draws into image pixels
+instead. `Table` renders row dicts as HTML in a notebook and as aligned text elsewhere.
 """
 
 from __future__ import annotations
@@ -43,7 +36,6 @@ __all__ = [
     "detection_items",
     "epoch_rows",
     "gallery_samples",
-    "picture_of",
     "detection_gallery",
     "plot_anchor_shapes",
     "plot_ap_vs_rate",
@@ -129,6 +121,15 @@ def _figure(ncols: int = 1, nrows: int = 1, width: float = 4.0, height: float = 
     return fig, axes
 
 
+def _grid(count: int, ncols: int, size: float) -> tuple[Any, list[Any]]:
+    """A figure of `count` square panels in rows of at most `ncols`, and the panels' axes in order."""
+    ncols = min(ncols, count)
+    fig, axes = _figure(ncols, math.ceil(count / ncols), size, size)
+    for ax in axes.flat[count:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:count])
+
+
 def save_figure(fig: Any, path: str | Path | None, dpi: int = 110) -> Path | None:
     """Write `fig` as PNG to `path` (atomic; parent folders created). None does nothing."""
     if path is None:
@@ -180,13 +181,12 @@ def _background(ax: Any, picture: np.ndarray, frame: tuple[int, int] | None, cma
 
 # ---- data inspection ---------------------------------------------------------------------------
 def sample_gallery(samples: Sequence[Mapping[str, Any]], *, ncols: int = 4, save: str | Path | None = None) -> Any:
-    """Samples with their ground truth overlaid.
+    """Samples with their ground truth overlaid (see `gallery_samples`).
 
-    Each sample is a mapping with ``boxes [N, 4]`` (network-frame xyxy), optional ``landmarks [N, 5, 2]`` and
-    ``landmarks_valid [N]``, ``frame`` = (width, height) of the network frame, ``title``, and one or both of
-    ``energy`` (a latent's energy map ``[h, w]``, drawn stretched over the frame) and ``image`` (RGB uint8,
-    drawn with boxes mapped by the optional ``image_boxes`` / ``image_landmarks``, else stretched over the
-    frame). A sample with both shows two panels side by side.
+    Each sample has ``boxes [N, 4]`` (network-frame xyxy), optional ``landmarks [N, 5, 2]`` and
+    ``landmarks_valid [N]``, ``frame`` = (width, height) of the network frame, ``title``, and one panel each for
+    ``energy`` (a latent's map ``[h, w]``, stretched over the frame) and ``image`` (RGB uint8, with
+    ``image_boxes`` / ``image_landmarks`` in its own pixels when given, else stretched over the frame).
     """
     panels = []
     for sample in samples:
@@ -202,13 +202,8 @@ def sample_gallery(samples: Sequence[Mapping[str, Any]], *, ncols: int = 4, save
                 panels.append((sample, sample["image"], "image", frame, sample["boxes"], sample.get("landmarks")))
     if not panels:
         raise ValueError("sample gallery: no samples with an 'energy' map or an 'image'")
-    ncols = min(ncols, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = _figure(ncols, nrows, 3.4, 3.4)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (sample, picture, kind, frame, boxes, landmarks) in zip(axes.flat, panels):
-        ax.axis("on")
+    fig, axes = _grid(len(panels), ncols, 3.4)
+    for ax, (sample, picture, kind, frame, boxes, landmarks) in zip(axes, panels):
         _background(ax, picture, frame)
         _draw_boxes(ax, boxes, COLORS["gt"])
         _draw_landmarks(ax, landmarks, sample.get("landmarks_valid"))
@@ -361,12 +356,8 @@ def _draw_training_curves(axes: Sequence[Any], records: Sequence[Mapping[str, An
 
 
 def plot_training_curves(records: Sequence[Mapping[str, Any]], *, save: str | Path | None = None) -> Any:
-    """Losses, positive anchors per image, learning rate and validation AP from ``metrics.jsonl`` records.
-
-    Step records (``kind`` "step", or no ``kind``) are drawn as lines: keys containing ``loss``, ``pos``, and
-    starting with ``lr``. Epoch records (``kind`` "epoch") add markers for ``val*loss*`` and ``val*ap*`` keys.
-    The x axis is ``step`` (or ``global_step``, ``iteration``, ``epoch``, else the record index).
-    """
+    """Losses, positive anchors per image, learning rate and validation AP from ``metrics.jsonl`` records: step
+    records as lines, epoch records (``kind`` "epoch") as markers, against ``step`` (else the record index)."""
     fig, axes = _figure(4, 1, 3.6, 3.0)
     _draw_training_curves(list(axes.flat), records)
     return _finish(fig, save)
@@ -389,19 +380,9 @@ def read_metrics_tolerant(path: str | Path) -> list[dict[str, Any]]:
 
 
 class TrainingMonitor:
-    """Redraw the training curves of a ``metrics.jsonl`` in the notebook while training runs.
-
-    A context manager: on entry it shows a placeholder output, then a background thread re-reads the file
-    every `every` seconds and replaces that output (one display, updated in place, so headless papermill runs
-    keep only the last picture). On exit it draws the final curves and, with `save`, writes them as PNG.
-    Outside IPython it only does the final save. Drawing uses matplotlib's object API (no pyplot state is
-    touched from the thread).
-
-    Example::
-
-        with viz.TrainingMonitor(run_folder / "metrics.jsonl", every=20):
-            fit(cfg)
-    """
+    """Context manager redrawing the training curves of a ``metrics.jsonl`` in one notebook output, updated in
+    place by a thread every `every` seconds (matplotlib's object API: no pyplot state); on exit the final curves,
+    written to `save`. Outside IPython it only saves."""
 
     def __init__(self, metrics_path: str | Path, *, every: float = 20.0, save: str | Path | None = None) -> None:
         self.metrics_path = Path(metrics_path)
@@ -412,16 +393,20 @@ class TrainingMonitor:
         self._handle: Any = None
         self._last_count = -1
 
-    def _render(self, final: bool = False) -> bytes | None:
+    @staticmethod
+    def _figure(records: Sequence[Mapping[str, Any]]) -> Any:
         from matplotlib.figure import Figure
 
+        fig = Figure(figsize=(14.4, 3.0))
+        _draw_training_curves(list(fig.subplots(1, 4)), records)
+        return fig
+
+    def _render(self, final: bool = False) -> bytes | None:
         records = read_metrics_tolerant(self.metrics_path)
         if not records or (len(records) == self._last_count and not final):
             return None
         self._last_count = len(records)
-        fig = Figure(figsize=(14.4, 3.0))
-        axes = fig.subplots(1, 4)
-        _draw_training_curves(list(axes), records)
+        fig = self._figure(records)
         fig.suptitle(f"{self.metrics_path.parent.name}: {len(records)} records", fontsize=9)
         fig.tight_layout()
         buffer = io.BytesIO()
@@ -462,18 +447,15 @@ class TrainingMonitor:
             self._thread.join(timeout=30)
         self._update(final=True)
         if self.save is not None and self.metrics_path.is_file():
-            from matplotlib.figure import Figure
-
-            fig = Figure(figsize=(14.4, 3.0))
-            _draw_training_curves(list(fig.subplots(1, 4)), read_metrics_tolerant(self.metrics_path))
+            fig = self._figure(read_metrics_tolerant(self.metrics_path))
             fig.tight_layout()
             save_figure(fig, self.save)
 
 
 # ---- evaluation --------------------------------------------------------------------------------
 def plot_pr_curves(curves: Mapping[str, Any], ap: Mapping[str, float] | None = None, *, save=None) -> Any:
-    """Precision-recall curves: `curves` maps a setting to ``(precision, recall)`` arrays or a mapping with
-    ``precision`` / ``recall`` keys; `ap` adds the AP to the legend."""
+    """Precision-recall curves: `curves` maps a setting to ``(precision, recall)`` or a mapping with those keys;
+    `ap` adds the AP to the legend."""
     fig, axes = _figure(1, 1, 4.8, 4.0)
     ax = axes[0, 0]
     for name, curve in curves.items():
@@ -514,22 +496,17 @@ def plot_ap_vs_rate(
 
 
 def detection_gallery(items: Sequence[Mapping[str, Any]], *, ncols: int = 3, save: str | Path | None = None) -> Any:
-    """Detections against ground truth: true positives, false positives and misses drawn differently.
+    """Detections against ground truth (see `detection_items`): TP solid green, FP solid red, misses dashed yellow,
+    ignored faces dotted grey.
 
-    Each item: ``picture`` (RGB image or 2-D energy map), optional ``frame`` (width, height) to stretch it
-    over, ``gt_boxes [G, 4]``, ``pred_boxes [P, 4]``, ``scores [P]``, ``match``
-    (`nbsrc.evaluation.detection_matching.match_detections` output), optional ``landmarks [P, 5, 2]`` and
-    ``title``. TP solid green, FP solid red, misses dashed yellow, ignored faces dotted grey.
+    Each item: ``picture`` (RGB image or 2-D energy map), optional ``frame`` (width, height) to stretch it over,
+    ``gt_boxes [G, 4]``, ``pred_boxes [P, 4]``, ``scores [P]``, ``match`` (`match_detections` output), optional
+    ``landmarks [P, 5, 2]`` and ``title``.
     """
     if not items:
         raise ValueError("detection gallery: no items")
-    ncols = min(ncols, len(items))
-    nrows = math.ceil(len(items) / ncols)
-    fig, axes = _figure(ncols, nrows, 3.8, 3.8)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, item in zip(axes.flat, items):
-        ax.axis("on")
+    fig, axes = _grid(len(items), ncols, 3.8)
+    for ax, item in zip(axes, items):
         _background(ax, item["picture"], item.get("frame"), cmap="gray")
         preds = np.asarray(item["pred_boxes"]).reshape(-1, 4)  # (P, 4)
         gts = np.asarray(item["gt_boxes"]).reshape(-1, 4)  # (G, 4)
@@ -563,16 +540,9 @@ def detection_gallery(items: Sequence[Mapping[str, Any]], *, ncols: int = 3, sav
 
 
 # ---- helpers that turn nbsrc objects into plot inputs ---------------------------------------------
-def picture_of(sample_input: Any, cfg: Any) -> np.ndarray:
-    """What to draw for a dataset sample's ``input`` tensor ``[C, H, W]``: a latent's energy map, or the RGB
-    image recovered from the normalized input (`nbsrc.pictures.input_picture` with ``cfg.model``)."""
-    return input_picture(sample_input, cfg.model)
-
-
 def gallery_samples(dataset: Any, indices: Sequence[int], cfg: Any) -> list[dict[str, Any]]:
-    """Samples of a dataset ready for `sample_gallery`: the latent's energy map (latent datasets) next to the
-    original RGB image when the split has one (ground truth mapped back with the sample's frame), or the network
-    image (RGB datasets), with boxes and landmarks in the network frame."""
+    """Dataset samples for `sample_gallery`: a latent's energy map next to its original image when the split has
+    it (ground truth mapped back with the sample's frame), or the network image of an RGB dataset."""
     out = []
     for index in indices:
         sample = dataset[index]
@@ -591,10 +561,10 @@ def gallery_samples(dataset: Any, indices: Sequence[int], cfg: Any) -> list[dict
             "title": sample["name"] + (f" (latent_{rate})" if rate else ""),
         }
         if not latent:
-            entry["image"] = picture_of(sample["input"], cfg)
+            entry["image"] = input_picture(sample["input"], cfg.model)
             out.append(entry)
             continue
-        entry["energy"] = picture_of(sample["input"], cfg)
+        entry["energy"] = input_picture(sample["input"], cfg.model)
         sizes = getattr(getattr(dataset, "label_frame", None), "sizes", None)
         image_path = sizes.image_path(sample["name"]) if sizes is not None else None
         frame = sample.get("frame")
@@ -614,15 +584,8 @@ def detection_items(
     iou_thresh: float = 0.5,
     max_detections: int = 50,
 ) -> list[dict[str, Any]]:
-    """Run `detector` on dataset samples and match its face detections to their faces, for `detection_gallery`.
-
-    Args:
-        detector: a `nbsrc.detector.Detector`.
-        samples: dataset samples (``input``, ``boxes`` and ``labels`` in the network frame, ``name``).
-        conf: score threshold of the detections shown.
-        iou_thresh: IoU for a detection to count as a true positive.
-        max_detections: keep at most this many detections per image (the highest scores).
-    """
+    """Run a `nbsrc.detector.Detector` on dataset samples (network frame) and match its face detections (at most
+    `max_detections` over the score threshold `conf`) to their faces at `iou_thresh`, for `detection_gallery`."""
     if not samples:
         return []
     inputs = torch.stack([s["input"] for s in samples])  # (B, C, H, W)
@@ -638,7 +601,7 @@ def detection_items(
         gt = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)[np.asarray(sample["labels"]).reshape(-1) == 1]
         items.append(
             {
-                "picture": picture_of(sample["input"], detector.cfg),
+                "picture": input_picture(sample["input"], detector.cfg.model),
                 "frame": (width, height),
                 "gt_boxes": gt,
                 "pred_boxes": boxes,
