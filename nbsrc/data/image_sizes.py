@@ -1,20 +1,14 @@
-"""Original image sizes: one image's from its header (`read_image_size`), a sizes CSV (`read_sizes_csv`), the
-lookup by record name (`ImageSizes`), and the sizes of a split from wherever they are (`split_sizes`): a sizes
-CSV, the split's own ``images/`` folder, or a WIDER FACE image tree attached beside the dataset.
-
-The label frame (`nbsrc.data.label_frame`) needs each image's original ``(width, height)`` to map WIDER labels
-(original pixels, e.g. 1024x683) into a latent's 640x640 frame. The ``retina-modify`` dataset carries latents and
-labels only, so the sizes come from a WIDER FACE copy, in any of its usual shapes::
+"""Original image sizes ``(width, height)``, which `nbsrc.data.label_frame` needs to map WIDER labels (original
+pixels) into a latent's 640x640 frame: one image's header (`read_image_size`), a sizes CSV (`read_sizes_csv`), the
+lookup by record name (`ImageSizes`), and a split's sizes from a sizes CSV, its ``images/`` folder or a WIDER FACE
+tree (`split_sizes`). A tree may take any of these shapes, or sit a few levels below ``IMAGES_ROOT``::
 
     IMAGES_ROOT/WIDER_<split>/images/<event>/<name>.jpg     (the official archives, Kaggle copies)
     IMAGES_ROOT/<split>/images/<event>/<name>.jpg
     IMAGES_ROOT/<event>/<name>.jpg  or  IMAGES_ROOT/<name>.jpg   (one flat folder, used for every split)
 
-``IMAGES_ROOT`` may also be a folder *holding* such trees a few levels down (a Kaggle input mount): the tree of
-each split is found by name (`find_split_trees`). Sizes are read from the file headers only (no pixel decoded),
-once: they are cached as a sizes CSV in the cache folder, reused on the next run and rebuilt when the tree
-changes (its file names or folder times). Two trees that hold different files for one split are an error naming
-both; an image the labels name but no tree holds is reported by name (`SplitSizes.missing`), never guessed.
+A tree's sizes are read header-only once and cached as a sizes CSV, rebuilt when the tree changes. Sizes are never
+guessed: a missing one is reported by name (`SplitSizes.missing`).
 """
 
 from __future__ import annotations
@@ -79,12 +73,7 @@ def strip_image_extension(name: str) -> str:
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` of an image file from its header only (PIL opens lazily; pixels are not decoded).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not a readable image.
-    """
+    """``(width, height)`` of an image file from its header only; ValueError when it is not a readable image."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} not found")
@@ -97,15 +86,9 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
 
 
 def read_sizes_csv(path: str | Path) -> dict[str, tuple[int, int]]:
-    """Read a sizes CSV with the header ``name,width,height``.
+    """Name (without extension, e.g. ``0--Parade/x``) -> ``(width, height)`` from a CSV ``name,width,height``.
 
-    Names may carry an image extension and an event folder (``0--Parade/x.jpg``); keys are the names without
-    the extension. Each image is also reachable by its basename when that is unique (see `ImageSizes`).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: a bad header, a line without three fields, a size that is not a positive integer, or a name
-            given twice with different sizes (``file:line`` in the message).
+    Raises ValueError naming ``file:line`` for a bad header, row or size, or a name given twice with two sizes.
     """
     path = Path(path)
     if not path.is_file():
@@ -142,17 +125,11 @@ def read_sizes_csv(path: str | Path) -> dict[str, tuple[int, int]]:
 
 
 class ImageSizes:
-    """Original image sizes by record name, from explicit values, a sizes CSV and/or an images folder.
+    """Original image sizes by record name, from `sizes` (checked first), a sizes CSV and/or an images folder.
 
     Lookups try the full name (``event/basename``), then the basename: a bare name matches an entry of any folder
     (when unique), a name with a folder only an entry without one (a flat CSV or folder), never an image of another
-    folder. The images folder is searched at ``<images_dir>/<name>.<ext>`` first, then by basename below it
-    (indexed once, on first need).
-
-    Args:
-        sizes: name -> (width, height), checked first.
-        sizes_csv: a CSV ``name,width,height`` (`read_sizes_csv`).
-        images_dir: a folder of images (``<event>/<basename>.jpg`` or flat); sizes are read header-only.
+    folder.
     """
 
     def __init__(
@@ -164,9 +141,7 @@ class ImageSizes:
     ) -> None:
         self.sizes_csv = Path(sizes_csv) if sizes_csv is not None else None
         self.images_dir = Path(images_dir) if images_dir is not None else None
-        table: dict[str, tuple[int, int]] = {}
-        if sizes:
-            table.update({strip_image_extension(k): (int(v[0]), int(v[1])) for k, v in sizes.items()})
+        table = {strip_image_extension(k): (int(v[0]), int(v[1])) for k, v in (sizes or {}).items()}
         if self.sizes_csv is not None:
             for key, value in read_sizes_csv(self.sizes_csv).items():
                 table.setdefault(key, value)
@@ -184,7 +159,7 @@ class ImageSizes:
 
     @property
     def sources(self) -> list[str]:
-        """Human description of where sizes come from (for messages)."""
+        """Where the sizes come from (for messages)."""
         if self.described:
             return [self.described]
         out = []
@@ -315,17 +290,9 @@ def _holds_images(folder: Path) -> bool:
 
 
 def find_split_trees(images_root: str | Path, split: str, *, flat: bool = True) -> list[Path]:
-    """The image folders of `split` below `images_root` (see the module docstring for the shapes).
-
-    Args:
-        images_root: a WIDER FACE copy, a folder holding one or more copies (searched `SEARCH_DEPTH` levels
-            down, never into ``images/`` or ``latent/`` folders), or one flat folder of images.
-        split: the dataset's split folder name (``train``, ``val``).
-        flat: when no split-named tree exists, take `images_root` itself if it directly holds images or event
-            folders of images (off for a search through unrelated inputs).
-    Returns:
-        The folders holding the split's images (``.../WIDER_val/images``), shallowest first; empty when none.
-    """
+    """The image folders of `split` (``.../WIDER_val/images``) up to `SEARCH_DEPTH` levels below `images_root`,
+    shallowest first. With `flat`, when no split-named tree exists, `images_root` itself if it holds images or
+    event folders of images (off for a search through unrelated inputs)."""
     root = Path(images_root)
     aliases = _split_aliases(split)
     if root.name.lower() in aliases:  # the split's own folder was given
@@ -409,23 +376,17 @@ class TreeSizes:
 def tree_sizes(
     images_dir: str | Path, cache_dir: str | Path | None = None, listing: dict[str, str] | None = None
 ) -> TreeSizes:
-    """Original sizes of every image below `images_dir`, read header-only once and cached.
-
-    The cache is ``<cache_dir>/image-sizes/<tree>-<hash>.csv`` (``name,width,height``) with a ``.json`` beside it
-    holding the tree's fingerprint; a later call reuses it while the fingerprint holds and rebuilds it when the
-    tree changed. Without `cache_dir` the sizes are kept for this process only. `listing` is the tree's
-    `list_images`, when the caller has it already.
-    """
+    """Original sizes of every image below `images_dir`, read header-only once and cached in
+    ``<cache_dir>/image-sizes/<tree>-<hash>.csv`` (a ``.json`` beside it holds the tree's fingerprint), or for this
+    process only without `cache_dir`. `listing`: the tree's `list_images`, when the caller has it."""
     images_dir = Path(images_dir)
     listing = list_images(images_dir) if listing is None else listing
     fingerprint = _fingerprint(images_dir, listing)
     memo_key = (str(images_dir.resolve()), fingerprint)
-    csv_path = meta_path = None
-    if cache_dir is not None:
-        csv_path, meta_path = _cache_paths(Path(cache_dir), images_dir)
+    csv_path, meta_path = _cache_paths(Path(cache_dir), images_dir) if cache_dir is not None else (None, None)
     if memo_key in _MEMO:
         return TreeSizes(images_dir, _MEMO[memo_key], cache_csv=csv_path, reused=True)
-    if csv_path is not None and meta_path is not None and csv_path.is_file() and meta_path.is_file():
+    if csv_path is not None and csv_path.is_file() and meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())
             if meta.get("fingerprint") == fingerprint and meta.get("tree") == str(images_dir.resolve()):
@@ -439,7 +400,7 @@ def tree_sizes(
         logger.warning(
             "%s: %d image files gave no size (e.g. %s)", images_dir, len(unreadable), next(iter(unreadable.values()))
         )
-    if csv_path is not None and meta_path is not None:
+    if csv_path is not None:
         try:
             atomic_write_text(csv_path, _csv_text(sizes, listing))
             meta = {"tree": str(images_dir.resolve()), "fingerprint": fingerprint, "unreadable": unreadable}
@@ -452,12 +413,7 @@ def tree_sizes(
 
 
 def write_sizes_csv(images_dir: str | Path, out: str | Path) -> int:
-    """Write ``name,width,height`` of every image below `images_dir` to `out` (atomic); returns the count.
-
-    Raises:
-        FileNotFoundError: `images_dir` is not a folder.
-        ValueError: it holds no image.
-    """
+    """Write ``name,width,height`` of every image below `images_dir` to `out` (atomic); returns the count."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"images folder {images_dir} not found")
@@ -474,17 +430,11 @@ def write_sizes_csv(images_dir: str | Path, out: str | Path) -> int:
 # ---- the sizes of a split ----------------------------------------------------------------------------------
 @dataclass
 class SplitSizes:
-    """The original sizes a split's labels are mapped with.
+    """The original sizes a split's labels are mapped with."""
 
-    Attributes:
-        sizes: the lookup (`ImageSizes`), or None when no source exists.
-        source: where they came from, for the one log line and for messages.
-        tree: the WIDER FACE image folder used, when sizes come from one.
-    """
-
-    sizes: ImageSizes | None
-    source: str
-    tree: Path | None = None
+    sizes: ImageSizes | None  # None when no source exists
+    source: str  # where they came from, for the log line and messages
+    tree: Path | None = None  # the WIDER FACE image folder used, when sizes come from one
 
     def missing(self, names: Iterable[str]) -> list[str]:
         """The names (without extension) whose original size no source knows."""
@@ -550,14 +500,10 @@ def find_sizes(split_dir: str | Path, sizes_csv=None, images_root=None, cache_di
 
     1. `sizes_csv` (``data.sizes_csv``), else ``image_sizes.csv`` in the split folder or the dataset root;
     2. the split's own ``images/`` folder (read lazily, header-only);
-    3. the WIDER FACE tree of this split below `images_root` (``data.images_root``; on Kaggle the input mount),
-       read header-only once and cached under `cache_dir`.
+    3. the WIDER FACE tree of this split below `images_root` (`tree_sizes`, cached under `cache_dir`).
 
-    A CSV and a tree combine: the CSV's sizes win, the tree fills in the rest.
-
-    Raises:
-        FileNotFoundError: a given `sizes_csv` or `images_root` does not exist.
-        ImageTreeError: `images_root` was given and holds no images of this split, or two trees disagree.
+    A CSV and a tree combine: the CSV's sizes win, the tree fills in the rest. ImageTreeError: `images_root` holds
+    no images of this split, or two trees disagree.
     """
     split_dir = Path(split_dir)
     split = split_dir.name
@@ -594,23 +540,23 @@ def find_sizes(split_dir: str | Path, sizes_csv=None, images_root=None, cache_di
                 f"images_root {root} holds no images of split {split!r}: expected {root}/WIDER_{split}/images/"
                 f"<event>/<name>.jpg, {root}/{split}/images/..., or a flat folder of images"
             )
-    if csv_path is None and tree_result is None:
-        return SplitSizes(None, "no sizes CSV and no images", None)
-    table = dict(tree_result.sizes) if tree_result is not None else {}
-    if csv_path is not None and tree_result is not None:  # the CSV's sizes win, the tree fills in the rest
+    if tree_result is None:
+        if csv_path is None:
+            return SplitSizes(None, "no sizes CSV and no images", None)
+        return SplitSizes(ImageSizes(sizes_csv=csv_path), f"sizes CSV {csv_path}", None)
+    table = dict(tree_result.sizes)
+    if csv_path is not None:  # the CSV's sizes win, the tree fills in the rest
         table.update(read_sizes_csv(csv_path))
-    sizes = ImageSizes(sizes=table, sizes_csv=csv_path if tree_result is None else None)
-    if tree_result is not None:
-        sizes.unreadable.update(tree_result.unreadable)
-        cached = (
-            f"; sizes {'reused from' if tree_result.reused else 'cached in'} {tree_result.cache_csv}"
-            if tree_result.cache_csv is not None
-            else ""
-        )
-        what = f"WIDER FACE images {tree_result.images_dir} ({len(table):,} images{cached})"
-        if csv_path is not None:
-            what = f"sizes CSV {csv_path}, then {what}"
-        sizes.described = what
-        sizes.tree = tree_result.images_dir
-        return SplitSizes(sizes, what, tree_result.images_dir)
-    return SplitSizes(sizes, f"sizes CSV {csv_path}", None)
+    sizes = ImageSizes(sizes=table)
+    sizes.unreadable.update(tree_result.unreadable)
+    cached = (
+        f"; sizes {'reused from' if tree_result.reused else 'cached in'} {tree_result.cache_csv}"
+        if tree_result.cache_csv is not None
+        else ""
+    )
+    what = f"WIDER FACE images {tree_result.images_dir} ({len(table):,} images{cached})"
+    if csv_path is not None:
+        what = f"sizes CSV {csv_path}, then {what}"
+    sizes.described = what
+    sizes.tree = tree_result.images_dir
+    return SplitSizes(sizes, what, tree_result.images_dir)
