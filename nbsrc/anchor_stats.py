@@ -1,12 +1,11 @@
 """Anchor coverage: the anchors a preset's model uses, the best anchor IoU of each face, recall by face size,
 presets compared on the same faces, and k-means anchor shapes suggested from the faces.
 
-Boxes are ``[N, 4]`` xyxy in network-frame pixels (see `nbsrc.boxes`); faces come from `nbsrc.face_stats`.
+Boxes are ``[N, 4]`` xyxy in network-frame pixels; faces come from `nbsrc.face_stats`.
 
-Best-anchor IoU is computed exactly without an ``N x A`` IoU matrix: for axis-aligned boxes of fixed
-sizes, the overlap along x depends only on ``|dx|`` and does not grow with it (same along y), so for every
-level and anchor shape the best anchor is the one whose grid centre is nearest the face centre. That gives
-an ``N x (levels x shapes)`` computation that equals the brute-force maximum over every anchor.
+Best-anchor IoU is exact without an ``N x A`` IoU matrix: for boxes of fixed sizes the overlap along x never
+grows with ``|dx|`` (same along y), so per level and anchor shape the best anchor is the one whose grid centre is
+nearest the face centre: an ``N x (levels x shapes)`` computation equal to the brute-force maximum.
 """
 
 from __future__ import annotations
@@ -73,12 +72,8 @@ def _model_strides(cfg: Config) -> list[int]:
 
 
 def anchor_layout(preset: str | Config, image_size: int | tuple[int, int] | None = None) -> AnchorLayout:
-    """The anchors a preset's model uses (strides from the model, shapes from ``cfg.anchors``).
-
-    Args:
-        preset: preset name or a `Config`.
-        image_size: network frame side or (H, W); default ``cfg.data.image_size``.
-    """
+    """The anchors a preset's model (name or `Config`) uses at `image_size` (side or (H, W); default
+    ``cfg.data.image_size``): strides from the model, shapes from ``cfg.anchors``."""
     cfg = get_preset(preset) if isinstance(preset, str) else preset
     side = image_size if image_size is not None else cfg.data.image_size
     hw = (side, side) if isinstance(side, int) else (int(side[0]), int(side[1]))
@@ -104,28 +99,14 @@ def anchor_table(layout: AnchorLayout) -> list[dict[str, Any]]:
                 "shapes (w x h px)": ", ".join(f"{w:.0f}x{h:.0f}" for w, h in shapes),
             }
         )
-    rows.append(
-        {
-            "level": "total",
-            "stride": "",
-            "feature map": "",
-            "anchors/location": "",
-            "anchors": layout.num_anchors,
-            "shapes (w x h px)": "",
-        }
-    )
+    rows.append({**dict.fromkeys(rows[0], ""), "level": "total", "anchors": layout.num_anchors})
     return rows
 
 
 def best_anchor_iou(boxes: np.ndarray | Tensor, layout: AnchorLayout) -> dict[str, np.ndarray]:
-    """Exact best IoU of each face with any anchor of `layout` (see the module docstring for why it is exact).
+    """Exact best IoU of each face ``[N, 4]`` xyxy with any anchor of `layout` (see the module docstring).
 
-    Args:
-        boxes: ``[N, 4]`` xyxy network-frame pixels.
-        layout: the anchors (`anchor_layout`).
-
-    Returns:
-        ``iou [N]`` float64, ``level [N]`` and ``shape [N]`` (index within the level) of the best anchor.
+    Returns ``iou [N]`` float64, ``level [N]`` and ``shape [N]`` (index within the level) of the best anchor.
     """
     faces = torch.as_tensor(np.asarray(boxes, dtype=np.float64)).reshape(-1, 4)  # (N, 4)
     height, width = layout.image_size
@@ -164,13 +145,6 @@ def best_anchor_iou(boxes: np.ndarray | Tensor, layout: AnchorLayout) -> dict[st
     return {"iou": best.clamp(min=0).numpy(), "level": best_level.numpy(), "shape": best_shape.numpy()}
 
 
-def _bin_labels(bins: Sequence[float]) -> list[str]:
-    labels = []
-    for lo, hi in zip(bins[:-1], bins[1:]):
-        labels.append(f">= {lo:g}" if math.isinf(hi) else f"{lo:g}-{hi:g}")
-    return labels
-
-
 def recall_by_size(
     boxes: np.ndarray,
     best_iou: np.ndarray,
@@ -188,10 +162,9 @@ def recall_by_size(
     size = np.sqrt(np.clip(width, 0, None) * np.clip(height, 0, None))
     best_iou = np.asarray(best_iou, dtype=np.float64)
     rows = []
-    edges = list(bins)
-    for label, lo, hi in zip(_bin_labels(edges), edges[:-1], edges[1:]):
-        mask = (size >= lo) & (size < hi)
-        rows.append(_recall_row(label, best_iou[mask], thresholds, force_iou))
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        label = f">= {lo:g}" if math.isinf(hi) else f"{lo:g}-{hi:g}"
+        rows.append(_recall_row(label, best_iou[(size >= lo) & (size < hi)], thresholds, force_iou))
     rows.append(_recall_row("all", best_iou, thresholds, force_iou))
     return rows
 
@@ -213,12 +186,8 @@ def compare_presets(
     force_iou: float = 0.2,
     small: float = 16.0,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Anchor coverage of several presets on the same faces.
-
-    Returns:
-        One row per preset (anchors, mean best IoU, recall at 0.35 / 0.5, unmatched faces, recall at 0.35 of
-        faces smaller than `small` px) and the best-anchor IoU per face of each preset (name -> ``[N]``).
-    """
+    """Anchor coverage of several presets on the same faces: one row per preset (anchors, mean best IoU, recall
+    at 0.35 / 0.5, unmatched faces, recall at 0.35 of faces under `small` px) and each preset's best IoU ``[N]``."""
     width, height = face_wh(boxes)
     is_small = np.sqrt(np.clip(width * height, 0, None)) < small
     rows, ious = [], {}
@@ -226,16 +195,16 @@ def compare_presets(
         layout = anchor_layout(preset, image_size)
         iou = best_anchor_iou(boxes, layout)["iou"]
         ious[layout.name] = iou
-        n = max(len(iou), 1)
+        coverage = _coverage(iou)
         small_recall = float((iou[is_small] >= 0.35).mean()) if is_small.any() else float("nan")
         rows.append(
             {
                 "preset": layout.name,
                 "strides": "/".join(map(str, layout.strides)),
                 "anchors": layout.num_anchors,
-                "mean best IoU": float(iou.mean()) if len(iou) else float("nan"),
-                "recall@0.35": float((iou >= 0.35).sum() / n),
-                "recall@0.5": float((iou >= 0.5).sum() / n),
+                "mean best IoU": coverage["mean IoU"],
+                "recall@0.35": coverage["recall@0.35"],
+                "recall@0.5": coverage["recall@0.5"],
                 "unmatched": int((iou < force_iou).sum()),
                 f"recall@0.35 (<{small:g} px)": small_recall,
             }
@@ -267,13 +236,8 @@ def _shape_iou(wh: Tensor, centroids: Tensor) -> Tensor:
 
 
 def kmeans_anchors(wh: np.ndarray, k: int, *, iters: int = 300, seed: int = 0) -> np.ndarray:
-    """k-means of face (w, h) with the distance ``1 - IoU`` (boxes compared at a common centre).
-
-    k-means++ seeding, medians as centroids, stops when assignments no longer change.
-
-    Returns:
-        ``[k, 2]`` (w, h) sorted by area.
-    """
+    """k-means of face (w, h) ``[N, 2]`` with the distance ``1 - IoU`` at a common centre (k-means++ seeding,
+    medians as centroids): ``[k, 2]`` (w, h) sorted by area."""
     data = torch.as_tensor(np.asarray(wh, dtype=np.float64)).reshape(-1, 2)  # (N, 2)
     data = data[(data > 0).all(dim=1)]
     if len(data) < k:
@@ -298,17 +262,22 @@ def kmeans_anchors(wh: np.ndarray, k: int, *, iters: int = 300, seed: int = 0) -
     return centroids[order].numpy()
 
 
+def _coverage(iou: np.ndarray) -> dict[str, float]:
+    """Mean and recall at 0.35 / 0.5 of best IoUs ``[N]`` (recalls are 0 without faces)."""
+    n = max(len(iou), 1)
+    return {
+        "mean IoU": float(iou.mean()) if len(iou) else float("nan"),
+        "recall@0.35": float((iou >= 0.35).sum() / n),
+        "recall@0.5": float((iou >= 0.5).sum() / n),
+    }
+
+
 def shape_coverage(wh: np.ndarray, anchor_wh: np.ndarray) -> dict[str, float]:
     """How well anchor shapes fit face shapes when centres coincide (an upper bound of positional IoU)."""
     data = torch.as_tensor(np.asarray(wh, dtype=np.float64)).reshape(-1, 2)  # (N, 2)
     anchors = torch.as_tensor(np.asarray(anchor_wh, dtype=np.float64)).reshape(-1, 2)  # (K, 2)
-    best = _shape_iou(data, anchors).max(dim=1).values if len(data) else torch.zeros(0, dtype=torch.float64)
-    n = max(len(best), 1)
-    return {
-        "mean IoU": float(best.mean()) if len(best) else float("nan"),
-        "recall@0.35": float((best >= 0.35).sum() / n),
-        "recall@0.5": float((best >= 0.5).sum() / n),
-    }
+    best = _shape_iou(data, anchors).max(dim=1).values.numpy() if len(data) else np.zeros(0)
+    return _coverage(best)
 
 
 def _assign_levels(shapes: np.ndarray, layout: AnchorLayout) -> list[np.ndarray]:
@@ -324,11 +293,8 @@ def _assign_levels(shapes: np.ndarray, layout: AnchorLayout) -> list[np.ndarray]
 def suggest_anchors(
     boxes: np.ndarray, layout: AnchorLayout, ks: Sequence[int] = (2, 4, 6, 9), *, seed: int = 0
 ) -> list[dict[str, Any]]:
-    """k-means anchor shapes for several k, next to the layout's own shapes, with their coverage.
-
-    Each row: shape-only coverage (centres aligned) and positional coverage (the shapes placed on the
-    layout's levels by size / stride, best anchor over the real grid): mean best IoU and recall at 0.35 / 0.5.
-    """
+    """k-means anchor shapes for several k, next to the layout's own shapes, with their coverage: shape-only
+    (centres aligned) and on the grid (shapes placed on the layout's levels by size / stride)."""
     width, height = face_wh(boxes)
     keep = (width > 0) & (height > 0)
     wh = np.stack([width[keep], height[keep]], axis=1)  # (N, 2)
@@ -344,17 +310,16 @@ def suggest_anchors(
             shapes = kmeans_anchors(wh, k, seed=seed)
             placed = AnchorLayout(label, layout.strides, _assign_levels(shapes, layout), layout.image_size, layout.clip)
         shape_cov = shape_coverage(wh, shapes)
-        iou = best_anchor_iou(faces, placed)["iou"]
-        n = max(len(iou), 1)
+        grid = _coverage(best_anchor_iou(faces, placed)["iou"])
         rows.append(
             {
                 "anchors": label,
                 "shapes (w x h px)": ", ".join(f"{w:.0f}x{h:.0f}" for w, h in shapes),
                 "shape IoU": shape_cov["mean IoU"],
                 "shape recall@0.5": shape_cov["recall@0.5"],
-                "grid mean IoU": float(iou.mean()) if len(iou) else float("nan"),
-                "grid recall@0.35": float((iou >= 0.35).sum() / n),
-                "grid recall@0.5": float((iou >= 0.5).sum() / n),
+                "grid mean IoU": grid["mean IoU"],
+                "grid recall@0.35": grid["recall@0.35"],
+                "grid recall@0.5": grid["recall@0.5"],
                 "anchors per image": placed.num_anchors,
             }
         )
