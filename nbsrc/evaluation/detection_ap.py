@@ -1,15 +1,12 @@
 """Single-class VOC average precision, in memory and vectorized (no Python loop per detection or per image).
 
-Boxes are ``[n, 4]`` xyxy (see `nbsrc.boxes`) in any consistent frame: pixels or [0, 1]. The IoU is the plain
-continuous one, ``area = (x2 - x1) * (y2 - y1)`` (no +1 pixel, which would be wrong on normalized
-coordinates); the WIDER protocol's +1-pixel variant is available through ``plus_one=True`` for
-`nbsrc.evaluation.widerface`.
+Boxes are ``[n, 4]`` xyxy in any consistent frame (pixels or [0, 1]). The IoU is the plain continuous one (no
++1 pixel, which would be wrong on normalized coordinates); ``plus_one=True`` is the WIDER protocol's variant.
 
-Matching follows the VOC devkit: detections of all images are ranked by descending score (stable, so equal
-scores keep their input order); each detection takes the ground-truth box of highest IoU in its image (the
-first one on ties). If that IoU is ``>= iou_thresh``: an ignored box makes the detection neither TP nor FP,
-an unmatched box makes it a TP and marks the box, an already matched box makes it a FP. Otherwise it is a
-FP. AP is the all-point VOC integral of the precision envelope over recall.
+Matching follows the VOC devkit: detections of all images are ranked by descending score (stable); each takes
+the ground-truth box of highest IoU in its image (the first on ties). If that IoU is ``>= iou_thresh``: an
+ignored box makes it neither TP nor FP, an unmatched box makes it a TP and marks the box, a matched box makes it
+a FP. Otherwise it is a FP. AP is the all-point VOC integral of the precision envelope over recall.
 """
 
 from __future__ import annotations
@@ -21,34 +18,24 @@ import numpy as np
 
 __all__ = ["PRCurve", "box_iou", "detection_ap", "detection_pr", "max_iou_match", "voc_ap"]
 
-# Bound on the (prediction, ground truth) pairs materialised at once by `max_iou_match` (small chunks: large temporaries are slow to allocate).
+# (prediction, ground truth) pairs `max_iou_match` forms at once (small chunks: large temporaries allocate slowly)
 MAX_PAIRS = 1 << 16
 
 
 @dataclass
 class PRCurve:
-    """Precision/recall over the ranked detections.
+    """Precision/recall over the ranked detections (ignored ones removed)."""
 
-    Attributes:
-        precision: ``[D]`` precision after each counted detection (ignored ones removed), by rank.
-        recall: ``[D]`` recall after each counted detection.
-        scores: ``[D]`` the detections' scores, descending.
-        ap: all-point VOC AP (NaN when there is no non-ignored ground truth).
-        num_gt: number of non-ignored ground-truth boxes.
-    """
-
-    precision: np.ndarray
-    recall: np.ndarray
-    scores: np.ndarray
-    ap: float
-    num_gt: int
+    precision: np.ndarray  # [D] after each counted detection, by rank
+    recall: np.ndarray  # [D]
+    scores: np.ndarray  # [D] descending
+    ap: float  # all-point VOC AP; NaN without non-ignored ground truth
+    num_gt: int  # non-ignored ground-truth boxes
 
 
 def box_iou(boxes1: np.ndarray, boxes2: np.ndarray, plus_one: bool = False) -> np.ndarray:
-    """IoU matrix of ``[n, 4]`` and ``[m, 4]`` xyxy boxes -> ``float64 [n, m]``.
-
-    ``plus_one=True`` is the WIDER / VOC-pixel convention: widths and heights are ``x2 - x1 + 1``.
-    """
+    """IoU matrix of ``[n, 4]`` and ``[m, 4]`` xyxy boxes -> ``float64 [n, m]`` (``plus_one``: sizes are
+    ``x2 - x1 + 1``, the WIDER / VOC-pixel convention)."""
     a = np.asarray(boxes1, dtype=np.float64).reshape(-1, 4)[:, None, :]  # (n, 1, 4)
     b = np.asarray(boxes2, dtype=np.float64).reshape(-1, 4)[None, :, :]  # (1, m, 4)
     return _pair_iou(a, b, 1.0 if plus_one else 0.0)
@@ -88,8 +75,6 @@ def max_iou_match(
         pred_image: ``int [N]`` image index of each prediction.
         gt_boxes: ``[G, 4]`` xyxy ground truth of all images, concatenated image by image.
         gt_offsets: ``int [I + 1]``: image ``i`` owns ``gt_boxes[gt_offsets[i]:gt_offsets[i + 1]]``.
-        min_iou: IoU below which a prediction is reported unmatched (> 0).
-        plus_one: WIDER +1-pixel IoU convention.
         max_pairs: candidate pairs materialised per chunk (bounds memory).
     Returns:
         ``(best_iou float64 [N], best_index int64 [N])``: the highest IoU and the index of its box *within the
@@ -200,14 +185,9 @@ def detection_pr(
 ) -> PRCurve:
     """Precision/recall curve and VOC AP of one class over a set of images.
 
-    Args:
-        pred_boxes: per image ``[n, 4]`` xyxy predictions (numpy or CPU tensors).
-        pred_scores: per image ``[n]`` scores.
-        gt_boxes: per image ``[m, 4]`` xyxy ground truth, same frame as the predictions.
-        iou_thresh: a detection matches a box when their IoU is ``>= iou_thresh``.
-        ignore: per image ``bool [m]``: boxes that count neither as ground truth nor as false positives.
-    Returns:
-        A `PRCurve` (AP is NaN when no ground truth is counted).
+    Per image: `pred_boxes` ``[n, 4]`` xyxy (numpy or CPU tensors), `pred_scores` ``[n]``, `gt_boxes` ``[m, 4]``
+    xyxy in the same frame, optional `ignore` ``bool [m]`` (boxes that count neither as ground truth nor as false
+    positives). A detection matches a box when their IoU is ``>= iou_thresh``.
     """
     if not len(pred_boxes) == len(pred_scores) == len(gt_boxes):
         raise ValueError(

@@ -1,21 +1,17 @@
 """Which WIDER FACE val ground truth an evaluation uses: one resolver for the notebooks and the commands.
 
-The ground truth is a folder holding the four official files (`nbsrc.data.readers.wider_mat.GT_FILES`):
-``wider_face_val.mat`` and ``wider_{easy,medium,hard}_val.mat``. `resolve_gt_dir` looks, in this order, at
+The ground truth is a folder holding the four official files (`nbsrc.data.readers.wider_mat.GT_FILES`).
+`resolve_gt_dir` looks, in this order, at
 
-1. the folder given (config ``eval.gt_dir``, the notebooks' ``gt_dir`` parameter, the commands' ``--gt``); it must
-   hold the four files;
-2. ``<dataset_root>/<split>/ground_truth`` (the demo dataset carries its own); when the folder exists it must hold
-   the four files;
-3. folders holding the four files among the Kaggle inputs (on Kaggle) and beside the dataset (the dataset root's
-   parent folder, or the one above when the parent wraps the dataset alone, and a few levels below it), e.g. a
-   WIDER FACE copy's ``eval_tools/ground_truth/``. Folders named ``images`` or ``latent`` and hidden ones are not
-   entered. Several folders found must hold identical files; otherwise the choice is the user's (an error lists
-   them);
+1. the folder given (config ``eval.gt_dir``, the notebooks' ``gt_dir``, the commands' ``--gt``);
+2. ``<dataset_root>/<split>/ground_truth`` when it exists (the demo dataset carries its own);
+3. folders holding the four files among the Kaggle inputs (on Kaggle) and beside the dataset (its parent, or
+   the one above when the parent wraps the dataset alone), e.g. a WIDER FACE copy's
+   ``eval_tools/ground_truth/``; several found must hold identical files, else an error lists them;
 4. the official files shipped with nbsrc (`SHIPPED_GT_DIR`).
 
-It returns the folder and where it came from (`GroundTruthSource`); its ``str`` is the one line the notebooks
-and commands print: ``ground truth: <folder> (<where it came from>)``.
+A folder of rule 1 or 2 must hold the four files. The str of the returned `GroundTruthSource` is the line the
+notebooks and commands print: ``ground truth: <folder> (<where it came from>)``.
 """
 
 from __future__ import annotations
@@ -50,33 +46,18 @@ HOW_TO_CHOOSE = "set gt_dir (config eval.gt_dir, the notebooks' gt_dir parameter
 
 @dataclass(frozen=True)
 class GroundTruthSource:
-    """A resolved ground-truth folder.
-
-    Attributes:
-        folder: the folder holding the four ``.mat`` files.
-        kind: ``given`` | ``dataset`` | ``found`` | ``shipped`` (the rule that chose it, see the module docstring).
-        description: where it came from, in words (``"gt_dir"``, ``"the dataset's val/ground_truth"``, ...).
-    """
+    """A resolved ground-truth folder."""
 
     folder: Path
-    kind: str
-    description: str
+    kind: str  # the rule that chose it: given | dataset | found | shipped
+    description: str  # where it came from, in words ("gt_dir", "the dataset's val/ground_truth", ...)
 
     def __str__(self) -> str:
         return f"ground truth: {self.folder} ({self.description})"
 
 
-def _missing_files(folder: Path) -> list[str]:
-    return [name for name in GT_FILES if not (folder / name).is_file()]
-
-
 def check_gt_folder(folder: str | Path, what: str = "ground-truth folder") -> Path:
-    """`folder` when it holds the four files.
-
-    Raises:
-        FileNotFoundError: the folder does not exist, or lacks some of the files (the folder and the missing files
-            named).
-    """
+    """`folder` when it holds the four files, else `FileNotFoundError` naming the folder and the missing files."""
     folder = Path(folder)
     expected = f"expected a folder holding {', '.join(GT_FILES)}"
     if not folder.exists():
@@ -84,15 +65,10 @@ def check_gt_folder(folder: str | Path, what: str = "ground-truth folder") -> Pa
     if not folder.is_dir():
         hint = f"; its folder {folder.parent}?" if folder.name in GT_FILES else ""
         raise FileNotFoundError(f"{what} {folder}: not a folder ({expected}{hint})")
-    missing = _missing_files(folder)
+    missing = [name for name in GT_FILES if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{what} {folder} lacks {', '.join(missing)} ({expected})")
     return folder
-
-
-def _is_shipped_copy(folder: Path) -> bool:
-    """A copy of nbsrc's own files (e.g. the package's source attached as a Kaggle input)."""
-    return folder.parts[-3:] == ("nbsrc", "evaluation", SHIPPED_GT_DIR.name)
 
 
 def _holds_gt_files(folder: Path) -> bool:
@@ -102,12 +78,12 @@ def _holds_gt_files(folder: Path) -> bool:
 def find_gt_folders(root: str | Path, max_depth: int, max_folders: int = MAX_FOLDERS) -> list[Path]:
     """Folders at most `max_depth` levels below `root` (itself included) holding the four files, sorted.
 
-    Not entered: hidden folders, folders named as in `SKIPPED_FOLDERS`, folders below a match. Copies of nbsrc's
-    own files are left out (they are the shipped files). At most `max_folders` folders are listed (a warning says
-    when the search stopped there).
+    Not entered: hidden folders, `SKIPPED_FOLDERS`, folders below a match. Copies of nbsrc's own files (the
+    package's source attached as a Kaggle input) are left out.
     """
     found = find_folders(root, _holds_gt_files, max_depth=max_depth, skip=SKIPPED_FOLDERS, max_folders=max_folders)
-    return sorted(folder for folder in found if not _is_shipped_copy(folder))
+    shipped_copy = ("nbsrc", "evaluation", SHIPPED_GT_DIR.name)
+    return sorted(folder for folder in found if folder.parts[-3:] != shipped_copy)
 
 
 def _digest(folder: Path) -> str:
@@ -160,35 +136,30 @@ def resolve_gt_dir(
 
     Args:
         gt_dir: an explicit folder (relative names are also looked up among the Kaggle inputs on Kaggle).
-        dataset_root: the dataset evaluated (None: no dataset rules; the inputs, then the shipped files).
-        split: its split folder.
+        dataset_root: the dataset evaluated (None: the inputs, then the shipped files).
         search_inputs: search the Kaggle inputs (default: when on Kaggle, or when `input_root` is given).
         input_root: the input mount searched (default `nbsrc.paths.kaggle_input`).
-    Returns:
-        A `GroundTruthSource` (its ``str`` is the line to print).
     Raises:
-        FileNotFoundError: `gt_dir` or ``<dataset_root>/<split>/ground_truth`` lacks some of the four files (the
-            folder and the missing files named), or the shipped files are missing.
-        ValueError: several folders found among the inputs or beside the dataset hold different files (listed).
+        FileNotFoundError: a folder of rule 1 or 2, or the shipped one, lacks some of the four files (named).
+        ValueError: several folders found hold different files (listed).
     """
+    source = _resolve(gt_dir, dataset_root, split, search_inputs, input_root)
+    logger.debug("%s", source)
+    return source
+
+
+def _resolve(gt_dir, dataset_root, split: str, search_inputs: bool | None, input_root) -> GroundTruthSource:
     if gt_dir is not None and str(gt_dir) != "":
         try:
             folder = paths.resolve_optional_path(gt_dir, "gt_dir")
         except FileNotFoundError:
             folder = Path(gt_dir).expanduser()  # the check below names what is expected
-        source = GroundTruthSource(check_gt_folder(folder, "gt_dir"), "given", "gt_dir")
-        logger.debug("%s", source)
-        return source
+        return GroundTruthSource(check_gt_folder(folder, "gt_dir"), "given", "gt_dir")
 
     root = Path(dataset_root).expanduser().resolve() if dataset_root is not None else None
-    if root is not None:
-        own = root / split / "ground_truth"
-        if own.is_dir():
-            source = GroundTruthSource(
-                check_gt_folder(own, "ground-truth folder"), "dataset", f"the dataset's {split}/ground_truth"
-            )
-            logger.debug("%s", source)
-            return source
+    if root is not None and (root / split / "ground_truth").is_dir():
+        own = check_gt_folder(root / split / "ground_truth", "ground-truth folder")
+        return GroundTruthSource(own, "dataset", f"the dataset's {split}/ground_truth")
 
     if search_inputs is None:
         search_inputs = input_root is not None or paths.on_kaggle()
@@ -204,14 +175,7 @@ def resolve_gt_dir(
         folder, where = candidates[0]
         if len(candidates) > 1:
             where += f"; identical to {', '.join(str(f) for f, _ in candidates[1:])}"
-        source = GroundTruthSource(folder, "found", where)
-        logger.debug("%s", source)
-        return source
+        return GroundTruthSource(folder, "found", where)
 
-    source = GroundTruthSource(
-        check_gt_folder(SHIPPED_GT_DIR, "shipped ground-truth folder"),
-        "shipped",
-        "the official WIDER FACE val files shipped with nbsrc",
-    )
-    logger.debug("%s", source)
-    return source
+    shipped = check_gt_folder(SHIPPED_GT_DIR, "shipped ground-truth folder")
+    return GroundTruthSource(shipped, "shipped", "the official WIDER FACE val files shipped with nbsrc")

@@ -1,9 +1,6 @@
 """WIDER FACE Easy / Medium / Hard AP: the official protocol, exactly, vectorized.
 
-The protocol (the official evaluation, every detail kept):
-
-1. One result file per ground-truth image, ``<pred_dir>/<event>/<basename>.txt`` (see
-   `nbsrc.evaluation.results`); boxes are taken in file order.
+1. One result file per ground-truth image (`nbsrc.evaluation.results`); boxes are taken in file order.
 2. Scores are min-max normalized over the whole prediction set: ``s' = (s - lo) / (hi - lo)`` with
    ``lo = min(1, min s)`` and ``hi = max(0, max s)``.
 3. Per setting and image, the kept faces are the setting's 1-based ``gt_list`` indices; the other faces are
@@ -18,16 +15,11 @@ The protocol (the official evaluation, every detail kept):
 6. precision = recalled / proposals, recall = recalled / kept faces; AP = all-point VOC integral of the
    precision envelope (`nbsrc.evaluation.detection_ap.voc_ap`).
 
-Subset evaluation: `evaluate_curves` with ``images`` evaluates a part of the ground truth's images (a partial val
-split, the demo's few images): the ground truth is cut to those images (`subset_ground_truth`), so the recall
-denominators count only their faces and the score normalization sees only their predictions. The result says
-so (`WiderResult.coverage`: ``"12 of 3,226 images; not comparable with published full-set numbers"``). With
-every image of the ground truth, the evaluation is the full protocol, unchanged.
-
-Implementation: one IoU pass for all images (chunked), then per setting a few array passes; the threshold
-sweep is a difference array over the 1,000 thresholds built from the points where each image's ``r`` moves
-(no loop per image or per threshold). Deviation: when every score is equal, the reference divides by zero and
-reports 0; here all predictions pass every threshold (a warning is logged).
+A subset evaluation (`evaluate_curves` with ``images``) cuts the ground truth to those images
+(`subset_ground_truth`): recall denominators and score normalization see only them, and
+`WiderResult.coverage` says so. The threshold sweep is a difference array over the 1,000 thresholds (no loop per
+image or threshold). Deviation: when every score is equal, the reference divides by zero and reports 0; here all
+predictions pass every threshold (with a warning).
 """
 
 from __future__ import annotations
@@ -70,29 +62,17 @@ def thresholds(num: int = NUM_THRESHOLDS) -> np.ndarray:
 
 @dataclass
 class WiderResult:
-    """AP and PR curves per setting.
+    """AP and PR curves per setting."""
 
-    Attributes:
-        ap: setting -> AP (NaN when the setting keeps no face).
-        precision: setting -> ``[1000]`` precision per threshold (0 where no prediction passes).
-        recall: setting -> ``[1000]`` recall per threshold.
-        thresholds: ``[1000]`` normalized-score thresholds, descending.
-        num_faces: setting -> kept faces.
-        num_images: images evaluated.
-        num_predictions: predictions read.
-        missing: images without a result file (counted as empty).
-        images_in_gt: images of the whole ground truth (more than `num_images` in a subset evaluation).
-    """
-
-    ap: dict[str, float]
-    precision: dict[str, np.ndarray]
-    recall: dict[str, np.ndarray]
-    thresholds: np.ndarray
-    num_faces: dict[str, int]
-    num_images: int
+    ap: dict[str, float]  # NaN when the setting keeps no face
+    precision: dict[str, np.ndarray]  # [1000] per threshold (0 where no prediction passes)
+    recall: dict[str, np.ndarray]  # [1000] per threshold
+    thresholds: np.ndarray  # [1000] normalized-score thresholds, descending
+    num_faces: dict[str, int]  # kept faces per setting
+    num_images: int  # images evaluated
     num_predictions: int
-    missing: list[str] = field(default_factory=list)
-    images_in_gt: int | None = None  # None: num_images (the full ground truth)
+    missing: list[str] = field(default_factory=list)  # images without a result file (counted as empty)
+    images_in_gt: int | None = None  # images of the whole ground truth; None: num_images
 
     def __post_init__(self) -> None:
         if self.images_in_gt is None:
@@ -100,12 +80,10 @@ class WiderResult:
 
     @property
     def images_evaluated(self) -> int:
-        """Images evaluated (`num_images`)."""
         return self.num_images
 
     @property
     def is_subset(self) -> bool:
-        """Whether only part of the ground truth's images was evaluated."""
         return self.num_images < self.images_in_gt
 
     @property
@@ -188,18 +166,9 @@ def evaluate_predictions(
 ) -> WiderResult:
     """The protocol on in-memory predictions.
 
-    Args:
-        gt: ground truth (`read_wider_gt`).
-        boxes_xywh: ``[N, 4]`` xywh of all images, concatenated in ground-truth image order, each image's boxes in
-            file order.
-        scores: ``[N]`` raw scores (normalized here).
-        counts: ``int [I]`` predictions per image, in `gt.image_names()` order.
-        iou_thresh: IoU threshold (0.5 in the protocol).
-        missing: names reported as missing (bookkeeping only).
-        images_in_gt: images of the whole ground truth when `gt` is a subset of it (bookkeeping only; default:
-            `gt`'s own).
-    Returns:
-        A `WiderResult`.
+    `boxes_xywh` ``[N, 4]`` and raw `scores` ``[N]`` of all images, concatenated in `gt.image_names()` order (each
+    image's boxes in file order); `counts` ``int [I]`` predictions per image. `missing` and `images_in_gt` are
+    bookkeeping only.
     """
     if not 0 < iou_thresh <= 1:
         raise ValueError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
@@ -269,11 +238,10 @@ def _checked_predictions(
 def _match(
     boxes: np.ndarray, image: np.ndarray, gt_boxes: np.ndarray, gt_offsets: np.ndarray, iou_thresh: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Matching (setting-independent): the best face of each prediction (xywh `boxes` of images `image`).
+    """The best face of each prediction (xywh `boxes` of images `image`), setting-independent.
 
-    Returns:
-        ``(hit [N], face [N], first_hit [N])``: IoU >= `iou_thresh` with the best face, that face's global index
-        (valid where hit), whether the prediction is the first hit of its face in file order.
+    Returns ``(hit [N], face [N], first_hit [N])``: IoU >= `iou_thresh` with the best face, that face's global
+    index (valid where hit), whether the prediction is the first hit of its face in file order.
     """
     xyxy = boxes.copy()
     xyxy[:, 2:] += xyxy[:, :2]  # (N, 4)
@@ -288,19 +256,12 @@ def _match(
 
 
 class _Sweep(NamedTuple):
-    """Where each image's last passing prediction ``r`` moves along the thresholds (setting-independent).
+    """Where each image's last passing prediction ``r`` moves along the thresholds (setting-independent)."""
 
-    Attributes:
-        r_at: ``[E]`` the last passing prediction at each event.
-        bin_at: ``[E]`` the threshold index of each event.
-        new_image: ``[E]`` whether the event is its image's first.
-        pred_start: ``[N]`` index of the first prediction of each prediction's image.
-    """
-
-    r_at: np.ndarray
-    bin_at: np.ndarray
-    new_image: np.ndarray
-    pred_start: np.ndarray
+    r_at: np.ndarray  # [E] the last passing prediction at each event
+    bin_at: np.ndarray  # [E] the threshold index of each event
+    new_image: np.ndarray  # [E] whether the event is its image's first
+    pred_start: np.ndarray  # [N] index of the first prediction of each prediction's image
 
 
 def _sweep(norm: np.ndarray, image: np.ndarray, num_images: int, thr: np.ndarray) -> _Sweep:
@@ -346,17 +307,8 @@ def _curves(proposal: np.ndarray, recalled: np.ndarray, sweep: _Sweep) -> tuple[
 
 
 def subset_ground_truth(gt: WiderGroundTruth, images: Iterable[str]) -> WiderGroundTruth:
-    """The ground truth of `images` only, in the ground truth's order (events left without images dropped).
-
-    Args:
-        gt: the whole ground truth.
-        images: image names ``"<event>/<basename>"`` (an image extension is ignored; repeats are ignored).
-    Returns:
-        `gt` itself when `images` are all its images, else a new `WiderGroundTruth` (faces, attributes and
-        kept-face indices of those images, unchanged).
-    Raises:
-        ValueError: names the ground truth does not hold (the first ten listed, with their count), or no names.
-    """
+    """The ground truth of `images` (``"<event>/<basename>"``, extension ignored) only, in the ground truth's
+    order; `gt` itself when they are all its images. `ValueError` for no names or names it does not hold."""
     wanted = {strip_image_extension(str(name).strip().replace("\\", "/").strip("/")) for name in images}
     if not wanted:
         raise ValueError("no images to evaluate: the image list is empty (a split without images?)")
@@ -397,20 +349,11 @@ def evaluate_curves(
     """Evaluate a result folder against WIDER ground truth; AP and PR curves per setting.
 
     Args:
-        pred_dir: result folder (``<event>/<basename>.txt`` per image).
         gt_dir: folder of the four ``.mat`` files, or an already read `WiderGroundTruth`.
-        iou_thresh: IoU threshold (0.5 in the protocol).
         missing: ``"error"`` (a missing result file raises, listing the images) or ``"empty"`` (counted as
             images without detections, with a warning).
-        images: the images to evaluate, ``"<event>/<basename>"`` (e.g. a split's names; extensions ignored).
-            None: every image of the ground truth (the full protocol). A part of them: a subset evaluation (see
-            the module docstring); result files of the other ground-truth images are then left unread.
-    Returns:
-        A `WiderResult` (`WiderResult.coverage` says how many of the ground truth's images were evaluated).
-    Raises:
-        ValueError: `images` holds names the ground truth does not know (listed), a result file matches no
-            ground-truth image, a malformed result file.
-        FileNotFoundError: images without a result file (``missing="error"``).
+        images: the images to evaluate, ``"<event>/<basename>"``; None: every image of the ground truth (the
+            full protocol), else a subset evaluation (other images' result files are left unread).
     """
     gt_all = gt_dir if isinstance(gt_dir, WiderGroundTruth) else read_wider_gt(gt_dir, attributes=False)
     gt = gt_all if images is None else subset_ground_truth(gt_all, images)
@@ -445,16 +388,12 @@ def evaluate(
     missing: str = "error",
     images: Iterable[str] | None = None,
 ) -> dict[str, float]:
-    """WIDER FACE AP of a result folder: ``{"easy": ap, "medium": ap, "hard": ap}`` (fractions in [0, 1]).
-
-    See `evaluate_curves` for the arguments; `evaluate_curves` also returns the PR curves and the coverage.
-    """
+    """``{"easy": ap, "medium": ap, "hard": ap}`` (fractions in [0, 1]) of `evaluate_curves`."""
     return dict(evaluate_curves(pred_dir, gt_dir, iou_thresh=iou_thresh, missing=missing, images=images).ap)
 
 
 def format_table(ap: dict[str, float] | WiderResult) -> str:
-    """The three lines the reference prints: ``Easy   Val AP: 0.9482`` ...; for a `WiderResult` of a subset a
-    fourth says so (``(12 of 3,226 images; not comparable with published full-set numbers)``)."""
+    """The three lines the reference prints (``Easy   Val AP: 0.9482`` ...), and the coverage of a subset."""
     result = ap if isinstance(ap, WiderResult) else None
     values = result.ap if result is not None else ap
     table = "".join(f"{s.capitalize():<7}Val AP: {values[s]:.4f}\n" for s in SETTINGS)
