@@ -16,11 +16,8 @@ __all__ = ["latent_statistics", "latent_statistics_by_rate", "latent_statistics_
 
 
 def latent_statistics(latents: Iterable[np.ndarray], bins: int = 80) -> dict[str, Any]:
-    """Per-channel mean / std and a value histogram of a set of latents ``[C, h, w]`` (same C).
-
-    Returns:
-        ``mean [C]``, ``std [C]``, ``hist [bins]``, ``edges [bins+1]``, ``min``, ``max``, ``zero_fraction``, ``count``.
-    """
+    """Per-channel mean / std and a value histogram of a set of latents ``[C, h, w]`` (same C): ``mean [C]``,
+    ``std [C]``, ``hist [bins]``, ``edges [bins+1]``, ``min``, ``max``, ``zero_fraction``, ``count``."""
     stack = [np.asarray(x, dtype=np.float32) for x in latents]
     if not stack:
         raise ValueError("latent statistics: no latents given")
@@ -47,16 +44,21 @@ def latent_statistics(latents: Iterable[np.ndarray], bins: int = 80) -> dict[str
     }
 
 
+def _files_by_rate(latent_dir: Path) -> dict[int, list[Path]]:
+    """The latent files of a ``latent/`` folder by rate, rates sorted (flat unrated files under 0)."""
+    by_rate: dict[int, list[Path]] = {}
+    for per_image in scan_latents(latent_dir, suffix=None).files.values():
+        for rate, path in per_image.items():
+            by_rate.setdefault(rate or 0, []).append(path)
+    return dict(sorted(by_rate.items()))
+
+
 def rate_counts(split_dir: str | Path) -> dict[int, int]:
     """Images of a split that have each latent rate (``{12: n, 25: n, ...}``; flat unrated files count as 0)."""
     latent_dir = Path(split_dir) / "latent"
     if not latent_dir.is_dir():
         return {}
-    counts: dict[int, int] = {}
-    for per_image in scan_latents(latent_dir, suffix=None).files.values():
-        for rate in per_image:
-            counts[rate or 0] = counts.get(rate or 0, 0) + 1
-    return dict(sorted(counts.items()))
+    return {rate: len(files) for rate, files in _files_by_rate(latent_dir).items()}
 
 
 def latent_statistics_by_rate(
@@ -66,12 +68,8 @@ def latent_statistics_by_rate(
     latent_dir = Path(split_dir) / "latent"
     if not latent_dir.is_dir():
         raise FileNotFoundError(f"{latent_dir}: no latent folder")
-    by_rate: dict[int, list[Path]] = {}
-    for per_image in scan_latents(latent_dir, suffix=None).files.values():
-        for rate, path in per_image.items():
-            by_rate.setdefault(rate or 0, []).append(path)
     result = {}
-    for rate, files in sorted(by_rate.items()):
+    for rate, files in _files_by_rate(latent_dir).items():
         pick = np.unique(np.linspace(0, len(files) - 1, min(max_files, len(files))).round().astype(int))
         result[rate] = latent_statistics([load_latent(files[i], channels) for i in pick], bins=bins)
     return result
