@@ -11,23 +11,17 @@
     <root>/val/ground_truth/wider_{face,easy,medium,hard}_val.mat       WIDER evaluation ground truth
     <root>/.nbsrc-demo-complete                             marker: a complete demo dataset built by this module
 
-The dataset is built in a temporary folder next to `root` and then swapped in, so `root` never holds a partial
-or stale build. A non-empty `root` without the marker (someone else's data) is refused, never overwritten.
+It is built in a temporary folder next to `root` and swapped in; a non-empty `root` without the marker is refused.
 
-Scenes: photos shipped with scikit-image (coffee, rocket, the Hubble deep field, bricks, grass, ...) as
-backgrounds, a simple body under each face, and real faces pasted at WIDER-like sizes: the 100 face crops of
-``skimage.data.lfw_subset()`` (tinted grey crops) and the faces of ``astronaut()`` and ``camera()``. Each face
-has 5 landmarks (eyes, nose, mouth corners) at fixed relative positions of its crop; some small faces have
-none (as in WIDER). Face sizes are drawn in the 640x640 network frame: a quarter under 32 px, most between 32
-and 96 px, a fifth up to ~220 px; about one image in twelve has no face. Easy / medium / hard keep faces at
-least 50 / 30 / 0 px high in original pixels.
+Scenes: scikit-image photos as backgrounds, a simple body under each face, and real faces (the 100 tinted
+``skimage.data.lfw_subset()`` crops and the faces of ``astronaut()`` and ``camera()``) pasted at WIDER-like sizes
+of the 640 frame (`SIZE_BINS`), with 5 landmarks at fixed fractions of the crop (some small faces have none);
+about one image in twelve has no face. Easy / medium / hard keep faces at least 50 / 30 / 0 original px high.
 
 Latents come from `StandInEncoder`, a **fixed, seeded stand-in for the JPEG AI encoder, not JPEG AI**: the
-decoded JPEG is stretched to 640x640 (the ``stretch`` resize policy), every 16x16 patch is averaged down to 8x8
-RGB, projected to 256 channels by a fixed random matrix, squashed by ``sign(y) log(1 + 3|y|)`` and quantized
-with a step that doubles at each lower rate point (0.05 std at rate 100 up to 0.8 std at rate 12). It keeps
-what a detector needs (2-pixel resolution of the 640 frame in every 16x16 cell) and exercises the latent
-pipeline end to end (shapes, rates, the label frame), nothing more.
+decoded JPEG is stretched to 640x640, every 16x16 patch averaged down to 8x8 RGB, projected to 256 channels by a
+fixed random matrix, squashed by ``sign(y) log(1 + 3|y|)`` and quantized with a step that doubles at each lower
+rate point (`QUANT_STEPS`). It exercises the latent pipeline end to end (shapes, rates, the label frame).
 
 Everything follows from ``seed``: the same call gives byte-identical files (on the same library versions).
 """
@@ -35,7 +29,6 @@ Everything follows from ``seed``: the same call gives byte-identical files (on t
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import os
 import shutil
@@ -117,6 +110,7 @@ BACKGROUNDS = (
     "stereo_motorcycle",
 )
 MIRROR_ORDER = (1, 0, 2, 4, 3)
+MAT_HEADER_TEXT = 116  # bytes of descriptive text at the start of a MATLAB 5 file
 
 
 def demo_difficulty(height: float) -> str:
@@ -143,8 +137,7 @@ class StandInEncoder:
         self.channels = channels
         self.weight = (rng.standard_normal((inputs, channels)) / np.sqrt(inputs)).astype(np.float32)  # (192, C)
         self.bias = rng.uniform(-0.2, 0.2, channels).astype(np.float32)
-        self.scale = 1.0  # standard deviation of the squashed output on natural images (set below)
-        self.scale = float(np.std(self._raw(_calibration_image())))
+        self.scale = float(np.std(self._raw(_calibration_image())))  # of the squashed output on a natural image
 
     def _raw(self, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
@@ -356,16 +349,6 @@ def make_scene(rng: np.random.Generator) -> Scene:
 
 
 # ---- writing ---------------------------------------------------------------------------------------------
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, array, allow_pickle=False)
-
-
 def _jpeg_roundtrip(image: np.ndarray) -> tuple[bytes, np.ndarray]:
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
     if not ok:
@@ -386,12 +369,6 @@ def _encoder() -> StandInEncoder:
     return StandInEncoder()
 
 
-def _event_of(index: int) -> tuple[str, str]:
-    event = DEMO_EVENTS[index % len(DEMO_EVENTS)]
-    number, _, label = event.partition("--")
-    return event, f"{number}_{label}_demo_{index}"
-
-
 def _write_split(
     root: Path, split: str, seeds: list[np.random.SeedSequence], first_index: int, sizes: list[tuple[str, int, int]]
 ) -> list[ImageRecord]:
@@ -400,14 +377,18 @@ def _write_split(
     records, twoclass = [], []
     for offset, seed in enumerate(seeds):
         index = first_index + offset
-        event, basename = _event_of(index)
+        event = DEMO_EVENTS[index % len(DEMO_EVENTS)]
+        number, _, label = event.partition("--")
+        basename = f"{number}_{label}_demo_{index}"
         scene = make_scene(np.random.default_rng(seed))
         jpeg, decoded = _jpeg_roundtrip(scene.image)
-        _write_bytes(split_dir / "images" / event / f"{basename}.jpg", jpeg)
+        (split_dir / "images" / event).mkdir(parents=True, exist_ok=True)
+        (split_dir / "images" / event / f"{basename}.jpg").write_bytes(jpeg)
         latent = encode_original(decoded, encoder)
+        (split_dir / "latent" / basename).mkdir(parents=True, exist_ok=True)
         for rate in DEMO_RATES:
             quantized = encoder.quantize(latent, rate)[None].astype(np.float16)  # (1, C, 40, 40)
-            _write_npy(split_dir / "latent" / basename / f"latent_{rate}.npy", quantized)
+            np.save(split_dir / "latent" / basename / f"latent_{rate}.npy", quantized, allow_pickle=False)
         height, width = scene.image.shape[:2]
         name = f"{event}/{basename}"
         sizes.append((name, width, height))
@@ -420,8 +401,7 @@ def _write_split(
             labels=np.full(n, FACE, np.int64),
             image_size=(width, height),
             attributes={
-                "landmark_flags": np.where(scene.landmarks_valid[:, None], 0.0, -1.0).astype(np.float32)
-                * np.ones((n, 5), np.float32),
+                "landmark_flags": np.where(scene.landmarks_valid[:, None], 0.0, -1.0).repeat(5, 1).astype(np.float32),
                 "score": np.where(scene.landmarks_valid, 1.0, -1.0).astype(np.float32),
             },
         )
@@ -463,36 +443,19 @@ def _write_ground_truth(gt_dir: Path, records: list[ImageRecord]) -> None:
         for setting in keep:
             keep[setting].append(per_setting[setting])
     write_wider_gt(gt_dir, WiderGroundTruth(events=events, names=names, boxes=boxes, keep=keep))
-    for path in sorted(gt_dir.glob("*.mat")):
-        _fix_mat_header(path)
-
-
-MAT_HEADER_TEXT = 116  # bytes of descriptive text at the start of a MATLAB 5 file
-
-
-def _fix_mat_header(path: Path) -> None:
-    """Replace the creation time in a MATLAB 5 header by fixed text, so that the same seed gives the same bytes."""
-    data = path.read_bytes()
-    if not data.startswith(b"MATLAB 5.0 MAT-file"):
-        return
-    text = b"MATLAB 5.0 MAT-file, nbsrc demo ground truth".ljust(MAT_HEADER_TEXT, b" ")
-    path.write_bytes(text + data[MAT_HEADER_TEXT:])
+    for path in sorted(gt_dir.glob("*.mat")):  # fixed header text, not the creation time: same seed, same bytes
+        data = path.read_bytes()
+        if data.startswith(b"MATLAB 5.0 MAT-file"):
+            text = b"MATLAB 5.0 MAT-file, nbsrc demo ground truth".ljust(MAT_HEADER_TEXT, b" ")
+            path.write_bytes(text + data[MAT_HEADER_TEXT:])
 
 
 def make_demo_data(root: str | Path, images: int = 160, seed: int = 0, val_images: int | None = None) -> Path:
-    """Build the demo dataset (layout and content in the module docstring).
+    """Build the demo dataset (see the module docstring) in `root`, returned: a new or empty folder, or an earlier
+    demo dataset (with `DEMO_MARKER`), replaced whole. `val_images` defaults to ``max(8, images // 4)``.
 
-    Args:
-        root: output folder: new, empty, or an earlier demo dataset (with `DEMO_MARKER`), which is replaced
-            whole. The build goes to a temporary folder next to it and is swapped in at the end.
-        images: training images.
-        seed: everything follows from it.
-        val_images: validation images (default ``max(8, images // 4)``).
-    Returns:
-        `root`.
-    Raises:
-        ValueError: bad counts, or `root` is a file or a non-empty folder without `DEMO_MARKER` (not a demo
-            dataset built here; nothing in it is touched).
+    Raises ValueError for bad counts, or a `root` that is a file or a non-empty folder without `DEMO_MARKER`
+    (nothing in it is touched).
     """
     if images < 1:
         raise ValueError(f"images must be >= 1, got {images}")
@@ -583,11 +546,8 @@ def _build(root: Path, images: int, seed: int, val_images: int) -> int:
     train = _write_split(root, "train", seeds[:images], 0, sizes)
     val = _write_split(root, "val", seeds[images:], images, sizes)
     _write_ground_truth(root / "val" / "ground_truth", val)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["name", "width", "height"])
-    writer.writerows(sizes)
-    (root / "image_sizes.csv").write_text(buffer.getvalue())
+    with (root / "image_sizes.csv").open("w", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows([("name", "width", "height"), *sizes])
     faces = sum(r.num_boxes for r in train + val)
     (root / "README.txt").write_text(
         f"nbsrc demo dataset (seed {seed}): {images} train + {val_images} val images, {faces} faces.\n"
