@@ -66,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except (ValueError, OSError, RuntimeError, KeyError, FloatingPointError) as exc:
-        # Bad input (a path that is a file where a folder is expected, or the reverse; or a diverged run: the
-        # non-finite loss names epoch, step, images and loss parts): one clear line naming what is wrong, no stack
-        # trace from deep inside a library.
+        # bad input or a diverged run: one line naming what is wrong, no stack trace from deep inside a library
         logging.getLogger("nbsrc").debug("error details", exc_info=True)
         sys.stderr.write(f"error: {describe_error(exc)}\n")
         return 2
@@ -82,8 +80,8 @@ _OS_HINTS: dict[type, str] = {
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line for `exc`: an `OSError` from the system (it carries a file name) as ``<path>: <what>``, naming
-    what was expected for the common path mix-ups; any other error as its own message."""
+    """One line for `exc`: a system `OSError` (with a file name) as ``<path>: <what>``, naming what was expected for
+    the common path mix-ups; any other error as its own message."""
     if not isinstance(exc, OSError) or exc.filename is None:
         return str(exc)
     what = _OS_HINTS.get(type(exc)) or exc.strerror or type(exc).__name__

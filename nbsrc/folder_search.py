@@ -1,10 +1,4 @@
-"""Breadth-first search of a folder tree for the folders that hold something (a dataset, an image tree, ground truth).
-
-`find_folders` visits `root` and the folders below it level by level, in name order, and returns those a test
-accepts. It never enters hidden folders, folders with a skipped name (per-image trees that are large and hold
-nothing searched for), or the folders below a match; it can stop at the first level with a match, and after a
-number of folders visited (bounding the time spent on a large input mount).
-"""
+"""Breadth-first search of a folder tree for the folders that hold something (a dataset, an image tree, ground truth)."""
 
 from __future__ import annotations
 
@@ -37,17 +31,12 @@ def find_folders(
     shallowest: bool = False,
     max_folders: int | None = None,
 ) -> list[Path]:
-    """The folders at most `max_depth` levels below `root` (itself included) for which `matches` is true.
+    """The folders at most `max_depth` levels below `root` (itself included) for which `matches` is true, level by
+    level in name order.
 
-    Args:
-        root: the folder searched.
-        matches: the test of one folder; a match is returned and not entered.
-        max_depth: levels searched below `root`.
-        skip: folder names (lower case, compared case-insensitively) never entered.
-        shallowest: stop after the first level holding a match.
-        max_folders: stop after testing this many folders (a warning says so); None: no bound.
-    Returns:
-        The matches in search order (level by level, name order within a folder).
+    A match is not entered, nor are hidden folders and those named in `skip` (lower case, compared
+    case-insensitively). `shallowest` stops after the first level holding a match; `max_folders` bounds the
+    folders tested (a warning says so when reached).
     """
     root = Path(root)
     found: list[Path] = []

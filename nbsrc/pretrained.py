@@ -15,12 +15,10 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_pretrained(value: str, backbone: str, input_root: str | Path | None = None) -> str:
-    """``model.pretrained`` for a notebook: ``auto`` becomes the path of an ImageNet backbone file found
-    locally or, on Kaggle, in an attached dataset (so a kernel without internet still starts from ImageNet):
-    for MobileNet x0.25 ``mobilenetV1X0.25_pretrain.tar`` (``./weights``, the torch hub cache, the inputs), else
-    the copy shipped with the package (`nbsrc.weights.IMAGENET_MOBILENET`), so MobileNet always resolves;
-    for a ResNet torchvision's ``resnetNN-<hash>.pth`` in the inputs (the hub cache is read at build time).
-    Every other value, and ``auto`` with nothing found, is returned as given."""
+    """``model.pretrained`` for a notebook: ``auto`` becomes an ImageNet backbone file found locally or in the
+    Kaggle inputs (a kernel without internet still starts from ImageNet): for MobileNet x0.25
+    ``mobilenetV1X0.25_pretrain.tar``, else the shipped `nbsrc.weights.IMAGENET_MOBILENET`; for a ResNet
+    torchvision's ``resnetNN-<hash>.pth``. Other values, and ``auto`` with nothing found, are returned as given."""
     if value != "auto":
         return value
     if backbone == "mobilenet0.25":
@@ -38,7 +36,6 @@ def resolve_pretrained(value: str, backbone: str, input_root: str | Path | None 
         if matches:
             logger.info("ImageNet %s weights: %s", backbone, matches[0])
             return str(matches[0])
-    if backbone == "mobilenet0.25":
-        if IMAGENET_MOBILENET.is_file():  # missing only from a broken install: build_model then says so
-            return str(IMAGENET_MOBILENET)
+    if backbone == "mobilenet0.25" and IMAGENET_MOBILENET.is_file():  # missing only from a broken install
+        return str(IMAGENET_MOBILENET)
     return value
