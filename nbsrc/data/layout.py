@@ -55,14 +55,11 @@ def parse_rate(filename: str) -> int | None:
 
 
 def is_split_dir(path: Path) -> bool:
-    """Whether `path` looks like a split folder (holds latents, images or labels)."""
     return path.is_dir() and any((path / marker).exists() for marker in SPLIT_MARKERS)
 
 
 def list_splits(root: str | Path, splits: Iterable[str] | None = None) -> list[tuple[str, Path]]:
-    """``(name, folder)`` of the splits to look at.
-
-    `root` is a dataset root with split folders, or itself a split folder (then its name is the split).
+    """``(name, folder)`` of the splits of `root`, a dataset root or itself a split folder (named after it).
 
     Raises:
         FileNotFoundError: `root` or a requested split does not exist, or no split folder is found.
@@ -93,10 +90,8 @@ def list_splits(root: str | Path, splits: Iterable[str] | None = None) -> list[t
 
 
 def find_labels(split_dir: str | Path, *, twoclass: bool = False) -> Path:
-    """The label file (or per-image label folder) of a split.
-
-    Looks for, in order: (``labels_2cls.txt`` when `twoclass`), ``labels.txt``, ``label.txt``,
-    ``latent/labels.txt``, ``latent/label.txt``, ``labelstxt/``, ``labels/``, ``wider_face_*_bbx_gt.txt``.
+    """The label file (or per-image label folder) of a split: the first of `TWOCLASS_CANDIDATES` (when
+    `twoclass`), `LABEL_CANDIDATES` and ``wider_face_*_bbx_gt.txt`` that exists.
 
     Raises:
         FileNotFoundError: none exists (the message lists what was looked for).
@@ -117,10 +112,8 @@ def find_labels(split_dir: str | Path, *, twoclass: bool = False) -> Path:
 
 
 def read_split_labels(path: str | Path, *, errors: list | None = None) -> list[ImageRecord]:
-    """Read a label file or folder of any supported format (`nbsrc.data.readers.read_labels`).
-
-    `errors` (a list) collects unparseable lines instead of raising, for the formats that support it.
-    """
+    """Read a label file or folder of any supported format (`nbsrc.data.readers.read_labels`); `errors`
+    collects unparseable lines instead of raising, for the formats that support it."""
     path = Path(path)
     fmt = detect_format(path)
     if errors is not None and fmt in ("retinaface", "wider_bbx", "per_image", "twoclass"):
@@ -130,19 +123,13 @@ def read_split_labels(path: str | Path, *, errors: list | None = None) -> list[I
 
 @dataclass
 class LatentIndex:
-    """The latent files of a split.
+    """The latent files of a split."""
 
-    Attributes:
-        folder: the ``latent/`` folder.
-        layout: ``nested`` (``<image>/latent_<rate>.npy``), ``flat`` (``<image>.npy``) or ``empty``.
-        files: image basename -> rate (None for flat files or unrated names) -> path.
-        missing_rate: basenames of nested folders lacking the requested rate file.
-    """
-
-    folder: Path
-    layout: str
+    folder: Path  # the ``latent/`` folder
+    layout: str  # ``nested`` (``<image>/latent_<rate>.npy``), ``flat`` (``<image>.npy``), ``mixed`` or ``empty``
+    # image basename -> rate (None for flat files or unrated names) -> path
     files: dict[str, dict[int | None, Path]] = field(default_factory=dict)
-    missing_rate: list[str] = field(default_factory=list)
+    missing_rate: list[str] = field(default_factory=list)  # nested folders lacking the requested rate file
 
     def lookup(self, basename: str) -> dict[int | None, Path] | None:
         """The files of an image by basename (flat files named ``latent_<basename>.npy`` are found too)."""
@@ -155,14 +142,10 @@ class LatentIndex:
 
 
 def scan_latents(latent_dir: str | Path, *, suffix: str | None = "latent_75.npy") -> LatentIndex:
-    """Index the latents of a split.
+    """Index the latents of a split's ``latent/`` folder.
 
-    Args:
-        latent_dir: the ``<split>/latent`` folder.
-        suffix: the rate file to use in the nested layout (``latent_75.npy``); None takes every ``*.npy`` in
-            each image folder (all rates). Ignored by the flat layout.
-    Raises:
-        FileNotFoundError: `latent_dir` does not exist.
+    `suffix` is the rate file of the nested layout (``latent_75.npy``); None takes every ``*.npy`` of each image
+    folder (all rates). Raises `FileNotFoundError` when `latent_dir` does not exist.
     """
     latent_dir = Path(latent_dir)
     if not latent_dir.is_dir():
@@ -190,8 +173,8 @@ def scan_latents(latent_dir: str | Path, *, suffix: str | None = "latent_75.npy"
 
 
 def _scan_image_folder(index: LatentIndex, folder: Path, suffix: str | None) -> None:
-    """Add the rate files of one image folder (``<latent>/<image>/``) to `index`: the `suffix` file, or with
-    None every ``*.npy``; a folder holding latents but not the `suffix` one goes to ``missing_rate``."""
+    """Add the rate files of one ``<latent>/<image>/`` folder to `index` (see `scan_latents`); a folder holding
+    latents but not the `suffix` one goes to ``missing_rate``."""
     if suffix is not None:
         path = folder / suffix
         if path.is_file():

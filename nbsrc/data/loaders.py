@@ -1,8 +1,7 @@
 """Dataset and DataLoader factories: the only data code that reads `nbsrc.config.Config`.
 
-``cfg.model.input_kind`` picks the dataset: ``latent`` -> `LatentWiderFace`, ``rgb`` -> `WiderFaceRGB`. The split
-folders are ``<cfg.data.dataset_root>/<cfg.data.train_split>`` and ``.../<cfg.data.val_split>``; their label files
-are found there (`nbsrc.data.layout.find_labels`) unless ``data.train_labels`` / ``data.val_labels`` name them.
+``model.input_kind`` picks the dataset (``latent``: `LatentWiderFace`, ``rgb``: `WiderFaceRGB`) of the split
+folders under ``data.dataset_root``.
 """
 
 from __future__ import annotations
@@ -26,13 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def dataset_root(cfg: Config) -> Path:
-    """``cfg.data.dataset_root`` as a path.
-
-    Raises:
-        ValueError: it is not set (the engine and notebooks resolve the demo dataset first, see
-            `nbsrc.data.demo.resolve_dataset_root`).
-        FileNotFoundError: the folder does not exist.
-    """
+    """``cfg.data.dataset_root`` as a path; `ValueError` when unset, `FileNotFoundError` when missing."""
     if cfg.data.dataset_root is None:
         raise ValueError(
             "data.dataset_root is not set: give the dataset folder (train/ and val/ inside), or resolve the demo "
@@ -44,16 +37,9 @@ def dataset_root(cfg: Config) -> Path:
     return root
 
 
-def _run_dir(cfg: Config) -> Path | None:
-    if cfg.train.run_name:
-        return Path(cfg.train.out) / cfg.train.run_name
-    return None
-
-
 def split_labels(cfg: Config, split: str, train: bool = True) -> Path | None:
-    """The label file ``data.train_labels`` / ``data.val_labels`` gives for `split` (the one of the split named
-    ``data.train_split`` / ``data.val_split``; `train` decides when both name the same split), or None when the
-    split's labels are to be found in its folder.
+    """The label file ``data.train_labels`` / ``data.val_labels`` gives for `split` (`train` decides when both
+    splits are the same), or None when the split's labels are to be found in its folder.
 
     Raises:
         FileNotFoundError: the given file does not exist (names the config key and the path).
@@ -70,20 +56,14 @@ def split_labels(cfg: Config, split: str, train: bool = True) -> Path | None:
 
 
 def build_dataset(cfg: Config, split: str, train: bool, **overrides: Any) -> Dataset:
-    """The dataset of one split for `cfg`.
+    """The dataset of split folder `split` under ``data.dataset_root``; `train` turns augmentation on and
+    `overrides` go to the dataset class (e.g. ``stats=`` for latents).
 
-    Args:
-        cfg: configuration (``model.input_kind`` and the ``data`` group).
-        split: split folder name under ``data.dataset_root`` (``cfg.data.train_split`` / ``val_split``).
-        train: training mode (RGB augmentation; latent flip when ``data.latent_flip``).
-        **overrides: keyword arguments passed on to the dataset class (e.g. ``stats=`` for latents).
-    Returns:
-        `LatentWiderFace` or `WiderFaceRGB`.
     Raises:
-        FileNotFoundError: a missing dataset root, split folder or label file (``data.train_labels`` /
-            ``data.val_labels``, see `split_labels`).
+        FileNotFoundError: a missing dataset root, split folder or label file.
     """
     d, m = cfg.data, cfg.model
+    run_dir = Path(cfg.train.out) / cfg.train.run_name if cfg.train.run_name else None
     root = dataset_root(cfg) / split
     labels = split_labels(cfg, split, train)
     if labels is not None:
@@ -100,9 +80,9 @@ def build_dataset(cfg: Config, split: str, train: bool, **overrides: Any) -> Dat
             resize_policy=d.resize_policy,
             sizes_csv=d.sizes_csv,
             images_root=d.images_root,
-            sizes_cache=d.cache_dir or _run_dir(cfg),
+            sizes_cache=d.cache_dir or run_dir,
             normalize=d.normalize_latents,
-            stats_dir=_run_dir(cfg),
+            stats_dir=run_dir,
             flip=d.latent_flip and train,
             crop=d.latent_crop if train else None,
             num_classes=m.num_classes,
@@ -111,8 +91,7 @@ def build_dataset(cfg: Config, split: str, train: bool, **overrides: Any) -> Dat
             check_values=d.check_values == "all" or (d.check_values == "eval" and not train),
             values_cache=d.cache_dir,
         )
-        kwargs.update(overrides)
-        return LatentWiderFace(root, **kwargs)
+        return LatentWiderFace(root, **(kwargs | overrides))
     kwargs = dict(
         image_size=d.image_size,
         train=train,
@@ -126,21 +105,18 @@ def build_dataset(cfg: Config, split: str, train: bool, **overrides: Any) -> Dat
         on_error=d.on_error,
         max_images=d.max_images,
     )
-    kwargs.update(overrides)
-    return WiderFaceRGB(root, **kwargs)
+    return WiderFaceRGB(root, **(kwargs | overrides))
 
 
 def _loader(dataset: Dataset, cfg: Config, *, train: bool, batch_size: int, distributed: bool) -> DataLoader:
-    workers = cfg.data.num_workers
-    seed = cfg.train.seed
+    workers, seed = cfg.data.num_workers, cfg.train.seed
     sampler: Sampler | None = None
     if distributed:
         sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=False)
-    if train:  # augmentation seeded per sample (see SeededSampler), order from (seed, epoch)
-        inner = (
-            sampler if sampler is not None else RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-        )
-        sampler = SeededSampler(inner, seed)  # the datasets read (index, seed) keys (see nbsrc.data.seeding)
+    elif train:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    if train:  # augmentation seeded per sample, order from (seed, epoch): `nbsrc.data.seeding`
+        sampler = SeededSampler(sampler, seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -156,14 +132,10 @@ def _loader(dataset: Dataset, cfg: Config, *, train: bool, batch_size: int, dist
 
 
 def build_dataloaders(cfg: Config, distributed: bool = False) -> tuple[DataLoader, DataLoader | None]:
-    """Training and validation loaders for `cfg`.
+    """``(train_loader, val_loader | None)`` for `cfg`, batches of `nbsrc.data.collate.detection_collate`.
 
-    Workers ``data.num_workers`` (persistent), pinned memory when CUDA is available, a `DistributedSampler`
-    per process when `distributed`. Latent normalization statistics come from the training split and are reused
-    for validation. The validation loader is None when the split folder does not exist.
-
-    Returns:
-        ``(train_loader, val_loader | None)``; batches are `nbsrc.data.collate.detection_collate` dicts.
+    Latent normalization statistics come from the training split and are reused for validation. The validation
+    loader is None when its split folder is missing or holds no usable sample.
     """
     root = dataset_root(cfg)
     train_set = build_dataset(cfg, cfg.data.train_split, train=True)

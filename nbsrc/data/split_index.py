@@ -1,17 +1,11 @@
 """One pass over a split folder: labels -> records -> latent files -> original sizes and label frame.
 
-`index_split` finds and reads the labels (unparseable lines and repeated names become defects, `DefectLog`),
-caps them at ``max_images``, pairs each record with its latent files when the split's latents are wanted
-(basenames used twice, labelled images without a latent and latents without labels become defects), and looks up
-where the original image sizes come from (`SizeSources`), giving the `LabelFrame` of the labels. The result,
-`SplitIndex`, is what `nbsrc.data.latent_dataset.LatentWiderFace`, `nbsrc.data.rgb_dataset.WiderFaceRGB` and
-`nbsrc.data.validate` (``check-data``) build on; each then checks its items (boxes, images, latent files,
-`nbsrc.data.defects`).
+`index_split` gives the `SplitIndex` that both datasets and ``check-data`` (`nbsrc.data.validate`) build on; what
+it finds wrong (bad lines, repeated names, unmatched latents) goes to a `nbsrc.data.defects.DefectLog`.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,19 +33,12 @@ Matched = list[tuple[ImageRecord, dict[int | None, Path]]]  # a record and its l
 
 @dataclass(frozen=True)
 class SizeSources:
-    """Where the original image sizes of a split may come from.
+    """Where the original image sizes of a split may come from."""
 
-    Attributes:
-        sizes_csv: a CSV ``name,width,height``.
-        images_dir: an explicit folder of the split's images (then only it and `sizes_csv` are used).
-        images_root: a WIDER FACE image tree (`nbsrc.data.image_sizes.split_sizes`).
-        cache_dir: where sizes read from `images_root` are cached.
-    """
-
-    sizes_csv: str | Path | None = None
-    images_dir: str | Path | None = None
-    images_root: str | Path | None = None
-    cache_dir: str | Path | None = None
+    sizes_csv: str | Path | None = None  # a CSV ``name,width,height``
+    images_dir: str | Path | None = None  # the split's images (then only it and `sizes_csv` are used)
+    images_root: str | Path | None = None  # a WIDER FACE image tree (`nbsrc.data.image_sizes.split_sizes`)
+    cache_dir: str | Path | None = None  # where sizes read from `images_root` are cached
 
     def find(self, folder: Path) -> SplitSizes:
         if self.images_dir is not None:
@@ -62,28 +49,16 @@ class SizeSources:
 
 @dataclass
 class SplitIndex:
-    """A split folder indexed once (see the module docstring).
-
-    Attributes:
-        folder: the split folder.
-        log: the defect log the indexing added to.
-        label_path: the label file or folder read (None when records were given).
-        labelled: every record of the labels (repeated names left out), before ``max_images``.
-        records: the records in use: the first ``max_images``, without basenames used twice when latents are
-            matched (they are keyed by basename).
-        latents: the split's latent files, or None when they were not looked at.
-        matched: each record having latent files, with them (rate -> path); empty without `latents`.
-        sizes: where the original sizes come from.
-        frame: the label frame (`nbsrc.data.label_frame.LabelFrame`) built on them.
-    """
+    """A split folder indexed once."""
 
     folder: Path
     log: DefectLog
-    label_path: Path | None
-    labelled: list[ImageRecord]
+    label_path: Path | None  # None when records were given
+    labelled: list[ImageRecord]  # every record of the labels (repeated names left out), before ``max_images``
+    # the first ``max_images``, without basenames used twice when latents are matched (they are keyed by basename)
     records: list[ImageRecord]
-    latents: LatentIndex | None
-    matched: Matched
+    latents: LatentIndex | None  # None when the latents were not looked at
+    matched: Matched  # each record having latent files; empty without `latents`
     sizes: SplitSizes
     frame: LabelFrame
 
@@ -92,8 +67,8 @@ class SplitIndex:
         return len(self.labelled)
 
     def frame_report(self, net_side: int = 640, split: str | None = None) -> LabelFrameReport:
-        """Which frame the labels appear to be in (`nbsrc.data.label_frame.frame_verdict` of every record), for
-        the split named `split` (default: the folder's name)."""
+        """Which frame the labels appear to be in (`nbsrc.data.label_frame.frame_verdict`); `split` defaults to
+        the folder's name."""
         return frame_verdict(
             self.labelled,
             self.sizes.sizes or None,
@@ -119,16 +94,14 @@ def index_split(
     """Index a split folder in one pass.
 
     Args:
-        folder: the split folder.
-        log: the defect log (its ``on_error`` decides whether a defect raises).
+        log: its ``on_error`` decides whether a defect raises.
         labels: label file or folder (default: `nbsrc.data.layout.find_labels`), or records taken as they are.
         twoclass: look for the 2-class label file first.
         max_images: use only the first N labelled images (the latents of the others are not strays).
         latents: ``required`` (``<folder>/latent`` must exist), ``if_present`` or ``ignored``.
         latent_suffix: the rate file of the nested layout; None takes every rate.
-        sizes: where the original sizes come from (default: the sizes CSV or ``images/`` of the split).
+        sizes: default: the sizes CSV or ``images/`` of the split.
         label_frame: labels already in this square frame (None: original pixels).
-        resize_policy: ``stretch`` | ``letterbox``.
     Raises:
         FileNotFoundError: no label file, or no latent folder when `latents` is ``required``.
         nbsrc.data.defects.DataError: a defect under ``on_error=raise``.
@@ -147,15 +120,16 @@ def index_split(
     if latents == "required" or (latents == "if_present" and (folder / "latent").is_dir()):
         index = scan_latents(folder / "latent", suffix=latent_suffix)
         records = check_duplicate_basenames(records, log)
-        if max_images is not None:  # the latents of images beyond the cap are left alone
-            _forget(index, {record.basename for record in labelled[max_images:]})
+        if max_images is not None:  # the latents of images beyond the cap are not strays
+            beyond = {record.basename for record in labelled[max_images:]}
+            for key in [k for k in index.files if k in beyond or k.removeprefix("latent_") in beyond]:
+                del index.files[key]
         matched = match_latents(records, index, log, latent_suffix=latent_suffix)
     found = (sizes or SizeSources()).find(folder)
     frame = LabelFrame(sizes=found.sizes or None, policy=resize_policy, label_frame=label_frame)
     return SplitIndex(folder, log, label_path, labelled, records, index, matched, found, frame)
 
 
-# ---- the steps --------------------------------------------------------------------------------------------
 def read_labels_checked(path: str | Path, log: DefectLog) -> list[ImageRecord]:
     """Read a label file, turning unparseable lines into ``unparseable_line`` defects (skipped lines) and
     repeated image names into ``duplicate_name`` defects (later repeats dropped; 2-class repeats merged)."""
@@ -176,9 +150,6 @@ def read_labels_checked(path: str | Path, log: DefectLog) -> list[ImageRecord]:
                 f"image {name!r} has another header at {sources[0]}; boxes merged",
                 fatal=False,
             )
-    records = list(records)
-    if max(Counter(r.name for r in records).values(), default=0) < 2:
-        return records
     first_seen: dict[str, str] = {}
     kept = []
     for record in records:
@@ -213,12 +184,6 @@ def check_duplicate_basenames(records: Sequence[ImageRecord], log: DefectLog) ->
     return kept
 
 
-def _forget(index: LatentIndex, basenames: set[str]) -> None:
-    """Drop the latents of `basenames` from `index` (flat files named ``latent_<basename>.npy`` too)."""
-    for key in [k for k in index.files if k in basenames or k.removeprefix("latent_") in basenames]:
-        del index.files[key]
-
-
 def match_latents(
     records: Sequence[ImageRecord], index: LatentIndex, log: DefectLog, *, latent_suffix: str | None = None
 ) -> Matched:
@@ -249,7 +214,6 @@ def match_latents(
     return matched
 
 
-# ---- per record -------------------------------------------------------------------------------------------
 def frame_extent(record: ImageRecord, frame: LabelFrame) -> tuple[float, float] | None:
     """``(width, height)`` of the frame the record's labels are in, or None when unknown."""
     if record.normalized:

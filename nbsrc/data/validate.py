@@ -1,11 +1,8 @@
 """``check-data``: every defect of a dataset, reported with file and line.
 
-`validate_split` indexes a split (`nbsrc.data.split_index.index_split`, the pass the datasets make) under a
-``report`` `nbsrc.data.defects.DefectLog` and checks every item: each record's boxes against its frame, that its
-frame can be determined, its image file (when the split has ``images/``), and every latent file (header, and with
-``check_values`` its values). `validate_dataset` does it for every split of a dataset and returns a
-`ValidationReport` (used by ``python -m nbsrc check-data ROOT``); `check_label_frame` says, per split, which
-frame the labels appear to be in.
+`validate_split` indexes a split as the datasets do (`nbsrc.data.split_index.index_split`) under a ``report``
+`nbsrc.data.defects.DefectLog`, then checks every record, image and latent file; `validate_dataset` does it for
+every split. `check_label_frame` says, per split, which frame the labels appear to be in.
 """
 
 from __future__ import annotations
@@ -37,16 +34,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ValidationReport:
-    """Defects of one or more splits.
+    """Defects of one or more splits."""
 
-    Attributes:
-        defects: every `Defect` found, in walk order.
-        splits: split name -> summary numbers (images, boxes, latents, ...).
-        frames: split name -> `LabelFrameReport`.
-    """
-
-    defects: list[Defect] = field(default_factory=list)
-    splits: dict[str, dict] = field(default_factory=dict)
+    defects: list[Defect] = field(default_factory=list)  # in walk order
+    splits: dict[str, dict] = field(default_factory=dict)  # split -> summary numbers (images, boxes, latents, ...)
     frames: dict[str, LabelFrameReport] = field(default_factory=dict)
 
     @property
@@ -102,25 +93,15 @@ def validate_split(
     check_images: bool = True,
     log: DefectLog | None = None,
 ) -> tuple[DefectLog, dict, LabelFrameReport]:
-    """Walk one split and collect its defects.
+    """Walk one split and collect its defects; returns ``(log, summary_numbers, label_frame_report)``.
 
-    Args:
-        split_dir: the split folder.
-        labels: label file or folder (default: `nbsrc.data.layout.find_labels`).
-        latent_suffix: rate file of the nested layout; None checks every rate.
-        channels: latent channels.
+    Arguments as in `nbsrc.data.split_index.index_split` and `SizeSources` (`sizes_cache` is its ``cache_dir``),
+    and:
         spatial: expected latent ``(h, w)`` (None: any, but all equal to the first good one).
         latent_stride: network-frame pixels per latent cell.
-        label_frame: labels already in this square frame (None: original pixels).
-        resize_policy: ``stretch`` | ``letterbox``.
-        sizes_csv: sizes CSV (default: ``image_sizes.csv`` in the split or the root when present).
-        images_root: WIDER FACE image tree for the original sizes (`nbsrc.data.image_sizes.split_sizes`).
-        sizes_cache: folder caching the sizes read from `images_root`.
         check_values: read every latent and check for NaN/Inf (slow on big data).
         check_images: check that each labelled image exists (when the split has ``images/``).
-        log: defect log to add to (default: a new ``report`` log).
-    Returns:
-        ``(log, summary_numbers, label_frame_report)``.
+        log: default: a new ``report`` log.
     """
     split_dir = Path(split_dir)
     log = log or DefectLog("report", context=str(split_dir))
@@ -146,8 +127,7 @@ def validate_split(
 
 
 def _check_record(record: ImageRecord, index: SplitIndex, net: tuple[int, int], images: ImageSizes | None) -> None:
-    """Boxes against the record's frame, whether that frame is known (``unknown_frame``), and with `images` its
-    image file."""
+    """Boxes against the record's frame, whether that frame is known, and with `images` its image file."""
     size = frame_extent(record, index.frame)
     check_boxes(record, index.log, size)
     if size is None and record.num_boxes:
@@ -166,8 +146,7 @@ def _check_record(record: ImageRecord, index: SplitIndex, net: tuple[int, int], 
 
 
 def _check_latents(index: SplitIndex, *, channels: int, spatial: tuple[int, int] | None, values: bool) -> dict:
-    """Every matched latent file checked (all of one spatial size: `spatial`, else the first good one's); the
-    summary numbers ``latents``, ``layout`` and ``latent_hw``."""
+    """Check every matched latent file (all of `spatial` size, else the first good one's); the summary numbers."""
     first_hw = spatial
     for _, files in index.matched:
         for path in files.values():
@@ -182,8 +161,7 @@ def _check_latents(index: SplitIndex, *, channels: int, spatial: tuple[int, int]
 
 
 def validation_settings(cfg: Config) -> dict:
-    """`validate_split` keyword arguments from a config: the latents' rate, channels and stride, and where the
-    original sizes come from (``data.sizes_csv``, ``data.images_root``, ``data.label_frame``)."""
+    """`validate_split` keyword arguments from a config."""
     d, m = cfg.data, cfg.model
     return {
         "latent_suffix": d.latent_suffix,
@@ -202,14 +180,8 @@ def validate_dataset(
     splits: Iterable[str] | None = None,
     **kwargs,
 ) -> ValidationReport:
-    """Validate every split of a dataset (`validate_split` arguments in `kwargs`); report everything.
-
-    Args:
-        root: dataset root with split folders, or one split folder.
-        splits: split names (default: all found).
-    Returns:
-        `ValidationReport`.
-    """
+    """Validate every split (default: all found) of `root`, a dataset root or one split folder; `kwargs` go
+    to `validate_split`."""
     report = ValidationReport()
     for name, folder in list_splits(root, splits):
         log = DefectLog("report", context=f"{name} split")
@@ -235,18 +207,10 @@ def check_label_frame(
     net_side: int = 640,
     labels: Mapping[str, str | Path] | None = None,
 ) -> dict[str, LabelFrameReport]:
-    """Report, per split, which frame the labels appear to be in.
+    """Per split of `root` (a dataset root or one split folder), which frame the labels appear to be in.
 
-    Args:
-        root: dataset root holding split folders (``train/``, ``val/``), or one split folder.
-        splits: split folder names (default: every split folder found).
-        sizes_csv: original sizes (default: ``image_sizes.csv`` at the root or in the split, when present).
-        images_root: WIDER FACE image tree for the original sizes (`nbsrc.data.image_sizes.split_sizes`).
-        sizes_cache: folder caching sizes read from `images_root`.
-        net_side: side of the network frame (640 for 40x40 latents).
-        labels: split -> label file, overriding the discovery (`nbsrc.data.layout.find_labels`).
-    Returns:
-        split -> `LabelFrameReport` (its ``str`` is a short human summary).
+    `labels` maps a split to its label file (default: `nbsrc.data.layout.find_labels`); `net_side` is the side
+    of the network frame (640 for 40x40 latents); the sizes arguments are those of `validate_split`.
     """
     sources = SizeSources(sizes_csv=sizes_csv, images_root=images_root, cache_dir=sizes_cache)
     reports = {}
