@@ -1,29 +1,14 @@
 """`LatentWiderFace`: JPEG AI latents of WIDER FACE with labels mapped into the latent's frame.
 
-The split is indexed once (`nbsrc.data.split_index.index_split`: labels, latent files, original sizes). Layouts
-(`nbsrc.data.layout`): nested ``<split>/latent/<image>/latent_{12,25,50,75,100}.npy`` with
-``<split>/labels.txt`` (or ``<split>/latent/labels.txt``), and flat ``<split>/latent/<image>.npy`` with
-``<split>/labelstxt/``. One rate is read (``latent_suffix``, default ``latent_75.npy``) or every rate
-(``all_rates``: each image gives one sample per rate, same boxes).
+The split is indexed once (`nbsrc.data.split_index.index_split`; layouts in `nbsrc.data.layout`). One rate is read
+(``latent_suffix``) or every rate (``all_rates``: one sample per rate, same boxes). Latents ``[1, 256, h, w]`` or
+``[256, h, w]``, float16 or float32, are returned as ``float32 [256, h, w]``; they describe an image of
+``(w * 16, h * 16)`` pixels (640x640 for 40x40), into which `nbsrc.data.label_frame.LabelFrame` maps the labels.
 
-Latents are ``[1, 256, h, w]`` or ``[256, h, w]``, float16 or float32, read straight into a tensor
-(`nbsrc.latents.load_latent`) and returned as ``float32 [256, h, w]``. They describe an image of
-``(w * 16, h * 16)`` pixels (640x640 for 40x40): boxes and landmarks are mapped there from original pixels by
-`nbsrc.data.label_frame.LabelFrame` (original sizes from a sizes CSV, the images folder or the record), or taken
-as they are with ``label_frame=640``.
-
-Options: per-channel standardisation with statistics computed once per dataset and rate and cached next to the
-data (or in a run folder when the data folder is read-only), and an opt-in horizontal flip (off by default: a
-flipped latent is not the latent of the flipped image).
-
-Images with zero faces are samples; degenerate boxes are dropped and counted; faces without landmarks have
-``landmarks_valid = False``. Defects follow ``on_error`` (`nbsrc.data.defects`): every latent's header is read
-and, with ``check_values`` (``data.check_values``: the evaluation splits by default), its values checked for
-NaN/Inf when the split is indexed (`nbsrc.data.latent_values`, cached by file size and modification time), so a
-bad validation latent stops a run before it starts rather than after an epoch; training latents are checked as
-they load. A latent that still fails when it is loaded (changed or removed since) raises
-under ``raise``; under ``skip`` the item is None: `nbsrc.data.collate.detection_collate` leaves it out of its
-batch (which is then smaller), and it is counted and logged, never replaced by another sample.
+Defects follow ``on_error`` (`nbsrc.data.defects`). With ``check_values`` every latent is checked for NaN/Inf when
+the split is indexed (`nbsrc.data.latent_values`), so a bad validation latent stops a run before it starts. A
+latent that fails when loaded raises under ``raise``; under ``skip`` the item is None, left out of its batch by
+`nbsrc.data.collate.detection_collate`, and counted.
 """
 
 from __future__ import annotations
@@ -47,6 +32,7 @@ from nbsrc.data.readers import select_boxes
 from nbsrc.data.records import ImageRecord
 from nbsrc.data.seeding import item_with_seed
 from nbsrc.data.split_index import SizeSources, SplitIndex, frame_extent, index_split, keep_classes
+from nbsrc.data.transforms import MIRROR_ORDER
 from nbsrc.frame import FrameMap
 from nbsrc.latents import CONVERT_CHUNK, load_latent
 from nbsrc.utils import atomic_path
@@ -55,26 +41,18 @@ __all__ = ["LatentStats", "LatentWiderFace", "compute_latent_stats", "latent_sta
 
 logger = logging.getLogger(__name__)
 
-MIRROR_ORDER = np.array([1, 0, 2, 4, 3])  # landmark order after a horizontal flip
 STATS_MAX_FILES = 500  # latents read (evenly spread over the split) to estimate the channel statistics
 
 
 @dataclass(frozen=True)
 class LatentStats:
-    """Per-channel mean and standard deviation of the latents of one rate.
+    """Per-channel mean and standard deviation of the latents of one rate."""
 
-    Attributes:
-        mean, std: ``float32 [C]``.
-        rate: the rate point (None for unrated files).
-        files: number of latents the statistics were computed from.
-        fingerprint: hash of the file list they describe (a cache with another fingerprint is recomputed).
-    """
-
-    mean: np.ndarray
-    std: np.ndarray
-    rate: int | None
-    files: int
-    fingerprint: str
+    mean: np.ndarray  # float32 [C]
+    std: np.ndarray  # float32 [C]
+    rate: int | None  # None for unrated files
+    files: int  # latents the statistics were computed from
+    fingerprint: str  # hash of the file list they describe (a cache with another one is recomputed)
 
     def apply(self, latent: np.ndarray) -> np.ndarray:
         """``(latent - mean) / std`` per channel, in place on a ``float32 [C, h, w]`` array."""
@@ -199,40 +177,21 @@ class LatentWiderFace(Dataset):
 
     Args:
         root: the split folder (``<root>/train``).
-        labels: label file or folder (default: found by `nbsrc.data.layout.find_labels`), or records.
-        latent_suffix: the rate file of the nested layout.
-        all_rates: use every rate file of each image (one sample per rate).
-        channels: latent channels.
+        labels: label file or folder (default: `nbsrc.data.layout.find_labels`), or records.
         latent_stride: network-frame pixels per latent cell (16: 40x40 -> 640x640).
         spatial: expected latent ``(h, w)`` (None: any; all must then agree for batching).
         label_frame: labels are already in this square frame (640), or None for original pixels.
-        resize_policy: how originals became the network frame: ``stretch`` | ``letterbox``.
-        sizes_csv: CSV ``name,width,height`` of the originals (default: ``image_sizes.csv`` in the split or
-            the dataset root when present).
-        images_dir: folder of the original images, read header-only for sizes (default ``<root>/images``).
-        images_root: a WIDER FACE image tree (or a folder holding one) giving the original sizes when the split
-            has neither a sizes CSV nor ``images/`` (`nbsrc.data.image_sizes.split_sizes`).
-        sizes_cache: folder where sizes read from `images_root` are cached (None: this process only).
-        normalize: per-channel standardisation.
-        stats: statistics to use (rate -> `LatentStats`, e.g. the training split's for validation); computed
-            and cached when None and `normalize`.
-        stats_dir: where to cache statistics when ``root`` is read-only (a run folder).
-        flip: random horizontal flip (p = `flip_prob`), landmarks swapped left/right.
-        crop: random square crops of this many latent cells (training speed-up and augmentation): the crop is
-            aligned to the latent grid, prefers windows holding a face centre (up to 50 tries), keeps the faces
-            whose centre lies inside, and shifts and clips their boxes and landmarks into the crop's frame.
-        num_classes: classifier outputs including background; boxes of class ``>= num_classes`` (persons for a
-            face-only model) are left out.
-        on_error: ``raise`` | ``skip`` (`nbsrc.data.defects`).
-        max_images: use only the first N labelled images.
-        check_values: read every latent once while indexing and treat NaN/Inf values as a ``non_finite``
-            defect (cached, see `nbsrc.data.latent_values`); False reads headers only (huge datasets).
-        values_cache: folder for that cache (``data.cache_dir``); the split folder and `stats_dir` are the
-            fallbacks.
-
-    Attributes:
-        labelled_images: images in the labels before `max_images` applied.
-        max_images: the cap applied (None: every image).
+        sizes_csv, images_dir, images_root, sizes_cache: where the original sizes come from
+            (`nbsrc.data.image_sizes.split_sizes`).
+        stats: rate -> `LatentStats` to normalize with (e.g. the training split's for validation); computed and
+            cached (in ``root``, else `stats_dir`) when None and `normalize`.
+        flip: random horizontal flip (p = `flip_prob`); off by default, as a flipped latent is not the latent of
+            the flipped image.
+        crop: random square crops of this many latent cells, aligned to the grid, preferring windows holding a
+            face centre; the faces whose centre lies inside are kept, shifted and clipped into the crop.
+        num_classes: boxes of class ``>= num_classes`` (persons for a face-only model) are left out.
+        check_values: check every latent for NaN/Inf while indexing (cached in `values_cache`, the split folder or
+            `stats_dir`); False reads headers only (huge datasets).
     """
 
     def __init__(
@@ -292,7 +251,7 @@ class LatentWiderFace(Dataset):
         if images_dir is None and label_frame is None and on_error == "raise":
             _require_sizes(index)
         self.label_path = index.label_path
-        self.labelled_images = index.labelled_images
+        self.labelled_images = index.labelled_images  # before max_images
         self.max_images = max_images
         self.layout = index.latents.layout
         self.label_frame = index.frame
@@ -393,10 +352,9 @@ class LatentWiderFace(Dataset):
             if self.on_error == "raise":
                 raise
             message = str(exc).split("\n", 1)[0]
-            prefix = f"{record.source}: "
-            self.log.add_source(
-                "unknown_frame", record.source, message.removeprefix(prefix) if record.source else message
-            )
+            if record.source:
+                message = message.removeprefix(f"{record.source}: ")
+            self.log.add_source("unknown_frame", record.source, message)
             return None
         return _clip_to_frame(net_record, net_size, self.log), frame
 
@@ -442,10 +400,9 @@ class LatentWiderFace(Dataset):
     def _stats_tensors(self, rate: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         cached = self._stats_cache.get(rate)
         if cached is None:
-            stats = self.stats.get(rate) if self.stats is not None else None
+            stats = self.stats.get(rate)
             if stats is None:
-                have = list(self.stats) if self.stats is not None else []
-                raise ValueError(f"no latent statistics for rate {rate} (have rates {have})")
+                raise ValueError(f"no latent statistics for rate {rate} (have rates {list(self.stats)})")
             cached = (
                 torch.from_numpy(np.array(stats.mean, np.float32)).view(-1, 1),  # (C, 1)
                 torch.from_numpy(np.array(stats.std, np.float32)).view(-1, 1),  # (C, 1)
@@ -485,7 +442,7 @@ class LatentWiderFace(Dataset):
                 latent, boxes, landmarks, self.crop, self.latent_stride
             )
             labels, landmarks_valid, frame = labels[keep], landmarks_valid[keep], None  # crops have no original frame
-        if self.flip and _random() < self.flip_prob:
+        if self.flip and float(torch.rand(()).item()) < self.flip_prob:  # torch's generator: seeded per worker
             width = latent.shape[2] * self.latent_stride
             latent = latent.flip(-1)  # (C, h, w) mirrored along w (a new tensor)
             boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)  # (N, 4)
@@ -505,11 +462,7 @@ class LatentWiderFace(Dataset):
 
 
 def _require_sizes(index: SplitIndex) -> None:
-    """Name every labelled image whose original size the image tree of `index` lacks, at once.
-
-    Raises:
-        LabelFrameError: some are missing.
-    """
+    """LabelFrameError naming every labelled image whose original size the image tree of `index` lacks."""
     if index.sizes.tree is None:
         return
     names = [record.name for record, _ in index.matched if not record.normalized]  # faceless ones too
@@ -521,10 +474,8 @@ def _require_sizes(index: SplitIndex) -> None:
 def _random_latent_crop(
     latent: torch.Tensor, boxes: np.ndarray, landmarks: np.ndarray, side: int, stride: int, tries: int = 50
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
-    """A random ``side x side``-cell window of `latent` (see `LatentWiderFace`'s ``crop``).
-
-    Returns ``(latent [C, side, side], boxes [K, 4], landmarks [K, 5, 2], keep [N] bool)`` in the crop's frame.
-    """
+    """A random ``side x side``-cell window of `latent` (see `LatentWiderFace`'s ``crop``): ``(latent [C, side,
+    side], boxes [K, 4], landmarks [K, 5, 2], keep [N] bool)`` in the crop's frame."""
     _, h, w = latent.shape
     ch, cw = min(side, h), min(side, w)
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (N, 2) frame pixels
@@ -541,11 +492,6 @@ def _random_latent_crop(
     crop_landmarks = np.clip(landmarks[keep] - lo, 0, size)  # (K, 5, 2)
     window = latent[:, y0 : y0 + ch, x0 : x0 + cw].contiguous()  # (C, ch, cw)
     return window, crop_boxes.astype(np.float32), crop_landmarks.astype(np.float32), keep
-
-
-def _random() -> float:
-    """A uniform draw from torch's generator (seeded per DataLoader worker and epoch)."""
-    return float(torch.rand(()).item())
 
 
 def _clip_to_frame(record: ImageRecord, net_size: tuple[int, int], log: DefectLog) -> ImageRecord:
