@@ -4,7 +4,7 @@ Anchors are ``Tensor[A, 4]`` (cx, cy, w, h) normalized by the network-frame size
 Level ``l`` has stride ``s_l`` (read from the backbone), a feature map of ``ceil(H / s_l) x ceil(W / s_l)``
 cells, and ``K`` anchor shapes per cell centred at ``((x + 0.5) * s_l, (y + 0.5) * s_l)``.
 
-Two ways to choose the K shapes per level (`AnchorConfig.style`):
+The K shapes per level (`AnchorConfig.style`):
 
 - ``min_sizes`` (biubug6 / 2-class): for each size ``m`` of the level, for each aspect ratio ``r = h/w``:
   ``w = m / sqrt(r)``, ``h = m * sqrt(r)`` (r = 1 gives the square).
@@ -50,12 +50,8 @@ def feature_sizes(image_size: tuple[int, int], strides: list[int]) -> list[tuple
 def generate_anchors(
     image_size: tuple[int, int], strides: list[int], shapes: list[Tensor], clip: bool = False
 ) -> Tensor:
-    """All anchors of an image of ``(H, W)`` pixels: ``Tensor[A, 4]`` cxcywh normalized, float32.
-
-    ``A = sum_l ceil(H/s_l) * ceil(W/s_l) * K_l`` in (level, y, x, k) order.
-    """
-    if len(strides) != len(shapes):
-        raise ValueError(f"{len(strides)} strides but {len(shapes)} levels of anchor shapes")
+    """All anchors of an image of ``(H, W)`` pixels: ``Tensor[A, 4]`` cxcywh normalized, float32, in (level, y, x, k)
+    order, ``A = sum_l ceil(H/s_l) * ceil(W/s_l) * K_l``."""
     height, width = image_size
     per_level = []
     for (fh, fw), stride, wh in zip(feature_sizes(image_size, strides), strides, shapes):
@@ -92,9 +88,7 @@ class AnchorGenerator:
         return [int(s.shape[0]) for s in self.shapes]
 
     def num_anchors(self, image_size: tuple[int, int]) -> int:
-        return sum(
-            h * w * k for (h, w), k in zip(feature_sizes(image_size, self.strides), self.num_anchors_per_location)
-        )
+        return sum(self.per_level_counts(image_size))
 
     def per_level_counts(self, image_size: tuple[int, int]) -> list[int]:
         return [h * w * k for (h, w), k in zip(feature_sizes(image_size, self.strides), self.num_anchors_per_location)]

@@ -65,14 +65,7 @@ def xyxy_to_xywh(boxes: Tensor) -> Tensor:
 
 
 def encode_boxes(matched: Tensor, anchors: Tensor, variances: Variances = (0.1, 0.2)) -> Tensor:
-    """Encode boxes against anchors.
-
-    Args:
-        matched: ``Tensor[..., A, 4]`` xyxy, normalized to [0, 1] (same frame as the anchors).
-        anchors: ``Tensor[A, 4]`` cxcywh normalized.
-    Returns:
-        ``Tensor[..., A, 4]`` regression targets.
-    """
+    """``Tensor[..., A, 4]`` xyxy normalized -> regression targets ``Tensor[..., A, 4]`` against ``anchors [A, 4]``."""
     centre = (matched[..., :2] + matched[..., 2:]) / 2
     size = matched[..., 2:] - matched[..., :2]
     offset = (centre - anchors[..., :2]) / (variances[0] * anchors[..., 2:])
@@ -93,14 +86,7 @@ def decode_boxes(loc: Tensor, anchors: Tensor, variances: Variances = (0.1, 0.2)
 
 
 def encode_landmarks(matched: Tensor, anchors: Tensor, variances: Variances = (0.1, 0.2)) -> Tensor:
-    """Encode landmarks against anchors.
-
-    Args:
-        matched: ``Tensor[..., A, 5, 2]`` xy normalized to [0, 1].
-        anchors: ``Tensor[A, 4]`` cxcywh normalized.
-    Returns:
-        ``Tensor[..., A, 10]`` (x0, y0, ..., x4, y4) regression targets.
-    """
+    """``Tensor[..., A, 5, 2]`` xy normalized -> regression targets ``Tensor[..., A, 10]`` (x0, y0, ..., x4, y4)."""
     centre = anchors[..., None, :2]  # (A, 1, 2)
     size = anchors[..., None, 2:]  # (A, 1, 2)
     encoded = (matched - centre) / (variances[0] * size)  # (..., A, 5, 2)

@@ -1,9 +1,6 @@
-"""Drawing detections into the pixels of an RGB image with OpenCV (boxes, scores, 5 landmarks), in the published
-colours: the annotated images and videos that ``detect --save`` writes. Figures for the notebooks (boxes on
-matplotlib axes) are `nbsrc.viz`; this module needs no matplotlib, so detection starts without importing it.
-
-Colours are RGB: face boxes red, person boxes yellow; landmarks red, yellow, magenta, green, blue for points 0-4
-(the published BGR colours converted to RGB). Detections are the dicts of `nbsrc.detector.Detector.detect`.
+"""Drawing detections (`nbsrc.detector.Detector.detect` dicts) into an RGB image with OpenCV, in the published
+colours (converted to RGB): what ``detect --save`` writes. Notebook figures are `nbsrc.viz`; this module needs no
+matplotlib, so detection starts without importing it.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ import numpy as np
 __all__ = ["LABEL_COLORS", "LANDMARK_COLORS", "draw_detections"]
 
 LABEL_COLORS = {1: (255, 0, 0), 2: (255, 255, 0)}  # face red, person yellow
-LANDMARK_COLORS = ((255, 0, 0), (255, 255, 0), (255, 0, 255), (0, 255, 0), (0, 0, 255))
+LANDMARK_COLORS = ((255, 0, 0), (255, 255, 0), (255, 0, 255), (0, 255, 0), (0, 0, 255))  # points 0-4
 
 
 def draw_detections(

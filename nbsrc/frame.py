@@ -1,19 +1,14 @@
 """Mapping between an original image and the network frame (e.g. the 640x640 image a latent describes).
 
-Two resize policies produce the network frame from an original image of ``(orig_w, orig_h)`` pixels:
+`FrameMap` moves boxes ``[..., 4]`` xyxy and points ``[..., 2]`` both ways under a resize policy:
 
 - ``stretch``: plain resize to ``(net_w, net_h)``; x and y scale independently.
 - ``letterbox``: aspect kept, scale ``s = min(net_w / orig_w, net_h / orig_h)``, the resized image centred
   and padded: ``net = orig * s + pad`` with ``pad = ((net_w - orig_w * s) / 2, (net_h - orig_h * s) / 2)``.
 
-`FrameMap` applies the policy to boxes ``[..., 4]`` xyxy and points ``[..., 2]`` in both directions.
-
-`ScaleMap` is the uniform scale of the non-square RGB test protocols (``eval.test_scale`` original / mxnet):
-``net = orig * factor``, mapped back as ``net / factor`` exactly as biubug6's ``test_widerface.py`` divides by
-``resize`` (the resized image's size, ``round(orig * factor)``, is not used to map back).
-
-The pixels follow the same maps in `nbsrc.preprocess` (`resize_to_frame`, `resize_by_factor`), a dataset's labels
-in `nbsrc.data.label_frame.LabelFrame` (with the original sizes of `nbsrc.data.image_sizes`).
+`ScaleMap` is the uniform scale of the non-square test protocols (``eval.test_scale`` original / mxnet), mapped
+back as ``net / factor`` exactly as biubug6's ``test_widerface.py`` does (not by the rounded resized size).
+The pixels follow the same maps in `nbsrc.preprocess`.
 """
 
 from __future__ import annotations

@@ -47,19 +47,13 @@ _NPY_DTYPES: dict[str, np.dtype] = {}
 # ---- the .npy header ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NpyHeader:
-    """What a ``.npy`` header says, and the size of its file.
-
-    Attributes:
-        shape, dtype, fortran: the array's.
-        offset: byte where the data starts.
-        file_size: bytes in the file.
-    """
+    """What a ``.npy`` header says, and the size of its file."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
     fortran: bool
-    offset: int
-    file_size: int
+    offset: int  # byte where the data starts
+    file_size: int  # bytes
 
     @property
     def count(self) -> int:
@@ -101,13 +95,8 @@ def _plain_header(head: bytes) -> tuple[tuple[int, ...], np.dtype, bool, int] | 
 
 
 def _parse_header(fh: BinaryIO) -> NpyHeader:
-    """The header of the open file `fh` (read from its start); leaves `fh` at the data.
-
-    One read of the first bytes; headers other than numpy's plain-array form go through `numpy.lib.format`.
-
-    Raises:
-        ValueError: not a ``.npy`` file (bad magic or header).
-    """
+    """The header of the open file `fh` (read from its start), leaving `fh` at the data; `ValueError` for a bad magic
+    or header. Headers other than numpy's plain-array form go through `numpy.lib.format`."""
     file_size = os.fstat(fh.fileno()).st_size
     plain = _plain_header(fh.read(NPY_HEAD_BYTES))
     if plain is not None:
@@ -127,22 +116,15 @@ def _parse_header(fh: BinaryIO) -> NpyHeader:
 
 
 def read_npy_header(path: str | Path) -> NpyHeader:
-    """The header of a ``.npy`` file, without reading its data.
-
-    Raises:
-        OSError: the file cannot be opened.
-        ValueError: not a ``.npy`` file (bad magic or header).
-    """
+    """The header of a ``.npy`` file, without reading its data (`ValueError`: not a ``.npy`` file)."""
     with open(path, "rb") as fh:
         return _parse_header(fh)
 
 
 # ---- shape, dtype and values -------------------------------------------------------------------------------
 def check_latent(array: np.ndarray, channels: int = 256, source: str = "latent") -> np.ndarray:
-    """Check a latent's shape and dtype; return it as ``[C, h, w]`` (a view: nothing is copied or converted).
-
-    Accepts ``[C, h, w]`` and ``[1, C, h, w]``, float16/float32/float64. Raises `ValueError` naming `source`.
-    """
+    """Check a latent's shape (``[C, h, w]`` or ``[1, C, h, w]``) and dtype (float16/32/64), raising `ValueError`
+    naming `source`; return it as a ``[C, h, w]`` view."""
     shape = list(array.shape)
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
@@ -156,10 +138,7 @@ def check_latent(array: np.ndarray, channels: int = 256, source: str = "latent")
 
 
 def as_latent(array: np.ndarray, channels: int = 256, source: str = "latent") -> np.ndarray:
-    """Validate a latent (`check_latent`, finite values) and return it as ``float32 [C, h, w]``.
-
-    Raises `ValueError` naming `source` for a wrong shape, dtype, or NaN/Inf values.
-    """
+    """Validate a latent (`check_latent`, finite values; `ValueError` naming `source`) as ``float32 [C, h, w]``."""
     array = check_latent(np.asarray(array), channels, source).astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
@@ -179,14 +158,8 @@ def count_non_finite(array: np.ndarray) -> int:
 
 
 def count_file_non_finite(path: str | Path, header: NpyHeader | None = None) -> int:
-    """Number of NaN/Inf values of a ``.npy`` latent (its header already checked), read memory-mapped.
-
-    Args:
-        path: the file.
-        header: its `read_npy_header`, when the caller has it.
-    Raises:
-        OSError / ValueError: the file cannot be read (gone, or not a ``.npy`` file any more).
-    """
+    """Number of NaN/Inf values of a ``.npy`` latent (its header already checked, `header` when the caller has it),
+    read memory-mapped. `OSError` / `ValueError` when the file cannot be read."""
     header = read_npy_header(path) if header is None else header
     if header.count == 0:
         return 0
@@ -199,12 +172,7 @@ def count_file_non_finite(path: str | Path, header: NpyHeader | None = None) -> 
 
 # ---- reading -----------------------------------------------------------------------------------------------
 def open_latent(path: str | Path) -> np.ndarray:
-    """Memory-map a ``.npy`` latent file (read-only; nothing is checked or read yet).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: unreadable or truncated file.
-    """
+    """Memory-map a ``.npy`` latent file read-only (nothing checked yet); `ValueError`: unreadable or truncated."""
     path = Path(path)
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
@@ -215,11 +183,8 @@ def open_latent(path: str | Path) -> np.ndarray:
 
 
 def read_plain_npy(path: str | Path) -> np.ndarray | None:
-    """Read a C-ordered, native-endian float16 / float32 ``.npy`` file into a new array, straight from the file.
-
-    Several times faster than memory-mapping and copying (no page faults on a map). None for any other file
-    (another dtype or order, a header numpy's reader must judge): `open_latent` handles those and gives the precise
-    error for a bad one.
+    """Read a C-ordered, native-endian float16 / float32 ``.npy`` file straight into a new array (several times
+    faster than memory-mapping and copying); None for any other file, which `open_latent` judges.
 
     Raises:
         FileNotFoundError: no such file (or a folder).
@@ -257,18 +222,11 @@ def read_plain_npy(path: str | Path) -> np.ndarray | None:
 
 
 def load_latent(path: str | Path, channels: int = 256, *, spatial: tuple[int, int] | None = None) -> torch.Tensor:
-    """Read a ``.npy`` latent as a new ``float32 [C, h, w]`` tensor.
+    """Read a ``.npy`` latent as a new ``float32 [C, h, w]`` tensor, with the checks of `as_latent` made fast.
 
-    The checks of `as_latent` (`check_latent`: shape ``[C, h, w]`` / ``[1, C, h, w]``, float16/32/64; finite
-    values), made fast: plain float16 / float32 files are read straight into memory (`read_plain_npy`; other
-    files are memory-mapped with ``np.load``); torch converts float16 -> float32 (numpy's conversion is several
-    times slower) in chunks that stay on the calling thread; finiteness is tested on the sum (the full test only
-    when the sum is not finite).
+    Plain files are read straight into memory (`read_plain_npy`), torch converts float16 in chunks (several times
+    faster than numpy), and finiteness is tested on the sum first. `spatial`: the expected ``(h, w)``, or None.
 
-    Args:
-        path: the ``.npy`` file.
-        channels: expected ``C``.
-        spatial: expected ``(h, w)`` (e.g. the size seen when a dataset was indexed), or None.
     Raises:
         FileNotFoundError: no such file.
         ValueError: unreadable or truncated file, wrong shape or dtype, NaN/Inf values.

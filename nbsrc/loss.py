@@ -1,7 +1,7 @@
 """RetinaFace MultiBox loss for a whole batch: matching, hard-negative mining, box / class / landmark terms.
 
-Conventions (anchors, box and landmark coding) are those of `nbsrc.boxes`; matching is `nbsrc.matching`.
-With the default settings the value equals the classic per-image SSD / RetinaFace MultiBox loss:
+Conventions are those of `nbsrc.boxes`, matching is `nbsrc.matching`. With the default settings the value equals
+the classic per-image SSD / RetinaFace MultiBox loss:
 
 - class: softmax cross-entropy over the positives and the hardest negatives, ``neg_pos_ratio`` (7)
   negatives per positive per image, ranked by their background loss (``cls_loss="ohem"``); or a sigmoid
@@ -12,13 +12,12 @@ With the default settings the value equals the classic per-image SSD / RetinaFac
 - box and class are divided by ``max(1, positives in the batch)``, landmarks by ``max(1, landmark
   positives)``; ``loss = loc_weight * box + cls_weight * class + landm_weight * landmark``.
 
-``empty_negatives`` (> 0) lets an image without any positive still mine that many negatives, so
-negative-only images teach something; 0 is the published behaviour (such images contribute nothing).
+``empty_negatives`` (> 0) lets an image without positives still mine that many negatives; 0 is the published
+behaviour (such images contribute nothing).
 """
 
 from __future__ import annotations
 
-import logging
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -34,8 +33,6 @@ from nbsrc.matching import AnchorMatch, check_box_values, match_anchors
 
 __all__ = ["MultiBoxLoss", "build_loss", "normalize_targets", "select_top_per_row"]
 
-logger = logging.getLogger(__name__)
-
 FACE = 1  # class id of a face (the only class with landmarks)
 TARGET_KEYS = ("boxes", "labels", "landmarks", "landmarks_valid")  # padded targets; the first two always needed
 
@@ -46,17 +43,8 @@ class MultiBoxLoss(nn.Module):
     Args:
         num_classes: classifier outputs including background (2 = bg, face; 3 = bg, face, person).
         landmarks: whether a landmark term is computed (needs ``outputs["landm"]``).
-        pos_iou: IoU from which an anchor is positive (0.35; 0.45 in the 2-class design).
-        force_iou: each GT is forced onto its best anchor when that IoU is at least this (0.2).
-        neg_pos_ratio: mined negatives per positive, per image.
-        empty_negatives: negatives mined in an image without positives (0 = none, the published rule).
-        loc_weight: weight of the box term.
-        cls_weight: weight of the class term.
-        landm_weight: weight of the landmark term.
+        pos_iou, force_iou: the matching thresholds of `nbsrc.matching` (0.45 / 0.2 in the 2-class design).
         cls_loss: ``ohem`` (softmax CE + hard-negative mining) or ``focal`` (sigmoid focal loss).
-        focal_alpha: focal loss alpha.
-        focal_gamma: focal loss gamma.
-        variances: box coding variances (centre, size).
         match_chunk: memory bound of matching (see `nbsrc.matching.match_anchors`).
 
     Example:
@@ -84,16 +72,8 @@ class MultiBoxLoss(nn.Module):
         match_chunk: int = 65536,
     ) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
         if cls_loss not in typing.get_args(ClsLoss):
             raise ValueError(f"cls_loss must be one of {list(typing.get_args(ClsLoss))}, got {cls_loss!r}")
-        if not 0 < pos_iou <= 1 or not 0 <= force_iou <= 1:
-            raise ValueError(f"pos_iou must be in (0, 1] and force_iou in [0, 1], got {pos_iou}, {force_iou}")
-        if neg_pos_ratio < 0 or empty_negatives < 0:
-            raise ValueError(f"neg_pos_ratio and empty_negatives must be >= 0, got {neg_pos_ratio}, {empty_negatives}")
-        if match_chunk < 1:
-            raise ValueError(f"match_chunk must be >= 1, got {match_chunk}")
         self.num_classes = num_classes
         self.landmarks = landmarks
         self.pos_iou = pos_iou
@@ -117,14 +97,12 @@ class MultiBoxLoss(nn.Module):
         )
 
     def forward(self, outputs: Mapping[str, Tensor | None], anchors: Tensor, targets: Mapping[str, Tensor]) -> dict:
-        """Loss of a batch.
+        """Loss of a batch, in float32 with autocast off.
 
         Args:
-            outputs: model outputs ``loc [B, A, 4]``, ``conf [B, A, C]`` (raw logits), ``landm [B, A, 10]``
-                or None; any float dtype (the loss is computed in float32, autocast off).
+            outputs: model outputs ``loc [B, A, 4]``, ``conf [B, A, C]`` (raw logits), ``landm [B, A, 10]`` or None.
             anchors: ``Tensor[A, 4]`` cxcywh normalized.
-            targets: ``boxes [B, M, 4]`` xyxy normalized, ``labels [B, M]`` (0 = padding),
-                ``landmarks [B, M, 5, 2]`` normalized and ``landmarks_valid [B, M]`` (see `normalize_targets`).
+            targets: as `normalize_targets` returns them.
 
         Returns:
             ``{"loss", "loss_box", "loss_cls", "loss_landm"}`` float32 scalars and ``"num_pos"``
@@ -211,8 +189,7 @@ class MultiBoxLoss(nn.Module):
         return F.cross_entropy(conf[rows_b, rows_a], target, reduction="sum")
 
     def _check(self, outputs: Mapping, anchors: Tensor, targets: Mapping) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Shapes of the outputs, anchors and targets (metadata only); the targets' values where they are on the
-        CPU (`_check_values`)."""
+        """Shapes of the outputs, anchors and targets; the targets' values only on the CPU (`_check_values`)."""
         for key in ("loc", "conf"):
             if key not in outputs or outputs[key] is None:
                 raise ValueError(f"outputs must contain '{key}', got keys {sorted(outputs)}")
@@ -233,10 +210,8 @@ class MultiBoxLoss(nn.Module):
         return loc, conf, landm
 
     def _check_values(self, boxes: Tensor, labels: Tensor) -> None:
-        """Labels in ``[0, num_classes)`` and real boxes finite xyxy (`nbsrc.matching.check_box_values`).
-
-        Run on CPU targets only: on an accelerator reading values waits for the device at every step. The
-        datasets guarantee both (classes the model does not have and degenerate boxes are left out)."""
+        """Labels in ``[0, num_classes)`` and real boxes finite xyxy (`nbsrc.matching.check_box_values`). CPU targets
+        only: on an accelerator reading values waits for the device at every step (the datasets guarantee both)."""
         if labels.numel() and (int(labels.max()) >= self.num_classes or int(labels.min()) < 0):
             raise ValueError(
                 f"targets['labels'] must be in [0, {self.num_classes - 1}] (0 = padding) for num_classes="
@@ -270,12 +245,8 @@ def select_top_per_row(key: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
     above that bin is taken, and only the entries inside it are sorted. Cost is a few passes over `key`
     instead of a sort. Ties are broken deterministically by position.
 
-    Args:
-        key: ``Tensor[B, A]`` float32 (entries to exclude set to ``-inf``).
-        count: ``Tensor[B]`` int64, ``0 <= count[b] <=`` number of entries of row b above ``-inf``.
-
-    Returns:
-        ``(row, column)`` int64 ``Tensor[sum(count)]`` each.
+    `key` is ``Tensor[B, A]`` float32 (excluded entries ``-inf``), `count` ``Tensor[B]`` int64 with ``count[b]`` at
+    most the entries of row b above ``-inf``; returns ``(row, column)`` int64 ``Tensor[sum(count)]`` each.
     """
     B, A = key.shape
     device = key.device
@@ -306,17 +277,11 @@ def select_top_per_row(key: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
 def normalize_targets(
     batch: Mapping[str, Any], image_size_hw: tuple[int, int], device: torch.device | str | None = None
 ) -> dict[str, Tensor]:
-    """Collated batch (network-frame pixels) -> loss targets (normalized by the network-frame size).
+    """Collated batch (network-frame pixels) -> loss targets (normalized by the network-frame ``(H, W)``).
 
-    Args:
-        batch: ``boxes [B, M, 4]`` xyxy pixels, ``labels [B, M]`` (0 = padding), ``landmarks [B, M, 5, 2]``
-            xy pixels, ``landmarks_valid [B, M]`` (as produced by the collate function).
-        image_size_hw: network-frame ``(H, W)`` in pixels.
-        device: move the targets there (default: stay where they are).
-
-    Returns:
-        ``{"boxes", "labels", "landmarks", "landmarks_valid"}`` with float32 coordinates in [0, 1],
-        int64 labels and bool validity.
+    `batch` holds ``boxes [B, M, 4]`` xyxy pixels, ``labels [B, M]`` (0 = padding), ``landmarks [B, M, 5, 2]`` xy
+    pixels and ``landmarks_valid [B, M]``; the result has the same keys and shapes, float32 coordinates in [0, 1],
+    int64 labels and bool validity, on `device` (default: where they are).
     """
     _check_targets(batch, "batch", TARGET_KEYS)
     height, width = (int(v) for v in image_size_hw)

@@ -1,33 +1,22 @@
 """Anchor matching for a whole batch at once (the SSD / RetinaFace rule), on the inputs' device.
 
-Box conventions are those of `nbsrc.boxes`: anchors ``Tensor[A, 4]`` cxcywh normalized, ground truth
-``Tensor[B, M, 4]`` xyxy normalized, padded per batch with label 0.
-
-The rule, per image:
+Anchors ``Tensor[A, 4]`` cxcywh normalized; ground truth ``Tensor[B, M, 4]`` xyxy normalized, padded with label 0
+(conventions in `nbsrc.boxes`). Per image:
 
 1. IoU between every real GT box and every anchor (the anchor in corner form, ``c -/+ wh / 2``).
-2. Each GT takes its best anchor (first anchor on ties) when that IoU is ``>= force_iou``; GTs whose
-   best IoU is lower are not forced. When several GTs share a best anchor, the later GT (higher index)
-   takes it.
-3. Every other anchor takes its best GT (first GT on ties) and is positive when that IoU is
-   ``>= pos_iou``. Everything else is background: there is no ignore band.
+2. Each GT whose best IoU is ``>= force_iou`` takes its best anchor (first anchor on ties); when several GTs
+   share a best anchor, the later GT (higher index) takes it.
+3. Every other anchor takes its best GT (first GT on ties) and is positive when that IoU is ``>= pos_iou``.
+   Everything else is background: there is no ignore band.
 
-Two exact implementations share this rule:
-
-- ``sparse`` (default): only IoU >= ``min(pos_iou, force_iou)`` can change the result, and such a
-  pair needs a compatible anchor shape and a nearby centre. Anchors are indexed once (grouped by shape,
-  sorted by row and column); each GT then visits only the few anchors inside its reachable window.
-  The IoU values it computes are bit-identical to the dense ones.
-- ``dense``: the full IoU matrix, chunked over anchors. Used when ``min(pos_iou, force_iou) <= 0``
-  or when the anchors have too many distinct shapes to index.
-
-Both keep memory bounded: at most ``chunk`` anchors per dense block and ``64 * chunk`` IoU values
-computed at once. Degenerate GT boxes (zero width or height) never match.
+Two exact paths: ``sparse`` (default) indexes the anchors once by shape, row and column and visits, per GT, only
+the anchors that can reach IoU ``>= min(pos_iou, force_iou)`` (bit-identical IoUs); ``dense`` computes the full
+IoU matrix in chunks (used when that threshold is <= 0 or there are too many anchor shapes to index). Both compute
+at most ``64 * chunk`` IoU values at once. Degenerate GT boxes (zero width or height) never match.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -37,10 +26,7 @@ from nbsrc.boxes import cxcywh_to_xyxy
 
 __all__ = ["UNMATCHED", "AnchorMatch", "check_box_values", "match_anchors", "pairwise_iou"]
 
-logger = logging.getLogger(__name__)
-
 UNMATCHED = -1  # matched GT index of a background anchor; forced anchor of a GT that was not forced
-FORCED_OVERLAP = 2.0  # overlap a forced anchor is given: above every IoU, so it always stays positive
 _BLOCK_FACTOR = 64  # IoU values computed at once = _BLOCK_FACTOR * chunk
 _MAX_SHAPES = 1024  # more distinct anchor shapes than this: use the dense path
 _KEY_STRIDE = 8.0  # composite sort keys: segment * _KEY_STRIDE + (clamped coordinate + 2), coordinate in [-2, 2]
@@ -49,24 +35,15 @@ _SLACK = 1e-6  # widening (normalized units) of every pruning window, far above 
 
 @dataclass
 class AnchorMatch:
-    """Result of `match_anchors`.
+    """Result of `match_anchors`."""
 
-    Attributes:
-        matched_gt: ``Tensor[B, A]`` int64, index into the M padded GTs of each positive anchor,
-            ``UNMATCHED`` (-1) for background anchors.
-        positive: ``Tensor[B, A]`` bool.
-        labels: ``Tensor[B, A]`` int64 class of the matched GT, 0 for background.
-        forced_anchor: ``Tensor[B, M]`` int64 best anchor each GT was forced onto (a later GT sharing it
-            may have taken it), ``UNMATCHED`` for padding and for GTs whose best IoU is below ``force_iou``.
-        positive_index: ``(image, anchor)`` int64 ``Tensor[P]`` pair of the positives in row-major order
-            (``positive.nonzero(as_tuple=True)``).
-    """
-
-    matched_gt: Tensor
-    positive: Tensor
-    labels: Tensor
+    matched_gt: Tensor  # (B, A) int64 GT index of each positive anchor, UNMATCHED for background
+    positive: Tensor  # (B, A) bool
+    labels: Tensor  # (B, A) int64 class of the matched GT, 0 for background
+    # (B, M) int64 best anchor each GT was forced onto (a later GT sharing it may have taken it);
+    # UNMATCHED for padding and for GTs whose best IoU is below force_iou
     forced_anchor: Tensor
-    positive_index: tuple[Tensor, Tensor]
+    positive_index: tuple[Tensor, Tensor]  # (image, anchor) (P,) each: positive.nonzero(as_tuple=True)
 
     @property
     def num_pos(self) -> Tensor:
@@ -75,18 +52,9 @@ class AnchorMatch:
 
 
 def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """IoU of every pair, broadcasting over leading dimensions.
-
-    Args:
-        boxes1: ``Tensor[..., N, 4]`` xyxy.
-        boxes2: ``Tensor[..., K, 4]`` xyxy.
-    Returns:
-        ``Tensor[..., N, K]``; computed like the classic ``jaccard`` (per-axis overlap clamped at 0,
-        ``inter / (area1 + area2 - inter)``), so values are bit-identical to it.
-    """
-    b1 = boxes1[..., :, None, :]  # (..., N, 1, 4)
-    b2 = boxes2[..., None, :, :]  # (..., 1, K, 4)
-    return _iou_aligned(b1, b2)
+    """IoU of every pair: ``[..., N, 4]`` and ``[..., K, 4]`` xyxy -> ``[..., N, K]``, bit-identical to the
+    classic ``jaccard``."""
+    return _iou_aligned(boxes1[..., :, None, :], boxes2[..., None, :, :])  # (..., N, 1, 4) vs (..., 1, K, 4)
 
 
 def _iou_aligned(b1: Tensor, b2: Tensor) -> Tensor:
@@ -116,15 +84,10 @@ def match_anchors(
         anchors: ``Tensor[A, 4]`` cxcywh normalized.
         boxes: ``Tensor[B, M, 4]`` xyxy normalized (M may be 0).
         labels: ``Tensor[B, M]`` int, class >= 1 for real boxes, 0 for padding.
-        pos_iou: anchors whose best IoU is at least this are positive.
-        force_iou: each GT is forced onto its best anchor when that IoU is at least this.
         chunk: memory bound: anchors per dense IoU block; ``64 * chunk`` IoU values at most at once.
-        method: ``auto`` (sparse when possible), ``sparse`` or ``dense``. All give identical results.
-        validate: check the arguments (shapes, method, chunk, and the real boxes' values: on an accelerator a
-            wait for the device). False for a caller that checked them already (`nbsrc.loss.MultiBoxLoss`).
-
-    Returns:
-        An `AnchorMatch` on the inputs' device.
+        method: ``auto`` (sparse when possible), ``sparse`` or ``dense``; all give identical results.
+        validate: check shapes, method, chunk and the real boxes' values (on an accelerator, a wait for the
+            device); `nbsrc.loss.MultiBoxLoss` passes False, having checked them.
 
     Raises:
         ValueError: on bad shapes, non-finite or inverted boxes, or an unknown method.
@@ -193,13 +156,8 @@ def _check_inputs(anchors: Tensor, boxes: Tensor, labels: Tensor, method: str, c
 
 
 def check_box_values(boxes: Tensor, labels: Tensor) -> None:
-    """Raise `ValueError` naming the first real box (label > 0) that is not finite xyxy with ``x1 <= x2`` and
-    ``y1 <= y2``; padding rows are not inspected. Reads the values: on an accelerator it waits for the device.
-
-    Args:
-        boxes: ``Tensor[B, M, 4]`` xyxy.
-        labels: ``Tensor[B, M]``, 0 for padding.
-    """
+    """Raise `ValueError` naming the first real box (``labels [B, M]`` > 0) of ``boxes [B, M, 4]`` that is not
+    finite xyxy with ``x1 <= x2`` and ``y1 <= y2``. Reads the values: on an accelerator it waits for the device."""
     if boxes.numel() == 0:
         return
     real = labels > 0  # (B, M)

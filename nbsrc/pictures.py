@@ -1,8 +1,5 @@
-"""What a network input looks like: the one place that turns an input tensor back into a picture.
-
-A latent ``[C, h, w]`` is shown as its energy map, the RMS over channels of each cell; an RGB input is
-un-normalised with the model's mean / std and put in RGB channel order. The notebooks' galleries
-(`nbsrc.viz`) and the tracker's previews (`nbsrc.engine`) both draw through these functions.
+"""What a network input looks like: the one place that turns an input tensor back into a picture (a latent's
+energy map, or the un-normalised RGB image), for the notebooks' galleries and the tracker's previews.
 """
 
 from __future__ import annotations

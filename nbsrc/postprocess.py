@@ -1,9 +1,8 @@
 """Raw head outputs -> detections: decode, score threshold, top-k, per-class NMS, keep-top-k.
 
-Batched on the outputs' device: NMS covers every (image, class) group at once (`torchvision.ops.batched_nms` on
-GPU; on CPU one `torchvision.ops.nms` per group, spread over torch's intra-op threads). Conventions (anchors,
-coding, frames) are in `nbsrc.boxes`. Class logits become scores in `class_scores` only, the way the class loss
-(``loss.cls_loss``) trained them.
+Batched on the outputs' device: NMS covers every (image, class) group at once (on CPU one `torchvision.ops.nms`
+per group, spread over torch's intra-op threads). Conventions are in `nbsrc.boxes`; logits become scores in
+`class_scores` only.
 """
 
 from __future__ import annotations
@@ -22,17 +21,11 @@ __all__ = ["class_scores", "empty_detections", "postprocess"]
 
 
 def class_scores(conf: Tensor, cls_loss: str = "ohem") -> Tensor:
-    """Foreground class probabilities from raw class logits, as the class loss trained them.
+    """``Tensor[..., C]`` logits (column 0 background) -> ``Tensor[..., C-1]`` float32 scores of classes 1..C-1.
 
-    Args:
-        conf: ``Tensor[..., C]`` logits, column 0 background, columns 1.. face (, person).
-        cls_loss: ``loss.cls_loss`` of the model's config (saved in every checkpoint): ``ohem`` (softmax CE, the
-            published behaviour) scores with a softmax over all C columns; ``focal`` (independent sigmoids, the
-            background logit is never trained) with a sigmoid of each foreground logit.
-            ``probabilities``: `conf` holds scores already (an exported model's ``conf`` output, `nbsrc.export`).
-
-    Returns:
-        ``Tensor[..., C-1]`` float32 scores of classes 1..C-1.
+    `cls_loss` is the config's ``loss.cls_loss``: ``ohem`` scores with a softmax over all C columns, ``focal`` with a
+    sigmoid of each foreground logit (its background logit is never trained); ``probabilities``: `conf` holds
+    scores already (an exported model's ``conf`` output, `nbsrc.export`).
     """
     if cls_loss == "ohem":
         return torch.softmax(conf.float(), dim=-1)[..., 1:]  # (..., C-1)
@@ -72,12 +65,9 @@ def postprocess(
         outputs: ``{"loc": Tensor[B, A, 4], "conf": Tensor[B, A, C]`` raw logits, ``"landm": Tensor[B, A, 10] | None}``.
         anchors: ``Tensor[A, 4]`` cxcywh normalized.
         image_size_hw: network-frame ``(H, W)`` pixels the anchors are normalized by.
-        conf_thresh: keep (anchor, class) pairs whose score (see `class_scores`) is > this.
+        conf_thresh: keep (anchor, class) pairs whose score (`class_scores` with `cls_loss`) is > this.
         nms_thresh: IoU threshold of NMS, applied per image and per class.
-        top_k: highest-scoring candidates per image kept before NMS.
-        keep_top_k: detections per image kept after NMS.
-        variances: box coding variances.
-        cls_loss: the config's ``loss.cls_loss``, which decides how logits become scores (`class_scores`).
+        top_k: highest-scoring candidates per image kept before NMS; keep_top_k: detections kept after it.
 
     Returns:
         One dict per image: ``boxes`` ``Tensor[N, 4]`` xyxy network-frame pixels, ``scores`` ``Tensor[N]``,
@@ -148,16 +138,11 @@ def _nms_until_enough(
     suppresses nothing. So once the candidates ranked below ``L`` are settled, those ranked in ``[L, L + W)`` are
     settled by NMS over them together with the boxes kept so far (which never suppress each other), and an image is
     done as soon as it has `keep_top_k` kept boxes or no candidates left. Each round costs about
-    ``kept x W + W x W`` box comparisons instead of the quadratic cost of NMS over every candidate, which matters
-    when thousands of candidates pass the threshold (an untrained or poorly calibrated network). NMS runs in rank
-    order (the image's score order, ties broken by the top-k order), so the result is the same as NMS over every
-    candidate, truncated to `keep_top_k`.
+    ``kept x W + W x W`` box comparisons instead of NMS's quadratic cost over thousands of candidates (an untrained
+    network). NMS runs in rank order, so the result is that of NMS over every candidate, truncated to `keep_top_k`.
 
-    Args:
-        boxes: ``[P, 4]``, groups ``[P]`` (NMS runs per group), image_idx ``[P]``, rank ``[P]``:
-            the candidates, and each one's place in the score order of its image (0 = best).
-    Returns:
-        Kept candidate indices ``[Q]``, per image in descending score order.
+    `boxes` ``[P, 4]``, `groups` ``[P]``, `image_idx` ``[P]``, `rank` ``[P]`` (place in its image's score order, 0 =
+    best); returns the kept candidate indices ``[Q]``, per image in descending score order.
     """
     order = -rank.to(boxes.dtype)  # (P,) NMS priority (float32: exact below 2**24 candidates per image)
     counts = torch.bincount(image_idx, minlength=batch)  # (B,) candidates per image
@@ -206,13 +191,8 @@ def _nms_pool(threads: int) -> ThreadPoolExecutor:
 
 
 def _grouped_nms(boxes: Tensor, priority: Tensor, groups: Tensor, nms_thresh: float) -> Tensor:
-    """`torchvision.ops.batched_nms`, with the groups of a CPU call run in parallel threads.
-
-    Args:
-        boxes: ``[N, 4]`` xyxy; priority ``[N]`` (higher first); groups ``[N]`` (NMS runs per group).
-    Returns:
-        Kept indices ``[K]`` in descending priority.
-    """
+    """`torchvision.ops.batched_nms` (``[N, 4]`` xyxy, ``[N]`` priority and groups -> kept ``[K]`` by descending
+    priority), with the groups of a CPU call run in parallel threads."""
     threads = torch.get_num_threads()
     if boxes.device.type != "cpu" or threads < 2 or len(boxes) < 1000:
         return batched_nms(boxes, priority, groups, nms_thresh)

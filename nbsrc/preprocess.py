@@ -1,13 +1,8 @@
-"""Turning an image into a network input: resize it (into the network frame, or by a test-scale factor), then
-normalize it (channel order, mean, std). Shared by the datasets and the detector (conventions in `nbsrc.boxes`).
+"""Turning an image into a network input: resize it (into the network frame of a `nbsrc.frame.FrameMap`, or by a
+test-scale factor), then normalize it (channel order, mean, std). Shared by the datasets and the detector.
 
-- `resize_to_frame`: into the frame of a `nbsrc.frame.FrameMap` (``stretch`` or ``letterbox``), exactly as the map
-  moves coordinates.
-- `eval_resize_factor` / `resize_by_factor`: the other test-scale protocols of biubug6's ``test_widerface.py``
-  (``eval.test_scale``): its ``resize`` (original: 1; mxnet: ``1600 / min(h, w)``, or ``2150 / max(h, w)`` when
-  ``round(resize * max(h, w)) > 2150``), applied as it does (float32 pixels, ``cv2.resize(fx=fy=resize,
-  INTER_LINEAR)``, nothing at 1); `nbsrc.frame.ScaleMap` maps back.
-- `normalize_image`: ``[H, W, 3]`` RGB -> ``float32 Tensor[3, H, W]``.
+The test-scale factors are biubug6's ``test_widerface.py`` ``resize`` (``eval.test_scale``): original 1; mxnet
+``1600 / min(h, w)``, or ``2150 / max(h, w)`` when ``round(resize * max(h, w)) > 2150``.
 """
 
 from __future__ import annotations
@@ -68,11 +63,8 @@ def resize_to_frame(
 
 
 def eval_resize_factor(height: int, width: int, test_scale: str) -> float:
-    """biubug6 ``test_widerface.py``'s ``resize`` for an image of ``height x width`` (module docstring).
-
-    Raises:
-        ValueError: `test_scale` is not ``original`` or ``mxnet`` (``square`` resizes to a frame, not by a factor).
-    """
+    """biubug6 ``test_widerface.py``'s ``resize`` for an image of ``height x width`` (module docstring); `ValueError`
+    unless `test_scale` is ``original`` or ``mxnet`` (``square`` resizes to a frame, not by a factor)."""
     if test_scale not in TEST_SCALES or test_scale == "square":
         raise ValueError(f"test_scale must be 'original' or 'mxnet' for a resize factor, got {test_scale!r}")
     if test_scale == "original":
@@ -97,15 +89,10 @@ def normalize_image(
     pixel_mean: Sequence[float] = (104.0, 117.0, 123.0),
     pixel_std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> torch.Tensor:
-    """``[H, W, 3]`` RGB 0..255 (uint8 or float) -> ``float32 Tensor[3, H, W]``.
-
-    Channels are reordered to `channel_order`, then ``(x - mean) / std`` per channel (mean and std given in
-    `channel_order`). The biubug6 weights expect BGR minus (104, 117, 123) and no scaling.
-    """
+    """``[H, W, 3]`` RGB 0..255 (uint8 or float) -> ``float32 Tensor[3, H, W]`` in `channel_order`, ``(x - mean) /
+    std`` per channel (mean and std in `channel_order`; biubug6: BGR minus (104, 117, 123), no scaling)."""
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
         raise ValueError(f"expected an RGB image [H, W, 3], got shape {tuple(image_rgb.shape)}")
-    if channel_order not in ("bgr", "rgb"):
-        raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
     sources = (2, 1, 0) if channel_order == "bgr" else (0, 1, 2)  # input channel of each output channel
     mean = np.asarray(pixel_mean, np.float32)
     std = np.asarray(pixel_std, np.float32)

@@ -1,12 +1,8 @@
 """Backbones: MobileNetV1 x0.25 (biubug6), torchvision ResNets, and the latent bridge + pruned ResNet or MobileNet.
 
-Every backbone maps its input to a list of feature maps and reports, for that list, ``out_channels: list[int]``
-and ``strides: list[int]`` (image pixels per feature cell, in the network frame of `nbsrc.boxes`). Necks,
-heads and anchors read those two attributes; nothing else hard-codes them.
-
-Module names follow the published checkpoints: the MobileNet stages are ``stage1/2/3`` with the biubug6
-``Sequential`` indices, and the ResNets use the torchvision attribute names (``conv1``, ``bn1``,
-``layer1`` ... ``layer4``), so their state dicts load without renaming.
+Each maps its input to a list of feature maps and reports ``out_channels`` and ``strides`` (network-frame pixels
+per cell) for it; necks, heads and anchors read those. Module names follow the published checkpoints (biubug6's
+``stage1/2/3`` indices, torchvision's ``conv1``, ``bn1``, ``layer1`` ...), so their state dicts load unrenamed.
 """
 
 from __future__ import annotations
@@ -68,11 +64,8 @@ def conv_dw(inp: int, oup: int, stride: int, leaky: float = 0.1) -> nn.Sequentia
 class MobileNetV1(nn.Module):
     """MobileNetV1 x0.25 of biubug6 (all activations LeakyReLU 0.1), without its classifier.
 
-    Args:
-        stride4_tap: also return the stride-4 map after ``stage1[3]`` (32 channels), for the P2-P6 neck.
-
-    Input ``Tensor[B, 3, H, W]``; output the maps of stage1 (64 ch, stride 8), stage2 (128, 16) and
-    stage3 (256, 32), preceded by the stride-4 tap when asked for.
+    ``Tensor[B, 3, H, W]`` -> the maps of stage1 (64 ch, stride 8), stage2 (128, 16) and stage3 (256, 32), preceded
+    with `stride4_tap` by the stride-4 map after ``stage1[3]`` (32 ch) for the P2-P6 neck.
     """
 
     def __init__(self, stride4_tap: bool = False) -> None:
@@ -130,20 +123,11 @@ _LAYER_STRIDE = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 
 
 class ResNetBackbone(nn.Module):
-    """A torchvision ResNet cut after its last returned layer, with the torchvision attribute names.
-
-    Args:
-        name: ``resnet18`` | ``resnet34`` | ``resnet50``.
-        return_layers: which of ``layer1`` ... ``layer4`` to return (the biubug6 design uses layer2..4, the
-            P2-P6 design layer1..4).
-    """
+    """A torchvision ResNet cut after the last of `return_layers` (biubug6: layer2..4, P2-P6: layer1..4)."""
 
     def __init__(self, name: str = "resnet50", return_layers: tuple[str, ...] = ("layer2", "layer3", "layer4")):
         super().__init__()
-        if name not in _RESNETS:
-            raise ValueError(f"unknown resnet {name!r}; expected one of {list(_RESNETS)}")
-        if not return_layers or any(layer not in _LAYER_STRIDE for layer in return_layers):
-            raise ValueError(f"return_layers must be a subset of {list(_LAYER_STRIDE)}, got {return_layers}")
+        channels = resnet_channels(name)
         net = _RESNETS[name](weights=None)
         self.name = name
         self.return_layers = tuple(return_layers)
@@ -152,7 +136,6 @@ class ResNetBackbone(nn.Module):
         for index in range(1, last + 1):
             setattr(self, f"layer{index}", getattr(net, f"layer{index}"))
         self._layers = [f"layer{index}" for index in range(1, last + 1)]
-        channels = resnet_channels(name)
         self.out_channels = [channels[layer] for layer in self.return_layers]
         self.strides = [_LAYER_STRIDE[layer] for layer in self.return_layers]
 
@@ -177,25 +160,14 @@ class LatentBackbone(nn.Module):
     - MobileNetV1 x0.25: the bridge lifts the latent to the input of ``stage1[3]`` (32 channels; the three blocks
       before it are removed); returns ``[stage1[3], stage1, stage2, stage3]`` (32, 64, 128, 256 channels).
 
-    Strides are ``latent_stride / 4 * (1, 2, 4, 8)`` in the image frame (4/8/16/32 for the default 16: a 40x40
-    latent gives 160, 80, 40 and 20 cells). Module names follow the RGB networks, so their ImageNet weights load
-    into the kept part.
-
-    Args:
-        name: ``resnet18`` | ``resnet34`` | ``resnet50`` | ``mobilenet0.25``.
-        bridge: ``deconv`` | ``bilinear`` | ``nearest`` | ``pixelshuffle`` (see `make_bridge`).
-        latent_channels: channels of the latent.
-        latent_stride: image pixels per latent cell (16 for JPEG AI).
+    Strides are ``latent_stride / 4 * (1, 2, 4, 8)`` (4/8/16/32 for JPEG AI's 16: a 40x40 latent gives 160, 80, 40
+    and 20 cells). Module names follow the RGB networks, so their ImageNet weights load into the kept part.
     """
 
     def __init__(
         self, name: str = "resnet50", bridge: str = "deconv", latent_channels: int = 256, latent_stride: int = 16
     ) -> None:
         super().__init__()
-        if latent_stride % 4 != 0:
-            raise ValueError(f"latent_stride must be a multiple of 4 (the bridge upsamples x4), got {latent_stride}")
-        if name not in (*_RESNETS, "mobilenet0.25"):
-            raise ValueError(f"unknown backbone {name!r}; expected one of {[*_RESNETS, 'mobilenet0.25']}")
         self.name = name
         self.latent_channels = latent_channels
         self.latent_stride = latent_stride
@@ -209,8 +181,8 @@ class LatentBackbone(nn.Module):
             self.stage1, self.stage2, self.stage3 = net.stage1, net.stage2, net.stage3
             self.out_channels = list(net.out_channels)
             return
-        net = _RESNETS[name](weights=None)
         channels = resnet_channels(name)
+        net = _RESNETS[name](weights=None)
         self.bridge = make_bridge(bridge, latent_channels, channels["layer1"])
         self.layer2, self.layer3, self.layer4 = net.layer2, net.layer3, net.layer4
         self.out_channels = [channels["layer1"], channels["layer2"], channels["layer3"], channels["layer4"]]

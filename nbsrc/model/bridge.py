@@ -1,30 +1,17 @@
 """Bridges: lift a JPEG AI latent ``[B, C, h, w]`` to the input of ResNet stage 2, ``[B, C2, 4h, 4w]``.
 
-A 40x40 latent of a 640x640 image becomes a 160x160 map (stride 4), which is what ResNet ``layer2`` sees after
-the stem and ``layer1`` in an RGB network. Four variants are selectable by ``model.bridge``.
+A 40x40 latent of a 640x640 image becomes a 160x160 map (stride 4), what ``layer2`` sees in an RGB ResNet.
 """
 
 from __future__ import annotations
 
 import typing
 
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from nbsrc.config import Bridge
 
 __all__ = ["make_bridge"]
-
-
-class _Interpolate(nn.Module):
-    def __init__(self, scale: int, mode: str) -> None:
-        super().__init__()
-        self.scale, self.mode = scale, mode
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.mode == "bilinear":
-            return F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return F.interpolate(x, scale_factor=self.scale, mode=self.mode)
 
 
 def make_bridge(variant: Bridge, in_channels: int, out_channels: int) -> nn.Sequential:
@@ -35,8 +22,7 @@ def make_bridge(variant: Bridge, in_channels: int, out_channels: int) -> nn.Sequ
     - ``bilinear``: x4 bilinear upsample, conv3x3 in->out (no bias) + BN + ReLU (590,336 for 256->256).
     - ``nearest``: x2 nearest, conv3x3 in->in + ReLU, x2 nearest, conv3x3 in->out + ReLU (1,180,160 for 256->256).
     - ``pixelshuffle``: conv1x1 in->16*out (no bias), PixelShuffle(4) + BN + ReLU (1,049,088 for 256->256): each
-      latent cell is unfolded into its own 4x4 block of stride-4 positions, the cheapest bridge (the 1x1 conv runs
-      at latent resolution) and the one that keeps detail below the cell size.
+      latent cell unfolds into its own 4x4 block, the cheapest bridge and the one keeping detail below the cell size.
     """
     if variant == "deconv":
         return nn.Sequential(
@@ -52,17 +38,17 @@ def make_bridge(variant: Bridge, in_channels: int, out_channels: int) -> nn.Sequ
         )
     if variant == "bilinear":
         return nn.Sequential(
-            _Interpolate(4, "bilinear"),
+            nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False),
             nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
     if variant == "nearest":
         return nn.Sequential(
-            _Interpolate(2, "nearest"),
+            nn.Upsample(scale_factor=2, mode="nearest"),
             nn.Conv2d(in_channels, in_channels, 3, 1, 1),
             nn.ReLU(inplace=True),
-            _Interpolate(2, "nearest"),
+            nn.Upsample(scale_factor=2, mode="nearest"),
             nn.Conv2d(in_channels, out_channels, 3, 1, 1),
             nn.ReLU(inplace=True),
         )

@@ -2,17 +2,13 @@
 
 Designs (``model.neck``):
 
-- ``biubug6``: backbone maps at strides 8/16/32 -> `FPN` P3-P5 -> one `SSH` per level -> heads. With
-  ``mobilenet0.25`` / 64 channels and ``resnet50`` / 256 channels this is the published network, key for key.
-- ``p2p6``: maps at strides 4/8/16/32 -> `FPN` P2-P5 plus P6 (3x3 stride-2 conv on C5) -> one shared `SSH`
-  -> heads. For latents the stride-4 map is the bridge output and C2..C4 come from the pruned ResNet (or MobileNet).
+- ``biubug6``: backbone maps at strides 8/16/32 -> `FPN` P3-P5 -> one `SSH` per level -> heads; with
+  ``mobilenet0.25`` / 64 channels or ``resnet50`` / 256 channels the published network, key for key.
+- ``p2p6``: maps at strides 4/8/16/32 -> `FPN` P2-P5 plus P6 (3x3 stride-2 conv on C5) -> one shared `SSH` -> heads.
 
-Pretrained backbone weights (``model.pretrained``): ``none``; ``auto`` (MobileNet x0.25: biubug6's ImageNet file
-from `find_mobilenet_file`, which always finds at least the copy shipped in `nbsrc.weights`; ResNets: torchvision
-ImageNet weights when they are in the torch hub cache or downloadable, else one warning and random init);
-``imagenet`` (the same, but failing is an error); or a file path (a plain state dict, or one under ``state_dict``
-with ``module.`` prefixes, in the layout of the backbone - e.g. ``mobilenetV1X0.25_pretrain.tar``, the shipped
-``mobilenetV1X0.25_imagenet.pth`` or a torchvision ResNet file).
+Pretrained backbone weights (``model.pretrained``): ``none``; ``auto`` (MobileNet: `find_mobilenet_file`, which
+always finds at least the shipped copy; ResNets: torchvision's ImageNet weights when cached or downloadable, else
+one warning and random init); ``imagenet`` (the same, but failing is an error); or a backbone state dict file.
 """
 
 from __future__ import annotations
@@ -67,15 +63,10 @@ def build_backbone(cfg: Config) -> nn.Module:
 
 
 def build_model(cfg: Config) -> RetinaFace:
-    """Build the `RetinaFace` described by `cfg` and load pretrained backbone weights per ``model.pretrained``.
-
-    With ``loss.cls_loss="focal"`` the class heads start at the focal prior (`init_focal_prior`).
-    """
+    """Build the `RetinaFace` described by `cfg` and load pretrained backbone weights per ``model.pretrained``."""
     m = cfg.model
     backbone = build_backbone(cfg)
     if m.neck == "biubug6":
-        if len(backbone.out_channels) != 3:
-            raise ValueError(f"the biubug6 neck needs 3 backbone maps, {m.backbone} gives {len(backbone.out_channels)}")
         fpn = FPN(backbone.out_channels, m.out_channels, backbone.strides, extra_p6=False)
         context: nn.Module | list[nn.Module] = [SSH(m.out_channels, m.out_channels) for _ in fpn.strides]
     else:
@@ -129,10 +120,7 @@ def _reachable(host: str, port: int = 443, timeout: float = _PROBE_TIMEOUT_S) ->
 
 
 def _torchvision_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """ImageNet weights of a torchvision ResNet from the hub cache, or downloaded when the network answers.
-
-    Raises `RuntimeError` saying why when they cannot be had.
-    """
+    """ImageNet weights of a torchvision ResNet from the hub cache, or downloaded; `RuntimeError` saying why not."""
     import torchvision.models as tvm
 
     weights = getattr(tvm, _TORCHVISION_WEIGHTS[name]).IMAGENET1K_V1
@@ -152,10 +140,9 @@ def _torchvision_state_dict(name: str) -> dict[str, torch.Tensor]:
 
 
 def load_backbone_weights(backbone: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> int:
-    """Copy `state_dict` (backbone layout; ``module.`` prefixes and ``fc.*`` ignored) into the backbone's trunk.
+    """Copy `state_dict` (backbone layout, ``module.`` / ``body.`` prefixes ignored) into the backbone's trunk.
 
-    Every trunk tensor must be present with the right shape; tensors the trunk does not have (``fc``, or the
-    stem and ``layer1`` for the pruned latent ResNet) are skipped. Returns the number of tensors loaded.
+    Every trunk tensor must be there with its shape; others (``fc``, the pruned stem) are skipped. Returns the count.
     """
     cleaned = {k.removeprefix("module."): v for k, v in state_dict.items()}
     cleaned = {k.removeprefix("body."): v for k, v in cleaned.items()}
@@ -215,9 +202,8 @@ def _shipped_note(path: str | Path) -> str:
 
 
 def find_mobilenet_file(shipped: bool = True) -> Path:
-    """biubug6's ImageNet MobileNetV1 x0.25 backbone file: ``mobilenetV1X0.25_pretrain.tar`` in the torch hub cache
-    or in ``./weights``, else (when `shipped`) the plain state dict shipped with the package
-    (`nbsrc.weights.IMAGENET_MOBILENET`). Raises `RuntimeError` naming the places searched when none is there."""
+    """biubug6's ImageNet MobileNetV1 x0.25 file: `MOBILENET_FILE` in the torch hub cache or ``./weights``, else
+    (when `shipped`) `nbsrc.weights.IMAGENET_MOBILENET`. `RuntimeError` naming the places searched when none is."""
     candidates = [Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_FILE, Path("weights") / MOBILENET_FILE]
     if shipped:
         candidates.append(IMAGENET_MOBILENET)
@@ -232,20 +218,8 @@ def find_mobilenet_file(shipped: bool = True) -> Path:
 
 
 def convert_imagenet_mobilenet(source: str | Path, target: str | Path = IMAGENET_MOBILENET) -> Path:
-    """Write the backbone tensors of biubug6's ``mobilenetV1X0.25_pretrain.tar`` as a plain state dict.
-
-    Keeps exactly the tensors of `MobileNetV1` (``stage1.*`` .. ``stage3.*``), without the ``module.`` prefix and
-    without the ImageNet classifier (``fc.*``), the optimizer state or the training bookkeeping; each tensor is
-    copied unchanged (``torch.save`` of a ``dict[str, Tensor]``, written atomically). The same source gives the
-    same tensors every time.
-
-    Args:
-        source: the original checkpoint (``{"state_dict": {"module.stage1.0.0.weight": ...}, ...}``).
-        target: where to write (default: the shipped file, `IMAGENET_MOBILENET`).
-
-    Raises:
-        ValueError: `source` lacks a backbone tensor or has one of the wrong shape (names them).
-    """
+    """Write the `MobileNetV1` tensors of biubug6's ``mobilenetV1X0.25_pretrain.tar`` unchanged as a plain state
+    dict (no ``module.`` prefix, classifier or optimizer state), atomically; `ValueError` naming missing tensors."""
     state_dict = read_state_dict(source)  # ``module.`` prefixes removed
     wanted = MobileNetV1().state_dict()
     missing = [k for k in wanted if k not in state_dict]

@@ -18,10 +18,7 @@ FOCAL_PRIOR = 0.01  # initial foreground probability of a focal-loss class head 
 
 def flatten_head(x: Tensor, num_outputs: int) -> Tensor:
     """``Tensor[B, K*C, H, W]`` -> ``Tensor[B, H*W*K, C]`` in (y, x, k) order, the anchor order of `nbsrc.anchors`."""
-    assert x.dim() == 4 and x.shape[1] % num_outputs == 0, (tuple(x.shape), num_outputs)
-    batch = x.shape[0]
-    x = x.permute(0, 2, 3, 1)  # (B, H, W, K*C)
-    return x.reshape(batch, -1, num_outputs)  # (B, H*W*K, C)
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, num_outputs)  # (B, H, W, K*C) -> (B, H*W*K, C)
 
 
 class Head(nn.Module):
@@ -38,8 +35,6 @@ class Head(nn.Module):
 
 def make_heads(in_channels: list[int], num_anchors: list[int], num_outputs: int) -> nn.ModuleList:
     """One `Head` per level (``ClassHead.{i}.conv1x1`` in the published key layout)."""
-    if len(in_channels) != len(num_anchors):
-        raise ValueError(f"{len(in_channels)} levels of features but {len(num_anchors)} levels of anchors")
     return nn.ModuleList(Head(c, k, num_outputs) for c, k in zip(in_channels, num_anchors))
 
 
@@ -47,12 +42,9 @@ def make_heads(in_channels: list[int], num_anchors: list[int], num_outputs: int)
 def init_focal_prior(class_heads: nn.ModuleList, prior: float = FOCAL_PRIOR) -> None:
     """Initialise class heads for sigmoid focal loss as RetinaNet does (Lin et al. 2017, torchvision).
 
-    Weights ~ N(0, 0.01); the foreground biases (channels ``k * C + c``, c >= 1) are ``-log((1 - prior) / prior)``,
-    so every anchor starts with foreground probability ~`prior` and the many easy negatives do not swamp the first
-    steps. The background bias (c = 0, unused by the focal loss and its scores) is 0.
+    Weights ~ N(0, 0.01), foreground biases ``-log((1 - prior) / prior)`` so every anchor starts at foreground
+    probability ~`prior` (the many easy negatives do not swamp the first steps), background bias 0 (unused).
     """
-    if not 0 < prior < 1:
-        raise ValueError(f"prior must be in (0, 1), got {prior}")
     for head in class_heads:
         conv = head.conv1x1
         nn.init.normal_(conv.weight, std=0.01)

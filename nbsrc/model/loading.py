@@ -1,6 +1,5 @@
-"""Models from checkpoints: strict loading that says what does not fit, the preset a published state dict is of,
-`load_model` (the model a checkpoint describes) and `load_start_weights` (what a training run starts from).
-"""
+"""Models from checkpoints: strict loading that says what does not fit, the preset of a published state dict,
+`load_model` and `load_start_weights`."""
 
 from __future__ import annotations
 
@@ -109,9 +108,8 @@ def load_model(
 ) -> tuple[nn.Module, Config]:
     """Build the model a checkpoint describes and load it strictly; returns ``(model in eval mode, config)``.
 
-    The config comes from our checkpoint; for a published state dict from `preset`, or, when None, from the
-    preset whose key / shape schema the file matches. A checkpoint of another preset than `preset` raises
-    `ValueError` naming both.
+    The config comes from our checkpoint; for a published state dict from `preset`, or else from the preset whose
+    key / shape schema it matches. A checkpoint of another preset than `preset` raises `ValueError` naming both.
     """
     path = Path(path)
     checkpoint = load_checkpoint(path)

@@ -26,17 +26,8 @@ def leaky_slope(out_channels: int) -> float:
 
 
 class FPN(nn.Module):
-    """Top-down feature pyramid.
-
-    Args:
-        in_channels: channels of the input maps, finest first.
-        out_channels: channels of every output level.
-        in_strides: strides of the input maps (only recorded, so callers can read `strides`).
-        extra_p6: add a level from a 3x3 stride-2 conv (+BN+activation) on the coarsest *input* map.
-
-    Input: list of ``Tensor[B, in_channels[i], H_i, W_i]``; output: list of ``Tensor[B, out_channels, H_i, W_i]``
-    (plus ``ceil(H_top / 2) x ceil(W_top / 2)`` for P6).
-    """
+    """Top-down feature pyramid: ``Tensor[B, in_channels[i], H_i, W_i]`` (finest first) -> ``Tensor[B, out_channels,
+    H_i, W_i]``, plus P6 (``ceil(H_top / 2) x ceil(W_top / 2)``) with `extra_p6`. `in_strides` is only recorded."""
 
     def __init__(
         self,
@@ -62,8 +53,6 @@ class FPN(nn.Module):
         self.out_channels = [out_channels] * len(self.strides)
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
-        if len(features) != self.num_inputs:
-            raise ValueError(f"FPN expected {self.num_inputs} feature maps, got {len(features)}")
         laterals = [getattr(self, f"output{i}")(f) for i, f in enumerate(features, 1)]
         outputs = [laterals[-1]]  # the top level has no merge conv
         for index in range(self.num_inputs - 1, 0, -1):

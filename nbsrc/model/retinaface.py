@@ -7,8 +7,6 @@ checkpoints: ``body``, ``fpn``, ``ssh1..sshL`` (one SSH per level) or ``ssh`` (o
 
 from __future__ import annotations
 
-import typing
-
 import torch
 from torch import Tensor, nn
 
@@ -25,13 +23,10 @@ class RetinaFace(nn.Module):
         backbone: module returning a list of maps; exposes ``out_channels``, ``strides`` and ``trunk()``.
         fpn: module mapping the backbone maps to ``L`` maps; exposes ``out_channels`` and ``strides``.
         context: one SSH per level (registered ``ssh1`` ... ``sshL``) or one module shared by all levels (``ssh``).
-        class_head: per-level heads producing ``num_classes`` logits per anchor.
-        bbox_head: per-level heads producing 4 box regressions per anchor.
-        landmark_head: per-level heads producing 10 landmark regressions per anchor, or None.
+        class_head, bbox_head, landmark_head: per-level heads with ``num_classes``, 4 and 10 outputs per anchor
+            (landmark_head may be None).
         anchor_generator: anchors for the FPN strides, in the heads' (level, y, x, k) order.
-        num_classes: classifier outputs including background.
         input_kind: ``rgb`` (``[B, 3, H, W]``) or ``latent`` (``[B, in_channels, h, w]``).
-        in_channels: channels the input must have.
         latent_stride: image pixels per input cell for latents (1 for RGB).
 
     ``forward(x)`` returns ``{"loc": Tensor[B, A, 4], "conf": Tensor[B, A, num_classes]`` (raw logits),
@@ -54,8 +49,6 @@ class RetinaFace(nn.Module):
         latent_stride: int = 1,
     ) -> None:
         super().__init__()
-        if input_kind not in typing.get_args(InputKind):
-            raise ValueError(f"input_kind must be one of {list(typing.get_args(InputKind))}, got {input_kind!r}")
         strides = list(fpn.strides)
         if list(anchor_generator.strides) != strides:
             raise ValueError(f"anchor strides {anchor_generator.strides} differ from the feature strides {strides}")
@@ -107,10 +100,8 @@ class RetinaFace(nn.Module):
 
     # ---- training helpers ------------------------------------------------------------------------
     def freeze_backbone(self, freeze: bool = True) -> None:
-        """Stop (or restart) training the backbone trunk: parameters get ``requires_grad = not freeze`` and its
-        BatchNorms stay in eval mode. For latent models the trunk is the kept ResNet or MobileNet part; the bridge
-        keeps training.
-        """
+        """Stop (or restart) training the backbone trunk (`trunk()`: a latent model's bridge keeps training): its
+        parameters get ``requires_grad = not freeze`` and its BatchNorms stay in eval mode."""
         self._frozen = freeze
         for module in self.body.trunk():
             for param in module.parameters():
@@ -151,7 +142,6 @@ class RetinaFace(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor | None]:
         self.check_input(x)
         features = self.fpn(self.body(x))
-        assert len(features) == self.num_levels, len(features)
         context = [self._context(level)(feature) for level, feature in enumerate(features)]
         loc = torch.cat([head(f) for head, f in zip(self.BboxHead, context)], dim=1)  # (B, A, 4)
         conf = torch.cat([head(f) for head, f in zip(self.ClassHead, context)], dim=1)  # (B, A, C)
