@@ -236,14 +236,9 @@ def wider_faces(cfg: Config, *, gt_dir: str | Path | None = None, max_images: in
     if dropped:
         logger.info("%s: dropped %d degenerate boxes (w <= 0 or h <= 0)", source, dropped)
     if known < len(names):
-        logger.info(
-            "%s: original sizes of %s of %s images unknown (%s), assuming WIDER's %d px width",
-            source,
-            f"{len(names) - known:,}",
-            f"{len(names):,}",
-            sizes_source,
-            WIDER_WIDTH,
-        )
+        unknown = f"{len(names) - known:,} of {len(names):,}"
+        message = "%s: original sizes of %s images unknown (%s), assuming WIDER's %d px width"
+        logger.info(message, source, unknown, sizes_source, WIDER_WIDTH)
     return {"boxes": net[keep], "per_image": per_image, "images": len(names), "source": source}
 
 

@@ -120,10 +120,7 @@ def find_kaggle_dataset(slug: str, input_root: str | Path | None = None) -> Path
     candidates = [root / name]
     candidates += sorted(root.glob(f"datasets/{owner or '*'}/{name}"))
     candidates += sorted(root.glob(f"*/{owner or '*'}/{name}"))  # other nested mount kinds (models, kernels)
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    return None
+    return next((candidate for candidate in candidates if candidate.is_dir()), None)
 
 
 def find_kaggle_file(pattern: str, input_root: str | Path | None = None, max_depth: int = 5) -> list[Path]:

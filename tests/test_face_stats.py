@@ -7,6 +7,7 @@ import pytest
 
 from nbsrc import face_stats
 from nbsrc.config import get_preset
+from nbsrc.data.defects import DataError
 from nbsrc.data.readers.retinaface_txt import write_retinaface_labels
 from nbsrc.data.records import ImageRecord
 
@@ -45,6 +46,19 @@ def test_load_faces_from_dataset_labels(tmp_path):
     (tmp_path / "image_sizes.csv").unlink()
     with pytest.raises(ValueError, match="original image size is unknown"):  # never guessed for dataset labels
         face_stats.load_faces(get_preset("latent-r18"), dataset_root=tmp_path, split="val")
+
+
+def test_load_faces_checks_labels_as_the_datasets_do(tmp_path):
+    """A repeated image name is a data defect (`nbsrc.data.split_index.index_split`), under data.on_error."""
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "labels.txt").write_text("# 0--a/x.jpg\n10 10 20 20\n# 0--a/x.jpg\n5 5 9 9\n")
+    (tmp_path / "image_sizes.csv").write_text("name,width,height\n0--a/x,1000,500\n")
+    cfg = get_preset("latent-r18")
+    with pytest.raises(DataError, match=r"labels.txt:3: image '0--a/x' already listed"):
+        face_stats.load_faces(cfg, dataset_root=tmp_path)
+    faces = face_stats.load_faces(cfg.replace(**{"data.on_error": "skip"}), dataset_root=tmp_path)
+    assert faces["images"] == 1
+    np.testing.assert_allclose(faces["boxes"], [[6.4, 12.8, 19.2, 38.4]], rtol=1e-6)
 
 
 def test_dataset_summary():
