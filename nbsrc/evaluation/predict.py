@@ -1,25 +1,15 @@
 """Dataset-wide detection: run a checkpoint over a split and write one WIDER result file per image.
 
-Batches go through the model (AMP on CUDA), decode + NMS run batched on the same device
-(`nbsrc.postprocess.postprocess`), and boxes are mapped from the network frame (the 640x640 frame a latent
-describes, or the resized RGB input) back to original-image pixels with each sample's `nbsrc.frame.FrameMap`.
-RGB models follow ``eval.test_scale``: ``square`` resizes to ``data.image_size``; ``original`` and ``mxnet`` are
-biubug6's ``test_widerface.py`` protocols (own size; short side 1600, long side at most 2150), run one image per
-batch with anchors for each image's size, and map back with a `nbsrc.frame.ScaleMap`.
-Files are written atomically to ``<out>/<event>/<basename>.txt`` (2-class models add a ``cls`` column), so a
-run that stops can be resumed: images whose file exists are skipped (and the temporary files of writes a kill
-cut short are removed). ``<out>/predictions.json`` records what
-made the files: a digest of the weights, the model and anchor settings, the frame-mapping data settings, the
-dataset folder and rate, the thresholds, the test scale (when not ``square``), and the image names. When a later
-run into the same folder differs in any of these, the old result files are removed and every image is predicted
-again, so a folder never mixes two models' or two settings' detections.
+Boxes are decoded in the network frame (`nbsrc.postprocess.postprocess`) and mapped back to original-image
+pixels with each sample's `nbsrc.frame.FrameMap`. RGB models follow ``eval.test_scale``: ``square`` resizes to
+``data.image_size``; ``original`` and ``mxnet`` are biubug6's ``test_widerface.py`` protocols, one image per
+batch (`nbsrc.frame.ScaleMap`).
 
-Forward and post-processing are timed separately (ms per image), with CUDA synchronisation around each.
-
-Every labelled image of the split is predicted unless a cap is asked for (``data.max_images=N``; a checkpoint's
-training-time cap is reset when it is loaded, `nbsrc.config.Config.for_prediction`); a capped run says so in its
-summary ("predicted N of M images"). An image that fails to load under ``data.on_error=skip`` gets no result
-file: it is counted (`PredictStats.left_out`) and named in a warning.
+Files are written atomically to ``<out>/<event>/<basename>.txt``, so a stopped run resumes where it was.
+``<out>/predictions.json`` records what made the files (weights digest, model, anchor and frame settings, dataset,
+thresholds, image names); a later run with other settings removes the old files and predicts every image again,
+so a folder never mixes two settings' detections. An image that fails to load (``data.on_error=skip``) gets no
+file and is named in `PredictStats.left_out`.
 """
 
 from __future__ import annotations
@@ -60,38 +50,21 @@ _FRAME_KEYS = ("image_size", "label_frame", "resize_policy", "sizes_csv", "norma
 
 @dataclass
 class PredictStats:
-    """What a prediction run did.
-
-    Attributes:
-        out_dir: result folder.
-        images: images in the dataset.
-        written: result files written by this run.
-        skipped: images skipped because their file existed (resume).
-        detections: detections written.
-        forward_ms: forward time per image (ms, this run).
-        postprocess_ms: decode + NMS time per image (ms).
-        write_ms: frame mapping + file writing per image (ms).
-        unmapped: images left in the network frame (no frame map: labels were given in the 640 frame).
-        names: the dataset's image names (``"<event>/<basename>"``, as its labels give them): the images a WIDER
-            evaluation of the folder covers (``evaluate_curves(..., images=stats.names)``).
-        labelled: images in the split's labels (more than `images` when `max_images` capped the dataset).
-        max_images: the cap asked for (``data.max_images``), or None.
-        left_out: names of the images that failed to load (``data.on_error=skip``): no result file was written.
-    """
+    """What a prediction run did; times are ms per image of this run."""
 
     out_dir: Path
-    images: int = 0
-    written: int = 0
-    skipped: int = 0
+    images: int = 0  # images in the dataset
+    written: int = 0  # result files written by this run
+    skipped: int = 0  # images whose file existed (resume)
     detections: int = 0
     forward_ms: float = 0.0
-    postprocess_ms: float = 0.0
-    write_ms: float = 0.0
-    unmapped: int = 0
-    names: list[str] = field(default_factory=list)
-    labelled: int | None = None
-    max_images: int | None = None
-    left_out: list[str] = field(default_factory=list)
+    postprocess_ms: float = 0.0  # decode + NMS
+    write_ms: float = 0.0  # frame mapping + file writing
+    unmapped: int = 0  # images left in the network frame (no frame map)
+    names: list[str] = field(default_factory=list)  # the dataset's "<event>/<basename>": what an evaluation covers
+    labelled: int | None = None  # images in the split's labels (more than `images` under data.max_images)
+    max_images: int | None = None  # data.max_images
+    left_out: list[str] = field(default_factory=list)  # images that failed to load: no result file
 
     @property
     def capped(self) -> bool:
@@ -162,10 +135,6 @@ def _dataset_digest(dataset) -> str:
     return digest.hexdigest()
 
 
-def _changed_keys(old: dict, new: dict) -> list[str]:
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-
-
 def _read_manifest(path: Path) -> dict | None:
     try:
         manifest = json.loads(path.read_text())
@@ -191,7 +160,8 @@ def _prepare_folder(out_dir: Path, settings: dict, names: list[str], resume: boo
     keep = resume
     if old is not None and (not resume or old.get("settings") != settings):
         if resume:
-            changed = _changed_keys(old.get("settings") or {}, settings)
+            before = old.get("settings") or {}
+            changed = sorted(k for k in before.keys() | settings.keys() if before.get(k) != settings.get(k))
             logger.warning(
                 "%s: its predictions were made with other %s: removing them and predicting every image again",
                 out_dir,
@@ -236,26 +206,16 @@ def predict_dataset(
     progress: bool = True,
     decimals: int = 2,
 ) -> PredictStats:
-    """Run `detector` over every sample of `dataset` and write WIDER result files in original-image pixels.
+    """Run a `nbsrc.detector.Detector` over every sample of an evaluation-mode `dataset` and write WIDER result
+    files in original-image pixels.
 
     Args:
-        detector: a `nbsrc.detector.Detector`.
-        dataset: an ``nbsrc.data`` dataset in evaluation mode (samples with ``name`` and ``frame``; ``names``).
-        out_dir: result folder.
-        conf: score threshold (0.02, the published evaluation setting).
-        nms: NMS IoU threshold (0.4).
-        top_k: candidates before NMS (default ``cfg.eval.top_k``).
-        keep_top_k: detections kept per image (default ``cfg.eval.keep_top_k``).
-        batch_size: images per forward pass (1 when the dataset's ``test_scale`` is not ``square``: the images
-            differ in size).
-        num_workers: DataLoader workers.
+        conf, nms: score and NMS IoU thresholds (0.02 and 0.4, the published evaluation settings).
+        top_k, keep_top_k: candidates before NMS and detections kept per image (default: the config's ``eval``).
+        batch_size: images per forward pass (1 when the dataset's ``test_scale`` is not ``square``).
         amp: float16 autocast on CUDA.
-        resume: skip images whose result file exists and was made with the same weights and settings
-            (``predictions.json``); False removes the folder's earlier predictions and starts again.
-        progress: show a progress bar.
-        decimals: decimals of the written coordinates.
-    Returns:
-        `PredictStats`.
+        resume: skip images whose result file was made with the same weights and settings; False removes the
+            folder's earlier predictions.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -314,8 +274,7 @@ def predict_dataset(
 
 
 def _settings(model: torch.nn.Module, cfg, dataset, post: dict, use_amp: bool, decimals: int) -> dict:
-    """What makes a folder's predictions (``predictions.json``): the weights, the model and anchor settings, the
-    frame-mapping data settings, the dataset, the thresholds (`post`), AMP and the decimals."""
+    """What makes a folder's predictions (``predictions.json``)."""
     config = cfg.to_dict()
     settings = {
         "weights": weights_digest(model),
@@ -357,8 +316,7 @@ def _start_stats(out_dir: Path, dataset, names: list[str], todo: int) -> Predict
 def _detect_batch(
     model: torch.nn.Module, device: torch.device, inputs: torch.Tensor, use_amp: bool, post: dict
 ) -> tuple[list[dict], float, float]:
-    """Forward and post-processing (`post`: `nbsrc.postprocess.postprocess` arguments) of one batch:
-    ``(detections per image in the network frame, forward seconds, post-processing seconds)``."""
+    """``(detections per image in the network frame, forward seconds, post-processing seconds)`` of one batch."""
     inputs = inputs.to(device, non_blocking=True)
     _sync(device)
     t0 = time.perf_counter()
@@ -374,8 +332,7 @@ def _detect_batch(
 
 
 def _write_batch(stats: PredictStats, batch: dict, detections: list[dict], class_column: bool, decimals: int) -> None:
-    """One result file per image of `batch`, boxes mapped to original-image pixels (with the labels as a class
-    column when `class_column`); detections and images without a frame map counted in `stats`."""
+    """One result file per image of `batch`, boxes mapped to original-image pixels."""
     for name, frame, det in zip(batch["names"], batch["frames"], detections):
         boxes = det["boxes"].float().cpu().numpy().reshape(-1, 4)  # (N, 4) network frame
         if frame is not None:
@@ -389,7 +346,7 @@ def _write_batch(stats: PredictStats, batch: dict, detections: list[dict], class
 
 
 def _finish_stats(stats: PredictStats, todo: list[str], forward_s: float, post_s: float, write_s: float) -> None:
-    """Images of `todo` left without a result file, times per image; warnings and the summary logged."""
+    """Images of `todo` left without a result file and times per image into `stats`; the summary logged."""
     out_dir = stats.out_dir
     stats.left_out = [name for name in todo if not result_path(out_dir, name).is_file()]
     if stats.left_out:
@@ -459,12 +416,9 @@ def predict_split(
     rates: Sequence[int] | None = None,
     **kwargs,
 ) -> dict[str, PredictStats]:
-    """Predict a split. Latent models: one rate (``latent_suffix``, default the config's) into `out_dir`, or
-    every available rate (`all_rates`, or the given `rates`) into ``<out_dir>/latent_<rate>/``.
-
-    Returns:
-        Result sub-folder name (``""`` for a single run) -> `PredictStats`.
-    """
+    """Predict a split: ``{result sub-folder ("" for a single run): PredictStats}``. Latent models: one rate
+    (``latent_suffix``, default the config's) into `out_dir`, or every available rate (`all_rates`, or the given
+    `rates`) into ``<out_dir>/latent_<rate>/``."""
     out_dir = Path(out_dir)
     if detector.model.input_kind != "latent" or not (all_rates or rates):
         ds = build_predict_dataset(detector.cfg, dataset_root, split, latent_suffix)

@@ -1,15 +1,9 @@
 """WIDER FACE AP of a latent model at every JPEG AI rate, optionally next to an RGB model on the same images.
 
-For each available rate (``latent_12 ... latent_100``; the rate in bits per pixel is ``suffix / 100``) the latent
-model predicts the split into ``<out>/latent_<rate>/`` and the result is evaluated with the WIDER protocol
-(`nbsrc.evaluation.widerface`); an RGB model runs at the 640 protocol (the image resized to the network frame
-with the config's policy, boxes mapped back) into ``<out>/rgb/``. The table (``rates.json``, ``rates.csv``) and
-a plot of AP against bits per pixel (``ap_vs_bpp.png``) are written to ``<out>``. Prediction is resumable.
-
-The ground truth is resolved by `nbsrc.evaluation.ground_truth.resolve_gt_dir` (given, the dataset's
-``<split>/ground_truth``, found among the inputs or beside the dataset, the shipped official files). Every row is
-evaluated on the images of the split (a subset evaluation when the split holds part of the ground truth's
-images; the table says so); an image without a latent at some rate counts there as an image without detections.
+For each rate (``latent_<rate>.npy``; bits per pixel ``rate / 100``) the latent model predicts the split into
+``<out>/latent_<rate>/``, an RGB model into ``<out>/rgb/``, and each folder is evaluated with the WIDER protocol
+(`nbsrc.evaluation.widerface`) on the images of the split; an image without a latent at some rate counts there as
+an image without detections. The table (``rates.json``, ``rates.csv``) and ``ap_vs_bpp.png`` go to ``<out>``.
 """
 
 from __future__ import annotations
@@ -28,7 +22,7 @@ from nbsrc.data.readers.wider_mat import read_wider_gt
 from nbsrc.detector import Detector, check_thresholds
 from nbsrc.evaluation.ground_truth import GroundTruthSource, resolve_gt_dir
 from nbsrc.evaluation.predict import available_rates, build_predict_dataset, predict_dataset
-from nbsrc.evaluation.widerface import evaluate_curves, subset_ground_truth
+from nbsrc.evaluation.widerface import coverage_text, evaluate_curves, subset_ground_truth
 from nbsrc.utils import atomic_path, atomic_write_text
 
 __all__ = ["RateRow", "RatesTable", "evaluate_rates", "plot_ap_vs_bpp"]
@@ -74,19 +68,12 @@ class RatesTable:
 
     @property
     def is_subset(self) -> bool:
-        """Whether the rows cover only part of the ground truth's images (every row covers the same images)."""
+        """Whether the rows (all on the same images) cover only part of the ground truth's images."""
         return bool(self.rows) and self.rows[0].images < self.rows[0].images_in_gt
 
     @property
     def coverage(self) -> str:
-        """``"12 of 3,226 images; not comparable with published full-set numbers"`` when the rows cover part of the
-        ground truth's images, ``"all 3,226 images"`` when they cover all, "" without rows."""
-        if not self.rows:
-            return ""
-        row = self.rows[0]
-        if self.is_subset:
-            return f"{row.images:,} of {row.images_in_gt:,} images; not comparable with published full-set numbers"
-        return f"all {row.images_in_gt:,} images"
+        return coverage_text(self.rows[0].images, self.rows[0].images_in_gt) if self.rows else ""
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -142,15 +129,21 @@ def plot_ap_vs_bpp(table: RatesTable, path: str | Path, title: str = "WIDER FACE
     return path
 
 
-def _name(weight) -> str:
-    """How a checkpoint path or a `Detector` is named in messages."""
-    return str(weight) if isinstance(weight, (str, Path)) else "the given detector"
+_MODELS = {"latent": "a latent model", "rgb": "an RGB model"}
 
 
-def _detector(weight, preset: str | None, device: str):
-    if isinstance(weight, Detector):
-        return weight
-    return Detector.from_checkpoint(weight, preset=preset, device=device)
+def _detector(weight, preset: str | None, device: str, kind: str, label: str = "") -> Detector:
+    """The `Detector` of a checkpoint path (or `weight` itself); `ValueError` unless its input is `kind`."""
+    detector = weight
+    if not isinstance(weight, Detector):
+        detector = Detector.from_checkpoint(weight, preset=preset, device=device)
+    if detector.model.input_kind != kind:
+        name = str(weight) if isinstance(weight, (str, Path)) else "the given detector"
+        other = _MODELS["latent" if kind == "rgb" else "rgb"]
+        raise ValueError(
+            f"evaluate_rates: {label}{name} must be {_MODELS[kind]}, got {other} (preset '{detector.cfg.preset}')"
+        )
+    return detector
 
 
 def evaluate_rates(
@@ -177,20 +170,12 @@ def evaluate_rates(
     """AP of a latent model at every available rate (and of an RGB model when given).
 
     Args:
-        latent_weight: latent checkpoint path or a `nbsrc.detector.Detector`.
+        latent_weight, rgb_weight: checkpoint paths or `nbsrc.detector.Detector` objects (``rgb_weight`` None:
+            latent only); ``preset``, ``rgb_preset``: presets of published state dicts.
         dataset_root: dataset folder (``<root>/<split>/latent/<image>/latent_<rate>.npy``).
-        out_dir: result folder (per-rate prediction folders, table and plot).
-        split: split folder.
-        gt_dir: WIDER ground-truth folder, or one already resolved (`GroundTruthSource`); None: resolved, see the
-            module docstring.
-        rgb_weight: RGB checkpoint path or `Detector` (None: latent only).
+        gt_dir: WIDER ground-truth folder, or a `GroundTruthSource`; None: `resolve_gt_dir` chooses.
         rates: rates to evaluate (default: every rate present).
-        preset, rgb_preset: presets of published state dicts.
-        device, conf, nms, batch_size, num_workers, amp, resume, progress: see
-            `nbsrc.evaluation.predict.predict_dataset`.
-        plot: write ``ap_vs_bpp.png``.
-    Returns:
-        The `RatesTable` (also written as ``rates.json`` and ``rates.csv``).
+        conf, nms, batch_size, num_workers, amp, resume, progress: see `nbsrc.evaluation.predict.predict_dataset`.
     """
     dataset_root, out_dir = Path(dataset_root), Path(out_dir)
     check_thresholds(conf=conf, nms=nms)
@@ -199,19 +184,9 @@ def evaluate_rates(
     source = gt_dir if isinstance(gt_dir, GroundTruthSource) else resolve_gt_dir(gt_dir, dataset_root, split)
     logger.info("%s", source)
     gt = read_wider_gt(source.folder, attributes=False)
-    latent = _detector(latent_weight, preset, device)
-    if latent.model.input_kind != "latent":
-        raise ValueError(
-            f"evaluate_rates: {_name(latent_weight)} must be a latent model, got an RGB model (preset "
-            f"'{latent.cfg.preset}')"
-        )
+    latent = _detector(latent_weight, preset, device, "latent")
     # Both models are checked before any prediction runs.
-    rgb = _detector(rgb_weight, rgb_preset, device) if rgb_weight is not None else None
-    if rgb is not None and rgb.model.input_kind != "rgb":
-        raise ValueError(
-            f"evaluate_rates: rgb_weight {_name(rgb_weight)} must be an RGB model, got a latent model (preset "
-            f"'{rgb.cfg.preset}')"
-        )
+    rgb = _detector(rgb_weight, rgb_preset, device, "rgb", "rgb_weight ") if rgb_weight is not None else None
     present = available_rates(dataset_root, split)
     if not present:
         raise FileNotFoundError(f"{dataset_root / split / 'latent'}: no latent_<rate>.npy files")
@@ -255,15 +230,8 @@ def evaluate_rates(
                 result.images_in_gt,
             )
         )
-        logger.info(
-            "%s%s: easy %.4f medium %.4f hard %.4f (%s)",
-            model,
-            "" if rate is None else f" rate {rate}",
-            ap["easy"],
-            ap["medium"],
-            ap["hard"],
-            result.coverage,
-        )
+        scores = " ".join(f"{s} {ap[s]:.4f}" for s in SETTINGS)
+        logger.info("%s%s: %s (%s)", model, "" if rate is None else f" rate {rate}", scores, result.coverage)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     clean = [

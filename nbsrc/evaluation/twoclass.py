@@ -1,27 +1,16 @@
 """Face + person evaluation: per-class VOC AP and mAP at IoU 0.5 and 0.3.
 
-Ground truth: the 2-class label file (``# <id>.jpg`` then ``cls x y w h`` normalized; read with
-`nbsrc.data.readers.twoclass.read_twoclass_labels`). Exact duplicate boxes of one class in one image (the
-real file repeats five image headers with the same boxes) are counted once.
+Ground truth: the 2-class label file (`nbsrc.data.readers.twoclass.read_twoclass_labels`); exact duplicate boxes
+of one class in one image (the real file repeats image headers) are counted once.
 
-Predictions: one WIDER-style result file per image with a class column, either flat, ``<pred_dir>/<id>.txt``,
-or in the WIDER layout ``<pred_dir>/<event>/<id>.txt`` that `nbsrc.evaluation.predict` writes (files are then
-matched to the ground truth by basename; a basename found in two folders is an error)::
+Predictions: result files with a ``cls`` column (1 face, 2 person; `nbsrc.evaluation.results`), flat
+``<pred_dir>/<id>.txt`` or ``<pred_dir>/<event>/<id>.txt`` (matched to the ground truth by basename).
+``x y w h`` is either normalized to the image size or in pixels (then ``image_sizes`` gives each image's
+``(width, height)``); ``coords="auto"`` takes normalized when every value lies in `NORMALIZED_RANGE`.
 
-    <id>
-    <count>
-    x y w h score cls
-
-``cls`` is 1 (face) or 2 (person); ``x y w h`` is the top-left corner and size, either **normalized** to the
-image size (``coords="normalized"``) or in **pixels** (``coords="pixels"``, then the image sizes are required:
-``image_sizes`` maps the image name to ``(width, height)``). ``coords="auto"`` takes normalized when every value
-of the folder lies in [-0.5, 1.5] and pixels otherwise. Normalized predictions outside [-0.5, 1.5] are an error
-naming the file and line (pixel values passed as normalized).
-
-Metric: per class, the VOC all-point AP over the ranked detections of that class against the ground truth of
-that class (`nbsrc.evaluation.detection_ap`), with the plain IoU on normalized coordinates (no +1 pixel, so
-disjoint boxes never match). Unlike the ancestor's 2-class script, the other class is not an ignore region and
-scores are used as they are (the ranking defines the curve).
+Metric: per class, the VOC all-point AP of that class's detections against that class's ground truth
+(`nbsrc.evaluation.detection_ap`, plain IoU on normalized coordinates). Unlike the ancestor's 2-class script, the
+other class is not an ignore region and scores are used as they are.
 """
 
 from __future__ import annotations
@@ -59,27 +48,16 @@ NORMALIZED_RANGE = (-0.5, 1.5)
 
 @dataclass
 class TwoClassResult:
-    """Per-class AP and mAP.
+    """Per-class AP and mAP; per-class dicts are keyed by class name."""
 
-    Attributes:
-        ap: ``{"face": {0.5: ap, 0.3: ap}, "person": {...}}`` (NaN for a class without ground truth).
-        map: ``{0.5: mAP, 0.3: mAP}`` over the classes with ground truth.
-        curves: ``(class name, iou) -> PRCurve``.
-        num_gt: class name -> ground-truth boxes.
-        num_predictions: class name -> predictions.
-        num_images: images evaluated.
-        missing: images without a result file (counted as empty).
-        coords: the coordinate convention of the predictions (normalized or pixels).
-    """
-
-    ap: dict[str, dict[float, float]]
-    map: dict[float, float]
-    curves: dict[tuple[str, float], PRCurve] = field(repr=False)
+    ap: dict[str, dict[float, float]]  # {"face": {0.5: ap, 0.3: ap}, ...}; NaN for a class without ground truth
+    map: dict[float, float]  # {0.5: mAP, 0.3: mAP} over the classes with ground truth
+    curves: dict[tuple[str, float], PRCurve] = field(repr=False)  # (class name, iou) -> curve
     num_gt: dict[str, int]
     num_predictions: dict[str, int]
     num_images: int
-    missing: list[str] = field(default_factory=list)
-    coords: str = "normalized"
+    missing: list[str] = field(default_factory=list)  # images without a result file (counted as empty)
+    coords: str = "normalized"  # or "pixels"
 
     def to_dict(self) -> dict:
         def clean(x: float) -> float | None:
@@ -137,12 +115,9 @@ def _gt_per_class(records) -> tuple[list[str], dict[int, list[np.ndarray]]]:
         boxes = np.asarray(record.boxes, np.float64).reshape(-1, 4)  # (N, 4) xyxy normalized
         for c in CLASSES:
             b = boxes[record.labels == c]
-            unique = np.unique(b, axis=0) if len(b) > 1 else b
-            if len(unique) < len(b):
-                duplicates += len(b) - len(unique)
-                _, first = np.unique(b, axis=0, return_index=True)
-                unique = b[np.sort(first)]
-            per_class[c].append(unique)
+            _, first = np.unique(b, axis=0, return_index=True)
+            duplicates += len(b) - len(first)
+            per_class[c].append(b[np.sort(first)])  # first copies, in file order
     if duplicates:
         logger.info("%d exact duplicate ground-truth boxes counted once", duplicates)
     return names, per_class
@@ -169,15 +144,12 @@ def _resolve_files(pred_dir: Path, names: Sequence[str]) -> list[str]:
     return [n if n in found else by_base.get(n.rsplit("/", 1)[-1], n) for n in names]
 
 
-def _line_of_row(path: Path, row: int) -> int:
-    """1-based line number of the `row`-th box line of a result file."""
-    seen = -1
-    for number, line in enumerate(path.read_text().split("\n")[2:], 3):
-        if line.split():
-            seen += 1
-            if seen == row:
-                return number
-    return 0
+def _where(pred_dir: Path, files: list[str], results, image: np.ndarray, i: int) -> str:
+    """``path:line`` of row `i` of `results` (a `nbsrc.evaluation.results.ResultSet`)."""
+    path = pred_dir / f"{files[image[i]]}.txt"
+    row = i - int(results.offsets[image[i]])  # among the file's box lines
+    box_lines = [number for number, line in enumerate(path.read_text().split("\n")[2:], 3) if line.split()]
+    return f"{path}:{box_lines[row] if row < len(box_lines) else 0}"
 
 
 def evaluate_twoclass_predictions(
@@ -187,15 +159,8 @@ def evaluate_twoclass_predictions(
     labels: Sequence[np.ndarray],
     iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
 ) -> TwoClassResult:
-    """Per-class AP / mAP of in-memory predictions (normalized xyxy, one entry per ground-truth record).
-
-    Args:
-        gt_records: `ImageRecord`\\ s with normalized boxes and labels 1 / 2.
-        boxes_xyxy: per image ``[n, 4]`` normalized xyxy.
-        scores: per image ``[n]``.
-        labels: per image ``[n]`` class ids.
-        iou_thresholds: IoU thresholds reported.
-    """
+    """Per-class AP / mAP of in-memory predictions, one entry per ground-truth record (normalized boxes, labels
+    1 / 2): per image `boxes_xyxy` ``[n, 4]`` normalized xyxy, `scores` ``[n]``, `labels` ``[n]`` class ids."""
     names, gt = _gt_per_class(gt_records)
     if not len(boxes_xyxy) == len(scores) == len(labels) == len(names):
         raise ValueError(f"predictions for {len(boxes_xyxy)} images, ground truth for {len(names)}")
@@ -231,24 +196,14 @@ def evaluate_twoclass(
     iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
     missing: str = "error",
 ) -> TwoClassResult:
-    """Evaluate a folder of 2-class result files against a 2-class label file.
+    """Evaluate a folder of 2-class result files against a 2-class label file (or its records).
 
-    Args:
-        pred_dir: folder of ``<id>.txt`` result files with a class column (see the module docstring).
-        gt: the 2-class label file, or its records.
-        coords: ``"normalized"``, ``"pixels"`` or ``"auto"``.
-        image_sizes: image name -> ``(width, height)`` (or a ``name,width,height`` CSV); needed for pixels.
-        iou_thresholds: IoU thresholds reported (0.5 and 0.3).
-        missing: ``"error"`` or ``"empty"`` for images without a result file.
-    Returns:
-        A `TwoClassResult`.
+    `coords` is ``"normalized"``, ``"pixels"`` or ``"auto"``; `image_sizes` (image name -> ``(width, height)``, or
+    a ``name,width,height`` CSV) is needed for pixels. `missing`: as `nbsrc.evaluation.results.read_result_folder`.
     """
     if coords not in ("auto", "normalized", "pixels"):
         raise ValueError(f"coords must be 'auto', 'normalized' or 'pixels', got {coords!r}")
-    if isinstance(gt, (str, Path)):
-        records = list(read_twoclass_labels(gt))
-    else:
-        records = list(gt)
+    records = list(read_twoclass_labels(gt) if isinstance(gt, (str, Path)) else gt)
     names = [r.name for r in records]
     pred_dir = Path(pred_dir)
     files = _resolve_files(pred_dir, names)
@@ -258,9 +213,8 @@ def evaluate_twoclass(
     bad_class = ~np.isin(rows[:, 5], CLASSES)
     if bad_class.any():
         i = int(np.flatnonzero(bad_class)[0])
-        path = pred_dir / f"{files[image[i]]}.txt"
-        row = i - int(results.offsets[image[i]])
-        raise ValueError(f"{path}:{_line_of_row(path, row)}: class must be 1 (face) or 2 (person), got {rows[i, 5]:g}")
+        where = _where(pred_dir, files, results, image, i)
+        raise ValueError(f"{where}: class must be 1 (face) or 2 (person), got {rows[i, 5]:g}")
     xyxy = rows[:, :4].copy()
     xyxy[:, 2:] += xyxy[:, :2]  # (R, 4) xywh -> xyxy
     in_range = (xyxy >= NORMALIZED_RANGE[0]) & (xyxy <= NORMALIZED_RANGE[1])
@@ -269,11 +223,9 @@ def evaluate_twoclass(
         logger.info("%s: coordinates read as %s", pred_dir, coords)
     if coords == "normalized" and not in_range.all():
         i = int(np.flatnonzero(~in_range.all(1))[0])
-        path = pred_dir / f"{files[image[i]]}.txt"
-        row = i - int(results.offsets[image[i]])
         raise ValueError(
-            f"{path}:{_line_of_row(path, row)}: box {rows[i, :4].tolist()} is outside the normalized range "
-            f"{list(NORMALIZED_RANGE)}; pixel coordinates need coords='pixels' and the image sizes"
+            f"{_where(pred_dir, files, results, image, i)}: box {rows[i, :4].tolist()} is outside the normalized "
+            f"range {list(NORMALIZED_RANGE)}; pixel coordinates need coords='pixels' and the image sizes"
         )
     if coords == "pixels":
         if image_sizes is None:

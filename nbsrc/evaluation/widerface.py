@@ -41,6 +41,7 @@ from nbsrc.utils import atomic_path, atomic_write_text
 __all__ = [
     "NUM_THRESHOLDS",
     "WiderResult",
+    "coverage_text",
     "evaluate",
     "evaluate_curves",
     "evaluate_predictions",
@@ -88,13 +89,7 @@ class WiderResult:
 
     @property
     def coverage(self) -> str:
-        """``"12 of 3,226 images; not comparable with published full-set numbers"`` for a subset, else
-        ``"all 3,226 images"``."""
-        if self.is_subset:
-            return (
-                f"{self.num_images:,} of {self.images_in_gt:,} images; not comparable with published full-set numbers"
-            )
-        return f"all {self.num_images:,} images"
+        return coverage_text(self.num_images, self.images_in_gt)
 
     def to_dict(self, curves: bool = False) -> dict:
         """JSON-ready dict (NaN -> None); with `curves`, the PR curves too."""
@@ -116,6 +111,14 @@ class WiderResult:
             out["precision"] = {s: self.precision[s].tolist() for s in SETTINGS}
             out["recall"] = {s: self.recall[s].tolist() for s in SETTINGS}
         return out
+
+
+def coverage_text(images: int, images_in_gt: int) -> str:
+    """``"12 of 3,226 images; not comparable with published full-set numbers"`` for a subset, else
+    ``"all 3,226 images"``."""
+    if images < images_in_gt:
+        return f"{images:,} of {images_in_gt:,} images; not comparable with published full-set numbers"
+    return f"all {images:,} images"
 
 
 def _gt_arrays(gt: WiderGroundTruth) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
