@@ -1,12 +1,5 @@
-"""Data defects: what a defect is, the ``on_error`` policy that decides what happens to it, and the checks of one
-item (a record's boxes, an image file, a latent file) that find them.
-
-Defect kinds (`KINDS`): a labelled image without a latent, a latent without labels, an unreadable or truncated
-``.npy``, a latent of the wrong shape or dtype, NaN/Inf values, a box outside its image, a degenerate box
-(w <= 0 or h <= 0), a duplicated image name, an unparseable label line, labels whose frame cannot be determined
-(`nbsrc.data.label_frame`), a labelled image without an image file, an unreadable image.
-
-A `DefectLog` applies the policy ``on_error``:
+"""Data defects (`KINDS`), the ``on_error`` policy that decides what happens to them, and the checks of one item
+(a record's boxes, an image file, a latent file) that find them. A `DefectLog` applies the policy:
 
 - ``raise`` (training default): the first defect raises `DataError` (a ``ValueError`` whose message starts with
   ``path:line:``). Degenerate boxes are the exception: they are always dropped and counted.
@@ -61,11 +54,7 @@ ON_ERROR = ("raise", "skip", "report")
 
 
 class DataError(ValueError):
-    """A data defect under ``on_error=raise``; ``str(error)`` is ``"path:line: message"``.
-
-    Attributes:
-        defect: the `Defect`.
-    """
+    """A data defect (`defect`) under ``on_error=raise``; ``str(error)`` is ``"path:line: message"``."""
 
     def __init__(self, defect: Defect, hint: str = "") -> None:
         self.defect = defect
@@ -103,12 +92,8 @@ def split_source(source: str) -> tuple[str, int]:
 
 
 class DefectLog:
-    """Collects defects under a policy (see the module docstring).
-
-    Args:
-        on_error: ``raise`` | ``skip`` | ``report``.
-        context: a few words for the summary (``"train split of /data"``).
-    """
+    """Collects defects under the policy `on_error` (see the module docstring); `context` names the data in the
+    summary (``"train split of /data"``)."""
 
     def __init__(self, on_error: str = "raise", context: str = "") -> None:
         if on_error not in ON_ERROR:
@@ -185,22 +170,14 @@ class DefectLog:
 
 # ---- checks of one item ---------------------------------------------------------------------------------
 def check_boxes(record: ImageRecord, log: DefectLog, frame_size: tuple[float, float] | None) -> ImageRecord:
-    """Drop degenerate boxes (counted) and boxes reaching outside the image (``box_outside_frame``).
+    """`record` without its degenerate boxes (counted) and boxes reaching outside the image (``box_outside_frame``).
 
-    Args:
-        record: labels as read.
-        log: the defect log.
-        frame_size: ``(width, height)`` of the frame the labels are in (the original image, the label frame, or
-            ``(1, 1)`` for normalized labels); None skips the extent check.
-    Returns:
-        The record without the bad boxes. Boxes overflowing by at most ``max(2 px, 1 %)`` are kept (datasets clip
-        them to the frame). Defects name the box's own ``file:line`` (`ImageRecord.box_source`) when the reader
-        kept it, else the image's header line.
+    `frame_size` is the ``(width, height)`` the labels are in (``(1, 1)`` for normalized labels; None skips the
+    extent check). Boxes overflowing by at most ``max(2 px, 1 %)`` are kept (datasets clip them to the frame).
     """
     if record.num_boxes == 0:
         return record
     b = record.boxes.astype(np.float64)
-    keep = np.ones(len(b), bool)
     degenerate = ~((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]))
     for i in np.flatnonzero(degenerate):
         log.add_source(
@@ -210,7 +187,7 @@ def check_boxes(record: ImageRecord, log: DefectLog, frame_size: tuple[float, fl
             f"h={b[i, 3] - b[i, 1]:g}; expected w > 0 and h > 0)",
             fatal=False,
         )
-    keep &= ~degenerate
+    keep = ~degenerate
     if frame_size is not None:
         w, h = float(frame_size[0]), float(frame_size[1])
         tol_w, tol_h = (0.01 * w, 0.01 * h) if record.normalized else (max(2.0, 0.01 * w), max(2.0, 0.01 * h))
@@ -242,18 +219,9 @@ def check_latent_file(
     spatial: tuple[int, int] | None = None,
     values: bool = False,
 ) -> tuple[int, int] | None:
-    """Check one latent file: readable, complete, shape ``[C, h, w]`` / ``[1, C, h, w]``, float dtype and, with
-    `values`, no NaN/Inf (reads the data).
-
-    Args:
-        path: the ``.npy`` file.
-        log: the defect log.
-        channels: expected ``C``.
-        spatial: expected ``(h, w)``, or None for any.
-        values: also read the values and check they are finite.
-    Returns:
-        ``(h, w)`` of a good latent, None after a defect (under ``skip`` / ``report``).
-    """
+    """``(h, w)`` of a good latent file, None after a defect: readable, complete, shape ``[C, h, w]`` or
+    ``[1, C, h, w]`` (``C = channels``, ``(h, w) = spatial`` unless None), float dtype and, with `values`, no
+    NaN/Inf (reads the data)."""
     path = Path(path)
     try:
         header = read_npy_header(path)
