@@ -39,6 +39,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 WIDER_WIDTH = 1024  # WIDER FACE images are 1024 px wide (used when original sizes are unknown)
+PERCENTILES = (5, 25, 50, 75, 95)  # of `size_histograms`
 
 
 def face_boxes_net(
@@ -103,20 +104,15 @@ def size_histograms(boxes: np.ndarray, bins: int = 40) -> dict[str, Any]:
             lo, hi = max(float(values.min()), 1e-3), max(float(values.max()), 1e-3) * 1.0001
             edges = np.geomspace(lo, max(hi, lo * 1.01), bins + 1)
             counts, _ = np.histogram(values, bins=edges)
-            pct = np.percentile(values, [5, 25, 50, 75, 95])
+            pct = np.percentile(values, PERCENTILES)
         else:
-            edges, counts, pct = np.zeros(bins + 1), np.zeros(bins, int), np.zeros(5)
-        result[key] = {
-            "values": values,
-            "edges": edges,
-            "counts": counts,
-            "percentiles": dict(zip((5, 25, 50, 75, 95), pct)),
-        }
+            edges, counts, pct = np.zeros(bins + 1), np.zeros(bins, int), np.zeros(len(PERCENTILES))
+        result[key] = {"values": values, "edges": edges, "counts": counts, "percentiles": dict(zip(PERCENTILES, pct))}
     return result
 
 
 def size_percentiles(hist: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Rows of percentiles (5, 25, 50, 75, 95) of width, height, size and aspect from `size_histograms`."""
+    """Rows of the percentiles of width, height, size and aspect from `size_histograms`."""
     return [
         {"": key, **{f"p{p}": float(v) for p, v in hist[key]["percentiles"].items()}}
         for key in ("width", "height", "size", "aspect")

@@ -285,12 +285,8 @@ def resolve_resume(
         named = f" named {run_name!r}" if run_name else ""
         of = f" of preset {preset!r}" if preset else ""
         if on_kaggle() and kernel is None:  # the usual cause on Kaggle: the kernel's own output is not attached
-            logger.warning(
-                message + " (attach this notebook's own output, %s, as an input to continue it)",
-                named,
-                of,
-                TRAINING_KERNEL_SLUG,
-            )
+            hint = " (attach this notebook's own output, %s, as an input to continue it)"
+            logger.warning(message + hint, named, of, TRAINING_KERNEL_SLUG)
         else:
             logger.info(message, named, of)
         return None
