@@ -1,24 +1,17 @@
 """Export a detector to ONNX or TorchScript, and run an exported ONNX file with onnxruntime.
 
-The exported graph is the model of a checkpoint with the published test-phase outputs (biubug6's
-``RetinaFace(phase="test")``), so code written for biubug6's ONNX exports runs ours unchanged:
+The graph has biubug6's test-phase interface (``RetinaFace(phase="test")``), so code written for its ONNX exports
+runs ours unchanged:
 
-- input ``input0``: the tensor the model's forward takes, float32 ``[N, 3, H, W]`` for RGB models (what
-  `nbsrc.preprocess.normalize_image` makes: for the biubug6 presets BGR pixels minus (104, 117, 123)) or
-  ``[N, C, h, w]`` for latent models; batch and spatial size are dynamic.
-- outputs, in this order: ``loc`` ``[N, A, 4]`` raw box regressions, ``conf`` ``[N, A, C]`` class probabilities
-  (softmax over the C columns, or for focal-loss models an independent sigmoid per column: column 0, the
-  background, is then not a score; the detector scores classes 1..C-1 exactly so, `nbsrc.postprocess.class_scores`),
-  and ``landmarks`` ``[N, A, 10]`` raw landmark regressions when the model has a landmark head.
+- input ``input0``: float32 ``[N, 3, H, W]`` for RGB models (`nbsrc.preprocess.normalize_image`) or
+  ``[N, C, h, w]`` latents; batch and spatial size are dynamic.
+- outputs: ``loc`` ``[N, A, 4]`` raw box regressions, ``conf`` ``[N, A, C]`` class probabilities (softmax, or a
+  sigmoid per column for focal-loss models, `nbsrc.postprocess.class_scores`), and ``landmarks`` ``[N, A, 10]``
+  when the model has a landmark head.
 
-Anchors depend on the input size, so decoding stays outside the graph: the anchors of an input are
-`anchors_for` (the project's prior generator, in the (level, y, x, k) order of the outputs), decoded with
-`nbsrc.boxes.decode_boxes` / `decode_landmarks` and the variances of the config.
-
-The config travels inside the file: ONNX ``metadata_props`` and TorchScript ``_extra_files`` hold `METADATA_KEYS`
-(``nbsrc_config`` is `nbsrc.config.Config.to_dict` as JSON), read back by `read_metadata` / `config_of`.
-`OnnxRuntimeModel` runs an exported ONNX file behind the interface `nbsrc.detector.Detector` uses of a model
-(`nbsrc.detector.Detector.from_onnx`).
+Decoding stays outside the graph (anchors depend on the input size): `anchors_for` gives an input's anchors, in
+the order of the outputs. The config travels inside the file as `METADATA_KEYS` (read back by `read_metadata`,
+`config_of`). `OnnxRuntimeModel` runs an ONNX file as the model of a `nbsrc.detector.Detector`.
 """
 
 from __future__ import annotations
@@ -67,19 +60,13 @@ INPUT_NAME = "input0"  # the name biubug6's convert_to_onnx.py gives its input
 OPSET = 17
 CONFIG_KEY = "nbsrc_config"
 METADATA_KEYS = (CONFIG_KEY, "nbsrc_input", "nbsrc_outputs", "nbsrc_scores", "nbsrc_strides", "nbsrc_variances")
-# the exported graph against the PyTorch model, checked after every export: per output
-# max |exported - pytorch| <= CHECK_TOL * max(1, max |pytorch|) (float32 error grows with the output's scale)
+# after every export, per output: max |exported - pytorch| <= CHECK_TOL * max(1, max |pytorch|)
 CHECK_TOL = 1e-4
 
 
 class ExportModule(nn.Module):
-    """A RetinaFace with the published test-phase outputs: ``(loc, conf probabilities[, landmarks])``.
-
-    Args:
-        model: a `nbsrc.model.RetinaFace` (its forward returns ``{"loc", "conf", "landm"}`` with raw logits).
-        cls_loss: ``loss.cls_loss`` of its config: ``ohem`` scores with a softmax over the C columns, ``focal``
-            with a sigmoid per column (as the detector scores them, `nbsrc.postprocess.class_scores`).
-    """
+    """A RetinaFace with the published test-phase outputs: ``(loc, conf probabilities[, landmarks])``; `cls_loss`
+    (``ohem``: softmax, ``focal``: sigmoid per column) scores ``conf`` as the detector does."""
 
     def __init__(self, model: nn.Module, cls_loss: str = "ohem") -> None:
         super().__init__()
@@ -117,20 +104,18 @@ def _input_text(model: nn.Module, cfg: Config) -> str:
 
 def export_metadata(model: nn.Module, cfg: Config) -> dict[str, str]:
     """The `METADATA_KEYS` an exported file carries: the config and what its input and outputs mean."""
-    scores = "softmax" if cfg.loss.cls_loss == "ohem" else "sigmoid"
     return {
         CONFIG_KEY: json.dumps(cfg.to_dict()),
         "nbsrc_input": _input_text(model, cfg),
         "nbsrc_outputs": ",".join(output_names(model)),
-        "nbsrc_scores": scores,
+        "nbsrc_scores": "softmax" if cfg.loss.cls_loss == "ohem" else "sigmoid",
         "nbsrc_strides": json.dumps(list(model.strides)),
         "nbsrc_variances": json.dumps(list(cfg.anchors.variances)),
     }
 
 
 def format_of(out: str | Path, fmt: str | None = None) -> str:
-    """The export format: `fmt` when given (``onnx`` or ``torchscript``), else told by the suffix of `out`
-    (``.onnx``; ``.pt``, ``.ts``, ``.torchscript``). Raises `ValueError` naming what was expected."""
+    """The export format: `fmt` when given, else told by the suffix of `out` (`SUFFIXES`)."""
     if fmt is not None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown export format {fmt!r} (expected one of {', '.join(FORMATS)})")
@@ -170,7 +155,7 @@ def _sample_inputs(model: nn.Module, cfg: Config, size: tuple[int, int] | None) 
 
 
 def _compare(name: str, inputs: Tensor, exported: list[Any], reference: tuple[Tensor, ...], names: list[str]) -> float:
-    """Largest |exported - reference| over the outputs; raises `RuntimeError` beyond `CHECK_TOL`."""
+    """Largest |exported - reference| over the outputs; `RuntimeError` beyond `CHECK_TOL`."""
     worst = 0.0
     for label, got, want in zip(names, exported, reference):
         got = torch.as_tensor(got)
@@ -190,8 +175,8 @@ def _compare(name: str, inputs: Tensor, exported: list[Any], reference: tuple[Te
 
 @contextlib.contextmanager
 def _quiet_jit() -> Iterator[None]:
-    """TorchScript without its noise: tracer warnings about the model's shape checks (they become constants; the
-    sizes stay dynamic) and the deprecation notices of recent torch (TorchScript is what was asked for)."""
+    """No tracer warnings about the model's shape checks (they become constants; the sizes stay dynamic) nor
+    TorchScript deprecation notices."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\..* is deprecated.*")
@@ -206,9 +191,7 @@ def _onnx_export(module: ExportModule, sample: Tensor, names: list[str], latent:
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the TorchScript-based exporter: no onnxscript needed, dynamic axes as given
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # shape checks in the model's forward become constants in the trace; the sizes themselves stay dynamic
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+    with _quiet_jit(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
@@ -271,20 +254,15 @@ def export_model(
     size: tuple[int, int] | None = None,
     check: bool = True,
 ) -> Path:
-    """Write `model` (a `nbsrc.model.RetinaFace` built from `cfg`) as an ONNX or TorchScript file.
+    """Write `model` (a `nbsrc.model.RetinaFace`, put in eval mode on the CPU) and its `cfg` as an ONNX or
+    TorchScript file, atomically; returns `out`.
 
     Args:
-        model: the model; it is put in eval mode on the CPU.
-        cfg: its config (written into the file, and it decides how ``conf`` is scored).
-        out: the file to write (atomically).
         fmt: ``onnx`` or ``torchscript``; None: told by the suffix of `out` (`format_of`).
-        size: ``(H, W)`` of the traced input (pixels for RGB models, latent cells for latent models); the
-            exported file takes any size. Default: ``data.image_size`` (at most 640) square, or its latent.
-        check: run the written file on the traced input and on a second one (batch 2, another odd size) and
-            raise `RuntimeError` unless it gives the PyTorch model's outputs (within `CHECK_TOL`).
-
-    Returns:
-        `out`. Raises `ValueError` for an unknown format or an output path that cannot be a file.
+        size: ``(H, W)`` of the traced input (pixels, or latent cells); the file takes any size. Default:
+            ``data.image_size`` (at most 640) square, or its latent.
+        check: run the written file on the traced input and a second one (batch 2, another odd size); raise
+            `RuntimeError` unless it gives the PyTorch model's outputs (within `CHECK_TOL`).
     """
     out = Path(out)
     fmt = format_of(out, fmt)
@@ -324,8 +302,8 @@ def export_checkpoint(
     size: tuple[int, int] | None = None,
     check: bool = True,
 ) -> Path:
-    """`export_model` of a checkpoint: ours, or a published state dict (preset inferred when None), loaded as
-    `nbsrc.model.loading.load_model` loads it. The format and output path are checked before the weights are read."""
+    """`export_model` of a checkpoint (as `nbsrc.model.loading.load_model` loads it); the format and output path
+    are checked before the weights are read."""
     out = Path(out)
     fmt = format_of(out, fmt)
     _check_out(out)
@@ -333,9 +311,17 @@ def export_checkpoint(
     return export_model(model, cfg, out, fmt, size=size, check=check)
 
 
+def _check_metadata(metadata: Mapping[str, str], path: Path) -> None:
+    if CONFIG_KEY not in metadata:
+        raise ValueError(
+            f"{path}: holds no '{CONFIG_KEY}' metadata: not a file written by 'python -m nbsrc export' "
+            "(export the checkpoint with it)"
+        )
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The nbsrc metadata of an exported ONNX or TorchScript file (raises `ValueError` naming the file when it
-    is not one `export_model` wrote)."""
+    """The nbsrc metadata of an exported ONNX or TorchScript file (`ValueError` when `export_model` did not
+    write it)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: exported model file not found")
@@ -351,11 +337,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         metadata = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in extra.items() if v}
     else:
         metadata = dict(_onnx_session(path).get_modelmeta().custom_metadata_map)
-    if CONFIG_KEY not in metadata:
-        raise ValueError(
-            f"{path}: holds no '{CONFIG_KEY}' metadata: not a file written by 'python -m nbsrc export' "
-            "(export the checkpoint with it)"
-        )
+    _check_metadata(metadata, path)
     return metadata
 
 
@@ -395,15 +377,11 @@ def _providers(device: str) -> list[str]:
 
 
 class OnnxRuntimeModel:
-    """An exported ONNX detector run by onnxruntime, with the interface `nbsrc.detector.Detector` uses of a
-    model: ``input_kind``, ``in_channels``, ``latent_stride``, ``num_classes``, ``has_landmarks``, ``strides``,
-    ``image_size(x)``, ``anchors(x)`` and ``model(x) -> {"loc", "conf", "landm"}``. Its ``conf`` holds class
-    probabilities already (``conf_scored``), not logits.
+    """An ONNX file of `export_model` run by onnxruntime, with the interface `nbsrc.detector.Detector` uses of a
+    model; its ``conf`` holds class probabilities already (``conf_scored``), not logits.
 
-    Args:
-        path: a file written by `export_model` (format ``onnx``).
-        threads: onnxruntime intra-op threads (None: onnxruntime's default, one per physical core).
-        device: ``cpu`` (default), ``cuda``, ``cuda:N`` (needs onnxruntime-gpu) or ``auto``.
+    `threads`: onnxruntime intra-op threads (None: its default); `device`: ``cpu``, ``cuda``, ``cuda:N`` (needs
+    onnxruntime-gpu) or ``auto``.
     """
 
     conf_scored = True
@@ -414,11 +392,7 @@ class OnnxRuntimeModel:
             raise FileNotFoundError(f"{self.path}: ONNX model file not found")
         self.session = _onnx_session(self.path, threads, _providers(device))
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        if CONFIG_KEY not in self.metadata:
-            raise ValueError(
-                f"{self.path}: holds no '{CONFIG_KEY}' metadata: not a file written by 'python -m nbsrc export' "
-                "(export the checkpoint with it)"
-            )
+        _check_metadata(self.metadata, self.path)
         self.cfg = config_of(self.metadata, self.path)
         m = self.cfg.model
         self.input_kind = m.input_kind
@@ -439,7 +413,7 @@ class OnnxRuntimeModel:
         return int(x.shape[-2]) * self.latent_stride, int(x.shape[-1]) * self.latent_stride
 
     def anchors(self, x: Tensor) -> Tensor:
-        """``Tensor[A, 4]`` cxcywh normalized anchors for input `x` (cached per size)."""
+        """``[A, 4]`` cxcywh normalized anchors for input `x` (cached per size)."""
         return self.anchor_generator(self.image_size(x), "cpu")
 
     def __call__(self, x: Tensor) -> dict[str, Tensor | None]:
