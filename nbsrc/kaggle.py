@@ -9,18 +9,12 @@
       nbsrc-code/dataset-metadata.json + nbsrc/ (this package's source) + pyproject.toml, requirements.txt
       PUSH.md (the kaggle commands, in order)
 
-Everything is checked first (owner, dataset, parameters, notebook sizes) and built in a temporary folder inside
-DIR; the finished folders then replace those of an older build, so a failed build leaves DIR as it was.
-A dataset under another name than ``retina-modify`` is baked into the notebooks as their ``dataset_root``.
-
-Each notebook has the parameters baked in the way ``papermill --prepare-only`` does (an
-``injected-parameters`` cell after the ``parameters`` cell), no outputs, and must stay under 1 MB (Kaggle
-rejects larger kernel sources). Kernels run on ``NvidiaTeslaT4`` (the T4 x2 machine) with internet, the
-retina-modify dataset and the code dataset attached; the evaluation kernel also attaches the training
-kernel's output so that it finds the checkpoint (`nbsrc.paths.resolve_checkpoint`).
-
-The committed ``kaggle/<kernel>/kernel-metadata.json`` files are the same metadata with a placeholder owner and
-``code_file`` pointing at the paired notebook under ``notebooks/`` (`write_committed_metadata` keeps them in sync).
+Everything is checked first and built in a temporary folder inside DIR, whose finished folders then replace
+those of an older build: a failed build leaves DIR as it was. Each notebook has its parameters baked in as
+``papermill --prepare-only`` does, no outputs, and stays under Kaggle's 1 MB. GPU kernels run on the T4 x2 machine
+with internet, the data and code datasets attached; the evaluation kernel also attaches the training kernel's
+output, where it finds the checkpoint. The committed ``kaggle/<kernel>/kernel-metadata.json`` files have a
+placeholder owner (`write_committed_metadata`).
 """
 
 from __future__ import annotations
@@ -126,19 +120,9 @@ def kernel_metadata(
     wider: str | None = None,
     private: bool = True,
 ) -> dict[str, Any]:
-    """``kernel-metadata.json`` content for a notebook kernel.
-
-    Args:
-        notebook: notebook stem (a key of `KERNELS`).
-        owner: Kaggle user owning the kernel and the code dataset.
-        code_file: notebook path relative to the metadata file.
-        dataset: the latent dataset, ``OWNER/SLUG`` (default: `owner`'s ``retina-modify``).
-        wider: a WIDER FACE copy on Kaggle, ``OWNER/SLUG``, attached too: its images give the original sizes the
-            labels need (`nbsrc.paths.resolve_images_root`), its ``eval_tools`` the evaluation ground truth.
-        private: kernel visibility.
-
-    A GPU kernel asks for the T4 machine (``machine_shape``); a CPU kernel has no ``machine_shape``.
-    """
+    """``kernel-metadata.json`` content for the kernel of `notebook` (a key of `KERNELS`), `code_file` relative to
+    it. `dataset`: the latent dataset ``OWNER/SLUG`` (default: `owner`'s ``retina-modify``); `wider`: a WIDER FACE
+    copy attached too (original sizes, ground truth). A CPU kernel has no ``machine_shape``."""
     if notebook not in KERNELS:
         raise ValueError(f"no Kaggle kernel for notebook {notebook!r} (kernels: {', '.join(KERNELS)})")
     spec = KERNELS[notebook]
@@ -197,17 +181,8 @@ _KERNEL_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 
 def validate_kernel_metadata(path: str | Path) -> dict[str, Any]:
-    """Check a ``kernel-metadata.json``: every field present with its type, an ``owner/slug`` id whose slug
-    matches the title, a notebook kernel in Python with internet, the GPU as its notebook needs (then on the T4
-    machine), source lists of ``owner/slug`` strings with a data dataset besides the code dataset, and a
-    ``code_file`` that exists, is a notebook with a kernelspec and is < 1 MB.
-
-    Returns:
-        The metadata.
-
-    Raises:
-        ValueError: naming the file and every problem found.
-    """
+    """Check a ``kernel-metadata.json`` (fields and types, id against title, kernel settings, sources, code file)
+    and return it; a `ValueError` names the file and every problem found."""
     path = Path(path)
     meta = _read_json(path)
     problems = _field_problems(meta)
@@ -347,8 +322,8 @@ def _notebook_text(nb: Any, where: Path) -> str:
 
 
 def _copy_code(folder: Path) -> None:
-    """Copy the package into ``folder/nbsrc``, data files included (the weights in ``nbsrc/weights``: a kernel
-    without internet starts from them), plus the checkout's ``pyproject.toml``, requirements and README."""
+    """Copy the package (with its shipped weights) into ``folder/nbsrc``, and the checkout's ``pyproject.toml``,
+    requirements and README beside it."""
     root = paths.project_root()
     package = Path(__file__).resolve().parent
     shutil.copytree(package, folder / "nbsrc", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
@@ -447,26 +422,12 @@ def build(
     notebooks_dir: str | Path | None = None,
     private: bool = True,
 ) -> dict[str, Any]:
-    """Write push-ready kernel folders and the code dataset folder under `out` (see the module docstring).
+    """Write push-ready kernel folders and the code dataset folder under `out` (see the module docstring) and return
+    ``{"kernels": {notebook: folder}, "code_dataset": folder, "push": PUSH.md, "commands": [...]}``.
 
-    Args:
-        owner: Kaggle user name.
-        out: build folder.
-        dataset: the latent dataset ``OWNER/SLUG`` (default: `owner`'s ``retina-modify``); another slug is
-            baked in as ``dataset_root`` unless `parameters` set it.
-        wider: a WIDER FACE copy ``OWNER/SLUG`` attached to every kernel (`kernel_metadata`).
-        parameters: values baked into the notebooks (`nbsrc.nbrun.plan_parameters` semantics: top-level keys
-            go to the notebooks declaring them; a notebook name holds its own).
-        notebooks: a subset of notebooks (default: all with a kernel).
-        notebooks_dir: notebook sources (default: the checkout's ``notebooks/``).
-        private: kernel visibility.
-
-    Returns:
-        ``{"kernels": {notebook: folder}, "code_dataset": folder, "push": PUSH.md, "commands": [...]}``.
-
-    Raises:
-        ValueError: a bad owner, dataset, notebook or parameter (before anything is written), or a folder that
-            fails validation (`out` is then left as it was).
+    `dataset` and `wider` as in `kernel_metadata`; a dataset slug other than ``retina-modify`` is baked in as
+    ``dataset_root`` unless `parameters` (`nbsrc.nbrun.plan_parameters`) set it. A `ValueError` (bad owner,
+    dataset, notebook or parameter, or a folder failing validation) leaves `out` as it was.
     """
     out = Path(out)
     owner = _check_owner(owner)
@@ -509,8 +470,8 @@ def build(
 
 
 def _stage(staging: Path, code_meta: Mapping[str, Any], kernels: Mapping[str, tuple[str, dict]], push: str) -> None:
-    """Write and validate the code dataset, the kernel folders and PUSH.md in `staging` (plain writes: nothing
-    reads the staging folder before `_install` moves its finished folders in)."""
+    """Write and validate the code dataset, the kernel folders and PUSH.md in `staging` (plain writes: `_install`
+    moves the finished folders in)."""
     code_folder = staging / CODE_DATASET_SLUG
     code_folder.mkdir()
     _copy_code(code_folder)
@@ -531,9 +492,8 @@ def write_committed_metadata(
     """(Re)write ``kaggle/<slug>/kernel-metadata.json`` for every kernel: placeholder owner, ``code_file``
     pointing at the paired ``notebooks/NN_name.ipynb``."""
     root = paths.project_root()
-    if kaggle_dir is None or notebooks_dir is None:
-        if root is None:
-            raise FileNotFoundError("not running from a source checkout: pass kaggle_dir and notebooks_dir")
+    if root is None and (kaggle_dir is None or notebooks_dir is None):
+        raise FileNotFoundError("not running from a source checkout: pass kaggle_dir and notebooks_dir")
     kaggle_dir = Path(kaggle_dir) if kaggle_dir is not None else root / "kaggle"
     notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else root / "notebooks"
     written = []

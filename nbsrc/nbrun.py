@@ -2,25 +2,15 @@
 
 ``python -m nbsrc run-notebooks [NAMES...] --params params.yaml | -p key value ... --out runs/NAME``
 
-For each selected notebook, in order, the runner
+Each selected ``notebooks/NN_name.py`` (jupytext) has its parameters checked against its ``parameters`` cell (an
+undeclared key or a wrongly typed value is a `ValueError` before anything runs), then runs through papermill with
+the run folder as working directory and ``run_dir`` (notebooks hand artifacts to each other through files). The
+run folder receives ``NN_name.ipynb`` (executed), ``NN_name.html`` and ``summary.json`` (status, duration, the
+metrics each notebook saved with `nbsrc.paths.save_metrics`). A failing notebook stops the run with
+`NotebookExecutionError` naming its cell, after the summary and the executed notebook are written.
 
-1. reads ``notebooks/NN_name.py`` (jupytext percent format) and gives it the ``python3`` kernelspec;
-2. checks the parameters against the notebook's ``parameters`` cell (papermill only warns about unknown
-   keys; here an undeclared key, or a value of the wrong type, is a `ValueError` before anything runs);
-3. executes it through the papermill API with kernel ``python3``, working directory = the run folder, and
-   ``run_dir`` = the run folder (so notebooks hand artifacts to each other through files, not globals);
-   relative path parameters and ``pretrained='auto'`` (`resolve_auto_pretrained`) are resolved from the
-   invoking directory first, and the metrics file an earlier run left for the notebook is removed;
-4. writes ``<out>/NN_name.ipynb`` (executed) and ``<out>/NN_name.html`` (nbconvert export), and
-   ``<out>/summary.json`` with status, duration and the metrics each notebook saved with
-   `nbsrc.paths.save_metrics`.
-
-A failing notebook stops the run with `NotebookExecutionError` naming the notebook, the cell index in the
-executed notebook, and the error; the summary and the executed notebook (with the traceback) are written first.
-
-Parameters for several notebooks: a top-level key goes to every selected notebook that declares it and must
-be declared by at least one of them; a top-level key equal to a notebook name (``03_training:``) holds
-parameters for that notebook only, each of which it must declare (ignored when that notebook is not selected).
+Parameters: a top-level key goes to every selected notebook declaring it (at least one must); a key equal to a
+notebook name (``03_training:``) holds that notebook's own parameters (ignored when it is not selected).
 """
 
 from __future__ import annotations
@@ -151,14 +141,8 @@ def read_notebook(source: str | Path) -> Any:
 
 
 def parse_parameters_cell(source: str, where: str = "parameters cell") -> dict[str, NotebookParameter]:
-    """Parse a ``parameters`` cell: one ``name: type = literal  # help`` per line.
-
-    Read with `ast` rather than papermill's pattern, which skips annotations such as ``str | None``.
-
-    Raises:
-        ValueError: a statement that is not an annotated assignment of a literal (str, int, float, bool, None),
-            or a parameter without a trailing comment; the message names `where` and the line.
-    """
+    """Parse a ``parameters`` cell: one ``name: type = literal  # help`` per line (with `ast`: papermill's pattern
+    skips annotations such as ``str | None``). Anything else raises `ValueError` naming `where` and the line."""
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
@@ -205,7 +189,7 @@ def declared_parameters(nb: Any, where: str = "notebook") -> dict[str, NotebookP
 
 # ---- parameters ---------------------------------------------------------------------------------
 def load_params_file(path: str | Path) -> dict[str, Any]:
-    """Parameters from a YAML (or JSON) file: a mapping of names to values (see module docstring)."""
+    """Parameters from a YAML (or JSON) file: a mapping of names to values."""
     import yaml
 
     path = Path(path)
@@ -236,12 +220,8 @@ def parse_param_pairs(pairs: Sequence[Sequence[str]]) -> dict[str, Any]:
 
 
 def check_parameters(notebook: str, declared: Mapping[str, NotebookParameter], params: Mapping[str, Any]) -> dict:
-    """`params` checked against what `notebook` declares.
-
-    Raises:
-        ValueError: a key the notebook does not declare (with a suggestion and the declared list), or a value
-            of the wrong type.
-    """
+    """`params` checked against what `notebook` declares: `ValueError` for an undeclared key (with a suggestion)
+    or a value of the wrong type."""
     checked = {}
     for key, value in params.items():
         if key not in declared:
@@ -273,19 +253,9 @@ def plan_parameters(
     run_dir: Path | None = None,
     known: Iterable[str] | None = None,
 ) -> list[tuple[str, Any, dict[str, Any]]]:
-    """(name, notebook, checked parameters) per notebook source, in order.
-
-    Top-level keys go to every notebook declaring them (each must be declared by at least one); a key equal
-    to a notebook's name holds that notebook's own parameters. The section of a known notebook that is not among
-    `sources` is ignored (one parameters file serves any selection). With `run_dir`, notebooks declaring
-    ``run_dir`` get it unless given explicitly.
-
-    Args:
-        known: every notebook name (default: the ``NN_name.py`` files in the folders of `sources`).
-
-    Raises:
-        ValueError: an undeclared key or a wrongly typed value (before anything runs).
-    """
+    """(name, notebook, checked parameters) per notebook source, in order (see the module docstring): the sections
+    of `known` notebooks (default: those beside `sources`) not selected are ignored; notebooks declaring
+    ``run_dir`` get `run_dir` unless given. Raises `ValueError` for an undeclared key or a wrongly typed value."""
     stems = {p.stem for p in sources}
     if known is None:
         known = {p.stem for folder in {Path(s).parent for s in sources} for p in folder.glob("[0-9][0-9]_*.py")}
@@ -327,10 +297,8 @@ _PRETRAINED_KEYWORDS = ("auto", "none", "imagenet")  # values of ``model.pretrai
 
 
 def absolute_paths(params: Mapping[str, Any], cwd: str | Path | None = None) -> dict[str, Any]:
-    """Path parameters (names ending in ``_root``, ``_dir``, ``_labels``, ``checkpoint``, ``weight``,
-    ``pretrained``; for ``pretrained`` not its keywords ``auto``, ``none``, ``imagenet``) given relative to `cwd`
-    (default: the working directory) and existing there, made absolute: notebooks run with the run folder as
-    their working directory."""
+    """Path parameters (names ending in `_PATH_PARAMETER_SUFFIXES`; not ``pretrained``'s keywords) that exist
+    relative to `cwd` (default: the working directory) made absolute: notebooks run in the run folder."""
     base = Path(cwd) if cwd is not None else Path.cwd()
     out = dict(params)
     for key, value in params.items():
@@ -344,10 +312,9 @@ def absolute_paths(params: Mapping[str, Any], cwd: str | Path | None = None) -> 
 
 
 def resolve_auto_pretrained(params: Mapping[str, Any], declared: Mapping[str, NotebookParameter]) -> dict[str, Any]:
-    """`params` with ``pretrained='auto'`` (given or the declared default) replaced by the absolute path of the
-    ImageNet MobileNet file when the auto search (`nbsrc.pretrained.resolve_pretrained`) run from the working
-    directory finds one for the backbone of the ``preset`` and ``overrides`` parameters; a notebook would
-    search ``./weights`` inside the run folder. Otherwise `params` unchanged."""
+    """`params` with ``pretrained='auto'`` (given or by default) replaced by the file the auto search
+    (`nbsrc.pretrained.resolve_pretrained`) finds from the working directory for the backbone of ``preset`` and
+    ``overrides``: in the notebook it would search the run folder."""
     if "pretrained" not in declared or "preset" not in declared:
         return dict(params)
     values: dict[str, Any] = {}
@@ -373,8 +340,7 @@ def resolve_auto_pretrained(params: Mapping[str, Any], declared: Mapping[str, No
 
 # ---- execution ----------------------------------------------------------------------------------
 class _CheckedParametersFilter(logging.Filter):
-    """Drop papermill's "Passed unknown parameter" warnings: parameters were checked with `check_parameters`
-    (papermill's own pattern misses annotations like ``str | None``)."""
+    """Drop papermill's "Passed unknown parameter" warnings: `check_parameters` checked them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Passed unknown parameter")
@@ -419,37 +385,23 @@ def _source_cell(executed: Any, index: int | None) -> tuple[int | None, str]:
     return None, ""
 
 
-def _failed_cell(executed: Any) -> int | None:
-    """Index (in `executed`) of the first code cell with an error output or left running."""
+def _failed_cell(executed: Any) -> tuple[int | None, str, str]:
+    """(index in `executed`, ename, evalue) of the first code cell with an error output or left running."""
     for index, cell in enumerate(executed.cells):
         if cell.cell_type != "code":
             continue
-        if any(out.get("output_type") == "error" for out in cell.get("outputs", [])):
-            return index
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return index, out.get("ename", ""), out.get("evalue", "")
         if cell.get("metadata", {}).get("papermill", {}).get("status") in ("running", "pending"):
-            return index
-    return None
-
-
-def _error_of(executed: Any, index: int | None) -> tuple[str, str]:
-    if index is None:
-        return "", ""
-    for out in executed.cells[index].get("outputs", []):
-        if out.get("output_type") == "error":
-            return out.get("ename", ""), out.get("evalue", "")
-    return "", ""
+            return index, "", ""
+    return None, "", ""
 
 
 def kernel_manager(kernel_name: str = KERNEL_NAME) -> Any:
-    """A Jupyter kernel manager for `kernel_name`.
-
-    ``python3`` always means ipykernel on the interpreter running this code (Jupyter's native kernel), whether or
-    not a ``python3`` kernelspec is installed and wherever an installed one points, so notebooks see the same
-    packages as the runner. Other names are looked up among the installed kernelspecs.
-
-    Raises:
-        RuntimeError: ipykernel is not installed, or no kernelspec of that name exists.
-    """
+    """A Jupyter kernel manager for `kernel_name`: ``python3`` is always ipykernel on this interpreter (whatever
+    kernelspec is installed), so notebooks see the runner's packages; other names are installed kernelspecs.
+    `RuntimeError` when ipykernel or the kernelspec is missing."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     from jupyter_client.manager import KernelManager
 
@@ -548,8 +500,7 @@ def _failure(name: str, executed: Any, error: Exception, output: Path) -> Notebo
     """The error of a failed notebook, naming its cell in the source notebook."""
     from papermill.exceptions import PapermillExecutionError
 
-    index = _failed_cell(executed) if executed is not None else None
-    ename, evalue = _error_of(executed, index) if executed is not None else ("", "")
+    index, ename, evalue = _failed_cell(executed) if executed is not None else (None, "", "")
     if isinstance(error, PapermillExecutionError):
         ename, evalue = error.ename, error.evalue
     cell_index, cell_line = _source_cell(executed, index) if executed is not None else (None, "")
@@ -590,18 +541,8 @@ def run_notebooks(
     cell_timeout: int | None = None,
     log_output: bool = False,
 ) -> dict[str, Any]:
-    """Execute notebooks in order into the run folder `out` and return the summary (also ``summary.json``).
-
-    Args:
-        names: notebooks to run (``01``, ``data_inspection``, ``01_data_inspection``); None = all, in order.
-        parameters: values for the notebooks' parameters cells (see the module docstring).
-        out: the run folder; receives executed notebooks, HTML exports, ``summary.json`` and everything the
-            notebooks write through their ``run_dir`` parameter.
-        notebooks_dir: folder of the ``NN_name.py`` sources (default: the checkout's ``notebooks/``).
-        kernel_name: Jupyter kernel to execute with.
-        html: also export each executed notebook to HTML.
-        cell_timeout: seconds one cell may run (None = no limit).
-        log_output: stream cell output to the log.
+    """Execute notebooks (``01``, ``data_inspection`` or ``01_data_inspection``; None: all) in order into the run
+    folder `out` and return the summary (also ``summary.json``); see the module docstring.
 
     Raises:
         ValueError: an undeclared parameter or a wrongly typed value (nothing has run then).

@@ -11,7 +11,7 @@ __all__ = ["check_output_dir", "check_output_file"]
 
 
 def _file_in_the_way(path: Path, option: str) -> None:
-    """Raise when an existing ancestor of `path` is not a folder (the path cannot be created under it)."""
+    """Raise when the nearest existing ancestor of `path` is not a folder."""
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -1,9 +1,5 @@
-"""``python -m nbsrc check-data ROOT`` (or ``--dataset_root ROOT``): validate a dataset and report every defect
-with file and line (`nbsrc.data.validate`, `nbsrc.data.defects`), plus which frame the labels appear to be in
-(`nbsrc.data.label_frame`).
-
-Exit status 0 when nothing would stop training (dropped degenerate boxes and merged 2-class headers are only
-reported), 1 otherwise.
+"""``python -m nbsrc check-data ROOT``: validate a dataset and report every defect with file and line
+(`nbsrc.data.validate`). Exit status 0 when nothing would stop training, 1 otherwise.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """``python -m nbsrc demo [--out runs/demo]``: the main job.
 
-Builds the demo dataset (`nbsrc.data.demo`), then executes the four notebooks on it headless through
-`nbsrc.nbrun` (latent preset, training sized for a CPU), and says where the executed notebooks, HTML exports,
-plots and metrics are. The defaults (24 + 8 images) finish in a few minutes on 2 CPU cores.
-
-It trains ``latent-mnet`` (pixel-shuffle bridge into the ImageNet MobileNet x0.25 blocks) 160 epochs on random
-12x12-cell latent crops with AdamW (peak lr 0.004), a detector that finds most demo faces. The backbone starts from
-biubug6's ImageNet weights: ``mobilenetV1X0.25_pretrain.tar`` from ``./weights`` or the torch hub cache when it is
-there, else the copy shipped with the package (`nbsrc.weights`), so the demo needs no file and no download.
-
-``--pretrained PATH`` picks another backbone file and ``--pretrained none`` trains from scratch; ``--preset
-latent-r18`` trains the pruned ResNet-18 instead (80 epochs, batch 4, torchvision's ImageNet weights only when
-they are in the torch hub cache); ``--epochs`` and friends change the schedule.
+Builds the demo dataset (`nbsrc.data.demo`) and runs the four notebooks on it headless (`nbsrc.nbrun`), in a few
+minutes on 2 CPU cores with the defaults (24 + 8 images). It trains ``latent-mnet`` 160 epochs on 12x12-cell latent
+crops with AdamW, its backbone from biubug6's ImageNet MobileNet x0.25 (``./weights``, the torch hub cache, else the
+copy shipped in `nbsrc.weights`: no download); ``--preset latent-r18`` trains the pruned ResNet-18 instead.
 """
 
 from __future__ import annotations
@@ -86,13 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def choose_training(args: argparse.Namespace) -> tuple[str, str, int, int, float, dict]:
-    """``(preset, pretrained, epochs, batch size, peak lr, config settings)`` of the demo's training run.
-
-    A MobileNet preset gets an absolute backbone path (``--pretrained``, else `nbsrc.pretrained.resolve_pretrained`,
-    which ends at the shipped ImageNet file) or ``none``; a ResNet preset gets ``auto`` (torchvision's weights
-    from the hub cache, else random init) or ``none``. Raises `FileNotFoundError` for a ``--pretrained`` file
-    that does not exist and `ValueError` for an unknown preset.
-    """
+    """``(preset, pretrained, epochs, batch size, peak lr, config settings)`` of the demo's training run: a MobileNet
+    preset gets an absolute backbone path or ``none``, a ResNet preset ``auto`` (torchvision's cached weights) or
+    ``none``."""
     preset = args.preset or DEMO_PRESET
     backbone = get_preset(preset).model.backbone
     pretrained = args.pretrained

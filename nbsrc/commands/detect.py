@@ -1,12 +1,6 @@
-"""``python -m nbsrc detect``: detect faces on one image or one latent with a checkpoint.
-
-Prints the detections as JSON (or writes them with ``--json``) and optionally saves a visualisation. Without
-``--weight`` an image runs through the published RetinaFace MobileNet-0.25 detector shipped with the package
-(`nbsrc.detector.Detector.published`); a latent needs a latent checkpoint.
-
-``--source`` runs over a folder of images (recursively), a video file or one image (`nbsrc.detect_sources`):
-``--save`` is then the output folder / video / image of the annotated inputs and ``--json`` a JSON-lines file, one
-line per image or frame; the throughput and any unreadable files are reported at the end.
+"""``python -m nbsrc detect``: detect faces on one image or one latent with a checkpoint (default: the published
+MobileNet-0.25 detector, for images), printing JSON (or writing it with ``--json``) and optionally saving a
+visualisation. ``--source`` runs over a folder of images, a video or one image (`nbsrc.detect_sources`).
 """
 
 from __future__ import annotations
@@ -117,8 +111,8 @@ def read_image_rgb(path: Path) -> np.ndarray:
 
 
 def check_save_path(path: Path) -> str:
-    """The image suffix `path` is written with (``.png`` when it has none); raises `ValueError` naming `path` when
-    OpenCV has no writer for it or it cannot become a file (checked before any work)."""
+    """The image suffix `path` is written with (``.png`` when it has none); `ValueError` when OpenCV cannot write
+    it or it cannot become a file."""
     check_output_file(path, "--save")
     suffix = path.suffix or ".png"
     if not cv2.haveImageWriter(f"image{suffix}"):
@@ -167,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _load_detector(args: argparse.Namespace, log) -> Detector:
     """The detector of ``--weight`` (an .onnx file runs with onnxruntime); without it the published detector, whose
-    file and preset are then set on `args` (``args.weight``) and logged with `log`."""
+    file becomes ``args.weight``."""
     preset = NETWORK_ALIASES.get(args.preset, args.preset) if args.preset else None
     if args.weight is None:
         if args.latent is not None:
@@ -189,8 +183,7 @@ def _load_detector(args: argparse.Namespace, log) -> Detector:
 
 
 def _read_input(args: argparse.Namespace, detector: Detector) -> tuple[np.ndarray, Path]:
-    """``(image [H, W, 3] RGB or latent [C, h, w], its path)`` of ``--image`` / ``--latent``, which must be what
-    the detector takes."""
+    """``(image [H, W, 3] RGB or latent [C, h, w], its path)`` of ``--image`` / ``--latent``."""
     if args.image is not None:
         if detector.input_kind != "rgb":
             raise ValueError(f"{args.weight}: preset '{detector.cfg.preset}' takes latents; use --latent")
@@ -205,8 +198,8 @@ def _read_input(args: argparse.Namespace, detector: Detector) -> tuple[np.ndarra
 def _encode_visualisation(
     args: argparse.Namespace, detector: Detector, item: np.ndarray, detections: list[dict], suffix: str
 ) -> np.ndarray:
-    """The ``--save`` image encoded with `suffix`: the detections drawn on the image, or for a latent on a grey
-    canvas of the original size (``--orig-size``, else the latent's frame)."""
+    """The ``--save`` image: the detections drawn on the image, or for a latent on a grey canvas of the original
+    size (``--orig-size``, else the latent's frame)."""
     if args.image is not None:
         canvas = item
     else:

@@ -8,10 +8,8 @@ Prints the WIDER FACE val AP as the official evaluation does, then the ground tr
     Hard   Val AP: 0.8960
     ground truth: .../wider_val_gt (the official WIDER FACE val files shipped with nbsrc)
 
-The ground truth is ``--gt``, else found (`nbsrc.evaluation.ground_truth`: the dataset's
-``<split>/ground_truth``, a folder among the Kaggle inputs or beside the dataset, the shipped official files).
-``--subset`` evaluates only the images of the prediction folder (a partial val split); the table then says how
-many of the ground truth's images that is.
+The ground truth is ``--gt``, else found (`nbsrc.evaluation.ground_truth`). ``--subset`` evaluates only the
+images of the prediction folder.
 """
 
 from __future__ import annotations

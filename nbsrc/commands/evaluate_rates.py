@@ -1,9 +1,8 @@
 """``python -m nbsrc evaluate-rates --weight LATENT.pth --dataset_root ROOT [--rgb-weight RGB.pth] --out DIR``.
 
-Evaluates a latent model at every available JPEG AI rate (and an RGB model at the 640 protocol when given) and
-prints the table (rate in bpp = suffix / 100, Easy, Medium, Hard), then the ground truth used (``--gt``, else
-found: see `nbsrc.evaluation.ground_truth`) and, for a split holding part of the ground truth's images, how many;
-writes ``rates.json``, ``rates.csv`` and ``ap_vs_bpp.png`` to the output folder.
+Evaluates a latent model at every available JPEG AI rate (and an RGB model when given), prints the table (bpp =
+suffix / 100, Easy, Medium, Hard) and the ground truth used, and writes ``rates.json``, ``rates.csv`` and
+``ap_vs_bpp.png`` to the output folder.
 """
 
 from __future__ import annotations

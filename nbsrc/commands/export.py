@@ -1,10 +1,5 @@
-"""``python -m nbsrc export``: write a checkpoint as an ONNX or TorchScript file (`nbsrc.export`).
-
-The file takes the tensor the model's forward takes (input ``input0``; dynamic batch and size) and returns
-``loc``, ``conf`` (class probabilities) and, when the model has them, ``landmarks``: for the biubug6 presets exactly
-biubug6's test-phase outputs. The config travels inside the file. Without ``--weight`` the published
-MobileNet-0.25 detector shipped with nbsrc is exported. ``Detector.from_onnx`` and ``detect --weight FILE.onnx``
-run an exported ONNX file with onnxruntime.
+"""``python -m nbsrc export``: write a checkpoint (default: the published MobileNet-0.25 detector) as an ONNX or
+TorchScript file with its config inside (`nbsrc.export`). ``detect --weight FILE.onnx`` runs it with onnxruntime.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """``python -m nbsrc image-sizes DIR --out image_sizes.csv``: the original sizes of every image below DIR.
 
-Sizes are read from the file headers only (no pixel is decoded). The CSV (``name,width,height``, names relative
-to DIR with their extension, e.g. ``0--Parade/0_Parade_marchingband_1_5.jpg``) is what ``data.sizes_csv`` and a
-notebook's ``sizes_csv`` take, so that labels in original pixels map into a latent's frame on a machine without
-the images. Give DIR as a split's image folder (``WIDER_val/images``).
+Sizes are read from the file headers only. The CSV (``name,width,height``, names relative to DIR, e.g.
+``0--Parade/0_Parade_marchingband_1_5.jpg``) is what ``data.sizes_csv`` takes, to map labels into a latent's
+frame without the images.
 """
 
 from __future__ import annotations

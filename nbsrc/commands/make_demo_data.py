@@ -1,6 +1,5 @@
 """``python -m nbsrc make-demo-data OUT [--images N] [--val-images M] [--seed S] [--published DIR]``: the demo
-dataset (`nbsrc.data.demo.make_demo_data`), and with ``--published`` the same laid out as users have the real one
-(`nbsrc.data.published_layout.split_as_published`)."""
+dataset, with ``--published`` also laid out as users have the real one."""
 
 from __future__ import annotations
 

@@ -1,15 +1,9 @@
 """``python -m nbsrc predict --weight W --dataset_root ROOT --split val [--latent_suffix S | --all-rates] --out DIR``.
 
-Runs a checkpoint over a dataset split and writes WIDER result files (``<out>/<event>/<basename>.txt``, original-
-image pixels; ``<out>/latent_<rate>/...`` per rate with ``--all-rates``). Resumable: existing files are skipped.
-Defaults are the published evaluation settings (confidence 0.02, NMS 0.4). ``--test_scale original`` (or the
-override ``eval.test_scale=original``) runs RGB images at their own size, ``mxnet`` at biubug6's short side 1600 /
-long side 2150; the default ``square`` resizes them to ``data.image_size`` (see `nbsrc.evaluation.predict`).
-
-Every labelled image of the split is predicted: a checkpoint trained with ``data.max_images`` (or crops, flips,
-augmentation) does not carry those into prediction. ``--max_images N`` (or ``data.max_images=N``) predicts the
-first N only, and the summary says "predicted N of M images". ``eval.*`` and ``data.*`` ``key=value`` overrides
-may stand anywhere among the options.
+Runs a checkpoint over every labelled image of a split (``--max_images N``: the first N) and writes WIDER result
+files in original-image pixels (``<out>/<event>/<basename>.txt``; ``<out>/latent_<rate>/...`` per rate with
+``--all-rates``), skipping those that exist. Defaults are the published evaluation settings (confidence 0.02,
+NMS 0.4); ``eval.*`` and ``data.*`` ``key=value`` overrides may stand anywhere among the options.
 """
 
 from __future__ import annotations
@@ -85,12 +79,8 @@ _FLAG_KEYS = {"data.dataset_root": "--dataset_root", "data.all_rates": "--all-ra
 
 
 def prediction_overrides(args: argparse.Namespace) -> list[str]:
-    """The ``key=value`` config overrides of a predict command line: its ``eval.*`` / ``data.*`` pairs, then
-    ``--test_scale`` and ``--max_images``.
-
-    Raises:
-        ValueError: a pair of another group, without ``=``, or for a setting a predict option decides.
-    """
+    """The ``key=value`` config overrides of a predict command line: its ``eval.*`` / ``data.*`` pairs (others,
+    and those a predict option decides, raise `ValueError`), then ``--test_scale`` and ``--max_images``."""
     pairs = list(args.overrides or [])
     for pair in pairs:
         key, sep, _ = pair.partition("=")
