@@ -1,22 +1,12 @@
-"""The label frame: mapping annotations from original-image pixels into the network frame.
+"""The label frame: mapping labels from original-image pixels into the network frame.
 
-A latent ``[256, h, w]`` describes an image of ``(w * 16, h * 16)`` pixels (640x640 for 40x40); an RGB sample
-is resized to ``image_size`` squared. WIDER labels are in *original-image* pixels (e.g. a 1024x683 photo), so
-every box and landmark has to go through `nbsrc.frame.FrameMap` with the resize policy that made the network
-frame (``data.resize_policy``: ``stretch``, the default, or ``letterbox``). Box conventions: `nbsrc.boxes`.
+WIDER labels are in original-image pixels (e.g. a 1024x683 photo), so every box and landmark goes through
+`nbsrc.frame.FrameMap` with the resize policy that made the network frame (a latent ``[256, h, w]`` describes
+``(w * 16, h * 16)`` pixels). The original size comes from the record (``ImageRecord.image_size``), else from
+`nbsrc.data.image_sizes.ImageSizes`; ``data.label_frame=640`` says the labels are already in a 640x640 frame.
+Otherwise `LabelFrameError` says what to provide: the mapping never guesses. Box conventions: `nbsrc.boxes`.
 
-Where the original size of an image comes from, first hit wins:
-
-1. the record itself (``ImageRecord.image_size``, e.g. from a format that carries it);
-2. `nbsrc.data.image_sizes.ImageSizes`: a sizes CSV ``name,width,height`` (``data.sizes_csv``; the demo dataset
-   ships ``image_sizes.csv``) or the image files (read header-only).
-
-``data.label_frame=640`` says the labels are already in a 640x640 frame (they are then only rescaled to the
-network frame when that differs). When none of these determines the frame, `LabelFrameError` says exactly what
-to provide: the mapping never guesses.
-
-`frame_verdict` reports, per split, which frame the labels appear to be in (box extents against original sizes
-and against the network frame), for `nbsrc.data.validate.check_label_frame` and the data-inspection notebook.
+`frame_verdict` reports which frame a split's labels appear to be in (for `nbsrc.data.validate.check_label_frame`).
 """
 
 from __future__ import annotations
@@ -44,17 +34,11 @@ class LabelFrameError(ValueError):
 
 @dataclass(frozen=True)
 class LabelFrame:
-    """How the labels of a dataset relate to the network frame.
-
-    Args:
-        sizes: original image sizes (`ImageSizes`), or None.
-        policy: ``stretch`` | ``letterbox`` (`nbsrc.frame.FrameMap`).
-        label_frame: side of the square frame the labels are already in (``640``), or None for original pixels.
-    """
+    """How the labels of a dataset relate to the network frame."""
 
     sizes: ImageSizes | None = None
-    policy: str = "stretch"
-    label_frame: int | None = None
+    policy: str = "stretch"  # `nbsrc.frame.FrameMap`
+    label_frame: int | None = None  # side of the square frame the labels are already in, None: original pixels
 
     def original_size(self, record: ImageRecord) -> tuple[int, int] | None:
         """``(width, height)`` of the record's original image, or None."""
@@ -74,14 +58,14 @@ class LabelFrame:
         """The error message for a record whose frame cannot be determined."""
         where = record.source or record.name
         tried = self.sizes.sources if self.sizes is not None else []
-        expected = None
         folder = (self.sizes.images_dir or self.sizes.tree) if self.sizes is not None else None
-        if folder is not None:
-            expected = folder / f"{strip_image_extension(record.name)}.jpg"
+        expected = folder / f"{strip_image_extension(record.name)}.jpg" if folder is not None else None
+        unreadable = self.sizes.unreadable.get(strip_image_extension(record.name)) if self.sizes is not None else None
         lines = [
             f"{where}: cannot map the labels of {record.name!r} into the {net_size[0]}x{net_size[1]} network frame: "
             "the original image size is unknown"
             + (f" (looked in {', '.join(tried)})" if tried else " (no sizes CSV and no images were found)")
+            + (f"; its image gave no size ({unreadable})" if unreadable else "")
             + ". Provide one of:",
             "  - the WIDER FACE images: images_root (data.images_root) = a folder holding "
             "WIDER_<split>/images/<event>/<name>.jpg"
@@ -91,34 +75,21 @@ class LabelFrame:
             "at the dataset root; `python -m nbsrc image-sizes IMAGES_DIR --out image_sizes.csv` writes one);",
             "  - label_frame=640 (data.label_frame) if the labels are already in the 640x640 frame of the latents.",
         ]
-        unreadable = self.sizes.unreadable.get(strip_image_extension(record.name)) if self.sizes is not None else None
-        if unreadable:
-            lines[0] = lines[0].replace(
-                ". Provide one of:", f"; its image gave no size ({unreadable}). Provide one of:"
-            )
         return "\n".join(lines)
 
     def to_net(self, record: ImageRecord, net_size: tuple[int, int]) -> tuple[ImageRecord, FrameMap | None]:
-        """`record` with boxes and landmarks in network-frame pixels, and the original -> network map.
-
-        Args:
-            record: labels as read (original pixels, normalized fractions, or the ``label_frame`` square).
-            net_size: ``(width, height)`` of the network frame.
-        Returns:
-            ``(record_in_net_pixels, frame)``; ``frame`` is None when the original size is unknown but not
-            needed (``label_frame`` given, or normalized labels under ``stretch``).
-        Raises:
-            LabelFrameError: the frame cannot be determined; the message says what to provide.
-        """
+        """`record` with boxes and landmarks in pixels of the ``(width, height)`` network frame, and the original ->
+        network map (None when the original size is unknown but not needed: ``label_frame`` given, or normalized
+        labels under ``stretch``). LabelFrameError: the frame cannot be determined."""
         net_size = (int(net_size[0]), int(net_size[1]))
         frame = self.frame(record, net_size)
         n = record.num_boxes
         if record.normalized:
-            if self.policy == "stretch" or frame is None:
-                if self.policy != "stretch":
-                    raise LabelFrameError(self.explain_missing(record, net_size))
+            if self.policy == "stretch":
                 scale = np.asarray(net_size, np.float32)
                 return _mapped(record, record.boxes * np.tile(scale, 2), record.landmarks * scale), frame
+            if frame is None:
+                raise LabelFrameError(self.explain_missing(record, net_size))
             size = np.asarray(frame.orig_size, np.float32)
             boxes = frame.to_net(record.boxes * np.tile(size, 2))
             landmarks = frame.to_net(record.landmarks * size)
@@ -146,33 +117,23 @@ def _mapped(record: ImageRecord, boxes: np.ndarray, landmarks: np.ndarray) -> Im
 class LabelFrameReport:
     """What the box extents of one split say about its label frame.
 
-    Attributes:
-        split: split name.
-        label_file: the label file read.
-        verdict: ``original`` (original-image pixels), ``network`` (already in the ``net_side`` frame),
-            ``normalized`` (fractions of the image), ``ambiguous`` (both fit), ``inconsistent`` (neither fits),
-            ``unknown`` (no original sizes and nothing exceeds the network frame).
-        message: one sentence for people, with the config setting to use.
-        images / boxes: counts read; ``images_with_size`` those whose original size is known.
-        inside_original: fraction of boxes (of images with a known size) inside their original image.
-        inside_network: fraction of boxes inside the ``net_side`` square.
-        max_extent: largest ``x2`` and ``y2`` of any box, in label units.
-        max_extent_over_size: largest ``x2 / width`` and ``y2 / height`` (images with a known size).
-        size_sources: where original sizes came from.
+    ``verdict``: ``original`` (original-image pixels), ``network`` (already in the ``net_side`` frame),
+    ``normalized`` (fractions of the image), ``ambiguous`` (both fit), ``inconsistent`` (neither fits), ``unknown``
+    (no original sizes and nothing exceeds the network frame).
     """
 
     split: str
     label_file: str
     verdict: str
-    message: str
+    message: str  # one sentence for people, with the config setting to use
     images: int = 0
     boxes: int = 0
-    images_with_size: int = 0
+    images_with_size: int = 0  # images whose original size is known
     net_side: int = 640
-    inside_original: float | None = None
-    inside_network: float | None = None
-    max_extent: tuple[float, float] = (0.0, 0.0)
-    max_extent_over_size: tuple[float, float] | None = None
+    inside_original: float | None = None  # fraction of boxes (of images with a known size) inside their image
+    inside_network: float | None = None  # fraction of boxes inside the net_side square
+    max_extent: tuple[float, float] = (0.0, 0.0)  # largest x2 and y2 of any box, in label units
+    max_extent_over_size: tuple[float, float] | None = None  # largest x2 / width and y2 / height
     size_sources: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
