@@ -1,28 +1,16 @@
 """The training loop as plain functions: `fit` runs a whole training from a `Config`; `train_one_epoch`,
 `evaluate` and `evaluate_ap` are its parts, usable on their own.
 
-A run folder ``<train.out>/<run_name>/`` (chosen and claimed as `nbsrc.runs` says) holds:
+A run folder ``<train.out>/<run_name>/`` (chosen and claimed as `nbsrc.runs` says) holds ``config.json``,
+``metrics.jsonl`` (one ``kind="start"`` line per (re)start, ``kind="step"`` every `LOG_EVERY` steps, ``kind="epoch"``
+per epoch), ``epoch_XXX.pth`` per epoch (the newest ``train.keep_epochs`` when set), ``last.pth``, ``best.pth`` (best
+validation AP, else best training loss) and ``weight_final.pth``.
 
-- ``config.json``: the full configuration;
-- ``metrics.jsonl``: one line per (re)start (``kind="start"``: the weights it began from, device, processes), per
-  logged step (``kind="step"``: loss parts, lr, positive anchors per image, images/s, GPU memory) and per epoch
-  (``kind="epoch"``: train averages, validation loss and AP);
-- ``epoch_XXX.pth`` after every epoch (only the newest ``train.keep_epochs`` when set), ``last.pth`` (the
-  same), ``best.pth`` (best validation AP when the validation split exists, else best training loss),
-  ``weight_final.pth`` (weights of the last epoch).
-
-A run claims its folder for its whole life (``run.lock``): a second run into a folder in use, or a resume while the
-run still goes on, is refused, naming the holder; a new run's default name is taken with ``mkdir``, so two runs
-started in the same second get two folders.
-
-Every file is written atomically, so killing a run loses at most the current epoch, and ``train.resume``
-restores model, optimizer, GradScaler, epoch, step, the learning-rate schedule at that step, the RNG states (torch,
-CUDA, NumPy, Python) and the data order (a function of seed and epoch): a resumed run gives the same weights as an
-uninterrupted one. An epoch ends with its checkpoint, its metrics line, ``last.pth`` (the point a resume continues
-from: metrics written after it are dropped and the epoch is trained again), then ``best.pth`` (which a resume
-completes when a kill came first), so a kill at any point of it loses neither the best model nor a metrics line.
-Under ``torchrun`` the model is wrapped in DistributedDataParallel and only rank 0 claims the folder, writes files
-and logs.
+Every file is written atomically; ``train.resume`` restores model, optimizer, GradScaler, epoch, step, schedule, RNG
+states and data order, so a resumed run gives the same weights as an uninterrupted one. An epoch ends with its
+checkpoint, its metrics line, ``last.pth`` (where a resume continues), then ``best.pth`` (which a resume completes),
+so a kill at any point loses neither the best model nor a metrics line. Under ``torchrun`` the model is wrapped in
+DistributedDataParallel and only rank 0 claims the folder, writes files and logs.
 """
 
 from __future__ import annotations
@@ -78,13 +66,9 @@ PREVIEW_IMAGES = 4  # validation images logged with their detections to W&B
 
 # ---- small helpers ------------------------------------------------------------------------------
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``train.amp`` on `device` (None = full float32).
-
-    ``auto`` is bf16 on CUDA GPUs with native bf16 (compute capability >= 8: A100, L4, H100), fp16 otherwise
-    (T4, P100: used with a GradScaler), and off on the CPU. ``bf16`` on a GPU without it falls back to fp16.
-    """
-    if amp not in ("auto", "fp16", "bf16", "off"):
-        raise ValueError(f"amp must be auto | fp16 | bf16 | off, got {amp!r}")
+    """Autocast dtype for ``train.amp`` on `device` (None = float32): ``auto`` is bf16 on GPUs with native bf16
+    (compute capability >= 8), fp16 (with a GradScaler) on older GPUs, off on the CPU; ``bf16`` falls back to fp16
+    on a GPU without it."""
     if amp == "off":
         return None
     if device.type != "cuda":
@@ -102,16 +86,15 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def _move_batch(batch: Mapping[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
-    moved = dict(batch)
+def _inputs_on(batch: Mapping[str, Any], device: torch.device, channels_last: bool) -> Tensor:
     inputs = batch["inputs"].to(device, non_blocking=True)
-    if channels_last:
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-    moved["inputs"] = inputs
-    for key in ("boxes", "labels", "landmarks", "landmarks_valid", "num_boxes"):
-        if key in batch:
-            moved[key] = batch[key].to(device, non_blocking=True)
-    return moved
+    return inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs
+
+
+def _targets_on(batch: Mapping[str, Any], image_size: tuple[int, int], device: torch.device) -> dict[str, Tensor]:
+    """The loss targets of a batch, checked and normalized where the loader made them (the host: no GPU sync),
+    then moved to `device`."""
+    return {k: v.to(device, non_blocking=True) for k, v in normalize_targets(batch, image_size).items()}
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -141,8 +124,8 @@ def _loss_values(parts: Mapping[str, Tensor]) -> dict[str, float]:
     return values
 
 
-def _loss_summary(parts: Mapping[str, Tensor]) -> dict[str, float]:
-    summary = {k: float(parts[k].detach()) for k in LOSS_KEYS if k in parts}
+def _loss_summary(parts: Mapping[str, Tensor]) -> dict[str, Any]:
+    summary: dict[str, Any] = {k: float(parts[k].detach()) for k in LOSS_KEYS if k in parts}
     if "num_pos" in parts:
         summary["num_pos"] = [int(v) for v in parts["num_pos"].detach().cpu()]
     return summary
@@ -198,33 +181,24 @@ class _Meter:
         return averages
 
 
-def _forward_loss(
-    model: nn.Module, loss_fn: nn.Module, batch: Mapping[str, Any], device: torch.device, amp_dtype: torch.dtype | None
-) -> dict[str, Tensor]:
-    """The loss parts of one batch (on `device`); `FloatingPointError` naming the batch's images when not finite."""
-    base = unwrap_model(model)
-    inputs = batch["inputs"]
-    targets = normalize_targets(batch, base.image_size(inputs), device=device)
-    with _autocast(device, amp_dtype):
-        outputs = model(inputs)
-    return loss_fn(outputs, base.anchors(inputs), targets)
-
-
 def _backward_and_step(
     loss: Tensor, optimizer: torch.optim.Optimizer, scaler: Any, params: list[nn.Parameter], grad_clip: float
-) -> None:
-    """Backward pass, optional gradient clipping, optimizer step (through the GradScaler when it is enabled)."""
+) -> bool:
+    """Backward pass, optional gradient clipping, optimizer step (through the GradScaler when it is enabled).
+    Returns False when the GradScaler skipped the step (inf / NaN fp16 gradients: it then lowers its scale)."""
     scaled = scaler is not None and scaler.is_enabled()
     (scaler.scale(loss) if scaled else loss).backward()
     if grad_clip > 0:
         if scaled:
             scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    if scaled:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
+    if not scaled:
         optimizer.step()
+        return True
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= scale
 
 
 def train_one_epoch(
@@ -247,34 +221,16 @@ def train_one_epoch(
     log_fn: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Train for one pass over `loader` (at most `max_steps` batches).
+    """Train for one pass over `loader` (collated batches, at most `max_steps`); returns the epoch's averages of
+    `AVERAGED` plus ``steps``, ``images`` and ``images_per_s``.
 
-    Args:
-        model: the network (possibly DDP / compiled); outputs ``loc``, ``conf``, ``landm`` (see `RetinaFace`).
-        loss_fn: `nbsrc.loss.MultiBoxLoss`-like: ``loss_fn(outputs, anchors, targets)`` -> dict of parts.
-        loader: collated batches (see `nbsrc.data.collate.detection_collate`).
-        optimizer: the optimizer; `scheduler` (if any) is stepped after every optimizer step.
-        device: training device.
-        epoch: index of this epoch (0-based, for logs); `epochs` the total (for the progress bar).
-        scaler: GradScaler for fp16 autocast (None or disabled otherwise).
-        amp_dtype: autocast dtype, or None for float32 (see `resolve_amp`).
-        grad_clip: maximum global gradient norm (0 = no clipping).
-        channels_last: feed inputs in channels_last memory format.
-        max_steps: stop after this many batches.
-        start_step: global step before this epoch (step records count from it).
-        log_every: steps between records passed to `log_fn`.
-        log_fn: receives a ``kind="step"`` record (averages since the previous record) every `log_every` steps
-            and after the last step.
-        progress: show a tqdm bar (throttled outside terminals, see `nbsrc.utils.tqdm_kwargs`).
-
-    Returns:
-        Averages over the epoch: ``loss``, ``loss_box``, ``loss_cls``, ``loss_landm``, ``pos_per_image``,
-        plus ``steps``, ``images`` and ``images_per_s``.
-
-    Raises:
-        FloatingPointError: a non-finite loss, naming the batch's images and the loss parts.
+    `model` may be wrapped in DDP or compiled; `scheduler` is stepped after every optimizer step the GradScaler
+    does not skip; `start_step` is the global step before this epoch; `log_fn` gets a ``kind="step"`` record
+    (averages since the previous one) every `log_every` steps and after the last. A non-finite loss raises
+    `FloatingPointError` naming the batch's images and the loss parts.
     """
     model.train()
+    base = unwrap_model(model)
     total = _batches_to_run(loader, max_steps)
     params = [p for p in model.parameters() if p.requires_grad]
     meter, step = _Meter(), start_step
@@ -289,20 +245,23 @@ def train_one_epoch(
             if any_rank(batch is None, device):
                 continue
             data_time = time.perf_counter() - fetch_start
-            batch = _move_batch(batch, device, channels_last)
+            inputs = _inputs_on(batch, device, channels_last)
+            targets = _targets_on(batch, base.image_size(inputs), device)
             optimizer.zero_grad(set_to_none=True)  # before the forward: old gradients do not add to its peak
-            parts = _forward_loss(model, loss_fn, batch, device, amp_dtype)
+            with _autocast(device, amp_dtype):
+                outputs = model(inputs)
+            parts = loss_fn(outputs, base.anchors(inputs), targets)
             if not bool(torch.isfinite(parts["loss"])):
                 raise FloatingPointError(
                     f"non-finite loss at epoch {epoch + 1}, step {step + 1}, on images {list(batch['names'])}: "
                     f"{_loss_summary(parts)}"
                 )
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-            _backward_and_step(parts["loss"], optimizer, scaler, params, grad_clip)
-            if scheduler is not None:
+            stepped = _backward_and_step(parts["loss"], optimizer, scaler, params, grad_clip)
+            if scheduler is not None and stepped:
                 scheduler.step()
             step += 1
-            meter.add(_loss_values(parts), int(batch["inputs"].shape[0]), data_time)
+            meter.add(_loss_values(parts), int(inputs.shape[0]), data_time)
             bar.update(1)
             if meter.window_steps >= log_every or (total is not None and meter.steps >= total):
                 record = meter.step_record(epoch, step, lr, device)
@@ -389,16 +348,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """One pass over a validation split: loss parts (with `loss_fn`) and detection AP (with `compute_ap`).
 
-    Detections come from `nbsrc.postprocess.postprocess` with the thresholds of `eval_cfg` (default: `EvalConfig`'s)
-    and the model's `variances` and class scoring (`cls_loss`); they are matched to the batch's ground truth in the
-    network frame (IoU does not change under the per-axis scaling back to the original image) at
-    ``eval_cfg.iou_thresh``. The model is left in eval mode; callers switch it back to training.
-
-    Returns:
-        ``val_loss``, ``val_loss_box``, ``val_loss_cls``, ``val_loss_landm``, ``val_pos_per_image`` (with a loss),
-        ``ap_face`` (and ``ap_person`` for 3-class models), ``ap`` (mean over classes with ground truth; NaN when
-        the split has none), ``images``; and ``samples``: up to `keep_samples` dicts ``(input, detections,
-        gt_boxes, name)`` on the CPU for previews.
+    Detections (`nbsrc.postprocess.postprocess` with `eval_cfg`'s thresholds) are matched to the ground truth in the
+    network frame (IoU does not change under the per-axis scaling back to the original image). The model is left
+    in eval mode. Returns ``val_<AVERAGED>`` (with a loss), ``ap_face`` (and ``ap_person`` for 3-class models),
+    ``ap`` (their mean over classes with ground truth; NaN without any), ``images``, and ``samples``: up to
+    `keep_samples` CPU dicts ``(input, detections, gt_boxes, name)`` for previews.
     """
     e = eval_cfg or EvalConfig()
     model.eval()
@@ -413,13 +367,12 @@ def evaluate(
                 break
             if batch is None:  # every image of the batch failed to load (data.on_error=skip; counted and logged)
                 continue
-            batch = _move_batch(batch, device, channels_last)
-            inputs = batch["inputs"]
+            inputs = _inputs_on(batch, device, channels_last)
             image_size, anchors = base.image_size(inputs), base.anchors(inputs)
             with _autocast(device, amp_dtype):
                 outputs = model(inputs)
             if loss_fn is not None:
-                parts = loss_fn(outputs, anchors, normalize_targets(batch, image_size, device=device))
+                parts = loss_fn(outputs, anchors, _targets_on(batch, image_size, device))
                 for key, value in _loss_values(parts).items():
                     sums[key] += value
             if compute_ap or len(samples) < keep_samples:
@@ -455,18 +408,16 @@ def evaluate_ap(
     device: torch.device,
     **kwargs: Any,
 ) -> dict[str, float]:
-    """Detection AP per class at ``eval_cfg.iou_thresh`` over `loader`, through postprocess + VOC AP (see
-    `evaluate`)."""
+    """Detection AP per class (``ap_*``) and their mean ``ap`` over `loader` (see `evaluate`)."""
     result = evaluate(model, loader, eval_cfg, device=device, loss_fn=None, compute_ap=True, **kwargs)
     return {k: v for k, v in result.items() if k.startswith("ap")}
 
 
 # ---- setting a run up -------------------------------------------------------------------------------
 def resolve_dataset_root_config(cfg: Config, info: DistInfo | None = None) -> Config:
-    """`cfg` with ``data.dataset_root`` set: unchanged when given, else the demo dataset (built once; on Kaggle
-    the attached dataset). Rank 0 resolves (and builds) it, the other ranks receive its path. On Kaggle an unset
-    ``data.images_root`` becomes the input mount (searched for a WIDER FACE image tree); an unset
-    ``data.cache_dir`` becomes the cache folder."""
+    """`cfg` with ``data.dataset_root`` set: unchanged when given, else the demo dataset (rank 0 builds it once; on
+    Kaggle the attached dataset). An unset ``data.images_root`` becomes Kaggle's input mount, an unset
+    ``data.cache_dir`` the cache folder."""
     info = info or DistInfo()
     found = resolve_images_root(None) if cfg.data.images_root is None else None  # Kaggle: the attached inputs
     if found is not None:
@@ -475,10 +426,7 @@ def resolve_dataset_root_config(cfg: Config, info: DistInfo | None = None) -> Co
         cfg = cfg.replace(**{"data.cache_dir": str(cache_dir())})
     if cfg.data.dataset_root is not None:
         return cfg
-
-    root = None
-    if info.is_main:
-        root = str(resolve_dataset_root(None))  # the demo dataset locally (built once), the attached one on Kaggle
+    root = str(resolve_dataset_root(None)) if info.is_main else None
     barrier()
     root = broadcast_object(root)
     if root is None:
@@ -498,9 +446,8 @@ def _training_device(requested: str) -> tuple[torch.device, DistInfo]:
 
 
 def _start_model(cfg: Config) -> tuple[nn.Module, dict[str, Any] | None]:
-    """The model a run trains, built from ``train.seed``, with what the run starts from loaded strictly (before
-    anything is written); returns it and the ``train.resume`` checkpoint (None without one). The backbone is frozen
-    when ``train.freeze_backbone``."""
+    """The model a run trains (seeded, its start weights loaded strictly before anything is written, the backbone
+    frozen with ``train.freeze_backbone``) and the ``train.resume`` checkpoint (None without one)."""
     t = cfg.train
     seed_everything(t.seed)
     full_weights = t.weight is not None or t.resume is not None  # loaded below: no ImageNet backbone to look for
@@ -520,8 +467,8 @@ def _start_model(cfg: Config) -> tuple[nn.Module, dict[str, Any] | None]:
 
 
 def _start_run_folder(cfg: Config, run_dir: Path, info: DistInfo, model: nn.Module, device: torch.device) -> None:
-    """Write ``config.json``, carry a resumed run's metrics and best checkpoint over from its checkpoint's folder,
-    and record where this (re)start began (e.g. whether the ImageNet backbone was really found)."""
+    """Write ``config.json``, carry a resumed run's metrics and best checkpoint over, and record where this
+    (re)start began (e.g. whether the ImageNet backbone was really found)."""
     t = cfg.train
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -569,8 +516,7 @@ class _Run:
 
 
 def _set_up(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device, model: nn.Module) -> _Run:
-    """The model on its device, the loss, mixed precision, the data, the optimizer, the DDP / compiled model and the
-    tracker of a run."""
+    """Everything a run trains with: the model on its device, loss, mixed precision, data, optimizer, tracker."""
     t = cfg.train
     model.to(device)
     channels_last = t.channels_last and device.type == "cuda"
@@ -617,8 +563,7 @@ def _set_up(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device, mo
 
 def _restore(run: _Run, resumed: Mapping[str, Any] | None, start_epoch: int | None) -> None:
     """Continue where the ``train.resume`` checkpoint `resumed` stopped (optimizer, GradScaler, epoch, step, best
-    score, RNG states), or count ``train.weight``'s weights as trained for `start_epoch` epochs; the learning-rate
-    schedule then stands at that step."""
+    score, schedule, RNG states), or count ``train.weight``'s weights as trained for `start_epoch` epochs."""
     t = run.cfg.train
     rng_state = None
     if resumed is not None:
@@ -639,7 +584,9 @@ def _restore(run: _Run, resumed: Mapping[str, Any] | None, start_epoch: int | No
             complete_best(run.run_dir, Path(t.resume), run.history)
     elif start_epoch:
         run.epoch, run.step = int(start_epoch), int(start_epoch) * run.steps_per_epoch
-    run.scheduler = build_scheduler(run.cfg, run.optimizer, run.steps_per_epoch, step=run.step)
+    # the schedule stands at the optimizer steps taken: fewer than `run.step` when the GradScaler skipped some
+    schedule_step = ((resumed or {}).get("scheduler") or {}).get("last_epoch", run.step)
+    run.scheduler = build_scheduler(run.cfg, run.optimizer, run.steps_per_epoch, step=int(schedule_step))
     if run.epoch >= t.epochs:
         logger.warning("nothing to train: the checkpoint has %d epochs, train.epochs is %d", run.epoch, t.epochs)
     if rng_state is not None:
@@ -746,9 +693,8 @@ def _score(record: Mapping[str, Any], key: str) -> float | None:
 
 
 def _save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
-    """End epoch `epoch`: its checkpoint, its metrics line, ``last.pth`` (the point a resume continues from: the
-    metrics written after it are dropped and the epoch is trained again), then ``best.pth`` (which a resume
-    completes) when the epoch is the best so far."""
+    """End epoch `epoch` in the order the module docstring gives: checkpoint, metrics line, ``last.pth``, then
+    ``best.pth`` when the epoch is the best so far."""
     t = run.cfg.train
     score = _score(record, run.best_key)
     improved = score is not None and score > run.best_score
@@ -796,19 +742,12 @@ def _epoch_line(record: Mapping[str, Any]) -> str:
 
 # ---- the whole run ----------------------------------------------------------------------------------
 def fit(cfg: Config, *, start_epoch: int | None = None) -> Path:
-    """Train `cfg` and return the run folder (see the module docstring for its contents).
+    """Train `cfg` and return the run folder (see the module docstring).
 
-    Args:
-        cfg: the configuration. ``data.dataset_root=None`` uses the demo dataset locally (the attached dataset
-            on Kaggle). ``train.weight`` initialises the model from a checkpoint; ``train.resume`` continues a
-            run (its folder is reused when ``train.run_name`` is not set).
-        start_epoch: with ``train.weight``, count the weights as trained for this many epochs (the learning-rate
-            schedule starts there; the ancestors' ``--resume_epoch``). Ignored when resuming.
-
-    Raises:
-        FloatingPointError: a non-finite loss (names the batch's images and the loss parts).
-        FileNotFoundError / ValueError: bad dataset, checkpoint or configuration.
-        RunFolderBusy: another live run holds the run folder.
+    `start_epoch`: with ``train.weight``, count the weights as trained for this many epochs (the schedule starts
+    there; the ancestors' ``--resume_epoch``); ignored when resuming. Raises `FloatingPointError` on a non-finite
+    loss, `RunFolderBusy` when another live run holds the folder, `FileNotFoundError` / `ValueError` for a bad
+    dataset, checkpoint or configuration.
     """
     device, info = _training_device(cfg.train.device)
     cfg = resolve_dataset_root_config(cfg, info)

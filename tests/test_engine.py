@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -333,11 +334,23 @@ def test_an_fp16_run_resumes_a_checkpoint_saved_without_fp16(demo_root, tmp_path
     first = fit(tiny_training_config(demo_root, tmp_path, **{"train.epochs": 1, "train.run_name": "fp32"}))
     assert load_checkpoint(first / "last.pth")["scaler"] == {}
     monkeypatch.setattr(engine, "resolve_amp", lambda amp, device: torch.float16)
-    resumed = fit(
-        tiny_training_config(demo_root, tmp_path, **{"train.epochs": 2, "train.resume": str(first / "last.pth")})
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = fit(
+            tiny_training_config(demo_root, tmp_path, **{"train.epochs": 2, "train.resume": str(first / "last.pth")})
+        )
     scaler = load_checkpoint(resumed / "last.pth")["scaler"]
     assert scaler and scaler["scale"] > 0  # the fp16 run's scaler state is saved from then on
+    # the first fp16 steps overflow and the GradScaler skips them: the schedule advances with the optimizer only
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+    state = load_checkpoint(resumed / "last.pth")
+    assert state["scheduler"]["last_epoch"] < state["step"] == 4
+    # resumed again, the schedule goes on where it stood: the rates of an uninterrupted fp16 run
+    again = {"train.epochs": 3, "train.resume": str(resumed / "last.pth")}
+    whole = {"train.epochs": 3, "train.resume": str(first / "epoch_001.pth"), "train.run_name": "whole"}
+    folders = [fit(tiny_training_config(demo_root, tmp_path, **overrides)) for overrides in (again, whole)]
+    lrs = [[(r["step"], r["lr"]) for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "step"] for run in folders]
+    assert lrs[0] == lrs[1] and len(lrs[0]) == 3
 
 
 # ---- the train command: resumed run folder, label files, presets, errors, warnings ----------------------------------
