@@ -1,24 +1,16 @@
 """`WiderFaceRGB`: images + labels of any supported format, with the RetinaFace augmentation.
 
-Images live in ``<split>/images/<event>/<basename>.jpg`` (or flat ``<split>/images/<name>.jpg``); the split is
-indexed by `nbsrc.data.split_index.index_split`, its labels found by `nbsrc.data.layout.find_labels` or given
-(RetinaFace ``label.txt``, per-image files, the official ``bbx_gt`` text, the 2-class file, ...). Normalized labels (the 2-class format) are scaled by the image size;
-``label_frame`` labels (a square frame of the image) are mapped back to the image with the resize policy.
+Images live in ``<split>/images/<event>/<basename>.jpg`` (or flat); the split is indexed by
+`nbsrc.data.split_index.index_split`. Normalized labels are scaled by the image size, ``label_frame`` labels mapped
+back to the image with the resize policy. Samples go through one of `nbsrc.data.transforms`:
 
-- ``train=True`` with ``augment``: `nbsrc.data.transforms.train_transform` (square crop keeping a whole face,
-  photometric distortion, pad-to-square when no crop fits, mirror with left/right landmark swap, resize to
-  ``image_size``). The sample's ``frame`` is None (a random crop has no fixed map to the original).
-- otherwise: `nbsrc.data.transforms.eval_transform` (resize with the policy); ``frame`` maps back. With
-  ``test_scale`` ``original`` / ``mxnet`` (``eval.test_scale``, set by `nbsrc.evaluation.predict`) instead
-  `nbsrc.data.transforms.scale_transform`: the image at its own size or biubug6's 1600 / 2150 resize, so inputs
-  differ in size from image to image; ``frame`` is a `nbsrc.frame.ScaleMap`.
+- ``train_transform`` (``train=True`` with ``augment``): the sample's ``frame`` is None (a random crop has no fixed
+  map to the original);
+- ``eval_transform`` (resize with the policy), or ``scale_transform`` with ``test_scale`` ``original`` / ``mxnet``
+  (inputs then differ in size from image to image; ``frame`` is a `nbsrc.frame.ScaleMap`).
 
-The input is `nbsrc.preprocess.normalize_image` with the model's channel order, mean and std (the biubug6
-presets: BGR minus (104, 117, 123)). Zero-face images are valid in every path.
-
-An image that cannot be read when it is loaded (removed or changed since the split was indexed) raises under
-``on_error=raise``; under ``skip`` the item is None, left out of its batch by `nbsrc.data.collate.detection_collate`,
-and counted and logged (`nbsrc.data.defects.DefectLog.left_out_at_load`), never replaced by another image.
+An image that cannot be read when it is loaded raises under ``on_error=raise``; under ``skip`` the item is None,
+left out of its batch by `nbsrc.data.collate.detection_collate`, and counted.
 """
 
 from __future__ import annotations
@@ -33,7 +25,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nbsrc.config import TEST_SCALES
 from nbsrc.data.defects import DefectLog, check_boxes, check_image
 from nbsrc.data.image_sizes import ImageSizes
 from nbsrc.data.records import ImageRecord
@@ -51,12 +42,8 @@ _READ_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # labels refer t
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """``uint8 [H, W, 3]`` RGB pixels of an image file (EXIF orientation ignored, as the labels are).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file cannot be decoded.
-    """
+    """``uint8 [H, W, 3]`` RGB pixels of an image file (EXIF orientation ignored, as the labels are); ValueError
+    when it cannot be decoded."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} not found")
@@ -88,20 +75,12 @@ class WiderFaceRGB(Dataset):
     """RGB images + labels (see the module docstring).
 
     Args:
-        root: the split folder.
         labels: label file or folder (default: `nbsrc.data.layout.find_labels`), or records.
-        images_dir: image folder (default ``<root>/images``).
-        image_size: side of the square network input.
-        train: training mode (augmentation when `augment`).
-        augment: the RetinaFace augmentation in training mode.
         channel_order, pixel_mean, pixel_std: input normalization (`nbsrc.preprocess.normalize_image`).
-        resize_policy: ``stretch`` | ``letterbox`` for the evaluation resize (and `label_frame` labels).
         label_frame: labels are in a square frame of this side (None: original pixels).
         num_classes: boxes of class ``>= num_classes`` are left out.
-        on_error: ``raise`` | ``skip`` (`nbsrc.data.defects`).
-        max_images: only the first N labelled images (``labelled_images`` keeps how many there are).
         test_scale: evaluation input size: ``square`` (`image_size`, with `resize_policy`) | ``original`` |
-            ``mxnet`` (see `nbsrc.preprocess.eval_resize_factor`); training mode ignores it.
+            ``mxnet`` (`nbsrc.preprocess.eval_resize_factor`); training mode ignores it.
     """
 
     def __init__(
@@ -123,8 +102,6 @@ class WiderFaceRGB(Dataset):
         max_images: int | None = None,
         test_scale: str = "square",
     ) -> None:
-        if test_scale not in TEST_SCALES:
-            raise ValueError(f"test_scale must be one of {list(TEST_SCALES)}, got {test_scale!r}")
         self.test_scale = test_scale
         self.root = Path(root)
         if not self.root.is_dir():
@@ -157,7 +134,7 @@ class WiderFaceRGB(Dataset):
             resize_policy=resize_policy,
         )
         self.label_path = index.label_path
-        self.labelled_images = index.labelled_images
+        self.labelled_images = index.labelled_images  # before max_images
         self.max_images = max_images
         self.samples: list[RGBSample] = []
         for record in index.records:
