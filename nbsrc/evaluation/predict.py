@@ -167,17 +167,15 @@ def _prepare_folder(out_dir: Path, settings: dict, names: list[str], resume: boo
                 out_dir,
                 ", ".join(changed) or "settings",
             )
-        removed = 0
-        for name in old["names"]:
-            path = result_path(out_dir, name)
-            if path.is_file():
-                path.unlink()
-                removed += 1
-        for folder in sorted({result_path(out_dir, n).parent for n in old["names"]}, reverse=True):
+        paths = [result_path(out_dir, name) for name in old["names"]]
+        removed = {path for path in paths if path.is_file()}
+        for path in removed:
+            path.unlink()
+        for folder in sorted({path.parent for path in paths}, reverse=True):
             if folder != out_dir and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         if removed:
-            logger.info("%s: %d old result files removed", out_dir, removed)
+            logger.info("%s: %d old result files removed", out_dir, len(removed))
         keep = False
     elif old is None and resume and any(result_path(out_dir, n).is_file() for n in names):
         logger.warning(
