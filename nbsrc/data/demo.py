@@ -46,6 +46,7 @@ from nbsrc.data.readers.retinaface_txt import write_retinaface_labels
 from nbsrc.data.readers.twoclass import write_twoclass_labels
 from nbsrc.data.readers.wider_mat import WiderGroundTruth, write_wider_gt
 from nbsrc.data.records import FACE, PERSON, ImageRecord
+from nbsrc.data.transforms import MIRROR_ORDER
 
 __all__ = [
     "DEMO_EVENTS",
@@ -109,7 +110,6 @@ BACKGROUNDS = (
     "cell",
     "stereo_motorcycle",
 )
-MIRROR_ORDER = (1, 0, 2, 4, 3)
 MAT_HEADER_TEXT = 116  # bytes of descriptive text at the start of a MATLAB 5 file
 
 
@@ -328,7 +328,7 @@ def make_scene(rng: np.random.Generator) -> Scene:
         relative = crop.landmarks.copy()
         if flip:
             relative[:, 0] = 1.0 - relative[:, 0]
-            relative = relative[list(MIRROR_ORDER)]
+            relative = relative[MIRROR_ORDER]
         shrinking = fw < pixels.shape[1]
         resized = cv2.resize(
             np.ascontiguousarray(pixels), (fw, fh), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
@@ -420,16 +420,14 @@ def _write_split(
 
 
 def _write_ground_truth(gt_dir: Path, records: list[ImageRecord]) -> None:
-    events: list[str] = []
-    names: list[list[str]] = []
-    boxes: list[list[np.ndarray]] = []
-    keep: dict[str, list[list[np.ndarray]]] = {"easy": [], "medium": [], "hard": []}
     by_event: dict[str, list[ImageRecord]] = {}
     for record in records:
         by_event.setdefault(record.name.split("/", 1)[0], []).append(record)
-    for event in sorted(by_event, key=lambda e: int(e.split("--", 1)[0])):
-        events.append(event)
-        names.append([r.basename for r in by_event[event]])
+    events = sorted(by_event, key=lambda e: int(e.split("--", 1)[0]))
+    names = [[r.basename for r in by_event[event]] for event in events]
+    boxes: list[list[np.ndarray]] = []
+    keep: dict[str, list[list[np.ndarray]]] = {"easy": [], "medium": [], "hard": []}
+    for event in events:
         event_boxes, per_setting = [], {s: [] for s in keep}
         for record in by_event[event]:
             xyxy = record.boxes.astype(np.float64)

@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -267,14 +268,11 @@ def _images_directly(folder: str | os.PathLike, probe: int = 50) -> bool:
     """Whether `folder` holds image files itself (looks at its first `probe` entries)."""
     try:
         with os.scandir(folder) as entries:
-            for count, entry in enumerate(entries):
-                if count >= probe:
-                    break
-                if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-                    return True
+            return any(
+                e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS for e in islice(entries, probe)
+            )
     except OSError:
         return False
-    return False
 
 
 def _holds_images(folder: Path) -> bool:
