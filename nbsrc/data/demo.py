@@ -187,11 +187,8 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _face_crops() -> tuple[FaceCrop, ...]:
-    lfw = skimage_data.lfw_subset()[:100]  # the first 100 of the 200 crops are faces
-    crops = []
-    for face in lfw:
-        grey = np.clip(face * 255.0, 0, 255).astype(np.uint8)
-        crops.append(FaceCrop(_to_rgb(grey), np.asarray(LFW_LANDMARKS, np.float32)))
+    lfw = skimage_data.lfw_subset()[:100]  # the first 100 of the 200 crops are faces, float in [0, 1]
+    crops = [FaceCrop(_to_rgb(face), np.asarray(LFW_LANDMARKS, np.float32)) for face in lfw]
     x1, y1, x2, y2 = ASTRONAUT_BOX
     crops.append(FaceCrop(_to_rgb(skimage_data.astronaut()[y1:y2, x1:x2]), np.asarray(ASTRONAUT_LANDMARKS, np.float32)))
     x1, y1, x2, y2 = CAMERA_BOX
