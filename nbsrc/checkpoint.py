@@ -1,12 +1,7 @@
-"""Checkpoint files: ours (model + config + training state) and the published biubug6 / 2-class state dicts.
-
-Our checkpoint is ``dict(format="nbsrc", model=state_dict, config=Config.to_dict(), epoch, optimizer, scaler,
-scheduler, metrics, **extra)``, written atomically. `load_checkpoint` reads it, a bare state dict (the published
-``mobilenet0.25_Final.pth`` in the pre-1.6 pickle format, the 2-class zip files, a ``Resnet50_Final.pth`` saved
-from DataParallel), or a ``{"state_dict": ...}`` file, and always returns the same dict shape with clean keys
-(``module.`` and ``_orig_mod.`` prefixes removed). The RNG states a checkpoint stores (`get_rng_state`), and the
-files a resumed run carries over from its checkpoint's folder (`continue_run_folder`, `complete_best`), are here too.
-Building a model from a checkpoint is `nbsrc.model.loading`.
+"""Checkpoint files: ours (model + config + training state, `save_checkpoint`) and the published biubug6 / 2-class
+state dicts, all read by `load_checkpoint` into one dict shape with prefix-free keys; the RNG states a checkpoint
+stores, and the files a resumed run carries over from its checkpoint's folder. Building a model from a checkpoint is
+`nbsrc.model.loading`.
 """
 
 from __future__ import annotations
@@ -43,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "nbsrc"
 _PREFIXES = ("module.", "_orig_mod.")
-_LIST_MAX = 8
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -61,12 +55,8 @@ def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Remove leading ``module.`` / ``_orig_mod.`` (in any combination) from every key."""
     cleaned = {}
     for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix) :], True
+        while key.startswith(_PREFIXES):
+            key = key.split(".", 1)[1]
         cleaned[key] = value
     return cleaned
 
@@ -83,17 +73,9 @@ def save_checkpoint(
     metrics: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> Path:
-    """Write our checkpoint atomically (temp file + rename); returns `path`.
-
-    Args:
-        path: destination ``.pth``.
-        model: the model (wrappers are unwrapped; keys are saved without prefixes).
-        config: the run's `Config`, stored as a plain dict.
-        epoch: epochs completed.
-        optimizer, scaler, scheduler: objects with ``state_dict()`` (stored as their state dicts) or None.
-        metrics: JSON-able numbers of the epoch.
-        **extra: more picklable entries (e.g. RNG states, best score).
-    """
+    """Write ``dict(format="nbsrc", model, config, epoch, optimizer, scaler, scheduler, metrics, **extra)``
+    atomically; returns `path`. `epoch` counts the epochs completed; `optimizer`, `scaler` and `scheduler` are stored
+    as their state dicts, `model` unwrapped and without key prefixes."""
     if not isinstance(config, Config):
         raise ValueError(f"config must be a nbsrc Config, got {type(config).__name__}")
     checkpoint = {
@@ -130,15 +112,11 @@ def _torch_load(path: Path) -> Any:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
-            # Objects beyond tensors and plain containers (an older checkpoint's NumPy RNG state, a training
-            # script's extra entries) need the full unpickler; a local file the user points at is trusted like any
-            # other training artefact.
+            # objects beyond tensors and containers (an older NumPy RNG state, a script's extra entries): a local
+            # file the user points at is trusted like any other training artefact
             logger.debug("%s: safe unpickling failed, loading with weights_only=False", path)
             return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        # A file that is not a checkpoint (text, a truncated, corrupted or foreign file) fails wherever the pickle
-        # machinery's first wrong step lands: a memo KeyError, a short struct, a bad opcode, an unknown global,
-        # an undecodable string, a huge length (MemoryError), a zip record torch rejects (RuntimeError), ...
+    except Exception as exc:  # noqa: BLE001 - a foreign or broken file fails wherever unpickling first goes wrong
         raise _unreadable(path, exc) from None
 
 
@@ -147,15 +125,12 @@ def _is_state_dict(obj: Any) -> bool:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint on the CPU.
+    """Read a checkpoint on the CPU: ours, a bare state dict (the published files, old pickle format and
+    DataParallel keys included) or a ``{"state_dict": ...}`` file.
 
-    Returns ``dict(format, model, config, epoch, optimizer, scaler, scheduler, metrics, ...)``: for our files the
-    stored entries, for a published state dict ``format="state_dict"``, ``config=None``, ``epoch=None`` and
-    empty training state. ``model`` keys never carry ``module.`` / ``_orig_mod.`` prefixes.
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-        ValueError: unreadable file, or no model state dict inside (names `path`).
+    Returns ``dict(format, model, config, epoch, optimizer, scaler, scheduler, metrics, ...)``, for a state dict
+    ``format="state_dict"`` without config and training state. Raises `FileNotFoundError`, or `ValueError` naming
+    `path` for an unreadable file or one without a model state dict.
     """
     path = Path(path)
     obj = _torch_load(path)
@@ -175,7 +150,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"{path}: expected a state dict of tensors, a dict with 'state_dict', or a nbsrc checkpoint "
             f"(dict with 'model' and 'config'); got {type(obj).__name__}"
-            + (f" with keys {list(obj)[:_LIST_MAX]}" if isinstance(obj, Mapping) else "")
+            + (f" with keys {list(obj)[:8]}" if isinstance(obj, Mapping) else "")
         )
     return {
         "format": "state_dict",
@@ -237,9 +212,8 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def continue_run_folder(run_dir: Path, resume: str | Path) -> None:
-    """Start a resumed run's folder with what its checkpoint's folder holds of the run so far: the metrics and the
-    best checkpoint (which a later epoch may not beat). Files the run folder has already are kept, so a run that
-    continues in its checkpoint's own folder copies nothing."""
+    """Start a resumed run's folder with the metrics and best checkpoint of its checkpoint's folder (files it has
+    already are kept: a run continuing in its checkpoint's own folder copies nothing)."""
     earlier = Path(resume).resolve().parent
     for name in ("metrics.jsonl", "best.pth"):
         if (earlier / name).is_file() and not (run_dir / name).exists():
@@ -248,8 +222,8 @@ def continue_run_folder(run_dir: Path, resume: str | Path) -> None:
 
 
 def complete_best(run_dir: Path, resume: Path, history: Mapping[str, Any]) -> None:
-    """Finish the end of the epoch a run resumes after: when that epoch was the best so far, ``best.pth`` is its
-    checkpoint (a run killed after writing ``last.pth`` had not written ``best.pth`` yet)."""
+    """Make ``best.pth`` the resumed checkpoint when its epoch was the best so far (a run killed after writing
+    ``last.pth`` had not written ``best.pth`` yet)."""
     best = run_dir / "best.pth"
     if not history.get("best") or (best.is_file() and filecmp.cmp(resume, best, shallow=False)):
         return

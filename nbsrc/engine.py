@@ -124,13 +124,6 @@ def _loss_values(parts: Mapping[str, Tensor]) -> dict[str, float]:
     return values
 
 
-def _loss_summary(parts: Mapping[str, Tensor]) -> dict[str, Any]:
-    summary: dict[str, Any] = {k: float(parts[k].detach()) for k in LOSS_KEYS if k in parts}
-    if "num_pos" in parts:
-        summary["num_pos"] = [int(v) for v in parts["num_pos"].detach().cpu()]
-    return summary
-
-
 # ---- one epoch ------------------------------------------------------------------------------------
 class _Meter:
     """Sums of the averaged quantities over the epoch, and over the window since the last step record."""
@@ -252,9 +245,10 @@ def train_one_epoch(
                 outputs = model(inputs)
             parts = loss_fn(outputs, base.anchors(inputs), targets)
             if not bool(torch.isfinite(parts["loss"])):
+                summary = {**{k: float(parts[k].detach()) for k in LOSS_KEYS}, "num_pos": parts["num_pos"].tolist()}
                 raise FloatingPointError(
                     f"non-finite loss at epoch {epoch + 1}, step {step + 1}, on images {list(batch['names'])}: "
-                    f"{_loss_summary(parts)}"
+                    f"{summary}"
                 )
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
             stepped = _backward_and_step(parts["loss"], optimizer, scaler, params, grad_clip)

@@ -1,9 +1,8 @@
 """Optimizers and learning-rate schedules of the trainer.
 
-The schedule is one per-step multiplier of the peak learning rate (`LRSchedule`), driven by a
-`torch.optim.lr_scheduler.LambdaLR` that the trainer steps after every optimizer step, so warm-up and decay
-are smooth across epochs; a resumed run rebuilds it at the step it stopped at (`build_scheduler` with ``step``)
-and continues with exactly the rates an uninterrupted run uses.
+The schedule is a per-step multiplier of the peak learning rate (`LRSchedule`) in a `LambdaLR` that the trainer
+steps after every optimizer step; a resumed run rebuilds it at the step it stopped at (`build_scheduler`) and
+continues with the rates of an uninterrupted run.
 
 Schedules (``epoch`` = completed epochs, ``t`` = fractional epochs):
 
@@ -17,7 +16,6 @@ A linear warm-up from ``warmup_start`` to 1 over ``warmup_epochs`` multiplies al
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable
 
@@ -28,24 +26,13 @@ from nbsrc.config import Config
 
 __all__ = ["LRSchedule", "build_optimizer", "build_scheduler", "make_optimizer", "make_scheduler"]
 
-logger = logging.getLogger(__name__)
-
 SCHEDULES = ("step", "multistep", "cosine", "constant")
 
 
 class LRSchedule:
-    """Learning-rate multiplier as a function of the optimizer step (a picklable callable for `LambdaLR`).
-
-    Args:
-        schedule: ``step`` | ``multistep`` | ``cosine`` | ``constant``.
-        steps_per_epoch: optimizer steps in one epoch (>= 1).
-        epochs: total epochs of the run (cosine reaches 0 at its end).
-        step_size: epochs between decays (``step``).
-        gamma: decay factor (``step``, ``multistep``).
-        milestones: epochs at which the rate decays (``multistep``).
-        warmup_epochs: linear warm-up length in (fractional) epochs; 0 disables it.
-        warmup_start: multiplier at step 0 of the warm-up.
-    """
+    """Learning-rate multiplier as a function of the optimizer step (a picklable callable for `LambdaLR`); the
+    arguments are the ``train.*`` settings of the same names, `epochs` the run's total (cosine reaches 0 there),
+    `warmup_start` the multiplier at step 0."""
 
     def __init__(
         self,
@@ -117,16 +104,8 @@ def make_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
 ) -> torch.optim.Optimizer:
-    """SGD (the published recipe: momentum, weight decay on every parameter) or AdamW (no decay on biases and
-    normalisation weights).
-
-    Args:
-        params: ``(name, parameter)`` pairs; parameters that do not require grad are skipped (frozen backbone).
-        name: ``sgd`` | ``adamw``.
-        lr: peak learning rate (the schedule multiplies it).
-        momentum: SGD momentum (AdamW: beta1).
-        weight_decay: weight decay.
-    """
+    """SGD (the published recipe: momentum, weight decay on every parameter) or AdamW (`momentum` as beta1, no
+    decay on biases and normalisation weights) over the ``(name, parameter)`` pairs that require grad."""
     named = [(n, p) for n, p in params if p.requires_grad]
     if not named:
         raise ValueError("no trainable parameters (is everything frozen?)")
@@ -143,13 +122,9 @@ def make_optimizer(
 def make_scheduler(
     optimizer: torch.optim.Optimizer, schedule: LRSchedule, step: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A `LambdaLR` applying `schedule` per optimizer step (call ``.step()`` after each ``optimizer.step()``),
-    standing at `step` (optimizer steps already taken): the optimizer's rate is then the peak rate times
-    ``schedule(step)``.
-
-    The peak rate is each group's ``initial_lr`` when the optimizer carries one (a state loaded from a checkpoint),
-    else its current rate (a fresh optimizer).
-    """
+    """A `LambdaLR` applying `schedule` per optimizer step, standing at `step` (optimizer steps already taken): the
+    rate is then the peak rate times ``schedule(step)``, the peak being each group's ``initial_lr`` when the
+    optimizer carries one (a state loaded from a checkpoint), else its current rate."""
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule, last_epoch=step - 1)
@@ -166,8 +141,7 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 def build_scheduler(
     cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int, step: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The per-step schedule of ``cfg.train`` (warm-up + step / multistep / cosine / constant), standing at `step`
-    (see `make_scheduler`)."""
+    """The per-step schedule of ``cfg.train``, standing at `step` (see `make_scheduler`)."""
     t = cfg.train
     schedule = LRSchedule(
         schedule=t.schedule,

@@ -1,26 +1,13 @@
-"""Run folders: chosen and named, claimed by one run at a time, kept from overwriting an earlier run, and cleared
-of what a killed writer leaves behind.
+"""Run folders: chosen and named (`resolve_run_folder`, `claim_run_folder`), claimed by one run at a time
+(`claim`), kept from overwriting an earlier run (`refuse_earlier_run`), and cleared of the temporary files of killed
+writes (`remove_stale_temp_files`).
 
-A run's folder is ``<train.out>/<train.run_name>`` (`resolve_run_folder`): a new run is named after its preset and
-start time (`make_run_name`); a resumed run without a name continues in its checkpoint's folder, or, when that one is
-read-only, in a folder of the same name under ``train.out``. `claim_run_folder` chooses and claims it as a run starts
-(under DDP rank 0 claims and the other ranks follow), and `refuse_earlier_run` stops a run that would write over the
-checkpoints of another.
-
-A training run claims its folder when it chooses it (`claim`): a fresh folder is created with ``mkdir`` (never
-an existing one), and every run, new or resumed, then holds ``<folder>/run.lock`` for its whole life: an
-exclusive ``flock`` on the file, which records the holder (PID, host, start time). A second run into a claimed
-folder is refused with one line naming the holder (`RunFolderBusy`). A lock left by a run that died is stale and
-taken over: on this host, its holder's process is gone (checked with the process's start time and the boot, so
-that a reused PID does not count as the holder); on another host (a shared drive), the file has not been
-refreshed for `STALE_AFTER_S` seconds (a live holder refreshes it every `HEARTBEAT_S` seconds).
-
-Processes that a holder starts to do its work (the ``torchrun`` workers of `nbsrc.launch.launch`) follow its
-claim instead of claiming again: the holder hands them its token in the environment variable `INHERIT_ENV`.
-
-`remove_stale_temp_files` deletes what `nbsrc.utils.atomic_path` leaves when its process is killed mid-write
-(``.<name>.<pid>-<random>.tmp``): only those names, only in the folders it is given, never while a live run holds
-the folder, and never one whose writing process still runs.
+A claim holds an exclusive ``flock`` on ``<folder>/run.lock``, which records the holder (PID, host, start time); a
+second run into the folder is refused naming the holder (`RunFolderBusy`). The lock of a run that died is taken
+over: on this host when its process is gone (checked with the process's start time and the boot, so a reused PID
+does not count), from another host (a shared drive) when the file has not been refreshed for `STALE_AFTER_S`
+seconds. Worker processes of the holder (the ``torchrun`` of `nbsrc.launch`) follow its claim through the token in
+`INHERIT_ENV`.
 """
 
 from __future__ import annotations
@@ -50,11 +37,7 @@ __all__ = [
     "RunFolderBusy",
     "claim",
     "claim_run_folder",
-    "describe_holder",
-    "earlier_checkpoints",
-    "live_holder",
     "make_run_name",
-    "process_alive",
     "prune_epoch_files",
     "refuse_earlier_run",
     "remove_stale_temp_files",
@@ -107,9 +90,9 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
         return None
 
 
-def process_alive(pid: int, start: int | None = None) -> bool:
-    """Whether process `pid` runs on this machine (a zombie does not). With `start` (its start time in clock ticks
-    after boot, as `claim` records it) the process must be that one, not a later one given the same PID."""
+def _process_alive(pid: int, start: int | None = None) -> bool:
+    """Whether process `pid` runs on this machine (a zombie does not); with `start` (clock ticks after boot, as
+    `claim` records it), that very process, not a later one given the same PID."""
     if pid <= 0:
         return False
     if os.path.isdir("/proc/self"):
@@ -139,7 +122,7 @@ def _holder_record() -> dict[str, Any]:
     }
 
 
-def describe_holder(holder: dict[str, Any] | None) -> str:
+def _describe_holder(holder: dict[str, Any] | None) -> str:
     """``PID 1234 on host h, started 2026-12-04 22:00:01`` (what is known of it)."""
     if not holder:
         return "a process whose lock record is unreadable"
@@ -161,13 +144,12 @@ def _parse(text: str | None) -> dict[str, Any] | None:
 
 
 def _holder_alive(holder: dict[str, Any], lock_path: Path) -> bool:
-    """Whether the run that wrote `holder` still runs: by its process on this host, by the lock file's
-    heartbeat for another host."""
+    """Whether the run that wrote `holder` still runs: its process on this host, the lock's heartbeat on another."""
     if holder.get("host") == socket.gethostname():
         boot = _boot_id()
         if holder.get("boot_id") and boot and holder["boot_id"] != boot:
             return False  # the machine restarted since
-        return process_alive(int(holder["pid"]), holder.get("proc_start"))
+        return _process_alive(int(holder["pid"]), holder.get("proc_start"))
     try:
         age = time.time() - lock_path.stat().st_mtime
     except OSError:
@@ -175,8 +157,8 @@ def _holder_alive(holder: dict[str, Any], lock_path: Path) -> bool:
     return age < STALE_AFTER_S
 
 
-def live_holder(folder: str | Path) -> dict[str, Any] | None:
-    """The record of the live run holding `folder` (see `claim`), or None when no live run holds it."""
+def _live_holder(folder: str | Path) -> dict[str, Any] | None:
+    """The lock record of the live run holding `folder`, or None."""
     path = Path(folder) / LOCK_NAME
     holder = _parse(_read_text(str(path)))
     return holder if holder is not None and _holder_alive(holder, path) else None
@@ -184,13 +166,8 @@ def live_holder(folder: str | Path) -> dict[str, Any] | None:
 
 # ---- claiming a folder -----------------------------------------------------------------------------------------
 class RunClaim:
-    """A held run folder (`claim`); `release` (or leaving the ``with`` block) gives it back.
-
-    Attributes:
-        folder: the run folder.
-        holder: the lock record (PID, host, start time, token) of the claiming process.
-        owner: False for a process that follows its parent's claim (releasing it does nothing).
-    """
+    """A held run folder (`claim`); `release` (or leaving the ``with`` block) gives it back. `holder` is the lock
+    record; `owner` is False for a process that follows its parent's claim (releasing it does nothing)."""
 
     def __init__(
         self,
@@ -205,17 +182,15 @@ class RunClaim:
         self.lock_path = self.folder / LOCK_NAME
         self._fd, self._created = fd, list(created)
         self._stop = threading.Event()
-        self._heartbeat: threading.Thread | None = None
-        if owner:
-            self._heartbeat = threading.Thread(target=self._beat, name="nbsrc-run-lock", daemon=True)
-            self._heartbeat.start()
+        if owner:  # the heartbeat: a holder on another host is alive while its lock file is fresh
+            threading.Thread(target=self._beat, name="nbsrc-run-lock", daemon=True).start()
 
     @property
     def token(self) -> str:
         return str(self.holder.get("token", ""))
 
     def child_env(self) -> dict[str, str]:
-        """Environment entries that let worker processes of this run follow the claim."""
+        """Environment entries that let worker processes follow the claim."""
         return {INHERIT_ENV: self.token}
 
     def _beat(self) -> None:
@@ -250,7 +225,7 @@ class RunClaim:
         self.release()
 
     def __repr__(self) -> str:
-        return f"RunClaim({str(self.folder)!r}, {describe_holder(self.holder)}, owner={self.owner})"
+        return f"RunClaim({str(self.folder)!r}, {_describe_holder(self.holder)}, owner={self.owner})"
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -287,14 +262,13 @@ def _read_fd(fd: int, attempts: int = 1) -> dict[str, Any] | None:
 
 def _busy(folder: Path, holder: dict[str, Any] | None) -> RunFolderBusy:
     return RunFolderBusy(
-        f"{folder}: in use by another run ({describe_holder(holder)}); wait for it to end or stop it, or choose "
+        f"{folder}: in use by another run ({_describe_holder(holder)}); wait for it to end or stop it, or choose "
         f"another train.run_name (--run_name); if that run is no longer running, delete {folder / LOCK_NAME}"
     )
 
 
 def _make_folder(folder: Path, fresh: bool) -> list[Path]:
-    """Create `folder` (only a new one when `fresh`, else also an existing one); returns the folders created,
-    outermost first."""
+    """Create `folder` (when `fresh`, it must be new); returns the folders created, outermost first."""
     missing, path = [], folder
     while not path.exists() and path != path.parent:
         missing.append(path)
@@ -316,19 +290,9 @@ def _remove_empty(created: list[Path]) -> None:
 
 
 def claim(folder: str | Path, *, fresh: bool = False) -> RunClaim:
-    """Claim run folder `folder` for this process until `RunClaim.release`.
-
-    Args:
-        folder: the run folder (created when missing).
-        fresh: the folder must not exist yet (a new run's own name); ``FileExistsError`` otherwise.
-
-    Returns:
-        The claim; stale temporary files of interrupted writes in `folder` are removed once it is held.
-
-    Raises:
-        RunFolderBusy: a live run holds the folder (the message names its PID and start time).
-        FileExistsError: `fresh` and the folder exists.
-    """
+    """Claim run folder `folder` (created when missing) for this process until `RunClaim.release`, and remove the
+    stale temporary files in it. With `fresh` the folder must not exist yet (``FileExistsError``, a new run's own
+    name). Raises `RunFolderBusy` when a live run holds it."""
     folder = Path(folder)
     created = _make_folder(folder, fresh)
     try:
@@ -369,13 +333,12 @@ def _lock(folder: Path, created: list[Path]) -> RunClaim:
                 raise _busy(folder, holder)
             if holder is not None:
                 logger.warning(
-                    "%s: taking over the lock of a run that is no longer running (%s)", path, describe_holder(holder)
+                    "%s: taking over the lock of a run that is no longer running (%s)", path, _describe_holder(holder)
                 )
             record = _holder_record()
-            data = (json.dumps(record) + "\n").encode()
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, data)
+            os.write(fd, (json.dumps(record) + "\n").encode())
             os.fsync(fd)
             keep = True
             return RunClaim(folder, record, owner=True, fd=fd, created=created)
@@ -386,16 +349,12 @@ def _lock(folder: Path, created: list[Path]) -> RunClaim:
 
 # ---- temporary files of interrupted writes ---------------------------------------------------------------------
 def remove_stale_temp_files(folder: str | Path, subfolders: Iterable[str | Path] = (), *, held: bool = False) -> int:
-    """Delete the temporary files `nbsrc.utils.atomic_path` left in `folder` (and in `subfolders`) when a write was
-    killed; returns how many.
-
-    Only names of the writer's pattern (``.<name>.<pid>-<random>.tmp``) are touched, only directly in those folders,
-    only when no live run other than this process holds `folder` (`held`: this process holds it), and never a file
-    whose writing process still runs.
-    """
+    """Delete the temporary files (``.<name>.<pid>-<random>.tmp``) that `nbsrc.utils.atomic_path` left in `folder`
+    and `subfolders` when a write was killed; returns how many. Nothing is touched while another live run holds
+    `folder` (`held`: this process holds it), nor a file whose writing process still runs."""
     folder = Path(folder)
     if not held:
-        holder = live_holder(folder)
+        holder = _live_holder(folder)
         if holder is not None and holder.get("pid") != os.getpid():
             return 0
     removed: list[str] = []
@@ -409,7 +368,7 @@ def remove_stale_temp_files(folder: str | Path, subfolders: Iterable[str | Path]
             if match is None or not entry.is_file(follow_symlinks=False):
                 continue
             pid = match.group("pid")
-            if pid is not None and (int(pid) == os.getpid() or process_alive(int(pid))):
+            if pid is not None and (int(pid) == os.getpid() or _process_alive(int(pid))):
                 continue  # being written right now
             try:
                 os.unlink(entry.path)
@@ -420,13 +379,8 @@ def remove_stale_temp_files(folder: str | Path, subfolders: Iterable[str | Path]
                 continue
             removed.append(entry.name)
     if removed:
-        logger.info(
-            "%s: removed %d temporary file(s) left by interrupted writes (%s%s)",
-            folder,
-            len(removed),
-            ", ".join(removed[:3]),
-            ", ..." if len(removed) > 3 else "",
-        )
+        shown = ", ".join(removed[:3]) + (", ..." if len(removed) > 3 else "")
+        logger.info("%s: removed %d temporary file(s) left by interrupted writes (%s)", folder, len(removed), shown)
     return len(removed)
 
 
@@ -453,13 +407,11 @@ def _choose_run_folder(cfg: Config) -> tuple[Config, Path, bool]:
 
 
 def resolve_run_folder(cfg: Config) -> tuple[Config, Path]:
-    """The run's folder, and `cfg` with ``train.run_name`` fixed (the same on every rank); nothing is created
-    (`claim_run_folder` does that when the run starts).
+    """The run's folder, and `cfg` with ``train.run_name`` fixed (the same on every rank); nothing is created.
 
-    ``train.run_name`` names a folder under ``train.out``. Without one, a resumed run continues in its
-    checkpoint's folder when that folder is writable; when it is not (an earlier Kaggle version's output,
-    attached read-only as an input), in a folder of the same name under ``train.out``, which the run starts with
-    the earlier ``metrics.jsonl`` and ``best.pth``. A new run is named after its preset and start time.
+    Without ``train.run_name`` a resumed run continues in its checkpoint's folder, or, when that one is read-only (an
+    earlier Kaggle version's output), in a folder of the same name under ``train.out``; a new run is named after its
+    preset and start time (`make_run_name`).
     """
     cfg, run_dir, fresh = _choose_run_folder(cfg)
     name = cfg.train.run_name
@@ -489,15 +441,9 @@ def _claim_new_name(cfg: Config) -> tuple[Config, Path, RunClaim]:
 
 
 def claim_run_folder(cfg: Config, info: DistInfo | None = None) -> tuple[Config, Path, RunClaim | None]:
-    """Choose the run's folder as `resolve_run_folder` does, and claim it for this run (`claim`).
-
-    A new run's default name is claimed with ``mkdir`` (the next free ``-2``, ``-3``, ... when another run took it
-    first); a named or resumed run's folder is claimed through its lock. Under DDP rank 0 claims and the other ranks
-    receive its folder (their claim is None). The caller releases the claim when the run ends.
-
-    Raises:
-        RunFolderBusy: on every rank, when a live run holds the folder (the message names its PID and start time).
-    """
+    """Choose the run's folder as `resolve_run_folder` does and claim it (a new run's default name with ``mkdir``,
+    the next free ``-2``, ``-3``, ... when another run took it first). Under DDP rank 0 claims and the other ranks
+    get its folder and a None claim; `RunFolderBusy` is raised on every rank."""
     info = info or DistInfo()
     held, error, outcome = None, None, None
     if info.is_main:
@@ -520,9 +466,8 @@ def claim_run_folder(cfg: Config, info: DistInfo | None = None) -> tuple[Config,
 
 
 # ---- what a run folder holds -------------------------------------------------------------------------------------
-def earlier_checkpoints(run_dir: Path) -> list[str]:
-    """The checkpoints of an earlier run that `run_dir` holds: a new run never writes over them. A folder left by
-    a start that failed before its first epoch (config.json, metrics) holds none."""
+def _earlier_checkpoints(run_dir: Path) -> list[str]:
+    """The checkpoints of an earlier run in `run_dir` (a start that failed before its first epoch left none)."""
     if not run_dir.is_dir():
         return []
     names = ("last.pth", "weight_final.pth")
@@ -531,10 +476,10 @@ def earlier_checkpoints(run_dir: Path) -> list[str]:
 
 def refuse_earlier_run(run_dir: Path, resume: str | Path | None, info: DistInfo | None = None) -> None:
     """Raise `FileExistsError` (on every rank) when `run_dir` holds an earlier run's checkpoints and this run is not
-    that run continuing: a new run, or one resumed from another folder, writes over nothing."""
+    that run continuing."""
     info = info or DistInfo()
     continuing = resume is not None and Path(resume).resolve().parent == run_dir.resolve()
-    earlier = broadcast_object(earlier_checkpoints(run_dir) if info.is_main and not continuing else [])
+    earlier = broadcast_object(_earlier_checkpoints(run_dir) if info.is_main and not continuing else [])
     if earlier:
         listed = ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else "")
         latest = "last.pth" if "last.pth" in earlier else earlier[-1]
@@ -545,8 +490,7 @@ def refuse_earlier_run(run_dir: Path, resume: str | Path | None, info: DistInfo 
 
 
 def trim_metrics(path: Path, step: int, epoch: int) -> None:
-    """Drop the records of ``metrics.jsonl`` written after the checkpoint a run resumes from (at `step`, after
-    `epoch` epochs): the killed epoch's steps and lines."""
+    """Drop the ``metrics.jsonl`` records written after the checkpoint a run resumes from (at `step`, `epoch`)."""
     if not path.is_file():
         return
     kept = [
