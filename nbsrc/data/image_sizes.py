@@ -302,10 +302,10 @@ def find_split_trees(images_root: str | Path, split: str, *, flat: bool = True) 
     found = find_folders(root, is_split_tree, max_depth=SEARCH_DEPTH, skip=_SKIP_DIRS, shallowest=True)
     if found:
         return [folder / "images" for folder in found]
-    if flat and _holds_images(root / "images" if (root / "images").is_dir() else root):
-        other = [p for p in root.iterdir() if p.is_dir() and p.name.lower().startswith("wider_")]
-        if not other:  # a folder of WIDER_train/ only holds no images of val
-            return [root / "images" if (root / "images").is_dir() else root]
+    folder = root / "images" if (root / "images").is_dir() else root
+    if flat and _holds_images(folder):
+        if not any(p.is_dir() and p.name.lower().startswith("wider_") for p in root.iterdir()):
+            return [folder]  # a folder of WIDER_train/ only holds no images of val
     return []
 
 
