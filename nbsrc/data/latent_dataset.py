@@ -335,14 +335,12 @@ class LatentWiderFace(Dataset):
         non_finite, unreadable = find_non_finite(paths, root=self.root, cache_folders=cache_folders)
         if not non_finite and not unreadable:
             return
-        bad = set()
         for path in paths:  # in sample order: under raise the first bad file is named
             if path in unreadable:
                 self.log.add("unreadable_latent", path, 0, f"unreadable .npy file: {unreadable[path]}")
-                bad.add(path)
             elif path in non_finite:
                 self.log.add("non_finite", path, 0, f"{non_finite[path]} NaN/Inf values in the latent")
-                bad.add(path)
+        bad = unreadable.keys() | non_finite.keys()
         self.samples = [sample for sample in self.samples if sample.path not in bad]
 
     def _map(self, record: ImageRecord, net_size: tuple[int, int]) -> tuple[ImageRecord, FrameMap | None] | None:
