@@ -1,10 +1,6 @@
-"""The process group of a multi-process training run, and the collectives the trainer uses.
-
-A distributed run is started by ``torchrun --nproc_per_node N -m nbsrc train ...`` (Kaggle T4 x2: ``N = 2``; from a
-notebook, `nbsrc.launch`), which sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``.
-`init_distributed` reads them and joins the process group (NCCL on CUDA, gloo on CPU); every process trains on its
-own shard of the data (``DistributedSampler``), DDP averages the gradients, and only rank 0 logs, tracks and writes
-checkpoints.
+"""The process group of a multi-process training run (``torchrun --nproc_per_node N -m nbsrc train ...``, or
+`nbsrc.launch` from a notebook), and the collectives the trainer uses. Every process trains on its own shard of the
+data; only rank 0 logs, tracks and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -60,14 +56,8 @@ def is_distributed() -> bool:
 
 
 def init_distributed(device: torch.device | str = "cpu") -> DistInfo:
-    """Join the process group described by the ``torchrun`` environment (no-op for a single process).
-
-    Args:
-        device: the training device kind; CUDA uses NCCL and ``cuda:LOCAL_RANK``, anything else gloo.
-
-    Returns:
-        This process's `DistInfo`. Non-zero ranks log warnings and errors only.
-    """
+    """Join the process group of the ``torchrun`` environment (no-op for a single process): NCCL and
+    ``cuda:LOCAL_RANK`` on CUDA, gloo elsewhere. Non-zero ranks then log warnings and errors only."""
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", rank)
@@ -102,9 +92,8 @@ def barrier() -> None:
 
 
 def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
-    """Whether `flag` holds on any rank (itself when not distributed). Every rank must call it: it is how all
-    ranks agree to skip a training step whose batch one of them could not load, so no gradient reduction waits
-    for a rank that skipped. `device` is where the collective runs (CUDA under NCCL)."""
+    """Whether `flag` holds on any rank; every rank must call it (how all ranks agree to skip a step whose batch
+    one of them could not load). `device` is where the collective runs (CUDA under NCCL)."""
     if not is_distributed():
         return flag
     box = torch.tensor([int(flag)], device=device)

@@ -1,9 +1,6 @@
 """Starting a training run from a notebook or a script: in this process (`nbsrc.engine.fit`), or in a child
-``torchrun`` of one process per GPU (DistributedDataParallel, see `nbsrc.distributed`) whose output streams into
-the notebook cell.
-
-The notebook process itself never touches CUDA (a CUDA context created before forking breaks the workers): it only
-counts the GPUs (`training_processes`) and claims the run folder, which the workers then follow.
+``torchrun`` of one process per GPU whose output streams into the notebook cell. The notebook process never creates
+a CUDA context (that breaks forked workers): it only counts the GPUs and claims the run folder for the workers.
 """
 
 from __future__ import annotations
@@ -42,18 +39,9 @@ def _stream(command: list[str], env: dict[str, str]) -> int:
 
 
 def launch(cfg: Config, nprocs: int | str = "gpu", *, start_epoch: int | None = None) -> Path:
-    """Train `cfg` in a child ``torchrun`` of `nprocs` processes and return the run folder.
-
-    Args:
-        cfg: the run's configuration. Its run folder is chosen and claimed here (`nbsrc.runs.claim_run_folder`,
-            as `fit` would: a resumed run continues in its checkpoint's folder), so the caller knows it before the
-            workers start; the workers follow this claim (its token is in their environment).
-        nprocs: number of processes, or ``"gpu"`` for one per visible GPU.
-        start_epoch: first epoch when initialising from a published checkpoint (see `nbsrc.engine.fit`).
-
-    Raises:
-        RuntimeError: a worker failed (its last output lines are shown).
-    """
+    """Train `cfg` in a child ``torchrun`` of `nprocs` processes (``"gpu"``: one per visible GPU) and return the run
+    folder, which is claimed here as `fit` would and followed by the workers. `start_epoch` is `fit`'s. Raises
+    `RuntimeError` when a worker failed (its last output lines are shown)."""
     cfg, run_dir, held = claim_run_folder(cfg)
     try:
         with tempfile.TemporaryDirectory(prefix="nbsrc-launch-") as tmp:
@@ -78,11 +66,8 @@ def launch(cfg: Config, nprocs: int | str = "gpu", *, start_epoch: int | None = 
 
 
 def training_processes(device: str = "auto", gpus: int = 0) -> int:
-    """How many processes a notebook trains with: one per visible GPU (at most `gpus` when it is > 0) for
-    ``device`` ``auto`` or ``cuda``; 1 on CPU or for one chosen GPU (``cuda:N``). Kaggle's T4 x2 gives 2.
-
-    Counting the GPUs creates no CUDA context in the calling process.
-    """
+    """How many processes a notebook trains with: one per visible GPU (at most `gpus` when > 0) for ``device``
+    ``auto`` or ``cuda``; 1 on CPU or for one chosen GPU (``cuda:N``). Creates no CUDA context."""
     if gpus < 0:
         raise ValueError(f"gpus must be >= 0 (0: every visible GPU), got {gpus}")
     if device not in ("auto", "cuda") or not torch.cuda.is_available():

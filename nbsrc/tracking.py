@@ -1,16 +1,11 @@
-"""Experiment tracking with Weights & Biases, safe everywhere: ``online``, ``offline`` or ``disabled``.
+"""Experiment tracking with Weights & Biases, safe everywhere: `Tracker` logs scalars, detections on images and
+checkpoints as artifacts, or does nothing.
 
-- ``disabled`` never imports wandb: every call is a no-op.
-- ``offline`` writes the run under ``<run_dir>/wandb/offline-run-*`` (upload later with ``wandb sync``); it
-  needs no key and no network.
-- ``online`` needs an API key: ``WANDB_API_KEY``, a ``wandb login`` entry in ``~/.netrc``, or, inside a
-  Kaggle kernel, the ``WANDB_API_KEY`` secret when it is attached to the notebook. Without a key (or when the
-  login fails) the run falls back to ``offline`` with one warning, so a training run never dies or hangs on
-  a login prompt.
-- Without wandb installed, ``online`` and ``offline`` log one warning and track nothing.
-
-`Tracker` logs scalars (losses, lr, positives, AP), sample detections as ``wandb.Image`` with boxes, and
-checkpoints as model artifacts. wandb is imported lazily, only when a run is actually tracked.
+- ``disabled`` never imports wandb.
+- ``offline`` writes ``<run_dir>/wandb/offline-run-*`` (upload later with ``wandb sync``): no key, no network.
+- ``online`` needs an API key (``WANDB_API_KEY``, a ``wandb login`` entry in ``~/.netrc``, or the attached Kaggle
+  secret of that name); without one, or when the login fails, it falls back to ``offline`` with one warning, so a
+  run never dies or hangs on a login prompt. Without wandb installed nothing is tracked (one warning).
 """
 
 from __future__ import annotations
@@ -84,12 +79,8 @@ def _artifact_name(name: str) -> str:
 
 
 class Tracker:
-    """A W&B run, or nothing (``mode == "disabled"``). All methods are safe to call in every mode.
-
-    Args:
-        run: the wandb run, or None when disabled.
-        mode: the mode actually in use (``online`` may have fallen back to ``offline``).
-    """
+    """A W&B run, or nothing (`run` None, ``mode == "disabled"``); every method is safe in every mode. `mode` is
+    the mode in use (``online`` may have fallen back to ``offline``)."""
 
     def __init__(self, run: Any = None, mode: str = "disabled") -> None:
         self.run = run
@@ -98,11 +89,6 @@ class Tracker:
     @property
     def enabled(self) -> bool:
         return self.run is not None
-
-    @property
-    def dir(self) -> Path | None:
-        """The local folder of the run (None when disabled)."""
-        return Path(self.run.dir) if self.run is not None else None
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log scalar metrics (non-numeric values are skipped)."""
@@ -123,17 +109,11 @@ class Tracker:
         step: int | None = None,
         max_images: int = 8,
     ) -> None:
-        """Log images with predicted (and ground-truth) boxes as ``wandb.Image`` objects.
+        """Log up to `max_images` images with their boxes as ``wandb.Image`` objects under `key`.
 
-        Args:
-            key: metric key, e.g. ``val/detections``.
-            images: ``uint8 [H, W, 3]`` RGB (or ``[H, W]`` gray) arrays in the boxes' pixel frame.
-            detections: per image, ``boxes [N, 4]`` xyxy pixels, ``scores [N]``, ``labels [N]`` (arrays or
-                tensors).
-            ground_truth: per image, ``[M, 4]`` xyxy pixel boxes (optional).
-            captions: one caption per image.
-            step: the global step.
-            max_images: at most this many images are logged.
+        `images` are ``uint8 [H, W, 3]`` RGB (or ``[H, W]`` gray) in the boxes' pixel frame; `detections` per image
+        ``boxes [N, 4]`` xyxy pixels, ``scores [N]``, ``labels [N]`` (arrays or tensors); `ground_truth` per image
+        ``[M, 4]`` xyxy pixels.
         """
         if self.run is None:
             return
@@ -222,16 +202,8 @@ def init_tracker(
     run_dir: str | Path | None = None,
     group: str | None = None,
 ) -> Tracker:
-    """Start a W&B run in `mode` (see the module docstring for the fallbacks).
-
-    Args:
-        mode: ``online`` | ``offline`` | ``disabled``.
-        project: W&B project.
-        run_name: display name of the run.
-        config: the run's configuration (stored with the run).
-        run_dir: parent folder of the ``wandb/`` run files (default: the working directory).
-        group: W&B group (e.g. for the processes of one distributed run).
-    """
+    """Start a W&B run in `mode` (see the module docstring for the fallbacks), its ``wandb/`` files under `run_dir`
+    (default: the working directory)."""
     if mode not in MODES:
         raise ValueError(f"wandb mode must be one of {list(MODES)}, got {mode!r}")
     if mode == "disabled":
