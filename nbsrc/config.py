@@ -57,7 +57,6 @@ Amp = Literal["auto", "fp16", "bf16", "off"]
 Wandb = Literal["online", "offline", "disabled"]
 TestScale = Literal["square", "original", "mxnet"]
 
-RATES = (12, 25, 50, 75, 100)  # JPEG AI rate points, bits per pixel x 100
 TEST_SCALES: tuple[str, ...] = typing.get_args(TestScale)  # RGB prediction input sizes (see EvalConfig.test_scale)
 # data settings of a training run that must not shape prediction, and their prediction values (Config.for_prediction)
 TRAINING_ONLY_DATA = {"max_images": None, "latent_crop": None, "latent_flip": False, "augment": False}
@@ -411,12 +410,8 @@ def _resolve_key(key: str) -> tuple[str | None, str]:
     if key == "preset":
         return None, key
     if "." in key:
+        _reject_unknown([key], all_keys(), "")
         group, name = key.split(".", 1)
-        if group not in _GROUPS:
-            _reject_unknown([key], all_keys(), "")
-        names = [f.name for f in dataclasses.fields(_GROUPS[group])]
-        if name not in names:
-            _reject_unknown([key], all_keys(), "")
         return group, name
     owners = [g for g, c in _GROUPS.items() if key in {f.name for f in dataclasses.fields(c)}]
     if len(owners) == 1:
@@ -431,8 +426,7 @@ def _resolve_key(key: str) -> tuple[str | None, str]:
 def _build_group(group_cls: type, values: Mapping[str, Any], group: str) -> Any:
     names = [f.name for f in dataclasses.fields(group_cls)]
     _reject_unknown(values.keys(), names, f"{group}.")
-    hints = typing.get_type_hints(group_cls)
-    coerced = {k: coerce_value(v, hints[k], f"{group}.{k}") for k, v in values.items()}
+    coerced = {k: coerce_value(v, _hints(group_cls)[k], f"{group}.{k}") for k, v in values.items()}
     return group_cls(**coerced)
 
 

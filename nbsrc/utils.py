@@ -48,11 +48,8 @@ class _StdoutHandler(logging.StreamHandler):
 
 
 def setup_logging(level: int | str = logging.INFO) -> None:
-    """Configure the ``nbsrc`` logger once (notebooks and CLIs call this).
-
-    When the application already configured the root logger (a test runner, a host program), records simply
-    propagate there; otherwise ``nbsrc`` gets its own stdout handler.
-    """
+    """Configure the ``nbsrc`` logger once: its records go to the root logger when the application configured
+    one (a test runner, a host program), else to a stdout handler of its own."""
     package_logger = logging.getLogger("nbsrc")
     package_logger.setLevel(level)
     if logging.getLogger().handlers:
@@ -121,9 +118,8 @@ _TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
 def _new_temp_file(path: Path) -> Path:
-    """Create an empty ``.<name>.<pid>-<random>.tmp`` next to `path` with the mode any new file gets (0o666 less
-    the umask, where `tempfile.mkstemp` would make it private to its writer). The random part does not draw from
-    the seeded `random` module."""
+    """Create an empty ``.<name>.<pid>-<random>.tmp`` next to `path` with the umask's mode (`tempfile.mkstemp`
+    would make it private), its random part not drawn from the seeded `random` module."""
     for _ in range(100):
         token = "".join(secrets.choice(_TEMP_CHARS) for _ in range(8))
         tmp = path.with_name(f".{path.name}.{os.getpid()}-{token}.tmp")
@@ -149,11 +145,10 @@ def _disk_full(path: Path) -> OSError:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it is renamed onto `path`, on error removed.
+    """Yield a temporary path next to `path`, renamed onto `path` on success and removed on error.
 
-    Nothing partial is ever left at `path`. The temporary file is ``.<name>.<pid>-<random>.tmp``: a process killed
-    while writing leaves it behind, and `nbsrc.runs.remove_stale_temp_files` recognises it by that pattern and PID.
-    A full disk (``ENOSPC``, or torch's ``... unexpected pos`` short write) raises ``OSError(ENOSPC)`` naming `path`.
+    A process killed while writing leaves the temporary file behind (`nbsrc.runs.remove_stale_temp_files` clears
+    it). A full disk (``ENOSPC``, or torch's ``... unexpected pos`` short write) raises ``OSError(ENOSPC)``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

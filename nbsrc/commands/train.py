@@ -161,8 +161,7 @@ def _preset_from_args(args: argparse.Namespace, latent_only_data: bool = False) 
 
 
 def _split_of(path_value: str, flag: str, kind: str) -> tuple[Path, str]:
-    """(dataset root, split name) from an ancestor path: ``ROOT/<split>/latent``, ``ROOT/<split>`` or
-    ``ROOT/<split>/labels.txt``."""
+    """(dataset root, split name) of ``ROOT/<split>/latent``, ``ROOT/<split>`` or ``ROOT/<split>/labels.txt``."""
     path = Path(path_value).expanduser().resolve()
     if kind == "latent":
         if path.name != "latent":
@@ -266,8 +265,8 @@ def _latent_only_data(data: dict[str, Any], pairs: list[str]) -> bool:
 
 
 def _resumed_run_name(resume: str, out_given: bool) -> str | None:
-    """``train.run_name`` of a resumed run the user did not name: None, so that `nbsrc.runs.resolve_run_folder`
-    continues in the checkpoint's folder; with ``--out`` given, the checkpoint folder's name under it."""
+    """``train.run_name`` of a resumed run the user did not name: None (continue in the checkpoint's folder), or
+    with ``--out`` given, the checkpoint folder's name under it."""
     folder = Path(resume).expanduser().resolve().parent
     if out_given and (folder / "config.json").is_file():
         return folder.name
@@ -275,9 +274,8 @@ def _resumed_run_name(resume: str, out_given: bool) -> str | None:
 
 
 def _read_config(path: str) -> Config:
-    """The `Config` of a config JSON holding every group (a run folder's ``config.json``); raises `ValueError`
-    naming the file and the missing groups, since a missing group would silently take the defaults of another
-    preset than the one the file names."""
+    """The `Config` of a config JSON holding every group (a run folder's ``config.json``): a missing group would
+    silently take the defaults of another preset than the file's, so it is a `ValueError`."""
     try:
         cfg = Config.from_json(path)
     except ValueError as exc:
@@ -296,12 +294,8 @@ def _read_config(path: str) -> Config:
 
 
 def check_checkpoints(cfg: Config) -> None:
-    """Load ``train.weight`` / ``train.resume`` and check, before any run folder is written, that they fit the
-    configured model strictly (as training loads them) and that a resume checkpoint holds the training state.
-
-    Raises:
-        FileNotFoundError / ValueError: naming the checkpoint and what does not fit.
-    """
+    """Check that ``train.weight`` / ``train.resume`` fit the configured model strictly (as training loads them)
+    and that a resume checkpoint holds the training state; `FileNotFoundError` / `ValueError` otherwise."""
     with torch.device("meta"):  # keys and shapes only: no memory, no init cost
         model = build_model(cfg.replace(**{"model.pretrained": "none"}))
     with warnings.catch_warnings():  # loading into meta tensors is a no-op, which torch warns about per tensor
@@ -316,7 +310,7 @@ def _checkpoint(path: str, cache: dict[str, dict]) -> dict:
 
 
 def _start_weights(args: argparse.Namespace, checkpoints: dict[str, dict]) -> tuple[str | None, str | None]:
-    """``(train.resume, train.weight)`` the flags give: ``--resume_net`` resumes from our checkpoint with training
+    """``(train.resume, train.weight)`` of the flags: ``--resume_net`` resumes from our checkpoint with training
     state and initialises from anything else."""
     if args.resume_net and (args.resume or args.weight):
         raise ValueError("--resume_net cannot be combined with --resume or --weight")
@@ -347,8 +341,7 @@ def _base_config(
 
 
 def _flag_overrides(args: argparse.Namespace, amp_value: str | None) -> dict[str, Any]:
-    """Config keys the option flags set (the value-taking options, --device, --amp, --freeze, --no_wandb,
-    --latent_suffix)."""
+    """Config keys the option flags set."""
     simple = {
         "train.epochs": args.epochs,
         "train.batch_size": args.batch_size,
