@@ -135,33 +135,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     obj = _torch_load(path)
     if isinstance(obj, Mapping) and "model" in obj and _is_state_dict(obj["model"]):
-        checkpoint = dict(obj)
-        checkpoint["model"] = strip_prefixes(obj["model"])
-        checkpoint.setdefault("format", FORMAT)
-        for key in ("config", "epoch", "optimizer", "scaler", "scheduler"):
-            checkpoint.setdefault(key, None)
-        checkpoint.setdefault("metrics", {})
-        return checkpoint
-    if isinstance(obj, Mapping) and "state_dict" in obj and _is_state_dict(obj["state_dict"]):
-        state_dict = obj["state_dict"]
+        checkpoint = {"format": FORMAT, **obj}
+    elif isinstance(obj, Mapping) and "state_dict" in obj and _is_state_dict(obj["state_dict"]):
+        checkpoint = {"format": "state_dict", "model": obj["state_dict"], "epoch": obj.get("epoch")}
     elif _is_state_dict(obj):
-        state_dict = obj
+        checkpoint = {"format": "state_dict", "model": obj}
     else:
         raise ValueError(
             f"{path}: expected a state dict of tensors, a dict with 'state_dict', or a nbsrc checkpoint "
             f"(dict with 'model' and 'config'); got {type(obj).__name__}"
             + (f" with keys {list(obj)[:8]}" if isinstance(obj, Mapping) else "")
         )
-    return {
-        "format": "state_dict",
-        "model": strip_prefixes(state_dict),
-        "config": None,
-        "epoch": obj.get("epoch") if isinstance(obj, Mapping) and "state_dict" in obj else None,
-        "optimizer": None,
-        "scaler": None,
-        "scheduler": None,
-        "metrics": {},
-    }
+    checkpoint["model"] = strip_prefixes(checkpoint["model"])
+    for key in ("config", "epoch", "optimizer", "scaler", "scheduler"):
+        checkpoint.setdefault(key, None)
+    checkpoint.setdefault("metrics", {})
+    return checkpoint
 
 
 def check_resumable(checkpoint: Mapping[str, Any], source: str | Path = "checkpoint") -> None:

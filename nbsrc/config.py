@@ -348,9 +348,8 @@ class Config:
 
     # ---- overrides -----------------------------------------------------------------------------
     def for_prediction(self) -> Config:
-        """This config with the training-only data settings (`TRAINING_ONLY_DATA`: ``data.max_images``, crops,
-        flips, augmentation) reset, for predicting with a checkpoint's config: a cap on the images predicted is
-        then asked for explicitly (``data.max_images=N`` after this)."""
+        """This config with the training-only data settings (`TRAINING_ONLY_DATA`) reset, for predicting with a
+        checkpoint's config."""
         return self.replace(**{f"data.{key}": value for key, value in TRAINING_ONLY_DATA.items()})
 
     def replace(self, **overrides: Any) -> Config:
@@ -358,24 +357,19 @@ class Config:
         with a mapping (``train={"lr": 0.01}``). String values are parsed as Python literals when the
         field is not a string (so CLI ``key=value`` pairs work)."""
         per_group: dict[str, dict[str, Any]] = {g: {} for g in _GROUPS}
-        top: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {}
         for key, value in overrides.items():
             if key in _GROUPS and isinstance(value, Mapping):
-                for sub_key, sub_value in value.items():
-                    per_group[key][sub_key] = sub_value
+                per_group[key].update(value)
                 continue
             group, name = _resolve_key(key)
             if group is None:
-                top[name] = value
+                kwargs["preset"] = coerce_value(value, str, "preset")
             else:
                 per_group[group][name] = value
-        kwargs: dict[str, Any] = {}
-        if "preset" in top:
-            kwargs["preset"] = coerce_value(top["preset"], str, "preset")
         for group, values in per_group.items():
             if values:
-                current = dataclasses.asdict(getattr(self, group))
-                current.update(values)
+                current = {**dataclasses.asdict(getattr(self, group)), **values}
                 kwargs[group] = _build_group(_GROUPS[group], current, group)
         return dataclasses.replace(self, **kwargs)
 
