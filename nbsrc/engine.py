@@ -712,7 +712,9 @@ def _save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
     if t.keep_epochs is not None:
         prune_epoch_files(run.run_dir, keep=t.keep_epochs)
     run.tracker.log({f"epoch/{k}": v for k, v in record.items() if k != "kind"}, step=run.step)
-    logger.info("epoch %d/%d: %s", epoch + 1, t.epochs, _epoch_line(record))
+    keys = ("train_loss", "train_pos_per_image", "train_images_per_s", "val_loss", "val_ap_face", "val_ap_person")
+    line = ", ".join(f"{k}={record[k]:.4g}" for k in keys if isinstance(record.get(k), (int, float)))
+    logger.info("epoch %d/%d: %s", epoch + 1, t.epochs, line)
 
 
 def _finish(run: _Run) -> None:
@@ -727,11 +729,6 @@ def _finish(run: _Run) -> None:
         metadata = {"best_key": run.best_key, "best_score": run.best_score, "preset": run.cfg.preset}
         run.tracker.log_checkpoint(best, name=f"{run.run_dir.name}-best", aliases=("best", "latest"), metadata=metadata)
     run.tracker.summary({"best_key": run.best_key, "best_score": run.best_score})
-
-
-def _epoch_line(record: Mapping[str, Any]) -> str:
-    keys = ("train_loss", "train_pos_per_image", "train_images_per_s", "val_loss", "val_ap_face", "val_ap_person")
-    return ", ".join(f"{k}={record[k]:.4g}" for k in keys if isinstance(record.get(k), (int, float)))
 
 
 # ---- the whole run ----------------------------------------------------------------------------------

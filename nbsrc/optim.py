@@ -69,10 +69,6 @@ class LRSchedule:
         self.warmup_steps = int(round(warmup_epochs * steps_per_epoch))
         self.warmup_start = float(warmup_start)
 
-    @property
-    def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
-
     def decay(self, step: int) -> float:
         """The schedule's multiplier at `step`, without warm-up."""
         epoch = step // self.steps_per_epoch
@@ -81,7 +77,7 @@ class LRSchedule:
         if self.schedule == "multistep":
             return self.gamma ** sum(1 for m in self.milestones if epoch >= m)
         if self.schedule == "cosine":
-            span = max(1, self.total_steps - self.warmup_steps)
+            span = max(1, self.epochs * self.steps_per_epoch - self.warmup_steps)
             progress = min(1.0, max(0.0, (step - self.warmup_steps) / span))
             return 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0

@@ -74,10 +74,6 @@ def find_wandb_key() -> str | None:
     return None
 
 
-def _artifact_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "model"
-
-
 class Tracker:
     """A W&B run, or nothing (`run` None, ``mode == "disabled"``); every method is safe in every mode. `mode` is
     the mode in use (``online`` may have fallen back to ``offline``)."""
@@ -145,7 +141,8 @@ class Tracker:
             return
         import wandb
 
-        artifact = wandb.Artifact(_artifact_name(name), type="model", metadata=dict(metadata or {}))
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "model"  # the characters W&B allows
+        artifact = wandb.Artifact(name, type="model", metadata=dict(metadata or {}))
         artifact.add_file(str(path))
         self.run.log_artifact(artifact, aliases=list(aliases))
 
