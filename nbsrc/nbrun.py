@@ -68,13 +68,7 @@ class NotebookExecutionError(RuntimeError):
     `cell_line` is the first line of that cell."""
 
     def __init__(
-        self,
-        notebook: str,
-        cell_index: int | None,
-        ename: str,
-        evalue: str,
-        output: Path | None,
-        cell_line: str = "",
+        self, notebook: str, cell_index: int | None, ename: str, evalue: str, output: Path | None, cell_line: str = ""
     ) -> None:
         self.notebook = notebook
         self.cell_index = cell_index
@@ -107,6 +101,12 @@ def list_notebooks(notebooks_dir: str | Path | None = None) -> list[Path]:
     return found
 
 
+def _unknown(message: str, key: str, choices: Iterable[str], listing: str) -> ValueError:
+    """`message`, the close match of `key` among `choices` if any, and `listing` in parentheses."""
+    hint = difflib.get_close_matches(key, list(choices), n=1)
+    return ValueError(message + (f"; did you mean {hint[0]!r}?" if hint else "") + f" ({listing})")
+
+
 def select_notebooks(names: Sequence[str] | None, available: list[Path]) -> list[Path]:
     if not names:
         return available
@@ -116,12 +116,7 @@ def select_notebooks(names: Sequence[str] | None, available: list[Path]) -> list
         key = Path(name).stem
         matches = [p for stem, p in by_stem.items() if stem == key or stem[:2] == key or stem[3:] == key]
         if len(matches) != 1:
-            hint = difflib.get_close_matches(key, list(by_stem), n=1)
-            raise ValueError(
-                f"unknown notebook {name!r}"
-                + (f"; did you mean {hint[0]!r}?" if hint else "")
-                + f" (notebooks: {', '.join(by_stem)})"
-            )
+            raise _unknown(f"unknown notebook {name!r}", key, by_stem, f"notebooks: {', '.join(by_stem)}")
         if matches[0] not in selected:
             selected.append(matches[0])
     return sorted(selected)
@@ -225,12 +220,8 @@ def check_parameters(notebook: str, declared: Mapping[str, NotebookParameter], p
     checked = {}
     for key, value in params.items():
         if key not in declared:
-            hint = difflib.get_close_matches(key, list(declared), n=1)
-            raise ValueError(
-                f"notebook {notebook} does not declare parameter {key!r}"
-                + (f"; did you mean {hint[0]!r}?" if hint else "")
-                + f" (declared: {', '.join(declared) or 'none'})"
-            )
+            listing = f"declared: {', '.join(declared) or 'none'}"
+            raise _unknown(f"notebook {notebook} does not declare parameter {key!r}", key, declared, listing)
         checked[key] = check_value(notebook, declared[key], value)
     return checked
 
@@ -283,12 +274,8 @@ def plan_parameters(
     undeclared = [k for k in common if not any(k in d for d in declared_by.values())]
     if undeclared:
         everything = sorted({k for d in declared_by.values() for k in d})
-        hint = difflib.get_close_matches(undeclared[0], everything, n=1)
-        raise ValueError(
-            f"parameter {undeclared[0]!r} is declared by none of the notebooks {', '.join(declared_by)}"
-            + (f"; did you mean {hint[0]!r}?" if hint else "")
-            + f" (declared: {', '.join(everything)})"
-        )
+        message = f"parameter {undeclared[0]!r} is declared by none of the notebooks {', '.join(declared_by)}"
+        raise _unknown(message, undeclared[0], everything, f"declared: {', '.join(everything)}")
     return plan
 
 
@@ -317,13 +304,8 @@ def resolve_auto_pretrained(params: Mapping[str, Any], declared: Mapping[str, No
     ``overrides``: in the notebook it would search the run folder."""
     if "pretrained" not in declared or "preset" not in declared:
         return dict(params)
-    values: dict[str, Any] = {}
-    for key in ("pretrained", "preset", "overrides"):
-        if key in declared:
-            try:
-                values[key] = ast.literal_eval(declared[key].default)
-            except (ValueError, SyntaxError):  # not a literal: leave it to the notebook
-                values[key] = None
+    keys = ("pretrained", "preset", "overrides")
+    values = {key: ast.literal_eval(declared[key].default) for key in keys if key in declared}
     values.update(params)
     if values["pretrained"] != "auto" or not isinstance(values["preset"], str):
         return dict(params)

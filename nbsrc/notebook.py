@@ -134,7 +134,6 @@ def check_given_parameters(namespace: dict[str, Any], notebook: str = "this note
 
 
 # ---- the config ---------------------------------------------------------------------------------
-
 def notebook_config(namespace: dict[str, Any]) -> Config:
     """Check the parameters a notebook was given (in place) and return the config they describe: a `ValueError`
     names a parameter of the wrong type or a setting out of range, a `FileNotFoundError` a missing dataset or
