@@ -40,6 +40,7 @@ from nbsrc.checkpoint import (
 from nbsrc.config import Config, EvalConfig
 from nbsrc.data.demo import resolve_dataset_root
 from nbsrc.data.loaders import build_dataloaders
+from nbsrc.data.records import CLASS_NAMES
 from nbsrc.distributed import DistInfo, any_rank, barrier, broadcast_object, init_distributed
 from nbsrc.evaluation.detection_ap import detection_ap
 from nbsrc.loss import build_loss, normalize_targets
@@ -59,7 +60,6 @@ logger = logging.getLogger(__name__)
 
 LOSS_KEYS = ("loss", "loss_box", "loss_cls", "loss_landm")
 AVERAGED = (*LOSS_KEYS, "pos_per_image")  # what a step record and an epoch average
-CLASS_NAMES = {1: "face", 2: "person"}
 LOG_EVERY = 10  # optimizer steps between metrics.jsonl step records
 PREVIEW_IMAGES = 4  # validation images logged with their detections to W&B
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from nbsrc.config import Config
+from nbsrc.data.records import CLASS_NAMES
 from nbsrc.paths import on_kaggle
 
 __all__ = ["MODES", "Tracker", "build_tracker", "find_wandb_key", "init_tracker"]
@@ -29,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 MODES = ("online", "offline", "disabled")
 KEY_NAME = "WANDB_API_KEY"  # environment variable and Kaggle secret label
-CLASS_LABELS = {1: "face", 2: "person"}
 
 
 def _netrc_has_key() -> bool:
@@ -118,11 +118,11 @@ class Tracker:
         logged = []
         for index, image in enumerate(list(images)[:max_images]):
             det = detections[index]
-            boxes = {"predictions": {"box_data": _box_data(det), "class_labels": CLASS_LABELS}}
+            boxes = {"predictions": {"box_data": _box_data(det), "class_labels": CLASS_NAMES}}
             if ground_truth is not None:
                 gt = np.asarray(ground_truth[index], dtype=np.float64).reshape(-1, 4)  # (M, 4)
                 gt_data = [_box(b, 1, "gt", None) for b in gt]
-                boxes["ground_truth"] = {"box_data": gt_data, "class_labels": CLASS_LABELS}
+                boxes["ground_truth"] = {"box_data": gt_data, "class_labels": CLASS_NAMES}
             caption = captions[index] if captions is not None else None
             logged.append(wandb.Image(np.asarray(image), boxes=boxes, caption=caption))
         if logged:
@@ -185,7 +185,7 @@ def _box_data(det: Mapping[str, Any]) -> list[dict[str, Any]]:
     scores = _to_numpy(det["scores"]).reshape(-1)  # (N,)
     labels = _to_numpy(det.get("labels", np.ones(len(boxes)))).reshape(-1)  # (N,)
     return [
-        _box(b, int(lab), f"{CLASS_LABELS.get(int(lab), int(lab))} {s:.2f}", s)
+        _box(b, int(lab), f"{CLASS_NAMES.get(int(lab), int(lab))} {s:.2f}", s)
         for b, s, lab in zip(boxes, scores, labels)
     ]
 
