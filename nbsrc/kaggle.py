@@ -369,11 +369,10 @@ def _push_instructions(owner: str, code_folder: Path, kernels: Mapping[str, Path
             waited = ", ".join(f"{owner}/{KERNELS[source].slug}" for source in spec.kernel_sources)
             push = f'if {" && ".join(guards)}; then {push}; else echo "{waited} did not complete: {spec.slug} not pushed"; fi'
         kernel_commands.append(push)
-    last = [f"{owner}/{KERNELS[name].slug}" for name in list(kernels)[-1:]]
-    follow = [f"kaggle kernels status {ref}" for ref in last]
-    follow += [
-        f"kaggle kernels output {ref} -p runs/kaggle-output/{name}" for ref, name in zip(last, list(kernels)[-1:])
-    ]
+    follow: list[str] = []
+    for name in list(kernels)[-1:]:  # the last kernel
+        ref = f"{owner}/{KERNELS[name].slug}"
+        follow = [f"kaggle kernels status {ref}", f"kaggle kernels output {ref} -p runs/kaggle-output/{name}"]
 
     def block(commands: list[str]) -> str:
         return "```bash\n" + "\n".join(commands) + "\n```\n"

@@ -422,13 +422,8 @@ def _remove_metrics(run_dir: Path, name: str) -> None:
 
 
 def _image_count(nb: Any) -> int:
-    return sum(
-        1
-        for cell in nb.cells
-        if cell.cell_type == "code"
-        for out in cell.get("outputs", [])
-        if "image/png" in out.get("data", {})
-    )
+    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])]
+    return sum("image/png" in out.get("data", {}) for out in outputs)
 
 
 def _with_earlier_entries(path: Path, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

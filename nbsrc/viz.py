@@ -237,8 +237,7 @@ def plot_size_histograms(hist: Mapping[str, Any], *, title: str = "", save: str 
         axes.flat, ("width", "height", "aspect"), ("face width (px)", "face height (px)", "aspect w/h")
     ):
         data = hist[key]
-        edges = np.asarray(data["edges"])
-        ax.stairs(data["counts"], edges, fill=True, alpha=0.7)
+        ax.stairs(data["counts"], np.asarray(data["edges"]), fill=True, alpha=0.7)
         ax.set_xscale("log")
         ax.set(xlabel=xlabel, ylabel="faces")
         median = data["percentiles"].get(50)

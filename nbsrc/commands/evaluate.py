@@ -1,15 +1,7 @@
 """``python -m nbsrc evaluate --pred DIR [--gt DIR | --dataset_root ROOT [--split val]] [--subset] [--iou 0.5]
-[--json OUT] [--plot PR.png] [--allow-missing]``.
-
-Prints the WIDER FACE val AP as the official evaluation does, then the ground truth used::
-
-    Easy   Val AP: 0.9482
-    Medium Val AP: 0.9384
-    Hard   Val AP: 0.8960
-    ground truth: .../wider_val_gt (the official WIDER FACE val files shipped with nbsrc)
-
-The ground truth is ``--gt``, else found (`nbsrc.evaluation.ground_truth`). ``--subset`` evaluates only the
-images of the prediction folder.
+[--json OUT] [--plot PR.png] [--allow-missing]``: the WIDER FACE Easy / Medium / Hard AP as the official
+evaluation prints it, then the ground truth used (``--gt``, else found by `nbsrc.evaluation.ground_truth`).
+``--subset`` evaluates only the images of the prediction folder.
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
 """``python -m nbsrc evaluate-2cls --pred DIR --gt LABELS.txt [--coords auto|normalized|pixels]
-[--image-sizes CSV] [--iou 0.5 0.3] [--json OUT] [--allow-missing]``.
-
-Prints per-class AP and mAP for face and person, one column per IoU threshold::
-
-                IoU 0.5   IoU 0.3
-    Face         0.8123    0.8512
-    Person       0.7011    0.7704
-    mAP          0.7567    0.8108
+[--image-sizes CSV] [--iou 0.5 0.3] [--json OUT] [--allow-missing]``: per-class AP and mAP for face and person,
+one column per IoU threshold (`nbsrc.evaluation.twoclass.format_twoclass_table`).
 """
 
 from __future__ import annotations
