@@ -41,12 +41,11 @@ def check_thresholds(names: Mapping[str, str] | None = None, **values: Any) -> N
     for key, value in values.items():
         if value is None:
             continue
-        field = _THRESHOLD_FIELDS[key]
         name = names.get(key, key)
         if key in ("top_k", "keep_top_k") and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         try:
-            EvalConfig(**{field: value})
+            EvalConfig(**{_THRESHOLD_FIELDS[key]: value})
         except TypeError:
             raise ValueError(f"{name} must be a number, got {value!r}") from None
         except ValueError as exc:  # "config key 'eval.conf_thresh': must be in [0, 1]"

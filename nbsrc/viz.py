@@ -85,10 +85,7 @@ class Table:
     def __init__(self, rows: Sequence[Mapping[str, Any]] | Mapping[str, Any], title: str = "") -> None:
         self.rows = [dict(rows)] if isinstance(rows, Mapping) else [dict(r) for r in rows]
         self.title = title
-        columns: list[str] = []
-        for row in self.rows:
-            columns += [k for k in row if k not in columns]
-        self.columns = columns
+        self.columns = list(dict.fromkeys(key for row in self.rows for key in row))  # in order of appearance
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.columns)
@@ -314,8 +311,7 @@ def _series(records: Sequence[Mapping[str, Any]], key: str, x_keys: Sequence[str
     for i, record in enumerate(records):
         value = record.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            x = next((record[k] for k in x_keys if isinstance(record.get(k), (int, float))), i)
-            xs.append(x)
+            xs.append(next((record[k] for k in x_keys if isinstance(record.get(k), (int, float))), i))
             ys.append(value)
     return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
 
