@@ -196,8 +196,7 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state((name, np.asarray(keys.numpy(), dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        cuda_states = list(state["cuda"])[: torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all(cuda_states)
+        torch.cuda.set_rng_state_all(list(state["cuda"])[: torch.cuda.device_count()])
 
 
 def continue_run_folder(run_dir: Path, resume: str | Path) -> None:

@@ -422,9 +422,7 @@ def resolve_dataset_root_config(cfg: Config, info: DistInfo | None = None) -> Co
         return cfg
     root = str(resolve_dataset_root(None)) if info.is_main else None
     barrier()
-    root = broadcast_object(root)
-    if root is None:
-        root = str(resolve_dataset_root(None))
+    root = broadcast_object(root) or str(resolve_dataset_root(None))
     logger.info("dataset_root not set: using %s", root)
     return cfg.replace(**{"data.dataset_root": root})
 

@@ -182,13 +182,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one JSON object as a line (flushed, so a killed run keeps every finished line)."""
+    """Append one JSON object as a line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with path.open("a") as fh:
+        with path.open("a") as fh:  # closed at once: a killed run keeps every finished line
             fh.write(json.dumps(record) + "\n")
-            fh.flush()
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
             raise _disk_full(path) from exc
