@@ -1,7 +1,4 @@
-"""One module per ``python -m nbsrc`` subcommand (see `nbsrc.cli`).
-
-`check_output_file` / `check_output_dir` let a command reject an output path before doing any work.
-"""
+"""One module per ``python -m nbsrc`` subcommand (see `nbsrc.cli`), and the output path checks they run first."""
 
 from __future__ import annotations
 

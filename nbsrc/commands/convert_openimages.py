@@ -7,10 +7,9 @@ import sys
 
 from nbsrc.commands import check_output_file
 from nbsrc.data.readers.openimages import ConversionReport, convert_openimages
+from nbsrc.data.records import CLASS_NAMES
 
 HELP = "Open Images CSV -> 2-class label file"
-
-_CLASS_NAMES = {1: "face", 2: "person"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def format_report(report: ConversionReport, csv_path: str, out_path: str) -> str:
     """A few lines for the terminal summarising a `ConversionReport`."""
-    per_class = ", ".join(f"{n} {_CLASS_NAMES.get(c, f'class {c}')}" for c, n in report.boxes.items()) or "none"
+    per_class = ", ".join(f"{n} {CLASS_NAMES.get(c, f'class {c}')}" for c, n in report.boxes.items()) or "none"
     lines = [
         f"{csv_path} -> {out_path}",
         f"  images: {report.images}  boxes: {report.total_boxes} ({per_class})",

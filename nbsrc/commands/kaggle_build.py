@@ -1,5 +1,4 @@
-"""``python -m nbsrc kaggle-build --owner USER [--dataset OWNER/SLUG] [--wider OWNER/SLUG] [--params FILE | -p K V]
-[--out DIR]``."""
+"""``python -m nbsrc kaggle-build --owner USER ...``: push-ready Kaggle kernels (usage: `nbsrc.kaggle`)."""
 
 from __future__ import annotations
 
