@@ -12,11 +12,10 @@ __all__ = ["detection_collate"]
 
 
 def detection_collate(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """Stack dataset samples (`nbsrc.data` sample dicts) into a batch.
+    """Stack dataset samples into a batch.
 
-    Items that are None (a sample that failed when it was loaded under ``data.on_error=skip``; the dataset has
-    counted and logged it) are left out, so a batch may hold fewer than ``batch_size`` images; a batch whose every
-    item was left out is None, and the loops that read batches skip it.
+    None items (samples that failed under ``data.on_error=skip``, already counted and logged) are left out; a batch
+    of only such items is None, and the loops that read batches skip it.
 
     Args:
         samples: dicts with ``input [C, H, W]``, ``boxes [N, 4]`` xyxy network-frame pixels, ``labels [N]``,
@@ -54,8 +53,7 @@ def detection_collate(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any
         landmarks[i, :n] = sample["landmarks"]
         valid[i, :n] = sample["landmarks_valid"]
     return {
-        # default_collate stacks straight into shared memory inside a DataLoader worker (no second copy on the way
-        # to the main process)
+        # default_collate stacks straight into shared memory inside a DataLoader worker (no second copy)
         "inputs": default_collate([s["input"] for s in samples]),  # (B, C, H, W)
         "boxes": boxes,
         "labels": labels,

@@ -1,12 +1,8 @@
 """NaN/Inf check of latent files when a dataset is indexed, cached by file size and modification time.
 
-`find_non_finite` reads every latent once (threads: the reads are I/O bound; the test runs on the memory-mapped
-data, `nbsrc.latents.count_file_non_finite`) and returns the files holding NaN/Inf values. What it found is kept
-in a small JSON cache (`ValueCache`): a file whose path, size and modification time are unchanged is not read
-again, so a second run over the same data pays only a ``stat`` per file.
-
-The cache is ``latent_values.json`` in the split folder, or ``latent-values/<split>-<key>.json`` in a cache
-folder (``data.cache_dir``) or a run folder when the split folder is read-only; it is written atomically.
+A file whose path, size and modification time are unchanged is not read again. The cache is
+``latent_values.json`` in the split folder, or ``latent-values/<split>-<key>.json`` in a cache or run folder
+when the split folder is read-only.
 """
 
 from __future__ import annotations
@@ -31,18 +27,9 @@ CACHE_VERSION = 1
 READ_THREADS = 8  # concurrent reads: enough to keep a disk or a network mount busy
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return int(stat.st_size), int(stat.st_mtime_ns)
-
-
 class ValueCache:
-    """What earlier checks found per latent file, keyed by its path relative to the split folder.
-
-    Args:
-        root: the split folder.
-        folders: folders to keep the cache in, in order of preference (the first writable one is written).
-    """
+    """What earlier checks found per latent file, keyed by its path relative to the split folder `root`;
+    `folders` may keep the cache, in order of preference (the first writable one is written)."""
 
     def __init__(self, root: str | Path, folders: Sequence[str | Path | None]) -> None:
         self.root = Path(root)
@@ -112,13 +99,9 @@ def find_non_finite(
     cache_folders: Sequence[str | Path | None] = (),
     threads: int = READ_THREADS,
 ) -> tuple[dict[Path, int], dict[Path, str]]:
-    """Check the values of latent files (headers already checked), reading only those not in the cache.
+    """Check the values of latent files (headers already checked) in split folder `root`, reading only those
+    not in the cache (`ValueCache`; no `cache_folders`: no cache), in threads since the reads are I/O bound.
 
-    Args:
-        paths: the latent files.
-        root: the split folder (cache keys are relative to it).
-        cache_folders: where the cache may be kept, in order of preference (see `ValueCache`); empty: no cache.
-        threads: concurrent reads.
     Returns:
         ``(non_finite, unreadable)``: path -> number of NaN/Inf values for the files holding any, and path ->
         reason for files that could not be read.
@@ -131,10 +114,11 @@ def find_non_finite(
     cached = 0
     for path in paths:
         try:
-            stamp = _stamp(path)
+            stat = path.stat()
         except OSError as exc:
             unreadable[path] = f"cannot read the file ({exc.strerror or exc})"
             continue
+        stamp = (int(stat.st_size), int(stat.st_mtime_ns))
         bad = cache.lookup(path, stamp)
         if bad is None:
             todo.append((path, stamp))

@@ -1,9 +1,8 @@
 """A dataset laid out as users actually have it: ``retina-modify`` (latents and labels only) beside a WIDER FACE copy.
 
-The demo dataset (`nbsrc.data.demo`) carries its own images, ``image_sizes.csv`` and evaluation ground truth. The
-published ``retina-modify`` carries none of them; the original images (hence the sizes the labels need) and the
-evaluation files come from a separately attached WIDER FACE copy. `split_as_published` turns a demo dataset into
-exactly that pair, for trying the real-data path (and Kaggle's input mounts) on a machine without the real data::
+The published ``retina-modify`` carries no images, sizes or evaluation ground truth: those come from a separate
+WIDER FACE copy. `split_as_published` turns a demo dataset (`nbsrc.data.demo`) into exactly that pair, for trying
+the real-data path (and Kaggle's input mounts) without the real data::
 
     OUT/retina-modify/retina-modify/train/latent/<basename>/latent_{12,25,50,75,100}.npy   (a nested top folder)
     OUT/retina-modify/retina-modify/train/latent/labels.txt                                  (a stray copy)
@@ -49,13 +48,11 @@ def _bbx_gt_text(label_file: Path) -> str:
 
 
 def split_as_published(demo_root: str | Path, out: str | Path) -> tuple[Path, Path]:
-    """Lay out the demo dataset at `demo_root` as ``retina-modify`` plus a WIDER FACE copy under `out`.
-
-    Files are hard-linked where the file system allows (no extra space), else copied.
+    """Lay out the demo dataset at `demo_root` as ``retina-modify`` plus a WIDER FACE copy under `out`, hard-linking
+    files where the file system allows, else copying them.
 
     Returns:
-        ``(dataset_mount, wider_mount)``: ``OUT/retina-modify`` (holding the nested top folder) and
-        ``OUT/wider-face``.
+        ``(OUT/retina-modify, OUT/wider-face)``, the two mounts.
     Raises:
         FileNotFoundError: `demo_root` lacks a split, its labels, images or ground truth.
     """

@@ -15,35 +15,22 @@ CLASS_NAMES = {FACE: "face", PERSON: "person"}
 
 @dataclass
 class ImageRecord:
-    """Annotations of one image.
+    """Annotations of one image (box conventions: `nbsrc.boxes`)."""
 
-    Attributes:
-        name: image name relative to the split without extension, ``"<event>/<basename>"`` for WIDER
-            (``"0--Parade/0_Parade_marchingband_1_465"``) or ``"<id>"`` for flat data.
-        boxes: ``float32 [N, 4]`` xyxy. Original-image pixels, or [0, 1] when ``normalized``.
-        landmarks: ``float32 [N, 5, 2]`` xy in the same frame as boxes (zeros where invalid).
-        landmarks_valid: ``bool [N]``.
-        labels: ``int64 [N]`` class ids (1 face, 2 person).
-        image_size: ``(width, height)`` of the original image when known.
-        normalized: boxes and landmarks are fractions of the image size.
-        attributes: per-box extras when the file carries them, first dimension ``N``: WIDER attributes
-            (blur, expression, illumination, invalid, occlusion, pose: ``[N]``), RetinaFace landmark flags
-            (``[N, 5]``) and scores (``[N]``).
-        source: ``"path:line"`` of the header, for error messages.
-        box_lines: ``int64 [N]`` 1-based line of each box in the file of `source` when the reader knows it
-            (text label files), else None; `box_source` gives a box's ``"path:line"``.
-    """
-
+    # relative to the split, without extension: "<event>/<basename>" for WIDER
+    # ("0--Parade/0_Parade_marchingband_1_465"), "<id>" for flat data
     name: str
-    boxes: np.ndarray
-    landmarks: np.ndarray | None = None
-    landmarks_valid: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    image_size: tuple[int, int] | None = None
-    normalized: bool = False
+    boxes: np.ndarray  # float32 [N, 4] xyxy: original-image pixels, or [0, 1] when `normalized`
+    landmarks: np.ndarray | None = None  # float32 [N, 5, 2] xy in the frame of the boxes (zeros where invalid)
+    landmarks_valid: np.ndarray | None = None  # bool [N]
+    labels: np.ndarray | None = None  # int64 [N] class ids (1 face, 2 person)
+    image_size: tuple[int, int] | None = None  # (width, height) of the original image when known
+    normalized: bool = False  # boxes and landmarks are fractions of the image size
+    # per-box extras, first dimension N: WIDER attributes (blur, expression, illumination, invalid, occlusion,
+    # pose: [N]), RetinaFace landmark flags ([N, 5]) and scores ([N])
     attributes: dict[str, np.ndarray] = field(default_factory=dict)
-    source: str = ""
-    box_lines: np.ndarray | None = None
+    source: str = ""  # "path:line" of the header, for error messages
+    box_lines: np.ndarray | None = None  # int64 [N] 1-based line of each box in the file of `source`, when known
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)

@@ -1,9 +1,8 @@
 """Per-sample random seeds for training augmentation.
 
-`SeededSampler` yields ``(index, seed)`` keys with ``seed = sample_seed(run seed, epoch, index)``; the datasets
-compute such an item with torch's CPU generator seeded with that seed (`item_with_seed`). A sample's augmentation
-then depends on the run's seed, the epoch and the sample only: not on which DataLoader worker or DDP rank reads
-it, nor on whether the run was resumed.
+`SeededSampler` yields ``(index, seed)`` keys that the datasets compute with `item_with_seed`, so a sample's
+augmentation depends on the run's seed, the epoch and the sample only: not on the DataLoader worker or DDP rank
+that reads it, nor on whether the run was resumed.
 """
 
 from __future__ import annotations

@@ -1,20 +1,8 @@
 """RGB transforms of an image and its annotations: the RetinaFace training augmentation and the evaluation resize.
 
-Training (`train_transform`, the order of the published ``preproc``):
-
-1. `random_crop`: up to 250 tries of a square of side ``scale * short_side`` (scale from 0.3 ... 1.0) at a
-   random position that holds at least one whole face; faces whose centre falls inside are kept, boxes clipped
-   to the crop, landmarks shifted (and clipped to it). When no try works the image is kept whole and padded in
-   step 3. An image without faces gets a random crop (zero-face images are valid samples).
-2. `photometric_distort`: brightness, contrast, saturation and hue, each with p = 0.5, in one of two orders.
-3. `pad_to_square` (only when the crop failed): bottom/right padding with the mean colour.
-4. `mirror` (p = 0.5): ``x -> W - x``, and the left/right landmark pairs swapped (0 <-> 1 eyes, 3 <-> 4 mouth).
-5. resize to ``image_size`` squared with a random interpolation.
-
-Evaluation: the image resized into the network input (`nbsrc.preprocess`) and its annotations mapped alike.
-`eval_transform` resizes to the square network frame with the resize policy, returning the `FrameMap` that maps
-predictions back to original pixels; `scale_transform` resizes by a test-scale factor
-(`nbsrc.preprocess.eval_resize_factor`), returning the `ScaleMap` that maps back by dividing by the factor.
+Training (`train_transform`) follows the published ``preproc``: `random_crop`, `photometric_distort`,
+`pad_to_square` (only when the crop failed), `mirror` (p = 0.5), resize with a random interpolation. Evaluation
+resizes into the network input (`nbsrc.preprocess`) and returns the map of predictions back to original pixels.
 
 Boxes are ``[N, 4]`` xyxy pixels and landmarks ``[N, 5, 2]`` (`nbsrc.boxes`); invalid landmarks stay zero.
 Images are ``uint8 [H, W, 3]`` RGB.
@@ -65,15 +53,11 @@ class Annotations:
         return self
 
 
-def _iof_whole(boxes: np.ndarray, roi: np.ndarray) -> np.ndarray:
-    """Whether each box lies entirely inside `roi` (intersection over the box's own area >= 1)."""
-    return (boxes[:, 0] >= roi[0]) & (boxes[:, 1] >= roi[1]) & (boxes[:, 2] <= roi[2]) & (boxes[:, 3] <= roi[3])
-
-
 def random_crop(
     image: np.ndarray, ann: Annotations, rng: np.random.Generator, scales: tuple[float, ...] = CROP_SCALES
 ) -> tuple[np.ndarray, Annotations, bool]:
-    """Square crop keeping >= 1 whole face (see the module docstring).
+    """Up to `CROP_TRIES` squares of side ``scale * short_side`` at random positions, until one holds a whole
+    face; faces whose centre falls inside are kept, clipped to it. An image without faces gets a random crop.
 
     Returns:
         ``(image, annotations, pad)``; ``pad`` is True when no crop fitted and the image is returned whole.
@@ -88,7 +72,8 @@ def random_crop(
         roi = np.array([left, top, left + side, top + side], np.float32)
         if n == 0:
             return image[top : top + side, left : left + side].copy(), ann, False
-        if not _iof_whole(ann.boxes, roi).any():
+        whole = ((ann.boxes[:, :2] >= roi[:2]) & (ann.boxes[:, 2:] <= roi[2:])).all(axis=1)  # (N,) inside roi
+        if not whole.any():
             continue
         centres = (ann.boxes[:, :2] + ann.boxes[:, 2:]) / 2  # (N, 2)
         inside = ((roi[:2] < centres) & (centres < roi[2:])).all(axis=1)
@@ -164,8 +149,7 @@ def train_transform(
     image_size: int,
     fill_rgb: tuple[float, float, float],
 ) -> tuple[np.ndarray, Annotations]:
-    """The RetinaFace training augmentation (module docstring): returns an ``image_size`` squared image and
-    its annotations in its pixels."""
+    """The RetinaFace training augmentation: an ``image_size`` squared image and its annotations in its pixels."""
     image, ann, pad = random_crop(image, ann, rng)
     image = photometric_distort(image, rng)
     if pad:
@@ -195,19 +179,13 @@ def eval_transform(
     """
     height, width = image.shape[:2]
     frame = FrameMap((width, height), (image_size, image_size), policy)
-    out = resize_to_frame(image, frame, fill_rgb)
-    boxes = frame.to_net(ann.boxes) if len(ann.boxes) else ann.boxes.astype(np.float32)
-    landmarks = frame.to_net(ann.landmarks) if len(ann.boxes) else ann.landmarks.astype(np.float32)
-    return out, Annotations(boxes, ann.labels, landmarks, ann.landmarks_valid).zero_invalid(), frame
+    return resize_to_frame(image, frame, fill_rgb), _to_net(ann, frame), frame
 
 
 def scale_transform(image: np.ndarray, ann: Annotations, factor: float) -> tuple[np.ndarray, Annotations, ScaleMap]:
-    """Resize by `factor` as biubug6's ``test_widerface.py`` does; annotations scaled alike.
+    """Resize by `factor` (`nbsrc.preprocess.eval_resize_factor`) as biubug6's ``test_widerface.py`` does;
+    annotations scaled alike.
 
-    Args:
-        image: ``uint8 [H, W, 3]`` RGB.
-        ann: annotations in its pixels.
-        factor: `nbsrc.preprocess.eval_resize_factor`.
     Returns:
         ``(image, annotations, frame)``: the image as `nbsrc.preprocess.resize_by_factor` makes it (``float32``
         unless the factor is 1); ``frame.to_original`` maps network-frame predictions back.
@@ -215,6 +193,11 @@ def scale_transform(image: np.ndarray, ann: Annotations, factor: float) -> tuple
     height, width = image.shape[:2]
     out = resize_by_factor(image, factor)
     frame = ScaleMap((width, height), (out.shape[1], out.shape[0]), factor)
+    return out, _to_net(ann, frame), frame
+
+
+def _to_net(ann: Annotations, frame: FrameMap | ScaleMap) -> Annotations:
+    """`ann` mapped into the network frame of `frame`."""
     boxes = frame.to_net(ann.boxes) if len(ann.boxes) else ann.boxes.astype(np.float32)
     landmarks = frame.to_net(ann.landmarks) if len(ann.boxes) else ann.landmarks.astype(np.float32)
-    return out, Annotations(boxes, ann.labels, landmarks, ann.landmarks_valid).zero_invalid(), frame
+    return Annotations(boxes, ann.labels, landmarks, ann.landmarks_valid).zero_invalid()
