@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nbsrc.data.readers.common import LabelParseError, drop_degenerate, select_boxes, xywh_array_to_xyxy
+from nbsrc.data.readers.common import LabelParseError, drop_degenerate, is_number, select_boxes, xywh_array_to_xyxy
 from nbsrc.data.readers.openimages import read_openimages_csv
 from nbsrc.data.readers.per_image import list_label_files, read_per_image_labels
 from nbsrc.data.readers.retinaface_txt import read_retinaface_labels
@@ -53,14 +53,6 @@ _ALIASES = {
 _SNIFF_LINES = 200
 
 
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
 def _sniff_text(path: Path) -> str:
     """Format of a text label file from its first lines."""
     lines: list[str] = []
@@ -86,14 +78,14 @@ def _sniff_text(path: Path) -> str:
                 "or 5 (2-class 'cls x y w h')"
             )
         return "retinaface" if "/" in lines[0] else "twoclass"
-    if len(lines) >= 2 and not all(_is_number(t) for t in lines[0].split()):
+    if len(lines) >= 2 and not all(is_number(t) for t in lines[0].split()):
         try:
             int(lines[1])
         except ValueError:
             pass
         else:
             return "wider_bbx"
-    if all(_is_number(t) for t in lines[0].split()):
+    if all(is_number(t) for t in lines[0].split()):
         raise ValueError(
             f"{path}: starts with face lines and no header; a per-image label file is read with its folder "
             "(read_labels(folder) or format='per_image')"
@@ -132,8 +124,7 @@ def detect_format(path: str | Path) -> str:
 
 
 def records_from_wider_gt(gt, source: str = "") -> list[ImageRecord]:
-    """`nbsrc.data.readers.wider_mat.WiderGroundTruth` -> records (xyxy pixels, WIDER attributes, names
-    ``<event>/<basename>``; the easy / medium / hard keep lists are not part of a record)."""
+    """`nbsrc.data.readers.wider_mat.WiderGroundTruth` -> records (the easy / medium / hard keep lists left out)."""
     records = []
     for i, event in enumerate(gt.events):
         for j, name in enumerate(gt.names[i]):
@@ -154,14 +145,9 @@ def records_from_wider_gt(gt, source: str = "") -> list[ImageRecord]:
 
 
 def read_labels(path: str | Path, format: str = "auto", **kwargs) -> list[ImageRecord]:
-    """Read any supported label file or folder into records.
+    """Read any supported label file or folder into records (`TwoClassLabels` / `OpenImagesLabels`, which are
+    lists too, for those formats); `format` is one of `FORMATS` or ``"auto"``, `kwargs` go to the reader.
 
-    Args:
-        path: a label file, a per-image label folder, an Open Images CSV, or a WIDER ``.mat`` folder / file.
-        format: one of `FORMATS` or ``"auto"`` (`detect_format`).
-        **kwargs: passed to the reader (e.g. ``errors=[]`` for the text readers that collect bad lines).
-    Returns:
-        ``list[ImageRecord]`` (`TwoClassLabels` / `OpenImagesLabels` for those formats, which are lists too).
     Raises:
         FileNotFoundError: `path` does not exist.
         ValueError: unknown / undetectable format, or a reader's error naming file and line.

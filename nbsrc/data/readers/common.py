@@ -1,12 +1,8 @@
-"""Helpers shared by the label readers: reading text with clear errors, parsing number lines, exact float
-writing, selecting boxes of a record, and dropping degenerate boxes.
-
-Box conventions are those of `nbsrc.boxes`; readers convert file xywh with `nbsrc.boxes.xywh_to_xyxy`.
-"""
+"""Helpers shared by the label readers: reading text and number lines with clear errors, exact float writing,
+selecting boxes of a record (box conventions: `nbsrc.boxes`)."""
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -23,6 +19,7 @@ __all__ = [
     "format_boxes_xywh",
     "format_float32",
     "handle_error",
+    "is_number",
     "iter_lines",
     "parse_numbers",
     "read_text",
@@ -31,20 +28,13 @@ __all__ = [
     "xywh_array_to_xyxy",
 ]
 
-logger = logging.getLogger(__name__)
-
 # The six WIDER attribute columns after ``x y w h`` in ``wider_face_*_bbx_gt.txt``, in file order.
 WIDER_ATTRIBUTES = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
 
 
 class LabelParseError(ValueError):
-    """An unparseable line of a label file. The message starts with ``"<path>:<line>: "``.
-
-    Attributes:
-        path: the file.
-        line: 1-based line number (0 when the problem concerns the whole file).
-        reason: what was wrong and what was expected.
-    """
+    """An unparseable line of a label file; the message starts with ``"<path>:<line>: "`` (`line` is 1-based,
+    0 when the problem concerns the whole file)."""
 
     def __init__(self, path: str | Path, line: int, reason: str) -> None:
         self.path = str(path)
@@ -58,12 +48,8 @@ class LabelParseError(ValueError):
 
 
 def unsafe_name_reason(name: str) -> str | None:
-    """Why image name `name` cannot serve as a path inside an output folder, or None when it can.
-
-    Image names become file paths under output folders (``<out>/<name>.txt`` result files, converted labels), so
-    an absolute path (``/x``, ``C:/x``) or a ``..`` component (``../x``) would put files outside them. Both
-    ``/`` and ``\\`` count as separators.
-    """
+    """Why image name `name` cannot serve as a path inside an output folder (an absolute path or a ``..``
+    component, with ``/`` or ``\\`` as separators), or None when it can."""
     text = str(name).replace("\\", "/")
     if text.startswith("/") or (len(text) >= 2 and text[1] == ":" and text[0].isalpha()):
         return "is an absolute path"
@@ -90,6 +76,14 @@ def read_text(path: str | Path, what: str) -> str:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected a {what} file") from None
 
 
+def is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
 def iter_lines(text: str) -> Iterator[tuple[int, str]]:
     """``(line_number, stripped_line)`` for every non-blank line (1-based numbers)."""
     for number, line in enumerate(text.splitlines(), 1):
@@ -105,17 +99,9 @@ def _shorten(line: str, limit: int = 80) -> str:
 def parse_numbers(
     line: str, path: str | Path, number: int, counts: Sequence[int], expected: str
 ) -> list[float] | LabelParseError:
-    """Parse a whitespace-separated line of finite numbers whose count is one of `counts`.
-
-    Args:
-        line: the stripped line.
-        path: file (for the message).
-        number: 1-based line number.
-        counts: accepted numbers of values.
-        expected: human description of the accepted layouts (``"4 or 20 numbers (x y w h ...)"``).
-    Returns:
-        The values, or a `LabelParseError` (returned, not raised, so callers choose raise or collect).
-    """
+    """Parse a whitespace-separated line of finite numbers whose count is one of `counts`; `expected` describes
+    the accepted layouts for the message. A `LabelParseError` is returned, not raised, so that callers choose
+    raise or collect."""
     tokens = (line.replace(",", " ") if "," in line else line).split()
     try:  # fast path: every token a finite number (the per-token loop below words the error otherwise)
         values = list(map(float, tokens))
@@ -140,10 +126,7 @@ def parse_numbers(
 
 
 def xywh_array_to_xyxy(xywh: np.ndarray) -> np.ndarray:
-    """``[N, 4]`` xywh as read from a file -> ``float32 [N, 4]`` xyxy.
-
-    ``x2 = x + w`` (`nbsrc.boxes.xywh_to_xyxy`) is computed in float64 and rounded once to float32.
-    """
+    """``[N, 4]`` xywh as read from a file -> ``float32 [N, 4]`` xyxy, computed in float64 and rounded once."""
     # torch and nbsrc.boxes (which imports it) load on first use: importing the readers stays free of torch
     import torch
 
@@ -195,11 +178,7 @@ def format_float32(values: np.ndarray) -> list[str]:
 
 
 def select_boxes(record: ImageRecord, keep: np.ndarray) -> ImageRecord:
-    """A copy of `record` with only the boxes where `keep` (``bool [N]`` or indices) selects.
-
-    Boxes, landmarks, validity, labels, the boxes' lines and every attribute whose first dimension is N are
-    filtered alike.
-    """
+    """A copy of `record` with only the boxes `keep` (``bool [N]`` or indices) selects, in every per-box field."""
     n = record.num_boxes
     attributes = {
         key: (np.asarray(value)[keep] if np.ndim(value) >= 1 and len(value) == n else value)
@@ -217,16 +196,8 @@ def select_boxes(record: ImageRecord, keep: np.ndarray) -> ImageRecord:
 
 
 def drop_degenerate(record: ImageRecord) -> tuple[ImageRecord, int]:
-    """Drop boxes with width <= 0 or height <= 0 (xyxy, `nbsrc.boxes`).
-
-    Readers keep such boxes (they report what the file says); datasets and validation call this and count.
-
-    Args:
-        record: one image's annotations.
-    Returns:
-        ``(record_without_degenerate_boxes, number_dropped)``; the input record is returned unchanged when
-        nothing is dropped.
-    """
+    """Drop boxes with width <= 0 or height <= 0, which readers keep; ``(record, number_dropped)``, the same
+    record when nothing is dropped."""
     boxes = record.boxes
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (N,)
     dropped = int(len(keep) - keep.sum())

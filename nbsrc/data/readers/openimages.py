@@ -1,14 +1,9 @@
 """Open Images box annotations (CSV) -> 2-class face / person records, the cleaning steps, and the converter.
 
-The CSV is an Open Images ``*-annotations-bbox.csv`` (columns ``ImageID``, ``XMin``, ``XMax``, ``YMin``,
-``YMax``, normalized corners, and ``ClassName`` or the ``LabelName`` machine id). Classes map to
-``Human face`` -> face (1) and ``Person``, ``Man``, ``Woman``, ``Boy``, ``Girl`` -> person (2); rows of any
-other class are counted and reported, never silently dropped.
-
-Cleaning steps (each a function on one record, returning the new record and a count):
-`clip_boxes` (to [0, 1]), `drop_degenerate` (w <= 0 or h <= 0), `drop_duplicates` (IoU >= threshold within a
-class, first occurrence kept). `convert_openimages` reads, cleans (clip and degenerate on by default,
-duplicates when a threshold is given) and writes the 2-class label file of `nbsrc.data.readers.twoclass`.
+The CSV is an Open Images ``*-annotations-bbox.csv`` (``ImageID``, normalized ``XMin``, ``XMax``, ``YMin``,
+``YMax``, and ``ClassName`` or the ``LabelName`` machine id); classes map by `CLASS_MAP`, rows of other classes
+are counted and reported, never silently dropped. Each cleaning step takes one record and returns the new record
+and a count; `convert_openimages` reads, cleans and writes the 2-class file of `nbsrc.data.readers.twoclass`.
 """
 
 from __future__ import annotations
@@ -71,16 +66,9 @@ FLAG_COLUMNS = {
 
 
 class OpenImagesLabels(list):
-    """The face / person records of an Open Images CSV (a ``list[ImageRecord]``) and what the CSV held.
-
-    The list holds one record per image with at least one face / person row, in order of first appearance;
-    normalized xyxy boxes, labels 1 face / 2 person.
-
-    Attributes:
-        class_counts: rows per Open Images class name, all classes.
-        unmapped: rows per class name that maps to neither face nor person (not in the records).
-        unmapped_images: images whose rows are all of unmapped classes (no record).
-    """
+    """The face / person records of an Open Images CSV (one per image with such a row, in order of first
+    appearance, normalized) and the rows per class name: all (`class_counts`) and those of classes that map to
+    neither (`unmapped`); `unmapped_images` had only such rows."""
 
     def __init__(
         self,
@@ -103,20 +91,13 @@ _Row = tuple[int, list[float], list[int], int]
 
 
 def read_openimages_csv(path: str | Path, *, class_map: Mapping[str, int] | None = None) -> OpenImagesLabels:
-    """Read an Open Images box CSV into normalized 2-class records (nothing is cleaned here).
+    """Read an Open Images box CSV into normalized 2-class records (nothing is cleaned here); the attributes
+    hold the `FLAG_COLUMNS` flags (-1 where missing). Unmapped classes are logged as a warning with their counts.
 
-    Args:
-        path: the CSV.
-        class_map: Open Images class name -> class id (default `CLASS_MAP`).
-    Returns:
-        `OpenImagesLabels`; each record's ``source`` is the CSV line of its first row and its attributes hold
-        the ``IsOccluded`` / ``IsTruncated`` / ``IsGroupOf`` / ``IsDepiction`` / ``IsInside`` flags
-        (``occluded``, ...; -1 where missing). Unmapped classes are logged as a warning with their counts.
     Raises:
         FileNotFoundError: `path` does not exist.
-        ValueError: a missing column (file and expected columns named), or ``file:line`` for a row whose number
-            of fields differs from the header's, a row with a non-numeric / non-finite coordinate, an empty
-            ImageID or class, an ImageID that is an absolute path or has a ``..`` component.
+        ValueError: a missing column, or (naming ``file:line``) a row with the wrong number of fields, a
+            non-numeric / non-finite coordinate, an empty or unsafe ImageID, an empty class.
     """
     path = Path(path)
     class_map = dict(CLASS_MAP if class_map is None else class_map)
@@ -249,13 +230,8 @@ def _image_record(path: Path, image_id: str, rows: Sequence[_Row], flag_columns:
 
 
 def clip_boxes(record: ImageRecord) -> tuple[ImageRecord, int]:
-    """Clip boxes to the image: [0, 1] for normalized records, ``[0, W] x [0, H]`` with ``image_size``.
-
-    Returns:
-        ``(clipped_record, number_of_boxes_changed)``.
-    Raises:
-        ValueError: a pixel record without ``image_size``.
-    """
+    """Clip boxes to [0, 1] for normalized records, to ``[0, W] x [0, H]`` with ``image_size`` (`ValueError`
+    without); ``(clipped_record, number_of_boxes_changed)``."""
     if record.normalized:
         upper = np.ones(4, np.float32)
     elif record.image_size is not None:
@@ -271,15 +247,8 @@ def clip_boxes(record: ImageRecord) -> tuple[ImageRecord, int]:
 
 
 def drop_duplicates(record: ImageRecord, iou_thresh: float) -> tuple[ImageRecord, int]:
-    """Drop boxes overlapping an earlier box of the same class with IoU >= `iou_thresh`.
-
-    Boxes are visited in record order; a box is dropped when its IoU (`torchvision.ops.box_iou`) with an
-    earlier *kept* box of the same class reaches the threshold. Boxes of different classes never suppress
-    each other (a face inside its person box stays).
-
-    Returns:
-        ``(deduplicated_record, number_dropped)``.
-    """
+    """Drop boxes whose IoU with an earlier *kept* box of the same class reaches `iou_thresh` (a face inside its
+    person box stays); ``(deduplicated_record, number_dropped)``."""
     import torch
     from torchvision.ops import box_iou
 
@@ -303,27 +272,16 @@ def drop_duplicates(record: ImageRecord, iou_thresh: float) -> tuple[ImageRecord
 
 @dataclass
 class ConversionReport:
-    """What `convert_openimages` / `clean_records` did.
+    """What `convert_openimages` / `clean_records` did (counts of images and boxes)."""
 
-    Attributes:
-        images: records written (including images left with zero boxes after cleaning).
-        boxes: class id -> boxes written.
-        clipped: boxes clipped to the image.
-        degenerate: boxes dropped for w <= 0 or h <= 0 (after clipping).
-        duplicates: boxes dropped as same-class duplicates.
-        emptied_images: images whose every box was dropped by cleaning (still written, zero boxes).
-        unmapped: rows per class name that are neither face nor person (not converted).
-        unmapped_images: images with only such rows (not written).
-    """
-
-    images: int = 0
-    boxes: dict[int, int] = field(default_factory=dict)
+    images: int = 0  # records written, images emptied by cleaning included
+    boxes: dict[int, int] = field(default_factory=dict)  # class id -> boxes written
     clipped: int = 0
-    degenerate: int = 0
+    degenerate: int = 0  # w <= 0 or h <= 0 after clipping
     duplicates: int = 0
-    emptied_images: int = 0
-    unmapped: dict[str, int] = field(default_factory=dict)
-    unmapped_images: int = 0
+    emptied_images: int = 0  # every box dropped by cleaning (still written, zero boxes)
+    unmapped: dict[str, int] = field(default_factory=dict)  # rows per class name that is neither face nor person
+    unmapped_images: int = 0  # images with only such rows (not written)
 
     @property
     def total_boxes(self) -> int:
@@ -337,16 +295,8 @@ def clean_records(
     drop_degenerate_boxes: bool = True,
     dedup_iou: float | None = None,
 ) -> tuple[list[ImageRecord], ConversionReport]:
-    """Apply the cleaning steps in order: clip, drop degenerate, drop same-class duplicates.
-
-    Args:
-        records: normalized (or pixel with ``image_size``) records.
-        clip: clip boxes to the image (`clip_boxes`).
-        drop_degenerate_boxes: drop boxes with w <= 0 or h <= 0 (`drop_degenerate`).
-        dedup_iou: when given, drop same-class boxes with IoU >= this threshold (`drop_duplicates`).
-    Returns:
-        ``(cleaned_records, report)`` (the report's ``unmapped`` fields are left empty here).
-    """
+    """Apply the cleaning steps in order: `clip_boxes`, `drop_degenerate`, and with `dedup_iou`
+    `drop_duplicates`; ``(cleaned_records, report)`` (the report's ``unmapped`` fields left empty)."""
     report = ConversionReport()
     cleaned = []
     for record in records:
@@ -378,18 +328,8 @@ def convert_openimages(
     dedup_iou: float | None = None,
     class_map: Mapping[str, int] | None = None,
 ) -> ConversionReport:
-    """Convert an Open Images box CSV into the 2-class label file (``# <ImageID>.jpg`` + ``cls x y w h``).
-
-    Args:
-        csv_path: the Open Images CSV.
-        out_txt: output label file (written atomically).
-        clip: clip boxes to [0, 1] first.
-        drop_degenerate_boxes: drop boxes with w <= 0 or h <= 0 (after clipping).
-        dedup_iou: drop same-class boxes with IoU >= this threshold (off by default).
-        class_map: Open Images class name -> class id (default `CLASS_MAP`).
-    Returns:
-        A `ConversionReport` (also logged).
-    """
+    """Convert an Open Images box CSV into the 2-class label file `out_txt` (cleaning as `clean_records`);
+    the `ConversionReport` is also logged."""
     labels = read_openimages_csv(csv_path, class_map=class_map)
     cleaned, report = clean_records(labels, clip=clip, drop_degenerate_boxes=drop_degenerate_boxes, dedup_iou=dedup_iou)
     report.unmapped = dict(labels.unmapped)

@@ -58,19 +58,12 @@ def list_label_files(folder: str | Path) -> list[Path]:
 
 
 def read_per_image_labels(folder: str | Path, *, errors: list[LabelParseError] | None = None) -> list[ImageRecord]:
-    """Read every per-image label file under `folder` (layout in the module docstring).
+    """Read every per-image label file under `folder`: one record per file, sorted by name, ``source``
+    ``"<file>:1"``. `errors`, when given, collects unparseable lines (skipped) instead of raising the first.
 
-    Args:
-        folder: the ``labelstxt/`` or ``labels/`` folder.
-        errors: when given, unparseable lines are appended to it as `LabelParseError` and skipped; by default
-            the first one is raised.
-    Returns:
-        One record per file, sorted by name; ``source`` is ``"<file>:1"``, ``box_lines`` each face's line.
-        Degenerate boxes are kept.
     Raises:
         FileNotFoundError: `folder` does not exist.
-        LabelParseError: a ``ValueError`` naming ``file:line`` for a header line, a count other than 4, 10 or
-            20, a non-number or non-finite value.
+        LabelParseError: naming ``file:line``: a header line, a count other than 4, 10 or 20, a non-number.
     """
     folder = Path(folder)
     files = list_label_files(folder)

@@ -61,12 +61,8 @@ def describe_counts(counts: Sequence[int]) -> str:
 
 
 def name_from_header(header: str) -> str:
-    """``"0--Parade/0_Parade_x.jpg"`` -> ``"0--Parade/0_Parade_x"`` (a leading ``./`` removed).
-
-    Raises:
-        ValueError: the name is an absolute path or has a ``..`` component (`unsafe_name_reason`): files named
-            after it (result files, converted labels) would land outside their folder.
-    """
+    """``"0--Parade/0_Parade_x.jpg"`` -> ``"0--Parade/0_Parade_x"`` (a leading ``./`` removed); `ValueError`
+    for an unsafe name (`unsafe_name_reason`)."""
     name = header.strip().replace("\\", "/")
     while name.startswith("./"):
         name = name[2:]
@@ -94,15 +90,9 @@ def parse_header(header: str, path: str | Path, number: int, expected: str) -> s
 
 
 def build_face_records(entries: Iterable[tuple[str, str, list[list[float]], list[int]]]) -> list[ImageRecord]:
-    """Records from parsed face lines (4, 10 or 20 numbers each, see `FACE_LINE_LAYOUTS`).
-
-    Args:
-        entries: ``(name, source, rows, lines)`` per image: ``rows`` the values of its face lines, ``lines``
-            their 1-based line numbers in the file of ``source``.
-    Returns:
-        One `ImageRecord` per entry, boxes xyxy pixels, labels `FACE`, ``box_lines``; ``landmark_flags`` /
-        ``score`` attributes always, the six WIDER attributes when a line of the image had them (-1 elsewhere).
-    """
+    """One face record per ``(name, source, rows, lines)`` entry: ``rows`` the values of its face lines (a
+    layout of `FACE_LINE_LAYOUTS`), ``lines`` their line numbers. ``landmark_flags`` / ``score`` attributes
+    always, the six WIDER attributes when a line of the image had them (-1 elsewhere)."""
     entries = list(entries)
     all_rows = [row for _, _, rows, _ in entries for row in rows]
     total = len(all_rows)
@@ -155,21 +145,14 @@ def build_face_records(entries: Iterable[tuple[str, str, list[list[float]], list
 
 
 def read_retinaface_labels(path: str | Path, *, errors: list[LabelParseError] | None = None) -> list[ImageRecord]:
-    """Read a RetinaFace ``label.txt`` (layout in the module docstring).
+    """Read a RetinaFace ``label.txt``: one record per header in file order (a repeated header gives a second
+    record). `errors`, when given, collects unparseable lines (skipped) instead of raising the first; the face
+    lines under a rejected header are reported too, never given to the image before.
 
-    Args:
-        path: the label file.
-        errors: when given, unparseable lines are appended to it as `LabelParseError` and skipped; by default
-            the first one is raised.
-    Returns:
-        One record per header in file order (a repeated header gives a second record with the same name;
-        validation reports duplicated names). Degenerate boxes are kept (see `drop_degenerate`).
     Raises:
         FileNotFoundError: `path` does not exist.
-        LabelParseError: a ``ValueError`` naming ``file:line`` for a face line before any header, an empty
-            header, an image name that is an absolute path or has a ``..`` component, a count other than 4 or
-            20, a non-number or non-finite value. When collecting, the face lines under a rejected header are
-            reported too (never given to the image before).
+        LabelParseError: naming ``file:line``: a face line before any header, an empty or unsafe name, a count
+            other than 4 or 20, a non-number.
     """
     path = Path(path)
     text = read_text(path, "RetinaFace label.txt")
@@ -209,12 +192,8 @@ def read_retinaface_labels(path: str | Path, *, errors: list[LabelParseError] | 
 
 
 def landmark_fields(record: ImageRecord) -> np.ndarray:
-    """``float32 [N, 16]``: the 5 x ``(lx ly flag)`` and score fields of a record's face lines.
-
-    Faces without valid landmarks get -1 in all 15 landmark fields. Flags and score come from
-    ``attributes["landmark_flags"]`` / ``["score"]`` when present, else flag 0 and score 1 for faces with
-    landmarks and -1 for the others.
-    """
+    """``float32 [N, 16]``: the 5 x ``(lx ly flag)`` and score fields of a record's face lines (-1 in every
+    landmark field without landmarks; flag 0 and score 1 when the attributes lack them)."""
     n = record.num_boxes
     valid = record.landmarks_valid
     flags = record.attributes.get("landmark_flags")
@@ -231,19 +210,8 @@ def landmark_fields(record: ImageRecord) -> np.ndarray:
 
 
 def write_retinaface_labels(path: str | Path, records: Sequence[ImageRecord], *, extension: str = ".jpg") -> Path:
-    """Write records as a RetinaFace ``label.txt`` with 20-number face lines (atomically).
-
-    The landmark, flag and score fields follow `landmark_fields` (-1 in every landmark field of a face
-    without landmarks). Values are written so that `read_retinaface_labels` returns identical boxes,
-    landmarks, validity and ``landmark_flags`` / ``score`` attributes.
-
-    Args:
-        path: output file.
-        records: pixel-frame records (``normalized=False``); names ``<event>/<basename>``.
-        extension: appended to the name in each header.
-    Returns:
-        `path`.
-    """
+    """Write pixel-frame records as a RetinaFace ``label.txt`` with 20-number face lines (atomically), so that
+    `read_retinaface_labels` reads back identical records; `extension` is appended to each header's name."""
     path = Path(path)
     for record in records:
         if record.normalized:

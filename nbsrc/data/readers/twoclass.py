@@ -71,12 +71,8 @@ def box_problem(label: float, xywh: Sequence[float]) -> str | None:
 
 
 class TwoClassLabels(list):
-    """The records of a 2-class file (a ``list[ImageRecord]``) plus the headers that were repeated.
-
-    Attributes:
-        duplicates: image name -> sources (``"file:line"``) of all its headers, for every name whose header
-            appears more than once; those images' boxes were merged in file order.
-    """
+    """The records of a 2-class file plus `duplicates`: image name -> ``"file:line"`` of each of its headers,
+    for the names whose header repeats (their boxes merged in file order)."""
 
     def __init__(self, records: Sequence[ImageRecord] = (), duplicates: dict[str, list[str]] | None = None) -> None:
         super().__init__(records)
@@ -87,21 +83,14 @@ class TwoClassLabels(list):
 
 
 def read_twoclass_labels(path: str | Path, *, errors: list[LabelParseError] | None = None) -> TwoClassLabels:
-    """Read a 2-class label file (layout in the module docstring).
+    """Read a 2-class label file: one normalized record per distinct image in order of first appearance.
+    `errors`, when given, collects unparseable lines (skipped, with those under a rejected header) instead of
+    raising the first.
 
-    Args:
-        path: the label file.
-        errors: when given, unparseable lines are appended to it as `LabelParseError` and skipped; by default
-            the first one is raised.
-    Returns:
-        `TwoClassLabels`: one normalized record per distinct image in order of first appearance, and the
-        duplicated headers. Degenerate boxes are kept (see `drop_degenerate`).
     Raises:
         FileNotFoundError: `path` does not exist.
-        LabelParseError: a ``ValueError`` naming ``file:line`` for an object line before any header, an empty
-            header, an image name that is an absolute path or has a ``..`` component, a line without 5 numbers,
-            a class other than 1 or 2, a non-finite value, a negative width or height, a box outside
-            `NORMALIZED_RANGE`. When collecting, the object lines under a rejected header are reported too.
+        LabelParseError: naming ``file:line``: an object line before any header, an empty or unsafe name, a line
+            without 5 numbers, or an object `box_problem` names.
     """
     path = Path(path)
     text = read_text(path, "2-class label")
@@ -185,19 +174,11 @@ def _records(
 
 
 def write_twoclass_labels(path: str | Path, records: Sequence[ImageRecord], *, extension: str = ".jpg") -> Path:
-    """Write records in the 2-class layout (atomically), one header per record.
+    """Write normalized records (or pixel ones with ``image_size``) in the 2-class layout (atomically), so that
+    `read_twoclass_labels` reads back identical boxes and labels; `extension` is appended to each header's name.
 
-    Values are written so that `read_twoclass_labels` returns identical boxes and labels.
-
-    Args:
-        path: output file.
-        records: normalized records (``normalized=True``), or pixel records with ``image_size`` (divided by it).
-        extension: appended to the name in each header.
-    Returns:
-        `path`.
     Raises:
-        ValueError: a record that `read_twoclass_labels` would reject (pixel boxes without ``image_size``, a
-            name that is empty, unsafe or holds a line break, an object `box_problem` names); nothing is written.
+        ValueError: a record that `read_twoclass_labels` would reject; nothing is written.
     """
     path = Path(path)
     normalized_boxes = []

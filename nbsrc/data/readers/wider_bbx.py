@@ -27,6 +27,7 @@ from nbsrc.data.readers.common import (
     WIDER_ATTRIBUTES,
     LabelParseError,
     handle_error,
+    is_number,
     iter_lines,
     parse_numbers,
     read_text,
@@ -42,32 +43,16 @@ logger = logging.getLogger(__name__)
 FACE_EXPECTED = "10 numbers (x y w h blur expression illumination invalid occlusion pose)"
 
 
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
 def read_wider_bbx_gt(path: str | Path, *, errors: list[LabelParseError] | None = None) -> list[ImageRecord]:
-    """Read an official ``wider_face_*_bbx_gt.txt`` (layout in the module docstring).
+    """Read an official ``wider_face_*_bbx_gt.txt``: one record per image in file order.
 
-    Args:
-        path: the ground-truth text file.
-        errors: when given, a bad face line (10 values expected) is appended to it as `LabelParseError` and
-            that face skipped; defects of the structure (count, names, dummy line) always raise, since the
-            file cannot be followed past them.
-    Returns:
-        One record per image in file order, zero-face images included. Degenerate boxes are kept (see
-        `drop_degenerate`).
+    `errors`, when given, collects bad face lines and unsafe names (that face or image skipped); defects of the
+    structure (count, names, dummy line) always raise, since the file cannot be followed past them.
+
     Raises:
         FileNotFoundError: `path` does not exist.
-        LabelParseError: a ``ValueError`` naming ``file:line``: a count that is not a non-negative integer, a
-            face line without 10 numbers, fewer face lines than the count (end of file or a new image name),
-            a number line where an image name is expected (more face lines than the count), a dummy line after
-            a count of 0 that is not all zeros, an image name that is an absolute path or has a ``..`` component
-            (when collecting, that image is left out and each of its face lines reported).
+        LabelParseError: naming ``file:line``: a bad count, face line or dummy line, fewer or more face lines
+            than the count, an unsafe image name.
     """
     path = Path(path)
     text = read_text(path, "WIDER bbx_gt")
@@ -94,7 +79,7 @@ class _BbxReader:
         """Read the image whose name is the next line: its count, then its dummy line or its face lines."""
         number, line = self.lines[self.i]
         tokens = line.split()
-        if all(_is_number(t) for t in tokens):
+        if all(is_number(t) for t in tokens):
             images = self.images
             previous = f" (image {images[-1][0]!r} has {images[-1][2]} face(s))" if images else ""
             raise LabelParseError(
@@ -133,7 +118,7 @@ class _BbxReader:
 
     def _skip_dummy(self, line: str) -> None:
         """Skip the dummy line of zeros the official files put after a zero count (when present)."""
-        if self.i < len(self.lines) and all(_is_number(t) for t in self.lines[self.i][1].split()):
+        if self.i < len(self.lines) and all(is_number(t) for t in self.lines[self.i][1].split()):
             dummy_number, dummy = self.lines[self.i]
             values = [float(t) for t in dummy.split()]
             if any(v != 0 for v in values):
@@ -179,7 +164,7 @@ class _BbxReader:
         values = parse_numbers(face_line, self.path, face_number, (10,), FACE_EXPECTED)
         if isinstance(values, LabelParseError):
             tokens = face_line.split()
-            if len(tokens) != 10 and not all(_is_number(t) for t in tokens):
+            if len(tokens) != 10 and not all(is_number(t) for t in tokens):
                 count, count_number, k = progress
                 raise LabelParseError(
                     self.path,

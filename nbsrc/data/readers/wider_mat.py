@@ -48,22 +48,14 @@ OFFICIAL_NEGATIVE_BOXES = {("39--Ice_Skating", "39_Ice_Skating_iceskiing_39_583"
 
 @dataclass
 class WiderGroundTruth:
-    """WIDER ground truth of one split.
+    """WIDER ground truth of one split."""
 
-    Attributes:
-        events: event names in file order (``"0--Parade"``, ``"1--Handshaking"``, ...).
-        names: per event, the image basenames without extension.
-        boxes: per event and image, ``[n, 4]`` xywh in original-image pixels (int32 as stored).
-        attributes: attribute name (``blur``, ``expression``, ``illumination``, ``invalid``, ``occlusion``,
-            ``pose``) -> per event and image an ``[n]`` array; may be empty.
-        keep: setting (``easy``, ``medium``, ``hard``) -> per event and image the 1-based indices of the
-            evaluated faces (``int64 [k]``).
-    """
-
-    events: list[str]
-    names: list[list[str]]
-    boxes: list[list[np.ndarray]]
+    events: list[str]  # in file order ("0--Parade", "1--Handshaking", ...)
+    names: list[list[str]]  # per event, the image basenames without extension
+    boxes: list[list[np.ndarray]]  # per event and image, [n, 4] xywh original-image pixels (int32 as stored)
+    # `ATTRIBUTE_NAMES` -> per event and image an [n] array; may be empty
     attributes: dict[str, list[list[np.ndarray]]] = field(default_factory=dict)
+    # setting -> per event and image the 1-based indices of the evaluated faces (int64 [k])
     keep: dict[str, list[list[np.ndarray]]] = field(default_factory=dict)
 
     @property
@@ -145,19 +137,12 @@ def _load(path: Path, variables: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 def read_wider_gt(gt_dir: str | Path, attributes: bool = True) -> WiderGroundTruth:
-    """Read the four WIDER ground-truth ``.mat`` files of a folder.
+    """Read the four WIDER ground-truth ``.mat`` files (`GT_FILES`) of a folder; `attributes` False skips the
+    per-face attributes the evaluation does not need (about a third less to read).
 
-    Args:
-        gt_dir: folder holding ``wider_face_val.mat`` and ``wider_{easy,medium,hard}_val.mat``.
-        attributes: also read the per-face attributes (blur, occlusion, ...) when the file has them; the
-            evaluation does not need them (False reads about a third less).
-    Returns:
-        The parsed `WiderGroundTruth`.
     Raises:
         FileNotFoundError: the folder or one of the four files is missing (named in the message).
-        ValueError: a file does not have the official structure (file and variable named), a box has a NaN /
-            infinite value or a negative width or height, an event or file name is not a plain name (file,
-            image and face named; see the module docstring).
+        ValueError: a file without the official structure, a bad box or name (see the module docstring).
     """
     gt_dir = Path(gt_dir)
     if not gt_dir.is_dir():
@@ -302,17 +287,8 @@ def _index_array(indices: np.ndarray) -> np.ndarray:
 
 
 def write_wider_gt(gt_dir: str | Path, gt: WiderGroundTruth) -> Path:
-    """Write the four ``.mat`` files in the official structure (atomically, one file at a time).
-
-    Boxes are stored as ``int32 [n, 4]`` xywh (rounded), attributes as ``uint8 (n, 1)`` (zeros when `gt` has
-    none), kept indices as ``(k, 1)`` uint8 / uint16, so `scipy.io.loadmat` gives the real files' nesting.
-
-    Args:
-        gt_dir: output folder (created).
-        gt: ground truth; ``gt.keep`` must hold all three settings.
-    Returns:
-        The folder.
-    """
+    """Write the four ``.mat`` files in the official structure and dtypes (atomically, one file at a time), so
+    that `scipy.io.loadmat` gives the real files' nesting; ``gt.keep`` must hold all three settings."""
     from scipy.io import savemat
 
     gt_dir = Path(gt_dir)
