@@ -27,6 +27,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from nbsrc.data.readers.common import IMAGE_EXTENSIONS, strip_image_extension
 from nbsrc.folder_search import find_folders
 from nbsrc.utils import atomic_write_text
 
@@ -51,7 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SIZES_CSV_NAME = "image_sizes.csv"  # looked up at the dataset root and in the split folder
 SEARCH_DEPTH = 4  # folders below an images root searched for WIDER_<split>/images
 _SKIP_DIRS = ("images", "latent", "latents", "ground_truth", "__pycache__")  # never hold a WIDER image tree
@@ -64,15 +64,6 @@ class ImageTreeError(ValueError):
 
 
 # ---- one image's size, a sizes CSV, the size lookup --------------------------------------------------------
-def strip_image_extension(name: str) -> str:
-    """``"0--Parade/x.jpg"`` -> ``"0--Parade/x"`` (only known image extensions are removed)."""
-    name = name.strip().replace("\\", "/").lstrip("/")
-    stem, dot, ext = name.rpartition(".")
-    if dot and f".{ext.lower()}" in IMAGE_EXTENSIONS:
-        return stem
-    return name
-
-
 def read_image_size(path: str | Path) -> tuple[int, int]:
     """``(width, height)`` of an image file from its header only; ValueError when it is not a readable image."""
     path = Path(path)

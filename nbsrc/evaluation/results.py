@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nbsrc.data.readers.common import unsafe_name_reason
+from nbsrc.data.readers.common import strip_image_extension, unsafe_name_reason
 from nbsrc.utils import atomic_write_text
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MANIFEST = "predictions.json"  # in a prediction folder: what made its result files (`nbsrc.evaluation.predict`)
 COLUMN_NAMES = {5: "x y w h score", 6: "x y w h score cls"}
 
@@ -62,15 +61,6 @@ def result_path(out_dir: str | Path, name: str) -> Path:
         )
     name = strip_image_extension(str(name).rstrip("/"))
     return Path(out_dir) / f"{name}.txt"
-
-
-def strip_image_extension(name: str) -> str:
-    """`name` without its image extension (`IMAGE_EXTENSIONS`, any case), if it has one."""
-    lower = name.lower()
-    for ext in IMAGE_EXTENSIONS:
-        if lower.endswith(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def _numpy(values, dtype=None) -> np.ndarray:

@@ -13,6 +13,8 @@ import numpy as np
 from nbsrc.data.records import ImageRecord
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
+    "strip_image_extension",
     "LabelParseError",
     "WIDER_ATTRIBUTES",
     "drop_degenerate",
@@ -27,6 +29,8 @@ __all__ = [
     "unsafe_name_reason",
     "xywh_array_to_xyxy",
 ]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 # The six WIDER attribute columns after ``x y w h`` in ``wider_face_*_bbx_gt.txt``, in file order.
 WIDER_ATTRIBUTES = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
@@ -45,6 +49,15 @@ class LabelParseError(ValueError):
 
     def __reduce__(self):  # picklable across DataLoader workers
         return (type(self), (self.path, self.line, self.reason))
+
+
+def strip_image_extension(name: str) -> str:
+    """``"0--Parade/x.jpg"`` -> ``"0--Parade/x"`` (only known image extensions are removed)."""
+    name = name.strip().replace("\\", "/").lstrip("/")
+    stem, dot, ext = name.rpartition(".")
+    if dot and f".{ext.lower()}" in IMAGE_EXTENSIONS:
+        return stem
+    return name
 
 
 def unsafe_name_reason(name: str) -> str | None:
