@@ -19,6 +19,7 @@ from nbsrc.data.latent_dataset import LatentWiderFace
 from nbsrc.data.readers.retinaface_txt import write_retinaface_labels
 from nbsrc.data.records import ImageRecord
 from nbsrc.data.rgb_dataset import WiderFaceRGB
+from nbsrc.data.split_index import read_labels_checked
 from nbsrc.data.validate import validate_dataset
 from nbsrc.latents import load_latent
 
@@ -415,3 +416,14 @@ def test_check_data_cli_on_broken_data(tmp_path):
     assert f"{labels}:{number}: [unparseable_line]" in out
     assert "[missing_image]" in out and f"{NAMES[2]}" in out
     assert "defects: 1 missing_image, 1 unparseable_line, 1 unreadable_latent" in out
+
+
+def test_repeated_two_class_header_is_reported_and_merged(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("# a.jpg\n1 0.1 0.1 0.2 0.2\n# b.jpg\n2 0.3 0.3 0.4 0.4\n# a.jpg\n2 0.5 0.5 0.1 0.1\n")
+    log = DefectLog("raise")
+    records = read_labels_checked(labels, log)
+    assert [r.name for r in records] == ["a", "b"]
+    assert len(records[0].boxes) == 2  # the repeat's boxes are merged into the first record
+    [defect] = log.of_kind("duplicate_name")
+    assert str(defect).startswith(f"{labels}:5: image 'a' has another header at {labels}:1; boxes merged")

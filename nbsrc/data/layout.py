@@ -117,8 +117,10 @@ def read_split_labels(path: str | Path, *, errors: list | None = None) -> list[I
     path = Path(path)
     fmt = detect_format(path)
     if errors is not None and fmt in ("retinaface", "wider_bbx", "per_image", "twoclass"):
-        return list(read_labels(path, format=fmt, errors=errors))
-    return list(read_labels(path, format=fmt))
+        records = read_labels(path, format=fmt, errors=errors)
+    else:
+        records = read_labels(path, format=fmt)
+    return records if isinstance(records, list) else list(records)  # a list subclass keeps its `duplicates`
 
 
 @dataclass
